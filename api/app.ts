@@ -1,0 +1,64 @@
+import { randomUUID } from 'node:crypto';
+import express, { type Express } from 'express';
+import { pinoHttp } from 'pino-http';
+import type { Logger } from '../lib/logger.ts';
+import { findOnlineUserIds, type Executor } from '../lib/pulse-store.ts';
+import { errorHandler, notFound } from './errors.ts';
+import type { HeartbeatWriter } from './heartbeat-writer.ts';
+import { parseBatchBody, parseHeartbeatBody, parseUserIdParam, requireJson } from './validation.ts';
+
+export interface AppDeps {
+  db: Executor;
+  heartbeats: HeartbeatWriter;
+  logger: Logger;
+  config: {
+    ONLINE_THRESHOLD_SECONDS: number;
+    BATCH_MAX_IDS: number;
+    BODY_LIMIT_BYTES: number;
+  };
+}
+
+/** Builds the HTTP app without listening: the entry point and the tests both call this. */
+export function buildApp({ db, heartbeats, logger, config }: AppDeps): Express {
+  const app = express();
+  app.disable('x-powered-by');
+  app.set('etag', false);
+
+  app.use(
+    pinoHttp({
+      logger,
+      genReqId: (req, res) => {
+        const given = req.headers['x-request-id'];
+        const id = typeof given === 'string' && /^[\w.:-]{1,128}$/.test(given) ? given : randomUUID();
+        res.setHeader('X-Request-Id', id);
+        return id;
+      },
+    }),
+  );
+  // Only application/json is parsed; routes answer any other content type with 415.
+  app.use(express.json({ limit: config.BODY_LIMIT_BYTES, strict: true }));
+
+  app.post('/status/update', async (req, res) => {
+    requireJson(req);
+    const { userIds, many } = parseHeartbeatBody(req.body, config.BATCH_MAX_IDS);
+    await heartbeats.record(userIds);
+    res.json(many ? { status: 'success', accepted: userIds.length } : { status: 'success' });
+  });
+
+  app.post('/status/batch', async (req, res) => {
+    requireJson(req);
+    const userIds = parseBatchBody(req.body, config.BATCH_MAX_IDS);
+    const online = await findOnlineUserIds(db, userIds, config.ONLINE_THRESHOLD_SECONDS);
+    res.json(userIds.map((id) => ({ user_id: id, is_online: online.has(id) })));
+  });
+
+  app.get('/status/:userId', async (req, res) => {
+    const userId = parseUserIdParam(req.params.userId);
+    const online = await findOnlineUserIds(db, [userId], config.ONLINE_THRESHOLD_SECONDS);
+    res.json({ user_id: userId, is_online: online.has(userId) });
+  });
+
+  app.use(notFound);
+  app.use(errorHandler);
+  return app;
+}

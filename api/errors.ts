@@ -1,0 +1,65 @@
+import type { ErrorRequestHandler, RequestHandler } from 'express';
+import { isDatabaseUnavailable } from '../lib/db.ts';
+import { HeartbeatRejected } from './heartbeat-writer.ts';
+
+/** An error with a status and a stable machine-readable code, answered as JSON. */
+export class HttpError extends Error {
+  constructor(
+    readonly status: number,
+    readonly code: string,
+    message: string,
+    readonly headers: Record<string, string> = {},
+  ) {
+    super(message);
+    this.name = 'HttpError';
+  }
+}
+
+export interface ErrorBody {
+  error: { code: string; message: string };
+}
+
+/** body-parser's error types and the answer each deserves. */
+const bodyParserErrors: Record<string, [number, string, string]> = {
+  'entity.parse.failed': [400, 'invalid_json', 'the request body is not valid JSON'],
+  'entity.too.large': [413, 'payload_too_large', 'the request body is too large'],
+  'encoding.unsupported': [415, 'unsupported_media_type', 'the content encoding is not supported'],
+  'charset.unsupported': [415, 'unsupported_media_type', 'the charset is not supported'],
+  'request.aborted': [400, 'request_aborted', 'the request was aborted by the client'],
+  'request.size.invalid': [400, 'invalid_body', 'the request body size does not match its length'],
+  'stream.encoding.set': [500, 'internal_error', 'internal error'],
+};
+
+/** Maps anything thrown while serving a request to the HttpError it is answered with. */
+export function toHttpError(error: unknown): HttpError {
+  if (error instanceof HttpError) return error;
+  if (error instanceof HeartbeatRejected) {
+    return new HttpError(503, error.reason, error.message, { 'Retry-After': '1' });
+  }
+  if (isDatabaseUnavailable(error)) {
+    return new HttpError(503, 'database_unavailable', 'the database is unavailable, retry later', {
+      'Retry-After': '1',
+    });
+  }
+  const type = (error as { type?: unknown } | null)?.type;
+  const known = typeof type === 'string' ? bodyParserErrors[type] : undefined;
+  if (known) return new HttpError(...known);
+  return new HttpError(500, 'internal_error', 'internal error');
+}
+
+export const notFound: RequestHandler = (req, _res, next) => {
+  next(new HttpError(404, 'not_found', `no route for ${req.method} ${req.path}`));
+};
+
+export const errorHandler: ErrorRequestHandler = (error: unknown, req, res, next) => {
+  if (res.headersSent) {
+    next(error);
+    return;
+  }
+  const httpError = toHttpError(error);
+  // Client mistakes are ordinary; anything else is logged once, with its cause.
+  if (httpError.status >= 500) req.log.error({ err: error }, httpError.message);
+  res.status(httpError.status).set(httpError.headers);
+  const body: ErrorBody = { error: { code: httpError.code, message: httpError.message } };
+  res.json(body);
+};

@@ -1,0 +1,193 @@
+import { recordHeartbeats, type Executor } from '../lib/pulse-store.ts';
+
+/** Why a heartbeat could not be accepted; the HTTP layer turns each into a 503. */
+export class HeartbeatRejected extends Error {
+  constructor(
+    readonly reason: 'queue_full' | 'shutting_down',
+    message: string,
+  ) {
+    super(message);
+    this.name = 'HeartbeatRejected';
+  }
+}
+
+export interface HeartbeatWriter {
+  /** Resolves once every id is committed to the database; rejects if it was not. */
+  record(userIds: readonly number[]): Promise<void>;
+  /** Refuses new heartbeats, writes every queued one, waits for flushes in flight. Idempotent. */
+  close(): Promise<void>;
+  /** Ids waiting for a flush (for metrics and tests). */
+  readonly queuedIds: number;
+}
+
+export interface FlushObserver {
+  onFlush?(info: { ids: number; requests: number; seconds: number; ok: boolean }): void;
+}
+
+/** One statement and one commit per request: the simple mode, kept for comparison and debugging. */
+export class DirectHeartbeatWriter implements HeartbeatWriter {
+  private closed = false;
+  private readonly inFlight = new Set<Promise<unknown>>();
+  readonly queuedIds = 0;
+
+  constructor(
+    private readonly db: Executor,
+    private readonly observer: FlushObserver = {},
+  ) {}
+
+  async record(userIds: readonly number[]): Promise<void> {
+    if (this.closed) throw new HeartbeatRejected('shutting_down', 'the server is shutting down');
+    const started = performance.now();
+    const write = recordHeartbeats(this.db, userIds);
+    this.inFlight.add(write);
+    let ok = false;
+    try {
+      await write;
+      ok = true;
+    } finally {
+      this.inFlight.delete(write);
+      this.observer.onFlush?.({
+        ids: userIds.length,
+        requests: 1,
+        seconds: (performance.now() - started) / 1000,
+        ok,
+      });
+    }
+  }
+
+  async close(): Promise<void> {
+    this.closed = true;
+    await Promise.allSettled([...this.inFlight]);
+  }
+}
+
+export interface GroupCommitOptions {
+  /** Flush as soon as this many ids are queued. */
+  maxBatchIds: number;
+  /** Flush at the latest this long after the first id was queued. */
+  maxDelayMs: number;
+  /** Flushes (statements) running at once; more ids queue up meanwhile and go in the next one. */
+  maxConcurrentFlushes: number;
+  /** Above this many queued ids new heartbeats are refused (backpressure). */
+  maxQueuedIds: number;
+}
+
+interface Pending {
+  userIds: readonly number[];
+  resolve(): void;
+  reject(error: unknown): void;
+}
+
+/**
+ * Group commit: heartbeats from many requests are written by one INSERT ... ON CONFLICT statement,
+ * so PostgreSQL commits once per batch instead of once per request. A request's promise settles
+ * only when the statement holding its ids has committed (or failed), so an acknowledged heartbeat
+ * is durable.
+ */
+export class GroupCommitHeartbeatWriter implements HeartbeatWriter {
+  private queue: Pending[] = [];
+  private queued = 0;
+  private running = 0;
+  private timer: NodeJS.Timeout | undefined;
+  private delayElapsed = false;
+  private closed = false;
+  private readonly idle = new Set<() => void>();
+
+  constructor(
+    private readonly db: Executor,
+    private readonly options: GroupCommitOptions,
+    private readonly observer: FlushObserver = {},
+  ) {}
+
+  get queuedIds(): number {
+    return this.queued;
+  }
+
+  record(userIds: readonly number[]): Promise<void> {
+    if (this.closed) {
+      return Promise.reject(new HeartbeatRejected('shutting_down', 'the server is shutting down'));
+    }
+    if (this.queued > 0 && this.queued + userIds.length > this.options.maxQueuedIds) {
+      return Promise.reject(
+        new HeartbeatRejected('queue_full', 'too many heartbeats are waiting to be written'),
+      );
+    }
+    return new Promise<void>((resolve, reject) => {
+      this.queue.push({ userIds, resolve, reject });
+      this.queued += userIds.length;
+      this.schedule();
+    });
+  }
+
+  async close(): Promise<void> {
+    this.closed = true;
+    this.delayElapsed = true;
+    this.schedule();
+    if (this.queued === 0 && this.running === 0) return;
+    await new Promise<void>((resolve) => this.idle.add(resolve));
+  }
+
+  private schedule(): void {
+    while (this.queued > 0 && this.running < this.options.maxConcurrentFlushes) {
+      const ready = this.delayElapsed || this.queued >= this.options.maxBatchIds;
+      if (!ready) break;
+      this.flush(this.takeBatch());
+    }
+    if (this.queued > 0 && this.timer === undefined && !this.delayElapsed) {
+      this.timer = setTimeout(() => {
+        this.timer = undefined;
+        this.delayElapsed = true;
+        this.schedule();
+      }, this.options.maxDelayMs);
+    }
+    if (this.queued === 0 && this.running === 0) {
+      for (const resolve of this.idle) resolve();
+      this.idle.clear();
+    }
+  }
+
+  /** Whole requests, up to maxBatchIds ids (at least one request, however large). */
+  private takeBatch(): Pending[] {
+    let count = 0;
+    let taken = 0;
+    while (taken < this.queue.length) {
+      const size = this.queue[taken]!.userIds.length;
+      if (taken > 0 && count + size > this.options.maxBatchIds) break;
+      count += size;
+      taken += 1;
+    }
+    const batch = this.queue.slice(0, taken);
+    this.queue = this.queue.slice(taken);
+    this.queued -= count;
+    if (this.queued === 0) {
+      clearTimeout(this.timer);
+      this.timer = undefined;
+      this.delayElapsed = false;
+    }
+    return batch;
+  }
+
+  private flush(batch: Pending[]): void {
+    this.running += 1;
+    const ids = batch.flatMap((p) => p.userIds);
+    const started = performance.now();
+    const settle = (ok: boolean, error?: unknown) => {
+      this.running -= 1;
+      for (const pending of batch) {
+        if (ok) pending.resolve();
+        else pending.reject(error);
+      }
+      this.observer.onFlush?.({
+        ids: ids.length,
+        requests: batch.length,
+        seconds: (performance.now() - started) / 1000,
+        ok,
+      });
+      this.schedule();
+    };
+    recordHeartbeats(this.db, ids).then(
+      () => settle(true),
+      (error: unknown) => settle(false, error),
+    );
+  }
+}

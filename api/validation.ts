@@ -1,0 +1,68 @@
+import type { Request } from 'express';
+import { z } from 'zod';
+import { HttpError } from './errors.ts';
+
+const userId = z
+  .number({ error: 'user_id must be a number' })
+  .int('user_id must be an integer')
+  .min(1, 'user_id must be at least 1')
+  .max(Number.MAX_SAFE_INTEGER, `user_id must be at most ${Number.MAX_SAFE_INTEGER}`);
+
+/**
+ * A user reference. Unknown fields are ignored, on purpose and everywhere: clients may send
+ * extra data such as `timestamp`, which never influences `last_hb` (the database clock does).
+ */
+const userRef = z.object({ user_id: userId }, { error: 'each item must be an object with user_id' });
+
+const userRefList = z.array(userRef, { error: 'the body must be a JSON array of {"user_id": ...}' });
+
+function fail(error: z.ZodError): never {
+  const issue = error.issues[0];
+  const aboutUserId = issue?.path.at(-1) === 'user_id';
+  throw new HttpError(
+    400,
+    aboutUserId ? 'invalid_user_id' : 'invalid_body',
+    issue ? `${issue.path.length ? `${issue.path.join('.')}: ` : ''}${issue.message}` : 'invalid body',
+  );
+}
+
+export function requireJson(req: Request): void {
+  if (!req.is('application/json')) {
+    throw new HttpError(415, 'unsupported_media_type', 'send the body as application/json');
+  }
+}
+
+function checkCount(count: number, max: number): void {
+  if (count > max) {
+    throw new HttpError(413, 'too_many_ids', `at most ${max} user ids per request (got ${count})`);
+  }
+}
+
+/** `{"user_id": n}` (one user) or `[{"user_id": n}, ...]` (a gateway reporting many). */
+export function parseHeartbeatBody(body: unknown, maxIds: number): { userIds: number[]; many: boolean } {
+  if (Array.isArray(body)) return { userIds: parseBatchBody(body, maxIds), many: true };
+  const result = userRef.safeParse(body);
+  if (!result.success) fail(result.error);
+  return { userIds: [result.data.user_id], many: false };
+}
+
+/** `[{"user_id": n}, ...]`, in request order, duplicates kept. */
+export function parseBatchBody(body: unknown, maxIds: number): number[] {
+  if (Array.isArray(body)) checkCount(body.length, maxIds);
+  const result = userRefList.safeParse(body);
+  if (!result.success) fail(result.error);
+  return result.data.map((r) => r.user_id);
+}
+
+/** A path segment holding a user id in plain decimal, 1 to 2^53 - 1. */
+export function parseUserIdParam(raw: string): number {
+  const value = /^[1-9]\d{0,15}$/.test(raw) ? Number(raw) : NaN;
+  if (!Number.isSafeInteger(value)) {
+    throw new HttpError(
+      400,
+      'invalid_user_id',
+      `user id must be a decimal integer from 1 to ${Number.MAX_SAFE_INTEGER}`,
+    );
+  }
+  return value;
+}

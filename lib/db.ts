@@ -1,0 +1,70 @@
+import { Kysely, PostgresDialect } from 'kysely';
+import pg from 'pg';
+import type { Logger } from './logger.ts';
+import type { Database } from './schema.ts';
+
+export interface DatabaseHandle {
+  db: Kysely<Database>;
+  pool: pg.Pool;
+  /** Ends every connection; safe to call more than once. */
+  close(): Promise<void>;
+}
+
+export interface DatabaseOptions {
+  connectionString: string;
+  poolMax: number;
+  applicationName: string;
+  logger: Logger;
+}
+
+/** The one pg pool (and Kysely instance on it) of a process. */
+export function openDatabase(options: DatabaseOptions): DatabaseHandle {
+  const pool = new pg.Pool({
+    connectionString: options.connectionString,
+    max: options.poolMax,
+    application_name: options.applicationName,
+    // A request must fail fast (503) rather than hang when the database is unreachable.
+    connectionTimeoutMillis: 5_000,
+    idleTimeoutMillis: 30_000,
+  });
+  // An idle client losing its connection (database restart, network blip) emits here;
+  // without a listener that would crash the process.
+  pool.on('error', (error) => {
+    options.logger.warn({ err: error }, 'idle database connection lost');
+  });
+  const db = new Kysely<Database>({ dialect: new PostgresDialect({ pool }) });
+  let closing: Promise<void> | undefined;
+  return {
+    db,
+    pool,
+    close: () => (closing ??= db.destroy()),
+  };
+}
+
+const connectionErrorCodes = new Set([
+  'ECONNREFUSED',
+  'ECONNRESET',
+  'ETIMEDOUT',
+  'ENOTFOUND',
+  'EAI_AGAIN',
+  'EPIPE',
+  'EHOSTUNREACH',
+]);
+
+/**
+ * True when an error means "the database cannot be reached or is not accepting work right now"
+ * (as opposed to a bug in a statement), so callers answer 503 and retry later.
+ */
+export function isDatabaseUnavailable(error: unknown): boolean {
+  if (!(error instanceof Error)) return false;
+  const code = (error as { code?: unknown }).code;
+  if (typeof code === 'string') {
+    if (connectionErrorCodes.has(code)) return true;
+    // SQLSTATE classes 08 (connection exception), 53 (insufficient resources),
+    // 57P (operator intervention: shutdown, cannot connect now).
+    if (/^(08|53|57P)/.test(code)) return true;
+  }
+  return /Connection terminated|timeout exceeded when trying to connect|Client has encountered a connection error|connection is closed/i.test(
+    error.message,
+  );
+}
