@@ -17,6 +17,11 @@ export default tseslint.config(
     },
   },
   {
+    // Migrations take Kysely<any> on purpose: they must not follow today's schema types.
+    files: ['migrations/**/*.ts'],
+    rules: { '@typescript-eslint/no-explicit-any': 'off' },
+  },
+  {
     files: ['eslint.config.js'],
     extends: [tseslint.configs.disableTypeChecked],
   },

@@ -18,7 +18,7 @@ export function createMigrator(db: Kysely<any>): Migrator {
 export function throwIfFailed({ error, results }: MigrationResultSet): void {
   if (error === undefined) return;
   const failed = results?.find((r) => r.status === 'Error')?.migrationName;
-  const reason = error instanceof Error ? error.message : String(error);
+  const reason = error instanceof Error ? error.message : JSON.stringify(error);
   throw new Error(failed ? `migration ${failed} failed: ${reason}` : `migrations failed: ${reason}`, {
     cause: error,
   });

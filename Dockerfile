@@ -1,0 +1,25 @@
+# syntax=docker/dockerfile:1
+# Build: compile TypeScript to JavaScript.
+FROM node:20-bookworm-slim AS build
+WORKDIR /app
+COPY package.json package-lock.json ./
+RUN npm ci --ignore-scripts
+COPY tsconfig.json tsconfig.build.json ./
+COPY api ./api
+COPY sweeper ./sweeper
+COPY lib ./lib
+COPY migrations ./migrations
+COPY scripts ./scripts
+RUN npm run build
+
+# Runtime: production dependencies and compiled JavaScript only, as an unprivileged user.
+FROM node:20-bookworm-slim AS runtime
+ENV NODE_ENV=production
+WORKDIR /app
+COPY package.json package-lock.json ./
+RUN npm ci --omit=dev --ignore-scripts && npm cache clean --force
+COPY --from=build /app/dist ./dist
+USER node
+EXPOSE 3000
+# node is PID 1's command (no npm or shell wrapper), so SIGTERM reaches the process.
+CMD ["node", "dist/api/main.js"]

@@ -1,0 +1,64 @@
+import { sql } from 'kysely';
+import { openDatabase, type DatabaseHandle } from '../../lib/db.ts';
+import { createLogger } from '../../lib/logger.ts';
+import { adminQuery, SERVER_URL_VAR, TEMPLATE_DB_VAR, uniqueName, withDatabase } from './server.ts';
+
+export const silentLogger = createLogger('test', 'silent');
+
+export interface TestDatabase extends DatabaseHandle {
+  url: string;
+  name: string;
+  /** Closes the pool and drops the database. */
+  drop(): Promise<void>;
+  /** Puts a row directly, with last_hb = now() - ageSeconds by the database clock. */
+  putRow(userId: number, ageSeconds: number): Promise<void>;
+  /** The user ids in the table, ascending. */
+  userIds(): Promise<number[]>;
+  /** Seconds since each user's last heartbeat, by the database clock. */
+  ageOf(userId: number): Promise<number | undefined>;
+}
+
+function env(name: string): string {
+  const value = process.env[name];
+  if (!value) throw new Error(`${name} is not set: run the tests through mocha (npm test)`);
+  return value;
+}
+
+export const serverUrl = (): string => env(SERVER_URL_VAR);
+
+/** A fresh database, copied from the migrated template. */
+export async function createTestDatabase(): Promise<TestDatabase> {
+  const name = uniqueName('pulse_test');
+  await adminQuery(serverUrl(), `CREATE DATABASE ${name} TEMPLATE ${env(TEMPLATE_DB_VAR)}`);
+  const url = withDatabase(serverUrl(), name);
+  const handle = openDatabase({
+    connectionString: url,
+    poolMax: 5,
+    applicationName: 'pulse-test',
+    logger: silentLogger,
+  });
+  const { db } = handle;
+  return {
+    ...handle,
+    url,
+    name,
+    async drop() {
+      await handle.close();
+      await adminQuery(serverUrl(), `DROP DATABASE IF EXISTS ${name} WITH (FORCE)`);
+    },
+    async putRow(userId, ageSeconds) {
+      await sql`INSERT INTO pulse (user_id, last_hb)
+        VALUES (${userId}, now() - make_interval(secs => ${ageSeconds}))
+        ON CONFLICT (user_id) DO UPDATE SET last_hb = EXCLUDED.last_hb`.execute(db);
+    },
+    async userIds() {
+      const rows = await db.selectFrom('pulse').select('user_id').orderBy('user_id').execute();
+      return rows.map((r) => Number(r.user_id));
+    },
+    async ageOf(userId) {
+      const { rows } = await sql<{ age: number }>`
+        SELECT extract(epoch FROM now() - last_hb)::float8 AS age FROM pulse WHERE user_id = ${userId}`.execute(db);
+      return rows[0]?.age;
+    },
+  };
+}
