@@ -33,13 +33,13 @@ const bodyParserErrors: Record<string, [number, string, string]> = {
 /** Maps anything thrown while serving a request to the HttpError it is answered with. */
 export function toHttpError(error: unknown): HttpError {
   if (error instanceof HttpError) return error;
-  if (error instanceof HeartbeatRejected) {
-    return new HttpError(503, error.reason, error.message, { 'Retry-After': '1' });
-  }
   if (isDatabaseUnavailable(error)) {
     return new HttpError(503, 'database_unavailable', 'the database is unavailable, retry later', {
       'Retry-After': '1',
     });
+  }
+  if (error instanceof HeartbeatRejected) {
+    return new HttpError(503, error.reason, error.message, { 'Retry-After': '1' });
   }
   const type = (error as { type?: unknown } | null)?.type;
   const known = typeof type === 'string' ? bodyParserErrors[type] : undefined;
@@ -58,7 +58,9 @@ export const errorHandler: ErrorRequestHandler = (error: unknown, req, res, next
   }
   const httpError = toHttpError(error);
   // Client mistakes are ordinary; anything else is logged once, with its cause.
-  if (httpError.status >= 500) req.log.error({ err: error }, httpError.message);
+  if (httpError.status >= 500 && httpError.code !== 'queue_full' && httpError.code !== 'shutting_down') {
+    req.log.error({ err: error }, httpError.message);
+  }
   res.status(httpError.status).set(httpError.headers);
   const body: ErrorBody = { error: { code: httpError.code, message: httpError.message } };
   res.json(body);

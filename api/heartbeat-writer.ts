@@ -1,14 +1,21 @@
 import { recordHeartbeats, type Executor } from '../lib/pulse-store.ts';
 
-/** Why a heartbeat could not be accepted; the HTTP layer turns each into a 503. */
+/** Why a heartbeat was not written; the HTTP layer turns each into a 503. */
 export class HeartbeatRejected extends Error {
   constructor(
-    readonly reason: 'queue_full' | 'shutting_down',
+    readonly reason: 'queue_full' | 'shutting_down' | 'write_failed',
     message: string,
   ) {
     super(message);
     this.name = 'HeartbeatRejected';
   }
+}
+
+/** Keeps the database error as the cause, so it is logged, and says "not written" to the client. */
+function writeFailed(cause: unknown): HeartbeatRejected {
+  const error = new HeartbeatRejected('write_failed', 'the heartbeat was not written, retry later');
+  error.cause = cause;
+  return error;
 }
 
 export interface HeartbeatWriter {
@@ -44,6 +51,8 @@ export class DirectHeartbeatWriter implements HeartbeatWriter {
     try {
       await write;
       ok = true;
+    } catch (error) {
+      throw writeFailed(error);
     } finally {
       this.inFlight.delete(write);
       this.observer.onFlush?.({
@@ -101,6 +110,10 @@ export class GroupCommitHeartbeatWriter implements HeartbeatWriter {
 
   get queuedIds(): number {
     return this.queued;
+  }
+
+  get flushesInFlight(): number {
+    return this.running;
   }
 
   record(userIds: readonly number[]): Promise<void> {
@@ -187,7 +200,7 @@ export class GroupCommitHeartbeatWriter implements HeartbeatWriter {
     };
     recordHeartbeats(this.db, ids).then(
       () => settle(true),
-      (error: unknown) => settle(false, error),
+      (error: unknown) => settle(false, writeFailed(error)),
     );
   }
 }

@@ -53,7 +53,7 @@ const connectionErrorCodes = new Set([
 
 /**
  * True when an error means "the database cannot be reached or is not accepting work right now"
- * (as opposed to a bug in a statement), so callers answer 503 and retry later.
+ * (as opposed to a bug in a statement), so callers answer 503 and retry later. Follows `cause`.
  */
 export function isDatabaseUnavailable(error: unknown): boolean {
   if (!(error instanceof Error)) return false;
@@ -64,7 +64,7 @@ export function isDatabaseUnavailable(error: unknown): boolean {
     // 57P (operator intervention: shutdown, cannot connect now).
     if (/^(08|53|57P)/.test(code)) return true;
   }
-  return /Connection terminated|timeout exceeded when trying to connect|Client has encountered a connection error|connection is closed/i.test(
-    error.message,
-  );
+  const lostConnection =
+    /Connection terminated|timeout exceeded when trying to connect|Client has encountered a connection error|connection is closed/i;
+  return lostConnection.test(error.message) || isDatabaseUnavailable(error.cause);
 }

@@ -1,0 +1,88 @@
+import { spawnSync } from 'node:child_process';
+import { expect } from 'chai';
+import { ConfigError, loadApiConfig, loadSweeperConfig } from '../lib/config.ts';
+
+const DATABASE_URL = 'postgres://u:p@127.0.0.1:5432/pulse';
+
+function problemsOf(load: () => unknown): string[] {
+  try {
+    load();
+  } catch (error) {
+    expect(error).to.be.instanceOf(ConfigError);
+    return (error as ConfigError).problems;
+  }
+  expect.fail('expected a ConfigError');
+}
+
+describe('configuration', () => {
+  it('applies the documented defaults', () => {
+    const api = loadApiConfig({ DATABASE_URL });
+    expect(api).to.include({
+      HOST: '127.0.0.1',
+      PORT: 3000,
+      ONLINE_THRESHOLD_SECONDS: 20,
+      BATCH_MAX_IDS: 1000,
+      PG_POOL_MAX: 10,
+      BODY_LIMIT_BYTES: 65536,
+      LOG_LEVEL: 'info',
+    });
+    const sweeper = loadSweeperConfig({ DATABASE_URL });
+    expect(sweeper).to.include({ SWEEP_OLDER_THAN_SECONDS: 30, SWEEP_SCHEDULE: '*/10 * * * * *' });
+    expect(Object.isFrozen(api)).to.equal(true);
+  });
+
+  it('treats an empty variable as unset', () => {
+    expect(loadApiConfig({ DATABASE_URL, PORT: '' }).PORT).to.equal(3000);
+  });
+
+  const wrong: [string, Record<string, string>, RegExp][] = [
+    ['DATABASE_URL', { DATABASE_URL: 'mysql://x' }, /DATABASE_URL must be a postgres/],
+    ['PORT', { PORT: 'abc' }, /PORT must be a whole number \(got "abc"\)/],
+    ['PORT', { PORT: '70000' }, /PORT must be at most 65535/],
+    ['ONLINE_THRESHOLD_SECONDS', { ONLINE_THRESHOLD_SECONDS: '0' }, /ONLINE_THRESHOLD_SECONDS must be at least 1/],
+    ['BATCH_MAX_IDS', { BATCH_MAX_IDS: '1.5' }, /BATCH_MAX_IDS must be a whole number/],
+    ['PG_POOL_MAX', { PG_POOL_MAX: '-1' }, /PG_POOL_MAX must be at least 1/],
+    ['LOG_LEVEL', { LOG_LEVEL: 'loud' }, /LOG_LEVEL/],
+    ['HEARTBEAT_GROUP_COMMIT', { HEARTBEAT_GROUP_COMMIT: 'maybe' }, /HEARTBEAT_GROUP_COMMIT/],
+  ];
+  for (const [name, env, message] of wrong) {
+    it(`names ${name} and the reason when it is wrong (${JSON.stringify(env)})`, () => {
+      const problems = problemsOf(() => loadApiConfig({ DATABASE_URL, ...env }));
+      expect(problems.join('\n')).to.match(message);
+    });
+  }
+
+  it('requires DATABASE_URL', () => {
+    expect(problemsOf(() => loadApiConfig({})).join('\n')).to.match(/DATABASE_URL is required/);
+  });
+
+  it('lists every wrong variable at once', () => {
+    const problems = problemsOf(() => loadApiConfig({ DATABASE_URL, PORT: 'x', BATCH_MAX_IDS: '0' }));
+    expect(problems).to.have.length(2);
+  });
+
+  it('refuses a sweep age below the online threshold', () => {
+    const problems = problemsOf(() =>
+      loadSweeperConfig({ DATABASE_URL, ONLINE_THRESHOLD_SECONDS: '60', SWEEP_OLDER_THAN_SECONDS: '30' }),
+    );
+    expect(problems.join('\n')).to.match(/SWEEP_OLDER_THAN_SECONDS must not be below ONLINE_THRESHOLD_SECONDS/);
+  });
+
+  it('refuses a cron expression that is not valid', () => {
+    const problems = problemsOf(() => loadSweeperConfig({ DATABASE_URL, SWEEP_SCHEDULE: '*/10 * * *' }));
+    expect(problems.join('\n')).to.match(/SWEEP_SCHEDULE must be a valid cron expression/);
+  });
+
+  for (const entry of ['api/main.ts', 'sweeper/main.ts', 'scripts/migrate.ts']) {
+    it(`${entry} exits 1 naming the variable when the configuration is wrong`, () => {
+      const result = spawnSync(process.execPath, ['--import', 'tsx', entry], {
+        env: { PATH: process.env.PATH, DATABASE_URL: 'not a url', LOG_LEVEL: 'silent' },
+        encoding: 'utf8',
+        timeout: 20_000,
+      });
+      expect(result.status).to.equal(1);
+      expect(result.stderr).to.match(/Invalid configuration:\n {2}- DATABASE_URL must be a postgres/);
+      expect(result.stderr).not.to.match(/ at .*\(/); // a message, not a stack trace
+    });
+  }
+});

@@ -1,0 +1,204 @@
+import { expect } from 'chai';
+import { sql } from 'kysely';
+import pg from 'pg';
+import {
+  GroupCommitHeartbeatWriter,
+  HeartbeatRejected,
+  type GroupCommitOptions,
+} from '../api/heartbeat-writer.ts';
+import { startTestApp, type TestApp } from './support/app.ts';
+import { createTestDatabase, type TestDatabase } from './support/database.ts';
+
+const range = (from: number, count: number) => Array.from({ length: count }, (_, i) => from + i);
+
+describe('group commit', () => {
+  let database: TestDatabase;
+  beforeEach(async () => {
+    database = await createTestDatabase();
+  });
+  afterEach(async () => {
+    await database.drop();
+  });
+
+  function writer(options: Partial<GroupCommitOptions>, flushes: number[] = []) {
+    return new GroupCommitHeartbeatWriter(
+      database.db,
+      { maxBatchIds: 1000, maxDelayMs: 5, maxConcurrentFlushes: 2, maxQueuedIds: 100_000, ...options },
+      { onFlush: ({ ids }) => flushes.push(ids) },
+    );
+  }
+
+  /** Holds a lock that blocks every write to pulse until release() is called. */
+  async function blockWrites() {
+    const client = new pg.Client({ connectionString: database.url });
+    await client.connect();
+    await client.query('BEGIN');
+    await client.query('LOCK TABLE pulse IN EXCLUSIVE MODE');
+    return async () => {
+      await client.query('COMMIT');
+      await client.end();
+    };
+  }
+
+  it('writes many concurrent heartbeats in far fewer statements than requests', async () => {
+    const flushes: number[] = [];
+    const heartbeats = writer({ maxDelayMs: 20 }, flushes);
+    await Promise.all(range(1, 500).map((id) => heartbeats.record([id])));
+    expect(await database.userIds()).to.deep.equal(range(1, 500));
+    expect(flushes.reduce((a, b) => a + b, 0)).to.equal(500);
+    expect(flushes.length).to.be.below(50);
+    await heartbeats.close();
+  });
+
+  it('answers a request only after its row is committed', async () => {
+    const heartbeats = writer({ maxDelayMs: 1 });
+    await heartbeats.record([7]);
+    // A separate connection sees the row as soon as the promise resolved.
+    const client = new pg.Client({ connectionString: database.url });
+    await client.connect();
+    const { rowCount } = await client.query('SELECT 1 FROM pulse WHERE user_id = 7');
+    await client.end();
+    expect(rowCount).to.equal(1);
+    await heartbeats.close();
+  });
+
+  it('accepts the same id many times in one batch', async () => {
+    const flushes: number[] = [];
+    const heartbeats = writer({ maxDelayMs: 20 }, flushes);
+    await Promise.all([
+      heartbeats.record([5]),
+      heartbeats.record([5]),
+      heartbeats.record([5, 6, 5]),
+      heartbeats.record([6]),
+    ]);
+    expect(flushes).to.deep.equal([6]); // one statement held all four requests
+    expect(await database.userIds()).to.deep.equal([5, 6]);
+    await heartbeats.close();
+  });
+
+  it('runs flushes concurrently, up to the limit, without deadlocks', async () => {
+    const heartbeats = writer({ maxBatchIds: 50, maxDelayMs: 1, maxConcurrentFlushes: 3 });
+    // Overlapping id sets in opposite orders: unsorted batches could deadlock each other.
+    // Each request is larger than maxBatchIds, so each is flushed on its own, at once.
+    const requests = range(0, 40).map((i) =>
+      heartbeats.record(i % 2 ? range(1, 60) : range(1, 60).reverse()),
+    );
+    expect(heartbeats.flushesInFlight).to.equal(3);
+    expect(heartbeats.queuedIds).to.equal(37 * 60);
+    await Promise.all(requests);
+    expect(heartbeats.flushesInFlight).to.equal(0);
+    expect(await database.userIds()).to.deep.equal(range(1, 60));
+    await heartbeats.close();
+  });
+
+  it('fails every request of a failed flush and writes none of its ids', async () => {
+    await sql`CREATE FUNCTION reject_666() RETURNS trigger LANGUAGE plpgsql AS $$
+      BEGIN IF NEW.user_id = 666 THEN RAISE EXCEPTION 'poison'; END IF; RETURN NEW; END $$`.execute(
+      database.db,
+    );
+    await sql`CREATE TRIGGER reject_666 BEFORE INSERT ON pulse
+      FOR EACH ROW EXECUTE FUNCTION reject_666()`.execute(database.db);
+    const heartbeats = writer({ maxDelayMs: 30 });
+    const results = await Promise.allSettled([
+      heartbeats.record([1]),
+      heartbeats.record([666]),
+      heartbeats.record([2, 3]),
+    ]);
+    for (const result of results) {
+      expect(result.status).to.equal('rejected');
+      const reason = (result as PromiseRejectedResult).reason as HeartbeatRejected;
+      expect(reason).to.be.instanceOf(HeartbeatRejected);
+      expect(reason.reason).to.equal('write_failed');
+    }
+    expect(await database.userIds()).to.deep.equal([]);
+    // The writer keeps working after a failed flush.
+    await heartbeats.record([4]);
+    expect(await database.userIds()).to.deep.equal([4]);
+    await heartbeats.close();
+  });
+
+  it('refuses heartbeats once the queue is full, and writes the queued ones later', async () => {
+    const release = await blockWrites();
+    const heartbeats = writer({ maxBatchIds: 2, maxDelayMs: 1, maxConcurrentFlushes: 1, maxQueuedIds: 4 });
+    const first = heartbeats.record([1, 2]); // taken by the single flush, which blocks on the lock
+    await new Promise((resolve) => setTimeout(resolve, 50));
+    const queued = [heartbeats.record([3, 4]), heartbeats.record([5, 6])];
+    let refused: unknown;
+    try {
+      await heartbeats.record([7]);
+    } catch (error) {
+      refused = error;
+    }
+    expect(refused).to.be.instanceOf(HeartbeatRejected);
+    expect((refused as HeartbeatRejected).reason).to.equal('queue_full');
+    expect(heartbeats.queuedIds).to.equal(4);
+    await release();
+    await Promise.all([first, ...queued]);
+    expect(await database.userIds()).to.deep.equal([1, 2, 3, 4, 5, 6]);
+    await heartbeats.close();
+  });
+
+  it('writes every queued heartbeat on close, then refuses new ones', async () => {
+    const heartbeats = writer({ maxDelayMs: 60_000, maxBatchIds: 1000 });
+    const pending = range(1, 20).map((id) => heartbeats.record([id]));
+    expect(heartbeats.queuedIds).to.equal(20);
+    await heartbeats.close();
+    await Promise.all(pending);
+    expect(await database.userIds()).to.deep.equal(range(1, 20));
+    let refused: unknown;
+    try {
+      await heartbeats.record([99]);
+    } catch (error) {
+      refused = error;
+    }
+    expect((refused as HeartbeatRejected).reason).to.equal('shutting_down');
+  });
+
+  describe('over HTTP', () => {
+    let app: TestApp;
+    afterEach(async () => {
+      await app.close();
+    });
+
+    it('answers 503 queue_full with Retry-After when the queue is full', async () => {
+      app = await startTestApp(database.db, database.url, {
+        HEARTBEAT_FLUSH_MAX_IDS: '1',
+        HEARTBEAT_MAX_CONCURRENT_FLUSHES: '1',
+        HEARTBEAT_QUEUE_MAX_IDS: '2',
+      });
+      const release = await blockWrites();
+      const accepted = [app.post('/status/update', { user_id: 1 })];
+      await new Promise((resolve) => setTimeout(resolve, 50));
+      accepted.push(app.post('/status/update', { user_id: 2 }), app.post('/status/update', { user_id: 3 }));
+      await new Promise((resolve) => setTimeout(resolve, 50));
+      const refused = await app.post('/status/update', { user_id: 4 });
+      expect(refused.status).to.equal(503);
+      expect(refused.headers.get('retry-after')).to.equal('1');
+      expect(((await refused.json()) as { error: { code: string } }).error.code).to.equal('queue_full');
+      await release();
+      for (const response of await Promise.all(accepted)) expect(response.status).to.equal(200);
+      expect(await database.userIds()).to.deep.equal([1, 2, 3]);
+    });
+
+    it('answers 503 write_failed to every request of a failed flush', async () => {
+      await sql`ALTER TABLE pulse ADD CONSTRAINT no_13 CHECK (user_id <> 13)`.execute(database.db);
+      app = await startTestApp(database.db, database.url, { HEARTBEAT_FLUSH_DELAY_MS: '30' });
+      const [good, bad] = await Promise.all([
+        app.post('/status/update', { user_id: 12 }),
+        app.post('/status/update', { user_id: 13 }),
+      ]);
+      expect(good.status).to.equal(503);
+      expect(bad.status).to.equal(503);
+      expect(((await good.json()) as { error: { code: string } }).error.code).to.equal('write_failed');
+      expect(await database.userIds()).to.deep.equal([]);
+    });
+
+    it('writes one statement per request when group commit is off', async () => {
+      app = await startTestApp(database.db, database.url, { HEARTBEAT_GROUP_COMMIT: 'false' });
+      const responses = await Promise.all(range(1, 20).map((id) => app.post('/status/update', { user_id: id })));
+      for (const response of responses) expect(response.status).to.equal(200);
+      expect(await database.userIds()).to.deep.equal(range(1, 20));
+      expect(app.heartbeats.constructor.name).to.equal('DirectHeartbeatWriter');
+    });
+  });
+});
