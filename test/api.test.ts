@@ -10,7 +10,7 @@ describe('API', () => {
 
   before(async () => {
     database = await createTestDatabase();
-    app = await startTestApp(database.db, database.url, { BATCH_MAX_IDS: '5', BODY_LIMIT_BYTES: '2048' });
+    app = await startTestApp(database, { BATCH_MAX_IDS: '5', BODY_LIMIT_BYTES: '2048' });
   });
   after(async () => {
     await app.close();

@@ -161,7 +161,7 @@ describe('group commit', () => {
     });
 
     it('answers 503 queue_full with Retry-After when the queue is full', async () => {
-      app = await startTestApp(database.db, database.url, {
+      app = await startTestApp(database, {
         HEARTBEAT_FLUSH_MAX_IDS: '1',
         HEARTBEAT_MAX_CONCURRENT_FLUSHES: '1',
         HEARTBEAT_QUEUE_MAX_IDS: '2',
@@ -182,7 +182,7 @@ describe('group commit', () => {
 
     it('answers 503 write_failed to every request of a failed flush', async () => {
       await sql`ALTER TABLE pulse ADD CONSTRAINT no_13 CHECK (user_id <> 13)`.execute(database.db);
-      app = await startTestApp(database.db, database.url, { HEARTBEAT_FLUSH_DELAY_MS: '30' });
+      app = await startTestApp(database, { HEARTBEAT_FLUSH_DELAY_MS: '30' });
       const [good, bad] = await Promise.all([
         app.post('/status/update', { user_id: 12 }),
         app.post('/status/update', { user_id: 13 }),
@@ -194,7 +194,7 @@ describe('group commit', () => {
     });
 
     it('writes one statement per request when group commit is off', async () => {
-      app = await startTestApp(database.db, database.url, { HEARTBEAT_GROUP_COMMIT: 'false' });
+      app = await startTestApp(database, { HEARTBEAT_GROUP_COMMIT: 'false' });
       const responses = await Promise.all(range(1, 20).map((id) => app.post('/status/update', { user_id: id })));
       for (const response of responses) expect(response.status).to.equal(200);
       expect(await database.userIds()).to.deep.equal(range(1, 20));

@@ -1,10 +1,9 @@
 import { once } from 'node:events';
 import type { AddressInfo } from 'node:net';
-import { buildApp } from '../../api/app.ts';
-import { createHeartbeatWriter } from '../../api/heartbeat-writer-factory.ts';
+import { assembleApi } from '../../api/assemble.ts';
 import type { HeartbeatWriter } from '../../api/heartbeat-writer.ts';
 import { loadApiConfig, type ApiConfig } from '../../lib/config.ts';
-import type { Executor } from '../../lib/pulse-store.ts';
+import type { DatabaseHandle } from '../../lib/db.ts';
 import { silentLogger } from './database.ts';
 
 export interface TestApp {
@@ -19,13 +18,11 @@ export interface TestApp {
 
 /** The real app on a random port, configured as the API would be from `env`. */
 export async function startTestApp(
-  db: Executor,
-  databaseUrl: string,
+  database: DatabaseHandle & { url: string },
   env: Record<string, string> = {},
 ): Promise<TestApp> {
-  const config = loadApiConfig({ DATABASE_URL: databaseUrl, ...env });
-  const heartbeats = createHeartbeatWriter(db, config);
-  const app = buildApp({ db, heartbeats, logger: silentLogger, config });
+  const config = loadApiConfig({ DATABASE_URL: database.url, ...env });
+  const { app, heartbeats } = assembleApi(database, config, silentLogger);
   const server = app.listen(0, '127.0.0.1');
   await once(server, 'listening');
   const baseUrl = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;

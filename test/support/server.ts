@@ -3,13 +3,11 @@
  * booted once per run. Every run works in fresh databases copied from a migrated template.
  */
 import { randomBytes } from 'node:crypto';
-import { chmodSync, mkdtempSync } from 'node:fs';
-import { createServer } from 'node:net';
-import { tmpdir } from 'node:os';
-import path from 'node:path';
 import pg from 'pg';
 import { Kysely, PostgresDialect } from 'kysely';
-import { startEmbeddedPostgres, type EmbeddedServer } from '../../lib/embedded-postgres.ts';
+import { startThrowawayPostgres, type EmbeddedServer } from '../../lib/embedded-postgres.ts';
+
+export { freePort } from '../../lib/embedded-postgres.ts';
 import { migrateToLatest } from '../../lib/migrator.ts';
 
 export const SERVER_URL_VAR = 'PULSE_TEST_SERVER_URL';
@@ -23,15 +21,6 @@ export function withDatabase(url: string, database: string): string {
 
 export function uniqueName(prefix: string): string {
   return `${prefix}_${process.pid}_${randomBytes(4).toString('hex')}`;
-}
-
-export async function freePort(): Promise<number> {
-  const server = createServer();
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  const address = server.address();
-  await new Promise<void>((resolve) => server.close(() => resolve()));
-  if (address === null || typeof address === 'string') throw new Error('no port');
-  return address.port;
 }
 
 export async function adminQuery(serverUrl: string, text: string): Promise<void> {
@@ -49,14 +38,7 @@ let embedded: EmbeddedServer | undefined;
 export async function startTestServer(): Promise<{ serverUrl: string; templateDb: string }> {
   let serverUrl = process.env.DATABASE_URL;
   if (!serverUrl) {
-    const parent = mkdtempSync(path.join(tmpdir(), 'pulse-test-'));
-    chmodSync(parent, 0o755); // the server runs as the unprivileged postgres user
-    embedded = await startEmbeddedPostgres({
-      dataDir: path.join(parent, 'pg'),
-      port: await freePort(),
-      persistent: false,
-      postgresFlags: ['-c', 'fsync=off', '-c', 'full_page_writes=off', '-c', 'max_connections=300'],
-    });
+    embedded = await startThrowawayPostgres(['-c', 'fsync=off', '-c', 'full_page_writes=off', '-c', 'max_connections=300']);
     serverUrl = embedded.url;
   }
   const templateDb = uniqueName('pulse_test_template');

@@ -1,0 +1,33 @@
+import type { Express } from 'express';
+import type { Registry } from 'prom-client';
+import type { ApiConfig } from '../lib/config.ts';
+import type { DatabaseHandle } from '../lib/db.ts';
+import type { Logger } from '../lib/logger.ts';
+import { createRegistry } from '../lib/metrics.ts';
+import { buildApp } from './app.ts';
+import { createHeartbeatWriter } from './heartbeat-writer-factory.ts';
+import type { HeartbeatWriter } from './heartbeat-writer.ts';
+import { createApiMetrics } from './metrics.ts';
+
+export interface Api {
+  app: Express;
+  heartbeats: HeartbeatWriter;
+  registry: Registry;
+}
+
+/** Wires the API's parts together; the entry point and the tests share this. */
+export function assembleApi(database: DatabaseHandle, config: Readonly<ApiConfig>, logger: Logger): Api {
+  const registry = createRegistry(database.pool);
+  const metrics = createApiMetrics(registry);
+  const heartbeats = createHeartbeatWriter(database.db, config, metrics.flushObserver);
+  metrics.watchQueue(heartbeats);
+  const app = buildApp({
+    db: database.db,
+    heartbeats,
+    logger,
+    config,
+    registry,
+    httpMetrics: metrics.httpMiddleware,
+  });
+  return { app, heartbeats, registry };
+}

@@ -1,0 +1,73 @@
+import type { RequestHandler } from 'express';
+import { Counter, Gauge, Histogram, type Registry } from 'prom-client';
+import type { FlushObserver, HeartbeatWriter } from './heartbeat-writer.ts';
+
+export interface ApiMetrics {
+  /** Times every request, labelled by route pattern (never the raw path) and status. */
+  httpMiddleware: RequestHandler;
+  /** Feeds flush sizes and durations into the registry. */
+  flushObserver: Required<FlushObserver>;
+  /** Reports the heartbeat queue depth at scrape time. */
+  watchQueue(writer: HeartbeatWriter): void;
+}
+
+export function createApiMetrics(registry: Registry): ApiMetrics {
+  const registers = [registry];
+  const requestDuration = new Histogram({
+    name: 'pulse_http_request_duration_seconds',
+    help: 'HTTP request duration by method, route pattern and status code',
+    labelNames: ['method', 'route', 'status_code'] as const,
+    buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5],
+    registers,
+  });
+  const heartbeatsAccepted = new Counter({
+    name: 'pulse_heartbeats_accepted_total',
+    help: 'Heartbeats (user ids) committed to the database',
+    registers,
+  });
+  const flushIds = new Histogram({
+    name: 'pulse_heartbeat_flush_ids',
+    help: 'User ids written per heartbeat statement (group commit batch size)',
+    buckets: [1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000],
+    registers,
+  });
+  const flushDuration = new Histogram({
+    name: 'pulse_heartbeat_flush_duration_seconds',
+    help: 'Duration of heartbeat statements, by outcome',
+    labelNames: ['outcome'] as const,
+    buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1],
+    registers,
+  });
+  let queuedIds = () => 0;
+  new Gauge({
+    name: 'pulse_heartbeat_queue_ids',
+    help: 'Heartbeat user ids waiting for a flush',
+    registers,
+    collect() {
+      this.set(queuedIds());
+    },
+  });
+
+  return {
+    httpMiddleware(req, res, next) {
+      const stop = requestDuration.startTimer();
+      res.on('finish', () => {
+        // The pattern (/status/:userId), so user ids never become label values.
+        const pattern = (req.route as { path?: unknown } | undefined)?.path;
+        const route = typeof pattern === 'string' ? `${req.baseUrl}${pattern}` : 'unmatched';
+        stop({ method: req.method, route, status_code: String(res.statusCode) });
+      });
+      next();
+    },
+    flushObserver: {
+      onFlush({ ids, seconds, ok }) {
+        flushIds.observe(ids);
+        flushDuration.observe({ outcome: ok ? 'ok' : 'error' }, seconds);
+        if (ok) heartbeatsAccepted.inc(ids);
+      },
+    },
+    watchQueue(writer) {
+      queuedIds = () => writer.queuedIds;
+    },
+  };
+}

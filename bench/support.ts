@@ -1,0 +1,157 @@
+/** What the benchmarks share: a database to fill, the API as a child process, an autocannon run. */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { once } from 'node:events';
+import { readFileSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+import autocannon from 'autocannon';
+import pg from 'pg';
+import { freePort, startThrowawayPostgres, type EmbeddedServer } from '../lib/embedded-postgres.ts';
+import { Kysely, PostgresDialect } from 'kysely';
+import { migrateToLatest } from '../lib/migrator.ts';
+
+export interface BenchDatabase {
+  url: string;
+  query<R extends pg.QueryResultRow = pg.QueryResultRow>(text: string, values?: unknown[]): Promise<pg.QueryResult<R>>;
+  close(): Promise<void>;
+}
+
+/** A freshly created and migrated database on DATABASE_URL's server, or on an embedded one. */
+export async function openBenchDatabase(name: string): Promise<BenchDatabase> {
+  let embedded: EmbeddedServer | undefined;
+  let serverUrl = process.env.DATABASE_URL;
+  if (!serverUrl) {
+    embedded = await startThrowawayPostgres(['-c', 'shared_buffers=512MB', '-c', 'max_wal_size=4GB']);
+    serverUrl = embedded.url;
+  }
+  const admin = new pg.Client({ connectionString: serverUrl });
+  await admin.connect();
+  await admin.query(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`);
+  await admin.query(`CREATE DATABASE ${name}`);
+  await admin.end();
+  const url = new URL(serverUrl);
+  url.pathname = `/${name}`;
+  const pool = new pg.Pool({ connectionString: url.toString(), max: 4 });
+  pool.on('error', () => undefined);
+  const db = new Kysely<unknown>({ dialect: new PostgresDialect({ pool }) });
+  await migrateToLatest(db);
+  return {
+    url: url.toString(),
+    query: (text, values) => pool.query(text, values),
+    async close() {
+      await db.destroy();
+      await embedded?.stop();
+    },
+  };
+}
+
+/** rows fresh users 1..rows (last heartbeat now - ageSeconds), then VACUUM ANALYZE. */
+export async function fillTable(db: BenchDatabase, rows: number, ageSeconds = 0): Promise<void> {
+  const chunk = 500_000;
+  for (let from = 1; from <= rows; from += chunk) {
+    const to = Math.min(rows, from + chunk - 1);
+    await db.query(
+      `INSERT INTO pulse (user_id, last_hb)
+       SELECT g, now() - make_interval(secs => $3) FROM generate_series($1::bigint, $2::bigint) g
+       ON CONFLICT (user_id) DO NOTHING`,
+      [from, to, ageSeconds],
+    );
+  }
+  await db.query('VACUUM ANALYZE pulse');
+}
+
+export interface ApiProcess {
+  url: string;
+  pid: number;
+  /** Resident set size in MB, read from /proc. */
+  rssMb(): number;
+  stop(): Promise<void>;
+}
+
+const apiEntry = fileURLToPath(new URL('../api/main.ts', import.meta.url));
+
+export async function startApi(databaseUrl: string, env: Record<string, string>): Promise<ApiProcess> {
+  const port = await freePort();
+  const child: ChildProcess = spawn(process.execPath, ['--import', 'tsx', apiEntry], {
+    env: { ...process.env, DATABASE_URL: databaseUrl, PORT: String(port), LOG_LEVEL: 'warn', ...env },
+    stdio: ['ignore', 'inherit', 'inherit'],
+  });
+  const url = `http://127.0.0.1:${port}`;
+  for (let attempt = 0; ; attempt += 1) {
+    try {
+      await fetch(`${url}/status/1`);
+      break;
+    } catch {
+      if (attempt > 200 || child.exitCode !== null) throw new Error('the API did not start');
+      await new Promise((resolve) => setTimeout(resolve, 100));
+    }
+  }
+  return {
+    url,
+    pid: child.pid!,
+    rssMb() {
+      const status = readFileSync(`/proc/${child.pid}/status`, 'utf8');
+      const kb = Number(/VmRSS:\s+(\d+)/.exec(status)?.[1] ?? 0);
+      return kb / 1024;
+    },
+    async stop() {
+      child.kill('SIGTERM');
+      if (child.exitCode === null) await once(child, 'exit');
+    },
+  };
+}
+
+export interface LoadResult {
+  requestsPerSecond: number;
+  p50: number;
+  p99: number;
+  errors: number;
+  non2xx: number;
+  peakRssMb: number;
+}
+
+export interface LoadOptions {
+  url: string;
+  method: 'GET' | 'POST';
+  /** Builds the path and body of each request. */
+  request: () => { path: string; body?: string };
+  connections: number;
+  durationSeconds: number;
+  api?: ApiProcess;
+}
+
+/** Drives load with autocannon on 127.0.0.1 for a bounded time, sampling the API's memory. */
+export async function runLoad(options: LoadOptions): Promise<LoadResult> {
+  let peakRssMb = 0;
+  const sampler = setInterval(() => {
+    if (options.api) peakRssMb = Math.max(peakRssMb, options.api.rssMb());
+  }, 250);
+  try {
+    const result = await autocannon({
+      url: options.url,
+      connections: options.connections,
+      duration: options.durationSeconds,
+      requests: [
+        {
+          method: options.method,
+          headers: { 'content-type': 'application/json' },
+          setupRequest: (req) => {
+            const { path: requestPath, body } = options.request();
+            return { ...req, path: requestPath, ...(body === undefined ? {} : { body }) };
+          },
+        },
+      ],
+    });
+    return {
+      requestsPerSecond: result.requests.average,
+      p50: result.latency.p50,
+      p99: result.latency.p99,
+      errors: result.errors + result.timeouts,
+      non2xx: result.non2xx,
+      peakRssMb,
+    };
+  } finally {
+    clearInterval(sampler);
+  }
+}
+
+export const randomUserId = (rows: number): number => 1 + Math.floor(Math.random() * rows);

@@ -1,0 +1,24 @@
+import { Router } from 'express';
+import type { Kysely } from 'kysely';
+import type { Registry } from 'prom-client';
+import { checkReadiness } from './readiness.ts';
+
+/**
+ * GET /healthz (the process is alive), /readyz (the database answers and the schema is migrated),
+ * /metrics (Prometheus text). Served by the API on its port and by the sweeper on METRICS_PORT.
+ */
+export function opsRoutes<DB>({ db, registry }: { db: Kysely<DB>; registry: Registry }): Router {
+  const router = Router();
+  router.get('/healthz', (_req, res) => {
+    res.json({ status: 'ok' });
+  });
+  router.get('/readyz', async (_req, res) => {
+    const readiness = await checkReadiness(db);
+    if (readiness.ready) res.json({ status: 'ready' });
+    else res.status(503).json({ error: { code: 'not_ready', message: readiness.reason } });
+  });
+  router.get('/metrics', async (_req, res) => {
+    res.type(registry.contentType).send(await registry.metrics());
+  });
+  return router;
+}
