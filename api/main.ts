@@ -1,8 +1,8 @@
-import { once } from 'node:events';
 import { loadApiConfig } from '../lib/config.ts';
 import { openDatabase } from '../lib/db.ts';
 import { runMain } from '../lib/entry.ts';
 import { createLogger } from '../lib/logger.ts';
+import { listen } from '../lib/http-server.ts';
 import { GracefulShutdown } from '../lib/shutdown.ts';
 import { assembleApi } from './assemble.ts';
 
@@ -23,12 +23,7 @@ runMain(async () => {
   const { app, heartbeats } = assembleApi(database, config, logger);
   shutdown.add('heartbeat queue', () => heartbeats.close());
 
-  const server = app.listen(config.PORT, config.HOST);
-  await once(server, 'listening');
-  shutdown.add('http server', async () => {
-    const closed = new Promise<void>((resolve) => server.close(() => resolve()));
-    server.closeIdleConnections();
-    await closed;
-  });
+  const server = await listen(app, config.PORT, config.HOST);
+  shutdown.add('http server', () => server.stop());
   logger.info({ url: `http://${config.HOST}:${config.PORT}` }, 'pulse api listening');
 });

@@ -1,9 +1,8 @@
-import { once } from 'node:events';
-import type { AddressInfo } from 'node:net';
 import { assembleApi } from '../../api/assemble.ts';
 import type { HeartbeatWriter } from '../../api/heartbeat-writer.ts';
 import { loadApiConfig, type ApiConfig } from '../../lib/config.ts';
 import type { DatabaseHandle } from '../../lib/db.ts';
+import { listen } from '../../lib/http-server.ts';
 import { silentLogger } from './database.ts';
 
 export interface TestApp {
@@ -23,17 +22,14 @@ export async function startTestApp(
 ): Promise<TestApp> {
   const config = loadApiConfig({ DATABASE_URL: database.url, ...env });
   const { app, heartbeats } = assembleApi(database, config, silentLogger);
-  const server = app.listen(0, '127.0.0.1');
-  await once(server, 'listening');
-  const baseUrl = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+  const server = await listen(app, 0, '127.0.0.1');
+  const baseUrl = `http://127.0.0.1:${server.port}`;
   return {
     baseUrl,
     config,
     heartbeats,
     async close() {
-      const closed = new Promise<void>((resolve) => server.close(() => resolve()));
-      server.closeAllConnections();
-      await closed;
+      await server.stop();
       await heartbeats.close();
     },
     post: (path, body, headers = {}) =>

@@ -1,0 +1,113 @@
+import { expect } from 'chai';
+import { freePort } from '../lib/embedded-postgres.ts';
+import { openDatabase } from '../lib/db.ts';
+import { startTestApp, type TestApp } from './support/app.ts';
+import { createTestDatabase, silentLogger, type TestDatabase } from './support/database.ts';
+import { adminQuery, uniqueName, withDatabase } from './support/server.ts';
+import { serverUrl } from './support/database.ts';
+
+/** The value of one series in Prometheus text, or undefined when it is absent. */
+function sample(metrics: string, series: string): number | undefined {
+  const line = metrics.split('\n').find((l) => l.startsWith(`${series} `));
+  return line === undefined ? undefined : Number(line.slice(series.length + 1));
+}
+
+describe('operations endpoints', () => {
+  let database: TestDatabase;
+  let app: TestApp;
+  beforeEach(async () => {
+    database = await createTestDatabase();
+    app = await startTestApp(database);
+  });
+  afterEach(async () => {
+    await app.close();
+    await database.drop();
+  });
+
+  it('GET /healthz answers 200 while the process runs', async () => {
+    const response = await app.get('/healthz');
+    expect(response.status).to.equal(200);
+    expect(await response.json()).to.deep.equal({ status: 'ok' });
+  });
+
+  it('GET /readyz answers 200 when the database answers and is migrated', async () => {
+    const response = await app.get('/readyz');
+    expect(response.status).to.equal(200);
+    expect(await response.json()).to.deep.equal({ status: 'ready' });
+  });
+
+  it('GET /readyz answers 503 naming the pending migration on an unmigrated database', async () => {
+    const name = uniqueName('pulse_unmigrated');
+    await adminQuery(serverUrl(), `CREATE DATABASE ${name}`);
+    const url = withDatabase(serverUrl(), name);
+    const empty = openDatabase({ connectionString: url, poolMax: 2, applicationName: 'test', logger: silentLogger });
+    const unmigrated = await startTestApp({ ...empty, url });
+    try {
+      const response = await unmigrated.get('/readyz');
+      expect(response.status).to.equal(503);
+      const body = (await response.json()) as { error: { code: string; message: string } };
+      expect(body.error.code).to.equal('not_ready');
+      expect(body.error.message).to.match(/migrations pending: 0001_create_pulse/);
+    } finally {
+      await unmigrated.close();
+      await empty.close();
+      await adminQuery(serverUrl(), `DROP DATABASE ${name} WITH (FORCE)`);
+    }
+  });
+
+  it('GET /readyz answers 503 when the database cannot be reached', async () => {
+    const url = `postgres://postgres@127.0.0.1:${await freePort()}/nowhere`;
+    const unreachable = openDatabase({ connectionString: url, poolMax: 1, applicationName: 'test', logger: silentLogger });
+    const lonely = await startTestApp({ ...unreachable, url });
+    try {
+      const response = await lonely.get('/readyz');
+      expect(response.status).to.equal(503);
+      const body = (await response.json()) as { error: { code: string; message: string } };
+      expect(body.error).to.deep.equal({ code: 'not_ready', message: 'database unavailable' });
+      expect((await lonely.get('/healthz')).status).to.equal(200);
+    } finally {
+      await lonely.close();
+      await unreachable.close();
+    }
+  });
+
+  it('GET /metrics exposes the named series and they move with traffic', async () => {
+    const before = await (await app.get('/metrics')).text();
+    expect(sample(before, 'pulse_heartbeats_accepted_total')).to.equal(0);
+    for (const state of ['total', 'idle', 'waiting']) {
+      expect(sample(before, `pulse_pg_pool_connections{state="${state}"}`)).to.be.a('number');
+    }
+    expect(sample(before, 'pulse_heartbeat_queue_ids')).to.equal(0);
+
+    await app.post('/status/update', { user_id: 1 });
+    await app.post('/status/update', [{ user_id: 2 }, { user_id: 3 }]);
+    await app.get('/status/1');
+    await app.get('/status/nope');
+
+    const after = await (await app.get('/metrics')).text();
+    expect(sample(after, 'pulse_heartbeats_accepted_total')).to.equal(3);
+    expect(sample(after, 'pulse_heartbeat_flush_ids_count')).to.be.at.least(1);
+    expect(sample(after, 'pulse_heartbeat_flush_duration_seconds_count{outcome="ok"}')).to.be.at.least(1);
+    expect(
+      sample(after, 'pulse_http_request_duration_seconds_count{method="POST",route="/status/update",status_code="200"}'),
+    ).to.equal(2);
+    expect(
+      sample(after, 'pulse_http_request_duration_seconds_count{method="GET",route="/status/:userId",status_code="200"}'),
+    ).to.equal(1);
+    expect(
+      sample(after, 'pulse_http_request_duration_seconds_count{method="GET",route="/status/:userId",status_code="400"}'),
+    ).to.equal(1);
+    expect(after).not.to.match(/route="\/status\/1"/); // user ids never become labels
+    expect(sample(after, 'pulse_pg_pool_connections{state="total"}')).to.be.at.least(1);
+    expect(after).to.match(/^process_resident_memory_bytes /m);
+  });
+
+  it('sends X-Request-Id, echoing a sane one from the client', async () => {
+    const generated = await app.get('/status/1');
+    expect(generated.headers.get('x-request-id')).to.match(/^[0-9a-f-]{36}$/);
+    const echoed = await fetch(`${app.baseUrl}/status/1`, { headers: { 'x-request-id': 'abc-123' } });
+    expect(echoed.headers.get('x-request-id')).to.equal('abc-123');
+    const replaced = await fetch(`${app.baseUrl}/status/1`, { headers: { 'x-request-id': 'bad id <script>' } });
+    expect(replaced.headers.get('x-request-id')).to.match(/^[0-9a-f-]{36}$/);
+  });
+});
