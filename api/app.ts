@@ -7,6 +7,7 @@ import { opsRoutes } from '../lib/ops-routes.ts';
 import { findOnlineUserIds, type Executor } from '../lib/pulse-store.ts';
 import { errorHandler, notFound } from './errors.ts';
 import type { HeartbeatWriter } from './heartbeat-writer.ts';
+import { openApiDocument } from './openapi.ts';
 import { parseBatchBody, parseHeartbeatBody, parseUserIdParam, requireJson } from './validation.ts';
 
 export interface AppDeps {
@@ -47,6 +48,9 @@ export function buildApp({ db, heartbeats, logger, registry, httpMetrics, config
   );
   app.use(httpMetrics);
   app.use(opsRoutes({ db, registry }));
+  app.get('/openapi.json', (_req, res) => {
+    res.json(openApiDocument);
+  });
   // Only application/json is parsed; routes answer any other content type with 415.
   app.use(express.json({ limit: config.BODY_LIMIT_BYTES, strict: true }));
 

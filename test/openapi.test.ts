@@ -1,0 +1,103 @@
+import { expect } from 'chai';
+import { Ajv2020 } from 'ajv/dist/2020.js';
+import { openApiDocument } from '../api/openapi.ts';
+import { startTestApp, type TestApp } from './support/app.ts';
+import { createTestDatabase, type TestDatabase } from './support/database.ts';
+
+type Operation = { responses: Record<string, { content?: Record<string, { schema: object }>; headers?: object }> };
+const paths = openApiDocument.paths as unknown as Record<string, Record<string, Operation>>;
+const ajv = new Ajv2020({ strict: false, allErrors: true });
+
+function operationFor(method: string, path: string): [string, Operation] {
+  for (const [template, operations] of Object.entries(paths)) {
+    const pattern = new RegExp(`^${template.replace(/\{[^}]+\}/g, '[^/]+')}$`);
+    const operation = operations[method.toLowerCase()];
+    // A literal path (/status/batch) wins over a template (/status/{user_id}).
+    if (operation && (template === path || (pattern.test(path) && !paths[path]?.[method.toLowerCase()]))) {
+      return [template, operation];
+    }
+  }
+  throw new Error(`${method} ${path} is not in the OpenAPI document`);
+}
+
+describe('OpenAPI contract', () => {
+  let database: TestDatabase;
+  let app: TestApp;
+  const exercised = new Set<string>();
+
+  before(async () => {
+    database = await createTestDatabase();
+    app = await startTestApp(database, { BATCH_MAX_IDS: '3', BODY_LIMIT_BYTES: '1024' });
+  });
+  after(async () => {
+    await app.close();
+    await database.drop();
+  });
+
+  /** Sends a real request and checks the answer's status, content type and body against the document. */
+  async function check(method: 'GET' | 'POST', path: string, body?: string, contentType = 'application/json') {
+    const response = await fetch(app.baseUrl + path, {
+      method,
+      ...(body === undefined ? {} : { body, headers: { 'content-type': contentType } }),
+    });
+    const [template, operation] = operationFor(method, path);
+    const documented = operation.responses[String(response.status)];
+    expect(documented, `${method} ${path} answered ${response.status}, which is not documented`).to.exist;
+    const mediaType = (response.headers.get('content-type') ?? '').split(';')[0]!;
+    const content = documented!.content?.[mediaType];
+    expect(content, `${method} ${path} ${response.status} sent ${mediaType}`).to.exist;
+    if (mediaType === 'application/json') {
+      const validate = ajv.compile({ ...content!.schema, components: openApiDocument.components });
+      const payload: unknown = await response.json();
+      expect(validate(payload), `${method} ${path} ${response.status}: ${ajv.errorsText(validate.errors)}`).to.equal(true);
+    }
+    exercised.add(`${method} ${template} ${response.status}`);
+    return response;
+  }
+
+  it('describes every answer of the running app', async () => {
+    await check('POST', '/status/update', JSON.stringify({ user_id: 1, timestamp: 5 }));
+    await check('POST', '/status/update', JSON.stringify([{ user_id: 2 }, { user_id: 3 }]));
+    await check('POST', '/status/update', JSON.stringify({ user_id: 0 }));
+    await check('POST', '/status/update', '{');
+    await check('POST', '/status/update', JSON.stringify([1, 2, 3, 4].map((id) => ({ user_id: id }))));
+    await check('POST', '/status/update', JSON.stringify({ user_id: 1, pad: 'x'.repeat(2000) }));
+    await check('POST', '/status/update', 'user_id=1', 'application/x-www-form-urlencoded');
+    await check('GET', '/status/1');
+    await check('GET', '/status/77');
+    await check('GET', '/status/x');
+    await check('POST', '/status/batch', JSON.stringify([{ user_id: 1 }, { user_id: 9 }, { user_id: 1 }]));
+    await check('POST', '/status/batch', JSON.stringify({ user_id: 1 }));
+    await check('POST', '/status/batch', JSON.stringify([1, 2, 3, 4].map((id) => ({ user_id: id }))));
+    await check('POST', '/status/batch', '[]', 'text/plain');
+    await check('GET', '/healthz');
+    await check('GET', '/readyz');
+    await check('GET', '/metrics');
+    await check('GET', '/openapi.json');
+  });
+
+  it('exercised every documented operation', () => {
+    for (const [template, operations] of Object.entries(paths)) {
+      for (const method of Object.keys(operations)) {
+        const seen = [...exercised].some((e) => e.startsWith(`${method.toUpperCase()} ${template} `));
+        expect(seen, `${method.toUpperCase()} ${template} never called`).to.equal(true);
+      }
+    }
+  });
+
+  it('serves the document at GET /openapi.json', async () => {
+    const served: unknown = await (await app.get('/openapi.json')).json();
+    expect(served).to.deep.equal(JSON.parse(JSON.stringify(openApiDocument)));
+    expect((served as { openapi: string }).openapi).to.equal('3.1.0');
+  });
+
+  it('documents the 503 answers with the error schema and Retry-After', () => {
+    for (const operations of Object.values(paths)) {
+      for (const operation of Object.values(operations)) {
+        const unavailable = operation.responses['503'];
+        if (unavailable) expect(unavailable.content?.['application/json']).to.exist;
+      }
+    }
+    expect(paths['/status/update']!.post!.responses['503']!.headers).to.have.property('Retry-After');
+  });
+});
