@@ -60,15 +60,15 @@ describe('graceful shutdown of the API process', () => {
       }
     };
     const workers = Array.from({ length: 16 }, worker);
-    await sleep(700);
-    const beforeSignal = acknowledged.length;
+    // Under load: wait for a steady stream of acknowledgements, however slow the machine is.
+    while (acknowledged.length < 100) await sleep(20);
+    await sleep(100);
     api.kill('SIGTERM');
     const [code] = await exited;
     running = false;
     await Promise.all(workers);
 
     expect(code).to.equal(0);
-    expect(beforeSignal).to.be.greaterThan(20);
     expect(refused).to.be.greaterThan(0);
     const stored = new Set(await database.userIds());
     const lost = acknowledged.filter((id) => !stored.has(id));

@@ -1,0 +1,103 @@
+import { spawn } from 'node:child_process';
+import { expect } from 'chai';
+import pg from 'pg';
+import { freePort } from '../lib/embedded-postgres.ts';
+import { serverUrl } from './support/database.ts';
+import { adminQuery, uniqueName, withDatabase } from './support/server.ts';
+
+interface Run {
+  code: number | null;
+  stdout: string;
+  stderr: string;
+}
+
+function migrate(databaseUrl: string, args: string[] = [], env: Record<string, string> = {}): Promise<Run> {
+  return new Promise((resolve) => {
+    const child = spawn(process.execPath, ['--import', 'tsx', 'scripts/migrate.ts', ...args], {
+      env: { PATH: process.env.PATH, DATABASE_URL: databaseUrl, LOG_LEVEL: 'silent', ...env },
+    });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.on('data', (chunk: Buffer) => (stdout += chunk.toString()));
+    child.stderr.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
+    child.on('exit', (code) => resolve({ code, stdout, stderr }));
+  });
+}
+
+async function query(url: string, text: string): Promise<pg.QueryResult> {
+  const client = new pg.Client({ connectionString: url });
+  await client.connect();
+  try {
+    return await client.query(text);
+  } finally {
+    await client.end();
+  }
+}
+
+describe('migrate CLI', () => {
+  let name: string;
+  let url: string;
+  beforeEach(async () => {
+    name = uniqueName('pulse_migrate');
+    await adminQuery(serverUrl(), `CREATE DATABASE ${name}`);
+    url = withDatabase(serverUrl(), name);
+  });
+  afterEach(async () => {
+    await adminQuery(serverUrl(), `DROP DATABASE IF EXISTS ${name} WITH (FORCE)`);
+  });
+
+  it('applies, reports, and reverts the schema', async () => {
+    expect((await migrate(url, ['status'])).stdout).to.match(/0001_create_pulse\s+pending/);
+    const up = await migrate(url);
+    expect(up.code).to.equal(0);
+    expect(up.stdout).to.match(/applied 0001_create_pulse/);
+    expect((await migrate(url, ['status'])).stdout).to.match(/0001_create_pulse\s+applied \d{4}-/);
+    const columns = await query(
+      url,
+      `SELECT column_name, data_type, is_nullable FROM information_schema.columns
+       WHERE table_name = 'pulse' ORDER BY ordinal_position`,
+    );
+    expect(columns.rows).to.deep.equal([
+      { column_name: 'user_id', data_type: 'bigint', is_nullable: 'NO' },
+      { column_name: 'last_hb', data_type: 'timestamp with time zone', is_nullable: 'NO' },
+    ]);
+    expect((await migrate(url)).stdout).to.match(/already up to date/);
+
+    const down = await migrate(url, ['down']);
+    expect(down.code).to.equal(0);
+    expect(down.stdout).to.match(/reverted 0001_create_pulse/);
+    expect((await query(url, `SELECT to_regclass('pulse') AS t`)).rows[0]).to.deep.equal({ t: null });
+  });
+
+  it('is safe when several copies run at once', async () => {
+    const runs = await Promise.all([migrate(url), migrate(url), migrate(url)]);
+    for (const run of runs) expect(run.code, run.stderr).to.equal(0);
+    expect(runs.filter((r) => /applied 0001_create_pulse/.test(r.stdout))).to.have.length(1);
+    const applied = await query(url, 'SELECT name FROM kysely_migration');
+    expect(applied.rows).to.deep.equal([{ name: '0001_create_pulse' }]);
+  });
+
+  it('switches the table to UNLOGGED and back with PULSE_TABLE_UNLOGGED', async () => {
+    const persistence = async () =>
+      (await query(url, `SELECT relpersistence FROM pg_class WHERE oid = 'pulse'::regclass`)).rows[0] as {
+        relpersistence: string;
+      };
+    expect((await migrate(url, [], { PULSE_TABLE_UNLOGGED: 'true' })).stdout).to.match(/now UNLOGGED/);
+    expect(await persistence()).to.deep.equal({ relpersistence: 'u' });
+    expect((await migrate(url)).stdout).to.match(/now LOGGED/);
+    expect(await persistence()).to.deep.equal({ relpersistence: 'p' });
+  });
+
+  it('exits 1 with a readable message when the database cannot be reached', async () => {
+    const run = await migrate(`postgres://postgres@127.0.0.1:${await freePort()}/nowhere`);
+    expect(run.code).to.equal(1);
+    expect(run.stderr).to.match(/^error: .*ECONNREFUSED|connect/m);
+    expect(run.stderr).not.to.match(/^\s+at /m);
+  });
+
+  it('exits 1 on an unknown command', async () => {
+    const run = await migrate(url, ['sideways']);
+    expect(run.code).to.equal(1);
+    expect(run.stderr).to.match(/unknown migrate command "sideways"/);
+  });
+});
