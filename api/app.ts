@@ -1,7 +1,9 @@
 import { randomUUID } from 'node:crypto';
 import express, { type Express } from 'express';
+import helmet from 'helmet';
 import { pinoHttp } from 'pino-http';
 import type { Logger } from '../lib/logger.ts';
+import { assertMayWrite, createAuthenticate, principalOf, type AuthConfig } from './auth.ts';
 import { findOnlineUserIds, type Executor } from '../lib/pulse-store.ts';
 import { errorHandler, notFound } from './errors.ts';
 import type { HeartbeatWriter } from './heartbeat-writer.ts';
@@ -11,7 +13,7 @@ export interface AppDeps {
   db: Executor;
   heartbeats: HeartbeatWriter;
   logger: Logger;
-  config: {
+  config: AuthConfig & {
     ONLINE_THRESHOLD_SECONDS: number;
     BATCH_MAX_IDS: number;
     BODY_LIMIT_BYTES: number;
@@ -35,12 +37,23 @@ export function buildApp({ db, heartbeats, logger, config }: AppDeps): Express {
       },
     }),
   );
-  // Only application/json is parsed; routes answer any other content type with 415.
-  app.use(express.json({ limit: config.BODY_LIMIT_BYTES, strict: true }));
+  // --- security: headers for a JSON API, then who is calling (before any body is read) ---
+  app.use(
+    helmet({
+      contentSecurityPolicy: { directives: { defaultSrc: ["'none'"], frameAncestors: ["'none'"] } },
+    }),
+  );
+  app.use('/status', createAuthenticate(config));
+  // --- end security ---
+
+  // Only application/json is parsed; routes answer any other content type with 415. Compressed
+  // bodies are refused (415): the size limit then bounds exactly what the parser reads.
+  app.use(express.json({ limit: config.BODY_LIMIT_BYTES, strict: true, inflate: false }));
 
   app.post('/status/update', async (req, res) => {
     requireJson(req);
     const { userIds, many } = parseHeartbeatBody(req.body, config.BATCH_MAX_IDS);
+    assertMayWrite(principalOf(req), userIds);
     await heartbeats.record(userIds);
     res.json(many ? { status: 'success', accepted: userIds.length } : { status: 'success' });
   });
