@@ -39,8 +39,13 @@ export function buildApp({ db, heartbeats, logger, config }: AppDeps): Express {
   );
   // --- security: headers for a JSON API, then who is calling (before any body is read) ---
   app.use(
+    // JSON is never rendered: allow nothing, frame nothing.
     helmet({
-      contentSecurityPolicy: { directives: { defaultSrc: ["'none'"], frameAncestors: ["'none'"] } },
+      contentSecurityPolicy: {
+        useDefaults: false,
+        directives: { defaultSrc: ["'none'"], frameAncestors: ["'none'"] },
+      },
+      xFrameOptions: { action: 'deny' },
     }),
   );
   app.use('/status', createAuthenticate(config));
