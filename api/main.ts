@@ -12,7 +12,7 @@ runMain(async () => {
   const logger = createLogger('pulse-api', config.LOG_LEVEL);
   if (config.AUTH_MODE === 'none') {
     logger.warn(
-      'AUTH_MODE=none: requests are not authenticated, anyone can set anyone\'s status; ' +
+      "AUTH_MODE=none: requests are not authenticated, anyone can set anyone's status; " +
         'set AUTH_MODE=jwt outside local development',
     );
   }

@@ -65,9 +65,13 @@ export type JwtPublicKeyAlgorithm = 'RS256' | 'ES256';
 /**
  * Parses AUTH_JWT_PUBLIC_KEY: a PEM public key (SPKI or PKCS#1) or X.509 certificate, RSA of at
  * least 2048 bits (RS256) or EC P-256 (ES256). Literal `\n` sequences are read as newlines, so the
- * PEM fits on one line of an env file. Throws an Error whose message completes "AUTH_JWT_PUBLIC_KEY ...".
+ * PEM fits on one line of an env file. Throws an Error whose message completes
+ * "AUTH_JWT_PUBLIC_KEY ...".
  */
-export function parseJwtPublicKey(pem: string): { key: KeyObject; algorithm: JwtPublicKeyAlgorithm } {
+export function parseJwtPublicKey(pem: string): {
+  key: KeyObject;
+  algorithm: JwtPublicKeyAlgorithm;
+} {
   const text = pem.replaceAll('\\n', '\n').trim();
   if (/PRIVATE KEY/.test(text)) {
     throw new Error('must be a public key, not a private key (the API only verifies tokens)');
@@ -136,7 +140,12 @@ function checkAuth(c: AuthFields, ctx: z.RefinementCtx): void {
   }
   if (c.AUTH_MODE === 'none') {
     // Settings for a mode that is not on are a mistake that would leave the API open: fail fast.
-    const jwtOnly = ['AUTH_JWT_SECRET', 'AUTH_JWT_PUBLIC_KEY', 'AUTH_JWT_ISSUER', 'AUTH_JWT_AUDIENCE'] as const;
+    const jwtOnly = [
+      'AUTH_JWT_SECRET',
+      'AUTH_JWT_PUBLIC_KEY',
+      'AUTH_JWT_ISSUER',
+      'AUTH_JWT_AUDIENCE',
+    ] as const;
     for (const name of jwtOnly) {
       if (c[name] !== undefined) {
         ctx.addIssue({

@@ -3,7 +3,11 @@ import { pino, type DestinationStream, type Logger } from 'pino';
 export type { Logger };
 
 /** Request headers that carry credentials: never written to a log. */
-const REDACTED = ['req.headers.authorization', 'req.headers.cookie', 'req.headers["proxy-authorization"]'];
+const REDACTED = [
+  'req.headers.authorization',
+  'req.headers.cookie',
+  'req.headers["proxy-authorization"]',
+];
 
 export function createLogger(name: string, level: string, destination?: DestinationStream): Logger {
   const options = { name, level, redact: { paths: REDACTED, censor: '[redacted]' } };

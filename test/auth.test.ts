@@ -47,7 +47,10 @@ describe('authentication, AUTH_MODE=jwt with HS256', () => {
   /** Sends a heartbeat for user 7 with these headers and checks it was refused with 401. */
   async function expectRefusedHeartbeat(headers: Record<string, string>, code = 'invalid_token') {
     const before = await database.snapshot();
-    const challenge = await expectUnauthorized(await app.post('/status/update', { user_id: 7 }, headers), code);
+    const challenge = await expectUnauthorized(
+      await app.post('/status/update', { user_id: 7 }, headers),
+      code,
+    );
     expect(await database.snapshot()).to.deep.equal(before);
     return challenge;
   }
@@ -95,7 +98,9 @@ describe('authentication, AUTH_MODE=jwt with HS256', () => {
 
     it('an unsigned token (alg none)', async () => {
       const head = Buffer.from(JSON.stringify({ alg: 'none', typ: 'JWT' })).toString('base64url');
-      const body = Buffer.from(JSON.stringify({ sub: '7', scope: GATEWAY_SCOPE })).toString('base64url');
+      const body = Buffer.from(JSON.stringify({ sub: '7', scope: GATEWAY_SCOPE })).toString(
+        'base64url',
+      );
       await expectRefusedHeartbeat(bearer(`${head}.${body}.`));
     });
 
@@ -108,12 +113,16 @@ describe('authentication, AUTH_MODE=jwt with HS256', () => {
     });
 
     it('an expired token, beyond the clock tolerance', async () => {
-      const challenge = await expectRefusedHeartbeat(bearer(await tokens.user(7, { expiresIn: -30 })));
+      const challenge = await expectRefusedHeartbeat(
+        bearer(await tokens.user(7, { expiresIn: -30 })),
+      );
       expect(challenge).to.include('expired');
     });
 
     it('a token whose nbf is in the future, beyond the clock tolerance', async () => {
-      const challenge = await expectRefusedHeartbeat(bearer(await tokens.user(7, { notBefore: 60 })));
+      const challenge = await expectRefusedHeartbeat(
+        bearer(await tokens.user(7, { notBefore: 60 })),
+      );
       expect(challenge).to.include('not valid yet');
     });
 
@@ -129,14 +138,27 @@ describe('authentication, AUTH_MODE=jwt with HS256', () => {
     });
 
     it('a sub that is not a user id, without the gateway scope', async () => {
-      for (const sub of ['0', '-7', '7.0', ' 7', '07', '9007199254740992', 'alice', 7, null, undefined]) {
+      for (const sub of [
+        '0',
+        '-7',
+        '7.0',
+        ' 7',
+        '07',
+        '9007199254740992',
+        'alice',
+        7,
+        null,
+        undefined,
+      ]) {
         await expectRefusedHeartbeat(bearer(await tokens.sign({ claims: { sub } })));
       }
     });
 
     it('a scope claim of the wrong type', async () => {
       await expectRefusedHeartbeat(bearer(await tokens.user(7, { claims: { scope: 42 } })));
-      await expectRefusedHeartbeat(bearer(await tokens.user(7, { claims: { scope: [GATEWAY_SCOPE, 1] } })));
+      await expectRefusedHeartbeat(
+        bearer(await tokens.user(7, { claims: { scope: [GATEWAY_SCOPE, 1] } })),
+      );
     });
 
     it('answers 401 before reading the body: an unauthenticated oversized body is 401, not 413', async () => {
@@ -147,27 +169,43 @@ describe('authentication, AUTH_MODE=jwt with HS256', () => {
 
   describe('accepts tokens inside the clock tolerance', () => {
     it('expired 2 s ago with a 5 s tolerance', async () => {
-      const response = await app.post('/status/update', { user_id: 7 }, bearer(await tokens.user(7, { expiresIn: -2 })));
+      const response = await app.post(
+        '/status/update',
+        { user_id: 7 },
+        bearer(await tokens.user(7, { expiresIn: -2 })),
+      );
       expect(response.status).to.equal(200);
       expect(await database.ageOf(7)).to.be.below(2);
     });
 
     it('nbf 2 s in the future with a 5 s tolerance', async () => {
-      const response = await app.post('/status/update', { user_id: 7 }, bearer(await tokens.user(7, { notBefore: 2 })));
+      const response = await app.post(
+        '/status/update',
+        { user_id: 7 },
+        bearer(await tokens.user(7, { notBefore: 2 })),
+      );
       expect(response.status).to.equal(200);
     });
 
     it('the Bearer scheme in any case', async () => {
-      const response = await app.post('/status/update', { user_id: 7 }, {
-        authorization: `bEaReR ${await tokens.user(7)}`,
-      });
+      const response = await app.post(
+        '/status/update',
+        { user_id: 7 },
+        {
+          authorization: `bEaReR ${await tokens.user(7)}`,
+        },
+      );
       expect(response.status).to.equal(200);
     });
   });
 
   describe('heartbeats: a user for themselves, a gateway for anyone', () => {
     it('a user may send their own heartbeat (200, row refreshed)', async () => {
-      const response = await app.post('/status/update', { user_id: 7, timestamp: 1 }, bearer(await tokens.user(7)));
+      const response = await app.post(
+        '/status/update',
+        { user_id: 7, timestamp: 1 },
+        bearer(await tokens.user(7)),
+      );
       expect(response.status).to.equal(200);
       expect(await response.json()).to.deep.equal({ status: 'success' });
       expect(await database.ageOf(7)).to.be.below(2);
@@ -175,7 +213,11 @@ describe('authentication, AUTH_MODE=jwt with HS256', () => {
 
     it('a user may not send a heartbeat for another user: 403 forbidden, row unchanged', async () => {
       const before = await database.snapshot();
-      const response = await app.post('/status/update', { user_id: 2 }, bearer(await tokens.user(7)));
+      const response = await app.post(
+        '/status/update',
+        { user_id: 2 },
+        bearer(await tokens.user(7)),
+      );
       await expectError(response, 403, 'forbidden');
       expect(response.headers.get('www-authenticate')).to.include('error="insufficient_scope"');
       expect(await database.snapshot()).to.deep.equal(before);
@@ -194,21 +236,38 @@ describe('authentication, AUTH_MODE=jwt with HS256', () => {
     });
 
     it('a user may use the batch form for their own id only', async () => {
-      const response = await app.post('/status/update', [{ user_id: 7 }, { user_id: 7 }], bearer(await tokens.user(7)));
+      const response = await app.post(
+        '/status/update',
+        [{ user_id: 7 }, { user_id: 7 }],
+        bearer(await tokens.user(7)),
+      );
       expect(response.status).to.equal(200);
       expect(await database.ageOf(7)).to.be.below(2);
     });
 
     it('a scope that only looks like the gateway scope grants nothing', async () => {
-      for (const scope of ['presence:write:anything', 'presence:write', `x${GATEWAY_SCOPE}`, 'PRESENCE:WRITE:ANY']) {
+      for (const scope of [
+        'presence:write:anything',
+        'presence:write',
+        `x${GATEWAY_SCOPE}`,
+        'PRESENCE:WRITE:ANY',
+      ]) {
         const token = await tokens.user(7, { claims: { scope } });
-        await expectError(await app.post('/status/update', { user_id: 2 }, bearer(token)), 403, 'forbidden');
+        await expectError(
+          await app.post('/status/update', { user_id: 2 }, bearer(token)),
+          403,
+          'forbidden',
+        );
       }
       expect(await database.ageOf(2)).to.be.at.least(STALE);
     });
 
     it('a gateway may send a single heartbeat for any user', async () => {
-      const response = await app.post('/status/update', { user_id: 2 }, bearer(await tokens.gateway()));
+      const response = await app.post(
+        '/status/update',
+        { user_id: 2 },
+        bearer(await tokens.gateway()),
+      );
       expect(response.status).to.equal(200);
       expect(await database.ageOf(2)).to.be.below(2);
     });
@@ -226,25 +285,35 @@ describe('authentication, AUTH_MODE=jwt with HS256', () => {
 
     it('the gateway scope works as an array too, and with a user id as sub', async () => {
       const asArray = await tokens.user(7, { claims: { scope: ['presence:read', GATEWAY_SCOPE] } });
-      expect((await app.post('/status/update', [{ user_id: 3 }], bearer(asArray))).status).to.equal(200);
+      expect((await app.post('/status/update', [{ user_id: 3 }], bearer(asArray))).status).to.equal(
+        200,
+      );
       expect(await database.ageOf(3)).to.be.below(2);
     });
 
     it('a gateway token without a sub is accepted', async () => {
       const token = await tokens.gateway({ claims: { sub: undefined } });
-      expect((await app.post('/status/update', { user_id: 1 }, bearer(token))).status).to.equal(200);
+      expect((await app.post('/status/update', { user_id: 1 }, bearer(token))).status).to.equal(
+        200,
+      );
     });
 
     it('the gateway is still held to the input limits', async () => {
       const six = [1, 2, 3, 4, 5, 6].map((id) => ({ user_id: id }));
-      await expectError(await app.post('/status/update', six, bearer(await tokens.gateway())), 413, 'too_many_ids');
+      await expectError(
+        await app.post('/status/update', six, bearer(await tokens.gateway())),
+        413,
+        'too_many_ids',
+      );
     });
   });
 
   describe('reads need a valid token', () => {
     it('GET /status/:userId: 401 without a token, 401 with a bad one, 200 with any valid one', async () => {
       await expectUnauthorized(await app.get('/status/1'), 'unauthorized');
-      await expectUnauthorized(await app.get('/status/1', bearer(await tokens.user(7, { expiresIn: -60 }))));
+      await expectUnauthorized(
+        await app.get('/status/1', bearer(await tokens.user(7, { expiresIn: -60 }))),
+      );
       const response = await app.get('/status/1', bearer(await tokens.user(7)));
       expect(response.status).to.equal(200);
       expect(await response.json()).to.deep.equal({ user_id: 1, is_online: false });
@@ -253,7 +322,11 @@ describe('authentication, AUTH_MODE=jwt with HS256', () => {
 
     it('POST /status/batch: 401 without a token, 200 with a user token', async () => {
       await expectUnauthorized(await app.post('/status/batch', [{ user_id: 1 }]), 'unauthorized');
-      const response = await app.post('/status/batch', [{ user_id: 1 }, { user_id: 7 }], bearer(await tokens.user(7)));
+      const response = await app.post(
+        '/status/batch',
+        [{ user_id: 1 }, { user_id: 7 }],
+        bearer(await tokens.user(7)),
+      );
       expect(response.status).to.equal(200);
       expect(await response.json()).to.deep.equal([
         { user_id: 1, is_online: false },
@@ -276,7 +349,12 @@ describe('authentication, AUTH_MODE=jwt with HS256', () => {
         done();
       },
     });
-    const logged = await startTestApp(database.db, database.url, jwtEnv(secret), createLogger('t', 'info', sink));
+    const logged = await startTestApp(
+      database.db,
+      database.url,
+      jwtEnv(secret),
+      createLogger('t', 'info', sink),
+    );
     try {
       const token = await tokens.user(7);
       expect((await logged.get('/status/7', bearer(token))).status).to.equal(200);
@@ -312,17 +390,27 @@ for (const algorithm of ['RS256', 'ES256'] as const) {
     });
 
     it('accepts a user token and a gateway token signed with the private key', async () => {
-      expect((await app.post('/status/update', { user_id: 7 }, bearer(await minter.user(7)))).status).to.equal(200);
+      expect(
+        (await app.post('/status/update', { user_id: 7 }, bearer(await minter.user(7)))).status,
+      ).to.equal(200);
       expect((await app.get('/status/7', bearer(await minter.user(1)))).status).to.equal(200);
       const gateway = await minter.gateway({ issuer: null, audience: null });
-      expect((await app.post('/status/update', [{ user_id: 8 }], bearer(gateway))).status).to.equal(200);
-      await expectError(await app.post('/status/update', { user_id: 2 }, bearer(await minter.user(7))), 403, 'forbidden');
+      expect((await app.post('/status/update', [{ user_id: 8 }], bearer(gateway))).status).to.equal(
+        200,
+      );
+      await expectError(
+        await app.post('/status/update', { user_id: 2 }, bearer(await minter.user(7))),
+        403,
+        'forbidden',
+      );
       expect(await database.ageOf(2)).to.be.at.least(STALE);
     });
 
     it('refuses a token from another key pair', async () => {
       const other = (await asymmetric(algorithm)).minter;
-      await expectUnauthorized(await app.post('/status/update', { user_id: 2 }, bearer(await other.gateway())));
+      await expectUnauthorized(
+        await app.post('/status/update', { user_id: 2 }, bearer(await other.gateway())),
+      );
       expect(await database.ageOf(2)).to.be.at.least(STALE);
     });
 
@@ -350,7 +438,9 @@ describe('AUTH_MODE=none', () => {
   it('lets anyone write anyone, with or without an Authorization header (local use only)', async () => {
     expect((await app.post('/status/update', { user_id: 5 })).status).to.equal(200);
     const garbage = { authorization: 'Bearer not.a.token' };
-    expect((await app.post('/status/update', [{ user_id: 6 }, { user_id: 7 }], garbage)).status).to.equal(200);
+    expect(
+      (await app.post('/status/update', [{ user_id: 6 }, { user_id: 7 }], garbage)).status,
+    ).to.equal(200);
     expect((await app.get('/status/5', garbage)).status).to.equal(200);
     expect(await database.userIds()).to.deep.equal([5, 6, 7]);
   });

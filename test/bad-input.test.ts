@@ -24,8 +24,9 @@ const isUserRef = (v: Json): boolean =>
   v !== null &&
   !Array.isArray(v) &&
   Number.isSafeInteger((v as { user_id?: unknown }).user_id) &&
-  ((v as { user_id: number }).user_id >= 1);
-const isRefList = (v: Json): boolean => Array.isArray(v) && v.length <= BATCH_MAX_IDS && v.every(isUserRef);
+  (v as { user_id: number }).user_id >= 1;
+const isRefList = (v: Json): boolean =>
+  Array.isArray(v) && v.length <= BATCH_MAX_IDS && v.every(isUserRef);
 
 /** Would this body text be accepted on this route (ignoring auth)? */
 function isValidBody(route: 'update' | 'batch', text: string): boolean {
@@ -42,7 +43,9 @@ function isValidBody(route: 'update' | 'batch', text: string): boolean {
 
 // ---- generators ----
 
-const printable = fc.string({ unit: fc.integer({ min: 0x20, max: 0x7e }).map((c) => String.fromCharCode(c)) });
+const printable = fc.string({
+  unit: fc.integer({ min: 0x20, max: 0x7e }).map((c) => String.fromCharCode(c)),
+});
 
 const badUserId: fc.Arbitrary<Json> = fc.oneof(
   fc.integer({ min: -MAX_ID, max: 0 }),
@@ -62,31 +65,57 @@ const badRef: fc.Arbitrary<Json> = fc.oneof(
   fc.record({ id: fc.integer({ min: 1 }) }), // user_id missing
   fc.jsonValue({ maxDepth: 2 }).filter((v) => !isUserRef(v)),
 );
-const extraFields = fc.dictionary(fc.string({ maxLength: 8 }), fc.jsonValue({ maxDepth: 1 }), { maxKeys: 3 });
+const extraFields = fc.dictionary(fc.string({ maxLength: 8 }), fc.jsonValue({ maxDepth: 1 }), {
+  maxKeys: 3,
+});
 
 /** Body texts, filtered to the ones the route must reject. */
 const badBodyText = (route: 'update' | 'batch'): fc.Arbitrary<string> =>
   fc
     .oneof(
-      badRef.chain((ref) => extraFields.map((extra) => JSON.stringify({ ...extra, ...(ref as object) }))),
+      badRef.chain((ref) =>
+        extraFields.map((extra) => JSON.stringify({ ...extra, ...(ref as object) })),
+      ),
       fc
         .tuple(fc.array(goodRef, { maxLength: 3 }), badRef, fc.array(goodRef, { maxLength: 3 }))
         .map(([a, bad, b]) => JSON.stringify([...a, bad, ...b])),
-      fc.array(goodRef, { minLength: BATCH_MAX_IDS + 1, maxLength: 3 * BATCH_MAX_IDS }).map((a) => JSON.stringify(a)),
+      fc
+        .array(goodRef, { minLength: BATCH_MAX_IDS + 1, maxLength: 3 * BATCH_MAX_IDS })
+        .map((a) => JSON.stringify(a)),
       fc.array(goodRef, { minLength: 1, maxLength: 2 }).map((a) => JSON.stringify([a])), // nested arrays
       fc.jsonValue({ maxDepth: 3 }).map((v) => JSON.stringify(v) ?? 'null'),
       fc.string({ unit: 'binary', maxLength: 64 }),
       fc.string({ unit: 'binary-ascii', maxLength: 64 }).map((s) => `{"user_id": ${s}}`),
-      fc.integer({ min: BODY_LIMIT_BYTES, max: 4 * BODY_LIMIT_BYTES }).map((n) =>
-        JSON.stringify({ user_id: 1, pad: 'x'.repeat(n) }),
-      ),
+      fc
+        .integer({ min: BODY_LIMIT_BYTES, max: 4 * BODY_LIMIT_BYTES })
+        .map((n) => JSON.stringify({ user_id: 1, pad: 'x'.repeat(n) })),
     )
     .filter((text) => !isValidBody(route, text));
 
 const pathSegment: fc.Arbitrary<string> = fc.oneof(
   fc.constantFrom(
-    '0', '-1', '1.5', '1e3', '0x10', '9007199254740992', '0042', '+1', ' 1', '%', '%zz', '%E0%A4%A',
-    '%00', '..', '.', '', 'null', 'undefined', '__proto__', 'constructor', 'update', 'batch',
+    '0',
+    '-1',
+    '1.5',
+    '1e3',
+    '0x10',
+    '9007199254740992',
+    '0042',
+    '+1',
+    ' 1',
+    '%',
+    '%zz',
+    '%E0%A4%A',
+    '%00',
+    '..',
+    '.',
+    '',
+    'null',
+    'undefined',
+    '__proto__',
+    'constructor',
+    'update',
+    'batch',
   ),
   fc.string({ maxLength: 12 }),
   fc.string({ unit: 'binary', maxLength: 12 }),
@@ -129,7 +158,10 @@ const contentType = fc
   )
   .filter((t) => !/^application\/json(\s*;\s*charset=utf-8)?$/i.test(t.trim()));
 const contentEncoding = fc
-  .oneof(fc.constantFrom('gzip', 'deflate', 'br', 'compress', 'x-gzip', 'gzip, identity'), fc.stringMatching(/^[a-z-]{1,12}$/))
+  .oneof(
+    fc.constantFrom('gzip', 'deflate', 'br', 'compress', 'x-gzip', 'gzip, identity'),
+    fc.stringMatching(/^[a-z-]{1,12}$/),
+  )
   .filter((e) => e !== 'identity');
 
 // ---- the suite ----
@@ -178,9 +210,14 @@ for (const mode of ['none', 'jwt'] as const) {
       expect(response.status, context).to.be.within(400, 499);
       expect(response.headers.get('content-type'), context).to.match(/^application\/json/);
       const parsed = JSON.parse(text) as { error?: { code?: unknown; message?: unknown } };
-      expect(parsed.error?.code, context).to.be.a('string').and.match(/^[a-z_]+$/);
-      expect(parsed.error?.message, context).to.be.a('string').and.not.match(/\.ts:\d+|SELECT|INSERT/);
-      if (response.status === 401) expect(response.headers.get('www-authenticate'), context).to.match(/^Bearer /);
+      expect(parsed.error?.code, context)
+        .to.be.a('string')
+        .and.match(/^[a-z_]+$/);
+      expect(parsed.error?.message, context)
+        .to.be.a('string')
+        .and.not.match(/\.ts:\d+|SELECT|INSERT/);
+      if (response.status === 401)
+        expect(response.headers.get('www-authenticate'), context).to.match(/^Bearer /);
       expect(await database.snapshot(), `table changed by ${context}`).to.deep.equal(before);
       // The process is still up and serving.
       const followUp = await app.get('/status/42', allowed);
@@ -188,14 +225,18 @@ for (const mode of ['none', 'jwt'] as const) {
       expect(await followUp.json()).to.deep.equal({ user_id: 42, is_online: false });
     }
 
-    const json = (extra: Record<string, string> = {}) => ({ 'content-type': 'application/json', ...allowed, ...extra });
+    const json = (extra: Record<string, string> = {}) => ({
+      'content-type': 'application/json',
+      ...allowed,
+      ...extra,
+    });
 
     it('malformed bodies on POST /status/update and /status/batch', async () => {
       await fc.assert(
         fc.asyncProperty(
-          fc.constantFrom('update' as const, 'batch' as const).chain((route) =>
-            badBodyText(route).map((text) => ({ route, text })),
-          ),
+          fc
+            .constantFrom('update' as const, 'batch' as const)
+            .chain((route) => badBodyText(route).map((text) => ({ route, text }))),
           async ({ route, text }) => {
             await expectRejected('POST', `/status/${route}`, json(), text);
           },
@@ -212,7 +253,8 @@ for (const mode of ['none', 'jwt'] as const) {
             pathSegment.map((s) => `/status/${s}`),
             fc.tuple(pathSegment, pathSegment).map(([a, b]) => `/status/${a}/${b}`),
             pathSegment.map((s) => `/${s}`),
-            fc.tuple(pathSegment, fc.constantFrom('status', 'STATUS', 'status/update', 'status/1'))
+            fc
+              .tuple(pathSegment, fc.constantFrom('status', 'STATUS', 'status/update', 'status/1'))
               .map(([s, base]) => `/${s}/${base}`),
           ),
           async (verb, rawPath) => {
@@ -244,7 +286,12 @@ for (const mode of ['none', 'jwt'] as const) {
             const headers: Record<string, string> = { ...extra, ...json() };
             if (type !== undefined) headers['content-type'] = type;
             if (encoding !== undefined) headers['content-encoding'] = encoding;
-            await expectRejected('POST', `/status/${route}`, headers, JSON.stringify([{ user_id: 7 }]));
+            await expectRejected(
+              'POST',
+              `/status/${route}`,
+              headers,
+              JSON.stringify([{ user_id: 7 }]),
+            );
           },
         ),
         { numRuns: RUNS },
@@ -254,24 +301,50 @@ for (const mode of ['none', 'jwt'] as const) {
     it('random, forged, tampered, expired and mis-scoped tokens', async () => {
       const now = () => Math.floor(Date.now() / 1000);
       const tampered = fc
-        .tuple(fc.nat(), fc.constantFrom(...'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_'))
+        .tuple(
+          fc.nat(),
+          fc.constantFrom(...'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_'),
+        )
         .map(([index, char]) => {
           const i = index % validToken.length;
           return validToken.slice(0, i) + char + validToken.slice(i + 1);
         })
         .filter((token) => {
           // Skip mutations that decode to the same bytes (base64url padding bits): still valid.
-          const decode = (t: string) => t.split('.').map((p) => Buffer.from(p, 'base64url').toString('hex'));
-          return token.split('.').length !== 3 || decode(token).join('.') !== decode(validToken).join('.');
+          const decode = (t: string) =>
+            t.split('.').map((p) => Buffer.from(p, 'base64url').toString('hex'));
+          return (
+            token.split('.').length !== 3 ||
+            decode(token).join('.') !== decode(validToken).join('.')
+          );
         });
       const badClaims = fc.oneof(
-        fc.record({ sub: badUserId.map((v) => (typeof v === 'number' ? v : JSON.stringify(v) ?? null)) }),
-        fc.record({ sub: fc.integer({ min: 1, max: MAX_ID }).filter((id) => id !== 7).map(String) }),
-        fc.record({ sub: fc.constant('7'), exp: fc.integer({ min: 10, max: 1e6 }).map((s) => now() - s) }),
-        fc.record({ sub: fc.constant('7'), nbf: fc.integer({ min: 10, max: 1e6 }).map((s) => now() + s) }),
+        fc.record({
+          sub: badUserId.map((v) => (typeof v === 'number' ? v : (JSON.stringify(v) ?? null))),
+        }),
+        fc.record({
+          sub: fc
+            .integer({ min: 1, max: MAX_ID })
+            .filter((id) => id !== 7)
+            .map(String),
+        }),
+        fc.record({
+          sub: fc.constant('7'),
+          exp: fc.integer({ min: 10, max: 1e6 }).map((s) => now() - s),
+        }),
+        fc.record({
+          sub: fc.constant('7'),
+          nbf: fc.integer({ min: 10, max: 1e6 }).map((s) => now() + s),
+        }),
         fc.record({ sub: fc.constant('7'), iss: fc.string() }),
-        fc.record({ sub: fc.constant('7'), aud: fc.oneof(fc.string(), fc.array(fc.string(), { maxLength: 2 })) }),
-        fc.record({ sub: fc.constant('8'), scope: fc.oneof(fc.string(), fc.constant(`${GATEWAY_SCOPE}x`), fc.integer()) }),
+        fc.record({
+          sub: fc.constant('7'),
+          aud: fc.oneof(fc.string(), fc.array(fc.string(), { maxLength: 2 })),
+        }),
+        fc.record({
+          sub: fc.constant('8'),
+          scope: fc.oneof(fc.string(), fc.constant(`${GATEWAY_SCOPE}x`), fc.integer()),
+        }),
       );
       const authorization = fc.oneof(
         printable,
@@ -286,7 +359,8 @@ for (const mode of ['none', 'jwt'] as const) {
       );
       // In jwt mode the body is valid, so only the token can be the reason to refuse; in none
       // mode the header is ignored, so the body is a bad one.
-      const body = mode === 'jwt' ? fc.constant(JSON.stringify({ user_id: 7 })) : badBodyText('update');
+      const body =
+        mode === 'jwt' ? fc.constant(JSON.stringify({ user_id: 7 })) : badBodyText('update');
       await fc.assert(
         fc.asyncProperty(authorization, body, async (spec, bodyText) => {
           let header = spec;
@@ -307,7 +381,10 @@ for (const mode of ['none', 'jwt'] as const) {
       const response = await app.post('/status/update', [{ user_id: 42 }], allowed);
       expect(response.status).to.equal(200);
       expect(await database.ageOf(42)).to.be.below(2);
-      expect(await (await app.get('/status/42', allowed)).json()).to.deep.equal({ user_id: 42, is_online: true });
+      expect(await (await app.get('/status/42', allowed)).json()).to.deep.equal({
+        user_id: 42,
+        is_online: true,
+      });
     });
   });
 }

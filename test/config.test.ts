@@ -43,7 +43,11 @@ describe('API configuration: authentication', () => {
       AUTH_JWT_AUDIENCE: 'pulse',
       AUTH_CLOCK_TOLERANCE_SECONDS: '30',
     });
-    expect(config).to.include({ AUTH_MODE: 'jwt', AUTH_JWT_AUDIENCE: 'pulse', AUTH_CLOCK_TOLERANCE_SECONDS: 30 });
+    expect(config).to.include({
+      AUTH_MODE: 'jwt',
+      AUTH_JWT_AUDIENCE: 'pulse',
+      AUTH_CLOCK_TOLERANCE_SECONDS: 30,
+    });
   });
 
   for (const algorithm of ['RS256', 'ES256'] as const) {
@@ -75,15 +79,27 @@ describe('API configuration: authentication', () => {
 
   it('refuses a secret shorter than 32 bytes, without echoing it', () => {
     const short = 'hunter2-hunter2-hunter2-hunter2'; // 31 bytes
-    const problem = expectProblem({ AUTH_MODE: 'jwt', AUTH_JWT_SECRET: short }, 'AUTH_JWT_SECRET', /at least 32 bytes/);
+    const problem = expectProblem(
+      { AUTH_MODE: 'jwt', AUTH_JWT_SECRET: short },
+      'AUTH_JWT_SECRET',
+      /at least 32 bytes/,
+    );
     expect(problem).not.to.include('hunter2');
     expect(problem).to.include('31 bytes, not shown');
   });
 
   it('refuses a public key that is not a PEM', () => {
-    expectProblem({ AUTH_MODE: 'jwt', AUTH_JWT_PUBLIC_KEY: 'not a key' }, 'AUTH_JWT_PUBLIC_KEY', /PEM public key/);
+    expectProblem(
+      { AUTH_MODE: 'jwt', AUTH_JWT_PUBLIC_KEY: 'not a key' },
+      'AUTH_JWT_PUBLIC_KEY',
+      /PEM public key/,
+    );
     const broken = '-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----';
-    expectProblem({ AUTH_MODE: 'jwt', AUTH_JWT_PUBLIC_KEY: broken }, 'AUTH_JWT_PUBLIC_KEY', /PEM public key/);
+    expectProblem(
+      { AUTH_MODE: 'jwt', AUTH_JWT_PUBLIC_KEY: broken },
+      'AUTH_JWT_PUBLIC_KEY',
+      /PEM public key/,
+    );
   });
 
   it('refuses a private key, a short RSA key and an unsupported curve', () => {
@@ -110,7 +126,11 @@ describe('API configuration: authentication', () => {
 
   it('refuses a clock tolerance that is not a whole number from 0 to 300', () => {
     for (const value of ['-1', '301', '1.5', 'five']) {
-      expectProblem({ AUTH_CLOCK_TOLERANCE_SECONDS: value }, 'AUTH_CLOCK_TOLERANCE_SECONDS', /must/);
+      expectProblem(
+        { AUTH_CLOCK_TOLERANCE_SECONDS: value },
+        'AUTH_CLOCK_TOLERANCE_SECONDS',
+        /must/,
+      );
     }
   });
 

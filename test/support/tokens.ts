@@ -42,7 +42,9 @@ export class TokenMinter {
       if (value === undefined) delete payload[name];
       else payload[name] = value;
     }
-    return new SignJWT(payload).setProtectedHeader({ alg: this.algorithm, typ: 'JWT' }).sign(this.key);
+    return new SignJWT(payload)
+      .setProtectedHeader({ alg: this.algorithm, typ: 'JWT' })
+      .sign(this.key);
   }
 
   /** A user's token: `sub` is the user id. */
@@ -72,10 +74,15 @@ export async function asymmetric(
   algorithm: 'RS256' | 'ES256',
 ): Promise<{ minter: TokenMinter; publicKeyPem: string }> {
   const { privateKey, publicKey } = await generateKeyPair(algorithm, { extractable: true });
-  return { minter: new TokenMinter(algorithm, privateKey), publicKeyPem: await exportSPKI(publicKey) };
+  return {
+    minter: new TokenMinter(algorithm, privateKey),
+    publicKeyPem: await exportSPKI(publicKey),
+  };
 }
 
-export const bearer = (token: string): Record<string, string> => ({ authorization: `Bearer ${token}` });
+export const bearer = (token: string): Record<string, string> => ({
+  authorization: `Bearer ${token}`,
+});
 
 /** The env for an app in AUTH_MODE=jwt with HS256, issuer and audience checked. */
 export function jwtEnv(secret: string, extra: Record<string, string> = {}): Record<string, string> {
