@@ -318,15 +318,10 @@ for (const mode of ['none', 'jwt'] as const) {
             decode(token).join('.') !== decode(validToken).join('.')
           );
         });
-      const badClaims = fc.oneof(
+      /** Claims that make a token invalid for every route (401). */
+      const invalidClaims = fc.oneof(
         fc.record({
           sub: badUserId.map((v) => (typeof v === 'number' ? v : (JSON.stringify(v) ?? null))),
-        }),
-        fc.record({
-          sub: fc
-            .integer({ min: 1, max: MAX_ID })
-            .filter((id) => id !== 7)
-            .map(String),
         }),
         fc.record({
           sub: fc.constant('7'),
@@ -342,36 +337,68 @@ for (const mode of ['none', 'jwt'] as const) {
           aud: fc.oneof(fc.string(), fc.array(fc.string(), { maxLength: 2 })),
         }),
         fc.record({
-          sub: fc.constant('8'),
-          scope: fc.oneof(fc.string(), fc.constant(`${GATEWAY_SCOPE}x`), fc.integer()),
+          sub: fc.constant('7'),
+          scope: fc.oneof(fc.integer(), fc.object({ maxDepth: 1 }), fc.constant([1])),
         }),
       );
+      /** Valid tokens of another user, without the gateway scope: they may read, not write 7. */
+      const otherUserClaims = fc.record({
+        sub: fc
+          .integer({ min: 1, max: MAX_ID })
+          .filter((id) => id !== 7)
+          .map(String),
+        scope: fc.oneof(
+          fc.string().filter((s) => !s.split(' ').includes(GATEWAY_SCOPE)),
+          fc.constantFrom(`${GATEWAY_SCOPE}x`, 'presence:write', GATEWAY_SCOPE.toUpperCase()),
+        ),
+      });
+      const everywhere = (spec: fc.Arbitrary<string>) => spec.map((s) => ({ spec: s, all: true }));
       const authorization = fc.oneof(
-        printable,
-        printable.map((s) => `Bearer ${s}`),
-        fc
-          .array(fc.base64String({ maxLength: 40 }), { minLength: 3, maxLength: 3 })
-          .map((parts) => `Bearer ${parts.map((p) => p.replace(/[+/=]/g, '')).join('.')}`),
-        tampered.map((t) => `Bearer ${t}`),
-        fc.constant('forged:'), // a well-formed gateway token signed with some other secret
-        badClaims.map((claims) => `claims:${JSON.stringify(claims)}`),
-        fc.constantFrom('Basic dXNlcjpwYXNz', 'Bearer', 'Token abc', `bearer  ${'x'.repeat(50)}`),
+        everywhere(printable),
+        everywhere(printable.map((s) => `Bearer ${s}`)),
+        everywhere(
+          fc
+            .array(fc.base64String({ maxLength: 40 }), { minLength: 3, maxLength: 3 })
+            .map((parts) => `Bearer ${parts.map((p) => p.replace(/[+/=]/g, '')).join('.')}`),
+        ),
+        everywhere(tampered.map((t) => `Bearer ${t}`)),
+        everywhere(fc.constant('forged:')), // a gateway token signed with some other secret
+        everywhere(invalidClaims.map((claims) => `claims:${JSON.stringify(claims)}`)),
+        everywhere(
+          fc.constantFrom('Basic dXNlcjpwYXNz', 'Bearer', 'Token abc', `bearer  ${'x'.repeat(50)}`),
+        ),
+        otherUserClaims.map((claims) => ({ spec: `claims:${JSON.stringify(claims)}`, all: false })),
       );
-      // In jwt mode the body is valid, so only the token can be the reason to refuse; in none
-      // mode the header is ignored, so the body is a bad one.
-      const body =
-        mode === 'jwt' ? fc.constant(JSON.stringify({ user_id: 7 })) : badBodyText('update');
+      const route = fc.constantFrom('update' as const, 'batch' as const, 'get' as const);
+      // AUTH_MODE=none ignores the header, so there the body is a bad one (unused in jwt mode).
+      const badBodies =
+        mode === 'none'
+          ? fc.record({ update: badBodyText('update'), batch: badBodyText('batch') })
+          : fc.constant({ update: '', batch: '' });
       await fc.assert(
-        fc.asyncProperty(authorization, body, async (spec, bodyText) => {
+        fc.asyncProperty(authorization, route, badBodies, async ({ spec, all }, chosen, bad) => {
           let header = spec;
           if (spec === 'forged:') {
-            header = `Bearer ${await hs256(randomSecret()).user(7, { claims: { scope: GATEWAY_SCOPE } })}`;
+            const forger = hs256(randomSecret());
+            header = `Bearer ${await forger.user(7, { claims: { scope: GATEWAY_SCOPE } })}`;
           } else if (spec.startsWith('claims:')) {
             const claims = JSON.parse(spec.slice(7)) as Record<string, unknown>;
             header = `Bearer ${await tokens.sign({ claims })}`;
           }
           const headers = { 'content-type': 'application/json', authorization: header };
-          await expectRejected('POST', '/status/update', headers, bodyText);
+          if (mode === 'none') {
+            const target = chosen === 'batch' ? 'batch' : 'update';
+            await expectRejected('POST', `/status/${target}`, headers, bad[target]);
+            return;
+          }
+          // jwt mode: the request is valid but for its token. A valid token of another user may
+          // read, so it is only sent as a heartbeat for user 7.
+          const target = all ? chosen : 'update';
+          if (target === 'get') await expectRejected('GET', '/status/7', headers);
+          else {
+            const body = target === 'batch' ? [{ user_id: 7 }] : { user_id: 7 };
+            await expectRejected('POST', `/status/${target}`, headers, JSON.stringify(body));
+          }
         }),
         { numRuns: RUNS },
       );
