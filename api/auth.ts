@@ -12,6 +12,7 @@
  * caller a gateway that may send heartbeats for any users. A token whose `sub` is not a user id is
  * accepted only with that scope (a gateway's own name in `sub` is fine); otherwise it is 401.
  */
+import type { KeyObject } from 'node:crypto';
 import type { Request, RequestHandler } from 'express';
 import { errors, jwtVerify, type JWTPayload } from 'jose';
 import { parseJwtPublicKey, type ApiConfig } from '../lib/config.ts';
@@ -83,7 +84,7 @@ function scopesOf(payload: JWTPayload): string[] {
   if (scope === undefined) return [];
   if (typeof scope === 'string') return scope.split(' ').filter(Boolean);
   if (Array.isArray(scope) && scope.every((s) => typeof s === 'string')) return scope;
-  throw unauthorized('invalid_token', 'the scope claim must be a space-separated string');
+  throw unauthorized('invalid_token', 'the scope claim must be a space-separated string or an array of strings');
 }
 
 function principalFrom(payload: JWTPayload): Principal {
@@ -130,7 +131,7 @@ export function createAuthenticate(config: AuthConfig): RequestHandler {
     };
   }
 
-  let key: Uint8Array | ReturnType<typeof parseJwtPublicKey>['key'];
+  let key: Uint8Array | KeyObject;
   let algorithm: string;
   if (config.AUTH_JWT_SECRET !== undefined) {
     key = new TextEncoder().encode(config.AUTH_JWT_SECRET);
