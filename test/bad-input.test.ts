@@ -123,7 +123,7 @@ const pathSegment: fc.Arbitrary<string> = fc.oneof(
   fc.integer({ min: 1 }).map((n) => `${n}${'0'.repeat(10)}`),
 );
 
-const method = fc.constantFrom('GET', 'POST', 'PUT', 'DELETE', 'PATCH');
+const method = fc.constantFrom('GET', 'POST', 'PUT', 'DELETE', 'PATCH', 'OPTIONS');
 
 /** Would the router treat this request as a valid one? (Errs towards "valid": those are skipped.) */
 function isValidRoute(verb: string, url: URL): boolean {
