@@ -1,10 +1,12 @@
 import { randomUUID } from 'node:crypto';
 import express, { type Express, type RequestHandler } from 'express';
+import helmet from 'helmet';
 import { pinoHttp } from 'pino-http';
 import type { Registry } from 'prom-client';
 import type { Logger } from '../lib/logger.ts';
 import { opsRoutes } from '../lib/ops-routes.ts';
 import { findOnlineUserIds, type Executor } from '../lib/pulse-store.ts';
+import { assertMayWrite, createAuthenticate, principalOf, type AuthConfig } from './auth.ts';
 import { errorHandler, notFound } from './errors.ts';
 import type { HeartbeatWriter } from './heartbeat-writer.ts';
 import { openApiDocument } from './openapi.ts';
@@ -16,7 +18,7 @@ export interface AppDeps {
   logger: Logger;
   registry: Registry;
   httpMetrics: RequestHandler;
-  config: {
+  config: AuthConfig & {
     ONLINE_THRESHOLD_SECONDS: number;
     BATCH_MAX_IDS: number;
     BODY_LIMIT_BYTES: number;
@@ -46,17 +48,34 @@ export function buildApp({ db, heartbeats, logger, registry, httpMetrics, config
       },
     }),
   );
+  // --- security: headers for a JSON API ---
+  app.use(
+    // JSON is never rendered: allow nothing, frame nothing.
+    helmet({
+      contentSecurityPolicy: {
+        useDefaults: false,
+        directives: { defaultSrc: ["'none'"], frameAncestors: ["'none'"] },
+      },
+      xFrameOptions: { action: 'deny' },
+    }),
+  );
   app.use(httpMetrics);
+
+  // Probes, metrics and the contract are public; /status needs a caller (before any body is read).
   app.use(opsRoutes({ db, registry }));
   app.get('/openapi.json', (_req, res) => {
     res.json(openApiDocument);
   });
-  // Only application/json is parsed; routes answer any other content type with 415.
-  app.use(express.json({ limit: config.BODY_LIMIT_BYTES, strict: true }));
+  app.use('/status', createAuthenticate(config));
+
+  // Only application/json is parsed; routes answer any other content type with 415. Compressed
+  // bodies are refused (415): the size limit then bounds exactly what the parser reads.
+  app.use(express.json({ limit: config.BODY_LIMIT_BYTES, strict: true, inflate: false }));
 
   app.post('/status/update', async (req, res) => {
     requireJson(req);
     const { userIds, many } = parseHeartbeatBody(req.body, config.BATCH_MAX_IDS);
+    assertMayWrite(principalOf(req), userIds);
     await heartbeats.record(userIds);
     res.json(many ? { status: 'success', accepted: userIds.length } : { status: 'success' });
   });

@@ -41,6 +41,10 @@ export function toHttpError(error: unknown): HttpError {
   if (error instanceof HeartbeatRejected) {
     return new HttpError(503, error.reason, error.message, { 'Retry-After': '1' });
   }
+  // A path with broken percent-encoding (the router fails to decode a parameter).
+  if (error instanceof URIError) {
+    return new HttpError(400, 'invalid_path', 'the request path is not valid percent-encoding');
+  }
   const type = (error as { type?: unknown } | null)?.type;
   const known = typeof type === 'string' ? bodyParserErrors[type] : undefined;
   if (known) return new HttpError(...known);

@@ -9,6 +9,12 @@ import { assembleApi } from './assemble.ts';
 runMain(async () => {
   const config = loadApiConfig(process.env);
   const logger = createLogger('pulse-api', config.LOG_LEVEL);
+  if (config.AUTH_MODE === 'none') {
+    logger.warn(
+      "AUTH_MODE=none: requests are not authenticated, anyone can set anyone's status; " +
+        'set AUTH_MODE=jwt outside local development',
+    );
+  }
   const shutdown = new GracefulShutdown(logger, config.SHUTDOWN_TIMEOUT_SECONDS);
   shutdown.listen();
 

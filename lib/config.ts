@@ -1,3 +1,4 @@
+import { createPublicKey, type KeyObject } from 'node:crypto';
 import cron from 'node-cron';
 import { z } from 'zod';
 
@@ -58,18 +59,120 @@ const common = {
   SHUTDOWN_TIMEOUT_SECONDS: integer(1, 3_600, 10),
 };
 
-const apiSchema = z.object({
-  ...common,
-  HOST: z.string().trim().min(1, 'must not be empty').default('127.0.0.1'),
-  PORT: integer(0, 65_535, 3000),
-  BATCH_MAX_IDS: integer(1, 100_000, 1000),
-  BODY_LIMIT_BYTES: integer(1024, 64 * 1024 * 1024, 64 * 1024),
-  HEARTBEAT_GROUP_COMMIT: boolean(true),
-  HEARTBEAT_FLUSH_MAX_IDS: integer(1, 100_000, 2000),
-  HEARTBEAT_FLUSH_DELAY_MS: integer(0, 1000, 2),
-  HEARTBEAT_MAX_CONCURRENT_FLUSHES: integer(1, 100, 2),
-  HEARTBEAT_QUEUE_MAX_IDS: integer(1, 10_000_000, 100_000),
-});
+/** The JWT algorithm a verification public key is used with; the key alone decides it. */
+export type JwtPublicKeyAlgorithm = 'RS256' | 'ES256';
+
+/**
+ * Parses AUTH_JWT_PUBLIC_KEY: a PEM public key (SPKI or PKCS#1) or X.509 certificate, RSA of at
+ * least 2048 bits (RS256) or EC P-256 (ES256). Literal `\n` sequences are read as newlines, so the
+ * PEM fits on one line of an env file. Throws an Error whose message completes
+ * "AUTH_JWT_PUBLIC_KEY ...".
+ */
+export function parseJwtPublicKey(pem: string): {
+  key: KeyObject;
+  algorithm: JwtPublicKeyAlgorithm;
+} {
+  const text = pem.replaceAll('\\n', '\n').trim();
+  if (/PRIVATE KEY/.test(text)) {
+    throw new Error('must be a public key, not a private key (the API only verifies tokens)');
+  }
+  let key: KeyObject;
+  try {
+    key = createPublicKey(text);
+  } catch {
+    throw new Error('must be a PEM public key ("-----BEGIN PUBLIC KEY-----" ...)');
+  }
+  const details = key.asymmetricKeyDetails;
+  if (key.asymmetricKeyType === 'rsa') {
+    if ((details?.modulusLength ?? 0) < 2048) {
+      throw new Error('must be an RSA key of at least 2048 bits');
+    }
+    return { key, algorithm: 'RS256' };
+  }
+  if (key.asymmetricKeyType === 'ec' && details?.namedCurve === 'prime256v1') {
+    return { key, algorithm: 'ES256' };
+  }
+  throw new Error('must be an RSA (RS256) or EC P-256 (ES256) public key');
+}
+
+/** Variables whose value must never be echoed in an error message. */
+const SECRET_VARIABLES = new Set(['AUTH_JWT_SECRET', 'AUTH_JWT_PUBLIC_KEY']);
+
+const optionalText = z.string().trim().min(1, 'must not be empty').optional();
+
+const authFields = {
+  AUTH_MODE: z.enum(['none', 'jwt'], { error: 'must be "none" or "jwt"' }).default('none'),
+  AUTH_JWT_SECRET: z
+    .string()
+    .refine(
+      (value) => Buffer.byteLength(value, 'utf8') >= 32,
+      'must be at least 32 bytes (for example: openssl rand -base64 48)',
+    )
+    .optional(),
+  AUTH_JWT_PUBLIC_KEY: z
+    .string()
+    .superRefine((value, ctx) => {
+      try {
+        parseJwtPublicKey(value);
+      } catch (error) {
+        ctx.addIssue({ code: 'custom', message: (error as Error).message });
+      }
+    })
+    .optional(),
+  AUTH_JWT_ISSUER: optionalText,
+  AUTH_JWT_AUDIENCE: optionalText,
+  AUTH_CLOCK_TOLERANCE_SECONDS: integer(0, 300, 5),
+};
+
+type AuthFields = z.output<ReturnType<typeof z.object<typeof authFields>>>;
+
+function checkAuth(c: AuthFields, ctx: z.RefinementCtx): void {
+  const keys = [c.AUTH_JWT_SECRET, c.AUTH_JWT_PUBLIC_KEY].filter((v) => v !== undefined).length;
+  if (c.AUTH_MODE === 'jwt' && keys !== 1) {
+    ctx.addIssue({
+      code: 'custom',
+      path: [c.AUTH_JWT_SECRET === undefined ? 'AUTH_JWT_SECRET' : 'AUTH_JWT_PUBLIC_KEY'],
+      message:
+        keys === 0
+          ? 'or AUTH_JWT_PUBLIC_KEY is required when AUTH_MODE=jwt (exactly one of them)'
+          : 'and AUTH_JWT_SECRET are both set: set exactly one (HS256 secret or RS256/ES256 public key)',
+    });
+  }
+  if (c.AUTH_MODE === 'none') {
+    // Settings for a mode that is not on are a mistake that would leave the API open: fail fast.
+    const jwtOnly = [
+      'AUTH_JWT_SECRET',
+      'AUTH_JWT_PUBLIC_KEY',
+      'AUTH_JWT_ISSUER',
+      'AUTH_JWT_AUDIENCE',
+    ] as const;
+    for (const name of jwtOnly) {
+      if (c[name] !== undefined) {
+        ctx.addIssue({
+          code: 'custom',
+          path: [name],
+          message: 'is set but AUTH_MODE is "none": set AUTH_MODE=jwt, or unset it',
+        });
+      }
+    }
+  }
+}
+
+const apiSchema = z
+  .object({
+    ...common,
+    ...authFields,
+    HOST: z.string().trim().min(1, 'must not be empty').default('127.0.0.1'),
+    PORT: integer(0, 65_535, 3000),
+    BATCH_MAX_IDS: integer(1, 100_000, 1000),
+    BODY_LIMIT_BYTES: integer(1024, 64 * 1024 * 1024, 64 * 1024),
+    HEARTBEAT_GROUP_COMMIT: boolean(true),
+    HEARTBEAT_FLUSH_MAX_IDS: integer(1, 100_000, 2000),
+    HEARTBEAT_FLUSH_DELAY_MS: integer(0, 1000, 2),
+    HEARTBEAT_MAX_CONCURRENT_FLUSHES: integer(1, 100, 2),
+    HEARTBEAT_QUEUE_MAX_IDS: integer(1, 10_000_000, 100_000),
+  })
+  .superRefine(checkAuth);
 
 const sweeperSchema = z
   .object({
@@ -101,7 +204,12 @@ function parse<S extends z.ZodType>(schema: S, env: Env): Readonly<z.output<S>> 
       result.error.issues.map((issue) => {
         const name = String(issue.path[0] ?? 'configuration');
         const raw = env[name];
-        const got = raw === undefined ? '' : ` (got ${JSON.stringify(raw)})`;
+        const got =
+          raw === undefined
+            ? ''
+            : SECRET_VARIABLES.has(name)
+              ? ` (got ${Buffer.byteLength(raw, 'utf8')} bytes, not shown)`
+              : ` (got ${JSON.stringify(raw)})`;
         return `${name} ${issue.message}${got}`;
       }),
     );

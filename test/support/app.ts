@@ -3,6 +3,7 @@ import type { HeartbeatWriter } from '../../api/heartbeat-writer.ts';
 import { loadApiConfig, type ApiConfig } from '../../lib/config.ts';
 import type { DatabaseHandle } from '../../lib/db.ts';
 import { listen } from '../../lib/http-server.ts';
+import type { Logger } from '../../lib/logger.ts';
 import { silentLogger } from './database.ts';
 
 export interface TestApp {
@@ -12,16 +13,17 @@ export interface TestApp {
   /** Stops listening and flushes queued heartbeats (not the database: the caller owns it). */
   close(): Promise<void>;
   post(path: string, body: unknown, headers?: Record<string, string>): Promise<Response>;
-  get(path: string): Promise<Response>;
+  get(path: string, headers?: Record<string, string>): Promise<Response>;
 }
 
 /** The real app on a random port, configured as the API would be from `env`. */
 export async function startTestApp(
   database: DatabaseHandle & { url: string },
   env: Record<string, string> = {},
+  logger: Logger = silentLogger,
 ): Promise<TestApp> {
   const config = loadApiConfig({ DATABASE_URL: database.url, ...env });
-  const { app, heartbeats } = assembleApi(database, config, silentLogger);
+  const { app, heartbeats } = assembleApi(database, config, logger);
   const server = await listen(app, 0, '127.0.0.1');
   const baseUrl = `http://127.0.0.1:${server.port}`;
   return {
@@ -38,6 +40,6 @@ export async function startTestApp(
         headers: { 'content-type': 'application/json', ...headers },
         body: typeof body === 'string' ? body : JSON.stringify(body),
       }),
-    get: (path) => fetch(baseUrl + path),
+    get: (path, headers = {}) => fetch(baseUrl + path, { headers }),
   };
 }

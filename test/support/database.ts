@@ -16,6 +16,8 @@ export interface TestDatabase extends DatabaseHandle {
   userIds(): Promise<number[]>;
   /** Seconds since each user's last heartbeat, by the database clock. */
   ageOf(userId: number): Promise<number | undefined>;
+  /** Every row as "user_id last_hb" (microseconds), ascending: equal snapshots, unchanged table. */
+  snapshot(): Promise<string[]>;
 }
 
 function env(name: string): string {
@@ -59,6 +61,11 @@ export async function createTestDatabase(): Promise<TestDatabase> {
       const { rows } = await sql<{ age: number }>`
         SELECT extract(epoch FROM now() - last_hb)::float8 AS age FROM pulse WHERE user_id = ${userId}`.execute(db);
       return rows[0]?.age;
+    },
+    async snapshot() {
+      const { rows } = await sql<{ row: string }>`
+        SELECT user_id::text || ' ' || last_hb::text AS row FROM pulse ORDER BY user_id`.execute(db);
+      return rows.map((r) => r.row);
     },
   };
 }
