@@ -4,6 +4,10 @@ const errorCodes = [
   'invalid_user_id',
   'invalid_body',
   'invalid_json',
+  'invalid_path',
+  'unauthorized',
+  'invalid_token',
+  'forbidden',
   'request_aborted',
   'too_many_ids',
   'payload_too_large',
@@ -32,6 +36,25 @@ const unavailable = {
 const badRequest = error('`invalid_user_id`, `invalid_body` or `invalid_json`');
 const tooLarge = error('`too_many_ids` (more than BATCH_MAX_IDS) or `payload_too_large` (over BODY_LIMIT_BYTES)');
 const wrongType = error('`unsupported_media_type`: the body must be application/json');
+const wwwAuthenticate = {
+  'WWW-Authenticate': { description: 'Bearer challenge (RFC 6750)', schema: { type: 'string' } },
+};
+const unauthenticated = {
+  description:
+    'AUTH_MODE=jwt only: no bearer token (`unauthorized`) or a token that is not valid (`invalid_token`)',
+  headers: wwwAuthenticate,
+  content: json(ref('Error')),
+};
+const forbidden = {
+  description:
+    'AUTH_MODE=jwt only: `forbidden`, a heartbeat for a user other than the token\'s `sub` without the `presence:write:any` scope',
+  headers: wwwAuthenticate,
+  content: json(ref('Error')),
+};
+/** What every /status operation can also answer. */
+const secured = {
+  security: [{ bearerAuth: [] }, {}],
+};
 
 export const openApiDocument = {
   openapi: '3.1.0',
@@ -45,6 +68,7 @@ export const openApiDocument = {
     '/status/update': {
       post: {
         operationId: 'sendHeartbeat',
+        ...secured,
         summary: 'Record a heartbeat for one user, or for many users (gateway form)',
         requestBody: {
           required: true,
@@ -66,6 +90,8 @@ export const openApiDocument = {
             }),
           },
           '400': badRequest,
+          '401': unauthenticated,
+          '403': forbidden,
           '413': tooLarge,
           '415': wrongType,
           '503': unavailable,
@@ -75,13 +101,15 @@ export const openApiDocument = {
     '/status/{user_id}': {
       get: {
         operationId: 'getStatus',
+        ...secured,
         summary: 'Whether one user is online',
         parameters: [
           { name: 'user_id', in: 'path', required: true, schema: { type: 'string', pattern: '^[1-9][0-9]{0,15}$' } },
         ],
         responses: {
           '200': { description: 'The user and whether they are online', content: json(ref('Status')) },
-          '400': error('`invalid_user_id`'),
+          '400': error('`invalid_user_id`, or `invalid_path` for broken percent-encoding'),
+          '401': unauthenticated,
           '503': unavailable,
         },
       },
@@ -89,11 +117,13 @@ export const openApiDocument = {
     '/status/batch': {
       post: {
         operationId: 'getStatuses',
+        ...secured,
         summary: 'Whether each of many users is online, in request order (duplicates answered as given)',
         requestBody: { required: true, content: json({ type: 'array', items: ref('UserRef') }) },
         responses: {
           '200': { description: 'One entry per requested id', content: json({ type: 'array', items: ref('Status') }) },
           '400': badRequest,
+          '401': unauthenticated,
           '413': tooLarge,
           '415': wrongType,
           '503': unavailable,
@@ -141,6 +171,15 @@ export const openApiDocument = {
     },
   },
   components: {
+    securitySchemes: {
+      bearerAuth: {
+        type: 'http',
+        scheme: 'bearer',
+        bearerFormat: 'JWT',
+        description:
+          'With AUTH_MODE=jwt: `sub` is the user id; the `presence:write:any` scope lets a gateway send heartbeats for any user. With AUTH_MODE=none no token is needed.',
+      },
+    },
     schemas: {
       UserId: { type: 'integer', minimum: 1, maximum: Number.MAX_SAFE_INTEGER },
       UserRef: {

@@ -3,6 +3,7 @@ import { Ajv2020 } from 'ajv/dist/2020.js';
 import { openApiDocument } from '../api/openapi.ts';
 import { startTestApp, type TestApp } from './support/app.ts';
 import { createTestDatabase, type TestDatabase } from './support/database.ts';
+import { bearer, hs256, jwtEnv, randomSecret } from './support/tokens.ts';
 
 type Operation = { responses: Record<string, { content?: Record<string, { schema: object }>; headers?: object }> };
 const paths = openApiDocument.paths as unknown as Record<string, Record<string, Operation>>;
@@ -23,22 +24,34 @@ function operationFor(method: string, path: string): [string, Operation] {
 describe('OpenAPI contract', () => {
   let database: TestDatabase;
   let app: TestApp;
+  let securedApp: TestApp;
+  const secret = randomSecret();
+  const tokens = hs256(secret);
   const exercised = new Set<string>();
 
   before(async () => {
     database = await createTestDatabase();
     app = await startTestApp(database, { BATCH_MAX_IDS: '3', BODY_LIMIT_BYTES: '1024' });
+    securedApp = await startTestApp(database, jwtEnv(secret));
   });
   after(async () => {
     await app.close();
+    await securedApp.close();
     await database.drop();
   });
 
   /** Sends a real request and checks the answer's status, content type and body against the document. */
-  async function check(method: 'GET' | 'POST', path: string, body?: string, contentType = 'application/json') {
-    const response = await fetch(app.baseUrl + path, {
+  async function check(
+    method: 'GET' | 'POST',
+    path: string,
+    body?: string,
+    contentType = 'application/json',
+    { target = app, headers = {} }: { target?: TestApp; headers?: Record<string, string> } = {},
+  ) {
+    const response = await fetch(target.baseUrl + path, {
       method,
-      ...(body === undefined ? {} : { body, headers: { 'content-type': contentType } }),
+      headers: { ...(body === undefined ? {} : { 'content-type': contentType }), ...headers },
+      ...(body === undefined ? {} : { body }),
     });
     const [template, operation] = operationFor(method, path);
     const documented = operation.responses[String(response.status)];
@@ -50,6 +63,9 @@ describe('OpenAPI contract', () => {
       const validate = ajv.compile({ ...content!.schema, components: openApiDocument.components });
       const payload: unknown = await response.json();
       expect(validate(payload), `${method} ${path} ${response.status}: ${ajv.errorsText(validate.errors)}`).to.equal(true);
+    }
+    for (const header of Object.keys(documented!.headers ?? {})) {
+      expect(response.headers.get(header), `${method} ${path} ${response.status} lacks ${header}`).to.be.a('string');
     }
     exercised.add(`${method} ${template} ${response.status}`);
     return response;
@@ -74,6 +90,21 @@ describe('OpenAPI contract', () => {
     await check('GET', '/readyz');
     await check('GET', '/metrics');
     await check('GET', '/openapi.json');
+    await check('GET', '/status/%E0%A4%A');
+  });
+
+  it('describes the answers of AUTH_MODE=jwt', async () => {
+    const target = securedApp;
+    const user = bearer(await tokens.user(5));
+    const body = JSON.stringify({ user_id: 5 });
+    await check('POST', '/status/update', body, 'application/json', { target, headers: user });
+    await check('POST', '/status/update', JSON.stringify({ user_id: 6 }), 'application/json', { target, headers: user });
+    await check('POST', '/status/update', body, 'application/json', { target });
+    await check('GET', '/status/5', undefined, undefined, { target, headers: user });
+    await check('GET', '/status/5', undefined, undefined, { target, headers: { authorization: 'Bearer nope' } });
+    await check('POST', '/status/batch', '[{"user_id":5}]', 'application/json', { target });
+    await check('POST', '/status/batch', '[{"user_id":5}]', 'application/json', { target, headers: user });
+    await check('GET', '/healthz', undefined, undefined, { target });
   });
 
   it('exercised every documented operation', () => {
@@ -91,13 +122,16 @@ describe('OpenAPI contract', () => {
     expect((served as { openapi: string }).openapi).to.equal('3.1.0');
   });
 
-  it('documents the 503 answers with the error schema and Retry-After', () => {
+  it('documents the 401, 403 and 503 answers with the error schema and their headers', () => {
     for (const operations of Object.values(paths)) {
       for (const operation of Object.values(operations)) {
-        const unavailable = operation.responses['503'];
-        if (unavailable) expect(unavailable.content?.['application/json']).to.exist;
+        for (const status of ['401', '403', '503']) {
+          const documented = operation.responses[status];
+          if (documented) expect(documented.content?.['application/json']).to.exist;
+        }
       }
     }
     expect(paths['/status/update']!.post!.responses['503']!.headers).to.have.property('Retry-After');
+    expect(paths['/status/update']!.post!.responses['401']!.headers).to.have.property('WWW-Authenticate');
   });
 });
