@@ -143,7 +143,7 @@ export class Sweeper {
           maxBatchMs = Math.max(maxBatchMs, performance.now() - batchStarted);
           cursor = batch.nextCursor;
           deleted += batch.deleted;
-          batches += 1;
+          if (cursor !== null) batches += 1; // the last call only finds the end of the table
           if (cursor !== null && pauseMs > 0 && !this.stopping) {
             await sleep(pauseMs, undefined, { signal: this.stopSignal.signal }).catch(() => undefined);
           }
