@@ -144,15 +144,9 @@ describe('sweeper', function () {
   describe('several sweepers', () => {
     it('started together, delete every expired row exactly once between them, one at a time', async () => {
       await putMixedRows(database, 3000);
-      const runs: Array<{ report: SweepReport; start: number; end: number }> = [];
+      const runs: Array<{ report: SweepReport }> = [];
       const sweepers = Array.from({ length: 4 }, () => sweeperOn(extraPool(), { batchSize: 50 }));
-      await Promise.all(
-        sweepers.map(async (sweeper) => {
-          const start = performance.now();
-          const report = await sweeper.sweepOnce();
-          runs.push({ report, start, end: performance.now() });
-        }),
-      );
+      await Promise.all(sweepers.map(async (sweeper) => runs.push({ report: await sweeper.sweepOnce() })));
       const outcomes = runs.map((r) => r.report.outcome);
       expect(outcomes).to.not.include('failed');
       expect(outcomes).to.include('skipped');
@@ -160,12 +154,52 @@ describe('sweeper', function () {
       expect(sweeps.length).to.be.at.least(1);
       expect(runs.reduce((sum, r) => sum + r.report.deleted, 0)).to.equal(3000);
       expect(runs.filter((r) => !r.report.lockHeld).every((r) => r.report.deleted === 0 && r.report.batches === 0)).to.equal(true);
-      sweeps.sort((a, b) => a.start - b.start);
-      for (let i = 1; i < sweeps.length; i += 1) {
-        expect(sweeps[i]!.start, 'sweeps overlapped').to.be.at.least(sweeps[i - 1]!.end - 1000);
-      }
       expect(await countRows(database, true)).to.equal(0);
       expect(await countRows(database, false)).to.equal(3000);
+    });
+
+    it('sweeping over and over, never interleave the batches of two sweeps', async () => {
+      // Every DELETE statement is logged with the sweeper that ran it (its application_name).
+      await sql`CREATE TABLE delete_log (app text, at timestamptz)`.execute(database.db);
+      await sql`CREATE FUNCTION log_delete() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN INSERT INTO delete_log VALUES (current_setting('application_name'), clock_timestamp()); RETURN NULL; END $$`.execute(database.db);
+      await sql`CREATE TRIGGER log_delete AFTER DELETE ON pulse FOR EACH STATEMENT EXECUTE FUNCTION log_delete()`.execute(database.db);
+      await putMixedRows(database, 1500);
+      const sweeps: Array<{ app: string; from: number; to: number }> = [];
+      const until = Date.now() + 2500;
+      await Promise.all(
+        [0, 1, 2].map(async (n) => {
+          const app = `sweeper-${n}`;
+          const handle = openDatabase({ connectionString: database.url, poolMax: 2, applicationName: app, logger: silentLogger });
+          cleanups.push(() => handle.close());
+          const sweeper = sweeperOn(handle, { batchSize: 50 });
+          while (Date.now() < until) {
+            const report = await sweeper.sweepOnce();
+            expect(report.outcome).to.be.oneOf(['done', 'skipped']);
+            if (report.lockHeld) {
+              const from = Date.parse(report.startedAt);
+              sweeps.push({ app, from, to: from + report.durationMs + 1 });
+            }
+            await delay(Math.random() * 10);
+          }
+        }),
+      );
+      const { rows } = await sql<{ app: string; at: Date }>`SELECT app, at FROM delete_log ORDER BY at`.execute(database.db);
+      // Each lock-holding sweep's DELETEs span [first, last]; two such spans must never overlap.
+      const spans = sweeps
+        .map((sweep) => {
+          const mine = rows.filter((r) => r.app === sweep.app && r.at.getTime() >= sweep.from - 5 && r.at.getTime() <= sweep.to + 5);
+          return { app: sweep.app, first: mine[0]?.at.getTime() ?? NaN, last: mine.at(-1)?.at.getTime() ?? NaN };
+        })
+        .filter((span) => !Number.isNaN(span.first))
+        .sort((a, b) => a.first - b.first);
+      expect(new Set(spans.map((s) => s.app)).size, 'more than one sweeper should get turns').to.be.above(1);
+      expect(spans.length).to.be.at.least(3);
+      for (let i = 1; i < spans.length; i += 1) {
+        expect(spans[i]!.first, `${spans[i]!.app} swept while ${spans[i - 1]!.app} did`).to.be.above(spans[i - 1]!.last);
+      }
+      expect(await countRows(database, true)).to.equal(0);
+      expect(await countRows(database, false)).to.equal(1500);
     });
 
     it('skip while another holds the lease, and take over when a crashed holder\'s lease expires', async () => {
