@@ -125,8 +125,10 @@ export class Sweeper {
     let batches = 0;
     let maxBatchMs = 0;
     try {
-      lockHeld = await tryAcquireSweepLease(this.db, this.holder, lockTtlSeconds);
-      if (!lockHeld) {
+      lockHeld = !this.stopping && (await tryAcquireSweepLease(this.db, this.holder, lockTtlSeconds));
+      if (this.stopping) {
+        outcome = 'stopped';
+      } else if (!lockHeld) {
         outcome = 'skipped';
       } else {
         let cursor: string | null = null;
