@@ -57,7 +57,8 @@ export interface SweepBenchmarkResult {
   batchPauseMs: number;
   heartbeatRate: number;
   sweep: SweepReport & { rowsPerSecond: number };
-  heartbeats: { before: LatencySummary; during: LatencySummary; p99Ratio: number };
+  /** p99Ratio = during.p99Ms / before.p99Ms; `after` (same length as `before`) shows the noise. */
+  heartbeats: { before: LatencySummary; during: LatencySummary; after: LatencySummary; p99Ratio: number };
   freshRowsLeft: number;
   expiredRowsLeft: number;
   targets: { sweepUnder15s: boolean; p99AtMost2x: boolean; batchesUnder250ms: boolean };
@@ -103,10 +104,10 @@ const isExpired = (i: number, expired: number, total: number) =>
  * waiting for a pool connection counts, as it would in the API.
  */
 function startHeartbeats(db: DatabaseHandle['db'], rate: number, pick: () => number) {
-  const latencies: number[] = [];
+  /** [issued at, latency] of every completed heartbeat, both in ms on the performance clock. */
+  const samples: Array<[number, number]> = [];
   let errors = 0;
   let inFlight = 0;
-  const tickMs = 1;
   let due = performance.now();
   const timer = setInterval(() => {
     const now = performance.now();
@@ -115,19 +116,20 @@ function startHeartbeats(db: DatabaseHandle['db'], rate: number, pick: () => num
       const issued = performance.now();
       inFlight += 1;
       recordHeartbeats(db, [pick()])
-        .then(() => latencies.push(performance.now() - issued))
+        .then(() => samples.push([issued, performance.now() - issued]))
         .catch(() => (errors += 1))
         .finally(() => (inFlight -= 1));
     }
-  }, tickMs);
+  }, 1);
   return {
-    /** Takes the latencies recorded so far and starts a new window. */
-    take(): number[] {
-      return latencies.splice(0);
+    /** Latencies of the heartbeats issued in [from, to). */
+    window(from: number, to: number): number[] {
+      return samples.filter(([issued]) => issued >= from && issued < to).map(([, ms]) => ms);
     },
     get errors() {
       return errors;
     },
+    /** Stops sending and waits for the heartbeats still in flight. */
     async stop() {
       clearInterval(timer);
       while (inFlight > 0) await new Promise((resolve) => setTimeout(resolve, 5));
@@ -190,13 +192,15 @@ export async function runSweepBenchmark(options: SweepBenchmarkOptions = {}): Pr
       }
     };
     log(`heartbeats at ${heartbeatRate}/s: warm-up, then ${baselineSeconds} s without a sweep`);
+    // Open every pool connection first, so connecting is not measured as heartbeat latency.
+    const poolSize = options.heartbeatPoolSize ?? 8;
+    await Promise.all(Array.from({ length: poolSize }, () => sql`SELECT 1`.execute(heartbeatDb.db)));
     const heartbeats = startHeartbeats(heartbeatDb.db, heartbeatRate, pickFresh);
-    await new Promise((resolve) => setTimeout(resolve, 1000));
-    heartbeats.take();
-    await new Promise((resolve) => setTimeout(resolve, baselineSeconds * 1000));
-    const before = summarize(heartbeats.take());
-
-    log(`sweeping (batch size ${batchSize}, pause ${batchPauseMs} ms)`);
+    const sleep = (seconds: number) => new Promise((resolve) => setTimeout(resolve, seconds * 1000));
+    await sleep(2); // warm-up, not measured
+    const beforeFrom = performance.now();
+    await sleep(baselineSeconds);
+    log(`sweeping (batch size ${batchSize}, pause ${batchPauseMs} ms), then ${baselineSeconds} s more heartbeats`);
     const sweeper = new Sweeper(sweeperDb.db, logger, {
       schedule: '* * * * *',
       olderThanSeconds: OLDER_THAN_SECONDS,
@@ -204,9 +208,15 @@ export async function runSweepBenchmark(options: SweepBenchmarkOptions = {}): Pr
       lockTtlSeconds: 30,
       batchPauseMs,
     });
+    const sweepFrom = performance.now();
     const report = await sweeper.sweepOnce();
-    const during = summarize(heartbeats.take());
+    const sweepTo = performance.now();
+    await sleep(baselineSeconds);
+    const afterTo = performance.now();
     await heartbeats.stop();
+    const before = summarize(heartbeats.window(beforeFrom, sweepFrom));
+    const during = summarize(heartbeats.window(sweepFrom, sweepTo));
+    const after = summarize(heartbeats.window(sweepTo, afterTo));
     if (report.outcome !== 'done') throw new Error(`the sweep ended with ${report.outcome}: ${report.error ?? ''}`);
     if (heartbeats.errors > 0) throw new Error(`${heartbeats.errors} heartbeats failed`);
 
@@ -222,7 +232,7 @@ export async function runSweepBenchmark(options: SweepBenchmarkOptions = {}): Pr
       batchPauseMs,
       heartbeatRate,
       sweep: { ...report, rowsPerSecond: Math.round(report.deleted / (report.durationMs / 1000)) },
-      heartbeats: { before, during, p99Ratio },
+      heartbeats: { before, during, after, p99Ratio },
       expiredRowsLeft: Number(counts.rows[0]?.expired),
       freshRowsLeft: Number(counts.rows[0]?.fresh),
       targets: {
@@ -256,6 +266,7 @@ function formatTable(r: SweepBenchmarkResult): string {
     `sweep: ${r.sweep.deleted} rows in ${(r.sweep.durationMs / 1000).toFixed(2)} s (${r.sweep.rowsPerSecond} rows/s), ${r.sweep.batches} batches, longest batch transaction ${r.sweep.maxBatchMs} ms`,
     `heartbeat latency before: p50 ${r.heartbeats.before.p50Ms} ms, p99 ${r.heartbeats.before.p99Ms} ms (${r.heartbeats.before.count} heartbeats)`,
     `heartbeat latency during: p50 ${r.heartbeats.during.p50Ms} ms, p99 ${r.heartbeats.during.p99Ms} ms (${r.heartbeats.during.count} heartbeats), p99 ratio ${r.heartbeats.p99Ratio}`,
+    `heartbeat latency after:  p50 ${r.heartbeats.after.p50Ms} ms, p99 ${r.heartbeats.after.p99Ms} ms (${r.heartbeats.after.count} heartbeats)`,
     `left after the sweep: ${r.expiredRowsLeft} expired, ${r.freshRowsLeft} fresh`,
     `targets: sweep < 15 s ${yes(r.targets.sweepUnder15s)}; p99 <= 2x ${yes(r.targets.p99AtMost2x)}; every batch < 250 ms ${yes(r.targets.batchesUnder250ms)}`,
     `machine: ${r.machine.cpus} x ${r.machine.cpuModel}, ${r.machine.memoryGb} GB, PostgreSQL ${r.machine.postgres}, Node ${r.machine.node}`,
