@@ -180,6 +180,8 @@ const sweeperSchema = z
     SWEEP_SCHEDULE: cronExpression.default('*/10 * * * * *'),
     SWEEP_OLDER_THAN_SECONDS: integer(1, 86_400 * 30, 30),
     SWEEP_BATCH_SIZE: integer(1, 1_000_000, 10_000),
+    SWEEP_LOCK_TTL_SECONDS: integer(1, 3_600, 30),
+    SWEEP_BATCH_PAUSE_MS: integer(0, 60_000, 0),
     METRICS_PORT: integer(0, 65_535, 9464),
     METRICS_HOST: z.string().trim().min(1, 'must not be empty').default('127.0.0.1'),
   })

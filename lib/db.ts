@@ -32,6 +32,15 @@ export function openDatabase(options: DatabaseOptions): DatabaseHandle {
   pool.on('error', (error) => {
     options.logger.warn({ err: error }, 'idle database connection lost');
   });
+  // A client checked out of the pool has no such listener: when its connection drops mid-query
+  // (the sweeper's batches, a database restart) pg rejects the query AND emits 'error' on the
+  // client, which would crash the process. The query's caller handles the failure; the pool
+  // discards the broken client on release.
+  pool.on('connect', (client) => {
+    client.on('error', (error) => {
+      options.logger.debug({ err: error }, 'database connection lost');
+    });
+  });
   const db = new Kysely<Database>({ dialect: new PostgresDialect({ pool }) });
   let closing: Promise<void> | undefined;
   return {

@@ -7,6 +7,15 @@ export interface PulseTable {
   last_hb: ColumnType<Date, Date | undefined, Date>;
 }
 
+/** The sweepers' lease: at most one row (id = 1), see lib/sweep-lease.ts. */
+export interface SweeperLeaseTable {
+  id: number;
+  holder: string | null;
+  renewed_at: ColumnType<Date, Date | undefined, Date>;
+  expires_at: Date;
+}
+
 export interface Database {
   pulse: PulseTable;
+  pulse_sweeper_lease: SweeperLeaseTable;
 }

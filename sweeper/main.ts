@@ -6,26 +6,37 @@ import { createLogger } from '../lib/logger.ts';
 import { GracefulShutdown } from '../lib/shutdown.ts';
 import { Sweeper } from './sweeper.ts';
 
+/**
+ * npm run sweeper              sweep on SWEEP_SCHEDULE until SIGTERM/SIGINT
+ * npm run sweeper -- --once    one sweep; prints its report as one JSON line (exit 1 if it failed)
+ */
 runMain(async () => {
   const { values } = parseArgs({ options: { once: { type: 'boolean', default: false } } });
   const config = loadSweeperConfig(process.env);
   const logger = createLogger('pulse-sweeper', config.LOG_LEVEL);
+  const sweeperOptions = {
+    schedule: config.SWEEP_SCHEDULE,
+    olderThanSeconds: config.SWEEP_OLDER_THAN_SECONDS,
+    batchSize: config.SWEEP_BATCH_SIZE,
+    lockTtlSeconds: config.SWEEP_LOCK_TTL_SECONDS,
+    batchPauseMs: config.SWEEP_BATCH_PAUSE_MS,
+  };
   const database = openDatabase({
     connectionString: config.DATABASE_URL,
     poolMax: config.PG_POOL_MAX,
     applicationName: 'pulse-sweeper',
     logger,
   });
-  const sweeper = new Sweeper(database.db, logger, {
-    schedule: config.SWEEP_SCHEDULE,
-    olderThanSeconds: config.SWEEP_OLDER_THAN_SECONDS,
-    batchSize: config.SWEEP_BATCH_SIZE,
-  });
+  const sweeper = new Sweeper(database.db, logger, sweeperOptions);
 
   if (values.once) {
+    // SIGTERM during a one-off sweep: finish the current batch, print the report, exit 0.
+    const stop = () => void sweeper.stop();
+    process.once('SIGTERM', stop).once('SIGINT', stop);
     try {
       const report = await sweeper.sweepOnce();
       process.stdout.write(`${JSON.stringify(report)}\n`);
+      if (report.outcome === 'failed') process.exitCode = 1;
     } finally {
       await database.close();
     }
@@ -37,5 +48,5 @@ runMain(async () => {
   shutdown.add('database pool', () => database.close());
   shutdown.add('sweeper', () => sweeper.stop());
   sweeper.start();
-  logger.info({ schedule: config.SWEEP_SCHEDULE, olderThanSeconds: config.SWEEP_OLDER_THAN_SECONDS }, 'pulse sweeper started');
+  logger.info({ ...sweeperOptions, holder: sweeper.holder }, 'pulse sweeper started');
 });

@@ -1,77 +1,185 @@
+import { randomBytes } from 'node:crypto';
+import { hostname } from 'node:os';
+import { setTimeout as sleep } from 'node:timers/promises';
 import cron, { type ScheduledTask } from 'node-cron';
 import type { Logger } from '../lib/logger.ts';
 import { sweepExpiredBatch, type Executor } from '../lib/pulse-store.ts';
+import { releaseSweepLease, renewSweepLease, tryAcquireSweepLease } from '../lib/sweep-lease.ts';
 
+/**
+ * How a sweep ended: `done` (walked the whole table), `skipped` (another sweeper holds the lock),
+ * `stopped` (stop() was called: the current batch finished, the rest waits for the next run),
+ * `lease-lost` (this sweeper stalled past the lease TTL and another took over), `failed` (a
+ * statement failed, e.g. the database restarted; the next tick tries again).
+ */
+export type SweepOutcome = 'done' | 'skipped' | 'stopped' | 'lease-lost' | 'failed';
+
+/** What every sweep reports: logged by the scheduler, printed by `--once`, passed to onSweep. */
 export interface SweepReport {
+  outcome: SweepOutcome;
+  /** Whether this sweeper held the sweep lock (false: another sweeper was sweeping). */
+  lockHeld: boolean;
   deleted: number;
   batches: number;
   durationMs: number;
+  /** The longest batch transaction of this sweep (lease renewal + range lookup + DELETE). */
+  maxBatchMs: number;
+  holder: string;
+  startedAt: string;
+  /** The error message when outcome is `failed`. */
+  error?: string;
 }
 
 export interface SweeperOptions {
   schedule: string;
   olderThanSeconds: number;
+  /** How many consecutive user ids one batch (one transaction) covers. */
   batchSize: number;
+  /** How long the lease lasts without renewal (a crashed sweeper blocks others at most this long). */
+  lockTtlSeconds: number;
+  /** Pause between batches, leaving the database to heartbeats (0: none). */
+  batchPauseMs?: number;
+  /** This sweeper's name in the lease table; defaults to host:pid:random. */
+  holder?: string;
+  /** Called after every sweep, including skipped and failed ones (e.g. for metrics). */
+  onSweep?: (report: SweepReport) => void;
 }
 
-/** Deletes rows whose last heartbeat is older than the sweep age, on a cron schedule. */
+class LeaseLostError extends Error {}
+
+/**
+ * Deletes rows whose last heartbeat is older than the sweep age, on a cron schedule, in short
+ * batch transactions; at most one of any number of Sweeper processes sweeps at a time.
+ */
 export class Sweeper {
+  readonly holder: string;
   private task: ScheduledTask | undefined;
   private running: Promise<SweepReport> | undefined;
   private stopping = false;
+  private readonly stopSignal = new AbortController();
 
   constructor(
     private readonly db: Executor,
     private readonly logger: Logger,
     private readonly options: SweeperOptions,
-  ) {}
-
-  /** One whole sweep, batch by batch, each batch its own short transaction. */
-  async sweepOnce(): Promise<SweepReport> {
-    const started = performance.now();
-    let cursor: string | null = null;
-    let deleted = 0;
-    let batches = 0;
-    do {
-      const batch = await sweepExpiredBatch(this.db, {
-        cursor,
-        batchSize: this.options.batchSize,
-        olderThanSeconds: this.options.olderThanSeconds,
-      });
-      cursor = batch.nextCursor;
-      deleted += batch.deleted;
-      batches += 1;
-    } while (cursor !== null && !this.stopping);
-    return { deleted, batches, durationMs: Math.round(performance.now() - started) };
+  ) {
+    if (!cron.validate(options.schedule)) {
+      throw new Error(`invalid cron expression ${JSON.stringify(options.schedule)} for the sweep schedule`);
+    }
+    this.holder = options.holder ?? `${hostname()}:${process.pid}:${randomBytes(3).toString('hex')}`;
   }
 
-  start(): void {
-    this.task = cron.schedule(this.options.schedule, () => this.tick(), {
-      name: 'pulse-sweep',
+  /**
+   * One whole sweep, batch by batch, each batch its own short transaction, if this sweeper can
+   * take the lock. Never rejects: a failure is reported as outcome `failed`.
+   */
+  sweepOnce(): Promise<SweepReport> {
+    if (this.running) return this.running.then(() => this.sweepOnce());
+    const run = this.sweep().finally(() => {
+      if (this.running === run) this.running = undefined;
     });
+    this.running = run;
+    return run;
+  }
+
+  /** Schedules sweeps; a tick that comes while a sweep still runs is skipped. */
+  start(): void {
+    this.task = cron.schedule(this.options.schedule, () => this.tick(), { name: 'pulse-sweep' });
   }
 
   /** Stops scheduling, lets a running sweep finish its current batch, then resolves. Idempotent. */
   async stop(): Promise<void> {
     this.stopping = true;
+    this.stopSignal.abort();
     await this.task?.stop();
-    await this.running?.catch(() => undefined);
+    await this.running;
   }
 
   private async tick(): Promise<void> {
     if (this.stopping) return;
     if (this.running) {
-      this.logger.info('previous sweep still running: skipping this tick');
+      this.logger.info({ holder: this.holder }, 'previous sweep still running: skipping this tick');
       return;
     }
-    this.running = this.sweepOnce();
-    try {
-      const report = await this.running;
-      this.logger.info(report, 'sweep finished');
-    } catch (error) {
-      this.logger.error({ err: error }, 'sweep failed; the next tick tries again');
-    } finally {
-      this.running = undefined;
+    const report = await this.sweepOnce();
+    if (report.outcome === 'skipped') {
+      this.logger.info(report, 'another sweeper holds the sweep lock: skipping this tick');
+    } else if (report.outcome === 'failed') {
+      this.logger.error(report, 'sweep failed; the next tick tries again');
+    } else if (report.outcome === 'lease-lost') {
+      this.logger.warn(report, 'sweep lease lost to another sweeper: stopped sweeping');
+    } else {
+      this.logger.info(report, report.outcome === 'done' ? 'sweep finished' : 'sweep stopped');
     }
+  }
+
+  private async sweep(): Promise<SweepReport> {
+    const startedAt = new Date().toISOString();
+    const started = performance.now();
+    const { batchSize, olderThanSeconds, lockTtlSeconds } = this.options;
+    const pauseMs = this.options.batchPauseMs ?? 0;
+    let outcome: SweepOutcome = 'done';
+    let error: string | undefined;
+    let lockHeld = false;
+    let deleted = 0;
+    let batches = 0;
+    let maxBatchMs = 0;
+    try {
+      lockHeld = !this.stopping && (await tryAcquireSweepLease(this.db, this.holder, lockTtlSeconds));
+      if (this.stopping) {
+        outcome = 'stopped';
+      } else if (!lockHeld) {
+        outcome = 'skipped';
+      } else {
+        let cursor: string | null = null;
+        do {
+          if (this.stopping) {
+            outcome = 'stopped';
+            break;
+          }
+          const batchStarted = performance.now();
+          const batch = await this.db.transaction().execute(async (trx) => {
+            if (!(await renewSweepLease(trx, this.holder, lockTtlSeconds))) throw new LeaseLostError();
+            return sweepExpiredBatch(trx, { cursor, batchSize, olderThanSeconds });
+          });
+          maxBatchMs = Math.max(maxBatchMs, performance.now() - batchStarted);
+          cursor = batch.nextCursor;
+          deleted += batch.deleted;
+          if (cursor !== null) batches += 1; // the last call only finds the end of the table
+          if (cursor !== null && pauseMs > 0 && !this.stopping) {
+            await sleep(pauseMs, undefined, { signal: this.stopSignal.signal }).catch(() => undefined);
+          }
+        } while (cursor !== null);
+      }
+    } catch (caught) {
+      if (caught instanceof LeaseLostError) {
+        outcome = 'lease-lost';
+      } else {
+        outcome = 'failed';
+        error = caught instanceof Error ? caught.message : String(caught);
+      }
+    }
+    if (lockHeld && outcome !== 'lease-lost') {
+      // Best effort: when the database is down, the lease expires by itself (or this sweeper,
+      // still named as holder, takes it back on its next tick).
+      await releaseSweepLease(this.db, this.holder).catch(() => undefined);
+    }
+    const report: SweepReport = {
+      outcome,
+      lockHeld,
+      deleted,
+      batches,
+      durationMs: Math.round(performance.now() - started),
+      maxBatchMs: Math.round(maxBatchMs * 10) / 10,
+      holder: this.holder,
+      startedAt,
+      ...(error === undefined ? {} : { error }),
+    };
+    try {
+      this.options.onSweep?.(report);
+    } catch (hookError) {
+      this.logger.error({ err: hookError }, 'onSweep hook failed');
+    }
+    return report;
   }
 }

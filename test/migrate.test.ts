@@ -50,7 +50,7 @@ describe('migrate CLI', () => {
     expect((await migrate(url, ['status'])).stdout).to.match(/0001_create_pulse\s+pending/);
     const up = await migrate(url);
     expect(up.code).to.equal(0);
-    expect(up.stdout).to.match(/applied 0001_create_pulse/);
+    expect(up.stdout).to.match(/applied 0001_create_pulse, 0002_sweeper_lease/);
     expect((await migrate(url, ['status'])).stdout).to.match(/0001_create_pulse\s+applied \d{4}-/);
     const columns = await query(
       url,
@@ -63,10 +63,15 @@ describe('migrate CLI', () => {
     ]);
     expect((await migrate(url)).stdout).to.match(/already up to date/);
 
+    // Each down undoes one migration, newest first, until nothing is left.
+    expect((await migrate(url, ['down'])).stdout).to.match(/reverted 0002_sweeper_lease/);
+    expect((await query(url, `SELECT to_regclass('pulse_sweeper_lease') AS t`)).rows[0]).to.deep.equal({ t: null });
+    expect((await query(url, `SELECT to_regclass('pulse') AS t`)).rows[0]).to.deep.equal({ t: 'pulse' });
     const down = await migrate(url, ['down']);
     expect(down.code).to.equal(0);
     expect(down.stdout).to.match(/reverted 0001_create_pulse/);
     expect((await query(url, `SELECT to_regclass('pulse') AS t`)).rows[0]).to.deep.equal({ t: null });
+    expect((await migrate(url, ['down'])).stdout).to.match(/nothing to revert/);
   });
 
   it('is safe when several copies run at once', async () => {
@@ -74,7 +79,7 @@ describe('migrate CLI', () => {
     for (const run of runs) expect(run.code, run.stderr).to.equal(0);
     expect(runs.filter((r) => /applied 0001_create_pulse/.test(r.stdout))).to.have.length(1);
     const applied = await query(url, 'SELECT name FROM kysely_migration');
-    expect(applied.rows).to.deep.equal([{ name: '0001_create_pulse' }]);
+    expect(applied.rows).to.deep.equal([{ name: '0001_create_pulse' }, { name: '0002_sweeper_lease' }]);
   });
 
   it('switches the table to UNLOGGED and back with PULSE_TABLE_UNLOGGED', async () => {

@@ -47,7 +47,7 @@ describe('operations endpoints', () => {
       expect(response.status).to.equal(503);
       const body = (await response.json()) as { error: { code: string; message: string } };
       expect(body.error.code).to.equal('not_ready');
-      expect(body.error.message).to.match(/migrations pending: 0001_create_pulse/);
+      expect(body.error.message).to.match(/migrations pending: 0001_create_pulse, 0002_sweeper_lease$/);
     } finally {
       await unmigrated.close();
       await empty.close();

@@ -1,0 +1,330 @@
+import { spawn } from 'node:child_process';
+import { once } from 'node:events';
+import { fileURLToPath } from 'node:url';
+import { expect } from 'chai';
+import { sql } from 'kysely';
+import { pino } from 'pino';
+import { openDatabase, type DatabaseHandle } from '../lib/db.ts';
+import type { Logger } from '../lib/logger.ts';
+import { sweepExpiredBatch } from '../lib/pulse-store.ts';
+import { readSweepLease } from '../lib/sweep-lease.ts';
+import { Sweeper, type SweepReport, type SweeperOptions } from '../sweeper/sweeper.ts';
+import { createTestDatabase, silentLogger, type TestDatabase } from './support/database.ts';
+import { startTcpProxy, type TcpProxy } from './support/tcp-proxy.ts';
+
+const OLDER_THAN = 30;
+const EXPIRED_AGE = 120;
+const repoRoot = fileURLToPath(new URL('..', import.meta.url));
+
+const delay = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+
+async function waitFor(what: string, check: () => Promise<boolean> | boolean, timeoutMs = 10_000) {
+  const deadline = Date.now() + timeoutMs;
+  while (!(await check())) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await delay(20);
+  }
+}
+
+/** Rows first..last, every one with last_hb = now() - ageSeconds. */
+async function putRows(database: TestDatabase, first: number, last: number, ageSeconds: number) {
+  await sql`INSERT INTO pulse (user_id, last_hb)
+    SELECT i, now() - make_interval(secs => ${ageSeconds}) FROM generate_series(${first}::bigint, ${last}::bigint) i
+    ON CONFLICT (user_id) DO UPDATE SET last_hb = EXCLUDED.last_hb`.execute(database.db);
+}
+
+/** Expired rows at odd ids, fresh rows at even ids, 1..2n. */
+async function putMixedRows(database: TestDatabase, n: number) {
+  await sql`INSERT INTO pulse (user_id, last_hb)
+    SELECT i, CASE WHEN i % 2 = 1 THEN now() - make_interval(secs => ${EXPIRED_AGE}) ELSE now() END
+    FROM generate_series(1, ${2 * n}::bigint) i`.execute(database.db);
+}
+
+async function countRows(database: TestDatabase, expired?: boolean): Promise<number> {
+  let query = database.db.selectFrom('pulse').select((eb) => eb.fn.countAll<string>().as('n'));
+  if (expired !== undefined) {
+    const cutoff = sql<Date>`now() - make_interval(secs => ${OLDER_THAN})`;
+    query = query.where('last_hb', expired ? '<' : '>=', cutoff);
+  }
+  return Number((await query.executeTakeFirstOrThrow()).n);
+}
+
+function captureLogger(): { logger: Logger; lines: Array<Record<string, unknown>> } {
+  const lines: Array<Record<string, unknown>> = [];
+  const logger = pino(
+    { level: 'info' },
+    { write: (line: string) => void lines.push(JSON.parse(line) as Record<string, unknown>) },
+  );
+  return { logger, lines };
+}
+
+function options(overrides: Partial<SweeperOptions> = {}): SweeperOptions {
+  return {
+    schedule: '* * * * * *',
+    olderThanSeconds: OLDER_THAN,
+    batchSize: 100,
+    lockTtlSeconds: 30,
+    ...overrides,
+  };
+}
+
+describe('sweeper', function () {
+  this.timeout(30_000);
+  let database: TestDatabase;
+  const cleanups: Array<() => Promise<void> | void> = [];
+
+  beforeEach(async () => {
+    database = await createTestDatabase();
+  });
+  afterEach(async () => {
+    for (const cleanup of cleanups.splice(0).reverse()) await cleanup();
+    await database.drop();
+  });
+
+  function sweeperOn(db: DatabaseHandle, overrides: Partial<SweeperOptions> = {}, logger = silentLogger) {
+    const sweeper = new Sweeper(db.db, logger, options(overrides));
+    cleanups.push(() => sweeper.stop());
+    return sweeper;
+  }
+
+  function extraPool(url = database.url): DatabaseHandle {
+    const handle = openDatabase({ connectionString: url, poolMax: 3, applicationName: 'pulse-test-sweeper', logger: silentLogger });
+    cleanups.push(() => handle.close());
+    return handle;
+  }
+
+  describe('sweepExpiredBatch', () => {
+    it('deletes only rows older than the sweep age within the key range, and moves the cursor', async () => {
+      for (let id = 1; id <= 10; id += 1) await database.putRow(id, id % 2 ? EXPIRED_AGE : OLDER_THAN - 5);
+      const first = await sweepExpiredBatch(database.db, { cursor: null, batchSize: 4, olderThanSeconds: OLDER_THAN });
+      expect(first).to.deep.equal({ deleted: 2, nextCursor: '4' });
+      expect(await database.userIds()).to.deep.equal([2, 4, 5, 6, 7, 8, 9, 10]);
+      const second = await sweepExpiredBatch(database.db, { cursor: '4', batchSize: 100, olderThanSeconds: OLDER_THAN });
+      expect(second).to.deep.equal({ deleted: 3, nextCursor: '10' });
+      expect(await database.userIds()).to.deep.equal([2, 4, 6, 8, 10]);
+      const done = await sweepExpiredBatch(database.db, { cursor: '10', batchSize: 100, olderThanSeconds: OLDER_THAN });
+      expect(done).to.deep.equal({ deleted: 0, nextCursor: null });
+    });
+  });
+
+  describe('one sweep', () => {
+    it('deletes every expired row in batches, keeps fresh rows, reports, and releases the lock', async () => {
+      await putMixedRows(database, 500);
+      const reports: SweepReport[] = [];
+      const sweeper = sweeperOn(database, { batchSize: 70, onSweep: (r) => reports.push(r) });
+      const report = await sweeper.sweepOnce();
+      expect(report).to.include({ outcome: 'done', lockHeld: true, deleted: 500, batches: Math.ceil(1000 / 70) });
+      expect(report.durationMs).to.be.a('number').at.least(0);
+      expect(report.maxBatchMs).to.be.a('number').above(0);
+      expect(reports).to.deep.equal([report]);
+      expect(await countRows(database, true)).to.equal(0);
+      expect(await countRows(database, false)).to.equal(500);
+      expect((await readSweepLease(database.db))?.holder).to.equal(null);
+    });
+
+    it('never deletes a row refreshed while the sweep runs', async () => {
+      await putRows(database, 1, 600, EXPIRED_AGE);
+      const sweeper = sweeperOn(database, { batchSize: 5, batchPauseMs: 2 });
+      const sweeping = sweeper.sweepOnce();
+      await waitFor('the sweep to start deleting', async () => (await countRows(database)) < 600);
+      await putRows(database, 590, 600, 0); // heartbeats for users the sweep has not reached yet
+      const report = await sweeping;
+      expect(report.outcome).to.equal('done');
+      expect(await database.userIds()).to.deep.equal(Array.from({ length: 11 }, (_, i) => 590 + i));
+      expect(report.deleted).to.equal(589);
+    });
+
+    it('rejects an invalid cron expression when constructed', () => {
+      expect(() => new Sweeper(database.db, silentLogger, options({ schedule: '61 * * * *' }))).to.throw(
+        /invalid cron expression "61 \* \* \* \*"/,
+      );
+    });
+  });
+
+  describe('several sweepers', () => {
+    it('started together, delete every expired row exactly once between them, without errors', async () => {
+      await putMixedRows(database, 3000);
+      const runs: Array<{ report: SweepReport }> = [];
+      const sweepers = Array.from({ length: 4 }, () => sweeperOn(extraPool(), { batchSize: 50 }));
+      await Promise.all(sweepers.map(async (sweeper) => runs.push({ report: await sweeper.sweepOnce() })));
+      const outcomes = runs.map((r) => r.report.outcome);
+      expect(outcomes).to.not.include('failed');
+      expect(outcomes).to.include('skipped');
+      const sweeps = runs.filter((r) => r.report.lockHeld);
+      expect(sweeps.length).to.be.at.least(1);
+      expect(runs.reduce((sum, r) => sum + r.report.deleted, 0)).to.equal(3000);
+      expect(runs.filter((r) => !r.report.lockHeld).every((r) => r.report.deleted === 0 && r.report.batches === 0)).to.equal(true);
+      expect(await countRows(database, true)).to.equal(0);
+      expect(await countRows(database, false)).to.equal(3000);
+    });
+
+    it('sweeping over and over, never interleave the batches of two sweeps', async () => {
+      // Every DELETE statement is logged with the sweeper that ran it (its application_name).
+      await sql`CREATE TABLE delete_log (app text, at timestamptz)`.execute(database.db);
+      await sql`CREATE FUNCTION log_delete() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN INSERT INTO delete_log VALUES (current_setting('application_name'), clock_timestamp()); RETURN NULL; END $$`.execute(database.db);
+      await sql`CREATE TRIGGER log_delete AFTER DELETE ON pulse FOR EACH STATEMENT EXECUTE FUNCTION log_delete()`.execute(database.db);
+      await putMixedRows(database, 1500);
+      const sweeps: Array<{ app: string; from: number; to: number }> = [];
+      const until = Date.now() + 2500;
+      await Promise.all(
+        [0, 1, 2].map(async (n) => {
+          const app = `sweeper-${n}`;
+          const handle = openDatabase({ connectionString: database.url, poolMax: 2, applicationName: app, logger: silentLogger });
+          cleanups.push(() => handle.close());
+          const sweeper = sweeperOn(handle, { batchSize: 50 });
+          while (Date.now() < until) {
+            const report = await sweeper.sweepOnce();
+            expect(report.outcome).to.be.oneOf(['done', 'skipped']);
+            if (report.lockHeld) {
+              const from = Date.parse(report.startedAt);
+              sweeps.push({ app, from, to: from + report.durationMs + 1 });
+            }
+            await delay(Math.random() * 10);
+          }
+        }),
+      );
+      const { rows } = await sql<{ app: string; at: Date }>`SELECT app, at FROM delete_log ORDER BY at`.execute(database.db);
+      // Each lock-holding sweep's DELETEs span [first, last]; two such spans must never overlap.
+      const spans = sweeps
+        .map((sweep) => {
+          const mine = rows.filter((r) => r.app === sweep.app && r.at.getTime() >= sweep.from - 1 && r.at.getTime() <= sweep.to + 1);
+          return { app: sweep.app, first: mine[0]?.at.getTime() ?? NaN, last: mine.at(-1)?.at.getTime() ?? NaN };
+        })
+        .filter((span) => !Number.isNaN(span.first))
+        .sort((a, b) => a.first - b.first);
+      expect(new Set(spans.map((s) => s.app)).size, 'more than one sweeper should get turns').to.be.above(1);
+      expect(spans.length).to.be.at.least(3);
+      for (const a of spans) {
+        for (const b of spans) {
+          if (a.app === b.app) continue; // one Sweeper's own sweeps are sequential by construction
+          expect(a.last < b.first || b.last < a.first, `${a.app} and ${b.app} swept at the same time`).to.equal(true);
+        }
+      }
+      expect(await countRows(database, true)).to.equal(0);
+      expect(await countRows(database, false)).to.equal(1500);
+    });
+
+    it('skip while another holds the lease, say so in the log, and take over when a crashed holder\'s lease expires', async () => {
+      await putRows(database, 1, 100, EXPIRED_AGE);
+      await sql`INSERT INTO pulse_sweeper_lease (id, holder, expires_at)
+        VALUES (1, 'crashed-sweeper', now() + interval '1.5 seconds')`.execute(database.db);
+      const sweeper = sweeperOn(database);
+      const skipped = await sweeper.sweepOnce();
+      expect(skipped).to.include({ outcome: 'skipped', lockHeld: false, deleted: 0, batches: 0 });
+      expect(await countRows(database)).to.equal(100);
+
+      const { logger, lines } = captureLogger();
+      const scheduled = sweeperOn(database, {}, logger);
+      scheduled.start();
+      await waitFor('a sweep after the lease expired', () => lines.some((l) => l.msg === 'sweep finished'));
+      const skipLine = lines.find((l) => l.msg === 'another sweeper holds the sweep lock: skipping this tick');
+      expect(skipLine).to.include({ outcome: 'skipped', lockHeld: false, deleted: 0 });
+      expect(lines.find((l) => l.msg === 'sweep finished')).to.include({ outcome: 'done', lockHeld: true, deleted: 100 });
+      expect(await countRows(database)).to.equal(0);
+    });
+
+    it('stop sweeping at the next batch when their lease was taken over', async () => {
+      await putRows(database, 1, 2000, EXPIRED_AGE);
+      const sweeper = sweeperOn(database, { batchSize: 5, batchPauseMs: 2 });
+      const sweeping = sweeper.sweepOnce();
+      await waitFor('the sweep to start deleting', async () => (await countRows(database)) < 2000);
+      await sql`UPDATE pulse_sweeper_lease SET holder = 'other-sweeper'`.execute(database.db);
+      const report = await sweeping;
+      expect(report).to.include({ outcome: 'lease-lost', lockHeld: true });
+      const left = await countRows(database);
+      expect(left).to.be.above(0);
+      expect(report.deleted).to.equal(2000 - left);
+      expect((await readSweepLease(database.db))?.holder).to.equal('other-sweeper');
+    });
+  });
+
+  describe('on a schedule', () => {
+    it('never overlaps ticks when a sweep lasts longer than the interval', async () => {
+      await putRows(database, 1, 2500, EXPIRED_AGE);
+      const { logger, lines } = captureLogger();
+      const runs: SweepReport[] = [];
+      const sweeper = sweeperOn(database, { batchSize: 5, batchPauseMs: 4, onSweep: (r) => runs.push(r) }, logger);
+      sweeper.start();
+      await waitFor('a finished sweep', () => runs.some((r) => r.outcome === 'done'), 20_000);
+      await sweeper.stop();
+      const done = runs.find((r) => r.outcome === 'done')!;
+      expect(done.durationMs, 'the test needs a sweep longer than the 1 s interval').to.be.above(1100);
+      expect(lines.some((l) => l.msg === 'previous sweep still running: skipping this tick')).to.equal(true);
+      const intervals = runs.map((r) => [Date.parse(r.startedAt), Date.parse(r.startedAt) + r.durationMs] as const);
+      for (let i = 1; i < intervals.length; i += 1) expect(intervals[i]![0]).to.be.at.least(intervals[i - 1]![1] - 5);
+      expect(runs.reduce((sum, r) => sum + r.deleted, 0)).to.equal(2500);
+      expect(lines.find((l) => l.msg === 'sweep finished')).to.include({ deleted: 2500, lockHeld: true, outcome: 'done' });
+    });
+
+    it('survives the database going away mid-sweep and finishes on a later tick', async () => {
+      const target = new URL(database.url);
+      const proxy: TcpProxy = await startTcpProxy({ targetHost: target.hostname, targetPort: Number(target.port || 5432) });
+      cleanups.push(() => proxy.close());
+      await putMixedRows(database, 1500);
+      const { logger, lines } = captureLogger();
+      const runs: SweepReport[] = [];
+      const sweeper = sweeperOn(extraPool(proxy.rewriteUrl(database.url)), { batchSize: 5, batchPauseMs: 1, onSweep: (r) => runs.push(r) }, logger);
+      sweeper.start();
+      await waitFor('the sweep to start deleting', async () => (await countRows(database, true)) < 1500);
+      await proxy.outage(1500);
+      await waitFor('a failed sweep', () => runs.some((r) => r.outcome === 'failed'));
+      await waitFor('a complete sweep after the outage', () => runs.some((r) => r.outcome === 'done'), 20_000);
+      expect(lines.some((l) => l.msg === 'sweep failed; the next tick tries again')).to.equal(true);
+      expect(await countRows(database, true)).to.equal(0);
+      expect(await countRows(database, false)).to.equal(1500);
+      expect(proxy.acceptedCount).to.be.above(1);
+    });
+  });
+
+  describe('the sweeper process', () => {
+    function runSweeper(env: Record<string, string>, args: string[] = []) {
+      const child = spawn(process.execPath, ['--import', 'tsx', 'sweeper/main.ts', ...args], {
+        cwd: repoRoot,
+        env: { PATH: process.env.PATH ?? '', DATABASE_URL: database.url, LOG_LEVEL: 'info', ...env },
+        stdio: ['ignore', 'pipe', 'pipe'],
+      });
+      cleanups.push(() => void child.kill('SIGKILL'));
+      let stdout = '';
+      let stderr = '';
+      child.stdout.on('data', (chunk: Buffer) => (stdout += chunk.toString()));
+      child.stderr.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
+      const exited = once(child, 'exit') as Promise<[number | null, string | null]>;
+      return { child, exited, stdout: () => stdout, stderr: () => stderr };
+    }
+
+    it('exits 0 after finishing the current batch on SIGTERM mid-sweep', async () => {
+      await putRows(database, 1, 20_000, EXPIRED_AGE);
+      const proc = runSweeper({ SWEEP_SCHEDULE: '* * * * * *', SWEEP_BATCH_SIZE: '5', SWEEP_BATCH_PAUSE_MS: '2' });
+      await waitFor('the sweep to start deleting', async () => (await countRows(database)) < 19_900, 15_000);
+      proc.child.kill('SIGTERM');
+      const [code] = await proc.exited;
+      expect(code, proc.stderr()).to.equal(0);
+      const left = await countRows(database);
+      expect(left, 'SIGTERM should have arrived mid-sweep').to.be.above(0);
+      const logs = proc.stdout().trim().split('\n').map((l) => JSON.parse(l) as Record<string, unknown>);
+      const stopped = logs.find((l) => l.msg === 'sweep stopped');
+      expect(stopped).to.include({ outcome: 'stopped', lockHeld: true, deleted: 20_000 - left });
+      expect((await readSweepLease(database.db))?.holder).to.equal(null);
+    });
+
+    it('--once prints the sweep report as one JSON line', async () => {
+      await putMixedRows(database, 300);
+      const proc = runSweeper({ SWEEP_BATCH_SIZE: '100' }, ['--once']);
+      const [code] = await proc.exited;
+      expect(code, proc.stderr()).to.equal(0);
+      const lines = proc.stdout().trim().split('\n');
+      expect(lines).to.have.length(1);
+      const report = JSON.parse(lines[0]!) as SweepReport;
+      expect(report).to.include({ outcome: 'done', lockHeld: true, deleted: 300, batches: 6 });
+      expect(report.durationMs).to.be.a('number');
+    });
+
+    it('refuses to start with an invalid cron expression', async () => {
+      const proc = runSweeper({ SWEEP_SCHEDULE: 'every minute' });
+      const [code] = await proc.exited;
+      expect(code).to.equal(1);
+      expect(proc.stderr()).to.match(/SWEEP_SCHEDULE must be a valid cron expression/);
+    });
+  });
+});
