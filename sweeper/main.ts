@@ -3,7 +3,10 @@ import { loadSweeperConfig } from '../lib/config.ts';
 import { openDatabase } from '../lib/db.ts';
 import { runMain } from '../lib/entry.ts';
 import { createLogger } from '../lib/logger.ts';
+import { createRegistry } from '../lib/metrics.ts';
 import { GracefulShutdown } from '../lib/shutdown.ts';
+import { createSweeperMetrics } from './metrics.ts';
+import { startOpsServer } from './ops-server.ts';
 import { Sweeper } from './sweeper.ts';
 
 /**
@@ -27,7 +30,11 @@ runMain(async () => {
     applicationName: 'pulse-sweeper',
     logger,
   });
-  const sweeper = new Sweeper(database.db, logger, sweeperOptions);
+  const registry = createRegistry(database.pool);
+  const sweeper = new Sweeper(database.db, logger, {
+    ...sweeperOptions,
+    onSweep: createSweeperMetrics(registry),
+  });
 
   if (values.once) {
     // SIGTERM during a one-off sweep: finish the current batch, print the report, exit 0.
@@ -45,8 +52,18 @@ runMain(async () => {
 
   const shutdown = new GracefulShutdown(logger, config.SHUTDOWN_TIMEOUT_SECONDS);
   shutdown.listen();
+  const ops = await startOpsServer({
+    db: database.db,
+    registry,
+    host: config.METRICS_HOST,
+    port: config.METRICS_PORT,
+  });
+  shutdown.add('ops server', () => ops.stop());
   shutdown.add('database pool', () => database.close());
   shutdown.add('sweeper', () => sweeper.stop());
   sweeper.start();
-  logger.info({ ...sweeperOptions, holder: sweeper.holder }, 'pulse sweeper started');
+  logger.info(
+    { ...sweeperOptions, holder: sweeper.holder, metrics: `http://${config.METRICS_HOST}:${ops.port}/metrics` },
+    'pulse sweeper started',
+  );
 });

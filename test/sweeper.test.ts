@@ -5,6 +5,7 @@ import { expect } from 'chai';
 import { sql } from 'kysely';
 import { pino } from 'pino';
 import { openDatabase, type DatabaseHandle } from '../lib/db.ts';
+import { freePort } from '../lib/embedded-postgres.ts';
 import type { Logger } from '../lib/logger.ts';
 import { sweepExpiredBatch } from '../lib/pulse-store.ts';
 import { readSweepLease } from '../lib/sweep-lease.ts';
@@ -281,7 +282,13 @@ describe('sweeper', function () {
     function runSweeper(env: Record<string, string>, args: string[] = []) {
       const child = spawn(process.execPath, ['--import', 'tsx', 'sweeper/main.ts', ...args], {
         cwd: repoRoot,
-        env: { PATH: process.env.PATH ?? '', DATABASE_URL: database.url, LOG_LEVEL: 'info', ...env },
+        env: {
+          PATH: process.env.PATH ?? '',
+          DATABASE_URL: database.url,
+          LOG_LEVEL: 'info',
+          METRICS_PORT: '0',
+          ...env,
+        },
         stdio: ['ignore', 'pipe', 'pipe'],
       });
       cleanups.push(() => void child.kill('SIGKILL'));
@@ -292,6 +299,51 @@ describe('sweeper', function () {
       const exited = once(child, 'exit') as Promise<[number | null, string | null]>;
       return { child, exited, stdout: () => stdout, stderr: () => stderr };
     }
+
+    it('serves /healthz, /readyz and /metrics on METRICS_PORT, and the sweep series move', async () => {
+      await putRows(database, 1, 300, EXPIRED_AGE);
+      const port = await freePort();
+      const proc = runSweeper({ SWEEP_SCHEDULE: '* * * * * *', METRICS_PORT: String(port) });
+      const base = `http://127.0.0.1:${port}`;
+      const scrape = async () => (await fetch(`${base}/metrics`).catch(() => undefined))?.text();
+      const value = (metrics: string | undefined, series: string) =>
+        Number(metrics?.split('\n').find((l) => l.startsWith(`${series} `))?.split(' ')[1] ?? NaN);
+      await waitFor('a sweep to show in the metrics', async () => value(await scrape(), 'pulse_sweep_rows_deleted_total') === 300, 15_000);
+      const metrics = await scrape();
+      expect(value(metrics, 'pulse_sweeps_total{outcome="done"}')).to.be.at.least(1);
+      expect(value(metrics, 'pulse_sweep_last_success_timestamp_seconds')).to.be.closeTo(Date.now() / 1000, 30);
+      expect(value(metrics, 'pulse_sweep_duration_seconds_count')).to.be.at.least(1);
+      expect(value(metrics, 'pulse_sweep_lock_skipped_total')).to.equal(0);
+      expect(value(metrics, 'pulse_pg_pool_connections{state="total"}')).to.be.a('number');
+      expect((await fetch(`${base}/healthz`)).status).to.equal(200);
+      const ready = await fetch(`${base}/readyz`);
+      expect(ready.status).to.equal(200);
+      expect(await ready.json()).to.deep.equal({ status: 'ready' });
+      expect((await fetch(`${base}/nope`)).status).to.equal(404);
+      proc.child.kill('SIGTERM');
+      const [code] = await proc.exited;
+      expect(code).to.equal(0);
+    });
+
+    it('counts skipped ticks when another sweeper holds the lock', async () => {
+      await putRows(database, 1, 10, EXPIRED_AGE);
+      await sql`INSERT INTO pulse_sweeper_lease (id, holder, renewed_at, expires_at)
+        VALUES (1, 'someone-else', now(), now() + interval '1 hour')
+        ON CONFLICT (id) DO UPDATE SET holder = EXCLUDED.holder, expires_at = EXCLUDED.expires_at`.execute(database.db);
+      const port = await freePort();
+      const proc = runSweeper({ SWEEP_SCHEDULE: '* * * * * *', METRICS_PORT: String(port) });
+      await waitFor(
+        'a skipped tick in the metrics',
+        async () => {
+          const metrics = await (await fetch(`http://127.0.0.1:${port}/metrics`).catch(() => undefined))?.text();
+          return /^pulse_sweep_lock_skipped_total [1-9]/m.test(metrics ?? '');
+        },
+        15_000,
+      );
+      expect(await countRows(database, true)).to.equal(10);
+      proc.child.kill('SIGTERM');
+      expect((await proc.exited)[0]).to.equal(0);
+    });
 
     it('exits 0 after finishing the current batch on SIGTERM mid-sweep', async () => {
       await putRows(database, 1, 20_000, EXPIRED_AGE);

@@ -1,0 +1,21 @@
+import express from 'express';
+import type { Kysely } from 'kysely';
+import type { Registry } from 'prom-client';
+import { listen, type RunningServer } from '../lib/http-server.ts';
+import { opsRoutes } from '../lib/ops-routes.ts';
+
+/** The sweeper's small HTTP port: /healthz, /readyz and /metrics for the orchestrator. */
+export function startOpsServer<DB>(options: {
+  db: Kysely<DB>;
+  registry: Registry;
+  host: string;
+  port: number;
+}): Promise<RunningServer> {
+  const app = express();
+  app.disable('x-powered-by');
+  app.use(opsRoutes({ db: options.db, registry: options.registry }));
+  app.use((req, res) => {
+    res.status(404).json({ error: { code: 'not_found', message: `no route for ${req.method} ${req.path}` } });
+  });
+  return listen(app, options.port, options.host);
+}
