@@ -1,0 +1,72 @@
+import { expect } from 'chai';
+import { openDatabase, type DatabaseHandle } from '../lib/db.ts';
+import { startTestApp, type TestApp } from './support/app.ts';
+import { createTestDatabase, silentLogger, type TestDatabase } from './support/database.ts';
+import { startTcpProxy, type TcpProxy } from './support/tcp-proxy.ts';
+
+describe('database outage', () => {
+  let database: TestDatabase;
+  let proxy: TcpProxy;
+  let behindProxy: DatabaseHandle & { url: string };
+  let app: TestApp;
+
+  before(async () => {
+    database = await createTestDatabase();
+    const target = new URL(database.url);
+    proxy = await startTcpProxy({ targetHost: target.hostname, targetPort: Number(target.port) });
+    const url = proxy.rewriteUrl(database.url);
+    behindProxy = {
+      ...openDatabase({ connectionString: url, poolMax: 4, applicationName: 'test', logger: silentLogger }),
+      url,
+    };
+    app = await startTestApp(behindProxy);
+  });
+  after(async () => {
+    await app.close();
+    await behindProxy.close();
+    await proxy.close();
+    await database.drop();
+  });
+
+  async function expectUnavailable(response: Response): Promise<void> {
+    expect(response.status).to.equal(503);
+    expect(response.headers.get('retry-after')).to.equal('1');
+    expect(await response.json()).to.deep.equal({
+      error: { code: 'database_unavailable', message: 'the database is unavailable, retry later' },
+    });
+  }
+
+  it('answers 503 database_unavailable while the database is down, then recovers by itself', async () => {
+    expect((await app.post('/status/update', { user_id: 1 })).status).to.equal(200);
+    expect((await app.get('/status/1')).status).to.equal(200);
+
+    // Down: every open connection is cut and new ones are refused.
+    proxy.refuse();
+    proxy.dropConnections();
+    await expectUnavailable(await app.get('/status/1'));
+    await expectUnavailable(await app.post('/status/update', { user_id: 2 }));
+    await expectUnavailable(await app.post('/status/batch', [{ user_id: 1 }]));
+    await expectUnavailable(await app.post('/status/update', [{ user_id: 3 }, { user_id: 4 }]));
+    expect((await app.get('/readyz')).status).to.equal(503);
+    expect((await app.get('/healthz')).status).to.equal(200); // the process is alive
+
+    // Back: the same process serves again, with no restart.
+    proxy.accept();
+    expect(await (await app.get('/status/1')).json()).to.deep.equal({ user_id: 1, is_online: true });
+    expect((await app.post('/status/update', { user_id: 2 })).status).to.equal(200);
+    expect((await app.get('/readyz')).status).to.equal(200);
+    // Nothing refused was written; everything accepted was.
+    expect(await database.userIds()).to.deep.equal([1, 2]);
+  });
+
+  it('survives connections dropped while idle in the pool', async () => {
+    expect((await app.get('/status/1')).status).to.equal(200);
+    proxy.dropConnections(); // idle pooled clients lose their socket: the pool's error handler
+    await new Promise((resolve) => setTimeout(resolve, 100));
+    // The next requests may meet a dead client at most once; then the pool reconnects.
+    const statuses = [];
+    for (let i = 0; i < 5; i += 1) statuses.push((await app.get('/status/1')).status);
+    expect(statuses.at(-1)).to.equal(200);
+    expect(statuses.every((s) => s === 200 || s === 503)).to.equal(true);
+  });
+});
