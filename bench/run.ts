@@ -1,47 +1,44 @@
 /**
  * npm run bench: the write and read paths under load, in one run on this machine.
  *
- *   BENCH_ROWS=1000000 BENCH_DURATION_SECONDS=10 BENCH_CONNECTIONS=64 npm run bench
+ *   BENCH_ROWS=1000000 BENCH_DURATION_SECONDS=10 npm run bench
  *
  * Uses DATABASE_URL's server (in a database it creates, pulse_bench) or an embedded PostgreSQL.
- * The API runs as a child process, autocannon drives it on 127.0.0.1, every run stops by itself.
+ * The compiled API runs as a child process, autocannon drives it on 127.0.0.1, and every run
+ * stops by itself.
  */
 import os from 'node:os';
 import {
   fillTable,
   openBenchDatabase,
+  prepare,
   randomUserId,
   runLoad,
   startApi,
+  type ApiProcess,
   type BenchDatabase,
+  type BenchRequest,
   type LoadResult,
 } from './support.ts';
 
 const rows = Number(process.env.BENCH_ROWS ?? 1_000_000);
 const durationSeconds = Number(process.env.BENCH_DURATION_SECONDS ?? 10);
-const connections = Number(process.env.BENCH_CONNECTIONS ?? 64);
-const gatewayBatch = 1000;
+const singleConnections = Number(process.env.BENCH_CONNECTIONS ?? 32);
+const ID_LIST = 1000;
 
-const heartbeat = () => ({ path: '/status/update', body: JSON.stringify({ user_id: randomUserId(rows) }) });
-
-const gatewayHeartbeats = () => ({
+const ids = (count: number) =>
+  JSON.stringify(Array.from({ length: count }, () => ({ user_id: randomUserId(rows) })));
+const heartbeat = (): BenchRequest => ({
+  method: 'POST',
   path: '/status/update',
-  body: JSON.stringify(Array.from({ length: gatewayBatch }, () => ({ user_id: randomUserId(rows) }))),
+  body: JSON.stringify({ user_id: randomUserId(rows) }),
 });
+const gatewayHeartbeats = (): BenchRequest => ({ method: 'POST', path: '/status/update', body: ids(ID_LIST) });
+const batchStatus = (): BenchRequest => ({ method: 'POST', path: '/status/batch', body: ids(ID_LIST) });
+const singleStatus = (): BenchRequest => ({ method: 'GET', path: `/status/${randomUserId(rows)}` });
 
-const batchStatus = () => ({
-  path: '/status/batch',
-  body: JSON.stringify(Array.from({ length: 1000 }, () => ({ user_id: randomUserId(rows) }))),
-});
-
-const singleStatus = () => ({ path: `/status/${randomUserId(rows)}` });
-
-async function withApi<T>(
-  db: BenchDatabase,
-  env: Record<string, string>,
-  run: (api: Awaited<ReturnType<typeof startApi>>) => Promise<T>,
-): Promise<T> {
-  const api = await startApi(db.url, { BATCH_MAX_IDS: String(gatewayBatch), ...env });
+async function withApi<T>(db: BenchDatabase, env: Record<string, string>, run: (api: ApiProcess) => Promise<T>) {
+  const api = await startApi(db.url, { BATCH_MAX_IDS: String(ID_LIST), ...env });
   try {
     return await run(api);
   } finally {
@@ -57,48 +54,49 @@ async function hotUpdateShare(db: BenchDatabase): Promise<string> {
   return Number(upd) === 0 ? 'n/a' : `${((100 * Number(hot)) / Number(upd)).toFixed(1)}%`;
 }
 
-const fmt = (n: number, digits = 0) => n.toLocaleString('en-US', { maximumFractionDigits: digits });
+const fmt = (n: number) => n.toLocaleString('en-US', { maximumFractionDigits: 0 });
 
-function row(name: string, r: LoadResult, idsPerRequest: number, target: string): string {
-  const perSecond = r.requestsPerSecond * idsPerRequest;
+function row(name: string, connections: number, r: LoadResult, idsPerRequest: number, target: string): string {
   const failures = r.errors + r.non2xx;
-  return `| ${name} | ${fmt(r.requestsPerSecond)} | ${fmt(perSecond)} | ${r.p50} | ${r.p99} | ${fmt(r.peakRssMb)} | ${failures} | ${target} |`;
+  return `| ${name} | ${connections} | ${fmt(r.requestsPerSecond)} | ${fmt(r.requestsPerSecond * idsPerRequest)} | ${r.p50} | ${r.p99} | ${fmt(r.peakRssMb)} | ${failures} | ${target} |`;
 }
 
 async function main(): Promise<void> {
-  console.error(`bench: ${rows} rows, ${durationSeconds}s per scenario, ${connections} connections`);
+  console.error(`bench: ${rows} rows, ${durationSeconds}s per scenario`);
   const db = await openBenchDatabase('pulse_bench');
   try {
     console.error('bench: filling the table');
     await fillTable(db, rows);
-    const load = (api: Awaited<ReturnType<typeof startApi>>, request: () => { path: string; body?: string }, method: 'GET' | 'POST' = 'POST') =>
-      runLoad({ url: api.url, method, request, connections, durationSeconds, api });
+    const load = (api: ApiProcess, requests: BenchRequest[], connections: number) =>
+      runLoad({ url: api.url, requests, connections, durationSeconds, api });
 
+    const singles = prepare(5000, heartbeat);
     console.error('bench: single heartbeats, group commit');
-    const grouped = await withApi(db, {}, (api) => load(api, heartbeat));
+    const grouped = await withApi(db, {}, (api) => load(api, singles, singleConnections));
     console.error('bench: single heartbeats, one statement per request');
-    const direct = await withApi(db, { HEARTBEAT_GROUP_COMMIT: 'false' }, (api) => load(api, heartbeat));
+    const direct = await withApi(db, { HEARTBEAT_GROUP_COMMIT: 'false' }, (api) => load(api, singles, singleConnections));
     console.error('bench: gateway batches');
-    const gateway = await withApi(db, {}, (api) => load(api, gatewayHeartbeats));
+    const gateway = await withApi(db, {}, (api) => load(api, prepare(200, gatewayHeartbeats), 8));
     const hot = await hotUpdateShare(db);
     console.error('bench: reads');
     const [batch, single] = await withApi(db, {}, async (api) => [
-      await load(api, batchStatus),
-      await load(api, singleStatus, 'GET'),
+      await load(api, prepare(200, batchStatus), 2),
+      await load(api, prepare(5000, singleStatus), singleConnections),
     ]);
 
     const ratio = grouped.requestsPerSecond / direct.requestsPerSecond;
+    const cpu = os.cpus()[0]?.model ?? 'unknown CPU';
     console.log(`
-Pulse benchmark: ${rows.toLocaleString('en-US')} rows, ${durationSeconds}s per scenario, ${connections} connections, ${os.cpus().length} cores, Node ${process.version}
-PostgreSQL: ${process.env.DATABASE_URL ? 'DATABASE_URL' : 'embedded'}
+Pulse benchmark: ${fmt(rows)} rows in pulse, ${durationSeconds} s per scenario, ${os.cpus().length} x ${cpu}, Node ${process.version}
+PostgreSQL: ${process.env.DATABASE_URL ? 'DATABASE_URL' : 'embedded'}; API, PostgreSQL and autocannon share the machine
 
-| scenario | requests/s | heartbeats or ids/s | p50 ms | p99 ms | API RSS MB | failed | target |
-|---|---|---|---|---|---|---|---|
-${row('POST /status/update, group commit', grouped, 1, 'p99 < 50 ms')}
-${row('POST /status/update, one statement per request', direct, 1, '')}
-${row(`POST /status/update, gateway batch of ${gatewayBatch}`, gateway, gatewayBatch, '>= 150,000 heartbeats/s')}
-${row('POST /status/batch, 1,000 ids', batch, 1000, 'p99 < 25 ms')}
-${row('GET /status/{id}', single, 1, '')}
+| scenario | connections | requests/s | heartbeats or ids/s | p50 ms | p99 ms | API RSS MB | failed | target |
+|---|---|---|---|---|---|---|---|---|
+${row('POST /status/update, group commit', singleConnections, grouped, 1, 'p99 < 50 ms')}
+${row('POST /status/update, one statement per request', singleConnections, direct, 1, '')}
+${row(`POST /status/update, gateway batch of ${ID_LIST}`, 8, gateway, ID_LIST, '>= 150,000 heartbeats/s')}
+${row(`POST /status/batch, ${fmt(ID_LIST)} ids`, 2, batch, ID_LIST, 'p99 < 25 ms')}
+${row('GET /status/{id}', singleConnections, single, 1, '')}
 
 group commit / one statement per request: ${ratio.toFixed(2)}x (target >= 4x)
 HOT updates on pulse: ${hot}

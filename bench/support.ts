@@ -15,19 +15,26 @@ export interface BenchDatabase {
   close(): Promise<void>;
 }
 
-/** A freshly created and migrated database on DATABASE_URL's server, or on an embedded one. */
-export async function openBenchDatabase(name: string): Promise<BenchDatabase> {
+/**
+ * A freshly created and migrated database on `serverUrl` (DATABASE_URL by default), or on an
+ * embedded server when there is none. close() drops it (and stops the embedded server).
+ */
+export async function openBenchDatabase(
+  name: string,
+  serverUrl: string | undefined = process.env.DATABASE_URL,
+): Promise<BenchDatabase> {
   let embedded: EmbeddedServer | undefined;
-  let serverUrl = process.env.DATABASE_URL;
   if (!serverUrl) {
     embedded = await startThrowawayPostgres(['-c', 'shared_buffers=512MB', '-c', 'max_wal_size=4GB']);
     serverUrl = embedded.url;
   }
-  const admin = new pg.Client({ connectionString: serverUrl });
-  await admin.connect();
-  await admin.query(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`);
-  await admin.query(`CREATE DATABASE ${name}`);
-  await admin.end();
+  const admin = async (text: string) => {
+    const client = new pg.Client({ connectionString: serverUrl });
+    await client.connect();
+    await client.query(text).finally(() => client.end());
+  };
+  await admin(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`);
+  await admin(`CREATE DATABASE ${name}`);
   const url = new URL(serverUrl);
   url.pathname = `/${name}`;
   const pool = new pg.Pool({ connectionString: url.toString(), max: 4 });
@@ -39,7 +46,8 @@ export async function openBenchDatabase(name: string): Promise<BenchDatabase> {
     query: (text, values) => pool.query(text, values),
     async close() {
       await db.destroy();
-      await embedded?.stop();
+      if (embedded) await embedded.stop();
+      else await admin(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`);
     },
   };
 }
@@ -67,11 +75,12 @@ export interface ApiProcess {
   stop(): Promise<void>;
 }
 
-const apiEntry = fileURLToPath(new URL('../api/main.ts', import.meta.url));
+// The compiled API, as production runs it (`npm run bench` builds it first).
+const apiEntry = fileURLToPath(new URL('../dist/api/main.js', import.meta.url));
 
 export async function startApi(databaseUrl: string, env: Record<string, string>): Promise<ApiProcess> {
   const port = await freePort();
-  const child: ChildProcess = spawn(process.execPath, ['--import', 'tsx', apiEntry], {
+  const child: ChildProcess = spawn(process.execPath, [apiEntry], {
     env: { ...process.env, DATABASE_URL: databaseUrl, PORT: String(port), LOG_LEVEL: 'warn', ...env },
     stdio: ['ignore', 'inherit', 'inherit'],
   });
@@ -109,11 +118,16 @@ export interface LoadResult {
   peakRssMb: number;
 }
 
+export interface BenchRequest {
+  method: 'GET' | 'POST';
+  path: string;
+  body?: string;
+}
+
 export interface LoadOptions {
   url: string;
-  method: 'GET' | 'POST';
-  /** Builds the path and body of each request. */
-  request: () => { path: string; body?: string };
+  /** Built in advance and sent in turn, so the load generator spends its CPU on sending. */
+  requests: BenchRequest[];
   connections: number;
   durationSeconds: number;
   api?: ApiProcess;
@@ -130,16 +144,10 @@ export async function runLoad(options: LoadOptions): Promise<LoadResult> {
       url: options.url,
       connections: options.connections,
       duration: options.durationSeconds,
-      requests: [
-        {
-          method: options.method,
-          headers: { 'content-type': 'application/json' },
-          setupRequest: (req) => {
-            const { path: requestPath, body } = options.request();
-            return { ...req, path: requestPath, ...(body === undefined ? {} : { body }) };
-          },
-        },
-      ],
+      requests: options.requests.map((r) => ({
+        ...r,
+        headers: { 'content-type': 'application/json' },
+      })),
     });
     return {
       requestsPerSecond: result.requests.average,
@@ -155,3 +163,7 @@ export async function runLoad(options: LoadOptions): Promise<LoadResult> {
 }
 
 export const randomUserId = (rows: number): number => 1 + Math.floor(Math.random() * rows);
+
+/** `count` requests, each built by `build` (with its own random ids). */
+export const prepare = (count: number, build: () => BenchRequest): BenchRequest[] =>
+  Array.from({ length: count }, build);

@@ -13,20 +13,16 @@
  * The database is DATABASE_URL's server (a scratch database is created and dropped there), or an
  * embedded PostgreSQL when DATABASE_URL is unset.
  */
-import { mkdtempSync, chmodSync, rmSync } from 'node:fs';
-import { createServer } from 'node:net';
-import { cpus, tmpdir, totalmem } from 'node:os';
+import { cpus, totalmem } from 'node:os';
 import path from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { parseArgs } from 'node:util';
 import { sql } from 'kysely';
-import pg from 'pg';
 import { openDatabase, type DatabaseHandle } from '../lib/db.ts';
-import { startEmbeddedPostgres, type EmbeddedServer } from '../lib/embedded-postgres.ts';
 import { createLogger } from '../lib/logger.ts';
-import { migrateToLatest } from '../lib/migrator.ts';
 import { recordHeartbeats } from '../lib/pulse-store.ts';
 import { Sweeper, type SweepReport } from '../sweeper/sweeper.ts';
+import { openBenchDatabase } from './support.ts';
 
 export interface SweepBenchmarkOptions {
   /** A server URL; a scratch database is created on it. Embedded PostgreSQL when undefined. */
@@ -73,25 +69,6 @@ function summarize(latencies: number[]): LatencySummary {
   const at = (q: number) => sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))] ?? NaN;
   const round = (n: number) => Math.round(n * 100) / 100;
   return { count: sorted.length, p50Ms: round(at(0.5)), p99Ms: round(at(0.99)), maxMs: round(sorted.at(-1) ?? NaN) };
-}
-
-async function freePort(): Promise<number> {
-  const server = createServer();
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  const address = server.address();
-  await new Promise<void>((resolve) => server.close(() => resolve()));
-  if (address === null || typeof address === 'string') throw new Error('no free port');
-  return address.port;
-}
-
-async function adminQuery(url: string, text: string): Promise<void> {
-  const client = new pg.Client({ connectionString: url });
-  await client.connect();
-  try {
-    await client.query(text);
-  } finally {
-    await client.end();
-  }
 }
 
 /** True when row `i` (1-based) is one of the expired ones: `expired` of `total`, evenly spread. */
@@ -148,27 +125,12 @@ export async function runSweepBenchmark(options: SweepBenchmarkOptions = {}): Pr
   const total = expiredRows + freshRows;
   const logger = createLogger('pulse-bench', 'silent');
 
-  let embedded: EmbeddedServer | undefined;
-  let embeddedDir: string | undefined;
-  let serverUrl = options.databaseUrl;
-  if (!serverUrl) {
-    embeddedDir = mkdtempSync(path.join(tmpdir(), 'pulse-bench-'));
-    chmodSync(embeddedDir, 0o755);
-    log('starting embedded PostgreSQL');
-    embedded = await startEmbeddedPostgres({ dataDir: path.join(embeddedDir, 'pg'), port: await freePort(), persistent: false });
-    serverUrl = embedded.url;
-  }
-  const dbName = `pulse_bench_sweep_${process.pid}`;
-  await adminQuery(serverUrl, `DROP DATABASE IF EXISTS ${dbName} WITH (FORCE)`);
-  await adminQuery(serverUrl, `CREATE DATABASE ${dbName}`);
-  const url = new URL(serverUrl);
-  url.pathname = `/${dbName}`;
-  const databaseUrl = url.toString();
+  const scratch = await openBenchDatabase(`pulse_bench_sweep_${process.pid}`, options.databaseUrl);
+  const databaseUrl = scratch.url;
 
   const heartbeatDb = openDatabase({ connectionString: databaseUrl, poolMax: options.heartbeatPoolSize ?? 8, applicationName: 'pulse-bench-heartbeats', logger });
   const sweeperDb = openDatabase({ connectionString: databaseUrl, poolMax: 2, applicationName: 'pulse-bench-sweeper', logger });
   try {
-    await migrateToLatest(heartbeatDb.db);
     log(`loading ${expiredRows} expired and ${freshRows} fresh rows`);
     const { rows: version } = await sql<{ v: string }>`SELECT current_setting('server_version') AS v`.execute(heartbeatDb.db);
     const chunk = 500_000;
@@ -251,11 +213,7 @@ export async function runSweepBenchmark(options: SweepBenchmarkOptions = {}): Pr
   } finally {
     await heartbeatDb.close();
     await sweeperDb.close();
-    await adminQuery(serverUrl, `DROP DATABASE IF EXISTS ${dbName} WITH (FORCE)`).catch(() => undefined);
-    if (embedded) {
-      await embedded.stop();
-      if (embeddedDir) rmSync(embeddedDir, { recursive: true, force: true });
-    }
+    await scratch.close();
   }
 }
 
