@@ -120,6 +120,8 @@ export class GroupCommitHeartbeatWriter implements HeartbeatWriter {
     if (this.closed) {
       return Promise.reject(new HeartbeatRejected('shutting_down', 'the server is shutting down'));
     }
+    // Nothing to write (a gateway with no users connected): no flush would ever settle it.
+    if (userIds.length === 0) return Promise.resolve();
     if (this.queued > 0 && this.queued + userIds.length > this.options.maxQueuedIds) {
       return Promise.reject(
         new HeartbeatRejected('queue_full', 'too many heartbeats are waiting to be written'),

@@ -1,5 +1,5 @@
 import { loadApiConfig } from '../lib/config.ts';
-import { openDatabase } from '../lib/db.ts';
+import { DEFAULT_STATEMENT_TIMEOUT_MS, openDatabase } from '../lib/db.ts';
 import { runMain } from '../lib/entry.ts';
 import { createLogger } from '../lib/logger.ts';
 import { listen } from '../lib/http-server.ts';
@@ -23,6 +23,7 @@ runMain(async () => {
     poolMax: config.PG_POOL_MAX,
     applicationName: 'pulse-api',
     logger,
+    statementTimeoutMs: DEFAULT_STATEMENT_TIMEOUT_MS,
   });
   shutdown.add('database pool', () => database.close());
 

@@ -194,7 +194,10 @@ const sweeperSchema = z
 const migrateSchema = z.object({
   DATABASE_URL: databaseUrl,
   LOG_LEVEL: logLevel,
-  PULSE_TABLE_UNLOGGED: boolean(false),
+  // Unset: leave the table as it is (switching rewrites the whole table under an exclusive lock).
+  PULSE_TABLE_UNLOGGED: z
+    .stringbool({ truthy: ['true', '1', 'yes', 'on'], falsy: ['false', '0', 'no', 'off'] })
+    .optional(),
 });
 
 function parse<S extends z.ZodType>(schema: S, env: Env): Readonly<z.output<S>> {

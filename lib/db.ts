@@ -15,7 +15,15 @@ export interface DatabaseOptions {
   poolMax: number;
   applicationName: string;
   logger: Logger;
+  /**
+   * Longest a statement may run, enforced by the server and, for a silently dead connection, by
+   * the client. Undefined: no limit (the migrate step, whose table rewrites may take long).
+   */
+  statementTimeoutMs?: number;
 }
+
+/** Heartbeats, status reads and sweep batches take milliseconds: anything near this is stuck. */
+export const DEFAULT_STATEMENT_TIMEOUT_MS = 15_000;
 
 /** The one pg pool (and Kysely instance on it) of a process. */
 export function openDatabase(options: DatabaseOptions): DatabaseHandle {
@@ -26,6 +34,14 @@ export function openDatabase(options: DatabaseOptions): DatabaseHandle {
     // A request must fail fast (503) rather than hang when the database is unreachable.
     connectionTimeoutMillis: 5_000,
     idleTimeoutMillis: 30_000,
+    // Notice a peer that vanished without closing the connection (network cut, host failure).
+    keepAlive: true,
+    ...(options.statementTimeoutMs === undefined
+      ? {}
+      : {
+          statement_timeout: options.statementTimeoutMs,
+          query_timeout: options.statementTimeoutMs + 1_000,
+        }),
   });
   // An idle client losing its connection (database restart, network blip) emits here;
   // without a listener that would crash the process.
@@ -70,10 +86,10 @@ export function isDatabaseUnavailable(error: unknown): boolean {
   if (typeof code === 'string') {
     if (connectionErrorCodes.has(code)) return true;
     // SQLSTATE classes 08 (connection exception), 53 (insufficient resources),
-    // 57P (operator intervention: shutdown, cannot connect now).
-    if (/^(08|53|57P)/.test(code)) return true;
+    // 57P (operator intervention: shutdown, cannot connect now), 57014 (statement timeout).
+    if (/^(08|53|57P|57014)/.test(code)) return true;
   }
   const lostConnection =
-    /Connection terminated|timeout exceeded when trying to connect|Client has encountered a connection error|connection is closed/i;
+    /Connection terminated|timeout exceeded when trying to connect|Client has encountered a connection error|connection is closed|Query read timeout/i;
   return lostConnection.test(error.message) || isDatabaseUnavailable(error.cause);
 }

@@ -16,14 +16,11 @@ export function normalizeUserIds(userIds: Iterable<number>): number[] {
   return [...new Set(userIds)].sort((a, b) => a - b);
 }
 
-/**
- * Marks every given user as seen now (by the database clock), in one statement.
- * Returns how many rows were inserted or updated.
- */
-export async function recordHeartbeats(db: Executor, userIds: Iterable<number>): Promise<number> {
+/** Marks every given user as seen now (by the database clock), in one statement. */
+export async function recordHeartbeats(db: Executor, userIds: Iterable<number>): Promise<void> {
   const ids = normalizeUserIds(userIds);
-  if (ids.length === 0) return 0;
-  const result = await db
+  if (ids.length === 0) return;
+  await db
     .insertInto('pulse')
     .columns(['user_id', 'last_hb'])
     .expression(
@@ -34,8 +31,7 @@ export async function recordHeartbeats(db: Executor, userIds: Iterable<number>):
     .onConflict((oc) =>
       oc.column('user_id').doUpdateSet({ last_hb: (eb) => eb.ref('excluded.last_hb') }),
     )
-    .executeTakeFirst();
-  return Number(result.numInsertedOrUpdatedRows ?? 0);
+    .execute();
 }
 
 /** The subset of `userIds` whose last heartbeat is within `thresholdSeconds` of the database clock. */

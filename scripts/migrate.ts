@@ -42,8 +42,9 @@ runMain(async () => {
     } else {
       const applied = await migrateToLatest(database.db);
       console.log(applied.length ? `applied ${applied.join(', ')}` : 'already up to date');
-      if (await setPulseTableUnlogged(database.db, config.PULSE_TABLE_UNLOGGED)) {
-        console.log(`table pulse is now ${config.PULSE_TABLE_UNLOGGED ? 'UNLOGGED' : 'LOGGED'}`);
+      const unlogged = config.PULSE_TABLE_UNLOGGED;
+      if (unlogged !== undefined && (await setPulseTableUnlogged(database.db, unlogged))) {
+        console.log(`table pulse is now ${unlogged ? 'UNLOGGED' : 'LOGGED'}`);
       }
     }
   } finally {

@@ -1,6 +1,6 @@
 import { parseArgs } from 'node:util';
 import { loadSweeperConfig } from '../lib/config.ts';
-import { openDatabase } from '../lib/db.ts';
+import { DEFAULT_STATEMENT_TIMEOUT_MS, openDatabase } from '../lib/db.ts';
 import { runMain } from '../lib/entry.ts';
 import { createLogger } from '../lib/logger.ts';
 import { createRegistry } from '../lib/metrics.ts';
@@ -29,6 +29,7 @@ runMain(async () => {
     poolMax: config.PG_POOL_MAX,
     applicationName: 'pulse-sweeper',
     logger,
+    statementTimeoutMs: DEFAULT_STATEMENT_TIMEOUT_MS,
   });
   const registry = createRegistry(database.pool);
   const sweeper = new Sweeper(database.db, logger, {
@@ -52,14 +53,15 @@ runMain(async () => {
 
   const shutdown = new GracefulShutdown(logger, config.SHUTDOWN_TIMEOUT_SECONDS);
   shutdown.listen();
+  shutdown.add('database pool', () => database.close());
   const ops = await startOpsServer({
     db: database.db,
     registry,
     host: config.METRICS_HOST,
     port: config.METRICS_PORT,
   });
+  // Steps run in reverse: the sweeper stops, then the probes, then the pool.
   shutdown.add('ops server', () => ops.stop());
-  shutdown.add('database pool', () => database.close());
   shutdown.add('sweeper', () => sweeper.stop());
   sweeper.start();
   logger.info(

@@ -53,6 +53,14 @@ describe('API', () => {
       expect(await database.ageOf(MAX_ID)).to.be.within(0, 2);
     });
 
+    it('answers an empty gateway batch at once, writing nothing', async () => {
+      const before = await database.userIds();
+      const response = await app.post('/status/update', []);
+      expect(response.status).to.equal(200);
+      expect(await response.json()).to.deep.equal({ status: 'success', accepted: 0 });
+      expect(await database.userIds()).to.deep.equal(before);
+    });
+
     it('accepts a gateway batch as an array and writes every id once', async () => {
       const response = await app.post('/status/update', [
         { user_id: 50 },

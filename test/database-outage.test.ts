@@ -1,4 +1,5 @@
 import { expect } from 'chai';
+import pg from 'pg';
 import { openDatabase, type DatabaseHandle } from '../lib/db.ts';
 import { startTestApp, type TestApp } from './support/app.ts';
 import { createTestDatabase, silentLogger, type TestDatabase } from './support/database.ts';
@@ -57,6 +58,32 @@ describe('database outage', () => {
     expect((await app.get('/readyz')).status).to.equal(200);
     // Nothing refused was written; everything accepted was.
     expect(await database.userIds()).to.deep.equal([1, 2]);
+  });
+
+  it('answers 503 when a statement outlives the statement timeout, and serves again after', async () => {
+    const impatient = openDatabase({
+      connectionString: database.url,
+      poolMax: 2,
+      applicationName: 'test',
+      logger: silentLogger,
+      statementTimeoutMs: 200,
+    });
+    const impatientApp = await startTestApp({ ...impatient, url: database.url });
+    const locker = new pg.Client({ connectionString: database.url });
+    await locker.connect();
+    try {
+      await locker.query('BEGIN');
+      await locker.query('LOCK TABLE pulse IN ACCESS EXCLUSIVE MODE'); // even reads wait
+      const started = Date.now();
+      await expectUnavailable(await impatientApp.get('/status/1'));
+      expect(Date.now() - started).to.be.below(5_000);
+      await locker.query('COMMIT');
+      expect((await impatientApp.get('/status/1')).status).to.equal(200);
+    } finally {
+      await locker.end();
+      await impatientApp.close();
+      await impatient.close();
+    }
   });
 
   it('survives connections dropped while idle in the pool', async () => {
