@@ -200,6 +200,13 @@ const migrateSchema = z.object({
     .optional(),
 });
 
+/** npm start: DATABASE_URL is optional there (an embedded PostgreSQL stands in). */
+const startSchema = z.object({
+  DATABASE_URL: databaseUrl.optional(),
+  EMBEDDED_PG_PORT: integer(1, 65_535, 54_329),
+  EMBEDDED_PG_DATA_DIR: z.string().trim().min(1, 'must not be empty').default('.pulse-data/postgres'),
+});
+
 function parse<S extends z.ZodType>(schema: S, env: Env): Readonly<z.output<S>> {
   // An empty variable (VAR= in a shell or compose file) means "use the default".
   const present = Object.fromEntries(Object.entries(env).filter(([, value]) => value !== ''));
@@ -229,3 +236,4 @@ export type MigrateConfig = z.output<typeof migrateSchema>;
 export const loadApiConfig = (env: Env): Readonly<ApiConfig> => parse(apiSchema, env);
 export const loadSweeperConfig = (env: Env): Readonly<SweeperConfig> => parse(sweeperSchema, env);
 export const loadMigrateConfig = (env: Env): Readonly<MigrateConfig> => parse(migrateSchema, env);
+export const loadStartConfig = (env: Env): Readonly<z.output<typeof startSchema>> => parse(startSchema, env);

@@ -5,17 +5,18 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
+import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import pg from 'pg';
-import { loadApiConfig } from '../lib/config.ts';
+import { loadApiConfig, loadStartConfig } from '../lib/config.ts';
 import { openDatabase } from '../lib/db.ts';
 import { startEmbeddedPostgres, type EmbeddedServer } from '../lib/embedded-postgres.ts';
 import { runMain } from '../lib/entry.ts';
 import { createLogger } from '../lib/logger.ts';
 import { migrateToLatest } from '../lib/migrator.ts';
 
-const EMBEDDED_DATA_DIR = fileURLToPath(new URL('../.pulse-data/postgres', import.meta.url));
 const EMBEDDED_DATABASE = 'pulse';
+const repoRoot = fileURLToPath(new URL('..', import.meta.url));
 
 async function ensureDatabase(serverUrl: string, name: string): Promise<string> {
   const client = new pg.Client({ connectionString: serverUrl });
@@ -31,7 +32,7 @@ async function ensureDatabase(serverUrl: string, name: string): Promise<string> 
   return url.toString();
 }
 
-function startChild(name: string, script: string, env: NodeJS.ProcessEnv): ChildProcess {
+function startChild(script: string, env: NodeJS.ProcessEnv): ChildProcess {
   const file = fileURLToPath(new URL(script, import.meta.url));
   // Own process group: a terminal's Ctrl-C reaches only this parent, which stops the children
   // in order (otherwise they would get the SIGINT and then our SIGTERM, a "second signal").
@@ -39,12 +40,15 @@ function startChild(name: string, script: string, env: NodeJS.ProcessEnv): Child
 }
 
 runMain(async () => {
+  const startConfig = loadStartConfig(process.env);
   let embedded: EmbeddedServer | undefined;
-  let databaseUrl = process.env.DATABASE_URL;
+  let databaseUrl = startConfig.DATABASE_URL;
   if (!databaseUrl) {
-    const port = Number(process.env.EMBEDDED_PG_PORT ?? 54329);
-    console.log(`starting embedded PostgreSQL on 127.0.0.1:${port} (data in .pulse-data/)`);
-    embedded = await startEmbeddedPostgres({ dataDir: EMBEDDED_DATA_DIR, port, persistent: true });
+    const port = startConfig.EMBEDDED_PG_PORT;
+    // A relative folder is relative to the repository, wherever npm start is run from.
+    const dataDir = path.resolve(repoRoot, startConfig.EMBEDDED_PG_DATA_DIR);
+    console.log(`starting embedded PostgreSQL on 127.0.0.1:${port} (data in ${dataDir})`);
+    embedded = await startEmbeddedPostgres({ dataDir, port, persistent: true });
     databaseUrl = await ensureDatabase(embedded.url, EMBEDDED_DATABASE);
   }
   const env = { ...process.env, DATABASE_URL: databaseUrl };
@@ -64,8 +68,8 @@ runMain(async () => {
   }
 
   const children = [
-    startChild('api', '../api/main.ts', env),
-    startChild('sweeper', '../sweeper/main.ts', env),
+    startChild('../api/main.ts', env),
+    startChild('../sweeper/main.ts', env),
   ];
   console.log(`Pulse API:  http://${config.HOST}:${config.PORT}`);
   console.log(`Database:   ${databaseUrl}`);

@@ -1,6 +1,12 @@
 import { spawnSync } from 'node:child_process';
 import { expect } from 'chai';
-import { ConfigError, loadApiConfig, loadSweeperConfig } from '../lib/config.ts';
+import {
+  ConfigError,
+  loadApiConfig,
+  loadMigrateConfig,
+  loadStartConfig,
+  loadSweeperConfig,
+} from '../lib/config.ts';
 
 const DATABASE_URL = 'postgres://u:p@127.0.0.1:5432/pulse';
 
@@ -66,6 +72,22 @@ describe('configuration', () => {
       loadSweeperConfig({ DATABASE_URL, ONLINE_THRESHOLD_SECONDS: '60', SWEEP_OLDER_THAN_SECONDS: '30' }),
     );
     expect(problems.join('\n')).to.match(/SWEEP_OLDER_THAN_SECONDS must not be below ONLINE_THRESHOLD_SECONDS/);
+  });
+
+  it('validates npm start\'s own variables, with DATABASE_URL optional there', () => {
+    expect(loadStartConfig({})).to.include({ EMBEDDED_PG_PORT: 54329, EMBEDDED_PG_DATA_DIR: '.pulse-data/postgres' });
+    expect(problemsOf(() => loadStartConfig({ EMBEDDED_PG_PORT: 'abc' })).join('\n')).to.match(
+      /EMBEDDED_PG_PORT must be a whole number \(got "abc"\)/,
+    );
+    expect(problemsOf(() => loadStartConfig({ DATABASE_URL: 'x' })).join('\n')).to.match(/DATABASE_URL must be a postgres/);
+  });
+
+  it('leaves PULSE_TABLE_UNLOGGED unset unless given, and refuses a non-boolean', () => {
+    expect(loadMigrateConfig({ DATABASE_URL }).PULSE_TABLE_UNLOGGED).to.equal(undefined);
+    expect(loadMigrateConfig({ DATABASE_URL, PULSE_TABLE_UNLOGGED: 'yes' }).PULSE_TABLE_UNLOGGED).to.equal(true);
+    expect(problemsOf(() => loadMigrateConfig({ DATABASE_URL, PULSE_TABLE_UNLOGGED: 'sometimes' })).join('\n')).to.match(
+      /PULSE_TABLE_UNLOGGED/,
+    );
   });
 
   it('refuses a cron expression that is not valid', () => {
