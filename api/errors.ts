@@ -27,7 +27,6 @@ const bodyParserErrors: Record<string, [number, string, string]> = {
   'charset.unsupported': [415, 'unsupported_media_type', 'the charset is not supported'],
   'request.aborted': [400, 'request_aborted', 'the request was aborted by the client'],
   'request.size.invalid': [400, 'invalid_body', 'the request body size does not match its length'],
-  'stream.encoding.set': [500, 'internal_error', 'internal error'],
 };
 
 /** Maps anything thrown while serving a request to the HttpError it is answered with. */

@@ -1,8 +1,8 @@
 import { ConfigError } from './config.ts';
 
-function describe(error: unknown): string {
+function describeError(error: unknown): string {
   if (!(error instanceof Error)) return String(error);
-  const cause = error.cause === undefined ? '' : `\n  caused by: ${describe(error.cause)}`;
+  const cause = error.cause === undefined ? '' : `\n  caused by: ${describeError(error.cause)}`;
   return `${error.message}${cause}`;
 }
 
@@ -12,7 +12,7 @@ function describe(error: unknown): string {
  */
 export function runMain(main: () => Promise<void>): void {
   main().catch((error: unknown) => {
-    console.error(error instanceof ConfigError ? error.message : `error: ${describe(error)}`);
+    console.error(error instanceof ConfigError ? error.message : `error: ${describeError(error)}`);
     process.exit(1);
   });
 }

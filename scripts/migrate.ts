@@ -16,7 +16,7 @@ import { setPulseTableUnlogged } from '../lib/pulse-store.ts';
 runMain(async () => {
   const { positionals } = parseArgs({ allowPositionals: true });
   const command = positionals[0] ?? 'latest';
-  if (!['latest', 'up', 'down', 'status'].includes(command)) {
+  if (!['latest', 'down', 'status'].includes(command)) {
     throw new Error(`unknown migrate command "${command}" (use latest, down or status)`);
   }
   const config = loadMigrateConfig(process.env);

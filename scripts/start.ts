@@ -10,7 +10,7 @@ import { fileURLToPath } from 'node:url';
 import pg from 'pg';
 import { loadApiConfig, loadStartConfig } from '../lib/config.ts';
 import { openDatabase } from '../lib/db.ts';
-import { startEmbeddedPostgres, type EmbeddedServer } from '../lib/embedded-postgres.ts';
+import { startEmbeddedPostgres, type EmbeddedServer } from './embedded-postgres.ts';
 import { runMain } from '../lib/entry.ts';
 import { createLogger } from '../lib/logger.ts';
 import { migrateToLatest } from '../lib/migrator.ts';
