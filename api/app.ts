@@ -10,11 +10,13 @@ import { assertMayWrite, createAuthenticate, principalOf, type AuthConfig } from
 import { errorHandler, notFound } from './errors.ts';
 import type { HeartbeatWriter } from './heartbeat-writer.ts';
 import { openApiDocument } from './openapi.ts';
+import type { StatusReader } from './status-reader.ts';
 import { parseBatchBody, parseHeartbeatBody, parseUserIdParam, requireJson } from './validation.ts';
 
 export interface AppDeps {
   db: Executor;
   heartbeats: HeartbeatWriter;
+  statuses: StatusReader;
   logger: Logger;
   registry: Registry;
   httpMetrics: RequestHandler;
@@ -26,7 +28,7 @@ export interface AppDeps {
 }
 
 /** Builds the HTTP app without listening: the entry point and the tests both call this. */
-export function buildApp({ db, heartbeats, logger, registry, httpMetrics, config }: AppDeps): Express {
+export function buildApp({ db, heartbeats, statuses, logger, registry, httpMetrics, config }: AppDeps): Express {
   const app = express();
   app.disable('x-powered-by');
   app.set('etag', false);
@@ -89,8 +91,7 @@ export function buildApp({ db, heartbeats, logger, registry, httpMetrics, config
 
   app.get('/status/:userId', async (req, res) => {
     const userId = parseUserIdParam(req.params.userId);
-    const online = await findOnlineUserIds(db, [userId], config.ONLINE_THRESHOLD_SECONDS);
-    res.json({ user_id: userId, is_online: online.has(userId) });
+    res.json({ user_id: userId, is_online: await statuses.isOnline(userId) });
   });
 
   app.use(notFound);

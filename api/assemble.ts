@@ -8,6 +8,7 @@ import { buildApp } from './app.ts';
 import { createHeartbeatWriter } from './heartbeat-writer-factory.ts';
 import type { HeartbeatWriter } from './heartbeat-writer.ts';
 import { createApiMetrics } from './metrics.ts';
+import { CoalescingStatusReader, DirectStatusReader } from './status-reader.ts';
 
 export interface Api {
   app: Express;
@@ -21,9 +22,13 @@ export function assembleApi(database: DatabaseHandle, config: Readonly<ApiConfig
   const metrics = createApiMetrics(registry);
   const heartbeats = createHeartbeatWriter(database.db, config, metrics.flushObserver);
   metrics.watchQueue(heartbeats);
+  const statuses = config.STATUS_READ_COALESCING
+    ? new CoalescingStatusReader(database.db, config.ONLINE_THRESHOLD_SECONDS)
+    : new DirectStatusReader(database.db, config.ONLINE_THRESHOLD_SECONDS);
   const app = buildApp({
     db: database.db,
     heartbeats,
+    statuses,
     logger,
     config,
     registry,

@@ -79,10 +79,14 @@ async function main(): Promise<void> {
     const gateway = await withApi(db, {}, (api) => load(api, prepare(200, gatewayHeartbeats), 8));
     const hot = await hotUpdateShare(db);
     console.error('bench: reads');
+    const lookups = prepare(5000, singleStatus);
     const [batch, single] = await withApi(db, {}, async (api) => [
       await load(api, prepare(200, batchStatus), 2),
-      await load(api, prepare(5000, singleStatus), singleConnections),
+      await load(api, lookups, singleConnections),
     ]);
+    const singleDirect = await withApi(db, { STATUS_READ_COALESCING: 'false' }, (api) =>
+      load(api, lookups, singleConnections),
+    );
 
     const ratio = grouped.requestsPerSecond / direct.requestsPerSecond;
     const cpu = os.cpus()[0]?.model ?? 'unknown CPU';
@@ -96,9 +100,11 @@ ${row('POST /status/update, group commit', singleConnections, grouped, 1, 'p99 <
 ${row('POST /status/update, one statement per request', singleConnections, direct, 1, '')}
 ${row(`POST /status/update, gateway batch of ${ID_LIST}`, 8, gateway, ID_LIST, '>= 150,000 heartbeats/s')}
 ${row(`POST /status/batch, ${fmt(ID_LIST)} ids`, 2, batch, ID_LIST, 'p99 < 25 ms')}
-${row('GET /status/{id}', singleConnections, single, 1, '')}
+${row('GET /status/{id}, coalesced lookups', singleConnections, single, 1, '')}
+${row('GET /status/{id}, one query per lookup', singleConnections, singleDirect, 1, '')}
 
 group commit / one statement per request: ${ratio.toFixed(2)}x (target >= 4x)
+coalesced / one query per lookup: ${(single.requestsPerSecond / singleDirect.requestsPerSecond).toFixed(2)}x
 HOT updates on pulse: ${hot}
 `);
   } finally {

@@ -167,6 +167,7 @@ const apiSchema = z
     BATCH_MAX_IDS: integer(1, 100_000, 1000),
     BODY_LIMIT_BYTES: integer(1024, 64 * 1024 * 1024, 64 * 1024),
     HEARTBEAT_GROUP_COMMIT: boolean(true),
+  STATUS_READ_COALESCING: boolean(true),
     HEARTBEAT_FLUSH_MAX_IDS: integer(1, 100_000, 2000),
     HEARTBEAT_FLUSH_DELAY_MS: integer(0, 1000, 2),
     HEARTBEAT_MAX_CONCURRENT_FLUSHES: integer(1, 100, 2),
