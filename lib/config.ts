@@ -208,6 +208,18 @@ const startSchema = z.object({
   EMBEDDED_PG_DATA_DIR: z.string().trim().min(1, 'must not be empty').default('.pulse-data/postgres'),
 });
 
+/** A URL's password is never echoed in an error message (DATABASE_URL). */
+function withoutPassword(value: string): string {
+  try {
+    const url = new URL(value);
+    if (!url.password) return value;
+    url.password = '***';
+    return url.toString();
+  } catch {
+    return value;
+  }
+}
+
 function parse<S extends z.ZodType>(schema: S, env: Env): Readonly<z.output<S>> {
   // An empty variable (VAR= in a shell or compose file) means "use the default".
   const present = Object.fromEntries(Object.entries(env).filter(([, value]) => value !== ''));
@@ -222,7 +234,7 @@ function parse<S extends z.ZodType>(schema: S, env: Env): Readonly<z.output<S>> 
             ? ''
             : SECRET_VARIABLES.has(name)
               ? ` (got ${Buffer.byteLength(raw, 'utf8')} bytes, not shown)`
-              : ` (got ${JSON.stringify(raw)})`;
+              : ` (got ${JSON.stringify(withoutPassword(raw))})`;
         return `${name} ${issue.message}${got}`;
       }),
     );

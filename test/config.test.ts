@@ -58,6 +58,11 @@ describe('configuration', () => {
     });
   }
 
+  it('never echoes the password of a wrong DATABASE_URL', () => {
+    const problems = problemsOf(() => loadApiConfig({ DATABASE_URL: 'mysql://me:s3cret@db/pulse' }));
+    expect(problems.join('\n')).to.include('mysql://me:***@db/pulse').and.not.include('s3cret');
+  });
+
   it('requires DATABASE_URL', () => {
     expect(problemsOf(() => loadApiConfig({})).join('\n')).to.match(/DATABASE_URL is required/);
   });
