@@ -28,7 +28,15 @@ export interface AppDeps {
 }
 
 /** Builds the HTTP app without listening: the entry point and the tests both call this. */
-export function buildApp({ db, heartbeats, statuses, logger, registry, httpMetrics, config }: AppDeps): Express {
+export function buildApp({
+  db,
+  heartbeats,
+  statuses,
+  logger,
+  registry,
+  httpMetrics,
+  config,
+}: AppDeps): Express {
   const app = express();
   app.disable('x-powered-by');
   app.set('etag', false);
@@ -38,14 +46,19 @@ export function buildApp({ db, heartbeats, statuses, logger, registry, httpMetri
       logger,
       genReqId: (req, res) => {
         const given = req.headers['x-request-id'];
-        const id = typeof given === 'string' && /^[\w.:-]{1,128}$/.test(given) ? given : randomUUID();
+        const id =
+          typeof given === 'string' && /^[\w.:-]{1,128}$/.test(given) ? given : randomUUID();
         res.setHeader('X-Request-Id', id);
         return id;
       },
       // Probes and scrapes every few seconds would drown the request log.
       autoLogging: { ignore: (req) => /^\/(healthz|readyz|metrics)$/.test(req.url ?? '') },
       serializers: {
-        req: (req: { id: unknown; method: string; url: string }) => ({ id: req.id, method: req.method, url: req.url }),
+        req: (req: { id: unknown; method: string; url: string }) => ({
+          id: req.id,
+          method: req.method,
+          url: req.url,
+        }),
         res: (res: { statusCode: number }) => ({ statusCode: res.statusCode }),
       },
     }),

@@ -17,7 +17,11 @@ export interface Api {
 }
 
 /** Wires the API's parts together; the entry point and the tests share this. */
-export function assembleApi(database: DatabaseHandle, config: Readonly<ApiConfig>, logger: Logger): Api {
+export function assembleApi(
+  database: DatabaseHandle,
+  config: Readonly<ApiConfig>,
+  logger: Logger,
+): Api {
   const registry = createRegistry(database.pool);
   const metrics = createApiMetrics(registry);
   const heartbeats = createHeartbeatWriter(database.db, config, metrics.flushObserver);

@@ -84,7 +84,10 @@ function scopesOf(payload: JWTPayload): string[] {
   if (scope === undefined) return [];
   if (typeof scope === 'string') return scope.split(' ').filter(Boolean);
   if (Array.isArray(scope) && scope.every((s) => typeof s === 'string')) return scope;
-  throw unauthorized('invalid_token', 'the scope claim must be a space-separated string or an array of strings');
+  throw unauthorized(
+    'invalid_token',
+    'the scope claim must be a space-separated string or an array of strings',
+  );
 }
 
 function principalFrom(payload: JWTPayload): Principal {

@@ -61,7 +61,11 @@ export const errorHandler: ErrorRequestHandler = (error: unknown, req, res, next
   }
   const httpError = toHttpError(error);
   // Client mistakes are ordinary; anything else is logged once, with its cause.
-  if (httpError.status >= 500 && httpError.code !== 'queue_full' && httpError.code !== 'shutting_down') {
+  if (
+    httpError.status >= 500 &&
+    httpError.code !== 'queue_full' &&
+    httpError.code !== 'shutting_down'
+  ) {
     req.log.error({ err: error }, httpError.message);
   }
   res.status(httpError.status).set(httpError.headers);

@@ -34,7 +34,9 @@ const unavailable = {
   content: json(ref('Error')),
 };
 const badRequest = error('`invalid_user_id`, `invalid_body` or `invalid_json`');
-const tooLarge = error('`too_many_ids` (more than BATCH_MAX_IDS) or `payload_too_large` (over BODY_LIMIT_BYTES)');
+const tooLarge = error(
+  '`too_many_ids` (more than BATCH_MAX_IDS) or `payload_too_large` (over BODY_LIMIT_BYTES)',
+);
 const wrongType = error('`unsupported_media_type`: the body must be application/json');
 const wwwAuthenticate = {
   'WWW-Authenticate': { description: 'Bearer challenge (RFC 6750)', schema: { type: 'string' } },
@@ -47,7 +49,7 @@ const unauthenticated = {
 };
 const forbidden = {
   description:
-    'AUTH_MODE=jwt only: `forbidden`, a heartbeat for a user other than the token\'s `sub` without the `presence:write:any` scope',
+    "AUTH_MODE=jwt only: `forbidden`, a heartbeat for a user other than the token's `sub` without the `presence:write:any` scope",
   headers: wwwAuthenticate,
   content: json(ref('Error')),
 };
@@ -79,12 +81,20 @@ export const openApiDocument = {
             description: 'Committed to the database',
             content: json({
               oneOf: [
-                { type: 'object', required: ['status'], additionalProperties: false, properties: { status: { const: 'success' } } },
+                {
+                  type: 'object',
+                  required: ['status'],
+                  additionalProperties: false,
+                  properties: { status: { const: 'success' } },
+                },
                 {
                   type: 'object',
                   required: ['status', 'accepted'],
                   additionalProperties: false,
-                  properties: { status: { const: 'success' }, accepted: { type: 'integer', minimum: 0 } },
+                  properties: {
+                    status: { const: 'success' },
+                    accepted: { type: 'integer', minimum: 0 },
+                  },
                 },
               ],
             }),
@@ -104,10 +114,18 @@ export const openApiDocument = {
         ...secured,
         summary: 'Whether one user is online',
         parameters: [
-          { name: 'user_id', in: 'path', required: true, schema: { type: 'string', pattern: '^[1-9][0-9]{0,15}$' } },
+          {
+            name: 'user_id',
+            in: 'path',
+            required: true,
+            schema: { type: 'string', pattern: '^[1-9][0-9]{0,15}$' },
+          },
         ],
         responses: {
-          '200': { description: 'The user and whether they are online', content: json(ref('Status')) },
+          '200': {
+            description: 'The user and whether they are online',
+            content: json(ref('Status')),
+          },
           '400': error('`invalid_user_id`, or `invalid_path` for broken percent-encoding'),
           '401': unauthenticated,
           '503': unavailable,
@@ -118,10 +136,14 @@ export const openApiDocument = {
       post: {
         operationId: 'getStatuses',
         ...secured,
-        summary: 'Whether each of many users is online, in request order (duplicates answered as given)',
+        summary:
+          'Whether each of many users is online, in request order (duplicates answered as given)',
         requestBody: { required: true, content: json({ type: 'array', items: ref('UserRef') }) },
         responses: {
-          '200': { description: 'One entry per requested id', content: json({ type: 'array', items: ref('Status') }) },
+          '200': {
+            description: 'One entry per requested id',
+            content: json({ type: 'array', items: ref('Status') }),
+          },
           '400': badRequest,
           '401': unauthenticated,
           '413': tooLarge,
@@ -137,7 +159,11 @@ export const openApiDocument = {
         responses: {
           '200': {
             description: 'Alive',
-            content: json({ type: 'object', required: ['status'], properties: { status: { const: 'ok' } } }),
+            content: json({
+              type: 'object',
+              required: ['status'],
+              properties: { status: { const: 'ok' } },
+            }),
           },
         },
       },
@@ -149,7 +175,11 @@ export const openApiDocument = {
         responses: {
           '200': {
             description: 'Ready',
-            content: json({ type: 'object', required: ['status'], properties: { status: { const: 'ready' } } }),
+            content: json({
+              type: 'object',
+              required: ['status'],
+              properties: { status: { const: 'ready' } },
+            }),
           },
           '503': error('`not_ready`, with the reason as the message'),
         },
@@ -159,14 +189,21 @@ export const openApiDocument = {
       get: {
         operationId: 'metrics',
         summary: 'Prometheus metrics (text exposition format)',
-        responses: { '200': { description: 'Metrics', content: { 'text/plain': { schema: { type: 'string' } } } } },
+        responses: {
+          '200': {
+            description: 'Metrics',
+            content: { 'text/plain': { schema: { type: 'string' } } },
+          },
+        },
       },
     },
     '/openapi.json': {
       get: {
         operationId: 'openapi',
         summary: 'This document',
-        responses: { '200': { description: 'OpenAPI 3.1 document', content: json({ type: 'object' }) } },
+        responses: {
+          '200': { description: 'OpenAPI 3.1 document', content: json({ type: 'object' }) },
+        },
       },
     },
   },
@@ -187,7 +224,9 @@ export const openApiDocument = {
         required: ['user_id'],
         properties: {
           user_id: ref('UserId'),
-          timestamp: { description: 'Accepted and ignored: last_hb always comes from the database clock' },
+          timestamp: {
+            description: 'Accepted and ignored: last_hb always comes from the database clock',
+          },
         },
       },
       Status: {

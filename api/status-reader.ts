@@ -68,7 +68,8 @@ export class CoalescingStatusReader implements StatusReader {
       this.thresholdSeconds,
     ).then(
       (online) => {
-        for (const [id, waiters] of lookups) for (const waiter of waiters) waiter.resolve(online.has(id));
+        for (const [id, waiters] of lookups)
+          for (const waiter of waiters) waiter.resolve(online.has(id));
       },
       (error: unknown) => {
         for (const [, waiters] of lookups) for (const waiter of waiters) waiter.reject(error);

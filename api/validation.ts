@@ -12,9 +12,14 @@ const userId = z
  * A user reference. Unknown fields are ignored, on purpose and everywhere: clients may send
  * extra data such as `timestamp`, which never influences `last_hb` (the database clock does).
  */
-const userRef = z.object({ user_id: userId }, { error: 'each item must be an object with user_id' });
+const userRef = z.object(
+  { user_id: userId },
+  { error: 'each item must be an object with user_id' },
+);
 
-const userRefList = z.array(userRef, { error: 'the body must be a JSON array of {"user_id": ...}' });
+const userRefList = z.array(userRef, {
+  error: 'the body must be a JSON array of {"user_id": ...}',
+});
 
 function fail(error: z.ZodError): never {
   const issue = error.issues[0];
@@ -22,7 +27,9 @@ function fail(error: z.ZodError): never {
   throw new HttpError(
     400,
     aboutUserId ? 'invalid_user_id' : 'invalid_body',
-    issue ? `${issue.path.length ? `${issue.path.join('.')}: ` : ''}${issue.message}` : 'invalid body',
+    issue
+      ? `${issue.path.length ? `${issue.path.join('.')}: ` : ''}${issue.message}`
+      : 'invalid body',
   );
 }
 
@@ -39,7 +46,10 @@ function checkCount(count: number, max: number): void {
 }
 
 /** `{"user_id": n}` (one user) or `[{"user_id": n}, ...]` (a gateway reporting many). */
-export function parseHeartbeatBody(body: unknown, maxIds: number): { userIds: number[]; many: boolean } {
+export function parseHeartbeatBody(
+  body: unknown,
+  maxIds: number,
+): { userIds: number[]; many: boolean } {
   if (Array.isArray(body)) return { userIds: parseBatchBody(body, maxIds), many: true };
   const result = userRef.safeParse(body);
   if (!result.success) fail(result.error);

@@ -33,11 +33,23 @@ const heartbeat = (): BenchRequest => ({
   path: '/status/update',
   body: JSON.stringify({ user_id: randomUserId(rows) }),
 });
-const gatewayHeartbeats = (): BenchRequest => ({ method: 'POST', path: '/status/update', body: ids(ID_LIST) });
-const batchStatus = (): BenchRequest => ({ method: 'POST', path: '/status/batch', body: ids(ID_LIST) });
+const gatewayHeartbeats = (): BenchRequest => ({
+  method: 'POST',
+  path: '/status/update',
+  body: ids(ID_LIST),
+});
+const batchStatus = (): BenchRequest => ({
+  method: 'POST',
+  path: '/status/batch',
+  body: ids(ID_LIST),
+});
 const singleStatus = (): BenchRequest => ({ method: 'GET', path: `/status/${randomUserId(rows)}` });
 
-async function withApi<T>(db: BenchDatabase, env: Record<string, string>, run: (api: ApiProcess) => Promise<T>) {
+async function withApi<T>(
+  db: BenchDatabase,
+  env: Record<string, string>,
+  run: (api: ApiProcess) => Promise<T>,
+) {
   const api = await startApi(db.url, { BATCH_MAX_IDS: String(ID_LIST), ...env });
   try {
     return await run(api);
@@ -56,7 +68,13 @@ async function hotUpdateShare(db: BenchDatabase): Promise<string> {
 
 const fmt = (n: number) => n.toLocaleString('en-US', { maximumFractionDigits: 0 });
 
-function row(name: string, connections: number, r: LoadResult, idsPerRequest: number, target: string): string {
+function row(
+  name: string,
+  connections: number,
+  r: LoadResult,
+  idsPerRequest: number,
+  target: string,
+): string {
   const failures = r.errors + r.non2xx;
   return `| ${name} | ${connections} | ${fmt(r.requestsPerSecond)} | ${fmt(r.requestsPerSecond * idsPerRequest)} | ${r.p50} | ${r.p99} | ${fmt(r.peakRssMb)} | ${failures} | ${target} |`;
 }
@@ -74,7 +92,9 @@ async function main(): Promise<void> {
     console.error('bench: single heartbeats, group commit');
     const grouped = await withApi(db, {}, (api) => load(api, singles, singleConnections));
     console.error('bench: single heartbeats, one statement per request');
-    const direct = await withApi(db, { HEARTBEAT_GROUP_COMMIT: 'false' }, (api) => load(api, singles, singleConnections));
+    const direct = await withApi(db, { HEARTBEAT_GROUP_COMMIT: 'false' }, (api) =>
+      load(api, singles, singleConnections),
+    );
     console.error('bench: gateway batches');
     const gateway = await withApi(db, {}, (api) => load(api, prepare(200, gatewayHeartbeats), 8));
     const hot = await hotUpdateShare(db);

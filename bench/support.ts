@@ -5,13 +5,20 @@ import { readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import autocannon from 'autocannon';
 import pg from 'pg';
-import { freePort, startThrowawayPostgres, type EmbeddedServer } from '../scripts/embedded-postgres.ts';
+import {
+  freePort,
+  startThrowawayPostgres,
+  type EmbeddedServer,
+} from '../scripts/embedded-postgres.ts';
 import { Kysely, PostgresDialect } from 'kysely';
 import { migrateToLatest } from '../lib/migrator.ts';
 
 export interface BenchDatabase {
   url: string;
-  query<R extends pg.QueryResultRow = pg.QueryResultRow>(text: string, values?: unknown[]): Promise<pg.QueryResult<R>>;
+  query<R extends pg.QueryResultRow = pg.QueryResultRow>(
+    text: string,
+    values?: unknown[],
+  ): Promise<pg.QueryResult<R>>;
   close(): Promise<void>;
 }
 
@@ -25,7 +32,12 @@ export async function openBenchDatabase(
 ): Promise<BenchDatabase> {
   let embedded: EmbeddedServer | undefined;
   if (!serverUrl) {
-    embedded = await startThrowawayPostgres(['-c', 'shared_buffers=512MB', '-c', 'max_wal_size=4GB']);
+    embedded = await startThrowawayPostgres([
+      '-c',
+      'shared_buffers=512MB',
+      '-c',
+      'max_wal_size=4GB',
+    ]);
     serverUrl = embedded.url;
   }
   const admin = async (text: string) => {
@@ -78,10 +90,19 @@ export interface ApiProcess {
 // The compiled API, as production runs it (`npm run bench` builds it first).
 const apiEntry = fileURLToPath(new URL('../dist/api/main.js', import.meta.url));
 
-export async function startApi(databaseUrl: string, env: Record<string, string>): Promise<ApiProcess> {
+export async function startApi(
+  databaseUrl: string,
+  env: Record<string, string>,
+): Promise<ApiProcess> {
   const port = await freePort();
   const child: ChildProcess = spawn(process.execPath, [apiEntry], {
-    env: { ...process.env, DATABASE_URL: databaseUrl, PORT: String(port), LOG_LEVEL: 'warn', ...env },
+    env: {
+      ...process.env,
+      DATABASE_URL: databaseUrl,
+      PORT: String(port),
+      LOG_LEVEL: 'warn',
+      ...env,
+    },
     stdio: ['ignore', 'inherit', 'inherit'],
   });
   const url = `http://127.0.0.1:${port}`;

@@ -54,7 +54,12 @@ export interface SweepBenchmarkResult {
   heartbeatRate: number;
   sweep: SweepReport & { rowsPerSecond: number };
   /** p99Ratio = during.p99Ms / before.p99Ms; `after` (same length as `before`) shows the noise. */
-  heartbeats: { before: LatencySummary; during: LatencySummary; after: LatencySummary; p99Ratio: number };
+  heartbeats: {
+    before: LatencySummary;
+    during: LatencySummary;
+    after: LatencySummary;
+    p99Ratio: number;
+  };
   freshRowsLeft: number;
   expiredRowsLeft: number;
   targets: { sweepUnder15s: boolean; p99AtMost2x: boolean; batchesUnder250ms: boolean };
@@ -66,9 +71,15 @@ const OLDER_THAN_SECONDS = 600;
 
 function summarize(latencies: number[]): LatencySummary {
   const sorted = [...latencies].sort((a, b) => a - b);
-  const at = (q: number) => sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))] ?? NaN;
+  const at = (q: number) =>
+    sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))] ?? NaN;
   const round = (n: number) => Math.round(n * 100) / 100;
-  return { count: sorted.length, p50Ms: round(at(0.5)), p99Ms: round(at(0.99)), maxMs: round(sorted.at(-1) ?? NaN) };
+  return {
+    count: sorted.length,
+    p50Ms: round(at(0.5)),
+    p99Ms: round(at(0.99)),
+    maxMs: round(sorted.at(-1) ?? NaN),
+  };
 }
 
 /** True when row `i` (1-based) is one of the expired ones: `expired` of `total`, evenly spread. */
@@ -114,7 +125,9 @@ function startHeartbeats(db: DatabaseHandle['db'], rate: number, pick: () => num
   };
 }
 
-export async function runSweepBenchmark(options: SweepBenchmarkOptions = {}): Promise<SweepBenchmarkResult> {
+export async function runSweepBenchmark(
+  options: SweepBenchmarkOptions = {},
+): Promise<SweepBenchmarkResult> {
   const expiredRows = options.expiredRows ?? 1_000_000;
   const freshRows = options.freshRows ?? 2_000_000;
   const batchSize = options.batchSize ?? 10_000;
@@ -128,11 +141,23 @@ export async function runSweepBenchmark(options: SweepBenchmarkOptions = {}): Pr
   const scratch = await openBenchDatabase(`pulse_bench_sweep_${process.pid}`, options.databaseUrl);
   const databaseUrl = scratch.url;
 
-  const heartbeatDb = openDatabase({ connectionString: databaseUrl, poolMax: options.heartbeatPoolSize ?? 8, applicationName: 'pulse-bench-heartbeats', logger });
-  const sweeperDb = openDatabase({ connectionString: databaseUrl, poolMax: 2, applicationName: 'pulse-bench-sweeper', logger });
+  const heartbeatDb = openDatabase({
+    connectionString: databaseUrl,
+    poolMax: options.heartbeatPoolSize ?? 8,
+    applicationName: 'pulse-bench-heartbeats',
+    logger,
+  });
+  const sweeperDb = openDatabase({
+    connectionString: databaseUrl,
+    poolMax: 2,
+    applicationName: 'pulse-bench-sweeper',
+    logger,
+  });
   try {
     log(`loading ${expiredRows} expired and ${freshRows} fresh rows`);
-    const { rows: version } = await sql<{ v: string }>`SELECT current_setting('server_version') AS v`.execute(heartbeatDb.db);
+    const { rows: version } = await sql<{
+      v: string;
+    }>`SELECT current_setting('server_version') AS v`.execute(heartbeatDb.db);
     const chunk = 500_000;
     for (let first = 1; first <= total; first += chunk) {
       const last = Math.min(total, first + chunk - 1);
@@ -145,7 +170,9 @@ export async function runSweepBenchmark(options: SweepBenchmarkOptions = {}): Pr
     await sql`VACUUM ANALYZE pulse`.execute(heartbeatDb.db);
     // Flush the load's dirty pages now, so no checkpoint of the load lands in the measured windows
     // (needs superuser or pg_checkpoint; skipped otherwise).
-    await sql`CHECKPOINT`.execute(heartbeatDb.db).catch(() => log('CHECKPOINT not allowed: skipped'));
+    await sql`CHECKPOINT`
+      .execute(heartbeatDb.db)
+      .catch(() => log('CHECKPOINT not allowed: skipped'));
 
     const pickFresh = () => {
       for (;;) {
@@ -156,13 +183,18 @@ export async function runSweepBenchmark(options: SweepBenchmarkOptions = {}): Pr
     log(`heartbeats at ${heartbeatRate}/s: warm-up, then ${baselineSeconds} s without a sweep`);
     // Open every pool connection first, so connecting is not measured as heartbeat latency.
     const poolSize = options.heartbeatPoolSize ?? 8;
-    await Promise.all(Array.from({ length: poolSize }, () => sql`SELECT 1`.execute(heartbeatDb.db)));
+    await Promise.all(
+      Array.from({ length: poolSize }, () => sql`SELECT 1`.execute(heartbeatDb.db)),
+    );
     const heartbeats = startHeartbeats(heartbeatDb.db, heartbeatRate, pickFresh);
-    const sleep = (seconds: number) => new Promise((resolve) => setTimeout(resolve, seconds * 1000));
+    const sleep = (seconds: number) =>
+      new Promise((resolve) => setTimeout(resolve, seconds * 1000));
     await sleep(2); // warm-up, not measured
     const beforeFrom = performance.now();
     await sleep(baselineSeconds);
-    log(`sweeping (batch size ${batchSize}, pause ${batchPauseMs} ms), then ${baselineSeconds} s more heartbeats`);
+    log(
+      `sweeping (batch size ${batchSize}, pause ${batchPauseMs} ms), then ${baselineSeconds} s more heartbeats`,
+    );
     const sweeper = new Sweeper(sweeperDb.db, logger, {
       schedule: '* * * * *',
       olderThanSeconds: OLDER_THAN_SECONDS,
@@ -179,7 +211,8 @@ export async function runSweepBenchmark(options: SweepBenchmarkOptions = {}): Pr
     const before = summarize(heartbeats.window(beforeFrom, sweepFrom));
     const during = summarize(heartbeats.window(sweepFrom, sweepTo));
     const after = summarize(heartbeats.window(sweepTo, afterTo));
-    if (report.outcome !== 'done') throw new Error(`the sweep ended with ${report.outcome}: ${report.error ?? ''}`);
+    if (report.outcome !== 'done')
+      throw new Error(`the sweep ended with ${report.outcome}: ${report.error ?? ''}`);
     if (heartbeats.errors > 0) throw new Error(`${heartbeats.errors} heartbeats failed`);
 
     const counts = await sql<{ expired: string; fresh: string }>`
@@ -251,8 +284,14 @@ async function cli(): Promise<void> {
     if (!Number.isFinite(value) || value < 0) throw new Error(`not a number: ${raw}`);
     return value;
   };
-  const options: SweepBenchmarkOptions = { databaseUrl: env.DATABASE_URL || undefined, log: (m) => console.error(`[bench:sweep] ${m}`) };
-  const set = <K extends keyof SweepBenchmarkOptions>(key: K, value: SweepBenchmarkOptions[K] | undefined) => {
+  const options: SweepBenchmarkOptions = {
+    databaseUrl: env.DATABASE_URL || undefined,
+    log: (m) => console.error(`[bench:sweep] ${m}`),
+  };
+  const set = <K extends keyof SweepBenchmarkOptions>(
+    key: K,
+    value: SweepBenchmarkOptions[K] | undefined,
+  ) => {
     if (value !== undefined) options[key] = value;
   };
   set('expiredRows', num(values.expired, env.BENCH_EXPIRED_ROWS));

@@ -18,12 +18,7 @@ const integer = (min: number, max: number, fallback: number) =>
     .trim()
     .regex(/^-?\d+$/, 'must be a whole number')
     .transform(Number)
-    .pipe(
-      z
-        .number()
-        .min(min, `must be at least ${min}`)
-        .max(max, `must be at most ${max}`),
-    )
+    .pipe(z.number().min(min, `must be at least ${min}`).max(max, `must be at most ${max}`))
     .default(fallback);
 
 const boolean = (fallback: boolean) =>
@@ -167,7 +162,7 @@ const apiSchema = z
     BATCH_MAX_IDS: integer(1, 100_000, 1000),
     BODY_LIMIT_BYTES: integer(1024, 64 * 1024 * 1024, 64 * 1024),
     HEARTBEAT_GROUP_COMMIT: boolean(true),
-  STATUS_READ_COALESCING: boolean(true),
+    STATUS_READ_COALESCING: boolean(true),
     HEARTBEAT_FLUSH_MAX_IDS: integer(1, 100_000, 2000),
     HEARTBEAT_FLUSH_DELAY_MS: integer(0, 1000, 2),
     HEARTBEAT_MAX_CONCURRENT_FLUSHES: integer(1, 100, 2),
@@ -205,7 +200,11 @@ const migrateSchema = z.object({
 const startSchema = z.object({
   DATABASE_URL: databaseUrl.optional(),
   EMBEDDED_PG_PORT: integer(1, 65_535, 54_329),
-  EMBEDDED_PG_DATA_DIR: z.string().trim().min(1, 'must not be empty').default('.pulse-data/postgres'),
+  EMBEDDED_PG_DATA_DIR: z
+    .string()
+    .trim()
+    .min(1, 'must not be empty')
+    .default('.pulse-data/postgres'),
 });
 
 /** A URL's password is never echoed in an error message (DATABASE_URL). */
@@ -249,4 +248,5 @@ export type MigrateConfig = z.output<typeof migrateSchema>;
 export const loadApiConfig = (env: Env): Readonly<ApiConfig> => parse(apiSchema, env);
 export const loadSweeperConfig = (env: Env): Readonly<SweeperConfig> => parse(sweeperSchema, env);
 export const loadMigrateConfig = (env: Env): Readonly<MigrateConfig> => parse(migrateSchema, env);
-export const loadStartConfig = (env: Env): Readonly<z.output<typeof startSchema>> => parse(startSchema, env);
+export const loadStartConfig = (env: Env): Readonly<z.output<typeof startSchema>> =>
+  parse(startSchema, env);

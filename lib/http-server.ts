@@ -13,7 +13,11 @@ export interface RunningServer {
   stop(): Promise<void>;
 }
 
-export async function listen(handler: RequestListener, port: number, host: string): Promise<RunningServer> {
+export async function listen(
+  handler: RequestListener,
+  port: number,
+  host: string,
+): Promise<RunningServer> {
   const server = createServer(handler);
   let stopping: Promise<void> | undefined;
   server.on('request', (_req, res) => {

@@ -19,9 +19,12 @@ export function throwIfFailed({ error, results }: MigrationResultSet): void {
   if (error === undefined) return;
   const failed = results?.find((r) => r.status === 'Error')?.migrationName;
   const reason = error instanceof Error ? error.message : JSON.stringify(error);
-  throw new Error(failed ? `migration ${failed} failed: ${reason}` : `migrations failed: ${reason}`, {
-    cause: error,
-  });
+  throw new Error(
+    failed ? `migration ${failed} failed: ${reason}` : `migrations failed: ${reason}`,
+    {
+      cause: error,
+    },
+  );
 }
 
 /** Applies every pending migration. Concurrent callers are safe: the Migrator takes a lock. */

@@ -15,7 +15,11 @@ export function opsRoutes<DB>({ db, registry }: { db: Kysely<DB>; registry: Regi
   router.get('/readyz', async (_req, res) => {
     const readiness = await checkReadiness(db);
     if (readiness.ready) res.json({ status: 'ready' });
-    else res.status(503).set('Retry-After', '1').json({ error: { code: 'not_ready', message: readiness.reason } });
+    else
+      res
+        .status(503)
+        .set('Retry-After', '1')
+        .json({ error: { code: 'not_ready', message: readiness.reason } });
   });
   router.get('/metrics', async (_req, res) => {
     res.type(registry.contentType).send(await registry.metrics());

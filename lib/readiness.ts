@@ -10,11 +10,17 @@ export async function checkReadiness<DB>(db: Kysely<DB>): Promise<Readiness> {
     await sql`SELECT 1`.execute(db);
     const pending = (await createMigrator(db).getMigrations()).filter((m) => !m.executedAt);
     if (pending.length > 0) {
-      return { ready: false, reason: `migrations pending: ${pending.map((m) => m.name).join(', ')}` };
+      return {
+        ready: false,
+        reason: `migrations pending: ${pending.map((m) => m.name).join(', ')}`,
+      };
     }
     return { ready: true };
   } catch (error) {
     if (isDatabaseUnavailable(error)) return { ready: false, reason: 'database unavailable' };
-    return { ready: false, reason: error instanceof Error ? error.message : 'readiness check failed' };
+    return {
+      ready: false,
+      reason: error instanceof Error ? error.message : 'readiness check failed',
+    };
   }
 }

@@ -40,7 +40,10 @@ export class GracefulShutdown {
 
   private async runSteps(): Promise<void> {
     const timer = setTimeout(() => {
-      this.logger.error({ timeoutSeconds: this.timeoutSeconds }, 'shutdown timed out: forcing exit');
+      this.logger.error(
+        { timeoutSeconds: this.timeoutSeconds },
+        'shutdown timed out: forcing exit',
+      );
       process.exit(1);
     }, this.timeoutSeconds * 1000);
     timer.unref();

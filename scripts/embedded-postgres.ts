@@ -63,12 +63,15 @@ export async function freePort(): Promise<number> {
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
   const address = server.address();
   await new Promise<void>((resolve) => server.close(() => resolve()));
-  if (address === null || typeof address === 'string') throw new Error('could not find a free port');
+  if (address === null || typeof address === 'string')
+    throw new Error('could not find a free port');
   return address.port;
 }
 
 /** An embedded server in a temporary folder on a free port, deleted when stopped (tests, benchmarks). */
-export async function startThrowawayPostgres(postgresFlags: string[] = []): Promise<EmbeddedServer> {
+export async function startThrowawayPostgres(
+  postgresFlags: string[] = [],
+): Promise<EmbeddedServer> {
   const parent = mkdtempSync(path.join(tmpdir(), 'pulse-pg-'));
   chmodSync(parent, 0o755); // the server runs as the unprivileged postgres user
   return startEmbeddedPostgres({

@@ -36,7 +36,11 @@ function startChild(script: string, env: NodeJS.ProcessEnv): ChildProcess {
   const file = fileURLToPath(new URL(script, import.meta.url));
   // Own process group: a terminal's Ctrl-C reaches only this parent, which stops the children
   // in order (otherwise they would get the SIGINT and then our SIGTERM, a "second signal").
-  return spawn(process.execPath, ['--import', 'tsx', file], { env, stdio: 'inherit', detached: true });
+  return spawn(process.execPath, ['--import', 'tsx', file], {
+    env,
+    stdio: 'inherit',
+    detached: true,
+  });
 }
 
 runMain(async () => {
@@ -67,10 +71,7 @@ runMain(async () => {
     await database.close();
   }
 
-  const children = [
-    startChild('../api/main.ts', env),
-    startChild('../sweeper/main.ts', env),
-  ];
+  const children = [startChild('../api/main.ts', env), startChild('../sweeper/main.ts', env)];
   console.log(`Pulse API:  http://${config.HOST}:${config.PORT}`);
   console.log(`Database:   ${databaseUrl}`);
 

@@ -65,7 +65,11 @@ runMain(async () => {
   shutdown.add('sweeper', () => sweeper.stop());
   sweeper.start();
   logger.info(
-    { ...sweeperOptions, holder: sweeper.holder, metrics: `http://${config.METRICS_HOST}:${ops.port}/metrics` },
+    {
+      ...sweeperOptions,
+      holder: sweeper.holder,
+      metrics: `http://${config.METRICS_HOST}:${ops.port}/metrics`,
+    },
     'pulse sweeper started',
   );
 });

@@ -15,7 +15,9 @@ export function startOpsServer<DB>(options: {
   app.disable('x-powered-by');
   app.use(opsRoutes({ db: options.db, registry: options.registry }));
   app.use((req, res) => {
-    res.status(404).json({ error: { code: 'not_found', message: `no route for ${req.method} ${req.path}` } });
+    res
+      .status(404)
+      .json({ error: { code: 'not_found', message: `no route for ${req.method} ${req.path}` } });
   });
   return listen(app, options.port, options.host);
 }

@@ -64,9 +64,12 @@ export class Sweeper {
     private readonly options: SweeperOptions,
   ) {
     if (!cron.validate(options.schedule)) {
-      throw new Error(`invalid cron expression ${JSON.stringify(options.schedule)} for the sweep schedule`);
+      throw new Error(
+        `invalid cron expression ${JSON.stringify(options.schedule)} for the sweep schedule`,
+      );
     }
-    this.holder = options.holder ?? `${hostname()}:${process.pid}:${randomBytes(3).toString('hex')}`;
+    this.holder =
+      options.holder ?? `${hostname()}:${process.pid}:${randomBytes(3).toString('hex')}`;
   }
 
   /**
@@ -125,7 +128,8 @@ export class Sweeper {
     let batches = 0;
     let maxBatchMs = 0;
     try {
-      lockHeld = !this.stopping && (await tryAcquireSweepLease(this.db, this.holder, lockTtlSeconds));
+      lockHeld =
+        !this.stopping && (await tryAcquireSweepLease(this.db, this.holder, lockTtlSeconds));
       if (this.stopping) {
         outcome = 'stopped';
       } else if (!lockHeld) {
@@ -139,7 +143,8 @@ export class Sweeper {
           }
           const batchStarted = performance.now();
           const batch = await this.db.transaction().execute(async (trx) => {
-            if (!(await renewSweepLease(trx, this.holder, lockTtlSeconds))) throw new LeaseLostError();
+            if (!(await renewSweepLease(trx, this.holder, lockTtlSeconds)))
+              throw new LeaseLostError();
             return sweepExpiredBatch(trx, { cursor, batchSize, olderThanSeconds });
           });
           maxBatchMs = Math.max(maxBatchMs, performance.now() - batchStarted);
@@ -147,7 +152,9 @@ export class Sweeper {
           deleted += batch.deleted;
           if (cursor !== null) batches += 1; // the last call only finds the end of the table
           if (cursor !== null && pauseMs > 0 && !this.stopping) {
-            await sleep(pauseMs, undefined, { signal: this.stopSignal.signal }).catch(() => undefined);
+            await sleep(pauseMs, undefined, { signal: this.stopSignal.signal }).catch(
+              () => undefined,
+            );
           }
         } while (cursor !== null);
       }

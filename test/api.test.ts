@@ -135,8 +135,16 @@ describe('API', () => {
     ];
     for (const [label, value] of badUserIds) {
       it(`rejects a ${label} user_id with 400 invalid_user_id on update and batch`, async () => {
-        await expectError(await app.post('/status/update', { user_id: value }), 400, 'invalid_user_id');
-        await expectError(await app.post('/status/batch', [{ user_id: value }]), 400, 'invalid_user_id');
+        await expectError(
+          await app.post('/status/update', { user_id: value }),
+          400,
+          'invalid_user_id',
+        );
+        await expectError(
+          await app.post('/status/batch', [{ user_id: value }]),
+          400,
+          'invalid_user_id',
+        );
       });
     }
 

@@ -349,11 +349,7 @@ describe('authentication, AUTH_MODE=jwt with HS256', () => {
         done();
       },
     });
-    const logged = await startTestApp(
-      database,
-      jwtEnv(secret),
-      createLogger('t', 'info', sink),
-    );
+    const logged = await startTestApp(database, jwtEnv(secret), createLogger('t', 'info', sink));
     try {
       const token = await tokens.user(7);
       expect((await logged.get('/status/7', bearer(token))).status).to.equal(200);

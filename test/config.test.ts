@@ -45,7 +45,11 @@ describe('configuration', () => {
     ['DATABASE_URL', { DATABASE_URL: 'mysql://x' }, /DATABASE_URL must be a postgres/],
     ['PORT', { PORT: 'abc' }, /PORT must be a whole number \(got "abc"\)/],
     ['PORT', { PORT: '70000' }, /PORT must be at most 65535/],
-    ['ONLINE_THRESHOLD_SECONDS', { ONLINE_THRESHOLD_SECONDS: '0' }, /ONLINE_THRESHOLD_SECONDS must be at least 1/],
+    [
+      'ONLINE_THRESHOLD_SECONDS',
+      { ONLINE_THRESHOLD_SECONDS: '0' },
+      /ONLINE_THRESHOLD_SECONDS must be at least 1/,
+    ],
     ['BATCH_MAX_IDS', { BATCH_MAX_IDS: '1.5' }, /BATCH_MAX_IDS must be a whole number/],
     ['PG_POOL_MAX', { PG_POOL_MAX: '-1' }, /PG_POOL_MAX must be at least 1/],
     ['LOG_LEVEL', { LOG_LEVEL: 'loud' }, /LOG_LEVEL/],
@@ -59,7 +63,9 @@ describe('configuration', () => {
   }
 
   it('never echoes the password of a wrong DATABASE_URL', () => {
-    const problems = problemsOf(() => loadApiConfig({ DATABASE_URL: 'mysql://me:s3cret@db/pulse' }));
+    const problems = problemsOf(() =>
+      loadApiConfig({ DATABASE_URL: 'mysql://me:s3cret@db/pulse' }),
+    );
     expect(problems.join('\n')).to.include('mysql://me:***@db/pulse').and.not.include('s3cret');
   });
 
@@ -68,35 +74,54 @@ describe('configuration', () => {
   });
 
   it('lists every wrong variable at once', () => {
-    const problems = problemsOf(() => loadApiConfig({ DATABASE_URL, PORT: 'x', BATCH_MAX_IDS: '0' }));
+    const problems = problemsOf(() =>
+      loadApiConfig({ DATABASE_URL, PORT: 'x', BATCH_MAX_IDS: '0' }),
+    );
     expect(problems).to.have.length(2);
   });
 
   it('refuses a sweep age below the online threshold', () => {
     const problems = problemsOf(() =>
-      loadSweeperConfig({ DATABASE_URL, ONLINE_THRESHOLD_SECONDS: '60', SWEEP_OLDER_THAN_SECONDS: '30' }),
+      loadSweeperConfig({
+        DATABASE_URL,
+        ONLINE_THRESHOLD_SECONDS: '60',
+        SWEEP_OLDER_THAN_SECONDS: '30',
+      }),
     );
-    expect(problems.join('\n')).to.match(/SWEEP_OLDER_THAN_SECONDS must not be below ONLINE_THRESHOLD_SECONDS/);
+    expect(problems.join('\n')).to.match(
+      /SWEEP_OLDER_THAN_SECONDS must not be below ONLINE_THRESHOLD_SECONDS/,
+    );
   });
 
-  it('validates npm start\'s own variables, with DATABASE_URL optional there', () => {
-    expect(loadStartConfig({})).to.include({ EMBEDDED_PG_PORT: 54329, EMBEDDED_PG_DATA_DIR: '.pulse-data/postgres' });
+  it("validates npm start's own variables, with DATABASE_URL optional there", () => {
+    expect(loadStartConfig({})).to.include({
+      EMBEDDED_PG_PORT: 54329,
+      EMBEDDED_PG_DATA_DIR: '.pulse-data/postgres',
+    });
     expect(problemsOf(() => loadStartConfig({ EMBEDDED_PG_PORT: 'abc' })).join('\n')).to.match(
       /EMBEDDED_PG_PORT must be a whole number \(got "abc"\)/,
     );
-    expect(problemsOf(() => loadStartConfig({ DATABASE_URL: 'x' })).join('\n')).to.match(/DATABASE_URL must be a postgres/);
+    expect(problemsOf(() => loadStartConfig({ DATABASE_URL: 'x' })).join('\n')).to.match(
+      /DATABASE_URL must be a postgres/,
+    );
   });
 
   it('leaves PULSE_TABLE_UNLOGGED unset unless given, and refuses a non-boolean', () => {
     expect(loadMigrateConfig({ DATABASE_URL }).PULSE_TABLE_UNLOGGED).to.equal(undefined);
-    expect(loadMigrateConfig({ DATABASE_URL, PULSE_TABLE_UNLOGGED: 'yes' }).PULSE_TABLE_UNLOGGED).to.equal(true);
-    expect(problemsOf(() => loadMigrateConfig({ DATABASE_URL, PULSE_TABLE_UNLOGGED: 'sometimes' })).join('\n')).to.match(
-      /PULSE_TABLE_UNLOGGED/,
-    );
+    expect(
+      loadMigrateConfig({ DATABASE_URL, PULSE_TABLE_UNLOGGED: 'yes' }).PULSE_TABLE_UNLOGGED,
+    ).to.equal(true);
+    expect(
+      problemsOf(() => loadMigrateConfig({ DATABASE_URL, PULSE_TABLE_UNLOGGED: 'sometimes' })).join(
+        '\n',
+      ),
+    ).to.match(/PULSE_TABLE_UNLOGGED/);
   });
 
   it('refuses a cron expression that is not valid', () => {
-    const problems = problemsOf(() => loadSweeperConfig({ DATABASE_URL, SWEEP_SCHEDULE: '*/10 * * *' }));
+    const problems = problemsOf(() =>
+      loadSweeperConfig({ DATABASE_URL, SWEEP_SCHEDULE: '*/10 * * *' }),
+    );
     expect(problems.join('\n')).to.match(/SWEEP_SCHEDULE must be a valid cron expression/);
   });
 
@@ -108,7 +133,9 @@ describe('configuration', () => {
         timeout: 20_000,
       });
       expect(result.status).to.equal(1);
-      expect(result.stderr).to.match(/Invalid configuration:\n {2}- DATABASE_URL must be a postgres/);
+      expect(result.stderr).to.match(
+        /Invalid configuration:\n {2}- DATABASE_URL must be a postgres/,
+      );
       expect(result.stderr).not.to.match(/ at .*\(/); // a message, not a stack trace
     });
   }

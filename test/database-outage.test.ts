@@ -17,7 +17,12 @@ describe('database outage', () => {
     proxy = await startTcpProxy({ targetHost: target.hostname, targetPort: Number(target.port) });
     const url = proxy.rewriteUrl(database.url);
     behindProxy = {
-      ...openDatabase({ connectionString: url, poolMax: 4, applicationName: 'test', logger: silentLogger }),
+      ...openDatabase({
+        connectionString: url,
+        poolMax: 4,
+        applicationName: 'test',
+        logger: silentLogger,
+      }),
       url,
     };
     app = await startTestApp(behindProxy);
@@ -53,7 +58,10 @@ describe('database outage', () => {
 
     // Back: the same process serves again, with no restart.
     proxy.accept();
-    expect(await (await app.get('/status/1')).json()).to.deep.equal({ user_id: 1, is_online: true });
+    expect(await (await app.get('/status/1')).json()).to.deep.equal({
+      user_id: 1,
+      is_online: true,
+    });
     expect((await app.post('/status/update', { user_id: 2 })).status).to.equal(200);
     expect((await app.get('/readyz')).status).to.equal(200);
     // Nothing refused was written; everything accepted was.

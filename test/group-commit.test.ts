@@ -23,7 +23,13 @@ describe('group commit', () => {
   function writer(options: Partial<GroupCommitOptions>, flushes: number[] = []) {
     return new GroupCommitHeartbeatWriter(
       database.db,
-      { maxBatchIds: 1000, maxDelayMs: 5, maxConcurrentFlushes: 2, maxQueuedIds: 100_000, ...options },
+      {
+        maxBatchIds: 1000,
+        maxDelayMs: 5,
+        maxConcurrentFlushes: 2,
+        maxQueuedIds: 100_000,
+        ...options,
+      },
       { onFlush: ({ ids }) => flushes.push(ids) },
     );
   }
@@ -119,7 +125,12 @@ describe('group commit', () => {
 
   it('refuses heartbeats once the queue is full, and writes the queued ones later', async () => {
     const release = await blockWrites();
-    const heartbeats = writer({ maxBatchIds: 2, maxDelayMs: 1, maxConcurrentFlushes: 1, maxQueuedIds: 4 });
+    const heartbeats = writer({
+      maxBatchIds: 2,
+      maxDelayMs: 1,
+      maxConcurrentFlushes: 1,
+      maxQueuedIds: 4,
+    });
     const first = heartbeats.record([1, 2]); // taken by the single flush, which blocks on the lock
     await new Promise((resolve) => setTimeout(resolve, 50));
     const queued = [heartbeats.record([3, 4]), heartbeats.record([5, 6])];
@@ -169,12 +180,17 @@ describe('group commit', () => {
       const release = await blockWrites();
       const accepted = [app.post('/status/update', { user_id: 1 })];
       await new Promise((resolve) => setTimeout(resolve, 50));
-      accepted.push(app.post('/status/update', { user_id: 2 }), app.post('/status/update', { user_id: 3 }));
+      accepted.push(
+        app.post('/status/update', { user_id: 2 }),
+        app.post('/status/update', { user_id: 3 }),
+      );
       await new Promise((resolve) => setTimeout(resolve, 50));
       const refused = await app.post('/status/update', { user_id: 4 });
       expect(refused.status).to.equal(503);
       expect(refused.headers.get('retry-after')).to.equal('1');
-      expect(((await refused.json()) as { error: { code: string } }).error.code).to.equal('queue_full');
+      expect(((await refused.json()) as { error: { code: string } }).error.code).to.equal(
+        'queue_full',
+      );
       await release();
       for (const response of await Promise.all(accepted)) expect(response.status).to.equal(200);
       expect(await database.userIds()).to.deep.equal([1, 2, 3]);
@@ -189,13 +205,17 @@ describe('group commit', () => {
       ]);
       expect(good.status).to.equal(503);
       expect(bad.status).to.equal(503);
-      expect(((await good.json()) as { error: { code: string } }).error.code).to.equal('write_failed');
+      expect(((await good.json()) as { error: { code: string } }).error.code).to.equal(
+        'write_failed',
+      );
       expect(await database.userIds()).to.deep.equal([]);
     });
 
     it('writes one statement per request when group commit is off', async () => {
       app = await startTestApp(database, { HEARTBEAT_GROUP_COMMIT: 'false' });
-      const responses = await Promise.all(range(1, 20).map((id) => app.post('/status/update', { user_id: id })));
+      const responses = await Promise.all(
+        range(1, 20).map((id) => app.post('/status/update', { user_id: id })),
+      );
       for (const response of responses) expect(response.status).to.equal(200);
       expect(await database.userIds()).to.deep.equal(range(1, 20));
       expect(app.heartbeats.constructor.name).to.equal('DirectHeartbeatWriter');

@@ -11,7 +11,11 @@ interface Run {
   stderr: string;
 }
 
-function migrate(databaseUrl: string, args: string[] = [], env: Record<string, string> = {}): Promise<Run> {
+function migrate(
+  databaseUrl: string,
+  args: string[] = [],
+  env: Record<string, string> = {},
+): Promise<Run> {
   return new Promise((resolve) => {
     const child = spawn(process.execPath, ['--import', 'tsx', 'scripts/migrate.ts', ...args], {
       env: { PATH: process.env.PATH, DATABASE_URL: databaseUrl, LOG_LEVEL: 'silent', ...env },
@@ -65,12 +69,18 @@ describe('migrate CLI', () => {
 
     // Each down undoes one migration, newest first, until nothing is left.
     expect((await migrate(url, ['down'])).stdout).to.match(/reverted 0002_sweeper_lease/);
-    expect((await query(url, `SELECT to_regclass('pulse_sweeper_lease') AS t`)).rows[0]).to.deep.equal({ t: null });
-    expect((await query(url, `SELECT to_regclass('pulse') AS t`)).rows[0]).to.deep.equal({ t: 'pulse' });
+    expect(
+      (await query(url, `SELECT to_regclass('pulse_sweeper_lease') AS t`)).rows[0],
+    ).to.deep.equal({ t: null });
+    expect((await query(url, `SELECT to_regclass('pulse') AS t`)).rows[0]).to.deep.equal({
+      t: 'pulse',
+    });
     const down = await migrate(url, ['down']);
     expect(down.code).to.equal(0);
     expect(down.stdout).to.match(/reverted 0001_create_pulse/);
-    expect((await query(url, `SELECT to_regclass('pulse') AS t`)).rows[0]).to.deep.equal({ t: null });
+    expect((await query(url, `SELECT to_regclass('pulse') AS t`)).rows[0]).to.deep.equal({
+      t: null,
+    });
     expect((await migrate(url, ['down'])).stdout).to.match(/nothing to revert/);
   });
 
@@ -79,20 +89,28 @@ describe('migrate CLI', () => {
     for (const run of runs) expect(run.code, run.stderr).to.equal(0);
     expect(runs.filter((r) => /applied 0001_create_pulse/.test(r.stdout))).to.have.length(1);
     const applied = await query(url, 'SELECT name FROM kysely_migration');
-    expect(applied.rows).to.deep.equal([{ name: '0001_create_pulse' }, { name: '0002_sweeper_lease' }]);
+    expect(applied.rows).to.deep.equal([
+      { name: '0001_create_pulse' },
+      { name: '0002_sweeper_lease' },
+    ]);
   });
 
   it('switches the table to UNLOGGED and back with PULSE_TABLE_UNLOGGED', async () => {
     const persistence = async () =>
-      (await query(url, `SELECT relpersistence FROM pg_class WHERE oid = 'pulse'::regclass`)).rows[0] as {
+      (await query(url, `SELECT relpersistence FROM pg_class WHERE oid = 'pulse'::regclass`))
+        .rows[0] as {
         relpersistence: string;
       };
-    expect((await migrate(url, [], { PULSE_TABLE_UNLOGGED: 'true' })).stdout).to.match(/now UNLOGGED/);
+    expect((await migrate(url, [], { PULSE_TABLE_UNLOGGED: 'true' })).stdout).to.match(
+      /now UNLOGGED/,
+    );
     expect(await persistence()).to.deep.equal({ relpersistence: 'u' });
     // Unset leaves it alone: a deploy that does not mention it never rewrites the table.
     expect((await migrate(url)).stdout).not.to.match(/now (UN)?LOGGED/);
     expect(await persistence()).to.deep.equal({ relpersistence: 'u' });
-    expect((await migrate(url, [], { PULSE_TABLE_UNLOGGED: 'false' })).stdout).to.match(/now LOGGED/);
+    expect((await migrate(url, [], { PULSE_TABLE_UNLOGGED: 'false' })).stdout).to.match(
+      /now LOGGED/,
+    );
     expect(await persistence()).to.deep.equal({ relpersistence: 'p' });
   });
 

@@ -5,7 +5,9 @@ import { startTestApp, type TestApp } from './support/app.ts';
 import { createTestDatabase, type TestDatabase } from './support/database.ts';
 import { bearer, hs256, jwtEnv, randomSecret } from './support/tokens.ts';
 
-type Operation = { responses: Record<string, { content?: Record<string, { schema: object }>; headers?: object }> };
+type Operation = {
+  responses: Record<string, { content?: Record<string, { schema: object }>; headers?: object }>;
+};
 const paths = openApiDocument.paths as unknown as Record<string, Record<string, Operation>>;
 const ajv = new Ajv2020({ strict: false, allErrors: true });
 
@@ -14,7 +16,10 @@ function operationFor(method: string, path: string): [string, Operation] {
     const pattern = new RegExp(`^${template.replace(/\{[^}]+\}/g, '[^/]+')}$`);
     const operation = operations[method.toLowerCase()];
     // A literal path (/status/batch) wins over a template (/status/{user_id}).
-    if (operation && (template === path || (pattern.test(path) && !paths[path]?.[method.toLowerCase()]))) {
+    if (
+      operation &&
+      (template === path || (pattern.test(path) && !paths[path]?.[method.toLowerCase()]))
+    ) {
       return [template, operation];
     }
   }
@@ -55,17 +60,24 @@ describe('OpenAPI contract', () => {
     });
     const [template, operation] = operationFor(method, path);
     const documented = operation.responses[String(response.status)];
-    expect(documented, `${method} ${path} answered ${response.status}, which is not documented`).to.exist;
+    expect(documented, `${method} ${path} answered ${response.status}, which is not documented`).to
+      .exist;
     const mediaType = (response.headers.get('content-type') ?? '').split(';')[0]!;
     const content = documented!.content?.[mediaType];
     expect(content, `${method} ${path} ${response.status} sent ${mediaType}`).to.exist;
     if (mediaType === 'application/json') {
       const validate = ajv.compile({ ...content!.schema, components: openApiDocument.components });
       const payload: unknown = await response.json();
-      expect(validate(payload), `${method} ${path} ${response.status}: ${ajv.errorsText(validate.errors)}`).to.equal(true);
+      expect(
+        validate(payload),
+        `${method} ${path} ${response.status}: ${ajv.errorsText(validate.errors)}`,
+      ).to.equal(true);
     }
     for (const header of Object.keys(documented!.headers ?? {})) {
-      expect(response.headers.get(header), `${method} ${path} ${response.status} lacks ${header}`).to.be.a('string');
+      expect(
+        response.headers.get(header),
+        `${method} ${path} ${response.status} lacks ${header}`,
+      ).to.be.a('string');
     }
     exercised.add(`${method} ${template} ${response.status}`);
     return response;
@@ -76,15 +88,27 @@ describe('OpenAPI contract', () => {
     await check('POST', '/status/update', JSON.stringify([{ user_id: 2 }, { user_id: 3 }]));
     await check('POST', '/status/update', JSON.stringify({ user_id: 0 }));
     await check('POST', '/status/update', '{');
-    await check('POST', '/status/update', JSON.stringify([1, 2, 3, 4].map((id) => ({ user_id: id }))));
+    await check(
+      'POST',
+      '/status/update',
+      JSON.stringify([1, 2, 3, 4].map((id) => ({ user_id: id }))),
+    );
     await check('POST', '/status/update', JSON.stringify({ user_id: 1, pad: 'x'.repeat(2000) }));
     await check('POST', '/status/update', 'user_id=1', 'application/x-www-form-urlencoded');
     await check('GET', '/status/1');
     await check('GET', '/status/77');
     await check('GET', '/status/x');
-    await check('POST', '/status/batch', JSON.stringify([{ user_id: 1 }, { user_id: 9 }, { user_id: 1 }]));
+    await check(
+      'POST',
+      '/status/batch',
+      JSON.stringify([{ user_id: 1 }, { user_id: 9 }, { user_id: 1 }]),
+    );
     await check('POST', '/status/batch', JSON.stringify({ user_id: 1 }));
-    await check('POST', '/status/batch', JSON.stringify([1, 2, 3, 4].map((id) => ({ user_id: id }))));
+    await check(
+      'POST',
+      '/status/batch',
+      JSON.stringify([1, 2, 3, 4].map((id) => ({ user_id: id }))),
+    );
     await check('POST', '/status/batch', '[]', 'text/plain');
     await check('GET', '/healthz');
     await check('GET', '/readyz');
@@ -98,19 +122,30 @@ describe('OpenAPI contract', () => {
     const user = bearer(await tokens.user(5));
     const body = JSON.stringify({ user_id: 5 });
     await check('POST', '/status/update', body, 'application/json', { target, headers: user });
-    await check('POST', '/status/update', JSON.stringify({ user_id: 6 }), 'application/json', { target, headers: user });
+    await check('POST', '/status/update', JSON.stringify({ user_id: 6 }), 'application/json', {
+      target,
+      headers: user,
+    });
     await check('POST', '/status/update', body, 'application/json', { target });
     await check('GET', '/status/5', undefined, undefined, { target, headers: user });
-    await check('GET', '/status/5', undefined, undefined, { target, headers: { authorization: 'Bearer nope' } });
+    await check('GET', '/status/5', undefined, undefined, {
+      target,
+      headers: { authorization: 'Bearer nope' },
+    });
     await check('POST', '/status/batch', '[{"user_id":5}]', 'application/json', { target });
-    await check('POST', '/status/batch', '[{"user_id":5}]', 'application/json', { target, headers: user });
+    await check('POST', '/status/batch', '[{"user_id":5}]', 'application/json', {
+      target,
+      headers: user,
+    });
     await check('GET', '/healthz', undefined, undefined, { target });
   });
 
   it('exercised every documented operation', () => {
     for (const [template, operations] of Object.entries(paths)) {
       for (const method of Object.keys(operations)) {
-        const seen = [...exercised].some((e) => e.startsWith(`${method.toUpperCase()} ${template} `));
+        const seen = [...exercised].some((e) =>
+          e.startsWith(`${method.toUpperCase()} ${template} `),
+        );
         expect(seen, `${method.toUpperCase()} ${template} never called`).to.equal(true);
       }
     }
@@ -131,7 +166,11 @@ describe('OpenAPI contract', () => {
         }
       }
     }
-    expect(paths['/status/update']!.post!.responses['503']!.headers).to.have.property('Retry-After');
-    expect(paths['/status/update']!.post!.responses['401']!.headers).to.have.property('WWW-Authenticate');
+    expect(paths['/status/update']!.post!.responses['503']!.headers).to.have.property(
+      'Retry-After',
+    );
+    expect(paths['/status/update']!.post!.responses['401']!.headers).to.have.property(
+      'WWW-Authenticate',
+    );
   });
 });

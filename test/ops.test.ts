@@ -40,14 +40,21 @@ describe('operations endpoints', () => {
     const name = uniqueName('pulse_unmigrated');
     await adminQuery(serverUrl(), `CREATE DATABASE ${name}`);
     const url = withDatabase(serverUrl(), name);
-    const empty = openDatabase({ connectionString: url, poolMax: 2, applicationName: 'test', logger: silentLogger });
+    const empty = openDatabase({
+      connectionString: url,
+      poolMax: 2,
+      applicationName: 'test',
+      logger: silentLogger,
+    });
     const unmigrated = await startTestApp({ ...empty, url });
     try {
       const response = await unmigrated.get('/readyz');
       expect(response.status).to.equal(503);
       const body = (await response.json()) as { error: { code: string; message: string } };
       expect(body.error.code).to.equal('not_ready');
-      expect(body.error.message).to.match(/migrations pending: 0001_create_pulse, 0002_sweeper_lease$/);
+      expect(body.error.message).to.match(
+        /migrations pending: 0001_create_pulse, 0002_sweeper_lease$/,
+      );
     } finally {
       await unmigrated.close();
       await empty.close();
@@ -57,7 +64,12 @@ describe('operations endpoints', () => {
 
   it('GET /readyz answers 503 when the database cannot be reached', async () => {
     const url = `postgres://postgres@127.0.0.1:${await freePort()}/nowhere`;
-    const unreachable = openDatabase({ connectionString: url, poolMax: 1, applicationName: 'test', logger: silentLogger });
+    const unreachable = openDatabase({
+      connectionString: url,
+      poolMax: 1,
+      applicationName: 'test',
+      logger: silentLogger,
+    });
     const lonely = await startTestApp({ ...unreachable, url });
     try {
       const response = await lonely.get('/readyz');
@@ -87,15 +99,26 @@ describe('operations endpoints', () => {
     const after = await (await app.get('/metrics')).text();
     expect(sample(after, 'pulse_heartbeats_accepted_total')).to.equal(3);
     expect(sample(after, 'pulse_heartbeat_flush_ids_count')).to.be.at.least(1);
-    expect(sample(after, 'pulse_heartbeat_flush_duration_seconds_count{outcome="ok"}')).to.be.at.least(1);
     expect(
-      sample(after, 'pulse_http_request_duration_seconds_count{method="POST",route="/status/update",status_code="200"}'),
+      sample(after, 'pulse_heartbeat_flush_duration_seconds_count{outcome="ok"}'),
+    ).to.be.at.least(1);
+    expect(
+      sample(
+        after,
+        'pulse_http_request_duration_seconds_count{method="POST",route="/status/update",status_code="200"}',
+      ),
     ).to.equal(2);
     expect(
-      sample(after, 'pulse_http_request_duration_seconds_count{method="GET",route="/status/:userId",status_code="200"}'),
+      sample(
+        after,
+        'pulse_http_request_duration_seconds_count{method="GET",route="/status/:userId",status_code="200"}',
+      ),
     ).to.equal(1);
     expect(
-      sample(after, 'pulse_http_request_duration_seconds_count{method="GET",route="/status/:userId",status_code="400"}'),
+      sample(
+        after,
+        'pulse_http_request_duration_seconds_count{method="GET",route="/status/:userId",status_code="400"}',
+      ),
     ).to.equal(1);
     expect(after).not.to.match(/route="\/status\/1"/); // user ids never become labels
     expect(sample(after, 'pulse_pg_pool_connections{state="total"}')).to.be.at.least(1);
@@ -105,9 +128,13 @@ describe('operations endpoints', () => {
   it('sends X-Request-Id, echoing a sane one from the client', async () => {
     const generated = await app.get('/status/1');
     expect(generated.headers.get('x-request-id')).to.match(/^[0-9a-f-]{36}$/);
-    const echoed = await fetch(`${app.baseUrl}/status/1`, { headers: { 'x-request-id': 'abc-123' } });
+    const echoed = await fetch(`${app.baseUrl}/status/1`, {
+      headers: { 'x-request-id': 'abc-123' },
+    });
     expect(echoed.headers.get('x-request-id')).to.equal('abc-123');
-    const replaced = await fetch(`${app.baseUrl}/status/1`, { headers: { 'x-request-id': 'bad id <script>' } });
+    const replaced = await fetch(`${app.baseUrl}/status/1`, {
+      headers: { 'x-request-id': 'bad id <script>' },
+    });
     expect(replaced.headers.get('x-request-id')).to.match(/^[0-9a-f-]{36}$/);
   });
 });

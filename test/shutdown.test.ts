@@ -72,6 +72,9 @@ describe('graceful shutdown of the API process', () => {
     expect(refused).to.be.greaterThan(0);
     const stored = new Set(await database.userIds());
     const lost = acknowledged.filter((id) => !stored.has(id));
-    expect(lost, `${lost.length} of ${acknowledged.length} acknowledged heartbeats lost`).to.deep.equal([]);
+    expect(
+      lost,
+      `${lost.length} of ${acknowledged.length} acknowledged heartbeats lost`,
+    ).to.deep.equal([]);
   });
 });

@@ -33,11 +33,14 @@ describe('npm start (the all-in-one stack)', function () {
     try {
       const base = `http://127.0.0.1:${apiPort}`;
       for (let i = 0; !(await fetch(`${base}/readyz`).catch(() => undefined))?.ok; i += 1) {
-        if (i > 600 || stack.exitCode !== null) throw new Error(`the stack did not start:\n${output}`);
+        if (i > 600 || stack.exitCode !== null)
+          throw new Error(`the stack did not start:\n${output}`);
         await sleep(100);
       }
       expect(output).to.include(`Pulse API:  http://127.0.0.1:${apiPort}`);
-      expect(output).to.match(new RegExp(`Database: +postgres://postgres:postgres@127\\.0\\.0\\.1:${pgPort}/pulse`));
+      expect(output).to.match(
+        new RegExp(`Database: +postgres://postgres:postgres@127\\.0\\.0\\.1:${pgPort}/pulse`),
+      );
 
       const update = await fetch(`${base}/status/update`, {
         method: 'POST',
@@ -45,7 +48,10 @@ describe('npm start (the all-in-one stack)', function () {
         body: JSON.stringify({ user_id: 42 }),
       });
       expect(await update.json()).to.deep.equal({ status: 'success' });
-      expect(await (await fetch(`${base}/status/42`)).json()).to.deep.equal({ user_id: 42, is_online: true });
+      expect(await (await fetch(`${base}/status/42`)).json()).to.deep.equal({
+        user_id: 42,
+        is_online: true,
+      });
       const batch = await fetch(`${base}/status/batch`, {
         method: 'POST',
         headers: { 'content-type': 'application/json' },

@@ -27,16 +27,27 @@ describe('coalesced status reads', () => {
   it('splits a turn with more than maxIds lookups into several queries', async () => {
     const queries: number[] = [];
     const reader = new CoalescingStatusReader(database.db, 20, 50, (ids) => queries.push(ids));
-    const answers = await Promise.all(Array.from({ length: 120 }, (_, i) => reader.isOnline(i + 1)));
+    const answers = await Promise.all(
+      Array.from({ length: 120 }, (_, i) => reader.isOnline(i + 1)),
+    );
     expect(answers.filter(Boolean)).to.have.length(50);
     expect(queries).to.deep.equal([50, 50, 20]);
   });
 
   it('rejects every lookup of a failed query, and the next turn works again', async () => {
     const url = `postgres://postgres@127.0.0.1:${await freePort()}/nowhere`;
-    const dead = openDatabase({ connectionString: url, poolMax: 1, applicationName: 'test', logger: silentLogger });
+    const dead = openDatabase({
+      connectionString: url,
+      poolMax: 1,
+      applicationName: 'test',
+      logger: silentLogger,
+    });
     const reader = new CoalescingStatusReader(dead.db, 20);
-    const results = await Promise.allSettled([reader.isOnline(1), reader.isOnline(2), reader.isOnline(1)]);
+    const results = await Promise.allSettled([
+      reader.isOnline(1),
+      reader.isOnline(2),
+      reader.isOnline(1),
+    ]);
     expect(results.map((r) => r.status)).to.deep.equal(['rejected', 'rejected', 'rejected']);
     await dead.close();
     const alive = new CoalescingStatusReader(database.db, 20);

@@ -82,28 +82,50 @@ describe('sweeper', function () {
     await database.drop();
   });
 
-  function sweeperOn(db: DatabaseHandle, overrides: Partial<SweeperOptions> = {}, logger = silentLogger) {
+  function sweeperOn(
+    db: DatabaseHandle,
+    overrides: Partial<SweeperOptions> = {},
+    logger = silentLogger,
+  ) {
     const sweeper = new Sweeper(db.db, logger, options(overrides));
     cleanups.push(() => sweeper.stop());
     return sweeper;
   }
 
   function extraPool(url = database.url): DatabaseHandle {
-    const handle = openDatabase({ connectionString: url, poolMax: 3, applicationName: 'pulse-test-sweeper', logger: silentLogger });
+    const handle = openDatabase({
+      connectionString: url,
+      poolMax: 3,
+      applicationName: 'pulse-test-sweeper',
+      logger: silentLogger,
+    });
     cleanups.push(() => handle.close());
     return handle;
   }
 
   describe('sweepExpiredBatch', () => {
     it('deletes only rows older than the sweep age within the key range, and moves the cursor', async () => {
-      for (let id = 1; id <= 10; id += 1) await database.putRow(id, id % 2 ? EXPIRED_AGE : OLDER_THAN - 5);
-      const first = await sweepExpiredBatch(database.db, { cursor: null, batchSize: 4, olderThanSeconds: OLDER_THAN });
+      for (let id = 1; id <= 10; id += 1)
+        await database.putRow(id, id % 2 ? EXPIRED_AGE : OLDER_THAN - 5);
+      const first = await sweepExpiredBatch(database.db, {
+        cursor: null,
+        batchSize: 4,
+        olderThanSeconds: OLDER_THAN,
+      });
       expect(first).to.deep.equal({ deleted: 2, nextCursor: '4' });
       expect(await database.userIds()).to.deep.equal([2, 4, 5, 6, 7, 8, 9, 10]);
-      const second = await sweepExpiredBatch(database.db, { cursor: '4', batchSize: 100, olderThanSeconds: OLDER_THAN });
+      const second = await sweepExpiredBatch(database.db, {
+        cursor: '4',
+        batchSize: 100,
+        olderThanSeconds: OLDER_THAN,
+      });
       expect(second).to.deep.equal({ deleted: 3, nextCursor: '10' });
       expect(await database.userIds()).to.deep.equal([2, 4, 6, 8, 10]);
-      const done = await sweepExpiredBatch(database.db, { cursor: '10', batchSize: 100, olderThanSeconds: OLDER_THAN });
+      const done = await sweepExpiredBatch(database.db, {
+        cursor: '10',
+        batchSize: 100,
+        olderThanSeconds: OLDER_THAN,
+      });
       expect(done).to.deep.equal({ deleted: 0, nextCursor: null });
     });
   });
@@ -114,7 +136,12 @@ describe('sweeper', function () {
       const reports: SweepReport[] = [];
       const sweeper = sweeperOn(database, { batchSize: 70, onSweep: (r) => reports.push(r) });
       const report = await sweeper.sweepOnce();
-      expect(report).to.include({ outcome: 'done', lockHeld: true, deleted: 500, batches: Math.ceil(1000 / 70) });
+      expect(report).to.include({
+        outcome: 'done',
+        lockHeld: true,
+        deleted: 500,
+        batches: Math.ceil(1000 / 70),
+      });
       expect(report.durationMs).to.be.a('number').at.least(0);
       expect(report.maxBatchMs).to.be.a('number').above(0);
       expect(reports).to.deep.equal([report]);
@@ -136,9 +163,9 @@ describe('sweeper', function () {
     });
 
     it('rejects an invalid cron expression when constructed', () => {
-      expect(() => new Sweeper(database.db, silentLogger, options({ schedule: '61 * * * *' }))).to.throw(
-        /invalid cron expression "61 \* \* \* \*"/,
-      );
+      expect(
+        () => new Sweeper(database.db, silentLogger, options({ schedule: '61 * * * *' })),
+      ).to.throw(/invalid cron expression "61 \* \* \* \*"/);
     });
   });
 
@@ -147,14 +174,20 @@ describe('sweeper', function () {
       await putMixedRows(database, 3000);
       const runs: Array<{ report: SweepReport }> = [];
       const sweepers = Array.from({ length: 4 }, () => sweeperOn(extraPool(), { batchSize: 50 }));
-      await Promise.all(sweepers.map(async (sweeper) => runs.push({ report: await sweeper.sweepOnce() })));
+      await Promise.all(
+        sweepers.map(async (sweeper) => runs.push({ report: await sweeper.sweepOnce() })),
+      );
       const outcomes = runs.map((r) => r.report.outcome);
       expect(outcomes).to.not.include('failed');
       expect(outcomes).to.include('skipped');
       const sweeps = runs.filter((r) => r.report.lockHeld);
       expect(sweeps.length).to.be.at.least(1);
       expect(runs.reduce((sum, r) => sum + r.report.deleted, 0)).to.equal(3000);
-      expect(runs.filter((r) => !r.report.lockHeld).every((r) => r.report.deleted === 0 && r.report.batches === 0)).to.equal(true);
+      expect(
+        runs
+          .filter((r) => !r.report.lockHeld)
+          .every((r) => r.report.deleted === 0 && r.report.batches === 0),
+      ).to.equal(true);
       expect(await countRows(database, true)).to.equal(0);
       expect(await countRows(database, false)).to.equal(3000);
     });
@@ -163,15 +196,24 @@ describe('sweeper', function () {
       // Every DELETE statement is logged with the sweeper that ran it (its application_name).
       await sql`CREATE TABLE delete_log (app text, at timestamptz)`.execute(database.db);
       await sql`CREATE FUNCTION log_delete() RETURNS trigger LANGUAGE plpgsql AS $$
-        BEGIN INSERT INTO delete_log VALUES (current_setting('application_name'), clock_timestamp()); RETURN NULL; END $$`.execute(database.db);
-      await sql`CREATE TRIGGER log_delete AFTER DELETE ON pulse FOR EACH STATEMENT EXECUTE FUNCTION log_delete()`.execute(database.db);
+        BEGIN INSERT INTO delete_log VALUES (current_setting('application_name'), clock_timestamp()); RETURN NULL; END $$`.execute(
+        database.db,
+      );
+      await sql`CREATE TRIGGER log_delete AFTER DELETE ON pulse FOR EACH STATEMENT EXECUTE FUNCTION log_delete()`.execute(
+        database.db,
+      );
       await putMixedRows(database, 1500);
       const sweeps: Array<{ app: string; from: number; to: number }> = [];
       const until = Date.now() + 2500;
       await Promise.all(
         [0, 1, 2].map(async (n) => {
           const app = `sweeper-${n}`;
-          const handle = openDatabase({ connectionString: database.url, poolMax: 2, applicationName: app, logger: silentLogger });
+          const handle = openDatabase({
+            connectionString: database.url,
+            poolMax: 2,
+            applicationName: app,
+            logger: silentLogger,
+          });
           cleanups.push(() => handle.close());
           const sweeper = sweeperOn(handle, { batchSize: 50 });
           while (Date.now() < until) {
@@ -185,28 +227,46 @@ describe('sweeper', function () {
           }
         }),
       );
-      const { rows } = await sql<{ app: string; at: Date }>`SELECT app, at FROM delete_log ORDER BY at`.execute(database.db);
+      const { rows } = await sql<{
+        app: string;
+        at: Date;
+      }>`SELECT app, at FROM delete_log ORDER BY at`.execute(database.db);
       // Each lock-holding sweep's DELETEs span [first, last]; two such spans must never overlap.
       const spans = sweeps
         .map((sweep) => {
-          const mine = rows.filter((r) => r.app === sweep.app && r.at.getTime() >= sweep.from - 1 && r.at.getTime() <= sweep.to + 1);
-          return { app: sweep.app, first: mine[0]?.at.getTime() ?? NaN, last: mine.at(-1)?.at.getTime() ?? NaN };
+          const mine = rows.filter(
+            (r) =>
+              r.app === sweep.app &&
+              r.at.getTime() >= sweep.from - 1 &&
+              r.at.getTime() <= sweep.to + 1,
+          );
+          return {
+            app: sweep.app,
+            first: mine[0]?.at.getTime() ?? NaN,
+            last: mine.at(-1)?.at.getTime() ?? NaN,
+          };
         })
         .filter((span) => !Number.isNaN(span.first))
         .sort((a, b) => a.first - b.first);
-      expect(new Set(spans.map((s) => s.app)).size, 'more than one sweeper should get turns').to.be.above(1);
+      expect(
+        new Set(spans.map((s) => s.app)).size,
+        'more than one sweeper should get turns',
+      ).to.be.above(1);
       expect(spans.length).to.be.at.least(3);
       for (const a of spans) {
         for (const b of spans) {
           if (a.app === b.app) continue; // one Sweeper's own sweeps are sequential by construction
-          expect(a.last < b.first || b.last < a.first, `${a.app} and ${b.app} swept at the same time`).to.equal(true);
+          expect(
+            a.last < b.first || b.last < a.first,
+            `${a.app} and ${b.app} swept at the same time`,
+          ).to.equal(true);
         }
       }
       expect(await countRows(database, true)).to.equal(0);
       expect(await countRows(database, false)).to.equal(1500);
     });
 
-    it('skip while another holds the lease, say so in the log, and take over when a crashed holder\'s lease expires', async () => {
+    it("skip while another holds the lease, say so in the log, and take over when a crashed holder's lease expires", async () => {
       await putRows(database, 1, 100, EXPIRED_AGE);
       await sql`INSERT INTO pulse_sweeper_lease (id, holder, expires_at)
         VALUES (1, 'crashed-sweeper', now() + interval '1.5 seconds')`.execute(database.db);
@@ -218,10 +278,18 @@ describe('sweeper', function () {
       const { logger, lines } = captureLogger();
       const scheduled = sweeperOn(database, {}, logger);
       scheduled.start();
-      await waitFor('a sweep after the lease expired', () => lines.some((l) => l.msg === 'sweep finished'));
-      const skipLine = lines.find((l) => l.msg === 'another sweeper holds the sweep lock: skipping this tick');
+      await waitFor('a sweep after the lease expired', () =>
+        lines.some((l) => l.msg === 'sweep finished'),
+      );
+      const skipLine = lines.find(
+        (l) => l.msg === 'another sweeper holds the sweep lock: skipping this tick',
+      );
       expect(skipLine).to.include({ outcome: 'skipped', lockHeld: false, deleted: 0 });
-      expect(lines.find((l) => l.msg === 'sweep finished')).to.include({ outcome: 'done', lockHeld: true, deleted: 100 });
+      expect(lines.find((l) => l.msg === 'sweep finished')).to.include({
+        outcome: 'done',
+        lockHeld: true,
+        deleted: 100,
+      });
       expect(await countRows(database)).to.equal(0);
     });
 
@@ -245,32 +313,61 @@ describe('sweeper', function () {
       await putRows(database, 1, 2500, EXPIRED_AGE);
       const { logger, lines } = captureLogger();
       const runs: SweepReport[] = [];
-      const sweeper = sweeperOn(database, { batchSize: 5, batchPauseMs: 4, onSweep: (r) => runs.push(r) }, logger);
+      const sweeper = sweeperOn(
+        database,
+        { batchSize: 5, batchPauseMs: 4, onSweep: (r) => runs.push(r) },
+        logger,
+      );
       sweeper.start();
       await waitFor('a finished sweep', () => runs.some((r) => r.outcome === 'done'), 20_000);
       await sweeper.stop();
       const done = runs.find((r) => r.outcome === 'done')!;
-      expect(done.durationMs, 'the test needs a sweep longer than the 1 s interval').to.be.above(1100);
-      expect(lines.some((l) => l.msg === 'previous sweep still running: skipping this tick')).to.equal(true);
-      const intervals = runs.map((r) => [Date.parse(r.startedAt), Date.parse(r.startedAt) + r.durationMs] as const);
-      for (let i = 1; i < intervals.length; i += 1) expect(intervals[i]![0]).to.be.at.least(intervals[i - 1]![1] - 5);
+      expect(done.durationMs, 'the test needs a sweep longer than the 1 s interval').to.be.above(
+        1100,
+      );
+      expect(
+        lines.some((l) => l.msg === 'previous sweep still running: skipping this tick'),
+      ).to.equal(true);
+      const intervals = runs.map(
+        (r) => [Date.parse(r.startedAt), Date.parse(r.startedAt) + r.durationMs] as const,
+      );
+      for (let i = 1; i < intervals.length; i += 1)
+        expect(intervals[i]![0]).to.be.at.least(intervals[i - 1]![1] - 5);
       expect(runs.reduce((sum, r) => sum + r.deleted, 0)).to.equal(2500);
-      expect(lines.find((l) => l.msg === 'sweep finished')).to.include({ deleted: 2500, lockHeld: true, outcome: 'done' });
+      expect(lines.find((l) => l.msg === 'sweep finished')).to.include({
+        deleted: 2500,
+        lockHeld: true,
+        outcome: 'done',
+      });
     });
 
     it('survives the database going away mid-sweep and finishes on a later tick', async () => {
       const target = new URL(database.url);
-      const proxy: TcpProxy = await startTcpProxy({ targetHost: target.hostname, targetPort: Number(target.port || 5432) });
+      const proxy: TcpProxy = await startTcpProxy({
+        targetHost: target.hostname,
+        targetPort: Number(target.port || 5432),
+      });
       cleanups.push(() => proxy.close());
       await putMixedRows(database, 1500);
       const { logger, lines } = captureLogger();
       const runs: SweepReport[] = [];
-      const sweeper = sweeperOn(extraPool(proxy.rewriteUrl(database.url)), { batchSize: 5, batchPauseMs: 1, onSweep: (r) => runs.push(r) }, logger);
+      const sweeper = sweeperOn(
+        extraPool(proxy.rewriteUrl(database.url)),
+        { batchSize: 5, batchPauseMs: 1, onSweep: (r) => runs.push(r) },
+        logger,
+      );
       sweeper.start();
-      await waitFor('the sweep to start deleting', async () => (await countRows(database, true)) < 1500);
+      await waitFor(
+        'the sweep to start deleting',
+        async () => (await countRows(database, true)) < 1500,
+      );
       await proxy.outage(1500);
       await waitFor('a failed sweep', () => runs.some((r) => r.outcome === 'failed'));
-      await waitFor('a complete sweep after the outage', () => runs.some((r) => r.outcome === 'done'), 20_000);
+      await waitFor(
+        'a complete sweep after the outage',
+        () => runs.some((r) => r.outcome === 'done'),
+        20_000,
+      );
       expect(lines.some((l) => l.msg === 'sweep failed; the next tick tries again')).to.equal(true);
       expect(await countRows(database, true)).to.equal(0);
       expect(await countRows(database, false)).to.equal(1500);
@@ -307,11 +404,23 @@ describe('sweeper', function () {
       const base = `http://127.0.0.1:${port}`;
       const scrape = async () => (await fetch(`${base}/metrics`).catch(() => undefined))?.text();
       const value = (metrics: string | undefined, series: string) =>
-        Number(metrics?.split('\n').find((l) => l.startsWith(`${series} `))?.split(' ')[1] ?? NaN);
-      await waitFor('a sweep to show in the metrics', async () => value(await scrape(), 'pulse_sweep_rows_deleted_total') === 300, 15_000);
+        Number(
+          metrics
+            ?.split('\n')
+            .find((l) => l.startsWith(`${series} `))
+            ?.split(' ')[1] ?? NaN,
+        );
+      await waitFor(
+        'a sweep to show in the metrics',
+        async () => value(await scrape(), 'pulse_sweep_rows_deleted_total') === 300,
+        15_000,
+      );
       const metrics = await scrape();
       expect(value(metrics, 'pulse_sweeps_total{outcome="done"}')).to.be.at.least(1);
-      expect(value(metrics, 'pulse_sweep_last_success_timestamp_seconds')).to.be.closeTo(Date.now() / 1000, 30);
+      expect(value(metrics, 'pulse_sweep_last_success_timestamp_seconds')).to.be.closeTo(
+        Date.now() / 1000,
+        30,
+      );
       expect(value(metrics, 'pulse_sweep_duration_seconds_count')).to.be.at.least(1);
       expect(value(metrics, 'pulse_sweep_lock_skipped_total')).to.equal(0);
       expect(value(metrics, 'pulse_pg_pool_connections{state="total"}')).to.be.a('number');
@@ -329,13 +438,17 @@ describe('sweeper', function () {
       await putRows(database, 1, 10, EXPIRED_AGE);
       await sql`INSERT INTO pulse_sweeper_lease (id, holder, renewed_at, expires_at)
         VALUES (1, 'someone-else', now(), now() + interval '1 hour')
-        ON CONFLICT (id) DO UPDATE SET holder = EXCLUDED.holder, expires_at = EXCLUDED.expires_at`.execute(database.db);
+        ON CONFLICT (id) DO UPDATE SET holder = EXCLUDED.holder, expires_at = EXCLUDED.expires_at`.execute(
+        database.db,
+      );
       const port = await freePort();
       const proc = runSweeper({ SWEEP_SCHEDULE: '* * * * * *', METRICS_PORT: String(port) });
       await waitFor(
         'a skipped tick in the metrics',
         async () => {
-          const metrics = await (await fetch(`http://127.0.0.1:${port}/metrics`).catch(() => undefined))?.text();
+          const metrics = await (
+            await fetch(`http://127.0.0.1:${port}/metrics`).catch(() => undefined)
+          )?.text();
           return /^pulse_sweep_lock_skipped_total [1-9]/m.test(metrics ?? '');
         },
         15_000,
@@ -347,14 +460,26 @@ describe('sweeper', function () {
 
     it('exits 0 after finishing the current batch on SIGTERM mid-sweep', async () => {
       await putRows(database, 1, 20_000, EXPIRED_AGE);
-      const proc = runSweeper({ SWEEP_SCHEDULE: '* * * * * *', SWEEP_BATCH_SIZE: '5', SWEEP_BATCH_PAUSE_MS: '2' });
-      await waitFor('the sweep to start deleting', async () => (await countRows(database)) < 19_900, 15_000);
+      const proc = runSweeper({
+        SWEEP_SCHEDULE: '* * * * * *',
+        SWEEP_BATCH_SIZE: '5',
+        SWEEP_BATCH_PAUSE_MS: '2',
+      });
+      await waitFor(
+        'the sweep to start deleting',
+        async () => (await countRows(database)) < 19_900,
+        15_000,
+      );
       proc.child.kill('SIGTERM');
       const [code] = await proc.exited;
       expect(code, proc.stderr()).to.equal(0);
       const left = await countRows(database);
       expect(left, 'SIGTERM should have arrived mid-sweep').to.be.above(0);
-      const logs = proc.stdout().trim().split('\n').map((l) => JSON.parse(l) as Record<string, unknown>);
+      const logs = proc
+        .stdout()
+        .trim()
+        .split('\n')
+        .map((l) => JSON.parse(l) as Record<string, unknown>);
       const stopped = logs.find((l) => l.msg === 'sweep stopped');
       expect(stopped).to.include({ outcome: 'stopped', lockHeld: true, deleted: 20_000 - left });
       expect((await readSweepLease(database.db))?.holder).to.equal(null);

@@ -59,12 +59,16 @@ export async function createTestDatabase(): Promise<TestDatabase> {
     },
     async ageOf(userId) {
       const { rows } = await sql<{ age: number }>`
-        SELECT extract(epoch FROM now() - last_hb)::float8 AS age FROM pulse WHERE user_id = ${userId}`.execute(db);
+        SELECT extract(epoch FROM now() - last_hb)::float8 AS age FROM pulse WHERE user_id = ${userId}`.execute(
+        db,
+      );
       return rows[0]?.age;
     },
     async snapshot() {
       const { rows } = await sql<{ row: string }>`
-        SELECT user_id::text || ' ' || last_hb::text AS row FROM pulse ORDER BY user_id`.execute(db);
+        SELECT user_id::text || ' ' || last_hb::text AS row FROM pulse ORDER BY user_id`.execute(
+        db,
+      );
       return rows.map((r) => r.row);
     },
   };

@@ -38,7 +38,14 @@ let embedded: EmbeddedServer | undefined;
 export async function startTestServer(): Promise<{ serverUrl: string; templateDb: string }> {
   let serverUrl = process.env.DATABASE_URL;
   if (!serverUrl) {
-    embedded = await startThrowawayPostgres(['-c', 'fsync=off', '-c', 'full_page_writes=off', '-c', 'max_connections=300']);
+    embedded = await startThrowawayPostgres([
+      '-c',
+      'fsync=off',
+      '-c',
+      'full_page_writes=off',
+      '-c',
+      'max_connections=300',
+    ]);
     serverUrl = embedded.url;
   }
   const templateDb = uniqueName('pulse_test_template');
