@@ -1,6 +1,7 @@
 import { spawn } from 'node:child_process';
 import { once } from 'node:events';
 import { expect } from 'chai';
+import pg from 'pg';
 import { freePort } from '../scripts/embedded-postgres.ts';
 import { createTestDatabase, type TestDatabase } from './support/database.ts';
 
@@ -15,7 +16,8 @@ describe('graceful shutdown of the API process', () => {
     await database.drop();
   });
 
-  it('on SIGTERM under load, exits 0 and every acknowledged heartbeat is in the table', async () => {
+  /** The real API process on a free port, answering /healthz. */
+  async function startApi(env: Record<string, string> = {}) {
     const port = await freePort();
     const api = spawn(process.execPath, ['--import', 'tsx', 'api/main.ts'], {
       env: {
@@ -23,9 +25,7 @@ describe('graceful shutdown of the API process', () => {
         DATABASE_URL: database.url,
         PORT: String(port),
         LOG_LEVEL: process.env.DEBUG_SHUTDOWN ? 'info' : 'silent',
-        // Long enough that heartbeats are still queued when the signal arrives.
-        HEARTBEAT_FLUSH_DELAY_MS: '50',
-        HEARTBEAT_FLUSH_MAX_IDS: '100000',
+        ...env,
       },
       stdio: process.env.DEBUG_SHUTDOWN ? 'inherit' : 'ignore',
     });
@@ -36,6 +36,67 @@ describe('graceful shutdown of the API process', () => {
       if (i > 200) throw new Error('the API did not start');
       await sleep(50);
     }
+    return { api, exited, base };
+  }
+
+  /** Holds a lock that makes every heartbeat statement wait until release(). */
+  async function blockWrites() {
+    const client = new pg.Client({ connectionString: database.url });
+    await client.connect();
+    await client.query('BEGIN');
+    await client.query('LOCK TABLE pulse IN EXCLUSIVE MODE');
+    return async () => {
+      await client.query('COMMIT');
+      await client.end();
+    };
+  }
+
+  const heartbeat = (base: string, userId: number) =>
+    fetch(`${base}/status/update`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ user_id: userId }),
+    }).catch(() => undefined);
+
+  it('forces exit 1 when cleanup outlives SHUTDOWN_TIMEOUT_SECONDS', async () => {
+    const { api, exited, base } = await startApi({ SHUTDOWN_TIMEOUT_SECONDS: '1' });
+    const release = await blockWrites();
+    try {
+      void heartbeat(base, 1); // stuck behind the lock: the server cannot finish it
+      await sleep(200);
+      const signalled = Date.now();
+      api.kill('SIGTERM');
+      const [code] = await exited;
+      expect(code).to.equal(1);
+      expect(Date.now() - signalled).to.be.within(800, 5_000);
+    } finally {
+      await release();
+    }
+  });
+
+  it('forces exit 1 on a second signal', async () => {
+    const { api, exited, base } = await startApi({ SHUTDOWN_TIMEOUT_SECONDS: '60' });
+    const release = await blockWrites();
+    try {
+      void heartbeat(base, 2);
+      await sleep(200);
+      api.kill('SIGTERM');
+      await sleep(300);
+      expect(api.exitCode).to.equal(null); // still waiting for the stuck request
+      api.kill('SIGINT');
+      const [code] = await exited;
+      expect(code).to.equal(1);
+    } finally {
+      await release();
+    }
+  });
+
+  it('on SIGTERM under load, exits 0 and every acknowledged heartbeat is in the table', async () => {
+    const { api, exited, base } = await startApi({
+      // Long enough that heartbeats are still queued when the signal arrives.
+      HEARTBEAT_FLUSH_DELAY_MS: '50',
+      HEARTBEAT_FLUSH_MAX_IDS: '100000',
+    });
 
     const acknowledged: number[] = [];
     let refused = 0;
