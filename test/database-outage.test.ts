@@ -1,8 +1,12 @@
 import { expect } from 'chai';
-import pg from 'pg';
 import { openDatabase, type DatabaseHandle } from '../lib/db.ts';
 import { startTestApp, type TestApp } from './support/app.ts';
-import { createTestDatabase, silentLogger, type TestDatabase } from './support/database.ts';
+import {
+  createTestDatabase,
+  lockPulse,
+  silentLogger,
+  type TestDatabase,
+} from './support/database.ts';
 import { startTcpProxy, type TcpProxy } from './support/tcp-proxy.ts';
 
 describe('database outage', () => {
@@ -77,18 +81,15 @@ describe('database outage', () => {
       statementTimeoutMs: 200,
     });
     const impatientApp = await startTestApp({ ...impatient, url: database.url });
-    const locker = new pg.Client({ connectionString: database.url });
-    await locker.connect();
+    const release = await lockPulse(database.url, 'ACCESS EXCLUSIVE'); // even reads wait
     try {
-      await locker.query('BEGIN');
-      await locker.query('LOCK TABLE pulse IN ACCESS EXCLUSIVE MODE'); // even reads wait
       const started = Date.now();
       await expectUnavailable(await impatientApp.get('/status/1'));
       expect(Date.now() - started).to.be.below(5_000);
-      await locker.query('COMMIT');
+      await release();
       expect((await impatientApp.get('/status/1')).status).to.equal(200);
     } finally {
-      await locker.end();
+      await release().catch(() => undefined); // already released when the test passed
       await impatientApp.close();
       await impatient.close();
     }

@@ -7,7 +7,7 @@ import {
   type GroupCommitOptions,
 } from '../api/heartbeat-writer.ts';
 import { startTestApp, type TestApp } from './support/app.ts';
-import { createTestDatabase, type TestDatabase } from './support/database.ts';
+import { createTestDatabase, lockPulse, type TestDatabase } from './support/database.ts';
 
 const range = (from: number, count: number) => Array.from({ length: count }, (_, i) => from + i);
 
@@ -32,18 +32,6 @@ describe('group commit', () => {
       },
       { onFlush: ({ ids }) => flushes.push(ids) },
     );
-  }
-
-  /** Holds a lock that blocks every write to pulse until release() is called. */
-  async function blockWrites() {
-    const client = new pg.Client({ connectionString: database.url });
-    await client.connect();
-    await client.query('BEGIN');
-    await client.query('LOCK TABLE pulse IN EXCLUSIVE MODE');
-    return async () => {
-      await client.query('COMMIT');
-      await client.end();
-    };
   }
 
   it('writes many concurrent heartbeats in far fewer statements than requests', async () => {
@@ -124,7 +112,7 @@ describe('group commit', () => {
   });
 
   it('refuses heartbeats once the queue is full, and writes the queued ones later', async () => {
-    const release = await blockWrites();
+    const release = await lockPulse(database.url);
     const heartbeats = writer({
       maxBatchIds: 2,
       maxDelayMs: 1,
@@ -177,7 +165,7 @@ describe('group commit', () => {
         HEARTBEAT_MAX_CONCURRENT_FLUSHES: '1',
         HEARTBEAT_QUEUE_MAX_IDS: '2',
       });
-      const release = await blockWrites();
+      const release = await lockPulse(database.url);
       const accepted = [app.post('/status/update', { user_id: 1 })];
       await new Promise((resolve) => setTimeout(resolve, 50));
       accepted.push(

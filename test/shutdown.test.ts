@@ -1,9 +1,8 @@
 import { spawn } from 'node:child_process';
 import { once } from 'node:events';
 import { expect } from 'chai';
-import pg from 'pg';
 import { freePort } from '../scripts/embedded-postgres.ts';
-import { createTestDatabase, type TestDatabase } from './support/database.ts';
+import { createTestDatabase, lockPulse, type TestDatabase } from './support/database.ts';
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
@@ -39,18 +38,6 @@ describe('graceful shutdown of the API process', () => {
     return { api, exited, base };
   }
 
-  /** Holds a lock that makes every heartbeat statement wait until release(). */
-  async function blockWrites() {
-    const client = new pg.Client({ connectionString: database.url });
-    await client.connect();
-    await client.query('BEGIN');
-    await client.query('LOCK TABLE pulse IN EXCLUSIVE MODE');
-    return async () => {
-      await client.query('COMMIT');
-      await client.end();
-    };
-  }
-
   const heartbeat = (base: string, userId: number) =>
     fetch(`${base}/status/update`, {
       method: 'POST',
@@ -60,7 +47,7 @@ describe('graceful shutdown of the API process', () => {
 
   it('forces exit 1 when cleanup outlives SHUTDOWN_TIMEOUT_SECONDS', async () => {
     const { api, exited, base } = await startApi({ SHUTDOWN_TIMEOUT_SECONDS: '1' });
-    const release = await blockWrites();
+    const release = await lockPulse(database.url);
     try {
       void heartbeat(base, 1); // stuck behind the lock: the server cannot finish it
       await sleep(200);
@@ -76,7 +63,7 @@ describe('graceful shutdown of the API process', () => {
 
   it('forces exit 1 on a second signal', async () => {
     const { api, exited, base } = await startApi({ SHUTDOWN_TIMEOUT_SECONDS: '60' });
-    const release = await blockWrites();
+    const release = await lockPulse(database.url);
     try {
       void heartbeat(base, 2);
       await sleep(200);

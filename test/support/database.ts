@@ -1,4 +1,5 @@
 import { sql } from 'kysely';
+import pg from 'pg';
 import { openDatabase, type DatabaseHandle } from '../../lib/db.ts';
 import { createLogger } from '../../lib/logger.ts';
 import { adminQuery, SERVER_URL_VAR, TEMPLATE_DB_VAR, uniqueName, withDatabase } from './server.ts';
@@ -27,6 +28,24 @@ function env(name: string): string {
 }
 
 export const serverUrl = (): string => env(SERVER_URL_VAR);
+
+/**
+ * Locks `pulse` from another connection until the returned release() is called: EXCLUSIVE blocks
+ * every write, ACCESS EXCLUSIVE reads too.
+ */
+export async function lockPulse(
+  databaseUrl: string,
+  mode: 'EXCLUSIVE' | 'ACCESS EXCLUSIVE' = 'EXCLUSIVE',
+): Promise<() => Promise<void>> {
+  const client = new pg.Client({ connectionString: databaseUrl });
+  await client.connect();
+  await client.query('BEGIN');
+  await client.query(`LOCK TABLE pulse IN ${mode} MODE`);
+  return async () => {
+    await client.query('COMMIT');
+    await client.end();
+  };
+}
 
 /** A fresh database, copied from the migrated template. */
 export async function createTestDatabase(): Promise<TestDatabase> {
