@@ -55,7 +55,7 @@ describe('migrate, api and sweeper as three processes', function () {
       await sleep(50);
     }
 
-    const status = async () => (await (await fetch(`${base}/status/42`)).json()) as unknown;
+    const status = async (): Promise<unknown> => (await fetch(`${base}/status/42`)).json();
     const rows = async () => {
       const client = new pg.Client({ connectionString: url });
       await client.connect();
@@ -82,7 +82,9 @@ describe('migrate, api and sweeper as three processes', function () {
     expect(await status()).to.deep.equal({ user_id: 42, is_online: false });
 
     for (const child of children) child.kill('SIGTERM');
-    const codes = await Promise.all(children.map(async (child) => (await once(child, 'exit'))[0]));
+    const codes = await Promise.all(
+      children.map(async (child) => ((await once(child, 'exit')) as [number | null])[0]),
+    );
     expect(codes).to.deep.equal([0, 0]);
   });
 });
