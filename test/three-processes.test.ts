@@ -29,8 +29,8 @@ describe('migrate, api and sweeper as three processes', function () {
       PATH: process.env.PATH,
       DATABASE_URL: url,
       LOG_LEVEL: 'silent',
-      ONLINE_THRESHOLD_SECONDS: '1',
-      SWEEP_OLDER_THAN_SECONDS: '3',
+      ONLINE_THRESHOLD_SECONDS: '2',
+      SWEEP_OLDER_THAN_SECONDS: '6',
       SWEEP_SCHEDULE: '* * * * * *',
       METRICS_PORT: '0',
     };
@@ -71,12 +71,12 @@ describe('migrate, api and sweeper as three processes', function () {
     expect(sent.status).to.equal(200);
     expect(await status()).to.deep.equal({ user_id: 42, is_online: true });
 
-    await sleep(1500); // past the online threshold, before the sweep age
+    await sleep(2500); // past the online threshold, well before the sweep age
     expect(await status()).to.deep.equal({ user_id: 42, is_online: false });
     expect(await rows()).to.equal(1);
 
     for (let i = 0; (await rows()) !== 0; i += 1) {
-      if (i > 100) throw new Error('the sweeper did not delete the row');
+      if (i > 200) throw new Error('the sweeper did not delete the row');
       await sleep(100);
     }
     expect(await status()).to.deep.equal({ user_id: 42, is_online: false });
