@@ -9,7 +9,10 @@ import { randomSecret } from './support/tokens.ts';
  */
 async function runApi(env: Record<string, string>): Promise<FinishedRun> {
   const api = startEntryPoint('api', { env: { HOST: '127.0.0.1', PORT: '0', ...env } });
-  await Promise.race([api.exited, api.waitForOutput('pulse api listening').catch(() => undefined)]);
+  await Promise.race([
+    api.exited,
+    api.waitForOutput('pulse api listening', { timeoutMs: 45_000 }).catch(() => undefined),
+  ]);
   const status = await api.stop();
   return { ...status, stdout: api.stdout(), stderr: api.stderr(), output: api.output() };
 }

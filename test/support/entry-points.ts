@@ -228,7 +228,7 @@ export async function startApi(
   env: Record<string, string | undefined>,
 ): Promise<{ api: EntryPointProcess; baseUrl: string }> {
   const port = await freePort();
-  const api = startEntryPoint('api', { env: { HOST: '127.0.0.1', PORT: String(port), ...env } });
+  const api = startEntryPoint('api', { env: { HOST: '127.0.0.1', ...env, PORT: String(port) } });
   const baseUrl = `http://127.0.0.1:${port}`;
   await api.waitForHttp(`${baseUrl}/healthz`, { timeoutMs: 45_000 });
   return { api, baseUrl };
@@ -240,7 +240,7 @@ export async function startSweeper(
 ): Promise<{ sweeper: EntryPointProcess; opsUrl: string }> {
   const port = await freePort();
   const sweeper = startEntryPoint('sweeper', {
-    env: { METRICS_HOST: '127.0.0.1', METRICS_PORT: String(port), ...env },
+    env: { METRICS_HOST: '127.0.0.1', ...env, METRICS_PORT: String(port) },
   });
   const opsUrl = `http://127.0.0.1:${port}`;
   await sweeper.waitForHttp(`${opsUrl}/healthz`, { timeoutMs: 45_000 });
