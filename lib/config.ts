@@ -63,10 +63,12 @@ export type JwtPublicKeyAlgorithm = 'RS256' | 'ES256';
  * PEM fits on one line of an env file. Throws an Error whose message completes
  * "AUTH_JWT_PUBLIC_KEY ...".
  */
-export function parseJwtPublicKey(pem: string): {
+export interface JwtPublicKey {
   key: KeyObject;
   algorithm: JwtPublicKeyAlgorithm;
-} {
+}
+
+export function parseJwtPublicKey(pem: string): JwtPublicKey {
   const text = pem.replaceAll('\\n', '\n').trim();
   if (/PRIVATE KEY/.test(text)) {
     throw new Error('must be a public key, not a private key (the API only verifies tokens)');
@@ -104,13 +106,15 @@ const authFields = {
       'must be at least 32 bytes (for example: openssl rand -base64 48)',
     )
     .optional(),
+  // Parsed here, once: the API verifies tokens with the key object, never with the PEM text.
   AUTH_JWT_PUBLIC_KEY: z
     .string()
-    .superRefine((value, ctx) => {
+    .transform((value, ctx) => {
       try {
-        parseJwtPublicKey(value);
+        return parseJwtPublicKey(value);
       } catch (error) {
         ctx.addIssue({ code: 'custom', message: (error as Error).message });
+        return z.NEVER;
       }
     })
     .optional(),
