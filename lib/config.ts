@@ -180,7 +180,7 @@ const sweeperSchema = z
     SWEEP_SCHEDULE: cronExpression.default('*/10 * * * * *'),
     SWEEP_OLDER_THAN_SECONDS: integer(1, 86_400 * 30, 30),
     SWEEP_BATCH_SIZE: integer(1, 1_000_000, 10_000),
-    SWEEP_LOCK_TTL_SECONDS: integer(1, 3_600, 30),
+    SWEEP_LEASE_TTL_SECONDS: integer(1, 3_600, 30),
     SWEEP_BATCH_PAUSE_MS: integer(0, 60_000, 0),
     METRICS_PORT: integer(0, 65_535, 9464),
     METRICS_HOST: z.string().trim().min(1, 'must not be empty').default('127.0.0.1'),
@@ -250,7 +250,21 @@ export type SweeperConfig = z.output<typeof sweeperSchema>;
 export type MigrateConfig = z.output<typeof migrateSchema>;
 
 export const loadApiConfig = (env: Env): Readonly<ApiConfig> => parse(apiSchema, env);
-export const loadSweeperConfig = (env: Env): Readonly<SweeperConfig> => parse(sweeperSchema, env);
+export const loadSweeperConfig = (env: Env): Readonly<SweeperConfig> =>
+  parse(sweeperSchema, withLeaseTtlAlias(env));
+
+/** SWEEP_LOCK_TTL_SECONDS is the old name of SWEEP_LEASE_TTL_SECONDS, still accepted. */
+function withLeaseTtlAlias(env: Env): Env {
+  const old = env.SWEEP_LOCK_TTL_SECONDS?.trim();
+  if (!old) return env;
+  const current = env.SWEEP_LEASE_TTL_SECONDS?.trim();
+  if (current && current !== old) {
+    throw new ConfigError([
+      `SWEEP_LOCK_TTL_SECONDS is the old name of SWEEP_LEASE_TTL_SECONDS: set only one (got ${JSON.stringify(old)} and ${JSON.stringify(current)})`,
+    ]);
+  }
+  return { ...env, SWEEP_LEASE_TTL_SECONDS: old };
+}
 export const loadMigrateConfig = (env: Env): Readonly<MigrateConfig> => parse(migrateSchema, env);
 export const loadStartConfig = (env: Env): Readonly<z.output<typeof startSchema>> =>
   parse(startSchema, env);

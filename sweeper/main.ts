@@ -21,7 +21,7 @@ runMain(async () => {
     schedule: config.SWEEP_SCHEDULE,
     olderThanSeconds: config.SWEEP_OLDER_THAN_SECONDS,
     batchSize: config.SWEEP_BATCH_SIZE,
-    lockTtlSeconds: config.SWEEP_LOCK_TTL_SECONDS,
+    leaseTtlSeconds: config.SWEEP_LEASE_TTL_SECONDS,
     batchPauseMs: config.SWEEP_BATCH_PAUSE_MS,
   };
   const database = openDatabase({

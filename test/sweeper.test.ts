@@ -50,10 +50,13 @@ async function countRows(database: TestDatabase, expired?: boolean): Promise<num
   return Number((await query.executeTakeFirstOrThrow()).n);
 }
 
-function captureLogger(): { logger: Logger; lines: Array<Record<string, unknown>> } {
+function captureLogger(level = 'info'): {
+  logger: Logger;
+  lines: Array<Record<string, unknown>>;
+} {
   const lines: Array<Record<string, unknown>> = [];
   const logger = pino(
-    { level: 'info' },
+    { level },
     { write: (line: string) => void lines.push(JSON.parse(line) as Record<string, unknown>) },
   );
   return { logger, lines };
@@ -64,7 +67,7 @@ function options(overrides: Partial<SweeperOptions> = {}): SweeperOptions {
     schedule: '* * * * * *',
     olderThanSeconds: OLDER_THAN,
     batchSize: 100,
-    lockTtlSeconds: 30,
+    leaseTtlSeconds: 30,
     ...overrides,
   };
 }
@@ -131,14 +134,14 @@ describe('sweeper', function () {
   });
 
   describe('one sweep', () => {
-    it('deletes every expired row in batches, keeps fresh rows, reports, and releases the lock', async () => {
+    it('deletes every expired row in batches, keeps fresh rows, reports, and releases the lease', async () => {
       await putMixedRows(database, 500);
       const reports: SweepReport[] = [];
       const sweeper = sweeperOn(database, { batchSize: 70, onSweep: (r) => reports.push(r) });
       const report = await sweeper.sweepOnce();
       expect(report).to.include({
         outcome: 'done',
-        lockHeld: true,
+        leaseHeld: true,
         deleted: 500,
         batches: Math.ceil(1000 / 70),
       });
@@ -180,12 +183,12 @@ describe('sweeper', function () {
       const outcomes = runs.map((r) => r.report.outcome);
       expect(outcomes).to.not.include('failed');
       expect(outcomes).to.include('skipped');
-      const sweeps = runs.filter((r) => r.report.lockHeld);
+      const sweeps = runs.filter((r) => r.report.leaseHeld);
       expect(sweeps.length).to.be.at.least(1);
       expect(runs.reduce((sum, r) => sum + r.report.deleted, 0)).to.equal(3000);
       expect(
         runs
-          .filter((r) => !r.report.lockHeld)
+          .filter((r) => !r.report.leaseHeld)
           .every((r) => r.report.deleted === 0 && r.report.batches === 0),
       ).to.equal(true);
       expect(await countRows(database, true)).to.equal(0);
@@ -219,7 +222,7 @@ describe('sweeper', function () {
           while (Date.now() < until) {
             const report = await sweeper.sweepOnce();
             expect(report.outcome).to.be.oneOf(['done', 'skipped']);
-            if (report.lockHeld) {
+            if (report.leaseHeld) {
               const from = Date.parse(report.startedAt);
               sweeps.push({ app, from, to: from + report.durationMs + 1 });
             }
@@ -231,7 +234,7 @@ describe('sweeper', function () {
         app: string;
         at: Date;
       }>`SELECT app, at FROM delete_log ORDER BY at`.execute(database.db);
-      // Each lock-holding sweep's DELETEs span [first, last]; two such spans must never overlap.
+      // Each lease-holding sweep's DELETEs span [first, last]; two such spans must never overlap.
       const spans = sweeps
         .map((sweep) => {
           const mine = rows.filter(
@@ -272,25 +275,43 @@ describe('sweeper', function () {
         VALUES (1, 'crashed-sweeper', now() + interval '1.5 seconds')`.execute(database.db);
       const sweeper = sweeperOn(database);
       const skipped = await sweeper.sweepOnce();
-      expect(skipped).to.include({ outcome: 'skipped', lockHeld: false, deleted: 0, batches: 0 });
+      expect(skipped).to.include({ outcome: 'skipped', leaseHeld: false, deleted: 0, batches: 0 });
       expect(await countRows(database)).to.equal(100);
 
-      const { logger, lines } = captureLogger();
+      const { logger, lines } = captureLogger('debug');
       const scheduled = sweeperOn(database, {}, logger);
       scheduled.start();
       await waitFor('a sweep after the lease expired', () =>
         lines.some((l) => l.msg === 'sweep finished'),
       );
       const skipLine = lines.find(
-        (l) => l.msg === 'another sweeper holds the sweep lock: skipping this tick',
+        (l) => l.msg === 'another sweeper holds the sweep lease: skipping this tick',
       );
-      expect(skipLine).to.include({ outcome: 'skipped', lockHeld: false, deleted: 0 });
+      // Skipping is routine (another sweeper's turn): debug, not info.
+      expect(skipLine).to.include({ level: 20 });
+      expect(skipLine).to.include({ outcome: 'skipped', leaseHeld: false, deleted: 0 });
       expect(lines.find((l) => l.msg === 'sweep finished')).to.include({
         outcome: 'done',
-        lockHeld: true,
+        leaseHeld: true,
         deleted: 100,
       });
       expect(await countRows(database)).to.equal(0);
+    });
+
+    it('log a sweep that deleted rows at info and an idle one (nothing expired) at debug', async () => {
+      await putRows(database, 1, 10, EXPIRED_AGE);
+      const { logger, lines } = captureLogger('debug');
+      const scheduled = sweeperOn(database, {}, logger);
+      scheduled.start();
+      await waitFor('an idle sweep after the first one', () =>
+        lines.some((l) => l.msg === 'sweep finished' && l.deleted === 0),
+      );
+      await scheduled.stop();
+      const finished = lines.filter((l) => l.msg === 'sweep finished');
+      expect(finished[0]).to.include({ deleted: 10, level: 30 });
+      const idle = finished.filter((l) => l.deleted === 0);
+      expect(idle.length).to.be.greaterThan(0);
+      for (const line of idle) expect(line.level).to.equal(20);
     });
 
     it('stop sweeping at the next batch when their lease was taken over', async () => {
@@ -300,7 +321,7 @@ describe('sweeper', function () {
       await waitFor('the sweep to start deleting', async () => (await countRows(database)) < 2000);
       await sql`UPDATE pulse_sweeper_lease SET holder = 'other-sweeper'`.execute(database.db);
       const report = await sweeping;
-      expect(report).to.include({ outcome: 'lease-lost', lockHeld: true });
+      expect(report).to.include({ outcome: 'lease-lost', leaseHeld: true });
       const left = await countRows(database);
       expect(left).to.be.above(0);
       expect(report.deleted).to.equal(2000 - left);
@@ -336,7 +357,7 @@ describe('sweeper', function () {
       expect(runs.reduce((sum, r) => sum + r.deleted, 0)).to.equal(2500);
       expect(lines.find((l) => l.msg === 'sweep finished')).to.include({
         deleted: 2500,
-        lockHeld: true,
+        leaseHeld: true,
         outcome: 'done',
       });
     });
@@ -422,7 +443,7 @@ describe('sweeper', function () {
         30,
       );
       expect(value(metrics, 'pulse_sweep_duration_seconds_count')).to.be.at.least(1);
-      expect(value(metrics, 'pulse_sweep_lock_skipped_total')).to.equal(0);
+      expect(value(metrics, 'pulse_sweep_skipped_total')).to.equal(0);
       expect(value(metrics, 'pulse_pg_pool_connections{state="total"}')).to.be.a('number');
       expect((await fetch(`${base}/healthz`)).status).to.equal(200);
       const ready = await fetch(`${base}/readyz`);
@@ -434,7 +455,7 @@ describe('sweeper', function () {
       expect(code).to.equal(0);
     });
 
-    it('counts skipped ticks when another sweeper holds the lock', async () => {
+    it('counts skipped ticks when another sweeper holds the lease', async () => {
       await putRows(database, 1, 10, EXPIRED_AGE);
       await sql`INSERT INTO pulse_sweeper_lease (id, holder, renewed_at, expires_at)
         VALUES (1, 'someone-else', now(), now() + interval '1 hour')
@@ -449,7 +470,7 @@ describe('sweeper', function () {
           const metrics = await (
             await fetch(`http://127.0.0.1:${port}/metrics`).catch(() => undefined)
           )?.text();
-          return /^pulse_sweep_lock_skipped_total [1-9]/m.test(metrics ?? '');
+          return /^pulse_sweep_skipped_total [1-9]/m.test(metrics ?? '');
         },
         15_000,
       );
@@ -481,7 +502,7 @@ describe('sweeper', function () {
         .split('\n')
         .map((l) => JSON.parse(l) as Record<string, unknown>);
       const stopped = logs.find((l) => l.msg === 'sweep stopped');
-      expect(stopped).to.include({ outcome: 'stopped', lockHeld: true, deleted: 20_000 - left });
+      expect(stopped).to.include({ outcome: 'stopped', leaseHeld: true, deleted: 20_000 - left });
       expect((await readSweepLease(database.db))?.holder).to.equal(null);
     });
 
@@ -493,7 +514,7 @@ describe('sweeper', function () {
       const lines = proc.stdout().trim().split('\n');
       expect(lines).to.have.length(1);
       const report = JSON.parse(lines[0]!) as SweepReport;
-      expect(report).to.include({ outcome: 'done', lockHeld: true, deleted: 300, batches: 6 });
+      expect(report).to.include({ outcome: 'done', leaseHeld: true, deleted: 300, batches: 6 });
       expect(report.durationMs).to.be.a('number');
     });
 
