@@ -37,8 +37,9 @@ export function assembleApi(
           maxQueuedIds: config.HEARTBEAT_QUEUE_MAX_IDS,
         },
         metrics.flushObserver,
+        logger,
       )
-    : new DirectHeartbeatWriter(database.db, metrics.flushObserver);
+    : new DirectHeartbeatWriter(database.db, metrics.flushObserver, logger);
   metrics.watchQueue(heartbeats);
   const statuses = config.STATUS_READ_COALESCING
     ? new CoalescingStatusReader(database.db, config.ONLINE_THRESHOLD_SECONDS)
