@@ -37,23 +37,20 @@ runMain(async () => {
     onSweep: createSweeperMetrics(registry),
   });
 
-  if (values.once) {
-    // SIGTERM during a one-off sweep: finish the current batch, print the report, exit 0.
-    const stop = () => void sweeper.stop();
-    process.once('SIGTERM', stop).once('SIGINT', stop);
-    try {
-      const report = await sweeper.sweepOnce();
-      process.stdout.write(`${JSON.stringify(report)}\n`);
-      if (report.outcome === 'failed') process.exitCode = 1;
-    } finally {
-      await database.close();
-    }
-    return;
-  }
-
+  // Signals are handled the same way in both modes: the first SIGTERM/SIGINT lets the current
+  // batch finish and exits 0; a second one, or SHUTDOWN_TIMEOUT_SECONDS, forces exit 1.
   const shutdown = new GracefulShutdown(logger, config.SHUTDOWN_TIMEOUT_SECONDS);
   shutdown.listen();
   shutdown.add('database pool', () => database.close());
+
+  if (values.once) {
+    shutdown.add('sweeper', () => sweeper.stop());
+    const report = await sweeper.sweepOnce();
+    process.stdout.write(`${JSON.stringify(report)}\n`);
+    if (report.outcome === 'failed') process.exitCode = 1;
+    await shutdown.stop();
+    return;
+  }
   const ops = await startOpsServer({
     db: database.db,
     registry,

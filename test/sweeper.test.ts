@@ -10,7 +10,12 @@ import type { Logger } from '../lib/logger.ts';
 import { sweepExpiredBatch } from '../lib/pulse-store.ts';
 import { readSweepLease } from '../lib/sweep-lease.ts';
 import { Sweeper, type SweepReport, type SweeperOptions } from '../sweeper/sweeper.ts';
-import { createTestDatabase, silentLogger, type TestDatabase } from './support/database.ts';
+import {
+  createTestDatabase,
+  lockPulse,
+  silentLogger,
+  type TestDatabase,
+} from './support/database.ts';
 import { startTcpProxy, type TcpProxy } from './support/tcp-proxy.ts';
 
 const OLDER_THAN = 30;
@@ -516,6 +521,49 @@ describe('sweeper', function () {
       const report = JSON.parse(lines[0]!) as SweepReport;
       expect(report).to.include({ outcome: 'done', leaseHeld: true, deleted: 300, batches: 6 });
       expect(report.durationMs).to.be.a('number');
+    });
+
+    describe('--once on a signal, like the scheduled sweeper', () => {
+      /** A --once sweep stuck in its DELETE behind a table lock held by the test. */
+      async function stuckOnce(env: Record<string, string>) {
+        await putRows(database, 1, 10, EXPIRED_AGE);
+        const release = await lockPulse(database.url);
+        cleanups.push(release);
+        const proc = runSweeper({ SWEEP_BATCH_SIZE: '100', ...env }, ['--once']);
+        await waitFor(
+          'the sweep to wait for the table lock',
+          async () => {
+            const { rows } = await sql<{ n: string }>`
+            SELECT count(*) AS n FROM pg_stat_activity
+            WHERE application_name = 'pulse-sweeper' AND wait_event_type = 'Lock'`.execute(
+              database.db,
+            );
+            return Number(rows[0]?.n) > 0;
+          },
+          30_000,
+        );
+        return proc;
+      }
+
+      it('exits 1 when the sweep outlasts SHUTDOWN_TIMEOUT_SECONDS after SIGTERM', async () => {
+        const proc = await stuckOnce({ SHUTDOWN_TIMEOUT_SECONDS: '1' });
+        const signalled = Date.now();
+        proc.child.kill('SIGTERM');
+        const [code] = await proc.exited;
+        expect(code, proc.stderr()).to.equal(1);
+        expect(Date.now() - signalled).to.be.below(10_000);
+        expect(proc.stdout()).to.match(/shutdown timed out: forcing exit/);
+      });
+
+      it('exits 1 on a second signal', async () => {
+        const proc = await stuckOnce({ SHUTDOWN_TIMEOUT_SECONDS: '60' });
+        proc.child.kill('SIGTERM');
+        await waitFor('the shutdown to start', () => proc.stdout().includes('shutting down'));
+        proc.child.kill('SIGTERM');
+        const [code, signal] = await proc.exited;
+        expect({ code, signal }, proc.stderr()).to.deep.equal({ code: 1, signal: null });
+        expect(proc.stdout()).to.match(/second signal: forcing exit/);
+      });
     });
 
     it('refuses to start with an invalid cron expression', async () => {
