@@ -1,14 +1,14 @@
 import { loadApiConfig } from '../lib/config.ts';
 import { DEFAULT_STATEMENT_TIMEOUT_MS, openDatabase } from '../lib/db.ts';
 import { runMain } from '../lib/entry.ts';
-import { createLogger } from '../lib/logger.ts';
+import { createProcessLogger } from '../lib/logger.ts';
 import { listen } from '../http/server.ts';
 import { GracefulShutdown } from '../lib/shutdown.ts';
 import { assembleApi } from './assemble.ts';
 
 runMain(async () => {
   const config = loadApiConfig(process.env);
-  const logger = createLogger('pulse-api', config.LOG_LEVEL);
+  const logger = createProcessLogger('pulse-api', config.LOG_LEVEL, config.LOG_FORMAT);
   if (config.AUTH_MODE === 'none') {
     logger.warn(
       "AUTH_MODE=none: requests are not authenticated, anyone can set anyone's status; " +

@@ -46,10 +46,16 @@ const cronExpression = z
   .trim()
   .refine((value) => cron.validate(value), 'must be a valid cron expression (5 or 6 fields)');
 
+// Log format: readable lines at a terminal, JSON lines everywhere else (lib/logger.ts).
+const logFormat = z
+  .enum(['auto', 'json', 'pretty'], { error: 'must be "auto", "json" or "pretty"' })
+  .default('auto');
+
 const common = {
   DATABASE_URL: databaseUrl,
   PG_POOL_MAX: integer(1, 1000, 10),
   LOG_LEVEL: logLevel,
+  LOG_FORMAT: logFormat,
   ONLINE_THRESHOLD_SECONDS: integer(1, 86_400, 20),
   SHUTDOWN_TIMEOUT_SECONDS: integer(1, 3_600, 10),
 };
@@ -194,6 +200,7 @@ const sweeperSchema = z
 const migrateSchema = z.object({
   DATABASE_URL: databaseUrl,
   LOG_LEVEL: logLevel,
+  LOG_FORMAT: logFormat,
   // Unset: leave the table as it is (switching rewrites the whole table under an exclusive lock).
   PULSE_TABLE_UNLOGGED: z
     .stringbool({ truthy: ['true', '1', 'yes', 'on'], falsy: ['false', '0', 'no', 'off'] })

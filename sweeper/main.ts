@@ -2,7 +2,7 @@ import { parseArgs } from 'node:util';
 import { loadSweeperConfig } from '../lib/config.ts';
 import { DEFAULT_STATEMENT_TIMEOUT_MS, openDatabase } from '../lib/db.ts';
 import { runMain } from '../lib/entry.ts';
-import { createLogger } from '../lib/logger.ts';
+import { createProcessLogger } from '../lib/logger.ts';
 import { createRegistry } from '../lib/metrics.ts';
 import { GracefulShutdown } from '../lib/shutdown.ts';
 import { createSweeperMetrics } from './metrics.ts';
@@ -16,7 +16,7 @@ import { Sweeper } from './sweeper.ts';
 runMain(async () => {
   const { values } = parseArgs({ options: { once: { type: 'boolean', default: false } } });
   const config = loadSweeperConfig(process.env);
-  const logger = createLogger('pulse-sweeper', config.LOG_LEVEL);
+  const logger = createProcessLogger('pulse-sweeper', config.LOG_LEVEL, config.LOG_FORMAT);
   const sweeperOptions = {
     schedule: config.SWEEP_SCHEDULE,
     olderThanSeconds: config.SWEEP_OLDER_THAN_SECONDS,
