@@ -21,6 +21,8 @@ export interface AppDeps {
   registry: Registry;
   httpMetrics: RequestHandler;
   config: AuthConfig & {
+    /** Set: /metrics is served by the separate metrics listener, not by this app. */
+    METRICS_PORT?: number | undefined;
     BATCH_MAX_IDS: number;
     BODY_LIMIT_BYTES: number;
   };
@@ -76,7 +78,7 @@ export function buildApp({
   app.use(httpMetrics);
 
   // Probes, metrics and the contract are public; /status needs a caller (before any body is read).
-  app.use(opsRoutes({ db, registry }));
+  app.use(opsRoutes({ db, registry: config.METRICS_PORT === undefined ? registry : undefined }));
   app.get('/openapi.json', (_req, res) => {
     res.json(openApiDocument);
   });

@@ -177,6 +177,16 @@ const apiSchema = z
     HEARTBEAT_FLUSH_DELAY_MS: integer(0, 1000, 2),
     HEARTBEAT_MAX_CONCURRENT_FLUSHES: integer(1, 100, 2),
     HEARTBEAT_QUEUE_MAX_IDS: integer(1, 10_000_000, 100_000),
+    // Metrics listener: set METRICS_PORT to serve /metrics there (with /healthz, /readyz) and no
+    // longer on PORT, so the public port never shows them. Unset: /metrics on PORT.
+    METRICS_PORT: z
+      .string()
+      .trim()
+      .regex(/^\d+$/, 'must be a whole number')
+      .transform(Number)
+      .pipe(z.number().max(65_535, 'must be at most 65535'))
+      .optional(),
+    METRICS_HOST: z.string().trim().min(1, 'must not be empty').default('127.0.0.1'),
   })
   .superRefine(checkAuth);
 
