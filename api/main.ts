@@ -1,6 +1,7 @@
 import { loadApiConfig } from '../lib/config.ts';
 import { DEFAULT_STATEMENT_TIMEOUT_MS, openDatabase } from '../lib/db.ts';
 import { runMain } from '../lib/entry.ts';
+import { checkStatementTimeout } from '../lib/statement-timeout.ts';
 import { createProcessLogger } from '../lib/logger.ts';
 import { startOpsServer } from '../http/ops-server.ts';
 import { listen } from '../http/server.ts';
@@ -27,6 +28,7 @@ runMain(async () => {
     statementTimeoutMs: DEFAULT_STATEMENT_TIMEOUT_MS,
   });
   shutdown.add('database pool', () => database.close());
+  void checkStatementTimeout(database.db, DEFAULT_STATEMENT_TIMEOUT_MS, logger);
 
   const { app, heartbeats, registry } = assembleApi(database, config, logger);
   shutdown.add('heartbeat queue', () => heartbeats.close());

@@ -2,6 +2,7 @@ import { parseArgs } from 'node:util';
 import { loadSweeperConfig } from '../lib/config.ts';
 import { DEFAULT_STATEMENT_TIMEOUT_MS, openDatabase } from '../lib/db.ts';
 import { runMain } from '../lib/entry.ts';
+import { checkStatementTimeout } from '../lib/statement-timeout.ts';
 import { createProcessLogger } from '../lib/logger.ts';
 import { createRegistry } from '../lib/metrics.ts';
 import { GracefulShutdown } from '../lib/shutdown.ts';
@@ -42,6 +43,7 @@ runMain(async () => {
   const shutdown = new GracefulShutdown(logger, config.SHUTDOWN_TIMEOUT_SECONDS);
   shutdown.listen();
   shutdown.add('database pool', () => database.close());
+  void checkStatementTimeout(database.db, DEFAULT_STATEMENT_TIMEOUT_MS, logger);
 
   if (values.once) {
     shutdown.add('sweeper', () => sweeper.stop());
