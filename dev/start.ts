@@ -34,9 +34,8 @@ async function startEmbeddedDatabase(supervisor: Supervisor, port: number): Prom
     else child.kill('SIGTERM');
   });
   const ready = once(child, 'message') as Promise<[{ url: string }]>;
-  const failed = once(child, 'exit').then(() => {
-    throw new Error('the embedded PostgreSQL did not start (its reason is printed above)');
-  });
+  // It printed why; the supervisor says it exited and stops the rest.
+  const failed = once(child, 'exit').then(async () => process.exit(await supervisor.stopped));
   const [{ url }] = await Promise.race([ready, failed]);
   return url;
 }

@@ -51,7 +51,10 @@ export class Supervisor {
   private async stopInOrder(exitCode: number): Promise<number> {
     await Promise.all(this.services.map((child) => this.stopChild(child)));
     if (!this.database) return exitCode;
+    // A database that already exited was reported by watch(): only a failed stop is news here.
+    const wasRunning = isRunning(this.database.process);
     const { code, signal } = await this.stopChild(this.database);
+    if (!wasRunning) return exitCode;
     if (code === 0 || (code === null && signal === null)) return exitCode;
     this.say(`${this.database.name} did not stop cleanly (${describeExit(code, signal)})`);
     return 1;
