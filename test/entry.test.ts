@@ -31,7 +31,7 @@ describe('the API entry point and AUTH_MODE', () => {
     const { output, code } = await runApi({ DATABASE_URL: database.url });
     expect(output).to.match(/"level":40.*AUTH_MODE=none.*anyone can set anyone's status/);
     expect(output).to.include('pulse api listening');
-    expect(code).to.equal(0);
+    expect(code, output).to.equal(0);
   });
 
   it('starts without the warning when AUTH_MODE=jwt', async () => {

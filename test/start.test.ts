@@ -2,8 +2,9 @@ import { chmodSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:f
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { expect } from 'chai';
-import { runEntryPoint, startEntryPoint } from './support/entry-points.ts';
-import { freePort } from './support/server.ts';
+import { lockPulse } from './support/database.ts';
+import { runEntryPoint, startEntryPoint, waitFor } from './support/entry-points.ts';
+import { freePort, queryOnce } from './support/server.ts';
 
 describe('npm start (the all-in-one stack)', function () {
   this.timeout(90_000);
@@ -16,7 +17,11 @@ describe('npm start (the all-in-one stack)', function () {
     rmSync(parent, { recursive: true, force: true });
   });
 
-  it('boots an embedded PostgreSQL, migrates, serves the API, and stops cleanly on SIGTERM', async () => {
+  /**
+   * `npm start` with an embedded PostgreSQL in the test's folder, in a process group of its own
+   * (as a terminal runs it), ready to serve.
+   */
+  async function startStack(env: Record<string, string> = {}) {
     const [apiPort, pgPort] = [await freePort(), await freePort()];
     const stack = startEntryPoint('start', {
       env: {
@@ -25,14 +30,20 @@ describe('npm start (the all-in-one stack)', function () {
         EMBEDDED_PG_DATA_DIR: path.join(parent, 'pg'),
         METRICS_PORT: '0',
         LOG_LEVEL: 'warn',
+        ...env,
       },
+      ownProcessGroup: true,
     });
     const base = `http://127.0.0.1:${apiPort}`;
-    await stack.waitForHttp(`${base}/readyz`, { timeoutMs: 60_000 });
+    await stack.waitForHttp(`${base}/readyz`, { timeoutMs: 75_000 });
+    const databaseUrl = `postgres://postgres:postgres@127.0.0.1:${pgPort}/pulse`;
+    return { stack, base, apiPort, databaseUrl };
+  }
+
+  it('boots an embedded PostgreSQL, migrates, serves the API, and stops cleanly on SIGTERM', async () => {
+    const { stack, base, apiPort, databaseUrl } = await startStack();
     expect(stack.output()).to.include(`Pulse API:  http://127.0.0.1:${apiPort}`);
-    expect(stack.output()).to.match(
-      new RegExp(`Database: +postgres://postgres:postgres@127\\.0\\.0\\.1:${pgPort}/pulse`),
-    );
+    expect(stack.output()).to.match(new RegExp(`Database: +${databaseUrl.replaceAll('.', '\\.')}`));
 
     const update = await fetch(`${base}/status/update`, {
       method: 'POST',
@@ -57,6 +68,42 @@ describe('npm start (the all-in-one stack)', function () {
     expect(await stack.stop('SIGTERM')).to.deep.equal({ code: 0, signal: null });
     // The API child is gone too.
     expect(await fetch(`${base}/healthz`).catch(() => 'refused')).to.equal('refused');
+  });
+
+  it('Ctrl-C stops the API and the sweeper before the database, in a few clean lines', async () => {
+    const { stack, base, databaseUrl } = await startStack({ LOG_LEVEL: 'info' });
+    // A heartbeat in flight at the Ctrl-C, held up by a table lock the test releases later:
+    // it must still be written, so the database must outlive the API.
+    const release = await lockPulse(databaseUrl);
+    try {
+      const inFlight = fetch(`${base}/status/update`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json' },
+        body: JSON.stringify({ user_id: 42 }),
+      });
+      await waitFor('the heartbeat to wait for the lock', async () => {
+        const { rows } = await queryOnce<{ n: number }>(
+          databaseUrl,
+          `SELECT count(*)::int AS n FROM pg_stat_activity WHERE wait_event_type = 'Lock'`,
+        );
+        return (rows[0]?.n ?? 0) > 0;
+      });
+      const before = stack.output().length;
+      // A terminal's Ctrl-C: SIGINT to the whole foreground process group.
+      stack.signalGroup('SIGINT');
+      await stack.waitForOutput(/shutting down/);
+      await release();
+      expect((await inFlight).status).to.equal(200);
+      const { code } = await stack.exited;
+      const lines = stack.output().slice(before).trim().split('\n');
+      expect(code, lines.join('\n')).to.equal(0);
+      expect(lines.join('\n')).not.to.match(
+        /connection lost|terminating connection|secretKey|processID|"level":(40|50|60)/,
+      );
+      expect(lines.length, lines.join('\n')).to.be.at.most(8);
+    } finally {
+      await release().catch(() => undefined); // already released unless the test failed
+    }
   });
 
   it('exits 1 with the reason, and starts nothing, when the embedded database cannot start', async () => {

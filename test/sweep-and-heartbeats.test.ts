@@ -45,7 +45,7 @@ describe('a group-commit flush during a sweep batch', () => {
       schedule: '* * * * * *',
       olderThanSeconds: 30,
       batchSize: 1000, // one batch covers the whole table
-      lockTtlSeconds: 30,
+      leaseTtlSeconds: 30,
     });
     for (const id of range(1, 100)) await database.putRow(id, 120); // every row expired
     await sql`CREATE FUNCTION wait_for_test() RETURNS trigger LANGUAGE plpgsql AS $$

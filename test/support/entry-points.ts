@@ -105,6 +105,8 @@ export interface EntryPointProcess {
   waitForHttp(url: string, options?: WaitOptions): Promise<void>;
   /** Sends a signal (no-op once it exited). */
   signal(signal: NodeJS.Signals): void;
+  /** Sends a signal to its whole process group, as a terminal's Ctrl-C does (needs ownProcessGroup). */
+  signalGroup(signal: NodeJS.Signals): void;
   /** Sends `signal` (SIGTERM by default) and waits for the exit. */
   stop(signal?: NodeJS.Signals): Promise<ExitStatus>;
 }
@@ -113,6 +115,8 @@ export interface StartOptions {
   /** The child's environment besides PATH. */
   env?: Record<string, string | undefined>;
   args?: string[];
+  /** Runs it in a process group of its own, as a terminal runs a foreground command. */
+  ownProcessGroup?: boolean;
 }
 
 let sequence = 0;
@@ -121,7 +125,7 @@ const started: Array<{ sequence: number; process: EntryPointProcess }> = [];
 /** Starts an entry point as its own process; see waitForOutput/waitForHttp to wait for it. */
 export function startEntryPoint(
   name: EntryPointName,
-  { env = {}, args = [] }: StartOptions = {},
+  { env = {}, args = [], ownProcessGroup = false }: StartOptions = {},
 ): EntryPointProcess {
   const childEnv: NodeJS.ProcessEnv = { PATH: process.env.PATH };
   for (const [key, value] of Object.entries(env)) if (value !== undefined) childEnv[key] = value;
@@ -129,6 +133,7 @@ export function startEntryPoint(
     cwd: repoRoot,
     env: childEnv,
     stdio: ['ignore', 'pipe', 'pipe'],
+    detached: ownProcessGroup,
   });
   let stdout = '';
   let stderr = '';
@@ -191,6 +196,10 @@ export function startEntryPoint(
     },
     signal(signal) {
       if (exitStatus === undefined) child.kill(signal);
+    },
+    signalGroup(signal) {
+      if (!ownProcessGroup) throw new Error(`${name} was not started in its own process group`);
+      if (exitStatus === undefined) process.kill(-entry.pid, signal);
     },
     async stop(signal = 'SIGTERM') {
       entry.signal(signal);
