@@ -214,8 +214,8 @@ export function capacity(
       formula: 'rows / table rows walked per second (one sweeper)',
     },
   ];
-  const usersPerDbCore = (1e6 * utilisation) / (dbCoresTotal / users) / 1e6;
-  const maxUsersByCpu = usersPerDbCore * inputs.dbServerCores;
+  // Cores needed grow linearly with users: scale until the server's cores (at the target) are used.
+  const maxUsersByCpu = (users * inputs.dbServerCores * utilisation) / dbCoresTotal;
   const maxUsersByMemory = (inputs.dbServerMemoryGb * 1e9) / k.bytesPerRow!.value / online;
   const oneServer = {
     maxUsersByCpu,

@@ -16,7 +16,7 @@ const outDir = path.join(root, 'docs/charts');
 const results = JSON.parse(readFileSync(input, 'utf8')) as ScaleResults;
 const rowsLabel = (rows: number) =>
   rows >= 1e6 ? `${rows / 1e6}M rows` : `${Math.round(rows / 1e3)}k rows`;
-const subtitle = `${results.machine.label}; ${results.measuredAt.slice(0, 10)}`;
+const subtitle = `${results.machine.cpus} x ${results.machine.cpuModel}, PostgreSQL ${results.machine.postgres.split(' ')[0]}, shared machine, ${results.measuredAt.slice(0, 10)}`;
 
 async function render(name: string, spec: TopLevelSpec): Promise<void> {
   const view = new vega.View(vega.parse(compile(spec).spec), { renderer: 'none' });
@@ -61,7 +61,7 @@ async function main(): Promise<void> {
   ] as const;
   await render('db-cpu-per-heartbeat.svg', {
     ...base,
-    title: { text: 'PostgreSQL CPU per heartbeat (microseconds, log scale)', subtitle },
+    title: { text: 'PostgreSQL CPU per heartbeat (microseconds)', subtitle },
     data: {
       values: sizes.flatMap((s) =>
         modes.map(([mode, key]) => ({
@@ -71,16 +71,19 @@ async function main(): Promise<void> {
         })),
       ),
     },
-    width: 360,
-    height: 220,
+    width: 300,
+    height: 180,
     layer: [
       { mark: { type: 'bar' } },
-      { mark: { type: 'text', dy: -6, fontSize: 10 }, encoding: { text: { field: 'us' } } },
+      {
+        mark: { type: 'text', align: 'left', dx: 3, fontSize: 10 },
+        encoding: { text: { field: 'us' } },
+      },
     ],
     encoding: {
-      x: { field: 'mode', type: 'nominal', title: null, sort: null, axis: { labelAngle: 0 } },
-      xOffset: { field: 'size', sort: null },
-      y: { field: 'us', type: 'quantitative', title: 'µs per heartbeat', scale: { type: 'log' } },
+      y: { field: 'mode', type: 'nominal', title: null, sort: null, axis: { labelLimit: 220 } },
+      yOffset: { field: 'size', sort: null },
+      x: { field: 'us', type: 'quantitative', title: 'µs of PostgreSQL CPU per heartbeat' },
       color: { field: 'size', type: 'nominal', title: null, sort: null },
     },
   });
@@ -89,17 +92,20 @@ async function main(): Promise<void> {
   const largest = sizes.at(-1)!;
   await render('batch-read-latency.svg', {
     ...base,
-    title: { text: 'Reading 1,000 ids: latency (ms)', subtitle },
+    title: {
+      text: 'Reading 1,000 ids: POST /status/batch (Option A) and MGET (Option B), ms',
+      subtitle,
+    },
     data: {
       values: [
         ...sizes.flatMap((s) => [
-          { what: `POST /status/batch, ${rowsLabel(s.rows)}`, q: 'p50', ms: s.batchRead.p50Ms },
-          { what: `POST /status/batch, ${rowsLabel(s.rows)}`, q: 'p99', ms: s.batchRead.p99Ms },
+          { what: `API, ${rowsLabel(s.rows)}`, q: 'p50', ms: s.batchRead.p50Ms },
+          { what: `API, ${rowsLabel(s.rows)}`, q: 'p99', ms: s.batchRead.p99Ms },
         ]),
         ...(optionB
           ? [
-              { what: 'Option B: Redis MGET', q: 'p50', ms: optionB.batchRead.p50Ms },
-              { what: 'Option B: Redis MGET', q: 'p99', ms: optionB.batchRead.p99Ms },
+              { what: 'Redis MGET, direct', q: 'p50', ms: optionB.batchRead.p50Ms },
+              { what: 'Redis MGET, direct', q: 'p99', ms: optionB.batchRead.p99Ms },
             ]
           : []),
       ],
@@ -116,7 +122,7 @@ async function main(): Promise<void> {
         type: 'nominal',
         title: null,
         sort: null,
-        axis: { labelAngle: 0, labelLimit: 120 },
+        axis: { labelAngle: 0, labelLimit: 200 },
       },
       xOffset: { field: 'q' },
       y: { field: 'ms', type: 'quantitative', title: 'milliseconds' },
