@@ -56,31 +56,18 @@ export function dashboardQueries(dashboard: {
   );
 }
 
-/** Metric names in a PromQL expression (functions, labels, keywords and strings left out). */
+/** Metric names in a PromQL expression (functions, label matchers, groupings, ranges left out). */
 export function metricNames(expr: string): string[] {
-  const withoutStrings = expr.replace(/"[^"]*"/g, '""').replace(/\{[^}]*\}/g, '{}');
-  const keywords = new Set([
-    'by',
-    'without',
-    'on',
-    'ignoring',
-    'group_left',
-    'group_right',
-    'offset',
-    'bool',
-    'and',
-    'or',
-    'unless',
-    'le',
-  ]);
-  return [
-    ...new Set(
-      [...withoutStrings.matchAll(/([a-zA-Z_:][a-zA-Z0-9_:]*)(\s*\()?/g)]
-        .filter((m) => m[2] === undefined && !keywords.has(m[1]!))
-        .map((m) => m[1]!)
-        .filter((name) => !/^\$/.test(name) && !/^\d/.test(name)),
-    ),
-  ].filter((name) => name.includes('_') || name === 'up');
+  const cleaned = expr
+    .replace(/"[^"]*"/g, '""')
+    .replace(/\{[^}]*\}/g, '{}')
+    .replace(/\[[^\]]*\]/g, '[]')
+    .replace(/\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)/g, ' ');
+  const names = [...cleaned.matchAll(/([a-zA-Z_:][a-zA-Z0-9_:]*)(\s*\()?/g)]
+    .filter((m) => m[2] === undefined)
+    .map((m) => m[1]!)
+    .filter((name) => !['and', 'or', 'unless', 'bool', 'offset'].includes(name));
+  return [...new Set(names)];
 }
 
 describe('dashboard and alerts on a real Prometheus', function () {
@@ -96,10 +83,7 @@ describe('dashboard and alerts on a real Prometheus', function () {
       stdio: ['ignore', 'ignore', 'pipe'],
     });
     let stderr = '';
-    child.stderr.on(
-      'data',
-      (chunk: Buffer) => (stderr = (stderr + chunk.toString()).slice(-4000)),
-    );
+    child.stderr.on('data', (chunk: Buffer) => (stderr = (stderr + chunk.toString()).slice(-4000)));
     children.push(child);
     return { child, stderr: () => stderr };
   };
