@@ -213,6 +213,12 @@ export function capacity(
       unit: 's',
       formula: 'rows / table rows walked per second (one sweeper)',
     },
+    {
+      quantity: 'expired rows waiting for their sweep (up to)',
+      value: sweptPerSecond * sweepWalkSeconds,
+      unit: 'rows',
+      formula: 'rows swept per second × sweep walk time',
+    },
   ];
   // Cores needed grow linearly with users: scale until the server's cores (at the target) are used.
   const maxUsersByCpu = (users * inputs.dbServerCores * utilisation) / dbCoresTotal;
