@@ -14,7 +14,7 @@ import { fileURLToPath } from 'node:url';
 import { expect } from 'chai';
 import { freePort } from '../scripts/embedded-postgres.ts';
 import { serverUrl } from './support/database.ts';
-import { adminQuery, uniqueName, withDatabase } from './support/server.ts';
+import { adminQuery, TEMPLATE_DB_VAR, uniqueName, withDatabase } from './support/server.ts';
 
 const root = fileURLToPath(new URL('..', import.meta.url));
 const dashboardFile = path.join(root, 'ops/grafana/pulse-dashboard.json');
@@ -102,7 +102,7 @@ describe('dashboard and alerts on a real Prometheus', function () {
     database = uniqueName('pulse_prom');
     await adminQuery(
       serverUrl(),
-      `CREATE DATABASE ${database} TEMPLATE ${process.env.PULSE_TEST_TEMPLATE_DB}`,
+      `CREATE DATABASE ${database} TEMPLATE ${process.env[TEMPLATE_DB_VAR]}`,
     );
     const env = {
       DATABASE_URL: withDatabase(serverUrl(), database),
@@ -195,17 +195,14 @@ describe('dashboard and alerts on a real Prometheus', function () {
     const dashboard = JSON.parse(readFileSync(dashboardFile, 'utf8')) as { panels: Panel[] };
     const names = new Set(dashboardQueries(dashboard).flatMap(({ expr }) => metricNames(expr)));
     expect(names.size).to.be.greaterThan(15);
-    // The histograms appear once the traffic above has been scraped (the sweep is waited for).
-    const missing = await waitFor('the series', 15, async () => {
+    // The histograms appear once the traffic above has been scraped: wait for them a little.
+    let missing: string[] = [];
+    await waitFor('every dashboard series', 15, async () => {
       const response = await fetch(`${prometheusUrl}/api/v1/label/__name__/values`);
       const present = new Set(((await response.json()) as { data: string[] }).data);
-      const absent = [...names].filter((name) => !present.has(name) && !PENDING_SERIES.has(name));
-      return absent.length === 0 ? absent : undefined;
-    }).catch(async () => {
-      const response = await fetch(`${prometheusUrl}/api/v1/label/__name__/values`);
-      const present = new Set(((await response.json()) as { data: string[] }).data);
-      return [...names].filter((name) => !present.has(name) && !PENDING_SERIES.has(name));
-    });
+      missing = [...names].filter((name) => !present.has(name) && !PENDING_SERIES.has(name));
+      return missing.length === 0 ? true : undefined;
+    }).catch(() => undefined);
     expect(missing, 'series on the dashboard that Prometheus does not have').to.deep.equal([]);
   });
 
