@@ -12,7 +12,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { expect } from 'chai';
-import { freePort } from '../scripts/embedded-postgres.ts';
+import { freePort } from '../dev/embedded-postgres.ts';
 import { serverUrl } from './support/database.ts';
 import { adminQuery, TEMPLATE_DB_VAR, uniqueName, withDatabase } from './support/server.ts';
 
