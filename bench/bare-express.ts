@@ -16,4 +16,7 @@ const server = app.listen(Number(process.env.PORT ?? 0), '127.0.0.1', () => {
     `bare express listening on ${typeof address === 'object' && address ? address.port : ''}`,
   );
 });
-process.on('SIGTERM', () => server.close(() => process.exit(0)));
+process.on('SIGTERM', () => {
+  server.close(() => process.exit(0));
+  server.closeAllConnections();
+});
