@@ -5,7 +5,7 @@ import { pinoHttp } from 'pino-http';
 import type { Registry } from 'prom-client';
 import type { Logger } from '../lib/logger.ts';
 import { opsRoutes } from '../http/ops-routes.ts';
-import { findOnlineUserIds, type Executor } from '../lib/pulse-store.ts';
+import type { Executor } from '../lib/pulse-store.ts';
 import { assertMayWrite, createAuthenticate, principalOf, type AuthConfig } from './auth.ts';
 import { errorHandler, notFound } from './errors.ts';
 import type { HeartbeatWriter } from './heartbeat-writer.ts';
@@ -21,7 +21,8 @@ export interface AppDeps {
   registry: Registry;
   httpMetrics: RequestHandler;
   config: AuthConfig & {
-    ONLINE_THRESHOLD_SECONDS: number;
+    /** Set: /metrics is served by the separate metrics listener, not by this app. */
+    METRICS_PORT?: number | undefined;
     BATCH_MAX_IDS: number;
     BODY_LIMIT_BYTES: number;
   };
@@ -77,7 +78,7 @@ export function buildApp({
   app.use(httpMetrics);
 
   // Probes, metrics and the contract are public; /status needs a caller (before any body is read).
-  app.use(opsRoutes({ db, registry }));
+  app.use(opsRoutes({ db, registry: config.METRICS_PORT === undefined ? registry : undefined }));
   app.get('/openapi.json', (_req, res) => {
     res.json(openApiDocument);
   });
@@ -98,7 +99,7 @@ export function buildApp({
   app.post('/status/batch', async (req, res) => {
     requireJson(req);
     const userIds = parseBatchBody(req.body, config.BATCH_MAX_IDS);
-    const online = await findOnlineUserIds(db, userIds, config.ONLINE_THRESHOLD_SECONDS);
+    const online = await statuses.onlineAmong(userIds);
     res.json(userIds.map((id) => ({ user_id: id, is_online: online.has(id) })));
   });
 

@@ -5,8 +5,11 @@ import type { DatabaseHandle } from '../lib/db.ts';
 import type { Logger } from '../lib/logger.ts';
 import { createRegistry } from '../lib/metrics.ts';
 import { buildApp } from './app.ts';
-import { createHeartbeatWriter } from './heartbeat-writer-factory.ts';
-import type { HeartbeatWriter } from './heartbeat-writer.ts';
+import {
+  DirectHeartbeatWriter,
+  GroupCommitHeartbeatWriter,
+  type HeartbeatWriter,
+} from './heartbeat-writer.ts';
 import { createApiMetrics } from './metrics.ts';
 import { CoalescingStatusReader, DirectStatusReader } from './status-reader.ts';
 
@@ -24,7 +27,19 @@ export function assembleApi(
 ): Api {
   const registry = createRegistry(database.pool);
   const metrics = createApiMetrics(registry);
-  const heartbeats = createHeartbeatWriter(database.db, config, metrics.flushObserver);
+  const heartbeats: HeartbeatWriter = config.HEARTBEAT_GROUP_COMMIT
+    ? new GroupCommitHeartbeatWriter(
+        database.db,
+        {
+          maxBatchIds: config.HEARTBEAT_FLUSH_MAX_IDS,
+          maxDelayMs: config.HEARTBEAT_FLUSH_DELAY_MS,
+          maxConcurrentFlushes: config.HEARTBEAT_MAX_CONCURRENT_FLUSHES,
+          maxQueuedIds: config.HEARTBEAT_QUEUE_MAX_IDS,
+        },
+        metrics.flushObserver,
+        logger,
+      )
+    : new DirectHeartbeatWriter(database.db, metrics.flushObserver, logger);
   metrics.watchQueue(heartbeats);
   const statuses = config.STATUS_READ_COALESCING
     ? new CoalescingStatusReader(database.db, config.ONLINE_THRESHOLD_SECONDS)

@@ -6,7 +6,8 @@ import { fileURLToPath } from 'node:url';
 import autocannon from 'autocannon';
 import pg from 'pg';
 import { freePort, startThrowawayPostgres, type EmbeddedServer } from '../dev/embedded-postgres.ts';
-import { Kysely, PostgresDialect } from 'kysely';
+import { openDatabase } from '../lib/db.ts';
+import { createLogger } from '../lib/logger.ts';
 import { migrateToLatest } from '../lib/migrator.ts';
 
 export interface BenchDatabase {
@@ -45,15 +46,18 @@ export async function openBenchDatabase(
   await admin(`CREATE DATABASE ${name}`);
   const url = new URL(serverUrl);
   url.pathname = `/${name}`;
-  const pool = new pg.Pool({ connectionString: url.toString(), max: 4 });
-  pool.on('error', () => undefined);
-  const db = new Kysely<unknown>({ dialect: new PostgresDialect({ pool }) });
-  await migrateToLatest(db);
+  const database = openDatabase({
+    connectionString: url.toString(),
+    poolMax: 4,
+    applicationName: 'pulse-bench',
+    logger: createLogger('pulse-bench', 'warn'),
+  });
+  await migrateToLatest(database.db);
   return {
     url: url.toString(),
-    query: (text, values) => pool.query(text, values),
+    query: (text, values) => database.pool.query(text, values),
     async close() {
-      await db.destroy();
+      await database.close();
       if (embedded) await embedded.stop();
       else await admin(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`);
     },

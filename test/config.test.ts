@@ -37,6 +37,28 @@ describe('configuration', () => {
     expect(Object.isFrozen(api)).to.equal(true);
   });
 
+  it('names the sweep lease TTL SWEEP_LEASE_TTL_SECONDS and still reads SWEEP_LOCK_TTL_SECONDS', () => {
+    expect(loadSweeperConfig({ DATABASE_URL }).SWEEP_LEASE_TTL_SECONDS).to.equal(30);
+    expect(
+      loadSweeperConfig({ DATABASE_URL, SWEEP_LEASE_TTL_SECONDS: '45' }).SWEEP_LEASE_TTL_SECONDS,
+    ).to.equal(45);
+    expect(
+      loadSweeperConfig({ DATABASE_URL, SWEEP_LOCK_TTL_SECONDS: '40' }).SWEEP_LEASE_TTL_SECONDS,
+    ).to.equal(40);
+    expect(
+      problemsOf(() =>
+        loadSweeperConfig({
+          DATABASE_URL,
+          SWEEP_LOCK_TTL_SECONDS: '40',
+          SWEEP_LEASE_TTL_SECONDS: '45',
+        }),
+      )[0],
+    ).to.match(/SWEEP_LOCK_TTL_SECONDS is the old name of SWEEP_LEASE_TTL_SECONDS/);
+    expect(
+      problemsOf(() => loadSweeperConfig({ DATABASE_URL, SWEEP_LOCK_TTL_SECONDS: '0' }))[0],
+    ).to.match(/SWEEP_LEASE_TTL_SECONDS must be at least 1/);
+  });
+
   it('treats an empty variable as unset', () => {
     expect(loadApiConfig({ DATABASE_URL, PORT: '' }).PORT).to.equal(3000);
   });

@@ -10,7 +10,12 @@ import type { Logger } from '../lib/logger.ts';
 import { sweepExpiredBatch } from '../lib/pulse-store.ts';
 import { readSweepLease } from '../lib/sweep-lease.ts';
 import { Sweeper, type SweepReport, type SweeperOptions } from '../sweeper/sweeper.ts';
-import { createTestDatabase, silentLogger, type TestDatabase } from './support/database.ts';
+import {
+  createTestDatabase,
+  lockPulse,
+  silentLogger,
+  type TestDatabase,
+} from './support/database.ts';
 import { startTcpProxy, type TcpProxy } from './support/tcp-proxy.ts';
 
 const OLDER_THAN = 30;
@@ -50,10 +55,13 @@ async function countRows(database: TestDatabase, expired?: boolean): Promise<num
   return Number((await query.executeTakeFirstOrThrow()).n);
 }
 
-function captureLogger(): { logger: Logger; lines: Array<Record<string, unknown>> } {
+function captureLogger(level = 'info'): {
+  logger: Logger;
+  lines: Array<Record<string, unknown>>;
+} {
   const lines: Array<Record<string, unknown>> = [];
   const logger = pino(
-    { level: 'info' },
+    { level },
     { write: (line: string) => void lines.push(JSON.parse(line) as Record<string, unknown>) },
   );
   return { logger, lines };
@@ -64,7 +72,7 @@ function options(overrides: Partial<SweeperOptions> = {}): SweeperOptions {
     schedule: '* * * * * *',
     olderThanSeconds: OLDER_THAN,
     batchSize: 100,
-    lockTtlSeconds: 30,
+    leaseTtlSeconds: 30,
     ...overrides,
   };
 }
@@ -131,14 +139,14 @@ describe('sweeper', function () {
   });
 
   describe('one sweep', () => {
-    it('deletes every expired row in batches, keeps fresh rows, reports, and releases the lock', async () => {
+    it('deletes every expired row in batches, keeps fresh rows, reports, and releases the lease', async () => {
       await putMixedRows(database, 500);
       const reports: SweepReport[] = [];
       const sweeper = sweeperOn(database, { batchSize: 70, onSweep: (r) => reports.push(r) });
       const report = await sweeper.sweepOnce();
       expect(report).to.include({
         outcome: 'done',
-        lockHeld: true,
+        leaseHeld: true,
         deleted: 500,
         batches: Math.ceil(1000 / 70),
       });
@@ -180,12 +188,12 @@ describe('sweeper', function () {
       const outcomes = runs.map((r) => r.report.outcome);
       expect(outcomes).to.not.include('failed');
       expect(outcomes).to.include('skipped');
-      const sweeps = runs.filter((r) => r.report.lockHeld);
+      const sweeps = runs.filter((r) => r.report.leaseHeld);
       expect(sweeps.length).to.be.at.least(1);
       expect(runs.reduce((sum, r) => sum + r.report.deleted, 0)).to.equal(3000);
       expect(
         runs
-          .filter((r) => !r.report.lockHeld)
+          .filter((r) => !r.report.leaseHeld)
           .every((r) => r.report.deleted === 0 && r.report.batches === 0),
       ).to.equal(true);
       expect(await countRows(database, true)).to.equal(0);
@@ -219,7 +227,7 @@ describe('sweeper', function () {
           while (Date.now() < until) {
             const report = await sweeper.sweepOnce();
             expect(report.outcome).to.be.oneOf(['done', 'skipped']);
-            if (report.lockHeld) {
+            if (report.leaseHeld) {
               const from = Date.parse(report.startedAt);
               sweeps.push({ app, from, to: from + report.durationMs + 1 });
             }
@@ -231,7 +239,7 @@ describe('sweeper', function () {
         app: string;
         at: Date;
       }>`SELECT app, at FROM delete_log ORDER BY at`.execute(database.db);
-      // Each lock-holding sweep's DELETEs span [first, last]; two such spans must never overlap.
+      // Each lease-holding sweep's DELETEs span [first, last]; two such spans must never overlap.
       const spans = sweeps
         .map((sweep) => {
           const mine = rows.filter(
@@ -272,25 +280,43 @@ describe('sweeper', function () {
         VALUES (1, 'crashed-sweeper', now() + interval '1.5 seconds')`.execute(database.db);
       const sweeper = sweeperOn(database);
       const skipped = await sweeper.sweepOnce();
-      expect(skipped).to.include({ outcome: 'skipped', lockHeld: false, deleted: 0, batches: 0 });
+      expect(skipped).to.include({ outcome: 'skipped', leaseHeld: false, deleted: 0, batches: 0 });
       expect(await countRows(database)).to.equal(100);
 
-      const { logger, lines } = captureLogger();
+      const { logger, lines } = captureLogger('debug');
       const scheduled = sweeperOn(database, {}, logger);
       scheduled.start();
       await waitFor('a sweep after the lease expired', () =>
         lines.some((l) => l.msg === 'sweep finished'),
       );
       const skipLine = lines.find(
-        (l) => l.msg === 'another sweeper holds the sweep lock: skipping this tick',
+        (l) => l.msg === 'another sweeper holds the sweep lease: skipping this tick',
       );
-      expect(skipLine).to.include({ outcome: 'skipped', lockHeld: false, deleted: 0 });
+      // Skipping is routine (another sweeper's turn): debug, not info.
+      expect(skipLine).to.include({ level: 20 });
+      expect(skipLine).to.include({ outcome: 'skipped', leaseHeld: false, deleted: 0 });
       expect(lines.find((l) => l.msg === 'sweep finished')).to.include({
         outcome: 'done',
-        lockHeld: true,
+        leaseHeld: true,
         deleted: 100,
       });
       expect(await countRows(database)).to.equal(0);
+    });
+
+    it('log a sweep that deleted rows at info and an idle one (nothing expired) at debug', async () => {
+      await putRows(database, 1, 10, EXPIRED_AGE);
+      const { logger, lines } = captureLogger('debug');
+      const scheduled = sweeperOn(database, {}, logger);
+      scheduled.start();
+      await waitFor('an idle sweep after the first one', () =>
+        lines.some((l) => l.msg === 'sweep finished' && l.deleted === 0),
+      );
+      await scheduled.stop();
+      const finished = lines.filter((l) => l.msg === 'sweep finished');
+      expect(finished[0]).to.include({ deleted: 10, level: 30 });
+      const idle = finished.filter((l) => l.deleted === 0);
+      expect(idle.length).to.be.greaterThan(0);
+      for (const line of idle) expect(line.level).to.equal(20);
     });
 
     it('stop sweeping at the next batch when their lease was taken over', async () => {
@@ -300,7 +326,7 @@ describe('sweeper', function () {
       await waitFor('the sweep to start deleting', async () => (await countRows(database)) < 2000);
       await sql`UPDATE pulse_sweeper_lease SET holder = 'other-sweeper'`.execute(database.db);
       const report = await sweeping;
-      expect(report).to.include({ outcome: 'lease-lost', lockHeld: true });
+      expect(report).to.include({ outcome: 'lease-lost', leaseHeld: true });
       const left = await countRows(database);
       expect(left).to.be.above(0);
       expect(report.deleted).to.equal(2000 - left);
@@ -336,7 +362,7 @@ describe('sweeper', function () {
       expect(runs.reduce((sum, r) => sum + r.deleted, 0)).to.equal(2500);
       expect(lines.find((l) => l.msg === 'sweep finished')).to.include({
         deleted: 2500,
-        lockHeld: true,
+        leaseHeld: true,
         outcome: 'done',
       });
     });
@@ -422,7 +448,7 @@ describe('sweeper', function () {
         30,
       );
       expect(value(metrics, 'pulse_sweep_duration_seconds_count')).to.be.at.least(1);
-      expect(value(metrics, 'pulse_sweep_lock_skipped_total')).to.equal(0);
+      expect(value(metrics, 'pulse_sweep_skipped_total')).to.equal(0);
       expect(value(metrics, 'pulse_pg_pool_connections{state="total"}')).to.be.a('number');
       expect((await fetch(`${base}/healthz`)).status).to.equal(200);
       const ready = await fetch(`${base}/readyz`);
@@ -434,7 +460,7 @@ describe('sweeper', function () {
       expect(code).to.equal(0);
     });
 
-    it('counts skipped ticks when another sweeper holds the lock', async () => {
+    it('counts skipped ticks when another sweeper holds the lease', async () => {
       await putRows(database, 1, 10, EXPIRED_AGE);
       await sql`INSERT INTO pulse_sweeper_lease (id, holder, renewed_at, expires_at)
         VALUES (1, 'someone-else', now(), now() + interval '1 hour')
@@ -449,7 +475,7 @@ describe('sweeper', function () {
           const metrics = await (
             await fetch(`http://127.0.0.1:${port}/metrics`).catch(() => undefined)
           )?.text();
-          return /^pulse_sweep_lock_skipped_total [1-9]/m.test(metrics ?? '');
+          return /^pulse_sweep_skipped_total [1-9]/m.test(metrics ?? '');
         },
         15_000,
       );
@@ -481,7 +507,7 @@ describe('sweeper', function () {
         .split('\n')
         .map((l) => JSON.parse(l) as Record<string, unknown>);
       const stopped = logs.find((l) => l.msg === 'sweep stopped');
-      expect(stopped).to.include({ outcome: 'stopped', lockHeld: true, deleted: 20_000 - left });
+      expect(stopped).to.include({ outcome: 'stopped', leaseHeld: true, deleted: 20_000 - left });
       expect((await readSweepLease(database.db))?.holder).to.equal(null);
     });
 
@@ -493,8 +519,51 @@ describe('sweeper', function () {
       const lines = proc.stdout().trim().split('\n');
       expect(lines).to.have.length(1);
       const report = JSON.parse(lines[0]!) as SweepReport;
-      expect(report).to.include({ outcome: 'done', lockHeld: true, deleted: 300, batches: 6 });
+      expect(report).to.include({ outcome: 'done', leaseHeld: true, deleted: 300, batches: 6 });
       expect(report.durationMs).to.be.a('number');
+    });
+
+    describe('--once on a signal, like the scheduled sweeper', () => {
+      /** A --once sweep stuck in its DELETE behind a table lock held by the test. */
+      async function stuckOnce(env: Record<string, string>) {
+        await putRows(database, 1, 10, EXPIRED_AGE);
+        const release = await lockPulse(database.url);
+        cleanups.push(release);
+        const proc = runSweeper({ SWEEP_BATCH_SIZE: '100', ...env }, ['--once']);
+        await waitFor(
+          'the sweep to wait for the table lock',
+          async () => {
+            const { rows } = await sql<{ n: string }>`
+            SELECT count(*) AS n FROM pg_stat_activity
+            WHERE application_name = 'pulse-sweeper' AND wait_event_type = 'Lock'`.execute(
+              database.db,
+            );
+            return Number(rows[0]?.n) > 0;
+          },
+          30_000,
+        );
+        return proc;
+      }
+
+      it('exits 1 when the sweep outlasts SHUTDOWN_TIMEOUT_SECONDS after SIGTERM', async () => {
+        const proc = await stuckOnce({ SHUTDOWN_TIMEOUT_SECONDS: '1' });
+        const signalled = Date.now();
+        proc.child.kill('SIGTERM');
+        const [code] = await proc.exited;
+        expect(code, proc.stderr()).to.equal(1);
+        expect(Date.now() - signalled).to.be.below(10_000);
+        expect(proc.stdout()).to.match(/shutdown timed out: forcing exit/);
+      });
+
+      it('exits 1 on a second signal', async () => {
+        const proc = await stuckOnce({ SHUTDOWN_TIMEOUT_SECONDS: '60' });
+        proc.child.kill('SIGTERM');
+        await waitFor('the shutdown to start', () => proc.stdout().includes('shutting down'));
+        proc.child.kill('SIGTERM');
+        const [code, signal] = await proc.exited;
+        expect({ code, signal }, proc.stderr()).to.deep.equal({ code: 1, signal: null });
+        expect(proc.stdout()).to.match(/second signal: forcing exit/);
+      });
     });
 
     it('refuses to start with an invalid cron expression', async () => {

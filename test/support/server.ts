@@ -4,10 +4,11 @@
  */
 import { randomBytes } from 'node:crypto';
 import pg from 'pg';
-import { Kysely, PostgresDialect } from 'kysely';
 import { startThrowawayPostgres, type EmbeddedServer } from '../../dev/embedded-postgres.ts';
 
 export { freePort } from '../../dev/embedded-postgres.ts';
+import { openDatabase } from '../../lib/db.ts';
+import { createLogger } from '../../lib/logger.ts';
 import { migrateToLatest } from '../../lib/migrator.ts';
 
 export const SERVER_URL_VAR = 'PULSE_TEST_SERVER_URL';
@@ -50,15 +51,16 @@ export async function startTestServer(): Promise<{ serverUrl: string; templateDb
   }
   const templateDb = uniqueName('pulse_test_template');
   await adminQuery(serverUrl, `CREATE DATABASE ${templateDb}`);
-  const db = new Kysely<unknown>({
-    dialect: new PostgresDialect({
-      pool: new pg.Pool({ connectionString: withDatabase(serverUrl, templateDb), max: 1 }),
-    }),
+  const template = openDatabase({
+    connectionString: withDatabase(serverUrl, templateDb),
+    poolMax: 1,
+    applicationName: 'pulse-test',
+    logger: createLogger('test', 'silent'),
   });
   try {
-    await migrateToLatest(db);
+    await migrateToLatest(template.db);
   } finally {
-    await db.destroy();
+    await template.close();
   }
   return { serverUrl, templateDb };
 }
