@@ -84,6 +84,8 @@ export interface ApiProcess {
   pid: number;
   /** Resident set size in MB, read from /proc. */
   rssMb(): number;
+  /** CPU time (user + system) the process has used so far, in seconds, read from /proc. */
+  cpuSeconds(): number;
   stop(): Promise<void>;
 }
 
@@ -125,6 +127,12 @@ export async function startApi(
       const kb = Number(/VmRSS:\s+(\d+)/.exec(status)?.[1] ?? 0);
       return kb / 1024;
     },
+    cpuSeconds() {
+      // Fields 14 and 15 of /proc/<pid>/stat (utime, stime), in clock ticks of 1/100 s (USER_HZ).
+      const stat = readFileSync(`/proc/${child.pid}/stat`, 'utf8');
+      const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+      return (Number(fields[11]) + Number(fields[12])) / 100;
+    },
     async stop() {
       child.kill('SIGTERM');
       if (child.exitCode === null) await once(child, 'exit');
@@ -139,6 +147,8 @@ export interface LoadResult {
   errors: number;
   non2xx: number;
   peakRssMb: number;
+  /** The API process's CPU time during the run divided by the requests answered, in us. */
+  cpuUsPerRequest: number;
 }
 
 export interface BenchRequest {
@@ -162,6 +172,7 @@ export async function runLoad(options: LoadOptions): Promise<LoadResult> {
   const sampler = setInterval(() => {
     if (options.api) peakRssMb = Math.max(peakRssMb, options.api.rssMb());
   }, 250);
+  const cpuBefore = options.api?.cpuSeconds() ?? NaN;
   try {
     const result = await autocannon({
       url: options.url,
@@ -179,11 +190,23 @@ export async function runLoad(options: LoadOptions): Promise<LoadResult> {
       errors: result.errors + result.timeouts,
       non2xx: result.non2xx,
       peakRssMb,
+      cpuUsPerRequest:
+        (((options.api?.cpuSeconds() ?? NaN) - cpuBefore) * 1e6) /
+        Math.max(1, result.requests.total),
     };
   } finally {
     clearInterval(sampler);
   }
 }
+
+const bareExpress = fileURLToPath(new URL('./bare-express.ts', import.meta.url));
+
+/**
+ * The yardstick for CPU per request: a bare Express 5 handler that parses the JSON body and
+ * answers (bench/bare-express.ts), started like the API so the same load drives it.
+ */
+export const startBareExpress = (): Promise<ApiProcess> =>
+  startApi('', {}, ['--import', 'tsx', bareExpress]);
 
 export const randomUserId = (rows: number): number => 1 + Math.floor(Math.random() * rows);
 

@@ -1,8 +1,7 @@
-import { spawn } from 'node:child_process';
-import { once } from 'node:events';
 import { expect } from 'chai';
-import { freePort } from '../dev/embedded-postgres.ts';
 import { createTestDatabase, type TestDatabase } from './support/database.ts';
+import { startEntryPoint } from './support/entry-points.ts';
+import { freePort } from './support/server.ts';
 import { randomSecret } from './support/tokens.ts';
 
 describe('the API with its own metrics listener (METRICS_PORT)', function () {
@@ -17,41 +16,28 @@ describe('the API with its own metrics listener (METRICS_PORT)', function () {
 
   it('serves /metrics on METRICS_PORT only, never on the public port, with AUTH_MODE=jwt', async () => {
     const [port, metricsPort] = [await freePort(), await freePort()];
-    const api = spawn(process.execPath, ['--import', 'tsx', 'api/main.ts'], {
+    const api = startEntryPoint('api', {
       env: {
-        PATH: process.env.PATH,
         DATABASE_URL: database.url,
         PORT: String(port),
         METRICS_PORT: String(metricsPort),
         AUTH_MODE: 'jwt',
         AUTH_JWT_SECRET: randomSecret(),
       },
-      stdio: ['ignore', 'pipe', 'inherit'],
     });
-    const exited = once(api, 'exit') as Promise<[number | null]>;
-    try {
-      let output = '';
-      api.stdout.on('data', (chunk: Buffer) => (output += chunk.toString()));
-      await new Promise<void>((resolve, reject) => {
-        api.stdout.on('data', () => output.includes('pulse api listening') && resolve());
-        void exited.then(() => reject(new Error(`the API exited:\n${output}`)));
-      });
-      expect(output).to.include(`"metrics":"http://127.0.0.1:${metricsPort}/metrics"`);
-      const publicBase = `http://127.0.0.1:${port}`;
-      const metricsBase = `http://127.0.0.1:${metricsPort}`;
-      expect((await fetch(`${publicBase}/status/1`)).status).to.equal(401);
-      expect((await fetch(`${publicBase}/metrics`)).status).to.equal(404);
-      expect((await fetch(`${publicBase}/readyz`)).status).to.equal(200);
-      const metrics = await fetch(`${metricsBase}/metrics`);
-      expect(metrics.status).to.equal(200);
-      expect(await metrics.text()).to.match(
-        /^pulse_http_request_duration_seconds_count\{method="GET",route="unmatched",status_code="401"\} 1$/m,
-      );
-      expect((await fetch(`${metricsBase}/readyz`)).status).to.equal(200);
-      api.kill('SIGTERM');
-      expect((await exited)[0]).to.equal(0);
-    } finally {
-      if (api.exitCode === null) api.kill('SIGKILL');
-    }
+    await api.waitForOutput('pulse api listening', { timeoutMs: 45_000 });
+    expect(api.stdout()).to.include(`"metrics":"http://127.0.0.1:${metricsPort}/metrics"`);
+    const publicBase = `http://127.0.0.1:${port}`;
+    const metricsBase = `http://127.0.0.1:${metricsPort}`;
+    expect((await fetch(`${publicBase}/status/1`)).status).to.equal(401);
+    expect((await fetch(`${publicBase}/metrics`)).status).to.equal(404);
+    expect((await fetch(`${publicBase}/readyz`)).status).to.equal(200);
+    const metrics = await fetch(`${metricsBase}/metrics`);
+    expect(metrics.status).to.equal(200);
+    expect(await metrics.text()).to.match(
+      /^pulse_http_request_duration_seconds_count\{method="GET",route="unmatched",status_code="401"\} 1$/m,
+    );
+    expect((await fetch(`${metricsBase}/readyz`)).status).to.equal(200);
+    expect(await api.stop('SIGTERM')).to.deep.equal({ code: 0, signal: null });
   });
 });

@@ -24,14 +24,23 @@ export function uniqueName(prefix: string): string {
   return `${prefix}_${process.pid}_${randomBytes(4).toString('hex')}`;
 }
 
-export async function adminQuery(serverUrl: string, text: string): Promise<void> {
-  const client = new pg.Client({ connectionString: serverUrl });
+/** One statement on its own connection (another session than the pool under test). */
+export async function queryOnce<R extends pg.QueryResultRow = pg.QueryResultRow>(
+  url: string,
+  text: string,
+  values?: unknown[],
+): Promise<pg.QueryResult<R>> {
+  const client = new pg.Client({ connectionString: url });
   await client.connect();
   try {
-    await client.query(text);
+    return await client.query<R>(text, values);
   } finally {
     await client.end();
   }
+}
+
+export async function adminQuery(serverUrl: string, text: string): Promise<void> {
+  await queryOnce(serverUrl, text);
 }
 
 let embedded: EmbeddedServer | undefined;
