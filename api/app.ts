@@ -5,12 +5,19 @@ import { pinoHttp } from 'pino-http';
 import type { Registry } from 'prom-client';
 import type { Logger } from '../lib/logger.ts';
 import { opsRoutes } from '../lib/ops-routes.ts';
-import { findOnlineUserIds, type Executor } from '../lib/pulse-store.ts';
-import { assertMayWrite, createAuthenticate, principalOf, type AuthConfig } from './auth.ts';
+import { readStatuses, setOffline, type Executor } from '../lib/pulse-store.ts';
+import {
+  assertMayWrite,
+  createAuthenticate,
+  principalOf,
+  redactAccessToken,
+  type AuthConfig,
+} from './auth.ts';
 import { errorHandler, notFound } from './errors.ts';
 import type { HeartbeatWriter } from './heartbeat-writer.ts';
 import { openApiDocument } from './openapi.ts';
 import type { StatusReader } from './status-reader.ts';
+import { createStreamRoute, type StreamRouteDeps } from './status-stream.ts';
 import { parseBatchBody, parseHeartbeatBody, parseUserIdParam, requireJson } from './validation.ts';
 
 export interface AppDeps {
@@ -20,6 +27,7 @@ export interface AppDeps {
   logger: Logger;
   registry: Registry;
   httpMetrics: RequestHandler;
+  stream: Omit<StreamRouteDeps, 'config'>;
   config: AuthConfig & {
     ONLINE_THRESHOLD_SECONDS: number;
     BATCH_MAX_IDS: number;
@@ -35,6 +43,7 @@ export function buildApp({
   logger,
   registry,
   httpMetrics,
+  stream,
   config,
 }: AppDeps): Express {
   const app = express();
@@ -57,7 +66,8 @@ export function buildApp({
         req: (req: { id: unknown; method: string; url: string }) => ({
           id: req.id,
           method: req.method,
-          url: req.url,
+          // The stream may carry a token in its query (access_token): never in a log line.
+          url: redactAccessToken(req.url),
         }),
         res: (res: { statusCode: number }) => ({ statusCode: res.statusCode }),
       },
@@ -81,6 +91,12 @@ export function buildApp({
   app.get('/openapi.json', (_req, res) => {
     res.json(openApiDocument);
   });
+  // The stream is a long-lived GET (no body); it also accepts the token as access_token.
+  app.get(
+    '/status/stream',
+    createAuthenticate(config, { queryToken: true }),
+    createStreamRoute({ ...stream, config }),
+  );
   app.use('/status', createAuthenticate(config));
 
   // Only application/json is parsed; routes answer any other content type with 415. Compressed
@@ -95,11 +111,18 @@ export function buildApp({
     res.json(many ? { status: 'success', accepted: userIds.length } : { status: 'success' });
   });
 
+  app.post('/status/offline', async (req, res) => {
+    requireJson(req);
+    const { userIds, many } = parseHeartbeatBody(req.body, config.BATCH_MAX_IDS);
+    assertMayWrite(principalOf(req), userIds);
+    await setOffline(db, userIds);
+    res.json(many ? { status: 'success', accepted: userIds.length } : { status: 'success' });
+  });
+
   app.post('/status/batch', async (req, res) => {
     requireJson(req);
     const userIds = parseBatchBody(req.body, config.BATCH_MAX_IDS);
-    const online = await findOnlineUserIds(db, userIds, config.ONLINE_THRESHOLD_SECONDS);
-    res.json(userIds.map((id) => ({ user_id: id, is_online: online.has(id) })));
+    res.json(await readStatuses(db, userIds, config.ONLINE_THRESHOLD_SECONDS));
   });
 
   app.get('/status/:userId', async (req, res) => {
