@@ -207,12 +207,7 @@ describe('GET /status/stream', () => {
     const app = await start({ STREAM_MAX_OPEN: '2' });
     const first = await open(app, '?watch=1');
     await open(app, '?watch=1');
-    const response = await expectError(
-      (await fetch(`${app.baseUrl}/status/stream?watch=1`)) as Response,
-      503,
-      'too_many_streams',
-    );
-    expect(response).to.exist;
+    await expectError(await app.get('/status/stream?watch=1'), 503, 'too_many_streams');
     const again = await fetch(`${app.baseUrl}/status/stream?watch=1`);
     expect(again.headers.get('retry-after')).to.match(/^\d+$/);
     await again.arrayBuffer();
