@@ -107,7 +107,6 @@ async function main(): Promise<void> {
     let measuring = false;
     let unexpected = 0;
     let expected = 0;
-    let snapshots = 0;
     let ended = 0;
 
     const onChange = (userId: number, isOnline: boolean) => {
@@ -149,7 +148,6 @@ async function main(): Promise<void> {
                 const block = buffer.slice(0, end);
                 buffer = buffer.slice(end + 2);
                 if (block.startsWith('event: snapshot')) {
-                  snapshots += 1;
                   if (first) resolve();
                   first = false;
                 } else if (block.startsWith('event: change')) {
