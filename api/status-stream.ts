@@ -240,16 +240,17 @@ export function createStreamRoute({
     try {
       if (holder !== undefined) cleanups.push(await held.hold(holder));
       if (gone) return cleanUp();
-      const subscription = await feed.subscribe(watch, (changes: readonly UserStatus[]) => {
+      // Only `close` is kept for the stream's lifetime: the snapshot is not held in memory.
+      const { snapshot, close } = await feed.subscribe(watch, (changes: readonly UserStatus[]) => {
         session?.events('change', changes);
         observer.onEvent?.('change', changes.length);
       });
-      cleanups.push(() => subscription.close());
+      cleanups.push(close);
       if (gone) return cleanUp();
       session = hub.start(res);
       const started = session;
       cleanups.push(() => hub.finish(started));
-      session.events('snapshot', [subscription.snapshot]);
+      session.events('snapshot', [snapshot]);
       observer.onEvent?.('snapshot', 1);
       session.endAt(principal.expiresAt);
     } catch (error) {
