@@ -171,6 +171,8 @@ export class StreamHub {
       for (const s of this.sessions) s.write(': keep-alive\n\n');
     }, this.options.keepAliveMs);
     this.keepAlive.unref();
+    // Admitted before a shutdown began, started after: it ends at once, with its retry hint.
+    if (this.closing) session.end('shutting_down');
     return session;
   }
 
