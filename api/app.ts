@@ -2,7 +2,7 @@ import express, { type Express, type RequestHandler } from 'express';
 import type { Registry } from 'prom-client';
 import type { Logger } from '../lib/logger.ts';
 import { opsRoutes } from '../http/ops-routes.ts';
-import type { Executor } from '../lib/pulse-store.ts';
+import { setOffline, type Executor } from '../lib/pulse-store.ts';
 import { assertMayWrite, createAuthenticate, principalOf, type AuthConfig } from './auth.ts';
 import { errorHandler, notFound } from './errors.ts';
 import type { HeartbeatWriter } from './heartbeat-writer.ts';
@@ -10,6 +10,7 @@ import { openApiDocument } from './openapi.ts';
 import type { StatusReader } from './status-reader.ts';
 import { requestLog } from './request-log.ts';
 import { securityHeaders } from './security-headers.ts';
+import { createStreamRoute, type StreamRouteDeps } from './status-stream.ts';
 import { parseBatchBody, parseHeartbeatBody, parseUserIdParam, requireJson } from './validation.ts';
 
 export interface AppDeps {
@@ -19,6 +20,7 @@ export interface AppDeps {
   logger: Logger;
   registry: Registry;
   httpMetrics: RequestHandler;
+  stream: Omit<StreamRouteDeps, 'config'>;
   config: AuthConfig & {
     /** Set: /metrics is served by the separate metrics listener, not by this app. */
     METRICS_PORT?: number | undefined;
@@ -35,6 +37,7 @@ export function buildApp({
   logger,
   registry,
   httpMetrics,
+  stream,
   config,
 }: AppDeps): Express {
   const app = express();
@@ -52,6 +55,12 @@ export function buildApp({
   app.get('/openapi.json', (_req, res) => {
     res.json(openApiDocument);
   });
+  // The stream is a long-lived GET (no body); it also accepts the token as access_token.
+  app.get(
+    '/status/stream',
+    createAuthenticate(config, { queryToken: true }),
+    createStreamRoute({ ...stream, config }),
+  );
   app.use('/status', createAuthenticate(config));
 
   // Only application/json is parsed; routes answer any other content type with 415. Compressed
@@ -63,6 +72,14 @@ export function buildApp({
     const { userIds, many } = parseHeartbeatBody(req.body, config.BATCH_MAX_IDS);
     assertMayWrite(principalOf(req), userIds);
     await heartbeats.record(userIds);
+    res.json(many ? { status: 'success', accepted: userIds.length } : { status: 'success' });
+  });
+
+  app.post('/status/offline', async (req, res) => {
+    requireJson(req);
+    const { userIds, many } = parseHeartbeatBody(req.body, config.BATCH_MAX_IDS);
+    assertMayWrite(principalOf(req), userIds);
+    await setOffline(db, userIds);
     res.json(many ? { status: 'success', accepted: userIds.length } : { status: 'success' });
   });
 

@@ -30,7 +30,7 @@ runMain(async () => {
   shutdown.add('database pool', () => database.close());
   void checkStatementTimeout(database.db, DEFAULT_STATEMENT_TIMEOUT_MS, logger);
 
-  const { app, heartbeats, registry } = assembleApi(database, config, logger);
+  const { app, heartbeats, registry, streams } = assembleApi(database, config, logger);
   shutdown.add('heartbeat queue', () => heartbeats.close());
 
   let metrics: string | undefined;
@@ -47,6 +47,8 @@ runMain(async () => {
 
   const server = await listen(app, config.PORT, config.HOST);
   shutdown.add('http server', () => server.stop());
+  // Runs before the server stops (steps run in reverse): open streams would keep it waiting.
+  shutdown.add('event streams', () => streams.close());
   logger.info(
     { url: `http://${config.HOST}:${server.port}`, metrics: metrics ?? 'on the API port' },
     'pulse api listening',

@@ -12,6 +12,7 @@ import { randomUUID } from 'node:crypto';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { RequestHandler } from 'express';
 import type { Logger } from '../lib/logger.ts';
+import { redactAccessToken } from './auth.ts';
 
 declare module 'http' {
   interface IncomingMessage {
@@ -26,7 +27,12 @@ const SANE_ID = /^[\w.:-]{1,128}$/;
 const startedAt = Symbol('startedAt');
 type Timed = { [startedAt]: number };
 
-const describe = (req: IncomingMessage) => ({ id: req.id, method: req.method, url: req.url });
+// The stream may carry a token in its query (access_token): never in a log line.
+const describe = (req: IncomingMessage) => ({
+  id: req.id,
+  method: req.method,
+  url: redactAccessToken(req.url ?? ''),
+});
 
 export function requestLog(logger: Logger, { ignore }: { ignore: RegExp }): RequestHandler {
   // 'close' comes after 'finish' for a complete response, and alone for an aborted one.

@@ -2,6 +2,9 @@
  * The shape of the house (issue 10): what the production build compiles, who may import whom,
  * and the one way each thing is done.
  */
+import { StreamHub } from '../api/status-stream.ts';
+import { HeldPresence } from '../api/held-presence.ts';
+import { PresenceFeed } from '../lib/presence-feed.ts';
 import { readdirSync, readFileSync, statSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -116,6 +119,21 @@ describe('POST /status/batch reads through the status reader', () => {
       registry: new Registry(),
       httpMetrics: (_req, _res, next) => next(),
       config,
+      stream: {
+        hub: new StreamHub({
+          maxOpen: 1,
+          keepAliveMs: 15_000,
+          retryMs: 3000,
+          drainTimeoutMs: 1000,
+          maxBufferedBytes: 1024,
+        }),
+        feed: new PresenceFeed(database.db, { thresholdSeconds: 20, intervalMs: 1000 }),
+        held: new HeldPresence(heartbeats, {
+          intervalMs: 1000,
+          chunkIds: 1000,
+          onBeatError: () => undefined,
+        }),
+      },
     });
     const server = await listen(app, 0, '127.0.0.1');
     try {
