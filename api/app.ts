@@ -7,6 +7,8 @@ import type { Logger } from '../lib/logger.ts';
 import { opsRoutes } from '../lib/ops-routes.ts';
 import { findOnlineUserIds, type Executor } from '../lib/pulse-store.ts';
 import { assertMayWrite, createAuthenticate, principalOf, type AuthConfig } from './auth.ts';
+import { createCors } from './cors.ts';
+import { demoRoutes } from './demo.ts';
 import { errorHandler, notFound } from './errors.ts';
 import type { HeartbeatWriter } from './heartbeat-writer.ts';
 import { openApiDocument } from './openapi.ts';
@@ -24,6 +26,8 @@ export interface AppDeps {
     ONLINE_THRESHOLD_SECONDS: number;
     BATCH_MAX_IDS: number;
     BODY_LIMIT_BYTES: number;
+    CORS_ORIGINS: readonly string[];
+    DEMO_PAGE: boolean;
   };
 }
 
@@ -63,6 +67,10 @@ export function buildApp({
       },
     }),
   );
+  // Browser clients on other origins: before everything else, so preflights need no token.
+  const corsHandler = createCors(config.CORS_ORIGINS);
+  if (corsHandler) app.use(corsHandler);
+
   // --- security: headers for a JSON API ---
   app.use(
     // JSON is never rendered: allow nothing, frame nothing.
@@ -81,6 +89,13 @@ export function buildApp({
   app.get('/openapi.json', (_req, res) => {
     res.json(openApiDocument);
   });
+  if (config.DEMO_PAGE) {
+    const demo = demoRoutes();
+    if (!demo.built) {
+      logger.warn('the demo page is not served: build the client library (npm run build:client)');
+    }
+    app.use(demo.router);
+  }
   app.use('/status', createAuthenticate(config));
 
   // Only application/json is parsed; routes answer any other content type with 415. Compressed

@@ -46,6 +46,41 @@ const cronExpression = z
   .trim()
   .refine((value) => cron.validate(value), 'must be a valid cron expression (5 or 6 fields)');
 
+/**
+ * CORS_ORIGINS: the web origins whose pages may call the API from a browser, comma-separated, each
+ * exactly as the browser sends it (scheme://host[:port], no path). None by default; "*" is refused:
+ * an allow-list is what keeps another site's page from reading presence with a user's token.
+ */
+const corsOrigins = z
+  .string()
+  .default('')
+  .transform((value, ctx) => {
+    const origins: string[] = [];
+    for (const raw of value.split(',')) {
+      const entry = raw.trim();
+      if (entry === '') continue;
+      let origin: string | undefined;
+      try {
+        const url = new URL(entry);
+        if (['http:', 'https:'].includes(url.protocol)) origin = url.origin;
+      } catch {
+        origin = undefined;
+      }
+      if (origin === undefined || origin !== entry) {
+        ctx.addIssue({
+          code: 'custom',
+          message:
+            entry === '*'
+              ? 'must list exact origins: "*" is not accepted'
+              : `must list exact origins like https://app.example.com (scheme, host, optional port; no path or trailing slash): "${entry}" is not one`,
+        });
+        return z.NEVER;
+      }
+      if (!origins.includes(origin)) origins.push(origin);
+    }
+    return Object.freeze(origins);
+  });
+
 const common = {
   DATABASE_URL: databaseUrl,
   PG_POOL_MAX: integer(1, 1000, 10),
@@ -167,6 +202,9 @@ const apiSchema = z
     HEARTBEAT_FLUSH_DELAY_MS: integer(0, 1000, 2),
     HEARTBEAT_MAX_CONCURRENT_FLUSHES: integer(1, 100, 2),
     HEARTBEAT_QUEUE_MAX_IDS: integer(1, 10_000_000, 100_000),
+    // --- browser clients: cross-origin access and the demo page (client/) ---
+    CORS_ORIGINS: corsOrigins,
+    DEMO_PAGE: boolean(true),
   })
   .superRefine(checkAuth);
 
