@@ -5,14 +5,21 @@ import { pinoHttp } from 'pino-http';
 import type { Registry } from 'prom-client';
 import type { Logger } from '../lib/logger.ts';
 import { opsRoutes } from '../lib/ops-routes.ts';
-import { findOnlineUserIds, type Executor } from '../lib/pulse-store.ts';
-import { assertMayWrite, createAuthenticate, principalOf, type AuthConfig } from './auth.ts';
+import { readStatuses, setOffline, type Executor } from '../lib/pulse-store.ts';
+import {
+  assertMayWrite,
+  createAuthenticate,
+  principalOf,
+  redactAccessToken,
+  type AuthConfig,
+} from './auth.ts';
 import { createCors } from './cors.ts';
 import { demoRoutes } from './demo.ts';
 import { errorHandler, notFound } from './errors.ts';
 import type { HeartbeatWriter } from './heartbeat-writer.ts';
 import { openApiDocument } from './openapi.ts';
 import type { StatusReader } from './status-reader.ts';
+import { createStreamRoute, type StreamRouteDeps } from './status-stream.ts';
 import { parseBatchBody, parseHeartbeatBody, parseUserIdParam, requireJson } from './validation.ts';
 
 export interface AppDeps {
@@ -22,6 +29,7 @@ export interface AppDeps {
   logger: Logger;
   registry: Registry;
   httpMetrics: RequestHandler;
+  stream: Omit<StreamRouteDeps, 'config'>;
   config: AuthConfig & {
     ONLINE_THRESHOLD_SECONDS: number;
     BATCH_MAX_IDS: number;
@@ -39,6 +47,7 @@ export function buildApp({
   logger,
   registry,
   httpMetrics,
+  stream,
   config,
 }: AppDeps): Express {
   const app = express();
@@ -61,7 +70,8 @@ export function buildApp({
         req: (req: { id: unknown; method: string; url: string }) => ({
           id: req.id,
           method: req.method,
-          url: req.url,
+          // The stream may carry a token in its query (access_token): never in a log line.
+          url: redactAccessToken(req.url),
         }),
         res: (res: { statusCode: number }) => ({ statusCode: res.statusCode }),
       },
@@ -96,6 +106,12 @@ export function buildApp({
     }
     app.use(demo.router);
   }
+  // The stream is a long-lived GET (no body); it also accepts the token as access_token.
+  app.get(
+    '/status/stream',
+    createAuthenticate(config, { queryToken: true }),
+    createStreamRoute({ ...stream, config }),
+  );
   app.use('/status', createAuthenticate(config));
 
   // Only application/json is parsed; routes answer any other content type with 415. Compressed
@@ -110,11 +126,18 @@ export function buildApp({
     res.json(many ? { status: 'success', accepted: userIds.length } : { status: 'success' });
   });
 
+  app.post('/status/offline', async (req, res) => {
+    requireJson(req);
+    const { userIds, many } = parseHeartbeatBody(req.body, config.BATCH_MAX_IDS);
+    assertMayWrite(principalOf(req), userIds);
+    await setOffline(db, userIds);
+    res.json(many ? { status: 'success', accepted: userIds.length } : { status: 'success' });
+  });
+
   app.post('/status/batch', async (req, res) => {
     requireJson(req);
     const userIds = parseBatchBody(req.body, config.BATCH_MAX_IDS);
-    const online = await findOnlineUserIds(db, userIds, config.ONLINE_THRESHOLD_SECONDS);
-    res.json(userIds.map((id) => ({ user_id: id, is_online: online.has(id) })));
+    res.json(await readStatuses(db, userIds, config.ONLINE_THRESHOLD_SECONDS));
   });
 
   app.get('/status/:userId', async (req, res) => {

@@ -27,10 +27,12 @@ runMain(async () => {
   });
   shutdown.add('database pool', () => database.close());
 
-  const { app, heartbeats } = assembleApi(database, config, logger);
+  const { app, heartbeats, streams } = assembleApi(database, config, logger);
   shutdown.add('heartbeat queue', () => heartbeats.close());
 
   const server = await listen(app, config.PORT, config.HOST);
   shutdown.add('http server', () => server.stop());
+  // Runs before the server stops (steps run in reverse): open streams would keep it waiting.
+  shutdown.add('event streams', () => streams.close());
   logger.info({ url: `http://${config.HOST}:${config.PORT}` }, 'pulse api listening');
 });

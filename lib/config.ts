@@ -188,6 +188,22 @@ function checkAuth(c: AuthFields, ctx: z.RefinementCtx): void {
   }
 }
 
+// --- Live stream (GET /status/stream), connection-held presence and change detection ---
+const streamFields = {
+  /** Open streams per process; one more is answered 503 too_many_streams with Retry-After. */
+  STREAM_MAX_OPEN: integer(0, 1_000_000, 10_000),
+  /** How often the watched ids of all streams of a process are re-read (change detection). */
+  STREAM_POLL_INTERVAL_MS: integer(50, 60_000, 1_000),
+  /** A keep-alive comment at least this often (the contract promises at most 15 s of silence). */
+  STREAM_KEEPALIVE_SECONDS: integer(1, 15, 15),
+  /** The reconnection delay hinted in `retry:`; each stream gets it with +-50% jitter. */
+  STREAM_RETRY_MS: integer(100, 600_000, 3_000),
+  /** A stream whose write buffer has not drained for this long is disconnected (slow consumer). */
+  STREAM_DRAIN_TIMEOUT_SECONDS: integer(1, 600, 10),
+  /** ... and at once when more than this many bytes wait in the process for it. */
+  STREAM_MAX_BUFFERED_BYTES: integer(16_384, 64 * 1024 * 1024, 1024 * 1024),
+};
+
 const apiSchema = z
   .object({
     ...common,
@@ -202,6 +218,7 @@ const apiSchema = z
     HEARTBEAT_FLUSH_DELAY_MS: integer(0, 1000, 2),
     HEARTBEAT_MAX_CONCURRENT_FLUSHES: integer(1, 100, 2),
     HEARTBEAT_QUEUE_MAX_IDS: integer(1, 10_000_000, 100_000),
+    ...streamFields,
     // --- browser clients: cross-origin access and the demo page (client/) ---
     CORS_ORIGINS: corsOrigins,
     DEMO_PAGE: boolean(true),

@@ -1,0 +1,314 @@
+import { expect } from 'chai';
+import { startTestApp, type TestApp } from './support/app.ts';
+import { createTestDatabase, type TestDatabase } from './support/database.ts';
+import { expectError } from './support/http.ts';
+import { SseStream } from './support/sse.ts';
+import { bearer, hs256, jwtEnv, randomSecret } from './support/tokens.ts';
+
+interface Status {
+  user_id: number;
+  is_online: boolean;
+}
+
+const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+
+/** A small threshold and a fast poll keep these tests in seconds. */
+const FAST = {
+  ONLINE_THRESHOLD_SECONDS: '2',
+  STREAM_POLL_INTERVAL_MS: '100',
+  STREAM_KEEPALIVE_SECONDS: '1',
+  HEARTBEAT_FLUSH_DELAY_MS: '1',
+};
+
+describe('GET /status/stream', () => {
+  let database: TestDatabase;
+  const apps: TestApp[] = [];
+  const streams: SseStream[] = [];
+
+  async function start(env: Record<string, string> = {}): Promise<TestApp> {
+    const app = await startTestApp(database, { ...FAST, ...env });
+    apps.push(app);
+    return app;
+  }
+  async function open(app: TestApp, query: string, headers: Record<string, string> = {}) {
+    const stream = await SseStream.open(`${app.baseUrl}/status/stream${query}`, headers);
+    streams.push(stream);
+    return stream;
+  }
+
+  beforeEach(async () => {
+    database = await createTestDatabase();
+  });
+  afterEach(async () => {
+    for (const stream of streams.splice(0)) stream.close();
+    for (const app of apps.splice(0)) await app.close();
+    await database.drop();
+  });
+
+  it('sends a snapshot as POST /status/batch answers it, then one change per transition', async () => {
+    const app = await start();
+    await database.putRow(1, 0);
+    const stream = await open(app, '?watch=1,2,2');
+    expect(stream.response.status).to.equal(200);
+    expect(stream.response.headers.get('content-type')).to.match(/^text\/event-stream/);
+    expect(stream.response.headers.get('cache-control')).to.match(/no-store/);
+
+    const snapshot = await stream.next<Status[]>();
+    const batch = await (
+      await app.post('/status/batch', [{ user_id: 1 }, { user_id: 2 }, { user_id: 2 }])
+    ).json();
+    expect(snapshot).to.deep.equal({ event: 'snapshot', data: batch });
+    expect(snapshot.data).to.deep.equal([
+      { user_id: 1, is_online: true },
+      { user_id: 2, is_online: false },
+      { user_id: 2, is_online: false },
+    ]);
+    expect(stream.retries.length).to.be.greaterThan(0);
+
+    await app.post('/status/update', { user_id: 2 });
+    expect(await stream.next()).to.deep.equal({
+      event: 'change',
+      data: { user_id: 2, is_online: true },
+    });
+    await app.post('/status/update', { user_id: 2 }); // still online: no event
+    await app.post('/status/offline', { user_id: 2 });
+    expect(await stream.next()).to.deep.equal({
+      event: 'change',
+      data: { user_id: 2, is_online: false },
+    });
+
+    // User 1 crosses the threshold without any request: offline by the database clock.
+    await database.putRow(1, 1.5);
+    const crossing = Date.now() + 500;
+    expect(await stream.next()).to.deep.equal({
+      event: 'change',
+      data: { user_id: 1, is_online: false },
+    });
+    expect(Date.now()).to.be.at.least(crossing - 50);
+    await stream.until(() => stream.comments.includes('keep-alive'), 'a keep-alive comment');
+    expect(stream.unread).to.deep.equal([]);
+  });
+
+  it('gets every change that happens right after its snapshot, exactly once', async () => {
+    const app = await start();
+    for (let round = 0; round < 5; round += 1) {
+      const stream = await open(app, '?watch=7');
+      const { data } = await stream.next<Status[]>();
+      const wasOnline = data[0]!.is_online;
+      if (wasOnline) await app.post('/status/offline', { user_id: 7 });
+      else await app.post('/status/update', { user_id: 7 });
+      expect(await stream.next()).to.deep.equal({
+        event: 'change',
+        data: { user_id: 7, is_online: !wasOnline },
+      });
+      await sleep(300); // three polls: nothing more may come
+      expect(stream.unread).to.deep.equal([]);
+      stream.close();
+    }
+  });
+
+  it('delivers a change made through API process A to a stream held by API process B', async () => {
+    const a = await start();
+    const b = await start();
+    const stream = await open(b, '?watch=10,11');
+    await stream.next();
+    await a.post('/status/update', [{ user_id: 11 }]);
+    expect(await stream.next()).to.deep.equal({
+      event: 'change',
+      data: { user_id: 11, is_online: true },
+    });
+    await a.post('/status/offline', [{ user_id: 11 }, { user_id: 10 }]);
+    expect(await stream.next()).to.deep.equal({
+      event: 'change',
+      data: { user_id: 11, is_online: false },
+    });
+  });
+
+  it('keeps its caller online with no request for several thresholds, then lets it expire', async () => {
+    const a = await start();
+    const b = await start();
+    const watcher = await open(b, '?watch=50');
+    expect((await watcher.next()).data).to.deep.equal([{ user_id: 50, is_online: false }]);
+
+    const holder = await open(a, '?user_id=50');
+    expect((await holder.next()).data).to.deep.equal([]);
+    expect(await watcher.next()).to.deep.equal({
+      event: 'change',
+      data: { user_id: 50, is_online: true },
+    });
+    // Three thresholds (2 s each) with no request from the client: online all along.
+    const until = Date.now() + 6_000;
+    while (Date.now() < until) {
+      const age = await database.ageOf(50);
+      expect(age, 'seconds since the last held heartbeat').to.be.below(2);
+      await sleep(250);
+    }
+    expect(watcher.unread).to.deep.equal([]);
+
+    holder.close();
+    const closed = Date.now();
+    expect(await watcher.next(6_000)).to.deep.equal({
+      event: 'change',
+      data: { user_id: 50, is_online: false },
+    });
+    // About one threshold after the stream closed: the last held beat was at most a third ago.
+    expect((Date.now() - closed) / 1000).to.be.within(1.0, 3.5);
+  });
+
+  it('holds one row for a user with several streams, and stops when the last one closes', async () => {
+    const app = await start();
+    const first = await open(app, '?user_id=60');
+    const second = await open(app, '?user_id=60');
+    await first.next();
+    await second.next();
+    first.close();
+    await sleep(2_500); // more than a threshold: the second stream still holds the user
+    expect(await database.ageOf(60)).to.be.below(2);
+    second.close();
+    await sleep(3_000);
+    expect(await database.ageOf(60)).to.be.above(2);
+  });
+
+  it('answers bad parameters with the usual JSON errors before any stream starts', async () => {
+    const app = await start({ BATCH_MAX_IDS: '3' });
+    await expectError(await app.get('/status/stream?watch=1,x'), 400, 'invalid_user_id');
+    await expectError(await app.get('/status/stream?watch=0'), 400, 'invalid_user_id');
+    await expectError(await app.get('/status/stream?watch=1,,2'), 400, 'invalid_user_id');
+    await expectError(await app.get('/status/stream?watch=1,2,3,4'), 413, 'too_many_ids');
+    await expectError(await app.get('/status/stream?user_id=abc'), 400, 'invalid_user_id');
+    await expectError(await app.get('/status/stream?user_id=1&user_id=2'), 400, 'invalid_user_id');
+    const stream = await open(app, '?watch=1&watch=2');
+    expect((await stream.next<Status[]>()).data.map((s) => s.user_id)).to.deep.equal([1, 2]);
+  });
+
+  it('POST /status/offline validates like a heartbeat', async () => {
+    const app = await start({ BATCH_MAX_IDS: '2' });
+    await expectError(await app.post('/status/offline', { user_id: 0 }), 400, 'invalid_user_id');
+    await expectError(await app.post('/status/offline', '{'), 400, 'invalid_json');
+    await expectError(
+      await app.post('/status/offline', [{ user_id: 1 }, { user_id: 2 }, { user_id: 3 }]),
+      413,
+      'too_many_ids',
+    );
+    await expectError(
+      await app.post('/status/offline', 'user_id=1', { 'content-type': 'text/plain' }),
+      415,
+      'unsupported_media_type',
+    );
+    await database.putRow(5, 0);
+    expect(await (await app.post('/status/offline', [{ user_id: 5 }])).json()).to.deep.equal({
+      status: 'success',
+      accepted: 1,
+    });
+    expect(await database.userIds()).to.deep.equal([]);
+  });
+
+  it('refuses streams above STREAM_MAX_OPEN with 503 and Retry-After', async () => {
+    const app = await start({ STREAM_MAX_OPEN: '2' });
+    const first = await open(app, '?watch=1');
+    await open(app, '?watch=1');
+    await expectError(await app.get('/status/stream?watch=1'), 503, 'too_many_streams');
+    const again = await fetch(`${app.baseUrl}/status/stream?watch=1`);
+    expect(again.headers.get('retry-after')).to.match(/^\d+$/);
+    await again.arrayBuffer();
+    first.close();
+    const third = await (async () => {
+      for (let i = 0; i < 50; i += 1) {
+        const stream = await open(app, '?watch=1');
+        if (stream.response.status === 200) return stream;
+        await stream.response.arrayBuffer().catch(() => undefined);
+        await sleep(50);
+      }
+      throw new Error('no slot came free after a stream closed');
+    })();
+    expect((await third.next()).event).to.equal('snapshot');
+    const metrics = await (await app.get('/metrics')).text();
+    expect(metrics).to.match(/pulse_streams_open 2/);
+    expect(metrics).to.match(/pulse_streams_rejected_total\{code="too_many_streams"\} [1-9]/);
+  });
+
+  it('survives server-wide idle timeouts', async () => {
+    const app = await start();
+    app.server.timeout = 300; // a socket idle this long would be destroyed
+    const stream = await open(app, '?watch=1');
+    await stream.next();
+    await sleep(2_500);
+    expect(stream.isEnded).to.equal(false);
+    await app.post('/status/update', { user_id: 1 });
+    expect((await stream.next()).data).to.deep.equal({ user_id: 1, is_online: true });
+  });
+
+  it('ends every open stream with a retry hint when the server shuts down', async () => {
+    const app = await start();
+    const first = await open(app, '?watch=1');
+    const second = await open(app, '?user_id=2');
+    await first.next();
+    await second.next();
+    const retriesBefore = first.retries.length;
+    const closing = app.close();
+    await Promise.all([first.ended, second.ended]);
+    await closing;
+    expect(first.retries.length).to.equal(retriesBefore + 1);
+    expect(second.retries.length).to.be.greaterThan(1);
+    apps.splice(apps.indexOf(app), 1);
+  });
+
+  describe('with AUTH_MODE=jwt', () => {
+    const secret = randomSecret();
+    const tokens = hs256(secret);
+
+    it('accepts the token in the Authorization header or as access_token, and holds its sub', async () => {
+      const app = await start(jwtEnv(secret));
+      await expectError(await app.get('/status/stream?watch=1'), 401, 'unauthorized');
+      await expectError(
+        await app.get('/status/stream?watch=1&access_token=nope'),
+        401,
+        'invalid_token',
+      );
+      const token = await tokens.user(31);
+      await expectError(
+        await app.get(`/status/stream?access_token=${token}`, bearer(token)),
+        400,
+        'invalid_request',
+      );
+      await expectError(
+        await app.get(`/status/stream?user_id=32&access_token=${token}`),
+        403,
+        'forbidden',
+      );
+      // The query token works on the stream only.
+      await expectError(await app.get(`/status/31?access_token=${token}`), 401, 'unauthorized');
+
+      const viaHeader = await open(app, '?watch=32', bearer(token));
+      expect((await viaHeader.next()).event).to.equal('snapshot');
+      expect(await database.ageOf(31)).to.be.below(2); // the stream holds its sub online
+
+      const viaQuery = await open(app, `?watch=31&access_token=${token}`);
+      expect((await viaQuery.next()).data).to.deep.equal([{ user_id: 31, is_online: true }]);
+
+      const gateway = await tokens.gateway();
+      const forOther = await open(app, `?user_id=33&access_token=${gateway}`);
+      await forOther.next();
+      expect(await database.ageOf(33)).to.be.below(2);
+
+      await expectError(
+        await app.post('/status/offline', { user_id: 32 }, bearer(token)),
+        403,
+        'forbidden',
+      );
+      await expectError(await app.post('/status/offline', { user_id: 31 }), 401, 'unauthorized');
+      expect((await app.post('/status/offline', { user_id: 31 }, bearer(token))).status).to.equal(
+        200,
+      );
+    });
+
+    it('ends a stream when its token expires', async () => {
+      const app = await start(jwtEnv(secret, { AUTH_CLOCK_TOLERANCE_SECONDS: '0' }));
+      const token = await tokens.user(40, { expiresIn: 2 });
+      const stream = await open(app, `?access_token=${token}`);
+      await stream.next();
+      await stream.ended;
+      expect(stream.retries.length).to.equal(2);
+    });
+  });
+});
