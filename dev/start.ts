@@ -73,6 +73,7 @@ runMain(async () => {
 
   const children = [startChild('../api/main.ts', env), startChild('../sweeper/main.ts', env)];
   console.log(`Pulse API:  http://${config.HOST}:${config.PORT}`);
+  if (config.DEMO_PAGE) console.log(`Demo page:  http://${config.HOST}:${config.PORT}/demo/`);
   console.log(`Database:   ${databaseUrl}`);
 
   let stopping = false;

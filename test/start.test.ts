@@ -38,6 +38,8 @@ describe('npm start (the all-in-one stack)', function () {
         await sleep(100);
       }
       expect(output).to.include(`Pulse API:  http://127.0.0.1:${apiPort}`);
+      expect(output).to.include(`Demo page:  http://127.0.0.1:${apiPort}/demo/`);
+      expect((await fetch(`${base}/demo/`)).status).to.equal(200);
       expect(output).to.match(
         new RegExp(`Database: +postgres://postgres:postgres@127\\.0\\.0\\.1:${pgPort}/pulse`),
       );
