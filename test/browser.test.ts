@@ -4,11 +4,13 @@
  * browser (its tabs share Web Locks and BroadcastChannel); two contexts are two people.
  */
 import { existsSync } from 'node:fs';
+import { Writable } from 'node:stream';
 import { expect } from 'chai';
 import { chromium, type Browser, type BrowserContext, type Page } from 'playwright-core';
 import { startTestApp, type TestApp } from './support/app.ts';
 import { ensureClientBuilt } from './support/client-build.ts';
 import { createTestDatabase, type TestDatabase } from './support/database.ts';
+import { createLogger } from '../lib/logger.ts';
 
 const CHROMIUM = '/usr/bin/chromium';
 const CHROMIUM_ARGS = [
@@ -37,6 +39,9 @@ describe('in a real browser (Chromium): the demo page and the client library', f
   let browser: Browser;
   const contexts: BrowserContext[] = [];
   const consoleErrors: string[] = [];
+  /** The API's request log: which explicit offline requests reached it. */
+  const requestLines: string[] = [];
+  const offlineRequests = () => requestLines.filter((line) => line.includes('"/status/offline"'));
 
   before(async () => {
     if (!existsSync(CHROMIUM)) {
@@ -44,10 +49,17 @@ describe('in a real browser (Chromium): the demo page and the client library', f
     }
     ensureClientBuilt();
     database = await createTestDatabase();
-    api = await startTestApp(database, {
-      ONLINE_THRESHOLD_SECONDS: String(THRESHOLD_SECONDS),
-      STREAM_POLL_INTERVAL_MS: '200',
+    const sink = new Writable({
+      write(chunk: Buffer, _encoding, done) {
+        requestLines.push(...chunk.toString().split('\n').filter(Boolean));
+        done();
+      },
     });
+    api = await startTestApp(
+      database,
+      { ONLINE_THRESHOLD_SECONDS: String(THRESHOLD_SECONDS), STREAM_POLL_INTERVAL_MS: '200' },
+      createLogger('pulse-api', 'info', sink),
+    );
     browser = await chromium.launch({
       executablePath: CHROMIUM,
       headless: true,
@@ -128,12 +140,14 @@ describe('in a real browser (Chromium): the demo page and the client library', f
     await alice.waitForSelector(cell(5, 'online'), { timeout: 5_000 });
     await carol.waitForSelector('#status[data-status="live"]');
 
+    requestLines.length = 0;
     const closedAt = Date.now();
     await carol.close({ runBeforeUnload: true });
     await alice.waitForSelector(cell(5, 'offline'), { timeout: 2_000 });
     const elapsed = Date.now() - closedAt;
     expect(elapsed).to.be.below(2_000);
     expect(await database.ageOf(5)).to.equal(undefined);
+    expect(offlineRequests()).to.have.length(1);
   });
 
   it('keeps a user online when one of their two tabs closes, with one stream for both', async () => {
@@ -152,12 +166,14 @@ describe('in a real browser (Chromium): the demo page and the client library', f
     await alice.waitForSelector(cell(7, 'online'), { timeout: 5_000 });
 
     const states = await recordStates(alice, 7);
+    requestLines.length = 0;
     // The first tab holds the stream: closing it hands the stream over to the second.
     await first.close({ runBeforeUnload: true });
     await second.waitForSelector('#status[data-status="live"]', { timeout: 5_000 });
     expect(streams).to.have.length(2);
     await new Promise((resolve) => setTimeout(resolve, (THRESHOLD_SECONDS + 1) * 1000));
     expect(await states(), 'states alice saw for user 7').to.deep.equal([]);
+    expect(offlineRequests(), 'explicit offline requests').to.deep.equal([]);
     expect(await alice.locator(cell(7)).getAttribute('data-state')).to.equal('online');
     expect(await database.ageOf(7)).to.be.below(THRESHOLD_SECONDS);
   });
