@@ -101,6 +101,11 @@ describe('client library in Node, against the real API', function () {
     await waitFor(() => other.isOnline(22) === true, 'user 22 online for the second watcher');
     expect(seen.filter((c) => c.user_id === 22)).to.have.length(1);
     expect(watcher.isOnline(22)).to.equal(undefined);
+    // Watching again starts from the current state at once (the stream still carried it).
+    const again: PresenceChange[] = [];
+    watcher.watch([22], (change) => again.push(change));
+    await waitFor(() => again.length === 1, 'the state on watching again');
+    expect(again).to.deep.equal([{ user_id: 22, is_online: true }]);
   });
 
   it('stop({ offline: true }) ends presence at once; stop() leaves it to the threshold', async () => {

@@ -30,6 +30,8 @@ export class PulseClient {
   private holding = false;
   private stopped = false;
   private statusValue: ConnectionStatus = 'idle';
+  private readonly userId: number | undefined;
+  private readonly hasToken: boolean;
 
   constructor(options: PulseClientOptions) {
     if (typeof options.url !== 'string' || options.url === '') {
@@ -41,6 +43,8 @@ export class PulseClient {
     ) {
       throw new TypeError('PulseClient: userId must be a whole number from 1');
     }
+    this.userId = options.userId;
+    this.hasToken = options.token !== undefined || options.getToken !== undefined;
     const fetchImpl = options.fetch ?? globalThis.fetch.bind(globalThis);
     const api = new PulseApi(
       options.url,
@@ -85,6 +89,11 @@ export class PulseClient {
   /** Holds this user's presence until stop(). */
   start(): void {
     this.assertRunning('start');
+    if (this.userId === undefined && !this.hasToken) {
+      throw new TypeError(
+        'PulseClient.start: give userId (AUTH_MODE=none) or a token/getToken whose sub is the user',
+      );
+    }
     this.holding = true;
     this.push();
   }
@@ -123,18 +132,15 @@ export class PulseClient {
       for (const id of ids) {
         const set = this.listeners.get(id);
         set?.delete(onChange);
-        if (set?.size === 0) {
-          this.listeners.delete(id);
-          this.states.delete(id);
-        }
+        if (set?.size === 0) this.listeners.delete(id);
       }
       if (!this.stopped) this.push();
     };
   }
 
-  /** The last known state of a watched user, or undefined before the server told. */
+  /** The last known state of a watched user; undefined before the server told, or if unwatched. */
   isOnline(userId: number): boolean | undefined {
-    return this.states.get(userId);
+    return this.listeners.has(userId) ? this.states.get(userId) : undefined;
   }
 
   /**
@@ -155,11 +161,16 @@ export class PulseClient {
     this.transport.update({ hold: this.holding, watch: new Set(this.listeners.keys()) });
   }
 
+  /**
+   * Records every state the stream carries (it may cover ids no longer watched: removing ids does
+   * not reconnect), so watching an id again starts from a known state; calls the listeners of
+   * watched ids on real transitions only.
+   */
   private apply({ user_id, is_online }: PresenceChange): void {
-    const listeners = this.listeners.get(user_id);
-    if (!listeners) return;
     if (this.states.get(user_id) === is_online) return;
     this.states.set(user_id, is_online);
+    const listeners = this.listeners.get(user_id);
+    if (!listeners) return;
     for (const listener of [...listeners]) listener({ user_id, is_online });
   }
 }

@@ -72,6 +72,8 @@ export class PresenceConnection {
   private readonly random: () => number;
   private wake: (() => void) | undefined;
   private heartbeatTimer: ReturnType<typeof setTimeout> | undefined;
+  /** A heartbeat in flight: close() waits for it, so it cannot land after an explicit offline. */
+  private beating: Promise<void> | undefined;
   private pollTimer: ReturnType<typeof setTimeout> | undefined;
   private status: ConnectionStatus = 'idle';
 
@@ -110,6 +112,7 @@ export class PresenceConnection {
     clearTimeout(this.heartbeatTimer);
     clearTimeout(this.pollTimer);
     await this.running;
+    await this.beating;
     this.setStatus('idle');
   }
 
@@ -342,7 +345,13 @@ export class PresenceConnection {
       return;
     }
     if (this.heartbeatTimer !== undefined) return;
-    this.heartbeatTimer = setTimeout(() => void this.beat(), FIRST_FALLBACK_BEAT_MS);
+    this.heartbeatTimer = setTimeout(() => this.startBeat(), FIRST_FALLBACK_BEAT_MS);
+  }
+
+  private startBeat(): void {
+    this.beating = this.beat().finally(() => {
+      this.beating = undefined;
+    });
   }
 
   private async beat(): Promise<void> {
@@ -355,7 +364,7 @@ export class PresenceConnection {
       );
     }
     if (this.heartbeatTimer === undefined || this.stopped || this.live) return;
-    this.heartbeatTimer = setTimeout(() => void this.beat(), this.heartbeatIntervalMs());
+    this.heartbeatTimer = setTimeout(() => this.startBeat(), this.heartbeatIntervalMs());
   }
 
   private schedulePoll(ms: number): void {
