@@ -8,6 +8,7 @@ const errorCodes = [
   'unauthorized',
   'invalid_token',
   'forbidden',
+  'invalid_request',
   'request_aborted',
   'too_many_ids',
   'payload_too_large',
@@ -17,6 +18,7 @@ const errorCodes = [
   'queue_full',
   'write_failed',
   'shutting_down',
+  'too_many_streams',
   'database_unavailable',
   'internal_error',
 ] as const;
@@ -105,6 +107,109 @@ export const openApiDocument = {
           '413': tooLarge,
           '415': wrongType,
           '503': unavailable,
+        },
+      },
+    },
+    '/status/offline': {
+      post: {
+        operationId: 'setOffline',
+        ...secured,
+        summary:
+          'Explicit offline: the users are offline for every reader at once and every watcher gets a change (a later heartbeat brings them back)',
+        requestBody: {
+          required: true,
+          content: json({ oneOf: [ref('UserRef'), { type: 'array', items: ref('UserRef') }] }),
+        },
+        responses: {
+          '200': {
+            description: 'Committed: the users are offline',
+            content: json({
+              type: 'object',
+              required: ['status'],
+              additionalProperties: false,
+              properties: {
+                status: { const: 'success' },
+                accepted: { type: 'integer', minimum: 0 },
+              },
+            }),
+          },
+          '400': badRequest,
+          '401': unauthenticated,
+          '403': forbidden,
+          '413': tooLarge,
+          '415': wrongType,
+          '503': unavailable,
+        },
+      },
+    },
+    '/status/stream': {
+      get: {
+        operationId: 'streamStatuses',
+        security: [{ bearerAuth: [] }, { accessToken: [] }, {}],
+        summary:
+          'Server-Sent Events: a snapshot of the watched users, then one change per online/offline transition; keeps the caller online while open',
+        description:
+          'Events: `snapshot` (data: the array POST /status/batch returns for `watch`), then `change` (data: one Status) per transition, by the database clock, whichever replica wrote. A `retry:` hint (ms) comes first and again when the server ends the stream (shutdown, token expiry); a keep-alive comment at least every 15 s. A reconnecting client gets a fresh snapshot (no replay). Held presence: with AUTH_MODE=jwt the token `sub` (or `user_id` with the gateway scope), with AUTH_MODE=none `user_id`, is kept online while the stream is open; without either the stream only watches.',
+        parameters: [
+          {
+            name: 'watch',
+            in: 'query',
+            required: false,
+            description: 'User ids to follow, comma-separated, at most BATCH_MAX_IDS',
+            schema: { type: 'string', pattern: '^([1-9][0-9]{0,15}(,[1-9][0-9]{0,15})*)?$' },
+          },
+          {
+            name: 'user_id',
+            in: 'query',
+            required: false,
+            description: 'Whose presence the stream holds (AUTH_MODE=none, or a gateway token)',
+            schema: { type: 'string', pattern: '^[1-9][0-9]{0,15}$' },
+          },
+          {
+            name: 'access_token',
+            in: 'query',
+            required: false,
+            description:
+              'The bearer token, for EventSource which cannot send headers (RFC 6750 section 2.3); never together with the Authorization header. Never logged.',
+            schema: { type: 'string' },
+          },
+        ],
+        responses: {
+          '200': {
+            description: 'The event stream',
+            content: {
+              'text/event-stream': {
+                schema: { type: 'string' },
+                itemSchema: {
+                  oneOf: [
+                    {
+                      type: 'object',
+                      properties: {
+                        event: { const: 'snapshot' },
+                        data: { type: 'array', items: ref('Status') },
+                      },
+                    },
+                    {
+                      type: 'object',
+                      properties: { event: { const: 'change' }, data: ref('Status') },
+                    },
+                  ],
+                },
+              },
+            },
+          },
+          '400': error(
+            '`invalid_user_id` (watch or user_id), or `invalid_request` (a token in both the header and the query)',
+          ),
+          '401': unauthenticated,
+          '403': forbidden,
+          '413': error('`too_many_ids`: more than BATCH_MAX_IDS watched ids'),
+          '503': {
+            description:
+              '`too_many_streams` (STREAM_MAX_OPEN reached), `shutting_down`, or the database or heartbeat queue unavailable for the first held heartbeat or the snapshot. Retry after `Retry-After` seconds.',
+            headers: retryAfter,
+            content: json(ref('Error')),
+          },
         },
       },
     },
@@ -215,6 +320,12 @@ export const openApiDocument = {
         bearerFormat: 'JWT',
         description:
           'With AUTH_MODE=jwt: `sub` is the user id; the `presence:write:any` scope lets a gateway send heartbeats for any user. With AUTH_MODE=none no token is needed.',
+      },
+      accessToken: {
+        type: 'apiKey',
+        in: 'query',
+        name: 'access_token',
+        description: 'The same JWT as bearerAuth, on GET /status/stream only',
       },
     },
     schemas: {

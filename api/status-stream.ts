@@ -57,10 +57,13 @@ class SseSession {
   /** Writes raw SSE text; a client that does not keep up is disconnected. */
   write(text: string): void {
     if (this.ended) return;
-    const accepted = this.res.write(text);
+    // Judged on what is still waiting from earlier writes, so one large snapshot is fine.
     if (this.res.writableLength > this.options.maxBufferedBytes) {
       this.destroy('slow_consumer');
-    } else if (!accepted && this.drainTimer === undefined) {
+      return;
+    }
+    const accepted = this.res.write(text);
+    if (!accepted && this.drainTimer === undefined) {
       this.drainTimer = setTimeout(
         () => this.destroy('slow_consumer'),
         this.options.drainTimeoutMs,

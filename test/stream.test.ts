@@ -1,4 +1,11 @@
+import { spawn } from 'node:child_process';
+import { once } from 'node:events';
+import { createConnection } from 'node:net';
+import { Writable } from 'node:stream';
 import { expect } from 'chai';
+import { sql } from 'kysely';
+import { createLogger } from '../lib/logger.ts';
+import { freePort } from '../dev/embedded-postgres.ts';
 import { startTestApp, type TestApp } from './support/app.ts';
 import { createTestDatabase, type TestDatabase } from './support/database.ts';
 import { expectError } from './support/http.ts';
@@ -227,6 +234,47 @@ describe('GET /status/stream', () => {
     expect(metrics).to.match(/pulse_streams_rejected_total\{code="too_many_streams"\} [1-9]/);
   });
 
+  it('disconnects a consumer that stops reading, and only that one', async () => {
+    const app = await start({
+      BATCH_MAX_IDS: '2000',
+      STREAM_MAX_BUFFERED_BYTES: '16384',
+      STREAM_DRAIN_TIMEOUT_SECONDS: '1',
+      STREAM_POLL_INTERVAL_MS: '50',
+    });
+    const ids = Array.from({ length: 2000 }, (_, i) => i + 1).join(',');
+    const reader = await open(app, `?watch=${ids}`);
+    await reader.next();
+    // A client that sends its request and then never reads a byte.
+    const { port } = new URL(app.baseUrl);
+    const stalled = createConnection({ host: '127.0.0.1', port: Number(port) });
+    stalled.pause();
+    stalled.on('error', () => undefined);
+    stalled.write(`GET /status/stream?watch=${ids} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n`);
+    const closedBySlowness = async () =>
+      /pulse_streams_closed_total\{reason="slow_consumer"\} 1/.test(
+        await (await app.get('/metrics')).text(),
+      );
+    try {
+      // Every user flips every poll, until the unread data has filled the socket and the buffer.
+      let online = false;
+      const deadline = Date.now() + 25_000;
+      while (!(await closedBySlowness())) {
+        if (Date.now() > deadline) throw new Error('the stalled stream was never disconnected');
+        online = !online;
+        await sql`DELETE FROM pulse`.execute(database.db);
+        if (online) {
+          await sql`INSERT INTO pulse (user_id, last_hb)
+            SELECT g, now() FROM generate_series(1, 2000) g`.execute(database.db);
+        }
+        await sleep(50);
+      }
+    } finally {
+      stalled.destroy();
+    }
+    expect(reader.isEnded).to.equal(false);
+    expect(reader.events.length).to.be.greaterThan(2000);
+  });
+
   it('survives server-wide idle timeouts', async () => {
     const app = await start();
     app.server.timeout = 300; // a socket idle this long would be destroyed
@@ -310,5 +358,96 @@ describe('GET /status/stream', () => {
       await stream.ended;
       expect(stream.retries.length).to.equal(2);
     });
+  });
+});
+
+describe('the API process with open streams', () => {
+  let database: TestDatabase;
+  before(async () => {
+    database = await createTestDatabase();
+  });
+  after(async () => {
+    await database.drop();
+  });
+
+  it('on SIGTERM ends every stream with a retry hint and exits 0 in time', async () => {
+    const port = await freePort();
+    const api = spawn(process.execPath, ['--import', 'tsx', 'api/main.ts'], {
+      env: {
+        PATH: process.env.PATH,
+        DATABASE_URL: database.url,
+        PORT: String(port),
+        LOG_LEVEL: 'silent',
+        SHUTDOWN_TIMEOUT_SECONDS: '5',
+      },
+      stdio: 'ignore',
+    });
+    const exited = once(api, 'exit') as Promise<[number | null, string | null]>;
+    const base = `http://127.0.0.1:${port}`;
+    for (let i = 0; !(await fetch(`${base}/healthz`).catch(() => undefined))?.ok; i += 1) {
+      if (i > 300) throw new Error('the API did not start');
+      await sleep(50);
+    }
+    const streams = await Promise.all(
+      ['?watch=1', '?watch=1,2&user_id=3', '?user_id=4'].map((q) =>
+        SseStream.open(`${base}/status/stream${q}`),
+      ),
+    );
+    for (const stream of streams) expect((await stream.next()).event).to.equal('snapshot');
+    const hints = streams.map((s) => s.retries.length);
+    const signalled = Date.now();
+    api.kill('SIGTERM');
+    await Promise.all(streams.map((s) => s.ended));
+    const [code] = await exited;
+    expect(code).to.equal(0);
+    expect(Date.now() - signalled).to.be.below(5_000);
+    expect(streams.map((s) => s.retries.length)).to.deep.equal(hints.map((n) => n + 1));
+  });
+});
+
+describe('stream logs', () => {
+  it('never write an access_token, valid or not', async () => {
+    const database = await createTestDatabase();
+    const secret = randomSecret();
+    const lines: string[] = [];
+    const sink = new Writable({
+      write(chunk: Buffer, _encoding, done) {
+        lines.push(...chunk.toString().split('\n').filter(Boolean));
+        done();
+      },
+    });
+    const app = await startTestApp(
+      database,
+      { ...FAST, ...jwtEnv(secret) },
+      createLogger('pulse-api', 'trace', sink),
+    );
+    try {
+      const token = await hs256(secret).user(8);
+      const forged = await hs256(randomSecret()).user(8);
+      const stream = await SseStream.open(
+        `${app.baseUrl}/status/stream?watch=8&access_token=${token}`,
+      );
+      await stream.next();
+      await expectError(
+        await app.get(`/status/stream?access_token=${forged}&watch=8`),
+        401,
+        'invalid_token',
+      );
+      await expectError(
+        await app.get(`/status/stream?access_token=${token}&user_id=9`),
+        403,
+        'forbidden',
+      );
+      stream.close();
+      await app.close();
+      const text = lines.join('\n');
+      expect(text).to.include('access_token=[redacted]');
+      for (const secretValue of [token, forged, token.split('.')[2]!, forged.split('.')[2]!]) {
+        expect(text).not.to.include(secretValue);
+      }
+    } finally {
+      await app.close();
+      await database.drop();
+    }
   });
 });
