@@ -1,3 +1,6 @@
+import { once } from 'node:events';
+import { createServer, type Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { expect } from 'chai';
 import { PulseClient, type PresenceChange, type PulseClientOptions } from '../client/src/index.ts';
 import { startTestApp, type TestApp } from './support/app.ts';
@@ -28,6 +31,48 @@ function recordingFetch(log: Recorded[]): typeof fetch {
       retryAfter: response.headers.get('retry-after'),
     });
     return response;
+  };
+}
+
+/**
+ * The real API behind a proxy that answers 404 for the stream, as a Pulse from before the stream
+ * (or a proxy that does not pass it) would; every other request goes through.
+ */
+async function withoutStream(target: string): Promise<{ url: string; close(): Promise<void> }> {
+  const server: Server = createServer((req, res) => {
+    if (req.url?.startsWith('/status/stream')) {
+      res.writeHead(404, { 'content-type': 'application/json' });
+      res.end('{"error":{"code":"not_found","message":"no route for GET /status/stream"}}');
+      return;
+    }
+    const chunks: Buffer[] = [];
+    req.on('data', (chunk: Buffer) => chunks.push(chunk));
+    req.on('end', () => {
+      const body = chunks.length ? Buffer.concat(chunks) : undefined;
+      fetch(target + req.url, {
+        method: req.method ?? 'GET',
+        headers: { 'content-type': req.headers['content-type'] ?? 'application/json' },
+        ...(body ? { body } : {}),
+      })
+        .then(async (answer) => {
+          res.writeHead(answer.status, {
+            'content-type': answer.headers.get('content-type') ?? '',
+          });
+          res.end(Buffer.from(await answer.arrayBuffer()));
+        })
+        .catch(() => res.destroy());
+    });
+  });
+  server.listen(0, '127.0.0.1');
+  await once(server, 'listening');
+  const { port } = server.address() as AddressInfo;
+  return {
+    url: `http://127.0.0.1:${port}`,
+    close: () =>
+      new Promise<void>((resolve) => {
+        server.close(() => resolve());
+        server.closeAllConnections();
+      }),
   };
 }
 
@@ -172,6 +217,35 @@ describe('client library in Node, against the real API', function () {
     } finally {
       await Promise.all(clients.splice(0).map((pulse) => pulse.stop()));
       await full.close();
+    }
+  });
+
+  it('without a stream on the server, holds presence by heartbeats and polls watched users', async () => {
+    const proxy = await withoutStream(api.baseUrl);
+    try {
+      const log: Recorded[] = [];
+      const pulse = new PulseClient({
+        url: proxy.url,
+        userId: 81,
+        fetch: recordingFetch(log),
+        onlineThresholdSeconds: 2,
+      });
+      clients.push(pulse);
+      pulse.start();
+      pulse.watch([82], () => {});
+      await waitFor(() => pulse.status === 'polling', 'the polling fallback');
+      await waitFor(() => pulse.isOnline(82) === false, 'the first poll');
+      await waitFor(() => isOnline(81), 'user 81 online by heartbeats');
+      await api.post('/status/update', { user_id: 82 });
+      await waitFor(() => pulse.isOnline(82) === true, 'user 82 online by polling');
+      const paths = log.map((r) => `${r.method} ${new URL(r.url).pathname}`);
+      expect(paths.filter((p) => p === 'GET /status/stream')).to.have.length(1);
+      expect(paths).to.include('POST /status/update').and.to.include('POST /status/batch');
+      await pulse.stop({ offline: true });
+      expect(await isOnline(81)).to.equal(false);
+    } finally {
+      await Promise.all(clients.splice(0).map((pulse) => pulse.stop()));
+      await proxy.close();
     }
   });
 

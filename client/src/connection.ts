@@ -243,9 +243,8 @@ export class PresenceConnection {
     if (!response.ok || response.body === null) {
       const error = await errorFrom(response);
       const retryAfterMs = parseRetryAfter(response.headers.get('retry-after'));
-      if (response.status === 404 && error.code !== 'not_found_user') {
-        return { kind: 'no-stream' };
-      }
+      // No such route: a Pulse from before the stream, or a proxy that does not pass it.
+      if ([404, 405, 501].includes(response.status)) return { kind: 'no-stream' };
       this.handlers.onError(error);
       if ([400, 403, 413, 414].includes(response.status)) return { kind: 'fatal' };
       return retryAfterMs === undefined ? { kind: 'failed' } : { kind: 'failed', retryAfterMs };
