@@ -3,7 +3,10 @@
  * playwright-core, a fresh temporary profile per launch. A browser context stands for one person's
  * browser (its tabs share Web Locks and BroadcastChannel); two contexts are two people.
  */
+import { once } from 'node:events';
 import { existsSync } from 'node:fs';
+import { createServer, type Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { Writable } from 'node:stream';
 import { expect } from 'chai';
 import { chromium, type Browser, type BrowserContext, type Page } from 'playwright-core';
@@ -31,6 +34,28 @@ const THRESHOLD_SECONDS = 5;
 
 const cell = (userId: number, state?: 'online' | 'offline') =>
   `#grid li[data-user-id="${userId}"]${state ? `[data-state="${state}"]` : ''}`;
+
+/** A plain web application on its own origin (another port): one empty page. */
+async function startAppOrigin(): Promise<{ origin: string; server: Server }> {
+  const server = createServer((_req, res) => {
+    res.writeHead(200, { 'content-type': 'text/html' });
+    res.end('<!doctype html><title>another app</title><link rel="icon" href="data:,">');
+  });
+  server.listen(0, '127.0.0.1');
+  await once(server, 'listening');
+  return { origin: `http://127.0.0.1:${(server.address() as AddressInfo).port}`, server };
+}
+
+/** In the page: import the library from the API, hold `userId`, resolve with the status reached. */
+const holdFromPage = (api: string, userId: number) => `(async () => {
+  const { PulseClient } = await import('${api}/client/index.js');
+  const pulse = new PulseClient({ url: '${api}', userId: ${userId} });
+  pulse.start();
+  for (let i = 0; i < 100 && pulse.status !== 'live'; i += 1) {
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
+  return pulse.status;
+})()`;
 
 describe('in a real browser (Chromium): the demo page and the client library', function () {
   this.timeout(30_000);
@@ -176,5 +201,37 @@ describe('in a real browser (Chromium): the demo page and the client library', f
     expect(offlineRequests(), 'explicit offline requests').to.deep.equal([]);
     expect(await alice.locator(cell(7)).getAttribute('data-state')).to.equal('online');
     expect(await database.ageOf(7)).to.be.below(THRESHOLD_SECONDS);
+  });
+
+  it('works from a page on another origin listed in CORS_ORIGINS, and not from one unlisted', async () => {
+    const listed = await startAppOrigin();
+    const unlisted = await startAppOrigin();
+    const corsApi = await startTestApp(database, { CORS_ORIGINS: listed.origin });
+    try {
+      const context = await newBrowser();
+      const page = await context.newPage();
+      await page.goto(listed.origin);
+      expect(await page.evaluate<string>(holdFromPage(corsApi.baseUrl, 91))).to.equal('live');
+      expect(await database.ageOf(91)).to.be.within(0, 2);
+
+      const stranger = await context.newPage();
+      await stranger.goto(unlisted.origin);
+      const refused = await stranger
+        .evaluate<string>(holdFromPage(corsApi.baseUrl, 92))
+        .then(String, (error: Error) => error.message);
+      expect(refused).to.match(/Failed to fetch dynamically imported module/);
+      const direct = await stranger.evaluate<string>(
+        `fetch('${corsApi.baseUrl}/status/1').then(() => 'read', (error) => error.message)`,
+      );
+      expect(direct).to.equal('Failed to fetch');
+      expect(await database.ageOf(92)).to.equal(undefined);
+    } finally {
+      await Promise.all(contexts.splice(0).map((context) => context.close()));
+      await corsApi.close();
+      for (const { server } of [listed, unlisted]) {
+        server.close();
+        server.closeAllConnections();
+      }
+    }
   });
 });
