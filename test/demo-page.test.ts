@@ -1,11 +1,13 @@
 import { expect } from 'chai';
 import { startTestApp, type TestApp } from './support/app.ts';
+import { ensureClientBuilt } from './support/client-build.ts';
 import { createTestDatabase, type TestDatabase } from './support/database.ts';
 
 describe('demo page and client library routes', () => {
   let database: TestDatabase;
   let app: TestApp;
   before(async () => {
+    ensureClientBuilt();
     database = await createTestDatabase();
     app = await startTestApp(database);
   });
