@@ -5,6 +5,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { expect } from 'chai';
 import { freePort } from '../dev/embedded-postgres.ts';
+import { ensureClientBuilt } from './support/client-build.ts';
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
@@ -12,6 +13,7 @@ describe('npm start (the all-in-one stack)', function () {
   this.timeout(90_000);
 
   it('boots an embedded PostgreSQL, migrates, serves the API, and stops cleanly on SIGTERM', async () => {
+    ensureClientBuilt(); // npm start builds it (prestart); this runs dev/start.ts directly
     const parent = mkdtempSync(path.join(tmpdir(), 'pulse-start-'));
     chmodSync(parent, 0o755);
     const [apiPort, pgPort] = [await freePort(), await freePort()];
