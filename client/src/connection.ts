@@ -161,7 +161,7 @@ export class PresenceConnection {
       }
       if (Date.now() < this.pollingUntil) {
         this.setStatus('polling');
-        this.syncHeartbeats();
+        this.syncHeartbeats(0);
         this.schedulePoll(0);
         await this.pause(this.pollingUntil - Date.now());
         clearTimeout(this.pollTimer);
@@ -177,6 +177,9 @@ export class PresenceConnection {
       if (outcome.kind === 'reconfigure') continue;
       if (outcome.kind === 'no-stream') {
         this.pollingUntil = Date.now() + STREAM_PROBE_MS;
+        // No stream will come to hold the user: the first heartbeat goes out at once.
+        clearTimeout(this.heartbeatTimer);
+        this.heartbeatTimer = undefined;
         continue;
       }
       if (outcome.kind === 'fatal') {
@@ -336,7 +339,7 @@ export class PresenceConnection {
   }
 
   /** Runs the heartbeat loop exactly while presence is wanted and no stream holds it. */
-  private syncHeartbeats(): void {
+  private syncHeartbeats(firstDelayMs = FIRST_FALLBACK_BEAT_MS): void {
     const needed = !this.stopped && this.desired.hold && !this.live;
     if (!needed) {
       clearTimeout(this.heartbeatTimer);
@@ -344,7 +347,7 @@ export class PresenceConnection {
       return;
     }
     if (this.heartbeatTimer !== undefined) return;
-    this.heartbeatTimer = setTimeout(() => this.startBeat(), FIRST_FALLBACK_BEAT_MS);
+    this.heartbeatTimer = setTimeout(() => this.startBeat(), firstDelayMs);
   }
 
   private startBeat(): void {
