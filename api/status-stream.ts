@@ -171,6 +171,8 @@ export class StreamHub {
       for (const s of this.sessions) s.write(': keep-alive\n\n');
     }, this.options.keepAliveMs);
     this.keepAlive.unref();
+    // Admitted before a shutdown began, started after: it ends at once, with its retry hint.
+    if (this.closing) session.end('shutting_down');
     return session;
   }
 
@@ -240,16 +242,17 @@ export function createStreamRoute({
     try {
       if (holder !== undefined) cleanups.push(await held.hold(holder));
       if (gone) return cleanUp();
-      const subscription = await feed.subscribe(watch, (changes: readonly UserStatus[]) => {
+      // Only `close` is kept for the stream's lifetime: the snapshot is not held in memory.
+      const { snapshot, close } = await feed.subscribe(watch, (changes: readonly UserStatus[]) => {
         session?.events('change', changes);
         observer.onEvent?.('change', changes.length);
       });
-      cleanups.push(() => subscription.close());
+      cleanups.push(close);
       if (gone) return cleanUp();
       session = hub.start(res);
       const started = session;
       cleanups.push(() => hub.finish(started));
-      session.events('snapshot', [subscription.snapshot]);
+      session.events('snapshot', [snapshot]);
       observer.onEvent?.('snapshot', 1);
       session.endAt(principal.expiresAt);
     } catch (error) {
