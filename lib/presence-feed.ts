@@ -51,8 +51,8 @@ export type Deliver = (changes: readonly UserStatus[]) => void;
 export interface FeedSubscription {
   /** The statuses of the watched ids when the subscription started (as POST /status/batch). */
   readonly snapshot: UserStatus[];
-  /** Stops deliveries; idempotent. */
-  close(): void;
+  /** Stops deliveries; idempotent (a plain function: it may be passed around on its own). */
+  readonly close: () => void;
 }
 
 type Phase = 'snapshot' | 'pending' | 'live' | 'closed';
