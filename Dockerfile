@@ -11,6 +11,7 @@ COPY lib ./lib
 COPY http ./http
 COPY migrations ./migrations
 COPY scripts ./scripts
+COPY client ./client
 RUN npm run build
 
 # Runtime: production dependencies and compiled JavaScript only, as an unprivileged user.
@@ -20,6 +21,10 @@ WORKDIR /app
 COPY package.json package-lock.json ./
 RUN npm ci --omit=dev --ignore-scripts && npm cache clean --force
 COPY --from=build /app/dist ./dist
+# The demo page (/demo/) and the client library it serves (/client/).
+COPY --from=build /app/client/package.json ./client/package.json
+COPY --from=build /app/client/dist ./client/dist
+COPY --from=build /app/client/demo ./client/demo
 USER node
 EXPOSE 3000
 # node is PID 1's command (no npm or shell wrapper), so SIGTERM reaches the process.

@@ -2,7 +2,7 @@ import js from '@eslint/js';
 import tseslint from 'typescript-eslint';
 
 export default tseslint.config(
-  { ignores: ['dist/', 'node_modules/', '.pulse-data/'] },
+  { ignores: ['**/dist/', 'node_modules/', '.pulse-data/'] },
   js.configs.recommended,
   ...tseslint.configs.recommendedTypeChecked,
   {
@@ -25,6 +25,20 @@ export default tseslint.config(
     // chai's property assertions (expect(x).to.exist) are expressions by design.
     files: ['test/**/*.ts'],
     rules: { '@typescript-eslint/no-unused-expressions': 'off' },
+  },
+  {
+    // The demo page's script: plain JavaScript for the browser, served as it is (client/demo/).
+    files: ['client/demo/**/*.js'],
+    extends: [tseslint.configs.disableTypeChecked],
+    languageOptions: {
+      sourceType: 'module',
+      globals: {
+        document: 'readonly',
+        location: 'readonly',
+        history: 'readonly',
+        URLSearchParams: 'readonly',
+      },
+    },
   },
   {
     files: ['eslint.config.js'],

@@ -4,6 +4,8 @@ import type { Logger } from '../lib/logger.ts';
 import { opsRoutes } from '../http/ops-routes.ts';
 import { setOffline, type Executor } from '../lib/pulse-store.ts';
 import { assertMayWrite, createAuthenticate, principalOf, type AuthConfig } from './auth.ts';
+import { createCors } from './cors.ts';
+import { demoRoutes } from './demo.ts';
 import { errorHandler, notFound } from './errors.ts';
 import type { HeartbeatWriter } from './heartbeat-writer.ts';
 import { openApiDocument } from './openapi.ts';
@@ -26,6 +28,8 @@ export interface AppDeps {
     METRICS_PORT?: number | undefined;
     BATCH_MAX_IDS: number;
     BODY_LIMIT_BYTES: number;
+    CORS_ORIGINS: readonly string[];
+    DEMO_PAGE: boolean;
   };
 }
 
@@ -46,6 +50,10 @@ export function buildApp({
 
   // Probes and scrapes every few seconds would drown the request log.
   app.use(requestLog(logger, { ignore: /^\/(healthz|readyz|metrics)$/ }));
+  // Browser clients on other origins: before everything else, so preflights need no token.
+  const corsHandler = createCors(config.CORS_ORIGINS);
+  if (corsHandler) app.use(corsHandler);
+
   // --- security: headers for a JSON API ---
   app.use(securityHeaders());
   app.use(httpMetrics);
@@ -55,6 +63,13 @@ export function buildApp({
   app.get('/openapi.json', (_req, res) => {
     res.json(openApiDocument);
   });
+  if (config.DEMO_PAGE) {
+    const demo = demoRoutes();
+    if (!demo.built) {
+      logger.warn('the demo page is not served: build the client library (npm run build:client)');
+    }
+    app.use(demo.router);
+  }
   // The stream is a long-lived GET (no body); it also accepts the token as access_token.
   app.get(
     '/status/stream',

@@ -78,6 +78,7 @@ runMain(async () => {
     supervisor.addService('the API', startChild('../api/main.ts', env));
     supervisor.addService('the sweeper', startChild('../sweeper/main.ts', env));
     console.log(`Pulse API:  http://${config.HOST}:${config.PORT}`);
+    if (config.DEMO_PAGE) console.log(`Demo page:  http://${config.HOST}:${config.PORT}/demo/`);
     console.log(`Database:   ${databaseUrl}`);
   } catch (error) {
     // Whatever started before the failure stops too (the database last), then runMain reports it.

@@ -50,6 +50,40 @@ const cronExpression = z
 const logFormat = z
   .enum(['auto', 'json', 'pretty'], { error: 'must be "auto", "json" or "pretty"' })
   .default('auto');
+/**
+ * CORS_ORIGINS: the web origins whose pages may call the API from a browser, comma-separated, each
+ * exactly as the browser sends it (scheme://host[:port], no path). None by default; "*" is refused:
+ * an allow-list is what keeps another site's page from reading presence with a user's token.
+ */
+const corsOrigins = z
+  .string()
+  .default('')
+  .transform((value, ctx) => {
+    const origins: string[] = [];
+    for (const raw of value.split(',')) {
+      const entry = raw.trim();
+      if (entry === '') continue;
+      let origin: string | undefined;
+      try {
+        const url = new URL(entry);
+        if (['http:', 'https:'].includes(url.protocol)) origin = url.origin;
+      } catch {
+        origin = undefined;
+      }
+      if (origin === undefined || origin !== entry) {
+        ctx.addIssue({
+          code: 'custom',
+          message:
+            entry === '*'
+              ? 'must list exact origins: "*" is not accepted'
+              : `must list exact origins like https://app.example.com (scheme, host, optional port; no path or trailing slash): "${entry}" is not one`,
+        });
+        return z.NEVER;
+      }
+      if (!origins.includes(origin)) origins.push(origin);
+    }
+    return Object.freeze(origins);
+  });
 
 const common = {
   DATABASE_URL: databaseUrl,
@@ -204,6 +238,9 @@ const apiSchema = z
       .optional(),
     METRICS_HOST: z.string().trim().min(1, 'must not be empty').default('127.0.0.1'),
     ...streamFields,
+    // --- browser clients: cross-origin access and the demo page (client/) ---
+    CORS_ORIGINS: corsOrigins,
+    DEMO_PAGE: boolean(true),
   })
   .superRefine(checkAuth);
 

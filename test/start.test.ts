@@ -5,6 +5,7 @@ import { expect } from 'chai';
 import { lockPulse } from './support/database.ts';
 import { runEntryPoint, startEntryPoint, waitFor } from './support/entry-points.ts';
 import { freePort, queryOnce } from './support/server.ts';
+import { ensureClientBuilt } from './support/client-build.ts';
 
 describe('npm start (the all-in-one stack)', function () {
   this.timeout(90_000);
@@ -22,6 +23,7 @@ describe('npm start (the all-in-one stack)', function () {
    * (as a terminal runs it), ready to serve.
    */
   async function startStack(env: Record<string, string> = {}) {
+    ensureClientBuilt(); // npm start builds it (prestart); this runs dev/start.ts directly
     const [apiPort, pgPort] = [await freePort(), await freePort()];
     const stack = startEntryPoint('start', {
       env: {
@@ -43,6 +45,8 @@ describe('npm start (the all-in-one stack)', function () {
   it('boots an embedded PostgreSQL, migrates, serves the API, and stops cleanly on SIGTERM', async () => {
     const { stack, base, apiPort, databaseUrl } = await startStack();
     expect(stack.output()).to.include(`Pulse API:  http://127.0.0.1:${apiPort}`);
+    expect(stack.output()).to.include(`Demo page:  http://127.0.0.1:${apiPort}/demo/`);
+    expect((await fetch(`${base}/demo/`)).status).to.equal(200);
     expect(stack.output()).to.match(new RegExp(`Database: +${databaseUrl.replaceAll('.', '\\.')}`));
 
     const update = await fetch(`${base}/status/update`, {

@@ -22,10 +22,12 @@ export async function startTestApp(
   database: DatabaseHandle & { url: string },
   env: Record<string, string> = {},
   logger: Logger = silentLogger,
+  /** 0: a free port; a given one to restart an API where its clients expect it. */
+  port = 0,
 ): Promise<TestApp> {
   const config = loadApiConfig({ DATABASE_URL: database.url, ...env });
   const { app, heartbeats, streams } = assembleApi(database, config, logger);
-  const server = await listen(app, 0, '127.0.0.1');
+  const server = await listen(app, port, '127.0.0.1');
   const baseUrl = `http://127.0.0.1:${server.port}`;
   return {
     baseUrl,

@@ -1,0 +1,71 @@
+/**
+ * The demo page (/demo/) and the built client library it uses (/client/, the same files a page on
+ * another origin can import as a module). Both are static: client/demo/ holds the page, and
+ * client/dist/ the library that `npm run build:client` compiles (npm start and npm test build it
+ * first). The page gets its own Content-Security-Policy: its scripts, styles and API calls all come
+ * from this origin, nothing else.
+ */
+import { existsSync } from 'node:fs';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import express, { Router, type Response } from 'express';
+import { HttpError } from './errors.ts';
+
+const DEMO_CSP = [
+  "default-src 'none'",
+  "script-src 'self'",
+  "style-src 'self'",
+  "connect-src 'self'",
+  "img-src 'self' data:",
+  "base-uri 'none'",
+  "form-action 'none'",
+  "frame-ancestors 'none'",
+].join('; ');
+
+/** client/ beside api/: one level up in the source tree, two from dist/api/ in a build. */
+function clientFolder(): string {
+  const here = path.dirname(fileURLToPath(import.meta.url));
+  const candidates = [path.resolve(here, '..', 'client'), path.resolve(here, '..', '..', 'client')];
+  return candidates.find((dir) => existsSync(path.join(dir, 'package.json'))) ?? candidates[0]!;
+}
+
+export interface DemoRoutes {
+  router: Router;
+  /** Whether the built library was found (the page needs it). */
+  built: boolean;
+}
+
+export function demoRoutes(): DemoRoutes {
+  const client = clientFolder();
+  const library = path.join(client, 'dist');
+  const built = existsSync(path.join(library, 'index.js'));
+  const router = Router();
+  const noCache = (res: Response) => res.setHeader('Cache-Control', 'no-cache');
+
+  if (!built) {
+    router.use(['/demo', '/client'], () => {
+      throw new HttpError(
+        503,
+        'client_not_built',
+        'the demo page needs the built client library: run npm run build:client',
+      );
+    });
+    return { router, built };
+  }
+  router.use(
+    '/client',
+    express.static(library, { index: false, setHeaders: noCache, dotfiles: 'ignore' }),
+  );
+  router.use(
+    '/demo',
+    express.static(path.join(client, 'demo'), {
+      index: 'index.html',
+      dotfiles: 'ignore',
+      setHeaders: (res) => {
+        noCache(res);
+        res.setHeader('Content-Security-Policy', DEMO_CSP);
+      },
+    }),
+  );
+  return { router, built };
+}

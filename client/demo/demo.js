@@ -1,0 +1,120 @@
+// The demo page's only script. It uses nothing but the client library, as a page on another
+// origin would: import { PulseClient } from 'https://your-pulse-host/client/index.js'.
+// ?user=7 joins as user 7 at once; ?users=48 shows users 1 to 48 (default 24, at most 200).
+import { PulseClient } from '/client/index.js';
+
+const params = new URLSearchParams(location.search);
+const gridSize = Math.min(Math.max(Number(params.get('users')) || 24, 1), 200);
+const watched = Array.from({ length: gridSize }, (_, i) => i + 1);
+
+const form = document.getElementById('who');
+const userInput = document.getElementById('user');
+const tokenInput = document.getElementById('token');
+const leaveButton = document.getElementById('leave');
+const statusLine = document.getElementById('status');
+const errorLine = document.getElementById('error');
+const grid = document.getElementById('grid');
+document.getElementById('grid-title').textContent = `Users 1 to ${gridSize}`;
+
+const STATUS_TEXT = {
+  idle: 'not connected',
+  connecting: 'connecting…',
+  live: 'live: presence held by the stream',
+  backoff: 'reconnecting…',
+  polling: 'no stream on this server: heartbeats and polling',
+  shared: 'live: sharing another tab’s stream',
+};
+
+const cells = new Map();
+for (const id of watched) {
+  const cell = document.createElement('li');
+  cell.dataset.userId = String(id);
+  cell.dataset.state = 'unknown';
+  cell.textContent = `user ${id}`;
+  grid.append(cell);
+  cells.set(id, cell);
+}
+
+let client;
+let unwatch;
+
+function showStatus(status) {
+  statusLine.dataset.status = status;
+  statusLine.textContent = STATUS_TEXT[status] ?? status;
+  if (status === 'live' || status === 'shared') errorLine.textContent = '';
+}
+
+function render({ user_id, is_online }) {
+  const cell = cells.get(user_id);
+  if (cell) cell.dataset.state = is_online ? 'online' : 'offline';
+}
+
+function markYou(userId) {
+  for (const [id, cell] of cells) {
+    cell.classList.toggle('you', id === userId);
+    cell.replaceChildren(`user ${id}`);
+    if (id === userId) {
+      const you = document.createElement('small');
+      you.textContent = ' (you)';
+      cell.append(you);
+    }
+  }
+}
+
+async function disconnect(offline) {
+  unwatch?.();
+  unwatch = undefined;
+  const previous = client;
+  client = undefined;
+  await previous?.stop({ offline });
+  for (const cell of cells.values()) cell.dataset.state = 'unknown';
+  markYou(undefined);
+  leaveButton.disabled = true;
+  showStatus('idle');
+}
+
+/** Goes offline now (explicit offline) and keeps watching the grid. */
+async function leave() {
+  await disconnect(true);
+  await connect(undefined);
+}
+
+/** Watches the grid; with a user id, also holds that user's presence. */
+async function connect(userId) {
+  await disconnect(false);
+  const token = tokenInput.value.trim();
+  client = new PulseClient({
+    url: location.origin,
+    userId,
+    ...(token ? { token } : {}),
+    onStatus: showStatus,
+    onError: (error) => {
+      errorLine.textContent = `${error.code}: ${error.message}`;
+    },
+  });
+  unwatch = client.watch(watched, render);
+  if (userId === undefined) return;
+  client.start();
+  markYou(userId);
+  leaveButton.disabled = false;
+  history.replaceState(
+    null,
+    '',
+    `?user=${userId}${params.has('users') ? `&users=${gridSize}` : ''}`,
+  );
+}
+
+form.addEventListener('submit', (event) => {
+  event.preventDefault();
+  const userId = Number(userInput.value);
+  if (Number.isSafeInteger(userId) && userId >= 1) void connect(userId);
+});
+leaveButton.addEventListener('click', () => void leave());
+
+const requested = Number(params.get('user'));
+if (Number.isSafeInteger(requested) && requested >= 1) {
+  userInput.value = String(requested);
+  void connect(requested);
+} else {
+  void connect(undefined);
+}

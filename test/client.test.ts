@@ -1,0 +1,275 @@
+import { once } from 'node:events';
+import { createServer, type Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { expect } from 'chai';
+import { PulseClient, type PresenceChange, type PulseClientOptions } from '../client/src/index.ts';
+import { startTestApp, type TestApp } from './support/app.ts';
+import { createTestDatabase, silentLogger, type TestDatabase } from './support/database.ts';
+import { hs256, jwtEnv, randomSecret } from './support/tokens.ts';
+import { waitFor } from './support/wait.ts';
+
+/** Fast change detection and reconnect hints, so each case takes about a second. */
+const API_ENV = { STREAM_POLL_INTERVAL_MS: '100', STREAM_RETRY_MS: '400' };
+
+interface Recorded {
+  at: number;
+  url: string;
+  method: string;
+  status: number;
+  retryAfter: string | null;
+}
+
+/** A fetch that records every request the client makes, and its answer. */
+function recordingFetch(log: Recorded[]): typeof fetch {
+  return async (input, init) => {
+    const response = await fetch(input, init);
+    log.push({
+      at: Date.now(),
+      url: input instanceof Request ? input.url : String(input),
+      method: init?.method ?? 'GET',
+      status: response.status,
+      retryAfter: response.headers.get('retry-after'),
+    });
+    return response;
+  };
+}
+
+/**
+ * The real API behind a proxy that answers 404 for the stream, as a Pulse from before the stream
+ * (or a proxy that does not pass it) would; every other request goes through.
+ */
+async function withoutStream(target: string): Promise<{ url: string; close(): Promise<void> }> {
+  const server: Server = createServer((req, res) => {
+    if (req.url?.startsWith('/status/stream')) {
+      res.writeHead(404, { 'content-type': 'application/json' });
+      res.end('{"error":{"code":"not_found","message":"no route for GET /status/stream"}}');
+      return;
+    }
+    const chunks: Buffer[] = [];
+    req.on('data', (chunk: Buffer) => chunks.push(chunk));
+    req.on('end', () => {
+      const body = chunks.length ? Buffer.concat(chunks) : undefined;
+      fetch(target + req.url, {
+        method: req.method ?? 'GET',
+        headers: { 'content-type': req.headers['content-type'] ?? 'application/json' },
+        ...(body ? { body } : {}),
+      })
+        .then(async (answer) => {
+          res.writeHead(answer.status, {
+            'content-type': answer.headers.get('content-type') ?? '',
+          });
+          res.end(Buffer.from(await answer.arrayBuffer()));
+        })
+        .catch(() => res.destroy());
+    });
+  });
+  server.listen(0, '127.0.0.1');
+  await once(server, 'listening');
+  const { port } = server.address() as AddressInfo;
+  return {
+    url: `http://127.0.0.1:${port}`,
+    close: () =>
+      new Promise<void>((resolve) => {
+        server.close(() => resolve());
+        server.closeAllConnections();
+      }),
+  };
+}
+
+describe('client library in Node, against the real API', function () {
+  this.timeout(20_000);
+  let database: TestDatabase;
+  let api: TestApp;
+  const clients: PulseClient[] = [];
+
+  const client = (options: Omit<PulseClientOptions, 'url'>, app = api): PulseClient => {
+    const pulse = new PulseClient({ url: app.baseUrl, ...options });
+    clients.push(pulse);
+    return pulse;
+  };
+  const isOnline = async (userId: number, app = api): Promise<boolean> =>
+    ((await (await app.get(`/status/${userId}`)).json()) as { is_online: boolean }).is_online;
+
+  before(async () => {
+    database = await createTestDatabase();
+    api = await startTestApp(database, API_ENV);
+  });
+  afterEach(async () => {
+    await Promise.all(clients.splice(0).map((pulse) => pulse.stop()));
+  });
+  after(async () => {
+    await api.close();
+    await database.drop();
+  });
+
+  it('holds presence with one stream: online at once, no heartbeat requests of its own', async () => {
+    const log: Recorded[] = [];
+    const pulse = client({ userId: 11, fetch: recordingFetch(log) });
+    expect(pulse.status).to.equal('idle');
+    pulse.start();
+    await waitFor(() => pulse.status === 'live', 'the stream');
+    expect(await isOnline(11)).to.equal(true);
+    expect(
+      log.map((r) => `${r.method} ${new URL(r.url).pathname}${new URL(r.url).search}`),
+    ).to.deep.equal(['GET /status/stream?user_id=11']);
+  });
+
+  it('watches: the current state first, then each transition; isOnline follows', async () => {
+    const watcher = client({});
+    const seen: PresenceChange[] = [];
+    const unwatch = watcher.watch([21, 22], (change) => seen.push(change));
+    await waitFor(() => seen.length === 2, 'the first states');
+    expect(seen).to.have.deep.members([
+      { user_id: 21, is_online: false },
+      { user_id: 22, is_online: false },
+    ]);
+    expect(watcher.isOnline(21)).to.equal(false);
+    expect(watcher.isOnline(99)).to.equal(undefined);
+
+    const user = client({ userId: 21 });
+    user.start();
+    await waitFor(() => watcher.isOnline(21) === true, 'user 21 online');
+    await user.stop({ offline: true });
+    await waitFor(() => watcher.isOnline(21) === false, 'user 21 offline', 2_000);
+    expect(seen.filter((c) => c.user_id === 21).map((c) => c.is_online)).to.deep.equal([
+      false,
+      true,
+      false,
+    ]);
+
+    // After unwatch, nothing more arrives: a second watcher sees user 22 come online, the first not.
+    unwatch();
+    const other = client({});
+    other.watch([22], () => {});
+    await waitFor(() => other.isOnline(22) === false, 'the second watcher');
+    await api.post('/status/update', { user_id: 22 });
+    await waitFor(() => other.isOnline(22) === true, 'user 22 online for the second watcher');
+    expect(seen.filter((c) => c.user_id === 22)).to.have.length(1);
+    expect(watcher.isOnline(22)).to.equal(undefined);
+    // Watching again starts from the current state at once (the stream still carried it).
+    const again: PresenceChange[] = [];
+    watcher.watch([22], (change) => again.push(change));
+    await waitFor(() => again.length === 1, 'the state on watching again');
+    expect(again).to.deep.equal([{ user_id: 22, is_online: true }]);
+  });
+
+  it('stop({ offline: true }) ends presence at once; stop() leaves it to the threshold', async () => {
+    const leaving = client({ userId: 41 });
+    const staying = client({ userId: 42 });
+    leaving.start();
+    staying.start();
+    await waitFor(() => leaving.status === 'live' && staying.status === 'live', 'both streams');
+    await leaving.stop({ offline: true });
+    await staying.stop();
+    expect(await isOnline(41)).to.equal(false);
+    expect(await isOnline(42)).to.equal(true);
+    expect(leaving.status).to.equal('idle');
+  });
+
+  it('reconnects after the API restarts; the user stays online and changes flow again', async () => {
+    const port = Number(new URL(api.baseUrl).port);
+    const pulse = client({ userId: 51 });
+    pulse.start();
+    pulse.watch([52], () => {});
+    await waitFor(() => pulse.status === 'live' && pulse.isOnline(52) === false, 'the stream');
+
+    await api.close();
+    await waitFor(() => pulse.status !== 'live', 'the client to notice');
+    api = await startTestApp(database, API_ENV, silentLogger, port);
+    await waitFor(() => pulse.status === 'live', 'the stream back', 10_000);
+    expect(await isOnline(51)).to.equal(true);
+    await api.post('/status/update', { user_id: 52 });
+    await waitFor(() => pulse.isOnline(52) === true, 'a change after the restart');
+  });
+
+  it('waits at least Retry-After when the stream is refused, and holds presence by heartbeats meanwhile', async () => {
+    const full = await startTestApp(database, {
+      ...API_ENV,
+      STREAM_MAX_OPEN: '0',
+      STREAM_RETRY_MS: '1000',
+    });
+    try {
+      const log: Recorded[] = [];
+      // Without Retry-After, these windows would bring the client back within 50 ms.
+      const pulse = client(
+        {
+          userId: 61,
+          fetch: recordingFetch(log),
+          backoff: { initialMs: 20, maxMs: 50 },
+          onlineThresholdSeconds: 4,
+        },
+        full,
+      );
+      pulse.start();
+      const streams = () => log.filter((r) => r.url.includes('/status/stream'));
+      await waitFor(() => streams().length >= 3, 'three stream attempts', 10_000);
+      const attempts = streams();
+      for (let i = 1; i < attempts.length; i += 1) {
+        const previous = attempts[i - 1]!;
+        expect(previous.status).to.equal(503);
+        const floor = Number(previous.retryAfter) * 1000;
+        expect(floor).to.be.at.least(1000);
+        expect(attempts[i]!.at - previous.at, `gap after attempt ${i}`).to.be.at.least(floor);
+      }
+      expect(pulse.status).to.be.oneOf(['backoff', 'connecting']);
+      await waitFor(() => isOnline(61, full), 'user 61 online by heartbeats');
+      expect(log.some((r) => r.url.endsWith('/status/update') && r.status === 200)).to.equal(true);
+    } finally {
+      await Promise.all(clients.splice(0).map((pulse) => pulse.stop()));
+      await full.close();
+    }
+  });
+
+  it('without a stream on the server, holds presence by heartbeats and polls watched users', async () => {
+    const proxy = await withoutStream(api.baseUrl);
+    try {
+      const log: Recorded[] = [];
+      const pulse = new PulseClient({
+        url: proxy.url,
+        userId: 81,
+        fetch: recordingFetch(log),
+        onlineThresholdSeconds: 2,
+      });
+      clients.push(pulse);
+      pulse.start();
+      pulse.watch([82], () => {});
+      await waitFor(() => pulse.status === 'polling', 'the polling fallback');
+      await waitFor(() => pulse.isOnline(82) === false, 'the first poll');
+      await waitFor(() => isOnline(81), 'user 81 online by heartbeats');
+      await api.post('/status/update', { user_id: 82 });
+      await waitFor(() => pulse.isOnline(82) === true, 'user 82 online by polling');
+      const paths = log.map((r) => `${r.method} ${new URL(r.url).pathname}`);
+      expect(paths.filter((p) => p === 'GET /status/stream')).to.have.length(1);
+      expect(paths).to.include('POST /status/update').and.to.include('POST /status/batch');
+      await pulse.stop({ offline: true });
+      expect(await isOnline(81)).to.equal(false);
+    } finally {
+      await Promise.all(clients.splice(0).map((pulse) => pulse.stop()));
+      await proxy.close();
+    }
+  });
+
+  it('asks getToken again after a 401 and goes live with the fresh token', async () => {
+    const secret = randomSecret();
+    const minter = hs256(secret);
+    const secured = await startTestApp(database, jwtEnv(secret, API_ENV));
+    try {
+      const tokens = [
+        await minter.sign({ claims: { sub: '71' }, expiresIn: -60 }),
+        await minter.sign({ claims: { sub: '71' } }),
+      ];
+      let calls = 0;
+      const pulse = client({ getToken: () => tokens[Math.min(calls++, 1)]! }, secured);
+      pulse.start();
+      await waitFor(() => pulse.status === 'live', 'the stream with the fresh token');
+      expect(calls).to.equal(2);
+      // GET /status needs a token here: read the table instead.
+      expect(await database.ageOf(71)).to.be.within(0, 2);
+      await pulse.stop({ offline: true });
+      expect(await database.ageOf(71)).to.equal(undefined);
+    } finally {
+      await Promise.all(clients.splice(0).map((pulse) => pulse.stop()));
+      await secured.close();
+    }
+  });
+});

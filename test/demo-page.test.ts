@@ -1,0 +1,52 @@
+import { expect } from 'chai';
+import { startTestApp, type TestApp } from './support/app.ts';
+import { ensureClientBuilt } from './support/client-build.ts';
+import { createTestDatabase, type TestDatabase } from './support/database.ts';
+
+describe('demo page and client library routes', () => {
+  let database: TestDatabase;
+  let app: TestApp;
+  before(async () => {
+    ensureClientBuilt();
+    database = await createTestDatabase();
+    app = await startTestApp(database);
+  });
+  after(async () => {
+    await app.close();
+    await database.drop();
+  });
+
+  it('serves the page at /demo/ with a policy that allows only its own origin', async () => {
+    const redirect = await fetch(`${app.baseUrl}/demo`, { redirect: 'manual' });
+    expect(redirect.status).to.equal(301);
+    expect(redirect.headers.get('location')).to.equal('/demo/');
+    const page = await app.get('/demo/');
+    expect(page.status).to.equal(200);
+    expect(page.headers.get('content-type')).to.match(/^text\/html/);
+    const csp = page.headers.get('content-security-policy') ?? '';
+    expect(csp).to.include("script-src 'self'").and.include("connect-src 'self'");
+    expect(csp).not.to.include('unsafe');
+    const html = await page.text();
+    expect(html).to.include('<script type="module" src="demo.js">');
+  });
+
+  it('serves the built library at /client/, which the page imports', async () => {
+    const script = await (await app.get('/demo/demo.js')).text();
+    expect(script).to.match(/from '\/client\/index\.js'/);
+    const library = await app.get('/client/index.js');
+    expect(library.status).to.equal(200);
+    expect(library.headers.get('content-type')).to.match(/javascript/);
+    expect(await library.text()).to.include('PulseClient');
+    expect((await app.get('/client/nothing.js')).status).to.equal(404);
+  });
+
+  it('is not served with DEMO_PAGE=false', async () => {
+    const off = await startTestApp(database, { DEMO_PAGE: 'false' });
+    try {
+      expect((await off.get('/demo/')).status).to.equal(404);
+      expect((await off.get('/client/index.js')).status).to.equal(404);
+    } finally {
+      await off.close();
+    }
+  });
+});
