@@ -6,6 +6,7 @@ import type { Registry } from 'prom-client';
 import type { Logger } from '../lib/logger.ts';
 import { opsRoutes } from '../lib/ops-routes.ts';
 import { findOnlineUserIds, type Executor } from '../lib/pulse-store.ts';
+import type { ShardRouter } from '../lib/shard-routing.ts';
 import { assertMayWrite, createAuthenticate, principalOf, type AuthConfig } from './auth.ts';
 import { errorHandler, notFound } from './errors.ts';
 import type { HeartbeatWriter } from './heartbeat-writer.ts';
@@ -17,6 +18,8 @@ export interface AppDeps {
   db: Executor;
   heartbeats: HeartbeatWriter;
   statuses: StatusReader;
+  /** Splits id lists by Citus shard (one group on plain PostgreSQL); none: one statement. */
+  shardRouter?: ShardRouter;
   logger: Logger;
   registry: Registry;
   httpMetrics: RequestHandler;
@@ -32,6 +35,7 @@ export function buildApp({
   db,
   heartbeats,
   statuses,
+  shardRouter,
   logger,
   registry,
   httpMetrics,
@@ -98,7 +102,12 @@ export function buildApp({
   app.post('/status/batch', async (req, res) => {
     requireJson(req);
     const userIds = parseBatchBody(req.body, config.BATCH_MAX_IDS);
-    const online = await findOnlineUserIds(db, userIds, config.ONLINE_THRESHOLD_SECONDS);
+    const online = await findOnlineUserIds(
+      db,
+      userIds,
+      config.ONLINE_THRESHOLD_SECONDS,
+      shardRouter,
+    );
     res.json(userIds.map((id) => ({ user_id: id, is_online: online.has(id) })));
   });
 

@@ -4,6 +4,7 @@ import type { ApiConfig } from '../lib/config.ts';
 import type { DatabaseHandle } from '../lib/db.ts';
 import type { Logger } from '../lib/logger.ts';
 import { createRegistry } from '../lib/metrics.ts';
+import { ShardRouter } from '../lib/shard-routing.ts';
 import { buildApp } from './app.ts';
 import { createHeartbeatWriter } from './heartbeat-writer-factory.ts';
 import type { HeartbeatWriter } from './heartbeat-writer.ts';
@@ -26,13 +27,22 @@ export function assembleApi(
   const metrics = createApiMetrics(registry);
   const heartbeats = createHeartbeatWriter(database.db, config, metrics.flushObserver);
   metrics.watchQueue(heartbeats);
+  // One per process: caches where Citus keeps each user (nothing to do on plain PostgreSQL).
+  const shardRouter = new ShardRouter(database.db);
   const statuses = config.STATUS_READ_COALESCING
-    ? new CoalescingStatusReader(database.db, config.ONLINE_THRESHOLD_SECONDS)
+    ? new CoalescingStatusReader(
+        database.db,
+        config.ONLINE_THRESHOLD_SECONDS,
+        undefined,
+        undefined,
+        shardRouter,
+      )
     : new DirectStatusReader(database.db, config.ONLINE_THRESHOLD_SECONDS);
   const app = buildApp({
     db: database.db,
     heartbeats,
     statuses,
+    shardRouter,
     logger,
     config,
     registry,

@@ -1,4 +1,5 @@
 import { findOnlineUserIds, type Executor } from '../lib/pulse-store.ts';
+import type { ShardRouter } from '../lib/shard-routing.ts';
 
 export interface StatusReader {
   /** Whether one user is online, by the database clock. */
@@ -37,6 +38,7 @@ export class CoalescingStatusReader implements StatusReader {
     private readonly thresholdSeconds: number,
     private readonly maxIds = 1000,
     private readonly onQuery: (ids: number) => void = () => undefined,
+    private readonly shardRouter?: ShardRouter,
   ) {}
 
   isOnline(userId: number): Promise<boolean> {
@@ -66,6 +68,7 @@ export class CoalescingStatusReader implements StatusReader {
       this.db,
       lookups.map(([id]) => id),
       this.thresholdSeconds,
+      this.shardRouter,
     ).then(
       (online) => {
         for (const [id, waiters] of lookups)

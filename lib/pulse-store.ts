@@ -7,6 +7,7 @@
  */
 import { sql, type Kysely } from 'kysely';
 import type { Database } from './schema.ts';
+import { type ShardRouter } from './shard-routing.ts';
 
 export type Executor = Kysely<Database>;
 
@@ -34,21 +35,31 @@ export async function recordHeartbeats(db: Executor, userIds: Iterable<number>):
     .execute();
 }
 
-/** The subset of `userIds` whose last heartbeat is within `thresholdSeconds` of the database clock. */
+/**
+ * The subset of `userIds` whose last heartbeat is within `thresholdSeconds` of the database clock.
+ * With a `router` on Citus, one statement per shard, each with only that shard's ids (see
+ * lib/shard-routing.ts); otherwise, and always on plain PostgreSQL, one statement.
+ */
 export async function findOnlineUserIds(
   db: Executor,
   userIds: readonly number[],
   thresholdSeconds: number,
+  router?: ShardRouter,
 ): Promise<Set<number>> {
   const ids = normalizeUserIds(userIds);
   if (ids.length === 0) return new Set();
-  const rows = await db
-    .selectFrom('pulse')
-    .select('user_id')
-    .where(sql<boolean>`user_id = ANY(${ids}::bigint[])`)
-    .where('last_hb', '>', sql<Date>`now() - make_interval(secs => ${thresholdSeconds})`)
-    .execute();
-  return new Set(rows.map((row) => Number(row.user_id)));
+  const groups = router ? await router.group(ids) : [ids];
+  const found = await Promise.all(
+    groups.map((group) =>
+      db
+        .selectFrom('pulse')
+        .select('user_id')
+        .where(sql<boolean>`user_id = ANY(${group}::bigint[])`)
+        .where('last_hb', '>', sql<Date>`now() - make_interval(secs => ${thresholdSeconds})`)
+        .execute(),
+    ),
+  );
+  return new Set(found.flat().map((row) => Number(row.user_id)));
 }
 
 export interface SweepBatchResult {
@@ -83,13 +94,55 @@ export async function sweepExpiredBatch(
   const lastId = upper?.last_id ?? null;
   if (lastId === null) return { deleted: 0, nextCursor: null };
 
+  const deleted = await sweepExpiredRange(db, {
+    after,
+    upTo: String(lastId),
+    olderThanSeconds: options.olderThanSeconds,
+  });
+  return { deleted, nextCursor: String(lastId) };
+}
+
+/**
+ * Deletes the expired rows with `after < user_id <= upTo`. The staleness check is inside the
+ * DELETE, so a row refreshed while the sweep runs is never removed. On Citus this goes to every
+ * shard, each of which walks only that key range of its primary key.
+ */
+export async function sweepExpiredRange(
+  db: Executor,
+  options: { after: string; upTo: string; olderThanSeconds: number },
+): Promise<number> {
   const result = await db
     .deleteFrom('pulse')
-    .where('user_id', '>', sql<string>`${after}::bigint`)
-    .where('user_id', '<=', sql<string>`${lastId}::bigint`)
+    .where('user_id', '>', sql<string>`${options.after}::bigint`)
+    .where('user_id', '<=', sql<string>`${options.upTo}::bigint`)
     .where('last_hb', '<', sql<Date>`now() - make_interval(secs => ${options.olderThanSeconds})`)
     .executeTakeFirst();
-  return { deleted: Number(result.numDeletedRows), nextCursor: String(lastId) };
+  return Number(result.numDeletedRows);
+}
+
+export interface UserIdSpace {
+  /** Lowest and highest user_id in `pulse`, as decimal strings (bigint). */
+  min: string;
+  max: string;
+  rows: number;
+}
+
+/**
+ * The span of user ids in `pulse` and how many rows it holds (null when empty): on Citus the
+ * sweep cuts this span into key ranges of about SWEEP_BATCH_SIZE rows each. One aggregate that
+ * every shard answers by itself.
+ */
+export async function measureUserIdSpace(db: Executor): Promise<UserIdSpace | null> {
+  const row = await db
+    .selectFrom('pulse')
+    .select((eb) => [
+      sql<string | null>`min(user_id)::text`.as('min'),
+      sql<string | null>`max(user_id)::text`.as('max'),
+      eb.fn.countAll<string>().as('rows'),
+    ])
+    .executeTakeFirst();
+  if (!row || row.min === null || row.max === null) return null;
+  return { min: row.min, max: row.max, rows: Number(row.rows) };
 }
 
 /**

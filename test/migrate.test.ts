@@ -68,6 +68,7 @@ describe('migrate CLI', () => {
     expect((await migrate(url)).stdout).to.match(/already up to date/);
 
     // Each down undoes one migration, newest first, until nothing is left.
+    expect((await migrate(url, ['down'])).stdout).to.match(/reverted 0005_distribute_by_user_id/);
     expect((await migrate(url, ['down'])).stdout).to.match(/reverted 0002_sweeper_lease/);
     expect(
       (await query(url, `SELECT to_regclass('pulse_sweeper_lease') AS t`)).rows[0],
@@ -92,6 +93,7 @@ describe('migrate CLI', () => {
     expect(applied.rows).to.deep.equal([
       { name: '0001_create_pulse' },
       { name: '0002_sweeper_lease' },
+      { name: '0005_distribute_by_user_id' },
     ]);
   });
 

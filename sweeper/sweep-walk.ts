@@ -1,0 +1,119 @@
+/**
+ * How one sweep walks `pulse`, one batch (one short transaction) at a time.
+ *
+ * On plain PostgreSQL, each batch is the next SWEEP_BATCH_SIZE user ids after a cursor: the
+ * batch's upper bound is read from the primary key (`ORDER BY user_id LIMIT n`), so every batch
+ * covers exactly that many rows.
+ *
+ * On Citus (pulse distributed by user_id), that bound is the expensive part: the LIMIT goes to
+ * every shard, so each batch pulls shards x n ids to the coordinator (half a second per batch
+ * with 32 shards). There, the walk cuts the span of user ids into key ranges instead, sized from
+ * one count at the start of the sweep to hold about SWEEP_BATCH_SIZE rows each. A range's DELETE
+ * still reaches every shard, but each shard walks only that key range of its own primary key, in
+ * parallel, and nothing comes back to the coordinator but a row count. The range is resized from
+ * the time each batch took (halved above TARGET_BATCH_MS, doubled under a quarter of it), so a
+ * dense stretch of ids cannot make one transaction long, and a sparse one is crossed quickly.
+ * Rows inserted above the highest id seen at the start are fresh: the next sweep has them.
+ */
+import { isDistributed } from '../lib/citus-layout.ts';
+import {
+  measureUserIdSpace,
+  sweepExpiredBatch,
+  sweepExpiredRange,
+  type Executor,
+  type UserIdSpace,
+} from '../lib/pulse-store.ts';
+
+export interface SweepWalk {
+  /** True once the whole table has been walked. */
+  readonly finished: boolean;
+  /**
+   * Runs the next batch in `trx`: the rows deleted, or null when there was nothing left to
+   * cover (that call was no batch).
+   */
+  next(trx: Executor): Promise<number | null>;
+  /** How long the batch transaction took, in ms. */
+  observe(batchMs: number): void;
+}
+
+export interface SweepWalkOptions {
+  batchSize: number;
+  olderThanSeconds: number;
+}
+
+/** Plain PostgreSQL: exact batches of `batchSize` ids after a cursor. */
+export class CursorWalk implements SweepWalk {
+  private cursor: string | null = null;
+  finished = false;
+
+  constructor(private readonly options: SweepWalkOptions) {}
+
+  async next(trx: Executor): Promise<number | null> {
+    const batch = await sweepExpiredBatch(trx, { cursor: this.cursor, ...this.options });
+    this.cursor = batch.nextCursor;
+    this.finished = batch.nextCursor === null;
+    return this.finished ? null : batch.deleted;
+  }
+
+  observe(): void {}
+}
+
+/** Above this, the next key range is halved; under a quarter of it, doubled. */
+export const TARGET_BATCH_MS = 100;
+
+const bigMin = (a: bigint, b: bigint) => (a < b ? a : b);
+const bigMax = (a: bigint, b: bigint) => (a > b ? a : b);
+
+/** Citus: key ranges of about `batchSize` rows, resized by the time each batch takes. */
+export class KeyRangeWalk implements SweepWalk {
+  private cursor: bigint;
+  private width: bigint;
+  private readonly last: bigint;
+  private readonly span: bigint;
+
+  constructor(
+    space: UserIdSpace,
+    private readonly options: SweepWalkOptions,
+  ) {
+    const first = BigInt(space.min);
+    this.last = BigInt(space.max);
+    this.cursor = first - 1n;
+    this.span = this.last - first + 1n;
+    const width = (this.span * BigInt(options.batchSize)) / BigInt(Math.max(1, space.rows));
+    this.width = bigMin(this.span, bigMax(1n, width));
+  }
+
+  get finished(): boolean {
+    return this.cursor >= this.last;
+  }
+
+  /** The size of the next key range (for tests and logs). */
+  get rangeWidth(): bigint {
+    return this.width;
+  }
+
+  async next(trx: Executor): Promise<number | null> {
+    if (this.finished) return null;
+    const upTo = bigMin(this.last, this.cursor + this.width);
+    const deleted = await sweepExpiredRange(trx, {
+      after: String(this.cursor),
+      upTo: String(upTo),
+      olderThanSeconds: this.options.olderThanSeconds,
+    });
+    this.cursor = upTo;
+    return deleted;
+  }
+
+  observe(batchMs: number): void {
+    if (batchMs > TARGET_BATCH_MS) this.width = bigMax(1n, this.width / 2n);
+    else if (batchMs < TARGET_BATCH_MS / 4) this.width = bigMin(this.span, this.width * 2n);
+  }
+}
+
+/** The walk for this database: key ranges when `pulse` is distributed by Citus, else a cursor. */
+export async function openSweepWalk(db: Executor, options: SweepWalkOptions): Promise<SweepWalk> {
+  if (!(await isDistributed(db, 'pulse'))) return new CursorWalk(options);
+  const space = await measureUserIdSpace(db);
+  if (space === null) return new CursorWalk(options);
+  return new KeyRangeWalk(space, options);
+}
