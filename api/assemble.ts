@@ -25,10 +25,10 @@ export function assembleApi(
 ): Api {
   const registry = createRegistry(database.pool);
   const metrics = createApiMetrics(registry);
-  const heartbeats = createHeartbeatWriter(database.db, config, metrics.flushObserver);
-  metrics.watchQueue(heartbeats);
   // One per process: caches where Citus keeps each user (nothing to do on plain PostgreSQL).
   const shardRouter = new ShardRouter(database.db);
+  const heartbeats = createHeartbeatWriter(database.db, config, metrics.flushObserver, shardRouter);
+  metrics.watchQueue(heartbeats);
   const statuses = config.STATUS_READ_COALESCING
     ? new CoalescingStatusReader(
         database.db,

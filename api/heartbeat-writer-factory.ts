@@ -1,5 +1,6 @@
 import type { ApiConfig } from '../lib/config.ts';
 import type { Executor } from '../lib/pulse-store.ts';
+import type { ShardRouter } from '../lib/shard-routing.ts';
 import {
   DirectHeartbeatWriter,
   GroupCommitHeartbeatWriter,
@@ -18,8 +19,9 @@ export function createHeartbeatWriter(
     | 'HEARTBEAT_QUEUE_MAX_IDS'
   >,
   observer: FlushObserver = {},
+  shardRouter?: ShardRouter,
 ): HeartbeatWriter {
-  if (!config.HEARTBEAT_GROUP_COMMIT) return new DirectHeartbeatWriter(db, observer);
+  if (!config.HEARTBEAT_GROUP_COMMIT) return new DirectHeartbeatWriter(db, observer, shardRouter);
   return new GroupCommitHeartbeatWriter(
     db,
     {
@@ -27,6 +29,7 @@ export function createHeartbeatWriter(
       maxDelayMs: config.HEARTBEAT_FLUSH_DELAY_MS,
       maxConcurrentFlushes: config.HEARTBEAT_MAX_CONCURRENT_FLUSHES,
       maxQueuedIds: config.HEARTBEAT_QUEUE_MAX_IDS,
+      shardRouter,
     },
     observer,
   );

@@ -1,4 +1,5 @@
 import { recordHeartbeats, type Executor } from '../lib/pulse-store.ts';
+import type { ShardRouter } from '../lib/shard-routing.ts';
 
 /** Why a heartbeat was not written; the HTTP layer turns each into a 503. */
 export class HeartbeatRejected extends Error {
@@ -40,12 +41,13 @@ export class DirectHeartbeatWriter implements HeartbeatWriter {
   constructor(
     private readonly db: Executor,
     private readonly observer: FlushObserver = {},
+    private readonly shardRouter?: ShardRouter,
   ) {}
 
   async record(userIds: readonly number[]): Promise<void> {
     if (this.closed) throw new HeartbeatRejected('shutting_down', 'the server is shutting down');
     const started = performance.now();
-    const write = recordHeartbeats(this.db, userIds);
+    const write = recordHeartbeats(this.db, userIds, this.shardRouter);
     this.inFlight.add(write);
     let ok = false;
     try {
@@ -79,6 +81,8 @@ export interface GroupCommitOptions {
   maxConcurrentFlushes: number;
   /** Above this many queued ids new heartbeats are refused (backpressure). */
   maxQueuedIds: number;
+  /** On Citus, a flush is written as one statement per shard (lib/shard-routing.ts). */
+  shardRouter?: ShardRouter | undefined;
 }
 
 interface Pending {
@@ -200,7 +204,7 @@ export class GroupCommitHeartbeatWriter implements HeartbeatWriter {
       });
       this.schedule();
     };
-    recordHeartbeats(this.db, ids).then(
+    recordHeartbeats(this.db, ids, this.options.shardRouter).then(
       () => settle(true),
       (error: unknown) => settle(false, writeFailed(error)),
     );

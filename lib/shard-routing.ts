@@ -13,7 +13,7 @@
  * cached for `refreshMs`. A stale cache (shards split or moved meanwhile) only costs speed, never
  * correctness: every statement still filters by its ids, and Citus routes it to wherever they are.
  *
- * On plain PostgreSQL (no `citus` extension, or the table is not distributed) there is one group:
+ * On plain PostgreSQL (no `citus` extension, or the table is not distributed) there are no groups:
  * callers run exactly the statement they always ran.
  */
 import { sql, type Kysely } from 'kysely';
@@ -127,9 +127,13 @@ export class ShardRouter {
     return this.loading;
   }
 
-  /** `ids` split by shard (one group on plain PostgreSQL); no group for no ids. */
-  async group<T extends number>(ids: readonly T[]): Promise<T[][]> {
-    if (ids.length === 0) return [];
-    return groupIdsByShard(ids, await this.shardRanges());
+  /**
+   * `ids` split by shard, or null when the table is not distributed (plain PostgreSQL: run the
+   * one statement as usual).
+   */
+  async group<T extends number>(ids: readonly T[]): Promise<T[][] | null> {
+    const ranges = await this.shardRanges();
+    if (ranges.length === 0) return null;
+    return groupIdsByShard(ids, ranges);
   }
 }
