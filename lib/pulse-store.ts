@@ -7,7 +7,7 @@
  */
 import { sql, type Kysely } from 'kysely';
 import type { Database } from './schema.ts';
-import { type ShardRouter } from './shard-routing.ts';
+import type { ShardRouter } from './shard-routing.ts';
 
 export type Executor = Kysely<Database>;
 
