@@ -1,30 +1,27 @@
-import { randomUUID } from 'node:crypto';
 import express, { type Express, type RequestHandler } from 'express';
-import helmet from 'helmet';
-import { pinoHttp } from 'pino-http';
 import type { Registry } from 'prom-client';
 import type { Logger } from '../lib/logger.ts';
 import { opsRoutes } from '../http/ops-routes.ts';
-import { findOnlineUserIds, type Executor } from '../lib/pulse-store.ts';
-import type { ShardRouter } from '../lib/shard-routing.ts';
+import type { Executor } from '../lib/pulse-store.ts';
 import { assertMayWrite, createAuthenticate, principalOf, type AuthConfig } from './auth.ts';
 import { errorHandler, notFound } from './errors.ts';
 import type { HeartbeatWriter } from './heartbeat-writer.ts';
 import { openApiDocument } from './openapi.ts';
 import type { StatusReader } from './status-reader.ts';
+import { requestLog } from './request-log.ts';
+import { securityHeaders } from './security-headers.ts';
 import { parseBatchBody, parseHeartbeatBody, parseUserIdParam, requireJson } from './validation.ts';
 
 export interface AppDeps {
   db: Executor;
   heartbeats: HeartbeatWriter;
   statuses: StatusReader;
-  /** Splits id lists by Citus shard (one group on plain PostgreSQL); none: one statement. */
-  shardRouter?: ShardRouter;
   logger: Logger;
   registry: Registry;
   httpMetrics: RequestHandler;
   config: AuthConfig & {
-    ONLINE_THRESHOLD_SECONDS: number;
+    /** Set: /metrics is served by the separate metrics listener, not by this app. */
+    METRICS_PORT?: number | undefined;
     BATCH_MAX_IDS: number;
     BODY_LIMIT_BYTES: number;
   };
@@ -35,7 +32,6 @@ export function buildApp({
   db,
   heartbeats,
   statuses,
-  shardRouter,
   logger,
   registry,
   httpMetrics,
@@ -45,43 +41,14 @@ export function buildApp({
   app.disable('x-powered-by');
   app.set('etag', false);
 
-  app.use(
-    pinoHttp({
-      logger,
-      genReqId: (req, res) => {
-        const given = req.headers['x-request-id'];
-        const id =
-          typeof given === 'string' && /^[\w.:-]{1,128}$/.test(given) ? given : randomUUID();
-        res.setHeader('X-Request-Id', id);
-        return id;
-      },
-      // Probes and scrapes every few seconds would drown the request log.
-      autoLogging: { ignore: (req) => /^\/(healthz|readyz|metrics)$/.test(req.url ?? '') },
-      serializers: {
-        req: (req: { id: unknown; method: string; url: string }) => ({
-          id: req.id,
-          method: req.method,
-          url: req.url,
-        }),
-        res: (res: { statusCode: number }) => ({ statusCode: res.statusCode }),
-      },
-    }),
-  );
+  // Probes and scrapes every few seconds would drown the request log.
+  app.use(requestLog(logger, { ignore: /^\/(healthz|readyz|metrics)$/ }));
   // --- security: headers for a JSON API ---
-  app.use(
-    // JSON is never rendered: allow nothing, frame nothing.
-    helmet({
-      contentSecurityPolicy: {
-        useDefaults: false,
-        directives: { defaultSrc: ["'none'"], frameAncestors: ["'none'"] },
-      },
-      xFrameOptions: { action: 'deny' },
-    }),
-  );
+  app.use(securityHeaders());
   app.use(httpMetrics);
 
   // Probes, metrics and the contract are public; /status needs a caller (before any body is read).
-  app.use(opsRoutes({ db, registry }));
+  app.use(opsRoutes({ db, registry: config.METRICS_PORT === undefined ? registry : undefined }));
   app.get('/openapi.json', (_req, res) => {
     res.json(openApiDocument);
   });
@@ -102,12 +69,7 @@ export function buildApp({
   app.post('/status/batch', async (req, res) => {
     requireJson(req);
     const userIds = parseBatchBody(req.body, config.BATCH_MAX_IDS);
-    const online = await findOnlineUserIds(
-      db,
-      userIds,
-      config.ONLINE_THRESHOLD_SECONDS,
-      shardRouter,
-    );
+    const online = await statuses.onlineAmong(userIds);
     res.json(userIds.map((id) => ({ user_id: id, is_online: online.has(id) })));
   });
 

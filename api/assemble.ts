@@ -6,8 +6,11 @@ import type { Logger } from '../lib/logger.ts';
 import { createRegistry } from '../lib/metrics.ts';
 import { ShardRouter } from '../lib/shard-routing.ts';
 import { buildApp } from './app.ts';
-import { createHeartbeatWriter } from './heartbeat-writer-factory.ts';
-import type { HeartbeatWriter } from './heartbeat-writer.ts';
+import {
+  DirectHeartbeatWriter,
+  GroupCommitHeartbeatWriter,
+  type HeartbeatWriter,
+} from './heartbeat-writer.ts';
 import { createApiMetrics } from './metrics.ts';
 import { CoalescingStatusReader, DirectStatusReader } from './status-reader.ts';
 
@@ -27,7 +30,20 @@ export function assembleApi(
   const metrics = createApiMetrics(registry);
   // One per process: caches where Citus keeps each user (nothing to do on plain PostgreSQL).
   const shardRouter = new ShardRouter(database.db);
-  const heartbeats = createHeartbeatWriter(database.db, config, metrics.flushObserver, shardRouter);
+  const heartbeats: HeartbeatWriter = config.HEARTBEAT_GROUP_COMMIT
+    ? new GroupCommitHeartbeatWriter(
+        database.db,
+        {
+          maxBatchIds: config.HEARTBEAT_FLUSH_MAX_IDS,
+          maxDelayMs: config.HEARTBEAT_FLUSH_DELAY_MS,
+          maxConcurrentFlushes: config.HEARTBEAT_MAX_CONCURRENT_FLUSHES,
+          maxQueuedIds: config.HEARTBEAT_QUEUE_MAX_IDS,
+        },
+        metrics.flushObserver,
+        logger,
+        shardRouter,
+      )
+    : new DirectHeartbeatWriter(database.db, metrics.flushObserver, logger, shardRouter);
   metrics.watchQueue(heartbeats);
   const statuses = config.STATUS_READ_COALESCING
     ? new CoalescingStatusReader(
@@ -37,12 +53,11 @@ export function assembleApi(
         undefined,
         shardRouter,
       )
-    : new DirectStatusReader(database.db, config.ONLINE_THRESHOLD_SECONDS);
+    : new DirectStatusReader(database.db, config.ONLINE_THRESHOLD_SECONDS, shardRouter);
   const app = buildApp({
     db: database.db,
     heartbeats,
     statuses,
-    shardRouter,
     logger,
     config,
     registry,

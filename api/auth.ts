@@ -15,7 +15,7 @@
 import type { KeyObject } from 'node:crypto';
 import type { Request, RequestHandler } from 'express';
 import { errors, jwtVerify, type JWTPayload } from 'jose';
-import { parseJwtPublicKey, type ApiConfig } from '../lib/config.ts';
+import type { ApiConfig } from '../lib/config.ts';
 import { HttpError } from './errors.ts';
 import { parseUserIdParam } from './validation.ts';
 
@@ -140,7 +140,7 @@ export function createAuthenticate(config: AuthConfig): RequestHandler {
     key = new TextEncoder().encode(config.AUTH_JWT_SECRET);
     algorithm = 'HS256';
   } else if (config.AUTH_JWT_PUBLIC_KEY !== undefined) {
-    ({ key, algorithm } = parseJwtPublicKey(config.AUTH_JWT_PUBLIC_KEY));
+    ({ key, algorithm } = config.AUTH_JWT_PUBLIC_KEY);
   } else {
     throw new Error('AUTH_MODE=jwt needs AUTH_JWT_SECRET or AUTH_JWT_PUBLIC_KEY');
   }

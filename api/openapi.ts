@@ -57,15 +57,25 @@ const forbidden = {
 const secured = {
   security: [{ bearerAuth: [] }, {}],
 };
+/** Probes, metrics and this document: no token, whatever AUTH_MODE says. */
+const open = { security: [] };
+/** Node's HTTP server answers any request this way, before Pulse sees it. */
+const headersTooLarge = {
+  description: 'Request headers over 16 KB (the Node.js HTTP server limit); no body',
+};
 
 export const openApiDocument = {
   openapi: '3.1.0',
   info: {
     title: 'Pulse',
     version: '1.0.0',
+    // No open-source licence: a private package. LicenseRef- is SPDX's form for such a licence.
+    license: { name: 'Proprietary', identifier: 'LicenseRef-Proprietary' },
     description:
       'Online/offline presence on PostgreSQL. A user is online when their last heartbeat is within ONLINE_THRESHOLD_SECONDS of the database clock. Unknown fields in request bodies are ignored.',
   },
+  // Relative: the API serves this document itself, so its own origin is the server.
+  servers: [{ url: '/', description: 'The API serving this document' }],
   paths: {
     '/status/update': {
       post: {
@@ -155,6 +165,7 @@ export const openApiDocument = {
     '/healthz': {
       get: {
         operationId: 'health',
+        ...open,
         summary: 'Liveness: the process is running',
         responses: {
           '200': {
@@ -165,12 +176,14 @@ export const openApiDocument = {
               properties: { status: { const: 'ok' } },
             }),
           },
+          '431': headersTooLarge,
         },
       },
     },
     '/readyz': {
       get: {
         operationId: 'ready',
+        ...open,
         summary: 'Readiness: the database answers and every migration is applied',
         responses: {
           '200': {
@@ -181,6 +194,7 @@ export const openApiDocument = {
               properties: { status: { const: 'ready' } },
             }),
           },
+          '431': headersTooLarge,
           '503': error('`not_ready`, with the reason as the message'),
         },
       },
@@ -188,21 +202,28 @@ export const openApiDocument = {
     '/metrics': {
       get: {
         operationId: 'metrics',
+        ...open,
         summary: 'Prometheus metrics (text exposition format)',
         responses: {
           '200': {
             description: 'Metrics',
             content: { 'text/plain': { schema: { type: 'string' } } },
           },
+          '404': error(
+            '`not_found`: with METRICS_PORT set, /metrics is served on that port only, not on the API port',
+          ),
+          '431': headersTooLarge,
         },
       },
     },
     '/openapi.json': {
       get: {
         operationId: 'openapi',
+        ...open,
         summary: 'This document',
         responses: {
           '200': { description: 'OpenAPI 3.1 document', content: json({ type: 'object' }) },
+          '431': headersTooLarge,
         },
       },
     },

@@ -4,6 +4,8 @@ import type { ShardRouter } from '../lib/shard-routing.ts';
 export interface StatusReader {
   /** Whether one user is online, by the database clock. */
   isOnline(userId: number): Promise<boolean>;
+  /** The subset of `userIds` that is online, by the database clock (one query, /status/batch). */
+  onlineAmong(userIds: readonly number[]): Promise<Set<number>>;
 }
 
 /** One query per lookup. */
@@ -11,10 +13,15 @@ export class DirectStatusReader implements StatusReader {
   constructor(
     private readonly db: Executor,
     private readonly thresholdSeconds: number,
+    private readonly shardRouter?: ShardRouter,
   ) {}
 
   async isOnline(userId: number): Promise<boolean> {
-    return (await findOnlineUserIds(this.db, [userId], this.thresholdSeconds)).has(userId);
+    return (await this.onlineAmong([userId])).has(userId);
+  }
+
+  onlineAmong(userIds: readonly number[]): Promise<Set<number>> {
+    return findOnlineUserIds(this.db, userIds, this.thresholdSeconds, this.shardRouter);
   }
 }
 
@@ -51,6 +58,12 @@ export class CoalescingStatusReader implements StatusReader {
         setImmediate(() => this.flush());
       }
     });
+  }
+
+  /** A batch is already one query: it goes straight to the database, counted like the others. */
+  onlineAmong(userIds: readonly number[]): Promise<Set<number>> {
+    this.onQuery(userIds.length);
+    return findOnlineUserIds(this.db, userIds, this.thresholdSeconds, this.shardRouter);
   }
 
   private flush(): void {

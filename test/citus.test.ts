@@ -327,7 +327,7 @@ async function userIds(db: CitusSchema): Promise<number[]> {
           schedule: '* * * * * *',
           olderThanSeconds: OLDER_THAN,
           batchSize,
-          lockTtlSeconds: 30,
+          leaseTtlSeconds: 30,
         });
 
       it('several runners together delete every expired row exactly once, in key ranges', async () => {
@@ -347,7 +347,7 @@ async function userIds(db: CitusSchema): Promise<number[]> {
           const sweepers = pools.map((pool) => sweeperOn(pool, 1000));
           const reports: SweepReport[] = await Promise.all(sweepers.map((s) => s.sweepOnce()));
           expect(reports.map((r) => r.outcome)).to.not.include('failed');
-          expect(reports.filter((r) => r.lockHeld)).to.have.length.at.least(1);
+          expect(reports.filter((r) => r.leaseHeld)).to.have.length.at.least(1);
           expect(reports.reduce((sum, r) => sum + r.deleted, 0)).to.equal(10_000);
           const swept = reports.find((r) => r.deleted > 0)!;
           expect(swept.batches).to.be.at.least(2);
@@ -376,7 +376,7 @@ async function userIds(db: CitusSchema): Promise<number[]> {
           schedule: '* * * * * *',
           olderThanSeconds: OLDER_THAN,
           batchSize: 500,
-          lockTtlSeconds: 30,
+          leaseTtlSeconds: 30,
           batchPauseMs: 50,
         });
         const sweeping = sweeper.sweepOnce();
