@@ -4,6 +4,7 @@ import type { ApiConfig } from '../lib/config.ts';
 import type { DatabaseHandle } from '../lib/db.ts';
 import type { Logger } from '../lib/logger.ts';
 import { createRegistry } from '../lib/metrics.ts';
+import { ShardRouter } from '../lib/shard-routing.ts';
 import { buildApp } from './app.ts';
 import {
   DirectHeartbeatWriter,
@@ -39,6 +40,8 @@ export function assembleApi(
 ): Api {
   const registry = createRegistry(database.pool);
   const metrics = createApiMetrics(registry);
+  // One per process: caches where Citus keeps each user (nothing to do on plain PostgreSQL).
+  const shardRouter = new ShardRouter(database.db);
   const heartbeats: HeartbeatWriter = config.HEARTBEAT_GROUP_COMMIT
     ? new GroupCommitHeartbeatWriter(
         database.db,
@@ -50,12 +53,19 @@ export function assembleApi(
         },
         metrics.flushObserver,
         logger,
+        shardRouter,
       )
-    : new DirectHeartbeatWriter(database.db, metrics.flushObserver, logger);
+    : new DirectHeartbeatWriter(database.db, metrics.flushObserver, logger, shardRouter);
   metrics.watchQueue(heartbeats);
   const statuses = config.STATUS_READ_COALESCING
-    ? new CoalescingStatusReader(database.db, config.ONLINE_THRESHOLD_SECONDS)
-    : new DirectStatusReader(database.db, config.ONLINE_THRESHOLD_SECONDS);
+    ? new CoalescingStatusReader(
+        database.db,
+        config.ONLINE_THRESHOLD_SECONDS,
+        undefined,
+        undefined,
+        shardRouter,
+      )
+    : new DirectStatusReader(database.db, config.ONLINE_THRESHOLD_SECONDS, shardRouter);
   const streamMetrics = createStreamMetrics(registry);
   const feed = new PresenceFeed(
     database.db,

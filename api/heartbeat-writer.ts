@@ -1,5 +1,6 @@
 import type { Logger } from '../lib/logger.ts';
 import { recordHeartbeats, type Executor } from '../lib/pulse-store.ts';
+import type { ShardRouter } from '../lib/shard-routing.ts';
 
 /** Why a heartbeat was not written; the HTTP layer turns each into a 503. */
 export class HeartbeatRejected extends Error {
@@ -62,13 +63,15 @@ export class DirectHeartbeatWriter implements HeartbeatWriter {
     private readonly db: Executor,
     private readonly observer: FlushObserver = {},
     private readonly logger?: Logger,
+    /** On Citus, writes go as one statement per shard (lib/shard-routing.ts). */
+    private readonly shardRouter?: ShardRouter,
   ) {}
 
   async record(requested: readonly number[]): Promise<void> {
     if (this.closed) throw new HeartbeatRejected('shutting_down', 'the server is shutting down');
     const userIds = distinct(requested);
     const started = performance.now();
-    const write = recordHeartbeats(this.db, userIds);
+    const write = recordHeartbeats(this.db, userIds, this.shardRouter);
     this.inFlight.add(write);
     let ok = false;
     try {
@@ -129,6 +132,8 @@ export class GroupCommitHeartbeatWriter implements HeartbeatWriter {
     private readonly options: GroupCommitOptions,
     private readonly observer: FlushObserver = {},
     private readonly logger?: Logger,
+    /** On Citus, writes go as one statement per shard (lib/shard-routing.ts). */
+    private readonly shardRouter?: ShardRouter,
   ) {}
 
   get queuedIds(): number {
@@ -228,7 +233,7 @@ export class GroupCommitHeartbeatWriter implements HeartbeatWriter {
       );
       this.schedule();
     };
-    recordHeartbeats(this.db, ids).then(
+    recordHeartbeats(this.db, ids, this.shardRouter).then(
       () => settle(true),
       (error: unknown) => settle(false, writeFailed(error)),
     );

@@ -1,4 +1,5 @@
 import { findOnlineUserIds, type Executor } from '../lib/pulse-store.ts';
+import type { ShardRouter } from '../lib/shard-routing.ts';
 
 export interface StatusReader {
   /** Whether one user is online, by the database clock. */
@@ -12,6 +13,7 @@ export class DirectStatusReader implements StatusReader {
   constructor(
     private readonly db: Executor,
     private readonly thresholdSeconds: number,
+    private readonly shardRouter?: ShardRouter,
   ) {}
 
   async isOnline(userId: number): Promise<boolean> {
@@ -19,7 +21,7 @@ export class DirectStatusReader implements StatusReader {
   }
 
   onlineAmong(userIds: readonly number[]): Promise<Set<number>> {
-    return findOnlineUserIds(this.db, userIds, this.thresholdSeconds);
+    return findOnlineUserIds(this.db, userIds, this.thresholdSeconds, this.shardRouter);
   }
 }
 
@@ -43,6 +45,7 @@ export class CoalescingStatusReader implements StatusReader {
     private readonly thresholdSeconds: number,
     private readonly maxIds = 1000,
     private readonly onQuery: (ids: number) => void = () => undefined,
+    private readonly shardRouter?: ShardRouter,
   ) {}
 
   isOnline(userId: number): Promise<boolean> {
@@ -60,7 +63,7 @@ export class CoalescingStatusReader implements StatusReader {
   /** A batch is already one query: it goes straight to the database, counted like the others. */
   onlineAmong(userIds: readonly number[]): Promise<Set<number>> {
     this.onQuery(userIds.length);
-    return findOnlineUserIds(this.db, userIds, this.thresholdSeconds);
+    return findOnlineUserIds(this.db, userIds, this.thresholdSeconds, this.shardRouter);
   }
 
   private flush(): void {
@@ -78,6 +81,7 @@ export class CoalescingStatusReader implements StatusReader {
       this.db,
       lookups.map(([id]) => id),
       this.thresholdSeconds,
+      this.shardRouter,
     ).then(
       (online) => {
         for (const [id, waiters] of lookups)

@@ -22,6 +22,10 @@ export interface BenchDatabase {
 /**
  * A freshly created and migrated database on `serverUrl` (DATABASE_URL by default), or on an
  * embedded server when there is none. close() drops it (and stops the embedded server).
+ *
+ * On a Citus coordinator (DATABASE_URL names a database with the `citus` extension and its
+ * workers added), a schema named `name` in that database instead: Citus keeps its nodes per
+ * database, so a new database would have none. The migrations distribute `pulse` there.
  */
 export async function openBenchDatabase(
   name: string,
@@ -40,12 +44,22 @@ export async function openBenchDatabase(
   const admin = async (text: string) => {
     const client = new pg.Client({ connectionString: serverUrl });
     await client.connect();
-    await client.query(text).finally(() => client.end());
+    return client.query(text).finally(() => client.end());
   };
-  await admin(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`);
-  await admin(`CREATE DATABASE ${name}`);
+  const { rows } = await admin(`SELECT 1 FROM pg_extension WHERE extname = 'citus'`);
   const url = new URL(serverUrl);
-  url.pathname = `/${name}`;
+  let drop: string;
+  if (rows.length > 0) {
+    drop = `DROP SCHEMA IF EXISTS ${name} CASCADE`;
+    await admin(drop);
+    await admin(`CREATE SCHEMA ${name}`);
+    url.searchParams.set('options', `-c search_path=${name}`);
+  } else {
+    drop = `DROP DATABASE IF EXISTS ${name} WITH (FORCE)`;
+    await admin(drop);
+    await admin(`CREATE DATABASE ${name}`);
+    url.pathname = `/${name}`;
+  }
   const database = openDatabase({
     connectionString: url.toString(),
     poolMax: 4,
@@ -59,7 +73,7 @@ export async function openBenchDatabase(
     async close() {
       await database.close();
       if (embedded) await embedded.stop();
-      else await admin(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`);
+      else await admin(drop);
     },
   };
 }

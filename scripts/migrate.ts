@@ -6,6 +6,7 @@
  * Safe to run from several pods at once: Kysely's Migrator serializes runs with a lock.
  */
 import { parseArgs } from 'node:util';
+import { distributeUserKeyedTables } from '../lib/citus-layout.ts';
 import { loadMigrateConfig } from '../lib/config.ts';
 import { openDatabase } from '../lib/db.ts';
 import { runMain } from '../lib/entry.ts';
@@ -42,6 +43,10 @@ runMain(async () => {
     } else {
       const applied = await migrateToLatest(database.db);
       console.log(applied.length ? `applied ${applied.join(', ')}` : 'already up to date');
+      // On Citus: a table listed in lib/citus-layout.ts that is still local (the citus extension
+      // was created after the migrations ran, or a newer migration added a companion table).
+      const distributed = await distributeUserKeyedTables(database.db);
+      if (distributed.length > 0) console.log(`distributed by user_id: ${distributed.join(', ')}`);
       const unlogged = config.PULSE_TABLE_UNLOGGED;
       if (unlogged !== undefined && (await setPulseTableUnlogged(database.db, unlogged))) {
         console.log(`table pulse is now ${unlogged ? 'UNLOGGED' : 'LOGGED'}`);

@@ -3,8 +3,9 @@ import { hostname } from 'node:os';
 import { setTimeout as sleep } from 'node:timers/promises';
 import cron, { type ScheduledTask } from 'node-cron';
 import type { Logger } from '../lib/logger.ts';
-import { sweepExpiredBatch, type Executor } from '../lib/pulse-store.ts';
+import type { Executor } from '../lib/pulse-store.ts';
 import { releaseSweepLease, renewSweepLease, tryAcquireSweepLease } from '../lib/sweep-lease.ts';
+import { openSweepWalk } from './sweep-walk.ts';
 
 /**
  * How a sweep ended: `done` (walked the whole table), `skipped` (another sweeper holds the lease),
@@ -138,28 +139,32 @@ export class Sweeper {
       } else if (!leaseHeld) {
         outcome = 'skipped';
       } else {
-        let cursor: string | null = null;
-        do {
+        const walk = await openSweepWalk(this.db, { batchSize, olderThanSeconds });
+        while (!walk.finished) {
           if (this.stopping) {
             outcome = 'stopped';
             break;
           }
           const batchStarted = performance.now();
-          const batch = await this.db.transaction().execute(async (trx) => {
+          const batchDeleted = await this.db.transaction().execute(async (trx) => {
             if (!(await renewSweepLease(trx, this.holder, leaseTtlSeconds)))
               throw new LeaseLostError();
-            return sweepExpiredBatch(trx, { cursor, batchSize, olderThanSeconds });
+            return walk.next(trx);
           });
-          maxBatchMs = Math.max(maxBatchMs, performance.now() - batchStarted);
-          cursor = batch.nextCursor;
-          deleted += batch.deleted;
-          if (cursor !== null) batches += 1; // the last call only finds the end of the table
-          if (cursor !== null && pauseMs > 0 && !this.stopping) {
+          const batchMs = performance.now() - batchStarted;
+          maxBatchMs = Math.max(maxBatchMs, batchMs);
+          walk.observe(batchMs);
+          // null: that call only found the end of the table.
+          if (batchDeleted !== null) {
+            deleted += batchDeleted;
+            batches += 1;
+          }
+          if (!walk.finished && pauseMs > 0 && !this.stopping) {
             await sleep(pauseMs, undefined, { signal: this.stopSignal.signal }).catch(
               () => undefined,
             );
           }
-        } while (cursor !== null);
+        }
       }
     } catch (caught) {
       if (caught instanceof LeaseLostError) {

@@ -27,7 +27,8 @@ describe('migrate CLI', function () {
     await adminQuery(serverUrl(), `DROP DATABASE IF EXISTS ${name} WITH (FORCE)`);
   });
 
-  it('applies, reports, and reverts the schema', async () => {
+  it('applies, reports, and reverts the schema', async function () {
+    this.timeout(60_000); // nine runs of the CLI, each a Node process
     expect((await migrate(url, ['status'])).stdout).to.match(/0001_create_pulse\s+pending/);
     const up = await migrate(url);
     expect(up.code).to.equal(0);
@@ -45,6 +46,7 @@ describe('migrate CLI', function () {
     expect((await migrate(url)).stdout).to.match(/already up to date/);
 
     // Each down undoes one migration, newest first, until nothing is left.
+    expect((await migrate(url, ['down'])).stdout).to.match(/reverted 0005_distribute_by_user_id/);
     expect((await migrate(url, ['down'])).stdout).to.match(/reverted 0002_sweeper_lease/);
     expect(
       (await queryOnce(url, `SELECT to_regclass('pulse_sweeper_lease') AS t`)).rows[0],
@@ -69,6 +71,7 @@ describe('migrate CLI', function () {
     expect(applied.rows).to.deep.equal([
       { name: '0001_create_pulse' },
       { name: '0002_sweeper_lease' },
+      { name: '0005_distribute_by_user_id' },
     ]);
   });
 

@@ -1,0 +1,139 @@
+/**
+ * Groups user ids by the Citus shard that holds them, so a statement over many ids can be sent as
+ * one statement per shard, each routed to exactly one shard with only that shard's ids.
+ *
+ * Why: Citus prunes `user_id = ANY($1)` to the shards holding any of the ids, then sends the whole
+ * array to each of them. 1,000 random ids over 32 shards touch every shard, and every shard probes
+ * its index for all 1,000 ids (32,000 probes). Split by shard, each statement has about 31 ids,
+ * names one shard, and takes Citus's fast path (no distributed planning).
+ *
+ * The grouping happens in this process, with no round trip: Citus places a row by PostgreSQL's
+ * hash of the distribution column (`hashint8` for bigint, which Citus exposes as `worker_hash`)
+ * within the shards' hash ranges (`pg_dist_shard`). The ranges are read from the coordinator and
+ * cached for `refreshMs`. A stale cache (shards split or moved meanwhile) only costs speed, never
+ * correctness: every statement still filters by its ids, and Citus routes it to wherever they are.
+ *
+ * On plain PostgreSQL (no `citus` extension, or the table is not distributed) there are no groups:
+ * callers run exactly the statement they always ran.
+ */
+import { sql, type Kysely } from 'kysely';
+
+/** One hash range of a shard, as in pg_dist_shard (inclusive bounds, int32). */
+export interface ShardRange {
+  shardId: string;
+  min: number;
+  max: number;
+}
+
+const rotl = (x: number, k: number) => ((x << k) | (x >>> (32 - k))) >>> 0;
+
+/** PostgreSQL's hash_uint32 (Bob Jenkins' lookup3 `final` mix of one 32-bit word). */
+function hashUint32(k: number): number {
+  let a = (0x9e3779b9 + 4 + 3923095 + k) >>> 0;
+  let b = (0x9e3779b9 + 4 + 3923095) >>> 0;
+  let c = b;
+  c = ((c ^ b) - rotl(b, 14)) >>> 0;
+  a = ((a ^ c) - rotl(c, 11)) >>> 0;
+  b = ((b ^ a) - rotl(a, 25)) >>> 0;
+  c = ((c ^ b) - rotl(b, 16)) >>> 0;
+  a = ((a ^ c) - rotl(c, 4)) >>> 0;
+  b = ((b ^ a) - rotl(a, 14)) >>> 0;
+  c = ((c ^ b) - rotl(b, 24)) >>> 0;
+  return c;
+}
+
+/**
+ * PostgreSQL's `hashint8(id)` as a signed int32: the value `worker_hash(id::bigint)` returns and
+ * Citus compares with the shards' hash ranges. Exact for every integer a JS number holds exactly.
+ */
+export function citusHashOfBigint(id: number | bigint): number {
+  const value = BigInt.asIntN(64, BigInt(id));
+  const lo = Number(value & 0xffffffffn) >>> 0;
+  const hi = Number((value >> 32n) & 0xffffffffn) >>> 0;
+  const folded = (lo ^ (value >= 0n ? hi : ~hi >>> 0)) >>> 0;
+  return hashUint32(folded) | 0;
+}
+
+/** Index of the range holding `hash` in `ranges` (sorted by min, covering the int32 space). */
+function rangeIndexOf(ranges: readonly ShardRange[], hash: number): number {
+  let low = 0;
+  let high = ranges.length - 1;
+  while (low < high) {
+    const mid = (low + high + 1) >> 1;
+    if (ranges[mid]!.min <= hash) low = mid;
+    else high = mid - 1;
+  }
+  return low;
+}
+
+/** Splits `ids` by shard, keeping each group in the input order; one group when `ranges` is empty. */
+export function groupIdsByShard<T extends number>(
+  ids: readonly T[],
+  ranges: readonly ShardRange[],
+): T[][] {
+  if (ranges.length <= 1) return ids.length === 0 ? [] : [[...ids]];
+  const groups = new Map<number, T[]>();
+  for (const id of ids) {
+    const index = rangeIndexOf(ranges, citusHashOfBigint(id));
+    const group = groups.get(index);
+    if (group) group.push(id);
+    else groups.set(index, [id]);
+  }
+  return [...groups.values()];
+}
+
+/**
+ * The hash ranges of `table`'s shards, sorted; empty when the database has no Citus or the table
+ * is not hash-distributed.
+ */
+export async function readShardRanges<DB>(db: Kysely<DB>, table: string): Promise<ShardRange[]> {
+  const { rows: citus } = await sql<{ present: boolean }>`
+    SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citus') AS present`.execute(db);
+  if (!citus[0]?.present) return [];
+  const { rows } = await sql<{ shardId: string; min: number; max: number }>`
+    SELECT s.shardid::text AS "shardId", s.shardminvalue::int AS min, s.shardmaxvalue::int AS max
+    FROM pg_dist_shard s JOIN pg_dist_partition p USING (logicalrelid)
+    WHERE s.logicalrelid = to_regclass(${table}) AND p.partmethod = 'h'
+    ORDER BY min`.execute(db);
+  return rows;
+}
+
+/**
+ * Caches a table's shard ranges and splits id lists by shard. One per process (per pool); on
+ * plain PostgreSQL it answers with a single group after one catalog query per `refreshMs`.
+ */
+export class ShardRouter {
+  private ranges: ShardRange[] = [];
+  private loadedAt = -Infinity;
+  private loading: Promise<ShardRange[]> | undefined;
+
+  constructor(
+    // eslint-disable-next-line @typescript-eslint/no-explicit-any -- reads catalogs only
+    private readonly db: Kysely<any>,
+    private readonly table = 'pulse',
+    private readonly refreshMs = 60_000,
+  ) {}
+
+  /** The cached ranges, re-read when older than refreshMs (a failed read keeps the old ones). */
+  async shardRanges(): Promise<readonly ShardRange[]> {
+    if (performance.now() - this.loadedAt < this.refreshMs) return this.ranges;
+    this.loading ??= readShardRanges(this.db, this.table)
+      .then((ranges) => {
+        this.ranges = ranges;
+        this.loadedAt = performance.now();
+        return ranges;
+      })
+      .finally(() => (this.loading = undefined));
+    return this.loading;
+  }
+
+  /**
+   * `ids` split by shard, or null when the table is not distributed (plain PostgreSQL: run the
+   * one statement as usual).
+   */
+  async group<T extends number>(ids: readonly T[]): Promise<T[][] | null> {
+    const ranges = await this.shardRanges();
+    if (ranges.length === 0) return null;
+    return groupIdsByShard(ids, ranges);
+  }
+}
