@@ -5,7 +5,12 @@ import { pinoHttp } from 'pino-http';
 import type { Registry } from 'prom-client';
 import type { Logger } from '../lib/logger.ts';
 import { opsRoutes } from '../lib/ops-routes.ts';
-import { findOnlineUserIds, type Executor } from '../lib/pulse-store.ts';
+import {
+  readPresence,
+  UNKNOWN_PRESENCE,
+  type Executor,
+  type Presence,
+} from '../lib/pulse-store.ts';
 import { assertMayWrite, createAuthenticate, principalOf, type AuthConfig } from './auth.ts';
 import { errorHandler, notFound } from './errors.ts';
 import type { HeartbeatWriter } from './heartbeat-writer.ts';
@@ -21,9 +26,17 @@ export interface AppDeps {
   registry: Registry;
   httpMetrics: RequestHandler;
   config: AuthConfig & {
-    ONLINE_THRESHOLD_SECONDS: number;
     BATCH_MAX_IDS: number;
     BODY_LIMIT_BYTES: number;
+  };
+}
+
+/** One user's entry in GET /status/{id} and POST /status/batch (the Status schema). */
+export function statusRow(userId: number, presence: Presence) {
+  return {
+    user_id: userId,
+    is_online: presence.online,
+    last_seen: presence.lastSeen?.toISOString() ?? null,
   };
 }
 
@@ -98,13 +111,13 @@ export function buildApp({
   app.post('/status/batch', async (req, res) => {
     requireJson(req);
     const userIds = parseBatchBody(req.body, config.BATCH_MAX_IDS);
-    const online = await findOnlineUserIds(db, userIds, config.ONLINE_THRESHOLD_SECONDS);
-    res.json(userIds.map((id) => ({ user_id: id, is_online: online.has(id) })));
+    const found = await readPresence(db, userIds);
+    res.json(userIds.map((id) => statusRow(id, found.get(id) ?? UNKNOWN_PRESENCE)));
   });
 
   app.get('/status/:userId', async (req, res) => {
     const userId = parseUserIdParam(req.params.userId);
-    res.json({ user_id: userId, is_online: await statuses.isOnline(userId) });
+    res.json(statusRow(userId, await statuses.read(userId)));
   });
 
   app.use(notFound);

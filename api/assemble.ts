@@ -27,8 +27,8 @@ export function assembleApi(
   const heartbeats = createHeartbeatWriter(database.db, config, metrics.flushObserver);
   metrics.watchQueue(heartbeats);
   const statuses = config.STATUS_READ_COALESCING
-    ? new CoalescingStatusReader(database.db, config.ONLINE_THRESHOLD_SECONDS)
-    : new DirectStatusReader(database.db, config.ONLINE_THRESHOLD_SECONDS);
+    ? new CoalescingStatusReader(database.db)
+    : new DirectStatusReader(database.db);
   const app = buildApp({
     db: database.db,
     heartbeats,

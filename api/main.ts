@@ -3,6 +3,7 @@ import { DEFAULT_STATEMENT_TIMEOUT_MS, openDatabase } from '../lib/db.ts';
 import { runMain } from '../lib/entry.ts';
 import { createLogger } from '../lib/logger.ts';
 import { listen } from '../lib/http-server.ts';
+import { checkSharedSettings } from '../lib/shared-settings-check.ts';
 import { GracefulShutdown } from '../lib/shutdown.ts';
 import { assembleApi } from './assemble.ts';
 
@@ -26,6 +27,7 @@ runMain(async () => {
     statementTimeoutMs: DEFAULT_STATEMENT_TIMEOUT_MS,
   });
   shutdown.add('database pool', () => database.close());
+  await checkSharedSettings(database.db, config, logger);
 
   const { app, heartbeats } = assembleApi(database, config, logger);
   shutdown.add('heartbeat queue', () => heartbeats.close());

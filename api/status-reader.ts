@@ -1,24 +1,26 @@
-import { findOnlineUserIds, type Executor } from '../lib/pulse-store.ts';
+import {
+  readPresence,
+  UNKNOWN_PRESENCE,
+  type Executor,
+  type Presence,
+} from '../lib/pulse-store.ts';
 
 export interface StatusReader {
-  /** Whether one user is online, by the database clock. */
-  isOnline(userId: number): Promise<boolean>;
+  /** Whether one user is online (by the shared rule and the database clock), and last seen. */
+  read(userId: number): Promise<Presence>;
 }
 
 /** One query per lookup. */
 export class DirectStatusReader implements StatusReader {
-  constructor(
-    private readonly db: Executor,
-    private readonly thresholdSeconds: number,
-  ) {}
+  constructor(private readonly db: Executor) {}
 
-  async isOnline(userId: number): Promise<boolean> {
-    return (await findOnlineUserIds(this.db, [userId], this.thresholdSeconds)).has(userId);
+  async read(userId: number): Promise<Presence> {
+    return (await readPresence(this.db, [userId])).get(userId) ?? UNKNOWN_PRESENCE;
   }
 }
 
 interface Waiter {
-  resolve(online: boolean): void;
+  resolve(presence: Presence): void;
   reject(error: unknown): void;
 }
 
@@ -34,12 +36,11 @@ export class CoalescingStatusReader implements StatusReader {
 
   constructor(
     private readonly db: Executor,
-    private readonly thresholdSeconds: number,
     private readonly maxIds = 1000,
     private readonly onQuery: (ids: number) => void = () => undefined,
   ) {}
 
-  isOnline(userId: number): Promise<boolean> {
+  read(userId: number): Promise<Presence> {
     return new Promise((resolve, reject) => {
       const waiters = this.pending.get(userId);
       if (waiters) waiters.push({ resolve, reject });
@@ -62,14 +63,13 @@ export class CoalescingStatusReader implements StatusReader {
 
   private query(lookups: Array<[number, Waiter[]]>): void {
     this.onQuery(lookups.length);
-    findOnlineUserIds(
+    readPresence(
       this.db,
       lookups.map(([id]) => id),
-      this.thresholdSeconds,
     ).then(
-      (online) => {
+      (found) => {
         for (const [id, waiters] of lookups)
-          for (const waiter of waiters) waiter.resolve(online.has(id));
+          for (const waiter of waiters) waiter.resolve(found.get(id) ?? UNKNOWN_PRESENCE);
       },
       (error: unknown) => {
         for (const [, waiters] of lookups) for (const waiter of waiters) waiter.reject(error);

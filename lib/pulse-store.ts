@@ -3,7 +3,8 @@
  * to run on, so callers decide about transactions. Nothing here knows about HTTP or timers.
  *
  * Citus compatibility (see README): the upsert sets `last_hb = EXCLUDED.last_hb` with `now()` in
- * the inserted SELECT list, and the sweep walks primary-key ranges, never ctid.
+ * the inserted SELECT list, and the sweep walks primary-key ranges, never ctid. pulse_last_seen is
+ * co-located with pulse (by user_id); pulse_settings is a one-row reference table.
  */
 import { sql, type Kysely } from 'kysely';
 import type { Database } from './schema.ts';
@@ -34,11 +35,72 @@ export async function recordHeartbeats(db: Executor, userIds: Iterable<number>):
     .execute();
 }
 
-/** The subset of `userIds` whose last heartbeat is within `thresholdSeconds` of the database clock. */
+/**
+ * THE online rule, for every query Pulse runs (API reads, stream change detection, the sweeper's
+ * guard): a user is online when `last_hb > onlineSince`, i.e. within
+ * pulse_settings.online_threshold_seconds of the database clock. The threshold is read live from
+ * the one settings row (an uncorrelated subquery: evaluated once per statement, an InitPlan), so
+ * a change by `npm run migrate` or a DBA's UPDATE reaches every process at once. The view
+ * `pulse_online` (migration 0003) is the same predicate for SQL readers.
+ */
+export const onlineSince = sql<Date>`(now() - (SELECT make_interval(secs => s.online_threshold_seconds) FROM pulse_settings s WHERE s.id = 1))`;
+
+/** `column > onlineSince`: true when the heartbeat time in `column` counts as online. */
+export const isOnline = (column: string) => sql<boolean>`(${sql.ref(column)} > ${onlineSince})`;
+
+/** What Pulse knows about one user: online by the shared rule, and when they were last seen. */
+export interface Presence {
+  online: boolean;
+  /** Last heartbeat (online users and rows not yet swept), else pulse_last_seen, else null. */
+  lastSeen: Date | null;
+}
+
+export const UNKNOWN_PRESENCE: Presence = Object.freeze({ online: false, lastSeen: null });
+
+/**
+ * Presence of each given user, in one statement (one round trip): their `pulse` row if any,
+ * else their `pulse_last_seen` entry. Users Pulse knows nothing of are absent from the map.
+ */
+export async function readPresence(
+  db: Executor,
+  userIds: readonly number[],
+): Promise<Map<number, Presence>> {
+  const ids = normalizeUserIds(userIds);
+  const found = new Map<number, Presence>();
+  if (ids.length === 0) return found;
+  const rows = await db
+    .selectFrom('pulse')
+    .select([
+      'user_id',
+      'last_hb as last_seen',
+      isOnline('last_hb').as('online'),
+      sql<boolean>`true`.as('live'),
+    ])
+    .where(sql<boolean>`user_id = ANY(${ids}::bigint[])`)
+    .unionAll(
+      db
+        .selectFrom('pulse_last_seen')
+        .select([
+          'user_id',
+          'last_seen',
+          sql<boolean>`false`.as('online'),
+          sql<boolean>`false`.as('live'),
+        ])
+        .where(sql<boolean>`user_id = ANY(${ids}::bigint[])`),
+    )
+    .execute();
+  // A live row wins over an older last-seen entry of a user who came back.
+  for (const row of rows) {
+    const id = Number(row.user_id);
+    if (row.live || !found.has(id)) found.set(id, { online: row.online, lastSeen: row.last_seen });
+  }
+  return found;
+}
+
+/** The subset of `userIds` online by the shared rule (readPresence without last seen). */
 export async function findOnlineUserIds(
   db: Executor,
   userIds: readonly number[],
-  thresholdSeconds: number,
 ): Promise<Set<number>> {
   const ids = normalizeUserIds(userIds);
   if (ids.length === 0) return new Set();
@@ -46,9 +108,93 @@ export async function findOnlineUserIds(
     .selectFrom('pulse')
     .select('user_id')
     .where(sql<boolean>`user_id = ANY(${ids}::bigint[])`)
-    .where('last_hb', '>', sql<Date>`now() - make_interval(secs => ${thresholdSeconds})`)
+    .where(isOnline('last_hb'))
     .execute();
   return new Set(rows.map((row) => Number(row.user_id)));
+}
+
+/** The shared settings row (pulse_settings), see migrations/0003_presence_settings.ts. */
+export interface PresenceSettings {
+  onlineThresholdSeconds: number;
+  lastSeenEnabled: boolean;
+  lastSeenRetentionDays: number;
+}
+
+/**
+ * Reads the shared settings. `forShare` (inside a transaction) keeps them from changing until
+ * the transaction ends: a sweep batch deletes by exactly the rule the API applies meanwhile.
+ */
+export async function readPresenceSettings(
+  db: Executor,
+  options: { forShare?: boolean } = {},
+): Promise<PresenceSettings> {
+  let query = db
+    .selectFrom('pulse_settings')
+    .select(['online_threshold_seconds', 'last_seen_enabled', 'last_seen_retention_days'])
+    .where('id', '=', sql<number>`1`);
+  if (options.forShare) query = query.forShare();
+  const row = await query.executeTakeFirst();
+  if (!row) throw new Error('pulse_settings has no row: run npm run migrate');
+  return {
+    onlineThresholdSeconds: row.online_threshold_seconds,
+    lastSeenEnabled: row.last_seen_enabled,
+    lastSeenRetentionDays: row.last_seen_retention_days,
+  };
+}
+
+/** Writes the given settings (npm run migrate); returns the names of those that changed. */
+export async function updatePresenceSettings(
+  db: Executor,
+  changes: { [K in keyof PresenceSettings]?: PresenceSettings[K] | undefined },
+): Promise<string[]> {
+  const columns = {
+    online_threshold_seconds: changes.onlineThresholdSeconds,
+    last_seen_enabled: changes.lastSeenEnabled,
+    last_seen_retention_days: changes.lastSeenRetentionDays,
+  };
+  const set = Object.fromEntries(Object.entries(columns).filter(([, v]) => v !== undefined));
+  if (Object.keys(set).length === 0) return [];
+  const before = await readPresenceSettings(db);
+  const changed = Object.entries(changes)
+    .filter(
+      ([key, value]) => value !== undefined && before[key as keyof PresenceSettings] !== value,
+    )
+    .map(([key]) => key);
+  if (changed.length === 0) return [];
+  await db
+    .updateTable('pulse_settings')
+    .set({ ...set, updated_at: sql<Date>`now()` })
+    .where('id', '=', sql<number>`1`)
+    .execute();
+  return changed;
+}
+
+/*
+ * Deleting presence rows and keeping their last heartbeat in pulse_last_seen is one statement: a
+ * data-modifying CTE (DELETE ... RETURNING) feeding the upsert, so nothing is lost between the two
+ * and heartbeats pay nothing. The upsert's guard compares columns only (valid on Citus).
+ */
+const recordLastSeenFrom = (gone: string) => sql`
+  INSERT INTO pulse_last_seen (user_id, last_seen)
+  SELECT user_id, last_hb FROM ${sql.table(gone)}
+  ON CONFLICT (user_id) DO UPDATE SET last_seen = EXCLUDED.last_seen
+    WHERE pulse_last_seen.last_seen < EXCLUDED.last_seen`;
+
+/**
+ * Explicit offline: removes the users' presence rows and, when last seen is on, records their
+ * last heartbeat, in one statement. Unknown ids are ignored.
+ */
+export async function setOffline(db: Executor, userIds: readonly number[]): Promise<void> {
+  const ids = normalizeUserIds(userIds);
+  if (ids.length === 0) return;
+  await sql`
+    WITH gone AS (
+      DELETE FROM pulse WHERE user_id = ANY(${ids}::bigint[]) RETURNING user_id, last_hb
+    ), recordable AS (
+      SELECT user_id, last_hb FROM gone
+      WHERE (SELECT last_seen_enabled FROM pulse_settings WHERE id = 1)
+    )
+    ${recordLastSeenFrom('recordable')}`.execute(db);
 }
 
 export interface SweepBatchResult {
@@ -61,7 +207,10 @@ export interface SweepBatchResult {
 /**
  * Deletes expired rows among the next `batchSize` user ids after `cursor` (a primary-key range,
  * so the transaction is short and the staleness check stays inside the DELETE: a row refreshed
- * while the sweep runs is never removed).
+ * while the sweep runs is never removed). Expired means older than the greater of
+ * `olderThanSeconds` and the shared online threshold (read FOR SHARE in the caller's transaction):
+ * no setting of any process lets the sweep delete a row the API counts online. With last seen on,
+ * the deleted rows' heartbeats go to pulse_last_seen in the same statement.
  */
 export async function sweepExpiredBatch(
   db: Executor,
@@ -83,13 +232,54 @@ export async function sweepExpiredBatch(
   const lastId = upper?.last_id ?? null;
   if (lastId === null) return { deleted: 0, nextCursor: null };
 
-  const result = await db
-    .deleteFrom('pulse')
-    .where('user_id', '>', sql<string>`${after}::bigint`)
-    .where('user_id', '<=', sql<string>`${lastId}::bigint`)
-    .where('last_hb', '<', sql<Date>`now() - make_interval(secs => ${options.olderThanSeconds})`)
+  const settings = await readPresenceSettings(db, { forShare: true });
+  const olderThan = Math.max(options.olderThanSeconds, settings.onlineThresholdSeconds);
+  const expired = sql`
+    DELETE FROM pulse
+    WHERE user_id > ${after}::bigint AND user_id <= ${lastId}::bigint
+      AND last_hb < now() - make_interval(secs => ${olderThan})`;
+  if (!settings.lastSeenEnabled) {
+    const result = await sql`${expired}`.execute(db);
+    return { deleted: Number(result.numAffectedRows ?? 0), nextCursor: String(lastId) };
+  }
+  const { rows } = await sql<{ deleted: number }>`
+    WITH gone AS (${expired} RETURNING user_id, last_hb),
+    recorded AS (${recordLastSeenFrom('gone')})
+    SELECT count(*)::int AS deleted FROM gone`.execute(db);
+  return { deleted: rows[0]?.deleted ?? 0, nextCursor: String(lastId) };
+}
+
+/**
+ * Deletes up to about `batchSize` of the oldest pulse_last_seen entries older than the retention
+ * (oldest first, along the last_seen index: never a scan of the table). Returns how many it
+ * deleted and whether older entries remain. `before` is the retention cutoff of the whole trim.
+ */
+export async function trimLastSeenBatch(
+  db: Executor,
+  options: { before: Date; batchSize: number },
+): Promise<{ deleted: number; more: boolean }> {
+  const bound = await db
+    .selectFrom('pulse_last_seen')
+    .select(sql<string>`last_seen::text`.as('at'))
+    .where('last_seen', '<', options.before)
+    .orderBy('last_seen')
+    .offset(options.batchSize - 1)
+    .limit(1)
     .executeTakeFirst();
-  return { deleted: Number(result.numDeletedRows), nextCursor: String(lastId) };
+  let query = db.deleteFrom('pulse_last_seen').where('last_seen', '<', options.before);
+  if (bound) query = query.where('last_seen', '<=', sql<Date>`${bound.at}::timestamptz`);
+  const result = await query.executeTakeFirst();
+  return { deleted: Number(result.numDeletedRows), more: bound !== undefined };
+}
+
+/** The retention cutoff by the database clock: entries last seen before it are trimmed. */
+export async function lastSeenCutoff(db: Executor): Promise<Date> {
+  const { rows } = await sql<{ cutoff: Date }>`
+    SELECT now() - make_interval(days => last_seen_retention_days) AS cutoff
+    FROM pulse_settings WHERE id = 1`.execute(db);
+  const cutoff = rows[0]?.cutoff;
+  if (!cutoff) throw new Error('pulse_settings has no row: run npm run migrate');
+  return cutoff;
 }
 
 /**

@@ -4,6 +4,7 @@ import { DEFAULT_STATEMENT_TIMEOUT_MS, openDatabase } from '../lib/db.ts';
 import { runMain } from '../lib/entry.ts';
 import { createLogger } from '../lib/logger.ts';
 import { createRegistry } from '../lib/metrics.ts';
+import { checkSharedSettings } from '../lib/shared-settings-check.ts';
 import { GracefulShutdown } from '../lib/shutdown.ts';
 import { createSweeperMetrics } from './metrics.ts';
 import { startOpsServer } from './ops-server.ts';
@@ -31,6 +32,12 @@ runMain(async () => {
     logger,
     statementTimeoutMs: DEFAULT_STATEMENT_TIMEOUT_MS,
   });
+  try {
+    await checkSharedSettings(database.db, config, logger);
+  } catch (error) {
+    await database.close();
+    throw error;
+  }
   const registry = createRegistry(database.pool);
   const sweeper = new Sweeper(database.db, logger, {
     ...sweeperOptions,

@@ -3,7 +3,12 @@ import { hostname } from 'node:os';
 import { setTimeout as sleep } from 'node:timers/promises';
 import cron, { type ScheduledTask } from 'node-cron';
 import type { Logger } from '../lib/logger.ts';
-import { sweepExpiredBatch, type Executor } from '../lib/pulse-store.ts';
+import {
+  lastSeenCutoff,
+  sweepExpiredBatch,
+  trimLastSeenBatch,
+  type Executor,
+} from '../lib/pulse-store.ts';
 import { releaseSweepLease, renewSweepLease, tryAcquireSweepLease } from '../lib/sweep-lease.ts';
 
 /**
@@ -20,6 +25,8 @@ export interface SweepReport {
   /** Whether this sweeper held the sweep lock (false: another sweeper was sweeping). */
   lockHeld: boolean;
   deleted: number;
+  /** pulse_last_seen entries past their retention deleted after the sweep. */
+  lastSeenTrimmed: number;
   batches: number;
   durationMs: number;
   /** The longest batch transaction of this sweep (lease renewal + range lookup + DELETE). */
@@ -66,6 +73,12 @@ export class Sweeper {
     if (!cron.validate(options.schedule)) {
       throw new Error(
         `invalid cron expression ${JSON.stringify(options.schedule)} for the sweep schedule`,
+      );
+    }
+    const pauseMs = options.batchPauseMs ?? 0;
+    if (pauseMs * 2 >= options.lockTtlSeconds * 1000) {
+      throw new Error(
+        `the batch pause (${pauseMs} ms) must be less than half of the lease time-to-live (${options.lockTtlSeconds} s): the lease would lapse between two batches`,
       );
     }
     this.holder =
@@ -116,15 +129,35 @@ export class Sweeper {
     }
   }
 
+  /** One batch transaction: renews the lease (LeaseLostError when lost), then runs `work`. */
+  private async inBatch<T>(
+    work: (trx: Executor) => Promise<T>,
+  ): Promise<{ result: T; ms: number }> {
+    const started = performance.now();
+    const result = await this.db.transaction().execute(async (trx) => {
+      if (!(await renewSweepLease(trx, this.holder, this.options.lockTtlSeconds)))
+        throw new LeaseLostError();
+      return work(trx);
+    });
+    return { result, ms: performance.now() - started };
+  }
+
+  /** The pause between batches (none when stopping). */
+  private async pause(): Promise<void> {
+    const pauseMs = this.options.batchPauseMs ?? 0;
+    if (pauseMs <= 0 || this.stopping) return;
+    await sleep(pauseMs, undefined, { signal: this.stopSignal.signal }).catch(() => undefined);
+  }
+
   private async sweep(): Promise<SweepReport> {
     const startedAt = new Date().toISOString();
     const started = performance.now();
     const { batchSize, olderThanSeconds, lockTtlSeconds } = this.options;
-    const pauseMs = this.options.batchPauseMs ?? 0;
     let outcome: SweepOutcome = 'done';
     let error: string | undefined;
     let lockHeld = false;
     let deleted = 0;
+    let lastSeenTrimmed = 0;
     let batches = 0;
     let maxBatchMs = 0;
     try {
@@ -141,22 +174,31 @@ export class Sweeper {
             outcome = 'stopped';
             break;
           }
-          const batchStarted = performance.now();
-          const batch = await this.db.transaction().execute(async (trx) => {
-            if (!(await renewSweepLease(trx, this.holder, lockTtlSeconds)))
-              throw new LeaseLostError();
-            return sweepExpiredBatch(trx, { cursor, batchSize, olderThanSeconds });
-          });
-          maxBatchMs = Math.max(maxBatchMs, performance.now() - batchStarted);
-          cursor = batch.nextCursor;
-          deleted += batch.deleted;
+          const batch = await this.inBatch((trx) =>
+            sweepExpiredBatch(trx, { cursor, batchSize, olderThanSeconds }),
+          );
+          cursor = batch.result.nextCursor;
+          deleted += batch.result.deleted;
+          maxBatchMs = Math.max(maxBatchMs, batch.ms);
           if (cursor !== null) batches += 1; // the last call only finds the end of the table
-          if (cursor !== null && pauseMs > 0 && !this.stopping) {
-            await sleep(pauseMs, undefined, { signal: this.stopSignal.signal }).catch(
-              () => undefined,
-            );
-          }
+          if (cursor !== null) await this.pause();
         } while (cursor !== null);
+
+        // Last-seen retention, oldest first, in batches of the same size under the same lease.
+        if (outcome === 'done') {
+          const before = await lastSeenCutoff(this.db);
+          for (let more = true; more;) {
+            if (this.stopping) {
+              outcome = 'stopped';
+              break;
+            }
+            const trim = await this.inBatch((trx) => trimLastSeenBatch(trx, { before, batchSize }));
+            lastSeenTrimmed += trim.result.deleted;
+            maxBatchMs = Math.max(maxBatchMs, trim.ms);
+            more = trim.result.more;
+            if (more) await this.pause();
+          }
+        }
       }
     } catch (caught) {
       if (caught instanceof LeaseLostError) {
@@ -175,6 +217,7 @@ export class Sweeper {
       outcome,
       lockHeld,
       deleted,
+      lastSeenTrimmed,
       batches,
       durationMs: Math.round(performance.now() - started),
       maxBatchMs: Math.round(maxBatchMs * 10) / 10,

@@ -316,7 +316,11 @@ describe('authentication, AUTH_MODE=jwt with HS256', () => {
       );
       const response = await app.get('/status/1', bearer(await tokens.user(7)));
       expect(response.status).to.equal(200);
-      expect(await response.json()).to.deep.equal({ user_id: 1, is_online: false });
+      expect(await response.json()).to.deep.equal({
+        user_id: 1,
+        is_online: false,
+        last_seen: null,
+      });
       expect(response.headers.get('cache-control')).to.equal('no-store');
     });
 
@@ -329,8 +333,8 @@ describe('authentication, AUTH_MODE=jwt with HS256', () => {
       );
       expect(response.status).to.equal(200);
       expect(await response.json()).to.deep.equal([
-        { user_id: 1, is_online: false },
-        { user_id: 7, is_online: false },
+        { user_id: 1, is_online: false, last_seen: null },
+        { user_id: 7, is_online: false, last_seen: null },
       ]);
     });
 

@@ -26,7 +26,6 @@ describe('configuration', () => {
     expect(api).to.include({
       HOST: '127.0.0.1',
       PORT: 3000,
-      ONLINE_THRESHOLD_SECONDS: 20,
       BATCH_MAX_IDS: 1000,
       PG_POOL_MAX: 10,
       BODY_LIMIT_BYTES: 65536,
@@ -34,6 +33,9 @@ describe('configuration', () => {
     });
     const sweeper = loadSweeperConfig({ DATABASE_URL });
     expect(sweeper).to.include({ SWEEP_OLDER_THAN_SECONDS: 30, SWEEP_SCHEDULE: '*/10 * * * * *' });
+    // Unset: the threshold in force is the database's (pulse_settings), not an assumed 20.
+    expect(api.ONLINE_THRESHOLD_SECONDS).to.equal(undefined);
+    expect(sweeper).to.include({ SWEEP_BATCH_PAUSE_MS: 0, SWEEP_LOCK_TTL_SECONDS: 30 });
     expect(Object.isFrozen(api)).to.equal(true);
   });
 

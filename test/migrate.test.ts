@@ -54,7 +54,9 @@ describe('migrate CLI', () => {
     expect((await migrate(url, ['status'])).stdout).to.match(/0001_create_pulse\s+pending/);
     const up = await migrate(url);
     expect(up.code).to.equal(0);
-    expect(up.stdout).to.match(/applied 0001_create_pulse, 0002_sweeper_lease/);
+    expect(up.stdout).to.match(
+      /applied 0001_create_pulse, 0002_sweeper_lease, 0003_presence_settings, 0004_last_seen/,
+    );
     expect((await migrate(url, ['status'])).stdout).to.match(/0001_create_pulse\s+applied \d{4}-/);
     const columns = await query(
       url,
@@ -68,6 +70,19 @@ describe('migrate CLI', () => {
     expect((await migrate(url)).stdout).to.match(/already up to date/);
 
     // Each down undoes one migration, newest first, until nothing is left.
+    expect((await migrate(url, ['down'])).stdout).to.match(/reverted 0004_last_seen/);
+    expect((await query(url, `SELECT to_regclass('pulse_last_seen') AS t`)).rows[0]).to.deep.equal({
+      t: null,
+    });
+    expect((await migrate(url, ['down'])).stdout).to.match(/reverted 0003_presence_settings/);
+    expect(
+      (
+        await query(
+          url,
+          `SELECT to_regclass('pulse_settings') AS s, to_regclass('pulse_online') AS v, obj_description('pulse'::regclass) AS c`,
+        )
+      ).rows[0],
+    ).to.deep.equal({ s: null, v: null, c: null });
     expect((await migrate(url, ['down'])).stdout).to.match(/reverted 0002_sweeper_lease/);
     expect(
       (await query(url, `SELECT to_regclass('pulse_sweeper_lease') AS t`)).rows[0],
@@ -88,10 +103,12 @@ describe('migrate CLI', () => {
     const runs = await Promise.all([migrate(url), migrate(url), migrate(url)]);
     for (const run of runs) expect(run.code, run.stderr).to.equal(0);
     expect(runs.filter((r) => /applied 0001_create_pulse/.test(r.stdout))).to.have.length(1);
-    const applied = await query(url, 'SELECT name FROM kysely_migration');
+    const applied = await query(url, 'SELECT name FROM kysely_migration ORDER BY name');
     expect(applied.rows).to.deep.equal([
       { name: '0001_create_pulse' },
       { name: '0002_sweeper_lease' },
+      { name: '0003_presence_settings' },
+      { name: '0004_last_seen' },
     ]);
   });
 

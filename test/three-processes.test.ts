@@ -55,7 +55,12 @@ describe('migrate, api and sweeper as three processes', function () {
       await sleep(50);
     }
 
-    const status = async (): Promise<unknown> => (await fetch(`${base}/status/42`)).json();
+    const status = async () =>
+      (await (await fetch(`${base}/status/42`)).json()) as {
+        user_id: number;
+        is_online: boolean;
+        last_seen: string | null;
+      };
     const rows = async () => {
       const client = new pg.Client({ connectionString: url });
       await client.connect();
@@ -69,17 +74,20 @@ describe('migrate, api and sweeper as three processes', function () {
       body: JSON.stringify({ user_id: 42 }),
     });
     expect(sent.status).to.equal(200);
-    expect(await status()).to.deep.equal({ user_id: 42, is_online: true });
+    const online = await status();
+    expect(online).to.deep.include({ user_id: 42, is_online: true });
+    expect(Date.now() - Date.parse(String(online.last_seen))).to.be.within(-5_000, 5_000);
 
     await sleep(2500); // past the online threshold, well before the sweep age
-    expect(await status()).to.deep.equal({ user_id: 42, is_online: false });
+    expect(await status()).to.deep.equal({ ...online, is_online: false });
     expect(await rows()).to.equal(1);
 
     for (let i = 0; (await rows()) !== 0; i += 1) {
       if (i > 200) throw new Error('the sweeper did not delete the row');
       await sleep(100);
     }
-    expect(await status()).to.deep.equal({ user_id: 42, is_online: false });
+    // Swept, and remembered: last seen is still the last heartbeat.
+    expect(await status()).to.deep.equal({ ...online, is_online: false });
 
     for (const child of children) child.kill('SIGTERM');
     const codes = await Promise.all(

@@ -3,6 +3,7 @@ import type { HeartbeatWriter } from '../../api/heartbeat-writer.ts';
 import { loadApiConfig, type ApiConfig } from '../../lib/config.ts';
 import type { DatabaseHandle } from '../../lib/db.ts';
 import { listen } from '../../lib/http-server.ts';
+import { updatePresenceSettings } from '../../lib/pulse-store.ts';
 import type { Logger } from '../../lib/logger.ts';
 import { silentLogger } from './database.ts';
 
@@ -23,6 +24,10 @@ export async function startTestApp(
   logger: Logger = silentLogger,
 ): Promise<TestApp> {
   const config = loadApiConfig({ DATABASE_URL: database.url, ...env });
+  // As `npm run migrate` would with the same variable: the threshold in force is the database's.
+  await updatePresenceSettings(database.db, {
+    onlineThresholdSeconds: config.ONLINE_THRESHOLD_SECONDS,
+  });
   const { app, heartbeats } = assembleApi(database, config, logger);
   const server = await listen(app, 0, '127.0.0.1');
   const baseUrl = `http://127.0.0.1:${server.port}`;
