@@ -64,7 +64,7 @@ export const openApiDocument = {
     title: 'Pulse',
     version: '1.0.0',
     description:
-      'Online/offline presence on PostgreSQL. A user is online when their last heartbeat is within ONLINE_THRESHOLD_SECONDS of the database clock. Unknown fields in request bodies are ignored.',
+      'Online/offline presence on PostgreSQL. A user is online when their last heartbeat is within the online threshold (pulse_settings.online_threshold_seconds, 20 s by default) of the database clock. Unknown fields in request bodies are ignored.',
   },
   paths: {
     '/status/update': {
@@ -112,7 +112,7 @@ export const openApiDocument = {
       get: {
         operationId: 'getStatus',
         ...secured,
-        summary: 'Whether one user is online',
+        summary: 'Whether one user is online, and when they were last seen',
         parameters: [
           {
             name: 'user_id',
@@ -231,9 +231,22 @@ export const openApiDocument = {
       },
       Status: {
         type: 'object',
-        required: ['user_id', 'is_online'],
+        required: ['user_id', 'is_online', 'last_seen'],
         additionalProperties: false,
-        properties: { user_id: ref('UserId'), is_online: { type: 'boolean' } },
+        properties: {
+          user_id: ref('UserId'),
+          is_online: {
+            type: 'boolean',
+            description:
+              'Last heartbeat within pulse_settings.online_threshold_seconds of the database clock',
+          },
+          last_seen: {
+            type: ['string', 'null'],
+            format: 'date-time',
+            description:
+              'When the user was last around, by the database clock (ISO 8601, UTC): their last heartbeat while Pulse holds a presence row (so for every online user), else the last heartbeat recorded when they went offline (sweep or explicit offline, kept for pulse_settings.last_seen_retention_days), else null (unknown, or last seen is off)',
+          },
+        },
       },
       Error: {
         type: 'object',

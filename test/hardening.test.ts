@@ -203,11 +203,11 @@ describe('hardening: errors and SQL', () => {
       olderThanSeconds: 987_653,
     });
     await setOffline(logged, ids);
-    await trimLastSeenBatch(logged, { before: new Date(), batchSize: 98_765 });
+    await trimLastSeenBatch(logged, { before: new Date(), batchSize: 98_766 }); // offset 98765
     expect(events).to.have.length.at.least(8);
-    for (const { query } of events) {
-      expect(query.sql).not.to.match(/98765/);
-      expect(JSON.stringify(query.parameters)).to.match(/98765/);
-    }
+    for (const { query } of events) expect(query.sql).not.to.match(/98765/);
+    // Every statement carries them, but the settings read and the trim's DELETE (a date only).
+    const withValues = events.filter(({ query }) => /98765/.test(JSON.stringify(query.parameters)));
+    expect(withValues).to.have.length(events.length - 2);
   });
 });

@@ -50,7 +50,8 @@ describe('migrate CLI', () => {
     await adminQuery(serverUrl(), `DROP DATABASE IF EXISTS ${name} WITH (FORCE)`);
   });
 
-  it('applies, reports, and reverts the schema', async () => {
+  it('applies, reports, and reverts the schema', async function () {
+    this.timeout(120_000); // eight CLI runs, each a fresh tsx process
     expect((await migrate(url, ['status'])).stdout).to.match(/0001_create_pulse\s+pending/);
     const up = await migrate(url);
     expect(up.code).to.equal(0);
