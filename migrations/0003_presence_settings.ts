@@ -88,6 +88,8 @@ export async function up(db: Kysely<any>): Promise<void> {
       'VIEW pulse_online',
       'Users online right now by the shared rule (pulse_settings.online_threshold_seconds), judged by the database clock.',
     ],
+    ['COLUMN pulse_online.user_id', 'A user online right now (pulse.user_id).'],
+    ['COLUMN pulse_online.last_hb', "The user's last heartbeat (pulse.last_hb)."],
   ];
   for (const [object, text] of comments) {
     await sql`COMMENT ON ${sql.raw(object)} IS ${sql.lit(text)}`.execute(db);

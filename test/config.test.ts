@@ -95,6 +95,49 @@ describe('configuration', () => {
     );
   });
 
+  it('refuses a batch pause of half the sweep lease or more, naming both values', () => {
+    const problems = problemsOf(() =>
+      loadSweeperConfig({
+        DATABASE_URL,
+        SWEEP_LOCK_TTL_SECONDS: '10',
+        SWEEP_BATCH_PAUSE_MS: '5000',
+      }),
+    );
+    expect(problems.join('\n')).to.match(
+      /SWEEP_BATCH_PAUSE_MS must be less than half of SWEEP_LOCK_TTL_SECONDS \(10 s\).*\(got "5000"\)/,
+    );
+    expect(
+      loadSweeperConfig({
+        DATABASE_URL,
+        SWEEP_LOCK_TTL_SECONDS: '10',
+        SWEEP_BATCH_PAUSE_MS: '4999',
+      }),
+    ).to.include({ SWEEP_BATCH_PAUSE_MS: 4999 });
+  });
+
+  it('reads the shared presence settings for npm run migrate, unset unless given', () => {
+    expect(loadMigrateConfig({ DATABASE_URL })).to.not.have.any.keys(
+      'ONLINE_THRESHOLD_SECONDS',
+      'LAST_SEEN_ENABLED',
+      'LAST_SEEN_RETENTION_DAYS',
+    );
+    expect(
+      loadMigrateConfig({
+        DATABASE_URL,
+        ONLINE_THRESHOLD_SECONDS: '45',
+        LAST_SEEN_ENABLED: 'off',
+        LAST_SEEN_RETENTION_DAYS: '7',
+      }),
+    ).to.include({
+      ONLINE_THRESHOLD_SECONDS: 45,
+      LAST_SEEN_ENABLED: false,
+      LAST_SEEN_RETENTION_DAYS: 7,
+    });
+    expect(
+      problemsOf(() => loadMigrateConfig({ DATABASE_URL, LAST_SEEN_RETENTION_DAYS: '0' })).join(),
+    ).to.match(/LAST_SEEN_RETENTION_DAYS must be at least 1/);
+  });
+
   it("validates npm start's own variables, with DATABASE_URL optional there", () => {
     expect(loadStartConfig({})).to.include({
       EMBEDDED_PG_PORT: 54329,

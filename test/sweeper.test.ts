@@ -204,7 +204,13 @@ describe('sweeper', function () {
       );
       await putMixedRows(database, 1500);
       const sweeps: Array<{ app: string; from: number; to: number }> = [];
-      const until = Date.now() + 2500;
+      // Until at least 2.5 s passed and two sweepers had a turn each, at least three in all (a
+      // condition, not a time: a loaded machine sweeps slower).
+      const started = Date.now();
+      const enough = () =>
+        Date.now() - started > 2500 &&
+        sweeps.length >= 3 &&
+        new Set(sweeps.map((s) => s.app)).size > 1;
       await Promise.all(
         [0, 1, 2].map(async (n) => {
           const app = `sweeper-${n}`;
@@ -216,7 +222,7 @@ describe('sweeper', function () {
           });
           cleanups.push(() => handle.close());
           const sweeper = sweeperOn(handle, { batchSize: 50 });
-          while (Date.now() < until) {
+          while (!enough() && Date.now() - started < 25_000) {
             const report = await sweeper.sweepOnce();
             expect(report.outcome).to.be.oneOf(['done', 'skipped']);
             if (report.lockHeld) {
@@ -305,6 +311,78 @@ describe('sweeper', function () {
       expect(left).to.be.above(0);
       expect(report.deleted).to.equal(2000 - left);
       expect((await readSweepLease(database.db))?.holder).to.equal('other-sweeper');
+    });
+  });
+
+  describe('a lease that expires in real time (1 s)', () => {
+    const lease = { lockTtlSeconds: 1, batchPauseMs: 450, batchSize: 250 };
+
+    it('refuses a pause between batches of half the lease or more, naming both values', () => {
+      expect(
+        () =>
+          new Sweeper(database.db, silentLogger, options({ lockTtlSeconds: 1, batchPauseMs: 500 })),
+      ).to.throw(/batch pause \(500 ms\) must be less than half of the lease time-to-live \(1 s\)/);
+    });
+
+    it('several sweepers pausing just under half the lease sweep every expired row, never losing the lease', async () => {
+      await putMixedRows(database, 1000);
+      const reports: SweepReport[] = [];
+      const sweepers = [0, 1, 2].map(() =>
+        sweeperOn(extraPool(), { ...lease, onSweep: (r) => reports.push(r) }),
+      );
+      for (const sweeper of sweepers) sweeper.start();
+      await waitFor('a complete sweep', () => reports.some((r) => r.outcome === 'done'), 20_000);
+      const done = reports.find((r) => r.outcome === 'done')!;
+      expect(done.durationMs, 'pauses must add up to more than the lease').to.be.above(1000);
+      expect(
+        reports.filter((r) => r.outcome === 'lease-lost' || r.outcome === 'failed'),
+      ).to.deep.equal([]);
+      expect(await countRows(database, true)).to.equal(0);
+      expect(await countRows(database, false)).to.equal(1000);
+    });
+
+    it('when the holder is killed mid-sweep, another takes over once the lease lapses and sweeps every expired row', async () => {
+      await putMixedRows(database, 1000);
+      const holder = spawn(process.execPath, ['--import', 'tsx', 'sweeper/main.ts', '--once'], {
+        cwd: repoRoot,
+        env: {
+          PATH: process.env.PATH ?? '',
+          DATABASE_URL: database.url,
+          LOG_LEVEL: 'silent',
+          SWEEP_LOCK_TTL_SECONDS: '1',
+          SWEEP_BATCH_PAUSE_MS: '450',
+          SWEEP_BATCH_SIZE: '250',
+        },
+        stdio: 'ignore',
+      });
+      cleanups.push(() => void holder.kill('SIGKILL'));
+      await waitFor(
+        'the first sweeper to start deleting',
+        async () => (await countRows(database, true)) < 1000,
+        20_000,
+      );
+      const crashed = (await readSweepLease(database.db))?.holder;
+      holder.kill('SIGKILL'); // no release: the lease must lapse by itself
+      await once(holder, 'exit');
+      expect(crashed).to.be.a('string');
+      expect(await countRows(database, true), 'killed mid-sweep').to.be.above(0);
+
+      const reports: SweepReport[] = [];
+      const others = [0, 1].map(() =>
+        sweeperOn(extraPool(), { ...lease, onSweep: (r) => reports.push(r) }),
+      );
+      for (const sweeper of others) sweeper.start();
+      await waitFor(
+        'a sweep by another sweeper',
+        () => reports.some((r) => r.outcome === 'done'),
+        20_000,
+      );
+      expect(
+        reports.filter((r) => r.outcome === 'lease-lost' || r.outcome === 'failed'),
+      ).to.deep.equal([]);
+      expect(reports.find((r) => r.outcome === 'done')?.holder).not.to.equal(crashed);
+      expect(await countRows(database, true)).to.equal(0);
+      expect(await countRows(database, false)).to.equal(1000);
     });
   });
 
