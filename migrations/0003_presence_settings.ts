@@ -33,14 +33,15 @@ export async function up(db: Kysely<any>): Promise<void> {
     .execute();
   await sql`INSERT INTO pulse_settings (id) VALUES (1)`.execute(db);
 
-  // The online rule for SQL readers. A join with the one settings row (not a function call per
-  // row): exact, and a plain filter on the scan. Pulse's own queries use the same predicate
-  // (lib/pulse-store.ts, onlineSince).
+  // The online rule for SQL readers, the predicate Pulse's own queries use (lib/pulse-store.ts,
+  // onlineSince). The threshold is an uncorrelated subquery: read once per query (an InitPlan),
+  // so the scan's filter is the same plain comparison as with a literal interval, and stays
+  // parallel (a join with the settings row would evaluate make_interval per row, measured ~2x).
   await sql`CREATE VIEW pulse_online AS
-    SELECT p.user_id, p.last_hb
-    FROM pulse p
-    JOIN pulse_settings s ON s.id = 1
-    WHERE p.last_hb > now() - make_interval(secs => s.online_threshold_seconds)`.execute(db);
+    SELECT user_id, last_hb
+    FROM pulse
+    WHERE last_hb > now() - (SELECT make_interval(secs => s.online_threshold_seconds)
+                             FROM pulse_settings s WHERE s.id = 1)`.execute(db);
 
   const comments: Array<[string, string]> = [
     [
