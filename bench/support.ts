@@ -5,11 +5,7 @@ import { readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import autocannon from 'autocannon';
 import pg from 'pg';
-import {
-  freePort,
-  startThrowawayPostgres,
-  type EmbeddedServer,
-} from '../scripts/embedded-postgres.ts';
+import { freePort, startThrowawayPostgres, type EmbeddedServer } from '../dev/embedded-postgres.ts';
 import { Kysely, PostgresDialect } from 'kysely';
 import { migrateToLatest } from '../lib/migrator.ts';
 

@@ -7,7 +7,7 @@ import { createRegistry } from '../lib/metrics.ts';
 import { checkSharedSettings } from '../lib/shared-settings-check.ts';
 import { GracefulShutdown } from '../lib/shutdown.ts';
 import { createSweeperMetrics } from './metrics.ts';
-import { startOpsServer } from './ops-server.ts';
+import { startOpsServer } from '../http/ops-server.ts';
 import { Sweeper } from './sweeper.ts';
 
 /**

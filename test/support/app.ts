@@ -2,7 +2,7 @@ import { assembleApi } from '../../api/assemble.ts';
 import type { HeartbeatWriter } from '../../api/heartbeat-writer.ts';
 import { loadApiConfig, type ApiConfig } from '../../lib/config.ts';
 import type { DatabaseHandle } from '../../lib/db.ts';
-import { listen } from '../../lib/http-server.ts';
+import { listen } from '../../http/server.ts';
 import { updatePresenceSettings } from '../../lib/pulse-store.ts';
 import type { Logger } from '../../lib/logger.ts';
 import { silentLogger } from './database.ts';
