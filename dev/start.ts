@@ -8,12 +8,13 @@ import { once } from 'node:events';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import pg from 'pg';
-import { loadApiConfig, loadStartConfig } from '../lib/config.ts';
+import { loadApiConfig, loadMigrateConfig, loadStartConfig } from '../lib/config.ts';
 import { openDatabase } from '../lib/db.ts';
 import { startEmbeddedPostgres, type EmbeddedServer } from './embedded-postgres.ts';
 import { runMain } from '../lib/entry.ts';
 import { createLogger } from '../lib/logger.ts';
 import { migrateToLatest } from '../lib/migrator.ts';
+import { updatePresenceSettings } from '../lib/pulse-store.ts';
 
 const EMBEDDED_DATABASE = 'pulse';
 const repoRoot = fileURLToPath(new URL('..', import.meta.url));
@@ -67,6 +68,13 @@ runMain(async () => {
   try {
     const applied = await migrateToLatest(database.db);
     console.log(applied.length ? `migrations applied: ${applied.join(', ')}` : 'schema up to date');
+    // As npm run migrate does: the shared presence rules the API and the sweeper read live.
+    const shared = loadMigrateConfig(env);
+    await updatePresenceSettings(database.db, {
+      onlineThresholdSeconds: shared.ONLINE_THRESHOLD_SECONDS,
+      lastSeenEnabled: shared.LAST_SEEN_ENABLED,
+      lastSeenRetentionDays: shared.LAST_SEEN_RETENTION_DAYS,
+    });
   } finally {
     await database.close();
   }
