@@ -222,11 +222,7 @@ for (const mode of ['none', 'jwt'] as const) {
       // The process is still up and serving.
       const followUp = await app.get('/status/42', allowed);
       expect(followUp.status, `follow-up after ${context}`).to.equal(200);
-      expect(await followUp.json()).to.deep.equal({
-        user_id: 42,
-        is_online: false,
-        last_seen: null,
-      });
+      expect(await followUp.json()).to.deep.include({ user_id: 42, is_online: false });
     }
 
     const json = (extra: Record<string, string> = {}) => ({
