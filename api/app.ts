@@ -1,21 +1,16 @@
-import { randomUUID } from 'node:crypto';
 import express, { type Express, type RequestHandler } from 'express';
-import helmet from 'helmet';
-import { pinoHttp } from 'pino-http';
 import type { Registry } from 'prom-client';
 import type { Logger } from '../lib/logger.ts';
 import { opsRoutes } from '../http/ops-routes.ts';
-import {
-  readPresence,
-  UNKNOWN_PRESENCE,
-  type Executor,
-  type Presence,
-} from '../lib/pulse-store.ts';
+import { setOffline, statusRow, UNKNOWN_PRESENCE, type Executor } from '../lib/pulse-store.ts';
 import { assertMayWrite, createAuthenticate, principalOf, type AuthConfig } from './auth.ts';
 import { errorHandler, notFound } from './errors.ts';
 import type { HeartbeatWriter } from './heartbeat-writer.ts';
 import { openApiDocument } from './openapi.ts';
 import type { StatusReader } from './status-reader.ts';
+import { requestLog } from './request-log.ts';
+import { securityHeaders } from './security-headers.ts';
+import { createStreamRoute, type StreamRouteDeps } from './status-stream.ts';
 import { parseBatchBody, parseHeartbeatBody, parseUserIdParam, requireJson } from './validation.ts';
 
 export interface AppDeps {
@@ -25,20 +20,17 @@ export interface AppDeps {
   logger: Logger;
   registry: Registry;
   httpMetrics: RequestHandler;
+  stream: Omit<StreamRouteDeps, 'config'>;
   config: AuthConfig & {
+    /** Set: /metrics is served by the separate metrics listener, not by this app. */
+    METRICS_PORT?: number | undefined;
     BATCH_MAX_IDS: number;
     BODY_LIMIT_BYTES: number;
   };
 }
 
-/** One user's entry in GET /status/{id} and POST /status/batch (the Status schema). */
-export function statusRow(userId: number, presence: Presence) {
-  return {
-    user_id: userId,
-    is_online: presence.online,
-    last_seen: presence.lastSeen?.toISOString() ?? null,
-  };
-}
+/** One user's entry in GET /status/{id}, POST /status/batch and the stream (the Status schema). */
+export { statusRow };
 
 /** Builds the HTTP app without listening: the entry point and the tests both call this. */
 export function buildApp({
@@ -48,52 +40,30 @@ export function buildApp({
   logger,
   registry,
   httpMetrics,
+  stream,
   config,
 }: AppDeps): Express {
   const app = express();
   app.disable('x-powered-by');
   app.set('etag', false);
 
-  app.use(
-    pinoHttp({
-      logger,
-      genReqId: (req, res) => {
-        const given = req.headers['x-request-id'];
-        const id =
-          typeof given === 'string' && /^[\w.:-]{1,128}$/.test(given) ? given : randomUUID();
-        res.setHeader('X-Request-Id', id);
-        return id;
-      },
-      // Probes and scrapes every few seconds would drown the request log.
-      autoLogging: { ignore: (req) => /^\/(healthz|readyz|metrics)$/.test(req.url ?? '') },
-      serializers: {
-        req: (req: { id: unknown; method: string; url: string }) => ({
-          id: req.id,
-          method: req.method,
-          url: req.url,
-        }),
-        res: (res: { statusCode: number }) => ({ statusCode: res.statusCode }),
-      },
-    }),
-  );
+  // Probes and scrapes every few seconds would drown the request log.
+  app.use(requestLog(logger, { ignore: /^\/(healthz|readyz|metrics)$/ }));
   // --- security: headers for a JSON API ---
-  app.use(
-    // JSON is never rendered: allow nothing, frame nothing.
-    helmet({
-      contentSecurityPolicy: {
-        useDefaults: false,
-        directives: { defaultSrc: ["'none'"], frameAncestors: ["'none'"] },
-      },
-      xFrameOptions: { action: 'deny' },
-    }),
-  );
+  app.use(securityHeaders());
   app.use(httpMetrics);
 
   // Probes, metrics and the contract are public; /status needs a caller (before any body is read).
-  app.use(opsRoutes({ db, registry }));
+  app.use(opsRoutes({ db, registry: config.METRICS_PORT === undefined ? registry : undefined }));
   app.get('/openapi.json', (_req, res) => {
     res.json(openApiDocument);
   });
+  // The stream is a long-lived GET (no body); it also accepts the token as access_token.
+  app.get(
+    '/status/stream',
+    createAuthenticate(config, { queryToken: true }),
+    createStreamRoute({ ...stream, config }),
+  );
   app.use('/status', createAuthenticate(config));
 
   // Only application/json is parsed; routes answer any other content type with 415. Compressed
@@ -108,10 +78,18 @@ export function buildApp({
     res.json(many ? { status: 'success', accepted: userIds.length } : { status: 'success' });
   });
 
+  app.post('/status/offline', async (req, res) => {
+    requireJson(req);
+    const { userIds, many } = parseHeartbeatBody(req.body, config.BATCH_MAX_IDS);
+    assertMayWrite(principalOf(req), userIds);
+    await setOffline(db, userIds);
+    res.json(many ? { status: 'success', accepted: userIds.length } : { status: 'success' });
+  });
+
   app.post('/status/batch', async (req, res) => {
     requireJson(req);
     const userIds = parseBatchBody(req.body, config.BATCH_MAX_IDS);
-    const found = await readPresence(db, userIds);
+    const found = await statuses.readAmong(userIds);
     res.json(userIds.map((id) => statusRow(id, found.get(id) ?? UNKNOWN_PRESENCE)));
   });
 

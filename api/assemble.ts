@@ -5,15 +5,42 @@ import type { DatabaseHandle } from '../lib/db.ts';
 import type { Logger } from '../lib/logger.ts';
 import { createRegistry } from '../lib/metrics.ts';
 import { buildApp } from './app.ts';
-import { createHeartbeatWriter } from './heartbeat-writer-factory.ts';
-import type { HeartbeatWriter } from './heartbeat-writer.ts';
+import {
+  DirectHeartbeatWriter,
+  GroupCommitHeartbeatWriter,
+  type HeartbeatWriter,
+} from './heartbeat-writer.ts';
+import { PresenceFeed } from '../lib/presence-feed.ts';
+import { HeldPresence } from './held-presence.ts';
 import { createApiMetrics } from './metrics.ts';
+import { StreamHub } from './status-stream.ts';
+import { createStreamMetrics } from './stream-metrics.ts';
 import { CoalescingStatusReader, DirectStatusReader } from './status-reader.ts';
 
 export interface Api {
   app: Express;
   heartbeats: HeartbeatWriter;
   registry: Registry;
+  /** The live streams: close() ends them all with a retry hint and stops polling and beating. */
+  streams: { hub: StreamHub; close(): Promise<void> };
+}
+
+/** A log line's worth of an error: its message and code, never the object (pg errors hold secrets). */
+const describe = (error: unknown) => ({
+  message: error instanceof Error ? error.message : String(error),
+  code: (error as { code?: unknown } | null)?.code,
+});
+
+/** pulse_settings.online_threshold_seconds as migration 0003 creates it. */
+const DEFAULT_ONLINE_THRESHOLD_SECONDS = 20;
+
+export interface AssembleOptions {
+  /**
+   * The database's online threshold read at start (api/main.ts), for held presence's beat interval
+   * only: every online judgement reads pulse_settings live. Unset: ONLINE_THRESHOLD_SECONDS (checked
+   * against the database at start), else the migration's default.
+   */
+  onlineThresholdSeconds?: number | undefined;
 }
 
 /** Wires the API's parts together; the entry point and the tests share this. */
@@ -21,14 +48,57 @@ export function assembleApi(
   database: DatabaseHandle,
   config: Readonly<ApiConfig>,
   logger: Logger,
+  options: AssembleOptions = {},
 ): Api {
+  const heldThresholdSeconds =
+    options.onlineThresholdSeconds ??
+    config.ONLINE_THRESHOLD_SECONDS ??
+    DEFAULT_ONLINE_THRESHOLD_SECONDS;
   const registry = createRegistry(database.pool);
   const metrics = createApiMetrics(registry);
-  const heartbeats = createHeartbeatWriter(database.db, config, metrics.flushObserver);
+  const heartbeats: HeartbeatWriter = config.HEARTBEAT_GROUP_COMMIT
+    ? new GroupCommitHeartbeatWriter(
+        database.db,
+        {
+          maxBatchIds: config.HEARTBEAT_FLUSH_MAX_IDS,
+          maxDelayMs: config.HEARTBEAT_FLUSH_DELAY_MS,
+          maxConcurrentFlushes: config.HEARTBEAT_MAX_CONCURRENT_FLUSHES,
+          maxQueuedIds: config.HEARTBEAT_QUEUE_MAX_IDS,
+        },
+        metrics.flushObserver,
+        logger,
+      )
+    : new DirectHeartbeatWriter(database.db, metrics.flushObserver, logger);
   metrics.watchQueue(heartbeats);
   const statuses = config.STATUS_READ_COALESCING
     ? new CoalescingStatusReader(database.db)
     : new DirectStatusReader(database.db);
+  const streamMetrics = createStreamMetrics(registry);
+  const feed = new PresenceFeed(
+    database.db,
+    { intervalMs: config.STREAM_POLL_INTERVAL_MS },
+    {
+      ...streamMetrics.feedObserver,
+      onPollError: (error) => logger.warn({ error: describe(error) }, 'change detection failed'),
+    },
+  );
+  const held = new HeldPresence(heartbeats, {
+    // Two beats per threshold window at least: one late or failed beat does not flap the user.
+    intervalMs: Math.max(100, Math.floor((heldThresholdSeconds * 1000) / 3)),
+    chunkIds: config.HEARTBEAT_FLUSH_MAX_IDS,
+    onBeatError: (error) => logger.warn({ error: describe(error) }, 'held heartbeat not written'),
+  });
+  const hub = new StreamHub(
+    {
+      maxOpen: config.STREAM_MAX_OPEN,
+      keepAliveMs: config.STREAM_KEEPALIVE_SECONDS * 1000,
+      retryMs: config.STREAM_RETRY_MS,
+      drainTimeoutMs: config.STREAM_DRAIN_TIMEOUT_SECONDS * 1000,
+      maxBufferedBytes: config.STREAM_MAX_BUFFERED_BYTES,
+    },
+    streamMetrics.streamObserver,
+  );
+  streamMetrics.watch({ hub, feed, held });
   const app = buildApp({
     db: database.db,
     heartbeats,
@@ -37,6 +107,15 @@ export function assembleApi(
     config,
     registry,
     httpMetrics: metrics.httpMiddleware,
+    stream: { hub, feed, held, observer: streamMetrics.streamObserver },
   });
-  return { app, heartbeats, registry };
+  const streams = {
+    hub,
+    async close() {
+      hub.close();
+      held.close();
+      await feed.close();
+    },
+  };
+  return { app, heartbeats, registry, streams };
 }

@@ -1,7 +1,9 @@
 import { loadApiConfig } from '../lib/config.ts';
 import { DEFAULT_STATEMENT_TIMEOUT_MS, openDatabase } from '../lib/db.ts';
 import { runMain } from '../lib/entry.ts';
-import { createLogger } from '../lib/logger.ts';
+import { checkStatementTimeout } from '../lib/statement-timeout.ts';
+import { createProcessLogger } from '../lib/logger.ts';
+import { startOpsServer } from '../http/ops-server.ts';
 import { listen } from '../http/server.ts';
 import { checkSharedSettings } from '../lib/shared-settings-check.ts';
 import { GracefulShutdown } from '../lib/shutdown.ts';
@@ -9,7 +11,7 @@ import { assembleApi } from './assemble.ts';
 
 runMain(async () => {
   const config = loadApiConfig(process.env);
-  const logger = createLogger('pulse-api', config.LOG_LEVEL);
+  const logger = createProcessLogger('pulse-api', config.LOG_LEVEL, config.LOG_FORMAT);
   if (config.AUTH_MODE === 'none') {
     logger.warn(
       "AUTH_MODE=none: requests are not authenticated, anyone can set anyone's status; " +
@@ -27,12 +29,33 @@ runMain(async () => {
     statementTimeoutMs: DEFAULT_STATEMENT_TIMEOUT_MS,
   });
   shutdown.add('database pool', () => database.close());
-  await checkSharedSettings(database.db, config, logger);
+  void checkStatementTimeout(database.db, DEFAULT_STATEMENT_TIMEOUT_MS, logger);
+  // The database's online threshold (undefined when it cannot be read yet): held presence's beats.
+  const onlineThresholdSeconds = await checkSharedSettings(database.db, config, logger);
 
-  const { app, heartbeats } = assembleApi(database, config, logger);
+  const { app, heartbeats, registry, streams } = assembleApi(database, config, logger, {
+    onlineThresholdSeconds,
+  });
   shutdown.add('heartbeat queue', () => heartbeats.close());
+
+  let metrics: string | undefined;
+  if (config.METRICS_PORT !== undefined) {
+    const ops = await startOpsServer({
+      db: database.db,
+      registry,
+      host: config.METRICS_HOST,
+      port: config.METRICS_PORT,
+    });
+    shutdown.add('metrics server', () => ops.stop());
+    metrics = `http://${config.METRICS_HOST}:${ops.port}/metrics`;
+  }
 
   const server = await listen(app, config.PORT, config.HOST);
   shutdown.add('http server', () => server.stop());
-  logger.info({ url: `http://${config.HOST}:${config.PORT}` }, 'pulse api listening');
+  // Runs before the server stops (steps run in reverse): open streams would keep it waiting.
+  shutdown.add('event streams', () => streams.close());
+  logger.info(
+    { url: `http://${config.HOST}:${server.port}`, metrics: metrics ?? 'on the API port' },
+    'pulse api listening',
+  );
 });

@@ -8,6 +8,11 @@ import {
 export interface StatusReader {
   /** Whether one user is online (by the shared rule and the database clock), and last seen. */
   read(userId: number): Promise<Presence>;
+  /**
+   * The presence of each of `userIds` Pulse knows (one query, POST /status/batch); users it knows
+   * nothing of are absent from the map.
+   */
+  readAmong(userIds: readonly number[]): Promise<Map<number, Presence>>;
 }
 
 /** One query per lookup. */
@@ -15,7 +20,11 @@ export class DirectStatusReader implements StatusReader {
   constructor(private readonly db: Executor) {}
 
   async read(userId: number): Promise<Presence> {
-    return (await readPresence(this.db, [userId])).get(userId) ?? UNKNOWN_PRESENCE;
+    return (await this.readAmong([userId])).get(userId) ?? UNKNOWN_PRESENCE;
+  }
+
+  readAmong(userIds: readonly number[]): Promise<Map<number, Presence>> {
+    return readPresence(this.db, userIds);
   }
 }
 
@@ -50,6 +59,12 @@ export class CoalescingStatusReader implements StatusReader {
         setImmediate(() => this.flush());
       }
     });
+  }
+
+  /** A batch is already one query: it goes straight to the database, counted like the others. */
+  readAmong(userIds: readonly number[]): Promise<Map<number, Presence>> {
+    this.onQuery(userIds.length);
+    return readPresence(this.db, userIds);
   }
 
   private flush(): void {

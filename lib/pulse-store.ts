@@ -97,7 +97,11 @@ export async function readPresence(
   return found;
 }
 
-/** The subset of `userIds` online by the shared rule (readPresence without last seen). */
+/**
+ * The subset of `userIds` online by the shared rule (readPresence without last seen). Also the
+ * stream's change-detection statement (lib/presence-feed.ts): a primary-key lookup per id, valid on
+ * a Citus-distributed `pulse`.
+ */
 export async function findOnlineUserIds(
   db: Executor,
   userIds: readonly number[],
@@ -111,6 +115,32 @@ export async function findOnlineUserIds(
     .where(isOnline('last_hb'))
     .execute();
   return new Set(rows.map((row) => Number(row.user_id)));
+}
+
+/** What every status answer says about one user: GET /status/{id}, POST /status/batch, the stream. */
+export interface UserStatus {
+  user_id: number;
+  is_online: boolean;
+  /** ISO 8601, or null when Pulse has never seen the user (or forgot them). */
+  last_seen: string | null;
+}
+
+/** The status row of one user, as every status answer carries it. */
+export function statusRow(userId: number, presence: Presence): UserStatus {
+  return {
+    user_id: userId,
+    is_online: presence.online,
+    last_seen: presence.lastSeen?.toISOString() ?? null,
+  };
+}
+
+/** One status per requested id, in request order, duplicates answered as given (one statement). */
+export async function readStatuses(
+  db: Executor,
+  userIds: readonly number[],
+): Promise<UserStatus[]> {
+  const found = await readPresence(db, userIds);
+  return userIds.map((id) => statusRow(id, found.get(id) ?? UNKNOWN_PRESENCE));
 }
 
 /** The shared settings row (pulse_settings), see migrations/0003_presence_settings.ts. */

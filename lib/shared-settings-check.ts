@@ -41,15 +41,16 @@ export function contradictions(local: LocalPresenceSettings, databaseThreshold: 
 }
 
 /**
- * Throws a ConfigError naming both values when this process's settings contradict the database's.
- * When the database cannot be read yet (down, or not migrated), logs a warning and returns: the
- * process starts, and its queries apply the database's rule whenever they run.
+ * Throws a ConfigError naming both values when this process's settings contradict the database's;
+ * else returns the database's online threshold. When the database cannot be read yet (down, or not
+ * migrated), logs a warning and returns undefined: the process starts, and its queries apply the
+ * database's rule whenever they run.
  */
 export async function checkSharedSettings(
   db: Executor,
   local: LocalPresenceSettings,
   logger: Logger,
-): Promise<void> {
+): Promise<number | undefined> {
   let threshold: number;
   try {
     threshold = (await readPresenceSettings(db)).onlineThresholdSeconds;
@@ -63,8 +64,9 @@ export async function checkSharedSettings(
       { code: 'settings_unchecked', reason },
       'could not compare this process settings with pulse_settings; queries read them live anyway',
     );
-    return;
+    return undefined;
   }
   const problems = contradictions(local, threshold);
   if (problems.length > 0) throw new ConfigError(problems);
+  return threshold;
 }

@@ -112,7 +112,7 @@ describe('last seen', function () {
         schedule: '* * * * *',
         olderThanSeconds: 30,
         batchSize: 7,
-        lockTtlSeconds: 30,
+        leaseTtlSeconds: 30,
       }).sweepOnce();
       expect(report).to.include({ outcome: 'done', deleted: 20 });
       const odd = [...before].filter(([id]) => id % 2 === 1);
@@ -138,7 +138,7 @@ describe('last seen', function () {
         schedule: '* * * * *',
         olderThanSeconds: 30,
         batchSize: 8,
-        lockTtlSeconds: 30,
+        leaseTtlSeconds: 30,
       }).sweepOnce();
       expect(report).to.include({ outcome: 'done', lastSeenTrimmed: 70 });
       expect(report.batches).to.equal(0); // pulse was empty: every batch was a trim batch

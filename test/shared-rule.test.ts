@@ -81,7 +81,7 @@ describe('one online rule for every process and for SQL', function () {
       schedule: '* * * * *',
       olderThanSeconds: 5,
       batchSize: 13,
-      lockTtlSeconds: 30,
+      leaseTtlSeconds: 30,
     });
     try {
       const onlineByApi = async () => {

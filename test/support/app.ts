@@ -2,7 +2,7 @@ import { assembleApi } from '../../api/assemble.ts';
 import type { HeartbeatWriter } from '../../api/heartbeat-writer.ts';
 import { loadApiConfig, type ApiConfig } from '../../lib/config.ts';
 import type { DatabaseHandle } from '../../lib/db.ts';
-import { listen } from '../../http/server.ts';
+import { listen, type RunningServer } from '../../http/server.ts';
 import { updatePresenceSettings } from '../../lib/pulse-store.ts';
 import type { Logger } from '../../lib/logger.ts';
 import { silentLogger } from './database.ts';
@@ -11,6 +11,7 @@ export interface TestApp {
   baseUrl: string;
   config: Readonly<ApiConfig>;
   heartbeats: HeartbeatWriter;
+  server: RunningServer['server'];
   /** Stops listening and flushes queued heartbeats (not the database: the caller owns it). */
   close(): Promise<void>;
   post(path: string, body: unknown, headers?: Record<string, string>): Promise<Response>;
@@ -28,14 +29,16 @@ export async function startTestApp(
   await updatePresenceSettings(database.db, {
     onlineThresholdSeconds: config.ONLINE_THRESHOLD_SECONDS,
   });
-  const { app, heartbeats } = assembleApi(database, config, logger);
+  const { app, heartbeats, streams } = assembleApi(database, config, logger);
   const server = await listen(app, 0, '127.0.0.1');
   const baseUrl = `http://127.0.0.1:${server.port}`;
   return {
     baseUrl,
     config,
     heartbeats,
+    server: server.server,
     async close() {
+      await streams.close();
       await server.stop();
       await heartbeats.close();
     },
