@@ -367,7 +367,7 @@ describe('sweeper', function () {
         env: {
           DATABASE_URL: database.url,
           LOG_LEVEL: 'silent',
-          SWEEP_LOCK_TTL_SECONDS: '1',
+          SWEEP_LEASE_TTL_SECONDS: '1',
           SWEEP_BATCH_PAUSE_MS: '450',
           SWEEP_BATCH_SIZE: '250',
         },
