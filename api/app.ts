@@ -2,7 +2,7 @@ import express, { type Express, type RequestHandler } from 'express';
 import type { Registry } from 'prom-client';
 import type { Logger } from '../lib/logger.ts';
 import { opsRoutes } from '../http/ops-routes.ts';
-import { setOffline, type Executor } from '../lib/pulse-store.ts';
+import { setOffline, statusRow, UNKNOWN_PRESENCE, type Executor } from '../lib/pulse-store.ts';
 import { assertMayWrite, createAuthenticate, principalOf, type AuthConfig } from './auth.ts';
 import { createCors } from './cors.ts';
 import { demoRoutes } from './demo.ts';
@@ -32,6 +32,9 @@ export interface AppDeps {
     DEMO_PAGE: boolean;
   };
 }
+
+/** One user's entry in GET /status/{id}, POST /status/batch and the stream (the Status schema). */
+export { statusRow };
 
 /** Builds the HTTP app without listening: the entry point and the tests both call this. */
 export function buildApp({
@@ -101,13 +104,13 @@ export function buildApp({
   app.post('/status/batch', async (req, res) => {
     requireJson(req);
     const userIds = parseBatchBody(req.body, config.BATCH_MAX_IDS);
-    const online = await statuses.onlineAmong(userIds);
-    res.json(userIds.map((id) => ({ user_id: id, is_online: online.has(id) })));
+    const found = await statuses.readAmong(userIds);
+    res.json(userIds.map((id) => statusRow(id, found.get(id) ?? UNKNOWN_PRESENCE)));
   });
 
   app.get('/status/:userId', async (req, res) => {
     const userId = parseUserIdParam(req.params.userId);
-    res.json({ user_id: userId, is_online: await statuses.isOnline(userId) });
+    res.json(statusRow(userId, await statuses.read(userId)));
   });
 
   app.use(notFound);

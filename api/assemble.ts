@@ -32,12 +32,29 @@ const describe = (error: unknown) => ({
   code: (error as { code?: unknown } | null)?.code,
 });
 
+/** pulse_settings.online_threshold_seconds as migration 0003 creates it. */
+const DEFAULT_ONLINE_THRESHOLD_SECONDS = 20;
+
+export interface AssembleOptions {
+  /**
+   * The database's online threshold read at start (api/main.ts), for held presence's beat interval
+   * only: every online judgement reads pulse_settings live. Unset: ONLINE_THRESHOLD_SECONDS (checked
+   * against the database at start), else the migration's default.
+   */
+  onlineThresholdSeconds?: number | undefined;
+}
+
 /** Wires the API's parts together; the entry point and the tests share this. */
 export function assembleApi(
   database: DatabaseHandle,
   config: Readonly<ApiConfig>,
   logger: Logger,
+  options: AssembleOptions = {},
 ): Api {
+  const heldThresholdSeconds =
+    options.onlineThresholdSeconds ??
+    config.ONLINE_THRESHOLD_SECONDS ??
+    DEFAULT_ONLINE_THRESHOLD_SECONDS;
   const registry = createRegistry(database.pool);
   const metrics = createApiMetrics(registry);
   // One per process: caches where Citus keeps each user (nothing to do on plain PostgreSQL).
@@ -58,21 +75,12 @@ export function assembleApi(
     : new DirectHeartbeatWriter(database.db, metrics.flushObserver, logger, shardRouter);
   metrics.watchQueue(heartbeats);
   const statuses = config.STATUS_READ_COALESCING
-    ? new CoalescingStatusReader(
-        database.db,
-        config.ONLINE_THRESHOLD_SECONDS,
-        undefined,
-        undefined,
-        shardRouter,
-      )
-    : new DirectStatusReader(database.db, config.ONLINE_THRESHOLD_SECONDS, shardRouter);
+    ? new CoalescingStatusReader(database.db, undefined, undefined, shardRouter)
+    : new DirectStatusReader(database.db, shardRouter);
   const streamMetrics = createStreamMetrics(registry);
   const feed = new PresenceFeed(
     database.db,
-    {
-      thresholdSeconds: config.ONLINE_THRESHOLD_SECONDS,
-      intervalMs: config.STREAM_POLL_INTERVAL_MS,
-    },
+    { intervalMs: config.STREAM_POLL_INTERVAL_MS },
     {
       ...streamMetrics.feedObserver,
       onPollError: (error) => logger.warn({ error: describe(error) }, 'change detection failed'),
@@ -80,7 +88,7 @@ export function assembleApi(
   );
   const held = new HeldPresence(heartbeats, {
     // Two beats per threshold window at least: one late or failed beat does not flap the user.
-    intervalMs: Math.max(100, Math.floor((config.ONLINE_THRESHOLD_SECONDS * 1000) / 3)),
+    intervalMs: Math.max(100, Math.floor((heldThresholdSeconds * 1000) / 3)),
     chunkIds: config.HEARTBEAT_FLUSH_MAX_IDS,
     onBeatError: (error) => logger.warn({ error: describe(error) }, 'held heartbeat not written'),
   });

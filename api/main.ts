@@ -5,6 +5,7 @@ import { checkStatementTimeout } from '../lib/statement-timeout.ts';
 import { createProcessLogger } from '../lib/logger.ts';
 import { startOpsServer } from '../http/ops-server.ts';
 import { listen } from '../http/server.ts';
+import { checkSharedSettings } from '../lib/shared-settings-check.ts';
 import { GracefulShutdown } from '../lib/shutdown.ts';
 import { assembleApi } from './assemble.ts';
 
@@ -29,8 +30,12 @@ runMain(async () => {
   });
   shutdown.add('database pool', () => database.close());
   void checkStatementTimeout(database.db, DEFAULT_STATEMENT_TIMEOUT_MS, logger);
+  // The database's online threshold (undefined when it cannot be read yet): held presence's beats.
+  const onlineThresholdSeconds = await checkSharedSettings(database.db, config, logger);
 
-  const { app, heartbeats, registry, streams } = assembleApi(database, config, logger);
+  const { app, heartbeats, registry, streams } = assembleApi(database, config, logger, {
+    onlineThresholdSeconds,
+  });
   shutdown.add('heartbeat queue', () => heartbeats.close());
 
   let metrics: string | undefined;

@@ -74,7 +74,7 @@ export const openApiDocument = {
     // No open-source licence: a private package. LicenseRef- is SPDX's form for such a licence.
     license: { name: 'Proprietary', identifier: 'LicenseRef-Proprietary' },
     description:
-      'Online/offline presence on PostgreSQL. A user is online when their last heartbeat is within ONLINE_THRESHOLD_SECONDS of the database clock. Unknown fields in request bodies are ignored.',
+      'Online/offline presence on PostgreSQL. A user is online when their last heartbeat is within the online threshold (pulse_settings.online_threshold_seconds, 20 s by default) of the database clock. Unknown fields in request bodies are ignored.',
   },
   // Relative: the API serves this document itself, so its own origin is the server.
   servers: [{ url: '/', description: 'The API serving this document' }],
@@ -159,7 +159,7 @@ export const openApiDocument = {
         summary:
           'Server-Sent Events: a snapshot of the watched users, then one change per online/offline transition; keeps the caller online while open',
         description:
-          'Events: `snapshot` (data: the array POST /status/batch returns for `watch`), then `change` (data: one Status) per transition, by the database clock, whichever replica wrote. A `retry:` hint (ms) comes first and again when the server ends the stream (shutdown, token expiry); a keep-alive comment at least every 15 s. A reconnecting client gets a fresh snapshot (no replay). Held presence: with AUTH_MODE=jwt the token `sub` (or `user_id` with the gateway scope), with AUTH_MODE=none `user_id`, is kept online while the stream is open; without either the stream only watches.',
+          'Events: `snapshot` (data: the array POST /status/batch returns for `watch`), then `change` (data: one Status: user_id, is_online, last_seen) per transition, by the database clock, whichever replica wrote. A `retry:` hint (ms) comes first and again when the server ends the stream (shutdown, token expiry); a keep-alive comment at least every 15 s. A reconnecting client gets a fresh snapshot (no replay). Held presence: with AUTH_MODE=jwt the token `sub` (or `user_id` with the gateway scope), with AUTH_MODE=none `user_id`, is kept online while the stream is open; without either the stream only watches.',
         parameters: [
           {
             name: 'watch',
@@ -227,7 +227,7 @@ export const openApiDocument = {
       get: {
         operationId: 'getStatus',
         ...secured,
-        summary: 'Whether one user is online',
+        summary: 'Whether one user is online, and when they were last seen',
         parameters: [
           {
             name: 'user_id',
@@ -363,9 +363,22 @@ export const openApiDocument = {
       },
       Status: {
         type: 'object',
-        required: ['user_id', 'is_online'],
+        required: ['user_id', 'is_online', 'last_seen'],
         additionalProperties: false,
-        properties: { user_id: ref('UserId'), is_online: { type: 'boolean' } },
+        properties: {
+          user_id: ref('UserId'),
+          is_online: {
+            type: 'boolean',
+            description:
+              'Last heartbeat within pulse_settings.online_threshold_seconds of the database clock',
+          },
+          last_seen: {
+            type: ['string', 'null'],
+            format: 'date-time',
+            description:
+              'When the user was last around, by the database clock (ISO 8601, UTC): their last heartbeat while Pulse holds a presence row (so for every online user), else the last heartbeat recorded when they went offline (sweep or explicit offline, kept for pulse_settings.last_seen_retention_days), else null (unknown, or last seen is off)',
+          },
+        },
       },
       Error: {
         type: 'object',

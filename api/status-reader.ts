@@ -1,32 +1,39 @@
-import { findOnlineUserIds, type Executor } from '../lib/pulse-store.ts';
+import {
+  readPresence,
+  UNKNOWN_PRESENCE,
+  type Executor,
+  type Presence,
+} from '../lib/pulse-store.ts';
 import type { ShardRouter } from '../lib/shard-routing.ts';
 
 export interface StatusReader {
-  /** Whether one user is online, by the database clock. */
-  isOnline(userId: number): Promise<boolean>;
-  /** The subset of `userIds` that is online, by the database clock (one query, /status/batch). */
-  onlineAmong(userIds: readonly number[]): Promise<Set<number>>;
+  /** Whether one user is online (by the shared rule and the database clock), and last seen. */
+  read(userId: number): Promise<Presence>;
+  /**
+   * The presence of each of `userIds` Pulse knows (one query, POST /status/batch); users it knows
+   * nothing of are absent from the map.
+   */
+  readAmong(userIds: readonly number[]): Promise<Map<number, Presence>>;
 }
 
 /** One query per lookup. */
 export class DirectStatusReader implements StatusReader {
   constructor(
     private readonly db: Executor,
-    private readonly thresholdSeconds: number,
     private readonly shardRouter?: ShardRouter,
   ) {}
 
-  async isOnline(userId: number): Promise<boolean> {
-    return (await this.onlineAmong([userId])).has(userId);
+  async read(userId: number): Promise<Presence> {
+    return (await this.readAmong([userId])).get(userId) ?? UNKNOWN_PRESENCE;
   }
 
-  onlineAmong(userIds: readonly number[]): Promise<Set<number>> {
-    return findOnlineUserIds(this.db, userIds, this.thresholdSeconds, this.shardRouter);
+  readAmong(userIds: readonly number[]): Promise<Map<number, Presence>> {
+    return readPresence(this.db, userIds, this.shardRouter);
   }
 }
 
 interface Waiter {
-  resolve(online: boolean): void;
+  resolve(presence: Presence): void;
   reject(error: unknown): void;
 }
 
@@ -42,13 +49,12 @@ export class CoalescingStatusReader implements StatusReader {
 
   constructor(
     private readonly db: Executor,
-    private readonly thresholdSeconds: number,
     private readonly maxIds = 1000,
     private readonly onQuery: (ids: number) => void = () => undefined,
     private readonly shardRouter?: ShardRouter,
   ) {}
 
-  isOnline(userId: number): Promise<boolean> {
+  read(userId: number): Promise<Presence> {
     return new Promise((resolve, reject) => {
       const waiters = this.pending.get(userId);
       if (waiters) waiters.push({ resolve, reject });
@@ -61,9 +67,9 @@ export class CoalescingStatusReader implements StatusReader {
   }
 
   /** A batch is already one query: it goes straight to the database, counted like the others. */
-  onlineAmong(userIds: readonly number[]): Promise<Set<number>> {
+  readAmong(userIds: readonly number[]): Promise<Map<number, Presence>> {
     this.onQuery(userIds.length);
-    return findOnlineUserIds(this.db, userIds, this.thresholdSeconds, this.shardRouter);
+    return readPresence(this.db, userIds, this.shardRouter);
   }
 
   private flush(): void {
@@ -77,15 +83,14 @@ export class CoalescingStatusReader implements StatusReader {
 
   private query(lookups: Array<[number, Waiter[]]>): void {
     this.onQuery(lookups.length);
-    findOnlineUserIds(
+    readPresence(
       this.db,
       lookups.map(([id]) => id),
-      this.thresholdSeconds,
       this.shardRouter,
     ).then(
-      (online) => {
+      (found) => {
         for (const [id, waiters] of lookups)
-          for (const waiter of waiters) waiter.resolve(online.has(id));
+          for (const waiter of waiters) waiter.resolve(found.get(id) ?? UNKNOWN_PRESENCE);
       },
       (error: unknown) => {
         for (const [, waiters] of lookups) for (const waiter of waiters) waiter.reject(error);

@@ -7,7 +7,11 @@
  *   npm run bench:sweep                                   1M expired among 2M fresh
  *   npm run bench:sweep -- --expired 100000 --fresh 200000  smaller
  *
+ *   npm run bench:sweep -- --last-seen both                 the same sweep with last seen off, then
+ *                                                         on (the cost of recording it), one run
+ *
  * Options (flags or env): --expired/BENCH_EXPIRED_ROWS, --fresh/BENCH_FRESH_ROWS,
+ * --last-seen on|off|both (pulse_settings.last_seen_enabled; default on, as shipped),
  * --batch-size/SWEEP_BATCH_SIZE, --pause-ms/SWEEP_BATCH_PAUSE_MS, --rate/BENCH_HEARTBEAT_RATE
  * (heartbeats per second), --baseline-seconds/BENCH_BASELINE_SECONDS, --json (one JSON line only).
  * The database is DATABASE_URL's server (a scratch database is created and dropped there), or an
@@ -20,7 +24,7 @@ import { parseArgs } from 'node:util';
 import { sql } from 'kysely';
 import { openDatabase, type DatabaseHandle } from '../lib/db.ts';
 import { createLogger } from '../lib/logger.ts';
-import { recordHeartbeats } from '../lib/pulse-store.ts';
+import { recordHeartbeats, updatePresenceSettings } from '../lib/pulse-store.ts';
 import { Sweeper, type SweepReport } from '../sweeper/sweeper.ts';
 import { openBenchDatabase } from './support.ts';
 
@@ -35,6 +39,8 @@ export interface SweepBenchmarkOptions {
   heartbeatRate?: number;
   heartbeatPoolSize?: number;
   baselineSeconds?: number;
+  /** Whether the sweep records last seen (pulse_settings.last_seen_enabled). Default true. */
+  lastSeen?: boolean;
   /** Progress messages (stderr by default in the CLI). */
   log?: (message: string) => void;
 }
@@ -52,6 +58,9 @@ export interface SweepBenchmarkResult {
   batchSize: number;
   batchPauseMs: number;
   heartbeatRate: number;
+  lastSeen: boolean;
+  /** Rows in pulse_last_seen after the sweep. */
+  lastSeenRows: number;
   sweep: SweepReport & { rowsPerSecond: number };
   /** p99Ratio = during.p99Ms / before.p99Ms; `after` (same length as `before`) shows the noise. */
   heartbeats: {
@@ -95,6 +104,7 @@ function startHeartbeats(db: DatabaseHandle['db'], rate: number, pick: () => num
   /** [issued at, latency] of every completed heartbeat, both in ms on the performance clock. */
   const samples: Array<[number, number]> = [];
   let errors = 0;
+  let firstError: string | undefined;
   let inFlight = 0;
   let due = performance.now();
   const timer = setInterval(() => {
@@ -105,7 +115,10 @@ function startHeartbeats(db: DatabaseHandle['db'], rate: number, pick: () => num
       inFlight += 1;
       recordHeartbeats(db, [pick()])
         .then(() => samples.push([issued, performance.now() - issued]))
-        .catch(() => (errors += 1))
+        .catch((error: unknown) => {
+          errors += 1;
+          firstError ??= error instanceof Error ? error.message : String(error);
+        })
         .finally(() => (inFlight -= 1));
     }
   }, 1);
@@ -116,6 +129,9 @@ function startHeartbeats(db: DatabaseHandle['db'], rate: number, pick: () => num
     },
     get errors() {
       return errors;
+    },
+    get firstError() {
+      return firstError;
     },
     /** Stops sending and waits for the heartbeats still in flight. */
     async stop() {
@@ -154,6 +170,7 @@ export async function runSweepBenchmark(
     logger,
   });
   try {
+    await updatePresenceSettings(heartbeatDb.db, { lastSeenEnabled: options.lastSeen ?? true });
     log(`loading ${expiredRows} expired and ${freshRows} fresh rows`);
     const { rows: version } = await sql<{
       v: string;
@@ -213,12 +230,17 @@ export async function runSweepBenchmark(
     const after = summarize(heartbeats.window(sweepTo, afterTo));
     if (report.outcome !== 'done')
       throw new Error(`the sweep ended with ${report.outcome}: ${report.error ?? ''}`);
-    if (heartbeats.errors > 0) throw new Error(`${heartbeats.errors} heartbeats failed`);
+    if (heartbeats.errors > 0)
+      throw new Error(
+        `${heartbeats.errors} heartbeats failed, the first with: ${heartbeats.firstError}`,
+      );
 
     const counts = await sql<{ expired: string; fresh: string }>`
       SELECT count(*) FILTER (WHERE last_hb < now() - make_interval(secs => ${OLDER_THAN_SECONDS})) AS expired,
              count(*) FILTER (WHERE last_hb >= now() - make_interval(secs => ${OLDER_THAN_SECONDS})) AS fresh
       FROM pulse`.execute(heartbeatDb.db);
+    const lastSeenRows = await sql<{ n: string }>`
+      SELECT count(*) AS n FROM pulse_last_seen`.execute(heartbeatDb.db);
     const p99Ratio = Math.round((during.p99Ms / before.p99Ms) * 100) / 100;
     return {
       expiredRows,
@@ -226,6 +248,8 @@ export async function runSweepBenchmark(
       batchSize,
       batchPauseMs,
       heartbeatRate,
+      lastSeen: options.lastSeen ?? true,
+      lastSeenRows: Number(lastSeenRows.rows[0]?.n),
       sweep: { ...report, rowsPerSecond: Math.round(report.deleted / (report.durationMs / 1000)) },
       heartbeats: { before, during, after, p99Ratio },
       expiredRowsLeft: Number(counts.rows[0]?.expired),
@@ -253,7 +277,7 @@ export async function runSweepBenchmark(
 function formatTable(r: SweepBenchmarkResult): string {
   const yes = (ok: boolean) => (ok ? 'yes' : 'NO');
   return [
-    `rows: ${r.expiredRows} expired among ${r.freshRows} fresh; batch size ${r.batchSize}, pause ${r.batchPauseMs} ms; heartbeats ${r.heartbeatRate}/s`,
+    `rows: ${r.expiredRows} expired among ${r.freshRows} fresh; batch size ${r.batchSize}, pause ${r.batchPauseMs} ms; heartbeats ${r.heartbeatRate}/s; last seen ${r.lastSeen ? 'on' : 'off'} (${r.lastSeenRows} recorded)`,
     `sweep: ${r.sweep.deleted} rows in ${(r.sweep.durationMs / 1000).toFixed(2)} s (${r.sweep.rowsPerSecond} rows/s), ${r.sweep.batches} batches, longest batch transaction ${r.sweep.maxBatchMs} ms`,
     `heartbeat latency before: p50 ${r.heartbeats.before.p50Ms} ms, p99 ${r.heartbeats.before.p99Ms} ms (${r.heartbeats.before.count} heartbeats)`,
     `heartbeat latency during: p50 ${r.heartbeats.during.p50Ms} ms, p99 ${r.heartbeats.during.p99Ms} ms (${r.heartbeats.during.count} heartbeats), p99 ratio ${r.heartbeats.p99Ratio}`,
@@ -274,6 +298,7 @@ async function cli(): Promise<void> {
       rate: { type: 'string' },
       'baseline-seconds': { type: 'string' },
       json: { type: 'boolean', default: false },
+      'last-seen': { type: 'string', default: 'on' },
     },
   });
   const env = process.env;
@@ -300,9 +325,22 @@ async function cli(): Promise<void> {
   set('batchPauseMs', num(values['pause-ms'], env.SWEEP_BATCH_PAUSE_MS));
   set('heartbeatRate', num(values.rate, env.BENCH_HEARTBEAT_RATE));
   set('baselineSeconds', num(values['baseline-seconds'], env.BENCH_BASELINE_SECONDS));
-  const result = await runSweepBenchmark(options);
-  if (!values.json) console.log(formatTable(result));
-  console.log(JSON.stringify(result));
+  const modes = { on: [true], off: [false], both: [false, true] }[values['last-seen']];
+  if (!modes) throw new Error(`--last-seen must be on, off or both: ${values['last-seen']}`);
+  const results: SweepBenchmarkResult[] = [];
+  for (const lastSeen of modes) {
+    const result = await runSweepBenchmark({ ...options, lastSeen });
+    results.push(result);
+    if (!values.json) console.log(formatTable(result));
+    console.log(JSON.stringify(result));
+  }
+  const [off, on] = results;
+  if (off && on) {
+    const ratio = (a: number, b: number) => Math.round((a / b) * 100) / 100;
+    console.log(
+      `last seen on vs off: sweep time x${ratio(on.sweep.durationMs, off.sweep.durationMs)}, longest batch x${ratio(on.sweep.maxBatchMs, off.sweep.maxBatchMs)}, heartbeat p99 during the sweep x${ratio(on.heartbeats.during.p99Ms, off.heartbeats.during.p99Ms)}`,
+    );
+  }
 }
 
 if (process.argv[1] && import.meta.url === pathToFileURL(path.resolve(process.argv[1])).href) {

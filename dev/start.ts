@@ -7,11 +7,12 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
 import { fileURLToPath } from 'node:url';
-import { loadApiConfig, loadStartConfig } from '../lib/config.ts';
+import { loadApiConfig, loadMigrateConfig, loadStartConfig } from '../lib/config.ts';
 import { openDatabase } from '../lib/db.ts';
 import { runMain } from '../lib/entry.ts';
 import { createLogger } from '../lib/logger.ts';
 import { migrateToLatest } from '../lib/migrator.ts';
+import { updatePresenceSettings } from '../lib/pulse-store.ts';
 import { Supervisor } from './supervisor.ts';
 
 function startChild(script: string, env: NodeJS.ProcessEnv, ipc = false): ChildProcess {
@@ -71,6 +72,13 @@ runMain(async () => {
       console.log(
         applied.length ? `migrations applied: ${applied.join(', ')}` : 'schema up to date',
       );
+      // As npm run migrate does: the shared presence rules the API and the sweeper read live.
+      const shared = loadMigrateConfig(env);
+      await updatePresenceSettings(database.db, {
+        onlineThresholdSeconds: shared.ONLINE_THRESHOLD_SECONDS,
+        lastSeenEnabled: shared.LAST_SEEN_ENABLED,
+        lastSeenRetentionDays: shared.LAST_SEEN_RETENTION_DAYS,
+      });
     } finally {
       await database.close();
     }

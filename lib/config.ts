@@ -46,6 +46,31 @@ const cronExpression = z
   .trim()
   .refine((value) => cron.validate(value), 'must be a valid cron expression (5 or 6 fields)');
 
+// --- Presence lifecycle (issue 12): the shared rules live in the database (pulse_settings) ---
+// `npm run migrate` writes them when these are set (unset: leave the stored value alone); the API
+// and the sweeper read them live. ONLINE_THRESHOLD_SECONDS on the API or the sweeper is only an
+// assertion: a process whose value differs from the database's refuses to start, naming both.
+const optionalInteger = (min: number, max: number) =>
+  z
+    .string()
+    .trim()
+    .regex(/^-?\d+$/, 'must be a whole number')
+    .transform(Number)
+    .pipe(z.number().min(min, `must be at least ${min}`).max(max, `must be at most ${max}`))
+    .optional();
+
+const presenceAssertions = {
+  ONLINE_THRESHOLD_SECONDS: optionalInteger(1, 86_400),
+};
+
+const presenceSettings = {
+  ...presenceAssertions,
+  LAST_SEEN_ENABLED: z
+    .stringbool({ truthy: ['true', '1', 'yes', 'on'], falsy: ['false', '0', 'no', 'off'] })
+    .optional(),
+  LAST_SEEN_RETENTION_DAYS: optionalInteger(1, 36_500),
+};
+
 // Log format: readable lines at a terminal, JSON lines everywhere else (lib/logger.ts).
 const logFormat = z
   .enum(['auto', 'json', 'pretty'], { error: 'must be "auto", "json" or "pretty"' })
@@ -90,7 +115,7 @@ const common = {
   PG_POOL_MAX: integer(1, 1000, 10),
   LOG_LEVEL: logLevel,
   LOG_FORMAT: logFormat,
-  ONLINE_THRESHOLD_SECONDS: integer(1, 86_400, 20),
+  ...presenceAssertions,
   SHUTDOWN_TIMEOUT_SECONDS: integer(1, 3_600, 10),
 };
 
@@ -255,16 +280,34 @@ const sweeperSchema = z
     METRICS_PORT: integer(0, 65_535, 9464),
     METRICS_HOST: z.string().trim().min(1, 'must not be empty').default('127.0.0.1'),
   })
-  .refine((c) => c.SWEEP_OLDER_THAN_SECONDS >= c.ONLINE_THRESHOLD_SECONDS, {
-    path: ['SWEEP_OLDER_THAN_SECONDS'],
-    message:
-      'must not be below ONLINE_THRESHOLD_SECONDS (the sweeper would delete users who are still online)',
+  .superRefine((c, ctx) => {
+    if (
+      c.ONLINE_THRESHOLD_SECONDS !== undefined &&
+      c.SWEEP_OLDER_THAN_SECONDS < c.ONLINE_THRESHOLD_SECONDS
+    ) {
+      ctx.addIssue({
+        code: 'custom',
+        path: ['SWEEP_OLDER_THAN_SECONDS'],
+        message: `must not be below ONLINE_THRESHOLD_SECONDS (${c.ONLINE_THRESHOLD_SECONDS}): the sweeper would delete users who are still online`,
+      });
+    }
+    // The lease is renewed at the start of each batch transaction, so it must outlive a batch
+    // (at most the statement timeout) plus the pause after it. Otherwise another sweeper takes
+    // the lease mid-sweep and restarts from the lowest id, and high ids are never reached.
+    if (c.SWEEP_BATCH_PAUSE_MS * 2 >= c.SWEEP_LEASE_TTL_SECONDS * 1000) {
+      ctx.addIssue({
+        code: 'custom',
+        path: ['SWEEP_BATCH_PAUSE_MS'],
+        message: `must be less than half of SWEEP_LEASE_TTL_SECONDS (${c.SWEEP_LEASE_TTL_SECONDS} s): the sweep lease would lapse between two batches`,
+      });
+    }
   });
 
 const migrateSchema = z.object({
   DATABASE_URL: databaseUrl,
   LOG_LEVEL: logLevel,
   LOG_FORMAT: logFormat,
+  ...presenceSettings,
   // Unset: leave the table as it is (switching rewrites the whole table under an exclusive lock).
   PULSE_TABLE_UNLOGGED: z
     .stringbool({ truthy: ['true', '1', 'yes', 'on'], falsy: ['false', '0', 'no', 'off'] })

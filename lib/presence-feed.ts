@@ -5,7 +5,7 @@
  * Design: multiplexed polling (Hasura's subscriptions), no LISTEN/NOTIFY.
  * - Every stream of this process registers the ids it watches here. Every `intervalMs`, one poll
  *   re-reads the union of those ids, `chunkIds` (1,000) to a statement, with the shared online rule
- *   (`findOnlineUserIds`, a primary-key lookup per id). Cost: distinct watched ids / 1,000
+ *   read live from pulse_settings (`findOnlineUserIds`, a primary-key lookup per id). Cost: distinct watched ids / 1,000
  *   statements per interval, however many streams watch them; nothing at all without a stream, and
  *   nothing on the heartbeat path ever.
  * - The poll keeps the last state of every watched id. Ids whose state flipped are re-read with
@@ -30,7 +30,6 @@ import {
 } from './pulse-store.ts';
 
 export interface PresenceFeedOptions {
-  thresholdSeconds: number;
   intervalMs: number;
   /** Ids per detection statement. */
   chunkIds?: number;
@@ -107,7 +106,7 @@ export class PresenceFeed {
     this.schedule(this.options.intervalMs);
     let snapshot: UserStatus[];
     try {
-      snapshot = await readStatuses(this.db, userIds, this.options.thresholdSeconds);
+      snapshot = await readStatuses(this.db, userIds);
     } catch (error) {
       this.remove(subscriber);
       throw error;
@@ -192,13 +191,10 @@ export class PresenceFeed {
     const seq = ++this.pollSeq;
     const eligible = [...this.pending].filter((s) => s.liveAfterPoll < seq);
     const ids = [...this.watchers.keys()].sort((a, b) => a - b);
-    const { thresholdSeconds } = this.options;
 
     const online = new Set<number>();
     await this.chunked(ids, async (chunk) => {
-      const found = await this.timed('detect', () =>
-        findOnlineUserIds(this.db, chunk, thresholdSeconds),
-      );
+      const found = await this.timed('detect', () => findOnlineUserIds(this.db, chunk));
       for (const id of found) online.add(id);
     });
 
@@ -220,9 +216,7 @@ export class PresenceFeed {
     await this.chunked(
       [...flipped].sort((a, b) => a - b),
       async (chunk) => {
-        rows.push(
-          ...(await this.timed('describe', () => readStatuses(this.db, chunk, thresholdSeconds))),
-        );
+        rows.push(...(await this.timed('describe', () => readStatuses(this.db, chunk))));
       },
     );
 

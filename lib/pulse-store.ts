@@ -3,9 +3,10 @@
  * to run on, so callers decide about transactions. Nothing here knows about HTTP or timers.
  *
  * Citus compatibility (see README): the upsert sets `last_hb = EXCLUDED.last_hb` with `now()` in
- * the inserted SELECT list, and the sweep walks primary-key ranges, never ctid.
+ * the inserted SELECT list, and the sweep walks primary-key ranges, never ctid. pulse_last_seen is
+ * co-located with pulse (by user_id); pulse_settings is a one-row reference table.
  */
-import { sql, type Kysely, type RawBuilder } from 'kysely';
+import { sql, type Kysely } from 'kysely';
 import type { Database } from './schema.ts';
 import type { ShardRouter } from './shard-routing.ts';
 
@@ -62,23 +63,85 @@ export async function recordHeartbeats(
 }
 
 /**
- * THE online rule, in one place: the row's last heartbeat is newer than `thresholdSeconds` by the
- * database clock. Every statement that judges online-ness (status reads, change detection) uses it.
+ * THE online rule, for every query Pulse runs (API reads, stream change detection, the sweeper's
+ * guard): a user is online when `last_hb > onlineSince`, i.e. within
+ * pulse_settings.online_threshold_seconds of the database clock. The threshold is read live from
+ * the one settings row (an uncorrelated subquery: evaluated once per statement, an InitPlan), so
+ * a change by `npm run migrate` or a DBA's UPDATE reaches every process at once. The view
+ * `pulse_online` (migration 0003) is the same predicate for SQL readers.
  */
-export function isOnlineSql(thresholdSeconds: number): RawBuilder<boolean> {
-  return sql<boolean>`last_hb > now() - make_interval(secs => ${thresholdSeconds})`;
+export const onlineSince = sql<Date>`(now() - (SELECT make_interval(secs => s.online_threshold_seconds) FROM pulse_settings s WHERE s.id = 1))`;
+
+/** `column > onlineSince`: true when the heartbeat time in `column` counts as online. */
+export const isOnline = (column: string) => sql<boolean>`(${sql.ref(column)} > ${onlineSince})`;
+
+/** What Pulse knows about one user: online by the shared rule, and when they were last seen. */
+export interface Presence {
+  online: boolean;
+  /** Last heartbeat (online users and rows not yet swept), else pulse_last_seen, else null. */
+  lastSeen: Date | null;
+}
+
+export const UNKNOWN_PRESENCE: Presence = Object.freeze({ online: false, lastSeen: null });
+
+/**
+ * Presence of each given user, in one statement (one round trip): their `pulse` row if any,
+ * else their `pulse_last_seen` entry. Users Pulse knows nothing of are absent from the map.
+ */
+export async function readPresence(
+  db: Executor,
+  userIds: readonly number[],
+  router?: ShardRouter,
+): Promise<Map<number, Presence>> {
+  const ids = normalizeUserIds(userIds);
+  const found = new Map<number, Presence>();
+  if (ids.length === 0) return found;
+  // On Citus, one statement per shard (pulse and pulse_last_seen are co-located): see findOnlineUserIds.
+  const groups = (router && (await router.group(ids))) ?? [ids];
+  const perGroup = await Promise.all(
+    groups.map((group) =>
+      db
+        .selectFrom('pulse')
+        .select([
+          'user_id',
+          'last_hb as last_seen',
+          isOnline('last_hb').as('online'),
+          sql<boolean>`true`.as('live'),
+        ])
+        .where(sql<boolean>`user_id = ANY(${group}::bigint[])`)
+        .unionAll(
+          db
+            .selectFrom('pulse_last_seen')
+            .select([
+              'user_id',
+              'last_seen',
+              sql<boolean>`false`.as('online'),
+              sql<boolean>`false`.as('live'),
+            ])
+            .where(sql<boolean>`user_id = ANY(${group}::bigint[])`),
+        )
+        .execute(),
+    ),
+  );
+  const rows = perGroup.flat();
+  // A live row wins over an older last-seen entry of a user who came back.
+  for (const row of rows) {
+    const id = Number(row.user_id);
+    if (row.live || !found.has(id)) found.set(id, { online: row.online, lastSeen: row.last_seen });
+  }
+  return found;
 }
 
 /**
- * The subset of `userIds` that is online. Also the stream's change-detection statement
- * (lib/presence-feed.ts): a primary-key lookup per id, valid on a Citus-distributed `pulse`.
- * With a `router` on Citus, one statement per shard, each with only that shard's ids (see
- * lib/shard-routing.ts); otherwise, and always on plain PostgreSQL, one statement.
+ * The subset of `userIds` online by the shared rule (readPresence without last seen). Also the
+ * stream's change-detection statement (lib/presence-feed.ts): a primary-key lookup per id, valid on
+ * a Citus-distributed `pulse`. With a `router` on Citus, one statement per shard, each with only
+ * that shard's ids (see lib/shard-routing.ts); otherwise, and always on plain PostgreSQL, one
+ * statement.
  */
 export async function findOnlineUserIds(
   db: Executor,
   userIds: readonly number[],
-  thresholdSeconds: number,
   router?: ShardRouter,
 ): Promise<Set<number>> {
   const ids = normalizeUserIds(userIds);
@@ -90,37 +153,121 @@ export async function findOnlineUserIds(
         .selectFrom('pulse')
         .select('user_id')
         .where(sql<boolean>`user_id = ANY(${group}::bigint[])`)
-        .where(isOnlineSql(thresholdSeconds))
+        .where(isOnline('last_hb'))
         .execute(),
     ),
   );
   return new Set(found.flat().map((row) => Number(row.user_id)));
 }
 
-/** What every status answer says about one user: POST /status/batch, the stream's events. */
+/** What every status answer says about one user: GET /status/{id}, POST /status/batch, the stream. */
 export interface UserStatus {
   user_id: number;
   is_online: boolean;
+  /** ISO 8601, or null when Pulse has never seen the user (or forgot them). */
+  last_seen: string | null;
 }
 
-/** One status per requested id, in request order, duplicates answered as given. */
+/** The status row of one user, as every status answer carries it. */
+export function statusRow(userId: number, presence: Presence): UserStatus {
+  return {
+    user_id: userId,
+    is_online: presence.online,
+    last_seen: presence.lastSeen?.toISOString() ?? null,
+  };
+}
+
+/** One status per requested id, in request order, duplicates answered as given (one statement). */
 export async function readStatuses(
   db: Executor,
   userIds: readonly number[],
-  thresholdSeconds: number,
 ): Promise<UserStatus[]> {
-  const online = await findOnlineUserIds(db, userIds, thresholdSeconds);
-  return userIds.map((id) => ({ user_id: id, is_online: online.has(id) }));
+  const found = await readPresence(db, userIds);
+  return userIds.map((id) => statusRow(id, found.get(id) ?? UNKNOWN_PRESENCE));
 }
 
-/** Explicit offline: the users are offline for every reader as soon as this commits. */
+/** The shared settings row (pulse_settings), see migrations/0003_presence_settings.ts. */
+export interface PresenceSettings {
+  onlineThresholdSeconds: number;
+  lastSeenEnabled: boolean;
+  lastSeenRetentionDays: number;
+}
+
+/**
+ * Reads the shared settings. `forShare` (inside a transaction) keeps them from changing until
+ * the transaction ends: a sweep batch deletes by exactly the rule the API applies meanwhile.
+ */
+export async function readPresenceSettings(
+  db: Executor,
+  options: { forShare?: boolean } = {},
+): Promise<PresenceSettings> {
+  let query = db
+    .selectFrom('pulse_settings')
+    .select(['online_threshold_seconds', 'last_seen_enabled', 'last_seen_retention_days'])
+    .where('id', '=', sql<number>`1`);
+  if (options.forShare) query = query.forShare();
+  const row = await query.executeTakeFirst();
+  if (!row) throw new Error('pulse_settings has no row: run npm run migrate');
+  return {
+    onlineThresholdSeconds: row.online_threshold_seconds,
+    lastSeenEnabled: row.last_seen_enabled,
+    lastSeenRetentionDays: row.last_seen_retention_days,
+  };
+}
+
+/** Writes the given settings (npm run migrate); returns the names of those that changed. */
+export async function updatePresenceSettings(
+  db: Executor,
+  changes: { [K in keyof PresenceSettings]?: PresenceSettings[K] | undefined },
+): Promise<string[]> {
+  const columns = {
+    online_threshold_seconds: changes.onlineThresholdSeconds,
+    last_seen_enabled: changes.lastSeenEnabled,
+    last_seen_retention_days: changes.lastSeenRetentionDays,
+  };
+  const set = Object.fromEntries(Object.entries(columns).filter(([, v]) => v !== undefined));
+  if (Object.keys(set).length === 0) return [];
+  const before = await readPresenceSettings(db);
+  const changed = Object.entries(changes)
+    .filter(
+      ([key, value]) => value !== undefined && before[key as keyof PresenceSettings] !== value,
+    )
+    .map(([key]) => key);
+  if (changed.length === 0) return [];
+  await db
+    .updateTable('pulse_settings')
+    .set({ ...set, updated_at: sql<Date>`now()` })
+    .where('id', '=', sql<number>`1`)
+    .execute();
+  return changed;
+}
+
+/*
+ * Deleting presence rows and keeping their last heartbeat in pulse_last_seen is one statement: a
+ * data-modifying CTE (DELETE ... RETURNING) feeding the upsert, so nothing is lost between the two
+ * and heartbeats pay nothing. The upsert's guard compares columns only (valid on Citus).
+ */
+const recordLastSeenFrom = (gone: string) => sql`
+  INSERT INTO pulse_last_seen (user_id, last_seen)
+  SELECT user_id, last_hb FROM ${sql.table(gone)}
+  ON CONFLICT (user_id) DO UPDATE SET last_seen = EXCLUDED.last_seen
+    WHERE pulse_last_seen.last_seen < EXCLUDED.last_seen`;
+
+/**
+ * Explicit offline: removes the users' presence rows and, when last seen is on, records their
+ * last heartbeat, in one statement. Unknown ids are ignored.
+ */
 export async function setOffline(db: Executor, userIds: readonly number[]): Promise<void> {
   const ids = normalizeUserIds(userIds);
   if (ids.length === 0) return;
-  await db
-    .deleteFrom('pulse')
-    .where(sql<boolean>`user_id = ANY(${ids}::bigint[])`)
-    .execute();
+  await sql`
+    WITH gone AS (
+      DELETE FROM pulse WHERE user_id = ANY(${ids}::bigint[]) RETURNING user_id, last_hb
+    ), recordable AS (
+      SELECT user_id, last_hb FROM gone
+      WHERE (SELECT last_seen_enabled FROM pulse_settings WHERE id = 1)
+    )
+    ${recordLastSeenFrom('recordable')}`.execute(db);
 }
 
 export interface SweepBatchResult {
@@ -133,7 +280,10 @@ export interface SweepBatchResult {
 /**
  * Deletes expired rows among the next `batchSize` user ids after `cursor` (a primary-key range,
  * so the transaction is short and the staleness check stays inside the DELETE: a row refreshed
- * while the sweep runs is never removed).
+ * while the sweep runs is never removed). Expired means older than the greater of
+ * `olderThanSeconds` and the shared online threshold (read FOR SHARE in the caller's transaction):
+ * no setting of any process lets the sweep delete a row the API counts online. With last seen on,
+ * the deleted rows' heartbeats go to pulse_last_seen in the same statement.
  */
 export async function sweepExpiredBatch(
   db: Executor,
@@ -166,19 +316,30 @@ export async function sweepExpiredBatch(
 /**
  * Deletes the expired rows with `after < user_id <= upTo`. The staleness check is inside the
  * DELETE, so a row refreshed while the sweep runs is never removed. On Citus this goes to every
- * shard, each of which walks only that key range of its primary key.
+ * shard, each of which walks only that key range of its primary key. Expired means older than the
+ * greater of `olderThanSeconds` and the shared online threshold (read FOR SHARE in the caller's
+ * transaction): no setting of any process lets the sweep delete a row the API counts online. With
+ * last seen on, the deleted rows' heartbeats go to pulse_last_seen in the same statement.
  */
 export async function sweepExpiredRange(
   db: Executor,
   options: { after: string; upTo: string; olderThanSeconds: number },
 ): Promise<number> {
-  const result = await db
-    .deleteFrom('pulse')
-    .where('user_id', '>', sql<string>`${options.after}::bigint`)
-    .where('user_id', '<=', sql<string>`${options.upTo}::bigint`)
-    .where('last_hb', '<', sql<Date>`now() - make_interval(secs => ${options.olderThanSeconds})`)
-    .executeTakeFirst();
-  return Number(result.numDeletedRows);
+  const settings = await readPresenceSettings(db, { forShare: true });
+  const olderThan = Math.max(options.olderThanSeconds, settings.onlineThresholdSeconds);
+  const expired = sql`
+    DELETE FROM pulse
+    WHERE user_id > ${options.after}::bigint AND user_id <= ${options.upTo}::bigint
+      AND last_hb < now() - make_interval(secs => ${olderThan})`;
+  if (!settings.lastSeenEnabled) {
+    const result = await sql`${expired}`.execute(db);
+    return Number(result.numAffectedRows ?? 0);
+  }
+  const { rows } = await sql<{ deleted: number }>`
+    WITH gone AS (${expired} RETURNING user_id, last_hb),
+    recorded AS (${recordLastSeenFrom('gone')})
+    SELECT count(*)::int AS deleted FROM gone`.execute(db);
+  return rows[0]?.deleted ?? 0;
 }
 
 export interface UserIdSpace {
@@ -204,6 +365,39 @@ export async function measureUserIdSpace(db: Executor): Promise<UserIdSpace | nu
     .executeTakeFirst();
   if (!row || row.min === null || row.max === null) return null;
   return { min: row.min, max: row.max, rows: Number(row.rows) };
+}
+
+/**
+ * Deletes up to about `batchSize` of the oldest pulse_last_seen entries older than the retention
+ * (oldest first, along the last_seen index: never a scan of the table). Returns how many it
+ * deleted and whether older entries remain. `before` is the retention cutoff of the whole trim.
+ */
+export async function trimLastSeenBatch(
+  db: Executor,
+  options: { before: Date; batchSize: number },
+): Promise<{ deleted: number; more: boolean }> {
+  const bound = await db
+    .selectFrom('pulse_last_seen')
+    .select(sql<string>`last_seen::text`.as('at'))
+    .where('last_seen', '<', options.before)
+    .orderBy('last_seen')
+    .offset(options.batchSize - 1)
+    .limit(1)
+    .executeTakeFirst();
+  let query = db.deleteFrom('pulse_last_seen').where('last_seen', '<', options.before);
+  if (bound) query = query.where('last_seen', '<=', sql<Date>`${bound.at}::timestamptz`);
+  const result = await query.executeTakeFirst();
+  return { deleted: Number(result.numDeletedRows), more: bound !== undefined };
+}
+
+/** The retention cutoff by the database clock: entries last seen before it are trimmed. */
+export async function lastSeenCutoff(db: Executor): Promise<Date> {
+  const { rows } = await sql<{ cutoff: Date }>`
+    SELECT now() - make_interval(days => last_seen_retention_days) AS cutoff
+    FROM pulse_settings WHERE id = 1`.execute(db);
+  const cutoff = rows[0]?.cutoff;
+  if (!cutoff) throw new Error('pulse_settings has no row: run npm run migrate');
+  return cutoff;
 }
 
 /**

@@ -15,7 +15,24 @@ export interface SweeperLeaseTable {
   expires_at: Date;
 }
 
+/** The shared presence rules: one row (id = 1), see lib/pulse-store.ts and docs/lifecycle.md. */
+export interface PulseSettingsTable {
+  id: ColumnType<number, never, never>;
+  online_threshold_seconds: number;
+  last_seen_enabled: boolean;
+  last_seen_retention_days: number;
+  updated_at: ColumnType<Date, never, Date>;
+}
+
+/** Last seen of users whose `pulse` row was removed (swept or explicit offline). */
+export interface PulseLastSeenTable {
+  user_id: ColumnType<string, number, never>;
+  last_seen: Date;
+}
+
 export interface Database {
   pulse: PulseTable;
   pulse_sweeper_lease: SweeperLeaseTable;
+  pulse_settings: PulseSettingsTable;
+  pulse_last_seen: PulseLastSeenTable;
 }

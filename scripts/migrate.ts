@@ -3,6 +3,9 @@
  * npm run migrate -- down    undo the last applied migration
  * npm run migrate -- status  list applied and pending migrations
  *
+ * After migrating, writes ONLINE_THRESHOLD_SECONDS, LAST_SEEN_ENABLED and LAST_SEEN_RETENTION_DAYS
+ * into pulse_settings when they are set (the rules the API and the sweeper read live).
+ *
  * Safe to run from several pods at once: Kysely's Migrator serializes runs with a lock.
  */
 import { parseArgs } from 'node:util';
@@ -12,7 +15,11 @@ import { openDatabase } from '../lib/db.ts';
 import { runMain } from '../lib/entry.ts';
 import { createProcessLogger } from '../lib/logger.ts';
 import { createMigrator, migrateToLatest, throwIfFailed } from '../lib/migrator.ts';
-import { setPulseTableUnlogged } from '../lib/pulse-store.ts';
+import {
+  readPresenceSettings,
+  setPulseTableUnlogged,
+  updatePresenceSettings,
+} from '../lib/pulse-store.ts';
 
 runMain(async () => {
   const { positionals } = parseArgs({ allowPositionals: true });
@@ -50,6 +57,17 @@ runMain(async () => {
       const unlogged = config.PULSE_TABLE_UNLOGGED;
       if (unlogged !== undefined && (await setPulseTableUnlogged(database.db, unlogged))) {
         console.log(`table pulse is now ${unlogged ? 'UNLOGGED' : 'LOGGED'}`);
+      }
+      const changed = await updatePresenceSettings(database.db, {
+        onlineThresholdSeconds: config.ONLINE_THRESHOLD_SECONDS,
+        lastSeenEnabled: config.LAST_SEEN_ENABLED,
+        lastSeenRetentionDays: config.LAST_SEEN_RETENTION_DAYS,
+      });
+      if (changed.length > 0) {
+        const s = await readPresenceSettings(database.db);
+        console.log(
+          `pulse_settings updated: online_threshold_seconds=${s.onlineThresholdSeconds} last_seen_enabled=${s.lastSeenEnabled} last_seen_retention_days=${s.lastSeenRetentionDays}`,
+        );
       }
     }
   } finally {

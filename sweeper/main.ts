@@ -5,6 +5,7 @@ import { runMain } from '../lib/entry.ts';
 import { checkStatementTimeout } from '../lib/statement-timeout.ts';
 import { createProcessLogger } from '../lib/logger.ts';
 import { createRegistry } from '../lib/metrics.ts';
+import { checkSharedSettings } from '../lib/shared-settings-check.ts';
 import { GracefulShutdown } from '../lib/shutdown.ts';
 import { createSweeperMetrics } from './metrics.ts';
 import { startOpsServer } from '../http/ops-server.ts';
@@ -32,6 +33,12 @@ runMain(async () => {
     logger,
     statementTimeoutMs: DEFAULT_STATEMENT_TIMEOUT_MS,
   });
+  try {
+    await checkSharedSettings(database.db, config, logger);
+  } catch (error) {
+    await database.close();
+    throw error;
+  }
   const registry = createRegistry(database.pool);
   const sweeper = new Sweeper(database.db, logger, {
     ...sweeperOptions,

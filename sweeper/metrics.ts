@@ -15,6 +15,11 @@ export function createSweeperMetrics(registry: Registry): (report: SweepReport) 
     help: 'Expired rows deleted by this sweeper',
     registers,
   });
+  const lastSeenTrimmed = new Counter({
+    name: 'pulse_last_seen_trimmed_total',
+    help: 'pulse_last_seen entries past their retention deleted by this sweeper',
+    registers,
+  });
   const skipped = new Counter({
     name: 'pulse_sweep_skipped_total',
     help: 'Ticks skipped because another sweeper held the sweep lease',
@@ -35,6 +40,7 @@ export function createSweeperMetrics(registry: Registry): (report: SweepReport) 
   return (report) => {
     sweeps.inc({ outcome: report.outcome });
     rowsDeleted.inc(report.deleted);
+    lastSeenTrimmed.inc(report.lastSeenTrimmed);
     if (report.outcome === 'skipped') skipped.inc();
     if (report.leaseHeld) duration.observe(report.durationMs / 1000);
     if (report.outcome === 'done') lastSuccess.set(Date.now() / 1000);

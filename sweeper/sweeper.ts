@@ -3,7 +3,7 @@ import { hostname } from 'node:os';
 import { setTimeout as sleep } from 'node:timers/promises';
 import cron, { type ScheduledTask } from 'node-cron';
 import type { Logger } from '../lib/logger.ts';
-import type { Executor } from '../lib/pulse-store.ts';
+import { lastSeenCutoff, trimLastSeenBatch, type Executor } from '../lib/pulse-store.ts';
 import { releaseSweepLease, renewSweepLease, tryAcquireSweepLease } from '../lib/sweep-lease.ts';
 import { openSweepWalk } from './sweep-walk.ts';
 
@@ -21,6 +21,8 @@ export interface SweepReport {
   /** Whether this sweeper held the sweep lease (false: another sweeper was sweeping). */
   leaseHeld: boolean;
   deleted: number;
+  /** pulse_last_seen entries past their retention deleted after the sweep. */
+  lastSeenTrimmed: number;
   batches: number;
   durationMs: number;
   /** The longest batch transaction of this sweep (lease renewal + range lookup + DELETE). */
@@ -67,6 +69,12 @@ export class Sweeper {
     if (!cron.validate(options.schedule)) {
       throw new Error(
         `invalid cron expression ${JSON.stringify(options.schedule)} for the sweep schedule`,
+      );
+    }
+    const pauseMs = options.batchPauseMs ?? 0;
+    if (pauseMs * 2 >= options.leaseTtlSeconds * 1000) {
+      throw new Error(
+        `the batch pause (${pauseMs} ms) must be less than half of the lease time-to-live (${options.leaseTtlSeconds} s): the lease would lapse between two batches`,
       );
     }
     this.holder =
@@ -120,15 +128,35 @@ export class Sweeper {
     }
   }
 
+  /** One batch transaction: renews the lease (LeaseLostError when lost), then runs `work`. */
+  private async inBatch<T>(
+    work: (trx: Executor) => Promise<T>,
+  ): Promise<{ result: T; ms: number }> {
+    const started = performance.now();
+    const result = await this.db.transaction().execute(async (trx) => {
+      if (!(await renewSweepLease(trx, this.holder, this.options.leaseTtlSeconds)))
+        throw new LeaseLostError();
+      return work(trx);
+    });
+    return { result, ms: performance.now() - started };
+  }
+
+  /** The pause between batches (none when stopping). */
+  private async pause(): Promise<void> {
+    const pauseMs = this.options.batchPauseMs ?? 0;
+    if (pauseMs <= 0 || this.stopping) return;
+    await sleep(pauseMs, undefined, { signal: this.stopSignal.signal }).catch(() => undefined);
+  }
+
   private async sweep(): Promise<SweepReport> {
     const startedAt = new Date().toISOString();
     const started = performance.now();
     const { batchSize, olderThanSeconds, leaseTtlSeconds } = this.options;
-    const pauseMs = this.options.batchPauseMs ?? 0;
     let outcome: SweepOutcome = 'done';
     let error: string | undefined;
     let leaseHeld = false;
     let deleted = 0;
+    let lastSeenTrimmed = 0;
     let batches = 0;
     let maxBatchMs = 0;
     try {
@@ -145,24 +173,30 @@ export class Sweeper {
             outcome = 'stopped';
             break;
           }
-          const batchStarted = performance.now();
-          const batchDeleted = await this.db.transaction().execute(async (trx) => {
-            if (!(await renewSweepLease(trx, this.holder, leaseTtlSeconds)))
-              throw new LeaseLostError();
-            return walk.next(trx);
-          });
-          const batchMs = performance.now() - batchStarted;
-          maxBatchMs = Math.max(maxBatchMs, batchMs);
-          walk.observe(batchMs);
+          const batch = await this.inBatch((trx) => walk.next(trx));
+          maxBatchMs = Math.max(maxBatchMs, batch.ms);
+          walk.observe(batch.ms);
           // null: that call only found the end of the table.
-          if (batchDeleted !== null) {
-            deleted += batchDeleted;
+          if (batch.result !== null) {
+            deleted += batch.result;
             batches += 1;
           }
-          if (!walk.finished && pauseMs > 0 && !this.stopping) {
-            await sleep(pauseMs, undefined, { signal: this.stopSignal.signal }).catch(
-              () => undefined,
-            );
+          if (!walk.finished) await this.pause();
+        }
+
+        // Last-seen retention, oldest first, in batches of the same size under the same lease.
+        if (outcome === 'done') {
+          const before = await lastSeenCutoff(this.db);
+          for (let more = true; more;) {
+            if (this.stopping) {
+              outcome = 'stopped';
+              break;
+            }
+            const trim = await this.inBatch((trx) => trimLastSeenBatch(trx, { before, batchSize }));
+            lastSeenTrimmed += trim.result.deleted;
+            maxBatchMs = Math.max(maxBatchMs, trim.ms);
+            more = trim.result.more;
+            if (more) await this.pause();
           }
         }
       }
@@ -183,6 +217,7 @@ export class Sweeper {
       outcome,
       leaseHeld,
       deleted,
+      lastSeenTrimmed,
       batches,
       durationMs: Math.round(performance.now() - started),
       maxBatchMs: Math.round(maxBatchMs * 10) / 10,

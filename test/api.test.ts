@@ -1,6 +1,6 @@
 import { expect } from 'chai';
 import { startTestApp, type TestApp } from './support/app.ts';
-import { createTestDatabase, type TestDatabase } from './support/database.ts';
+import { createTestDatabase, lastHeartbeats, type TestDatabase } from './support/database.ts';
 import { expectError } from './support/http.ts';
 
 const MAX_ID = Number.MAX_SAFE_INTEGER;
@@ -74,17 +74,27 @@ describe('API', () => {
       await database.putRow(101, 22);
       const inside = await app.get('/status/100');
       expect(inside.status).to.equal(200);
-      expect(await inside.json()).to.deep.equal({ user_id: 100, is_online: true });
+      const lastSeen = await lastHeartbeats(database, [100, 101]);
+      expect(await inside.json()).to.deep.equal({
+        user_id: 100,
+        is_online: true,
+        last_seen: lastSeen.get(100),
+      });
       expect(await (await app.get('/status/101')).json()).to.deep.equal({
         user_id: 101,
         is_online: false,
+        last_seen: lastSeen.get(101),
       });
     });
 
     it('answers is_online false, not 404, for a user with no row', async () => {
       const response = await app.get('/status/999999');
       expect(response.status).to.equal(200);
-      expect(await response.json()).to.deep.equal({ user_id: 999999, is_online: false });
+      expect(await response.json()).to.deep.equal({
+        user_id: 999999,
+        is_online: false,
+        last_seen: null,
+      });
     });
 
     it('shows a user online right after a heartbeat', async () => {
@@ -92,6 +102,7 @@ describe('API', () => {
       expect(await (await app.get('/status/102')).json()).to.deep.equal({
         user_id: 102,
         is_online: true,
+        last_seen: (await lastHeartbeats(database, [102])).get(102),
       });
     });
   });
@@ -107,11 +118,12 @@ describe('API', () => {
         { user_id: 200 },
       ]);
       expect(response.status).to.equal(200);
+      const lastSeen = await lastHeartbeats(database, [200, 201]);
       expect(await response.json()).to.deep.equal([
-        { user_id: 201, is_online: false },
-        { user_id: 200, is_online: true },
-        { user_id: 202, is_online: false },
-        { user_id: 200, is_online: true },
+        { user_id: 201, is_online: false, last_seen: lastSeen.get(201) },
+        { user_id: 200, is_online: true, last_seen: lastSeen.get(200) },
+        { user_id: 202, is_online: false, last_seen: null },
+        { user_id: 200, is_online: true, last_seen: lastSeen.get(200) },
       ]);
     });
 

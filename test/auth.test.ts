@@ -3,7 +3,7 @@ import { expect } from 'chai';
 import { SignJWT } from 'jose';
 import { createLogger } from '../lib/logger.ts';
 import { startTestApp, type TestApp } from './support/app.ts';
-import { createTestDatabase, type TestDatabase } from './support/database.ts';
+import { createTestDatabase, lastHeartbeats, type TestDatabase } from './support/database.ts';
 import { expectError } from './support/http.ts';
 import {
   asymmetric,
@@ -316,7 +316,11 @@ describe('authentication, AUTH_MODE=jwt with HS256', () => {
       );
       const response = await app.get('/status/1', bearer(await tokens.user(7)));
       expect(response.status).to.equal(200);
-      expect(await response.json()).to.deep.equal({ user_id: 1, is_online: false });
+      expect(await response.json()).to.deep.equal({
+        user_id: 1,
+        is_online: false,
+        last_seen: (await lastHeartbeats(database, [1])).get(1),
+      });
       expect(response.headers.get('cache-control')).to.equal('no-store');
     });
 
@@ -328,9 +332,10 @@ describe('authentication, AUTH_MODE=jwt with HS256', () => {
         bearer(await tokens.user(7)),
       );
       expect(response.status).to.equal(200);
+      const lastSeen = await lastHeartbeats(database, [1, 7]);
       expect(await response.json()).to.deep.equal([
-        { user_id: 1, is_online: false },
-        { user_id: 7, is_online: false },
+        { user_id: 1, is_online: false, last_seen: lastSeen.get(1) },
+        { user_id: 7, is_online: false, last_seen: lastSeen.get(7) },
       ]);
     });
 

@@ -222,7 +222,7 @@ for (const mode of ['none', 'jwt'] as const) {
       // The process is still up and serving.
       const followUp = await app.get('/status/42', allowed);
       expect(followUp.status, `follow-up after ${context}`).to.equal(200);
-      expect(await followUp.json()).to.deep.equal({ user_id: 42, is_online: false });
+      expect(await followUp.json()).to.deep.include({ user_id: 42, is_online: false });
     }
 
     const json = (extra: Record<string, string> = {}) => ({
@@ -408,7 +408,7 @@ for (const mode of ['none', 'jwt'] as const) {
       const response = await app.post('/status/update', [{ user_id: 42 }], allowed);
       expect(response.status).to.equal(200);
       expect(await database.ageOf(42)).to.be.below(2);
-      expect(await (await app.get('/status/42', allowed)).json()).to.deep.equal({
+      expect(await (await app.get('/status/42', allowed)).json()).to.deep.include({
         user_id: 42,
         is_online: true,
       });

@@ -237,8 +237,8 @@ async function userIds(db: CitusSchema): Promise<number[]> {
         expect(await router.shardRanges()).to.have.length(32);
         const asked = [...ids, 5, 6]; // 5 and 6 have no row
         expect((await router.group(asked))?.length).to.equal(32);
-        const routed = await findOnlineUserIds(db.db, asked, 20, router);
-        const unrouted = await findOnlineUserIds(db.db, asked, 20);
+        const routed = await findOnlineUserIds(db.db, asked, router);
+        const unrouted = await findOnlineUserIds(db.db, asked);
         const expected = new Set(ids.filter((id) => id !== 1));
         expect(routed).to.deep.equal(expected);
         expect(unrouted).to.deep.equal(expected);

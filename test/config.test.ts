@@ -26,7 +26,6 @@ describe('configuration', () => {
     expect(api).to.include({
       HOST: '127.0.0.1',
       PORT: 3000,
-      ONLINE_THRESHOLD_SECONDS: 20,
       BATCH_MAX_IDS: 1000,
       PG_POOL_MAX: 10,
       BODY_LIMIT_BYTES: 65536,
@@ -34,6 +33,9 @@ describe('configuration', () => {
     });
     const sweeper = loadSweeperConfig({ DATABASE_URL });
     expect(sweeper).to.include({ SWEEP_OLDER_THAN_SECONDS: 30, SWEEP_SCHEDULE: '*/10 * * * * *' });
+    // Unset: the threshold in force is the database's (pulse_settings), not an assumed 20.
+    expect(api.ONLINE_THRESHOLD_SECONDS).to.equal(undefined);
+    expect(sweeper).to.include({ SWEEP_BATCH_PAUSE_MS: 0, SWEEP_LEASE_TTL_SECONDS: 30 });
     expect(Object.isFrozen(api)).to.equal(true);
   });
 
@@ -113,6 +115,49 @@ describe('configuration', () => {
     expect(problems.join('\n')).to.match(
       /SWEEP_OLDER_THAN_SECONDS must not be below ONLINE_THRESHOLD_SECONDS/,
     );
+  });
+
+  it('refuses a batch pause of half the sweep lease or more, naming both values', () => {
+    const problems = problemsOf(() =>
+      loadSweeperConfig({
+        DATABASE_URL,
+        SWEEP_LOCK_TTL_SECONDS: '10',
+        SWEEP_BATCH_PAUSE_MS: '5000',
+      }),
+    );
+    expect(problems.join('\n')).to.match(
+      /SWEEP_BATCH_PAUSE_MS must be less than half of SWEEP_LEASE_TTL_SECONDS \(10 s\).*\(got "5000"\)/,
+    );
+    expect(
+      loadSweeperConfig({
+        DATABASE_URL,
+        SWEEP_LOCK_TTL_SECONDS: '10',
+        SWEEP_BATCH_PAUSE_MS: '4999',
+      }),
+    ).to.include({ SWEEP_BATCH_PAUSE_MS: 4999 });
+  });
+
+  it('reads the shared presence settings for npm run migrate, unset unless given', () => {
+    expect(loadMigrateConfig({ DATABASE_URL })).to.not.have.any.keys(
+      'ONLINE_THRESHOLD_SECONDS',
+      'LAST_SEEN_ENABLED',
+      'LAST_SEEN_RETENTION_DAYS',
+    );
+    expect(
+      loadMigrateConfig({
+        DATABASE_URL,
+        ONLINE_THRESHOLD_SECONDS: '45',
+        LAST_SEEN_ENABLED: 'off',
+        LAST_SEEN_RETENTION_DAYS: '7',
+      }),
+    ).to.include({
+      ONLINE_THRESHOLD_SECONDS: 45,
+      LAST_SEEN_ENABLED: false,
+      LAST_SEEN_RETENTION_DAYS: 7,
+    });
+    expect(
+      problemsOf(() => loadMigrateConfig({ DATABASE_URL, LAST_SEEN_RETENTION_DAYS: '0' })).join(),
+    ).to.match(/LAST_SEEN_RETENTION_DAYS must be at least 1/);
   });
 
   it("validates npm start's own variables, with DATABASE_URL optional there", () => {

@@ -98,16 +98,16 @@ describe('POST /status/batch reads through the status reader', () => {
 
   it('asks the same reader as GET /status/{id}', async () => {
     const config = loadApiConfig({ DATABASE_URL: database.url });
-    const direct = new DirectStatusReader(database.db, config.ONLINE_THRESHOLD_SECONDS);
+    const direct = new DirectStatusReader(database.db);
     const asked: number[][] = [];
     const statuses: StatusReader = {
-      isOnline: (id) => {
+      read: (id) => {
         asked.push([id]);
-        return direct.isOnline(id);
+        return direct.read(id);
       },
-      onlineAmong: (ids) => {
+      readAmong: (ids) => {
         asked.push([...ids]);
-        return direct.onlineAmong(ids);
+        return direct.readAmong(ids);
       },
     };
     const heartbeats = new DirectHeartbeatWriter(database.db);
@@ -127,7 +127,7 @@ describe('POST /status/batch reads through the status reader', () => {
           drainTimeoutMs: 1000,
           maxBufferedBytes: 1024,
         }),
-        feed: new PresenceFeed(database.db, { thresholdSeconds: 20, intervalMs: 1000 }),
+        feed: new PresenceFeed(database.db, { intervalMs: 1000 }),
         held: new HeldPresence(heartbeats, {
           intervalMs: 1000,
           chunkIds: 1000,
@@ -142,11 +142,15 @@ describe('POST /status/batch reads through the status reader', () => {
         headers: { 'content-type': 'application/json' },
         body: JSON.stringify([{ user_id: 1 }, { user_id: 2 }, { user_id: 3 }]),
       });
-      expect(await response.json()).to.deep.equal([
+      const rows = (await response.json()) as Array<Record<string, unknown>>;
+      expect(rows.map(({ user_id, is_online }) => ({ user_id, is_online }))).to.deep.equal([
         { user_id: 1, is_online: true },
         { user_id: 2, is_online: false },
         { user_id: 3, is_online: false },
       ]);
+      // Last seen comes from the same reader: the rows' heartbeats, none for an unknown user.
+      expect(rows.map((row) => typeof row.last_seen)).to.deep.equal(['string', 'string', 'object']);
+      expect(rows[2]).to.have.property('last_seen', null);
       expect(asked).to.deep.equal([[1, 2, 3]]);
     } finally {
       await server.stop();

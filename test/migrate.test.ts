@@ -28,11 +28,13 @@ describe('migrate CLI', function () {
   });
 
   it('applies, reports, and reverts the schema', async function () {
-    this.timeout(60_000); // nine runs of the CLI, each a Node process
+    this.timeout(120_000); // ten CLI runs, each a fresh tsx process
     expect((await migrate(url, ['status'])).stdout).to.match(/0001_create_pulse\s+pending/);
     const up = await migrate(url);
     expect(up.code).to.equal(0);
-    expect(up.stdout).to.match(/applied 0001_create_pulse, 0002_sweeper_lease/);
+    expect(up.stdout).to.match(
+      /applied 0001_create_pulse, 0002_sweeper_lease, 0003_presence_settings, 0004_last_seen/,
+    );
     expect((await migrate(url, ['status'])).stdout).to.match(/0001_create_pulse\s+applied \d{4}-/);
     const columns = await queryOnce(
       url,
@@ -47,6 +49,21 @@ describe('migrate CLI', function () {
 
     // Each down undoes one migration, newest first, until nothing is left.
     expect((await migrate(url, ['down'])).stdout).to.match(/reverted 0005_distribute_by_user_id/);
+    expect((await migrate(url, ['down'])).stdout).to.match(/reverted 0004_last_seen/);
+    expect(
+      (await queryOnce(url, `SELECT to_regclass('pulse_last_seen') AS t`)).rows[0],
+    ).to.deep.equal({
+      t: null,
+    });
+    expect((await migrate(url, ['down'])).stdout).to.match(/reverted 0003_presence_settings/);
+    expect(
+      (
+        await queryOnce(
+          url,
+          `SELECT to_regclass('pulse_settings') AS s, to_regclass('pulse_online') AS v, obj_description('pulse'::regclass) AS c`,
+        )
+      ).rows[0],
+    ).to.deep.equal({ s: null, v: null, c: null });
     expect((await migrate(url, ['down'])).stdout).to.match(/reverted 0002_sweeper_lease/);
     expect(
       (await queryOnce(url, `SELECT to_regclass('pulse_sweeper_lease') AS t`)).rows[0],
@@ -67,10 +84,12 @@ describe('migrate CLI', function () {
     const runs = await Promise.all([migrate(url), migrate(url), migrate(url)]);
     for (const run of runs) expect(run.code, run.stderr).to.equal(0);
     expect(runs.filter((r) => /applied 0001_create_pulse/.test(r.stdout))).to.have.length(1);
-    const applied = await queryOnce(url, 'SELECT name FROM kysely_migration');
+    const applied = await queryOnce(url, 'SELECT name FROM kysely_migration ORDER BY name');
     expect(applied.rows).to.deep.equal([
       { name: '0001_create_pulse' },
       { name: '0002_sweeper_lease' },
+      { name: '0003_presence_settings' },
+      { name: '0004_last_seen' },
       { name: '0005_distribute_by_user_id' },
     ]);
   });

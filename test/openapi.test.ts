@@ -1,5 +1,6 @@
 import { expect } from 'chai';
 import { Ajv2020 } from 'ajv/dist/2020.js';
+import { sql } from 'kysely';
 import { openApiDocument } from '../api/openapi.ts';
 import { startTestApp, type TestApp } from './support/app.ts';
 import { createTestDatabase, type TestDatabase } from './support/database.ts';
@@ -118,6 +119,10 @@ describe('OpenAPI contract', () => {
     await check('POST', '/status/update', 'user_id=1', 'application/x-www-form-urlencoded');
     await check('GET', '/status/1');
     await check('GET', '/status/77');
+    await sql`INSERT INTO pulse_last_seen (user_id, last_seen) VALUES (88, now() - interval '1 hour')`.execute(
+      database.db,
+    );
+    await check('GET', '/status/88'); // offline, known only from pulse_last_seen
     await check('GET', '/status/x');
     await check(
       'POST',
@@ -203,6 +208,22 @@ describe('OpenAPI contract', () => {
         expect(seen, `${method.toUpperCase()} ${template} never called`).to.equal(true);
       }
     }
+  });
+
+  it('holds every status row to user_id, is_online and last_seen (ISO 8601 or null)', async () => {
+    const validate = ajv.compile({
+      $ref: '#/components/schemas/Status',
+      components: openApiDocument.components,
+    });
+    const rows = (await (
+      await app.post('/status/batch', [{ user_id: 1 }, { user_id: 88 }, { user_id: 12345 }])
+    ).json()) as Array<{ last_seen: string | null }>;
+    for (const row of rows) expect(validate(row), ajv.errorsText(validate.errors)).to.equal(true);
+    const [online, remembered, unknown] = rows.map((r) => r.last_seen);
+    for (const at of [online, remembered]) expect(new Date(at!).toISOString()).to.equal(at);
+    expect(unknown).to.equal(null);
+    expect(validate({ user_id: 1, is_online: true })).to.equal(false);
+    expect(validate({ user_id: 1, is_online: true, last_seen: 5 })).to.equal(false);
   });
 
   it('serves the document at GET /openapi.json', async () => {

@@ -67,7 +67,7 @@ describe('shard routing', () => {
     expect(await router.shardRanges()).to.deep.equal([]);
     const ids = Array.from({ length: 50 }, (_, i) => i + 1);
     expect(await router.group(ids)).to.equal(null);
-    const online = await findOnlineUserIds(database.db, ids, 20, router);
+    const online = await findOnlineUserIds(database.db, ids, router);
     expect([...online].sort((a, b) => a - b)).to.deep.equal(
       ids.filter((id) => id <= 40 && id % 3 !== 0),
     );

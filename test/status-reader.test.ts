@@ -2,7 +2,12 @@ import { expect } from 'chai';
 import { CoalescingStatusReader } from '../api/status-reader.ts';
 import { openDatabase } from '../lib/db.ts';
 import { startTestApp } from './support/app.ts';
-import { createTestDatabase, silentLogger, type TestDatabase } from './support/database.ts';
+import {
+  createTestDatabase,
+  lastHeartbeats,
+  silentLogger,
+  type TestDatabase,
+} from './support/database.ts';
 import { startTcpProxy } from './support/tcp-proxy.ts';
 
 describe('coalesced status reads', () => {
@@ -17,20 +22,19 @@ describe('coalesced status reads', () => {
 
   it('answers concurrent lookups correctly with one query per event-loop turn', async () => {
     const queries: number[] = [];
-    const reader = new CoalescingStatusReader(database.db, 20, 1000, (ids) => queries.push(ids));
+    const reader = new CoalescingStatusReader(database.db, 1000, (ids) => queries.push(ids));
     const ids = [...Array.from({ length: 120 }, (_, i) => i + 1), 7, 8, 7]; // 101-120 have no row
-    const answers = await Promise.all(ids.map((id) => reader.isOnline(id)));
-    expect(answers).to.deep.equal(ids.map((id) => id <= 100 && id % 2 === 1));
+    const answers = await Promise.all(ids.map((id) => reader.read(id)));
+    expect(answers.map((a) => a.online)).to.deep.equal(ids.map((id) => id <= 100 && id % 2 === 1));
+    expect(answers.map((a) => a.lastSeen === null)).to.deep.equal(ids.map((id) => id > 100));
     expect(queries).to.deep.equal([120]); // duplicates asked once
   });
 
   it('splits a turn with more than maxIds lookups into several queries', async () => {
     const queries: number[] = [];
-    const reader = new CoalescingStatusReader(database.db, 20, 50, (ids) => queries.push(ids));
-    const answers = await Promise.all(
-      Array.from({ length: 120 }, (_, i) => reader.isOnline(i + 1)),
-    );
-    expect(answers.filter(Boolean)).to.have.length(50);
+    const reader = new CoalescingStatusReader(database.db, 50, (ids) => queries.push(ids));
+    const answers = await Promise.all(Array.from({ length: 120 }, (_, i) => reader.read(i + 1)));
+    expect(answers.filter((a) => a.online)).to.have.length(50);
     expect(queries).to.deep.equal([50, 50, 20]);
   });
 
@@ -48,21 +52,13 @@ describe('coalesced status reads', () => {
     });
     try {
       const queries: number[] = [];
-      const reader = new CoalescingStatusReader(behindProxy.db, 20, 1000, (ids) =>
-        queries.push(ids),
-      );
+      const reader = new CoalescingStatusReader(behindProxy.db, 1000, (ids) => queries.push(ids));
       proxy.refuse(); // the database cannot be reached
-      const results = await Promise.allSettled([
-        reader.isOnline(1),
-        reader.isOnline(2),
-        reader.isOnline(1),
-      ]);
+      const results = await Promise.allSettled([reader.read(1), reader.read(2), reader.read(1)]);
       expect(results.map((r) => r.status)).to.deep.equal(['rejected', 'rejected', 'rejected']);
       proxy.accept();
-      expect(await Promise.all([reader.isOnline(1), reader.isOnline(2)])).to.deep.equal([
-        true,
-        false,
-      ]);
+      const again = await Promise.all([reader.read(1), reader.read(2)]);
+      expect(again.map((presence) => presence.online)).to.deep.equal([true, false]);
       expect(queries).to.deep.equal([2, 2]); // one failed query, then one that answered
     } finally {
       await behindProxy.close();
@@ -77,12 +73,13 @@ describe('coalesced status reads', () => {
         const bodies = await Promise.all(
           [1, 2, 3, 101, 1].map(async (id) => (await app.get(`/status/${id}`)).json()),
         );
+        const lastSeen = await lastHeartbeats(database, [1, 2, 3]);
         expect(bodies).to.deep.equal([
-          { user_id: 1, is_online: true },
-          { user_id: 2, is_online: false },
-          { user_id: 3, is_online: true },
-          { user_id: 101, is_online: false },
-          { user_id: 1, is_online: true },
+          { user_id: 1, is_online: true, last_seen: lastSeen.get(1) },
+          { user_id: 2, is_online: false, last_seen: lastSeen.get(2) },
+          { user_id: 3, is_online: true, last_seen: lastSeen.get(3) },
+          { user_id: 101, is_online: false, last_seen: null },
+          { user_id: 1, is_online: true, last_seen: lastSeen.get(1) },
         ]);
       } finally {
         await app.close();

@@ -15,6 +15,7 @@ import { bearer, hs256, jwtEnv, randomSecret } from './support/tokens.ts';
 interface Status {
   user_id: number;
   is_online: boolean;
+  last_seen: string | null;
 }
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
@@ -43,6 +44,17 @@ describe('GET /status/stream', () => {
     return stream;
   }
 
+  /** The last seen the database holds for a user (as every status row says it), or null. */
+  async function seen(userId: number): Promise<string | null> {
+    const { rows } = await sql<{ last_seen: Date | null }>`
+      SELECT coalesce(
+        (SELECT last_hb FROM pulse WHERE user_id = ${userId}),
+        (SELECT last_seen FROM pulse_last_seen WHERE user_id = ${userId})) AS last_seen`.execute(
+      database.db,
+    );
+    return rows[0]?.last_seen?.toISOString() ?? null;
+  }
+
   beforeEach(async () => {
     database = await createTestDatabase();
   });
@@ -66,22 +78,22 @@ describe('GET /status/stream', () => {
     ).json();
     expect(snapshot).to.deep.equal({ event: 'snapshot', data: batch });
     expect(snapshot.data).to.deep.equal([
-      { user_id: 1, is_online: true },
-      { user_id: 2, is_online: false },
-      { user_id: 2, is_online: false },
+      { user_id: 1, is_online: true, last_seen: await seen(1) },
+      { user_id: 2, is_online: false, last_seen: null },
+      { user_id: 2, is_online: false, last_seen: null },
     ]);
     expect(stream.retries.length).to.be.greaterThan(0);
 
     await app.post('/status/update', { user_id: 2 });
     expect(await stream.next()).to.deep.equal({
       event: 'change',
-      data: { user_id: 2, is_online: true },
+      data: { user_id: 2, is_online: true, last_seen: await seen(2) },
     });
     await app.post('/status/update', { user_id: 2 }); // still online: no event
     await app.post('/status/offline', { user_id: 2 });
     expect(await stream.next()).to.deep.equal({
       event: 'change',
-      data: { user_id: 2, is_online: false },
+      data: { user_id: 2, is_online: false, last_seen: await seen(2) },
     });
 
     // User 1 crosses the threshold without any request: offline by the database clock.
@@ -89,7 +101,7 @@ describe('GET /status/stream', () => {
     const crossing = Date.now() + 500;
     expect(await stream.next()).to.deep.equal({
       event: 'change',
-      data: { user_id: 1, is_online: false },
+      data: { user_id: 1, is_online: false, last_seen: await seen(1) },
     });
     expect(Date.now()).to.be.at.least(crossing - 50);
     await stream.until(() => stream.comments.includes('keep-alive'), 'a keep-alive comment');
@@ -107,7 +119,7 @@ describe('GET /status/stream', () => {
       else await app.post('/status/update', { user_id: 7 });
       expect(await stream.next()).to.deep.equal({
         event: 'change',
-        data: { user_id: 7, is_online: !wasOnline },
+        data: { user_id: 7, is_online: !wasOnline, last_seen: await seen(7) },
       });
       await sleep(2_100); // two more polls: nothing more may come
       expect(stream.unread).to.deep.equal([]);
@@ -123,12 +135,12 @@ describe('GET /status/stream', () => {
     await a.post('/status/update', [{ user_id: 11 }]);
     expect(await stream.next()).to.deep.equal({
       event: 'change',
-      data: { user_id: 11, is_online: true },
+      data: { user_id: 11, is_online: true, last_seen: await seen(11) },
     });
     await a.post('/status/offline', [{ user_id: 11 }, { user_id: 10 }]);
     expect(await stream.next()).to.deep.equal({
       event: 'change',
-      data: { user_id: 11, is_online: false },
+      data: { user_id: 11, is_online: false, last_seen: await seen(11) },
     });
   });
 
@@ -136,14 +148,17 @@ describe('GET /status/stream', () => {
     const a = await start();
     const b = await start();
     const watcher = await open(b, '?watch=50');
-    expect((await watcher.next()).data).to.deep.equal([{ user_id: 50, is_online: false }]);
+    expect((await watcher.next()).data).to.deep.equal([
+      { user_id: 50, is_online: false, last_seen: null },
+    ]);
 
     const holder = await open(a, '?user_id=50');
     expect((await holder.next()).data).to.deep.equal([]);
-    expect(await watcher.next()).to.deep.equal({
-      event: 'change',
-      data: { user_id: 50, is_online: true },
-    });
+    const online = await watcher.next<Status>();
+    expect(online).to.deep.include({ event: 'change' });
+    expect(online.data).to.deep.include({ user_id: 50, is_online: true });
+    // A held user's last seen moves with every held beat: a recent heartbeat.
+    expect(Date.now() - Date.parse(String(online.data.last_seen))).to.be.within(-5_000, 5_000);
     // Three thresholds (2 s each) with no request from the client: online all along.
     const until = Date.now() + 6_000;
     while (Date.now() < until) {
@@ -157,7 +172,7 @@ describe('GET /status/stream', () => {
     const closed = Date.now();
     expect(await watcher.next(6_000)).to.deep.equal({
       event: 'change',
-      data: { user_id: 50, is_online: false },
+      data: { user_id: 50, is_online: false, last_seen: await seen(50) },
     });
     // About one threshold after the stream closed: the last held beat was at most a third ago.
     expect((Date.now() - closed) / 1000).to.be.within(1.0, 3.5);
@@ -284,7 +299,11 @@ describe('GET /status/stream', () => {
     await sleep(2_500);
     expect(stream.isEnded).to.equal(false);
     await app.post('/status/update', { user_id: 1 });
-    expect((await stream.next()).data).to.deep.equal({ user_id: 1, is_online: true });
+    expect((await stream.next()).data).to.deep.equal({
+      user_id: 1,
+      is_online: true,
+      last_seen: await seen(1),
+    });
   });
 
   it('ends every open stream with a retry hint when the server shuts down', async () => {
@@ -333,7 +352,9 @@ describe('GET /status/stream', () => {
       expect(await database.ageOf(31)).to.be.below(2); // the stream holds its sub online
 
       const viaQuery = await open(app, `?watch=31&access_token=${token}`);
-      expect((await viaQuery.next()).data).to.deep.equal([{ user_id: 31, is_online: true }]);
+      const [held] = (await viaQuery.next<Status[]>()).data;
+      expect(held).to.deep.include({ user_id: 31, is_online: true });
+      expect(held!.last_seen).to.be.a('string'); // held beats move it
 
       const gateway = await tokens.gateway();
       const forOther = await open(app, `?user_id=33&access_token=${gateway}`);

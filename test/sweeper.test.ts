@@ -327,6 +327,80 @@ describe('sweeper', function () {
     });
   });
 
+  describe('a lease that expires in real time (1 s)', () => {
+    const lease = { leaseTtlSeconds: 1, batchPauseMs: 450, batchSize: 250 };
+
+    it('refuses a pause between batches of half the lease or more, naming both values', () => {
+      expect(
+        () =>
+          new Sweeper(
+            database.db,
+            silentLogger,
+            options({ leaseTtlSeconds: 1, batchPauseMs: 500 }),
+          ),
+      ).to.throw(/batch pause \(500 ms\) must be less than half of the lease time-to-live \(1 s\)/);
+    });
+
+    it('several sweepers pausing just under half the lease sweep every expired row, never losing the lease', async () => {
+      await putMixedRows(database, 1000);
+      const reports: SweepReport[] = [];
+      const sweepers = [0, 1, 2].map(() =>
+        sweeperOn(extraPool(), { ...lease, onSweep: (r) => reports.push(r) }),
+      );
+      for (const sweeper of sweepers) sweeper.start();
+      await waitFor('a complete sweep', () => reports.some((r) => r.outcome === 'done'), {
+        timeoutMs: 20_000,
+      });
+      const done = reports.find((r) => r.outcome === 'done')!;
+      expect(done.durationMs, 'pauses must add up to more than the lease').to.be.above(1000);
+      expect(
+        reports.filter((r) => r.outcome === 'lease-lost' || r.outcome === 'failed'),
+      ).to.deep.equal([]);
+      expect(await countRows(database, true)).to.equal(0);
+      expect(await countRows(database, false)).to.equal(1000);
+    });
+
+    it('when the holder is killed mid-sweep, another takes over once the lease lapses and sweeps every expired row', async () => {
+      await putMixedRows(database, 1000);
+      const holder = startEntryPoint('sweeper', {
+        args: ['--once'],
+        env: {
+          DATABASE_URL: database.url,
+          LOG_LEVEL: 'silent',
+          SWEEP_LEASE_TTL_SECONDS: '1',
+          SWEEP_BATCH_PAUSE_MS: '450',
+          SWEEP_BATCH_SIZE: '250',
+        },
+      });
+      cleanups.push(() => void holder.signal('SIGKILL'));
+      await waitFor(
+        'the first sweeper to start deleting',
+        async () => (await countRows(database, true)) < 1000,
+        { timeoutMs: 20_000 },
+      );
+      const crashed = (await readSweepLease(database.db))?.holder;
+      // No release: the lease must lapse by itself.
+      await holder.stop('SIGKILL');
+      expect(crashed).to.be.a('string');
+      expect(await countRows(database, true), 'killed mid-sweep').to.be.above(0);
+
+      const reports: SweepReport[] = [];
+      const others = [0, 1].map(() =>
+        sweeperOn(extraPool(), { ...lease, onSweep: (r) => reports.push(r) }),
+      );
+      for (const sweeper of others) sweeper.start();
+      await waitFor('a sweep by another sweeper', () => reports.some((r) => r.outcome === 'done'), {
+        timeoutMs: 20_000,
+      });
+      expect(
+        reports.filter((r) => r.outcome === 'lease-lost' || r.outcome === 'failed'),
+      ).to.deep.equal([]);
+      expect(reports.find((r) => r.outcome === 'done')?.holder).not.to.equal(crashed);
+      expect(await countRows(database, true)).to.equal(0);
+      expect(await countRows(database, false)).to.equal(1000);
+    });
+  });
+
   describe('on a schedule', () => {
     it('never overlaps ticks when a sweep lasts longer than the interval', async () => {
       await putRows(database, 1, 2500, EXPIRED_AGE);

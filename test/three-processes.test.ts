@@ -31,7 +31,12 @@ describe('migrate, api and sweeper as three processes', function () {
     const [{ api, baseUrl }, { sweeper }] = await Promise.all([startApi(env), startSweeper(env)]);
     await api.waitForHttp(`${baseUrl}/readyz`);
 
-    const status = async (): Promise<unknown> => (await fetch(`${baseUrl}/status/42`)).json();
+    const status = async () =>
+      (await (await fetch(`${baseUrl}/status/42`)).json()) as {
+        user_id: number;
+        is_online: boolean;
+        last_seen: string | null;
+      };
     /** The row's age by the database clock, or null once it is gone. */
     const age = async () =>
       (
@@ -46,21 +51,24 @@ describe('migrate, api and sweeper as three processes', function () {
       body: JSON.stringify({ user_id: 42 }),
     });
     expect(sent.status).to.equal(200);
-    expect(await status()).to.deep.equal({ user_id: 42, is_online: true });
+    const online = await status();
+    expect(online).to.deep.include({ user_id: 42, is_online: true });
+    expect(Date.now() - Date.parse(String(online.last_seen))).to.be.within(-5_000, 5_000);
 
     // Past the online threshold by the database clock, still short of the sweep age.
     const ageWhenOffline = await waitFor('the row to pass the online threshold', async () => {
       const seconds = await age();
       return seconds !== null && seconds > 2.2 ? seconds : undefined;
     });
-    expect(await status()).to.deep.equal({ user_id: 42, is_online: false });
+    expect(await status()).to.deep.equal({ ...online, is_online: false });
     expect(ageWhenOffline, 'the sweeper should not have deleted it yet').to.be.below(6);
 
     await waitFor('the sweeper to delete the row', async () => (await age()) === null, {
       timeoutMs: 20_000,
       whileRunning: sweeper,
     });
-    expect(await status()).to.deep.equal({ user_id: 42, is_online: false });
+    // Swept, and remembered: last seen is still the last heartbeat.
+    expect(await status()).to.deep.equal({ ...online, is_online: false });
 
     expect(await Promise.all([api.stop(), sweeper.stop()])).to.deep.equal([
       { code: 0, signal: null },

@@ -3,6 +3,7 @@ import type { HeartbeatWriter } from '../../api/heartbeat-writer.ts';
 import { loadApiConfig, type ApiConfig } from '../../lib/config.ts';
 import type { DatabaseHandle } from '../../lib/db.ts';
 import { listen, type RunningServer } from '../../http/server.ts';
+import { updatePresenceSettings } from '../../lib/pulse-store.ts';
 import type { Logger } from '../../lib/logger.ts';
 import { silentLogger } from './database.ts';
 
@@ -26,6 +27,10 @@ export async function startTestApp(
   port = 0,
 ): Promise<TestApp> {
   const config = loadApiConfig({ DATABASE_URL: database.url, ...env });
+  // As `npm run migrate` would with the same variable: the threshold in force is the database's.
+  await updatePresenceSettings(database.db, {
+    onlineThresholdSeconds: config.ONLINE_THRESHOLD_SECONDS,
+  });
   const { app, heartbeats, streams } = assembleApi(database, config, logger);
   const server = await listen(app, port, '127.0.0.1');
   const baseUrl = `http://127.0.0.1:${server.port}`;

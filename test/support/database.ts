@@ -56,6 +56,19 @@ export async function lockPulse(
   };
 }
 
+/** Each user's last_hb as the API renders last_seen (ISO 8601, milliseconds). */
+export async function lastHeartbeats(
+  database: DatabaseHandle,
+  userIds: number[],
+): Promise<Map<number, string>> {
+  const rows = await database.db
+    .selectFrom('pulse')
+    .select(['user_id', 'last_hb'])
+    .where('user_id', 'in', userIds.map(String))
+    .execute();
+  return new Map(rows.map((r) => [Number(r.user_id), r.last_hb.toISOString()]));
+}
+
 /** A fresh database, copied from the migrated template. */
 export async function createTestDatabase(): Promise<TestDatabase> {
   const name = uniqueName('pulse_test');
