@@ -1,6 +1,7 @@
 import { createPublicKey, type KeyObject } from 'node:crypto';
 import cron from 'node-cron';
 import { z } from 'zod';
+import { redactConnectionString } from './redact.ts';
 
 /** Thrown when the environment does not describe a valid configuration. */
 export class ConfigError extends Error {
@@ -207,18 +208,6 @@ const startSchema = z.object({
     .default('.pulse-data/postgres'),
 });
 
-/** A URL's password is never echoed in an error message (DATABASE_URL). */
-function withoutPassword(value: string): string {
-  try {
-    const url = new URL(value);
-    if (!url.password) return value;
-    url.password = '***';
-    return url.toString();
-  } catch {
-    return value;
-  }
-}
-
 function parse<S extends z.ZodType>(schema: S, env: Env): Readonly<z.output<S>> {
   // An empty variable (VAR= in a shell or compose file) means "use the default".
   const present = Object.fromEntries(Object.entries(env).filter(([, value]) => value !== ''));
@@ -233,7 +222,7 @@ function parse<S extends z.ZodType>(schema: S, env: Env): Readonly<z.output<S>> 
             ? ''
             : SECRET_VARIABLES.has(name)
               ? ` (got ${Buffer.byteLength(raw, 'utf8')} bytes, not shown)`
-              : ` (got ${JSON.stringify(withoutPassword(raw))})`;
+              : ` (got ${JSON.stringify(redactConnectionString(raw))})`;
         return `${name} ${issue.message}${got}`;
       }),
     );

@@ -14,6 +14,7 @@ import { startEmbeddedPostgres, type EmbeddedServer } from './embedded-postgres.
 import { runMain } from '../lib/entry.ts';
 import { createLogger } from '../lib/logger.ts';
 import { migrateToLatest } from '../lib/migrator.ts';
+import { redactConnectionString } from '../lib/redact.ts';
 
 const EMBEDDED_DATABASE = 'pulse';
 const repoRoot = fileURLToPath(new URL('..', import.meta.url));
@@ -73,7 +74,10 @@ runMain(async () => {
 
   const children = [startChild('../api/main.ts', env), startChild('../sweeper/main.ts', env)];
   console.log(`Pulse API:  http://${config.HOST}:${config.PORT}`);
-  console.log(`Database:   ${databaseUrl}`);
+  // A user-supplied URL is shown without its password; the embedded server's local, fixed
+  // credentials are shown in full so the line can be pasted into psql.
+  const shownUrl = embedded ? databaseUrl : redactConnectionString(databaseUrl);
+  console.log(`Database:   ${shownUrl}`);
 
   let stopping = false;
   const stopAll = async (exitCode: number) => {

@@ -69,6 +69,21 @@ describe('configuration', () => {
     expect(problems.join('\n')).to.include('mysql://me:***@db/pulse').and.not.include('s3cret');
   });
 
+  const secretUrls: [string, string][] = [
+    ['a port out of range', 'postgres://pulse:s3cr3t-pw@127.0.0.1:99999/pulse'],
+    ['an unencoded "/" in the password', 'postgres://pulse:s3cr3t-pw/x@127.0.0.1:5432/pulse'],
+    ['a password parameter', 'mysql://127.0.0.1/pulse?sslmode=disable&password=s3cr3t-pw'],
+  ];
+  for (const [what, url] of secretUrls) {
+    it(`never echoes the password of a DATABASE_URL that does not parse (${what})`, () => {
+      const shown = problemsOf(() => loadApiConfig({ DATABASE_URL: url })).join('\n');
+      expect(shown)
+        .to.match(/DATABASE_URL must be a postgres/)
+        .and.not.include('s3cr3t-pw');
+      expect(shown).to.match(/pulse:\*\*\*@|password=\*\*\*/);
+    });
+  }
+
   it('requires DATABASE_URL', () => {
     expect(problemsOf(() => loadApiConfig({})).join('\n')).to.match(/DATABASE_URL is required/);
   });
@@ -125,10 +140,15 @@ describe('configuration', () => {
     expect(problems.join('\n')).to.match(/SWEEP_SCHEDULE must be a valid cron expression/);
   });
 
-  for (const entry of ['api/main.ts', 'sweeper/main.ts', 'scripts/migrate.ts']) {
-    it(`${entry} exits 1 naming the variable when the configuration is wrong`, () => {
+  const entries = ['api/main.ts', 'sweeper/main.ts', 'scripts/migrate.ts', 'scripts/start.ts'];
+  for (const entry of entries) {
+    it(`${entry} exits 1 naming the variable when the configuration is wrong, never its password`, () => {
       const result = spawnSync(process.execPath, ['--import', 'tsx', entry], {
-        env: { PATH: process.env.PATH, DATABASE_URL: 'not a url', LOG_LEVEL: 'silent' },
+        env: {
+          PATH: process.env.PATH,
+          DATABASE_URL: 'postgres://pulse:s3cr3t-pw@127.0.0.1:99999/pulse',
+          LOG_LEVEL: 'silent',
+        },
         encoding: 'utf8',
         timeout: 20_000,
       });
@@ -137,6 +157,8 @@ describe('configuration', () => {
         /Invalid configuration:\n {2}- DATABASE_URL must be a postgres/,
       );
       expect(result.stderr).not.to.match(/ at .*\(/); // a message, not a stack trace
+      expect(result.stderr).to.include('(got "postgres://pulse:***@127.0.0.1:99999/pulse")');
+      expect(result.stdout + result.stderr).not.to.include('s3cr3t-pw');
     });
   }
 });
