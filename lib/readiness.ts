@@ -4,7 +4,13 @@ import { createMigrator } from './migrator.ts';
 
 export type Readiness = { ready: true } | { ready: false; reason: string };
 
-/** Ready when the database answers and every migration in migrations/ is applied. */
+/** Every table the API and the sweeper read or write (lib/schema.ts). */
+const REQUIRED_TABLES = ['pulse', 'pulse_sweeper_lease'];
+
+/**
+ * Ready when the database answers, every migration in migrations/ is applied, and every table
+ * Pulse uses exists (a table dropped or renamed after its migration ran is not ready either).
+ */
 export async function checkReadiness<DB>(db: Kysely<DB>): Promise<Readiness> {
   try {
     await sql`SELECT 1`.execute(db);
@@ -14,6 +20,13 @@ export async function checkReadiness<DB>(db: Kysely<DB>): Promise<Readiness> {
         ready: false,
         reason: `migrations pending: ${pending.map((m) => m.name).join(', ')}`,
       };
+    }
+    // to_regclass follows the connection's search_path, as the application's own queries do.
+    const { rows } = await sql<{ name: string }>`
+      SELECT name FROM unnest(${REQUIRED_TABLES}::text[]) AS name
+      WHERE to_regclass(quote_ident(name)) IS NULL`.execute(db);
+    if (rows.length > 0) {
+      return { ready: false, reason: `tables missing: ${rows.map((r) => r.name).join(', ')}` };
     }
     return { ready: true };
   } catch (error) {
