@@ -3,7 +3,7 @@ import express, { type Express, type RequestHandler } from 'express';
 import helmet from 'helmet';
 import { pinoHttp } from 'pino-http';
 import type { Registry } from 'prom-client';
-import type { Logger } from '../lib/logger.ts';
+import { logSerializers, type Logger } from '../lib/logger.ts';
 import { opsRoutes } from '../lib/ops-routes.ts';
 import { findOnlineUserIds, type Executor } from '../lib/pulse-store.ts';
 import { assertMayWrite, createAuthenticate, principalOf, type AuthConfig } from './auth.ts';
@@ -53,7 +53,16 @@ export function buildApp({
       },
       // Probes and scrapes every few seconds would drown the request log.
       autoLogging: { ignore: (req) => /^\/(healthz|readyz|metrics)$/.test(req.url ?? '') },
+      // A 5xx answer gets the same one access line as any other: no synthetic "failed with status
+      // code" error and stack per request (the cause, if any, is logged once by errors.ts or the
+      // database's outage log).
+      customErrorMessage: () => 'request completed',
+      customErrorObject: (_req, _res, _error, line: Record<string, unknown>) => ({
+        ...line,
+        err: undefined,
+      }),
       serializers: {
+        ...logSerializers,
         req: (req: { id: unknown; method: string; url: string }) => ({
           id: req.id,
           method: req.method,
