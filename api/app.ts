@@ -1,11 +1,13 @@
 import { randomUUID } from 'node:crypto';
-import express, { type Express, type RequestHandler } from 'express';
+import express, { type Express, type Request, type RequestHandler, type Response } from 'express';
 import helmet from 'helmet';
 import { pinoHttp } from 'pino-http';
 import type { Registry } from 'prom-client';
 import { logSerializers, type Logger } from '../lib/logger.ts';
 import { opsRoutes } from '../lib/ops-routes.ts';
 import { findOnlineUserIds, type Executor } from '../lib/pulse-store.ts';
+import type { Admission } from './admission.ts';
+import { shedResponses } from './admission.ts';
 import { assertMayWrite, createAuthenticate, principalOf, type AuthConfig } from './auth.ts';
 import { errorHandler, notFound } from './errors.ts';
 import type { HeartbeatWriter } from './heartbeat-writer.ts';
@@ -20,6 +22,8 @@ export interface AppDeps {
   logger: Logger;
   registry: Registry;
   httpMetrics: RequestHandler;
+  /** Admission control (api/admission.ts), mounted on each /status route before its body parser. */
+  admission: Admission;
   config: AuthConfig & {
     ONLINE_THRESHOLD_SECONDS: number;
     BATCH_MAX_IDS: number;
@@ -35,6 +39,7 @@ export function buildApp({
   logger,
   registry,
   httpMetrics,
+  admission,
   config,
 }: AppDeps): Express {
   const app = express();
@@ -53,6 +58,8 @@ export function buildApp({
       },
       // Probes and scrapes every few seconds would drown the request log.
       autoLogging: { ignore: (req) => /^\/(healthz|readyz|metrics)$/.test(req.url ?? '') },
+      // Requests refused by admission control are counted (metrics, a periodic line), not logged.
+      customLogLevel: (_req, res) => (shedResponses.has(res) ? 'silent' : 'info'),
       // A 5xx answer gets the same one access line as any other: no synthetic "failed with status
       // code" error and stack per request (the cause, if any, is logged once by errors.ts or the
       // database's outage log).
@@ -93,10 +100,12 @@ export function buildApp({
   app.use('/status', createAuthenticate(config));
 
   // Only application/json is parsed; routes answer any other content type with 415. Compressed
-  // bodies are refused (415): the size limit then bounds exactly what the parser reads.
-  app.use(express.json({ limit: config.BODY_LIMIT_BYTES, strict: true, inflate: false }));
+  // bodies are refused (415): the size limit then bounds exactly what the parser reads. Each route
+  // passes admission control first, so a refused request's body is never parsed.
+  const jsonBody = express.json({ limit: config.BODY_LIMIT_BYTES, strict: true, inflate: false });
+  const admit = admission.guard;
 
-  app.post('/status/update', async (req, res) => {
+  app.post('/status/update', admit, jsonBody, async (req, res) => {
     requireJson(req);
     const { userIds, many } = parseHeartbeatBody(req.body, config.BATCH_MAX_IDS);
     assertMayWrite(principalOf(req), userIds);
@@ -104,14 +113,14 @@ export function buildApp({
     res.json(many ? { status: 'success', accepted: userIds.length } : { status: 'success' });
   });
 
-  app.post('/status/batch', async (req, res) => {
+  app.post('/status/batch', admit, jsonBody, async (req, res) => {
     requireJson(req);
     const userIds = parseBatchBody(req.body, config.BATCH_MAX_IDS);
     const online = await findOnlineUserIds(db, userIds, config.ONLINE_THRESHOLD_SECONDS);
     res.json(userIds.map((id) => ({ user_id: id, is_online: online.has(id) })));
   });
 
-  app.get('/status/:userId', async (req, res) => {
+  app.get('/status/:userId', admit, async (req: Request<{ userId: string }>, res: Response) => {
     const userId = parseUserIdParam(req.params.userId);
     res.json({ user_id: userId, is_online: await statuses.isOnline(userId) });
   });

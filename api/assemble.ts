@@ -4,6 +4,7 @@ import type { ApiConfig } from '../lib/config.ts';
 import type { DatabaseHandle } from '../lib/db.ts';
 import type { Logger } from '../lib/logger.ts';
 import { createRegistry } from '../lib/metrics.ts';
+import { createAdmission, type Admission } from './admission.ts';
 import { buildApp } from './app.ts';
 import { createHeartbeatWriter } from './heartbeat-writer-factory.ts';
 import type { HeartbeatWriter } from './heartbeat-writer.ts';
@@ -14,6 +15,7 @@ export interface Api {
   app: Express;
   heartbeats: HeartbeatWriter;
   registry: Registry;
+  admission: Admission;
 }
 
 /** Wires the API's parts together; the entry point and the tests share this. */
@@ -29,6 +31,14 @@ export function assembleApi(
   const statuses = config.STATUS_READ_COALESCING
     ? new CoalescingStatusReader(database.db, config.ONLINE_THRESHOLD_SECONDS)
     : new DirectStatusReader(database.db, config.ONLINE_THRESHOLD_SECONDS);
+  const admission = createAdmission({
+    maxInFlight: config.MAX_IN_FLIGHT_REQUESTS,
+    maxQueueWaitMs: config.MAX_QUEUE_WAIT_MS,
+    queueWaitMs: () => Math.max(heartbeats.oldestQueuedMs(), database.poolWaitMs()),
+    logger,
+    onShed: (reason) => metrics.onShed(reason),
+  });
+  metrics.watchAdmission(admission);
   const app = buildApp({
     db: database.db,
     heartbeats,
@@ -37,6 +47,7 @@ export function assembleApi(
     config,
     registry,
     httpMetrics: metrics.httpMiddleware,
+    admission,
   });
-  return { app, heartbeats, registry };
+  return { app, heartbeats, registry, admission };
 }

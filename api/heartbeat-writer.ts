@@ -25,6 +25,8 @@ export interface HeartbeatWriter {
   close(): Promise<void>;
   /** Ids waiting for a flush (for metrics and tests). */
   readonly queuedIds: number;
+  /** How long the oldest heartbeat still waiting for a flush has waited, in ms (0: none waits). */
+  oldestQueuedMs(): number;
 }
 
 export interface FlushObserver {
@@ -36,6 +38,10 @@ export class DirectHeartbeatWriter implements HeartbeatWriter {
   private closed = false;
   private readonly inFlight = new Set<Promise<unknown>>();
   readonly queuedIds = 0;
+
+  oldestQueuedMs(): number {
+    return 0;
+  }
 
   constructor(
     private readonly db: Executor,
@@ -83,6 +89,7 @@ export interface GroupCommitOptions {
 
 interface Pending {
   userIds: readonly number[];
+  queuedAt: number;
   resolve(): void;
   reject(error: unknown): void;
 }
@@ -116,6 +123,11 @@ export class GroupCommitHeartbeatWriter implements HeartbeatWriter {
     return this.running;
   }
 
+  oldestQueuedMs(): number {
+    const oldest = this.queue[0];
+    return oldest === undefined ? 0 : performance.now() - oldest.queuedAt;
+  }
+
   record(userIds: readonly number[]): Promise<void> {
     if (this.closed) {
       return Promise.reject(new HeartbeatRejected('shutting_down', 'the server is shutting down'));
@@ -128,7 +140,7 @@ export class GroupCommitHeartbeatWriter implements HeartbeatWriter {
       );
     }
     return new Promise<void>((resolve, reject) => {
-      this.queue.push({ userIds, resolve, reject });
+      this.queue.push({ userIds, queuedAt: performance.now(), resolve, reject });
       this.queued += userIds.length;
       this.schedule();
     });

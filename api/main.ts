@@ -1,4 +1,4 @@
-import { loadApiConfig } from '../lib/config.ts';
+import { httpLimitsOf, loadApiConfig } from '../lib/config.ts';
 import { DEFAULT_STATEMENT_TIMEOUT_MS, openDatabase } from '../lib/db.ts';
 import { runMain } from '../lib/entry.ts';
 import { createLogger } from '../lib/logger.ts';
@@ -27,10 +27,11 @@ runMain(async () => {
   });
   shutdown.add('database pool', () => database.close());
 
-  const { app, heartbeats } = assembleApi(database, config, logger);
+  const { app, heartbeats, admission } = assembleApi(database, config, logger);
   shutdown.add('heartbeat queue', () => heartbeats.close());
+  shutdown.add('admission control', () => admission.close());
 
-  const server = await listen(app, config.PORT, config.HOST);
+  const server = await listen(app, config.PORT, config.HOST, httpLimitsOf(config));
   shutdown.add('http server', () => server.stop());
   logger.info({ url: `http://${config.HOST}:${config.PORT}` }, 'pulse api listening');
 });

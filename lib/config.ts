@@ -1,6 +1,7 @@
 import { createPublicKey, type KeyObject } from 'node:crypto';
 import cron from 'node-cron';
 import { z } from 'zod';
+import type { HttpServerLimits } from './http-server.ts';
 import { redactConnectionString } from './redact.ts';
 
 /** Thrown when the environment does not describe a valid configuration. */
@@ -168,8 +169,20 @@ const apiSchema = z
     HEARTBEAT_FLUSH_DELAY_MS: integer(0, 1000, 2),
     HEARTBEAT_MAX_CONCURRENT_FLUSHES: integer(1, 100, 2),
     HEARTBEAT_QUEUE_MAX_IDS: integer(1, 10_000_000, 100_000),
+    // --- overload protection and slow clients (docs/overload.md) ---
+    MAX_IN_FLIGHT_REQUESTS: integer(1, 100_000, 128),
+    MAX_QUEUE_WAIT_MS: integer(1, 60_000, 500),
+    HTTP_REQUEST_TIMEOUT_MS: integer(100, 3_600_000, 10_000),
+    HTTP_HEADERS_TIMEOUT_MS: integer(100, 3_600_000, 5_000),
+    HTTP_KEEP_ALIVE_TIMEOUT_MS: integer(100, 3_600_000, 5_000),
+    HTTP_SOCKET_IDLE_TIMEOUT_MS: integer(0, 3_600_000, 30_000),
+    HTTP_MAX_CONNECTIONS: integer(1, 1_000_000, 10_000),
   })
-  .superRefine(checkAuth);
+  .superRefine(checkAuth)
+  .refine((c) => c.HTTP_HEADERS_TIMEOUT_MS <= c.HTTP_REQUEST_TIMEOUT_MS, {
+    path: ['HTTP_HEADERS_TIMEOUT_MS'],
+    message: 'must not be above HTTP_REQUEST_TIMEOUT_MS (the headers are part of the request)',
+  });
 
 const sweeperSchema = z
   .object({
@@ -231,6 +244,17 @@ function parse<S extends z.ZodType>(schema: S, env: Env): Readonly<z.output<S>> 
 }
 
 export type ApiConfig = z.output<typeof apiSchema>;
+
+/** The HTTP server's limits (lib/http-server.ts) as configured. */
+export function httpLimitsOf(config: ApiConfig): HttpServerLimits {
+  return {
+    requestTimeoutMs: config.HTTP_REQUEST_TIMEOUT_MS,
+    headersTimeoutMs: config.HTTP_HEADERS_TIMEOUT_MS,
+    keepAliveTimeoutMs: config.HTTP_KEEP_ALIVE_TIMEOUT_MS,
+    socketIdleTimeoutMs: config.HTTP_SOCKET_IDLE_TIMEOUT_MS,
+    maxConnections: config.HTTP_MAX_CONNECTIONS,
+  };
+}
 export type SweeperConfig = z.output<typeof sweeperSchema>;
 export type MigrateConfig = z.output<typeof migrateSchema>;
 

@@ -7,6 +7,11 @@ import type { Database } from './schema.ts';
 export interface DatabaseHandle {
   db: Kysely<Database>;
   pool: pg.Pool;
+  /**
+   * How long the last query waited for a pool connection, in ms, while queries are waiting for
+   * one (0 when none waits): the pool's queue wait, for admission control.
+   */
+  poolWaitMs(): number;
   /** Ends every connection; safe to call more than once. */
   close(): Promise<void>;
 }
@@ -69,12 +74,21 @@ export function openDatabase(options: DatabaseOptions): DatabaseHandle {
   });
   // Every connection attempt and every statement reports here, so the outage log knows when the
   // database is down and when it is back.
+  let lastPoolWaitMs = 0;
   const reportingPool: PostgresPool = {
-    connect: () =>
-      pool.connect().catch((error: unknown) => {
-        if (isDatabaseUnavailable(error)) outage.failed(error);
-        throw error;
-      }),
+    connect: () => {
+      const asked = performance.now();
+      return pool.connect().then(
+        (client) => {
+          lastPoolWaitMs = performance.now() - asked;
+          return client;
+        },
+        (error: unknown) => {
+          if (isDatabaseUnavailable(error)) outage.failed(error);
+          throw error;
+        },
+      );
+    },
     end: () => pool.end(),
   };
   const db = new Kysely<Database>({
@@ -88,6 +102,7 @@ export function openDatabase(options: DatabaseOptions): DatabaseHandle {
   return {
     db,
     pool,
+    poolWaitMs: () => (pool.waitingCount === 0 ? 0 : lastPoolWaitMs),
     close: () =>
       (closing ??= db.destroy().finally(() => {
         outage.close();

@@ -1,6 +1,6 @@
 import { assembleApi } from '../../api/assemble.ts';
 import type { HeartbeatWriter } from '../../api/heartbeat-writer.ts';
-import { loadApiConfig, type ApiConfig } from '../../lib/config.ts';
+import { httpLimitsOf, loadApiConfig, type ApiConfig } from '../../lib/config.ts';
 import type { DatabaseHandle } from '../../lib/db.ts';
 import { listen } from '../../lib/http-server.ts';
 import type { Logger } from '../../lib/logger.ts';
@@ -23,8 +23,8 @@ export async function startTestApp(
   logger: Logger = silentLogger,
 ): Promise<TestApp> {
   const config = loadApiConfig({ DATABASE_URL: database.url, ...env });
-  const { app, heartbeats } = assembleApi(database, config, logger);
-  const server = await listen(app, 0, '127.0.0.1');
+  const { app, heartbeats, admission } = assembleApi(database, config, logger);
+  const server = await listen(app, 0, '127.0.0.1', httpLimitsOf(config));
   const baseUrl = `http://127.0.0.1:${server.port}`;
   return {
     baseUrl,
@@ -33,6 +33,7 @@ export async function startTestApp(
     async close() {
       await server.stop();
       await heartbeats.close();
+      admission.close();
     },
     post: (path, body, headers = {}) =>
       fetch(baseUrl + path, {
