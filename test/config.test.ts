@@ -31,6 +31,13 @@ describe('configuration', () => {
       PG_POOL_MAX: 10,
       BODY_LIMIT_BYTES: 65536,
       LOG_LEVEL: 'info',
+      MAX_IN_FLIGHT_REQUESTS: 128,
+      MAX_QUEUE_WAIT_MS: 500,
+      HTTP_REQUEST_TIMEOUT_MS: 10_000,
+      HTTP_HEADERS_TIMEOUT_MS: 5_000,
+      HTTP_KEEP_ALIVE_TIMEOUT_MS: 5_000,
+      HTTP_SOCKET_IDLE_TIMEOUT_MS: 30_000,
+      HTTP_MAX_CONNECTIONS: 10_000,
     });
     const sweeper = loadSweeperConfig({ DATABASE_URL });
     expect(sweeper).to.include({ SWEEP_OLDER_THAN_SECONDS: 30, SWEEP_SCHEDULE: '*/10 * * * * *' });
@@ -54,6 +61,21 @@ describe('configuration', () => {
     ['PG_POOL_MAX', { PG_POOL_MAX: '-1' }, /PG_POOL_MAX must be at least 1/],
     ['LOG_LEVEL', { LOG_LEVEL: 'loud' }, /LOG_LEVEL/],
     ['HEARTBEAT_GROUP_COMMIT', { HEARTBEAT_GROUP_COMMIT: 'maybe' }, /HEARTBEAT_GROUP_COMMIT/],
+    [
+      'MAX_IN_FLIGHT_REQUESTS',
+      { MAX_IN_FLIGHT_REQUESTS: '0' },
+      /MAX_IN_FLIGHT_REQUESTS must be at least 1/,
+    ],
+    [
+      'HTTP_MAX_CONNECTIONS',
+      { HTTP_MAX_CONNECTIONS: 'many' },
+      /HTTP_MAX_CONNECTIONS must be a whole number/,
+    ],
+    [
+      'HTTP_HEADERS_TIMEOUT_MS',
+      { HTTP_REQUEST_TIMEOUT_MS: '1000', HTTP_HEADERS_TIMEOUT_MS: '2000' },
+      /HTTP_HEADERS_TIMEOUT_MS must not be above HTTP_REQUEST_TIMEOUT_MS/,
+    ],
   ];
   for (const [name, env, message] of wrong) {
     it(`names ${name} and the reason when it is wrong (${JSON.stringify(env)})`, () => {
