@@ -10,7 +10,11 @@ import { expectError } from './support/http.ts';
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
-async function waitFor(condition: () => Promise<boolean>, what: string, timeoutMs = 10_000) {
+async function waitFor(
+  condition: () => boolean | Promise<boolean>,
+  what: string,
+  timeoutMs = 10_000,
+) {
   const deadline = Date.now() + timeoutMs;
   while (!(await condition())) {
     if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
@@ -83,7 +87,7 @@ describe('overload and slow clients', function () {
         'POST /status/update HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n' +
           'Content-Length: 1000\r\n\r\n',
       );
-      await waitFor(async () => client.received().includes('\r\n\r\n{'), 'the refusal');
+      await waitFor(() => client.received().includes('\r\n\r\n{'), 'the refusal');
       expect(client.received()).to.match(/^HTTP\/1\.1 503 /);
       expect(client.received()).to.match(/\r\nRetry-After: 1\r\n/i);
       client.socket.destroy();
@@ -123,8 +127,8 @@ describe('overload and slow clients', function () {
         return rows[0]?.waiting === 1;
       }, 'a flush waiting on the lock');
       held.push(running.post('/status/update', { user_id: 202 }));
-      await waitFor(async () => running.heartbeats.queuedIds === 1, 'a queued heartbeat');
-      await waitFor(async () => running.heartbeats.oldestQueuedMs() > 100, 'a long queue wait');
+      await waitFor(() => running.heartbeats.queuedIds === 1, 'a queued heartbeat');
+      await waitFor(() => running.heartbeats.oldestQueuedMs() > 100, 'a long queue wait');
       await expectError(await running.post('/status/update', { user_id: 203 }), 503, 'overloaded');
       await expectError(await running.get('/status/1'), 503, 'overloaded');
       expect(
@@ -205,7 +209,7 @@ describe('overload and slow clients', function () {
     await third.closed; // closed by the server as soon as it was accepted
     expect(third.received()).to.equal('');
     first.socket.write('GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n');
-    await waitFor(async () => first.received().includes('{"status":"ok"}'), 'an answer');
+    await waitFor(() => first.received().includes('{"status":"ok"}'), 'an answer');
     expect(first.received()).to.match(/^HTTP\/1\.1 200 /);
     first.socket.destroy();
     second.socket.destroy();
