@@ -8,6 +8,7 @@ COPY tsconfig.json tsconfig.build.json ./
 COPY api ./api
 COPY sweeper ./sweeper
 COPY lib ./lib
+COPY http ./http
 COPY migrations ./migrations
 COPY scripts ./scripts
 RUN npm run build

@@ -4,7 +4,7 @@ import helmet from 'helmet';
 import { pinoHttp } from 'pino-http';
 import type { Registry } from 'prom-client';
 import { logSerializers, type Logger } from '../lib/logger.ts';
-import { opsRoutes } from '../lib/ops-routes.ts';
+import { opsRoutes } from '../http/ops-routes.ts';
 import { findOnlineUserIds, type Executor } from '../lib/pulse-store.ts';
 import type { Admission } from './admission.ts';
 import { shedResponses } from './admission.ts';

@@ -1,8 +1,8 @@
-import { httpLimitsOf, loadApiConfig } from '../lib/config.ts';
+import { loadApiConfig } from '../lib/config.ts';
 import { DEFAULT_STATEMENT_TIMEOUT_MS, openDatabase } from '../lib/db.ts';
 import { runMain } from '../lib/entry.ts';
 import { createLogger } from '../lib/logger.ts';
-import { listen } from '../lib/http-server.ts';
+import { httpLimitsOf, listen } from '../http/server.ts';
 import { GracefulShutdown } from '../lib/shutdown.ts';
 import { assembleApi } from './assemble.ts';
 

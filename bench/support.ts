@@ -5,11 +5,7 @@ import { readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import autocannon from 'autocannon';
 import pg from 'pg';
-import {
-  freePort,
-  startThrowawayPostgres,
-  type EmbeddedServer,
-} from '../scripts/embedded-postgres.ts';
+import { freePort, startThrowawayPostgres, type EmbeddedServer } from '../dev/embedded-postgres.ts';
 import { Kysely, PostgresDialect } from 'kysely';
 import { migrateToLatest } from '../lib/migrator.ts';
 
@@ -90,12 +86,14 @@ export interface ApiProcess {
 // The compiled API, as production runs it (`npm run bench` builds it first).
 const apiEntry = fileURLToPath(new URL('../dist/api/main.js', import.meta.url));
 
+/** Node arguments of the process to start: the compiled API unless told otherwise. */
 export async function startApi(
   databaseUrl: string,
   env: Record<string, string>,
+  nodeArgs: string[] = [apiEntry],
 ): Promise<ApiProcess> {
   const port = await freePort();
-  const child: ChildProcess = spawn(process.execPath, [apiEntry], {
+  const child: ChildProcess = spawn(process.execPath, nodeArgs, {
     env: {
       ...process.env,
       DATABASE_URL: databaseUrl,

@@ -1,7 +1,6 @@
 import { createPublicKey, type KeyObject } from 'node:crypto';
 import cron from 'node-cron';
 import { z } from 'zod';
-import type { HttpServerLimits } from './http-server.ts';
 import { redactConnectionString } from './redact.ts';
 
 /** Thrown when the environment does not describe a valid configuration. */
@@ -245,16 +244,6 @@ function parse<S extends z.ZodType>(schema: S, env: Env): Readonly<z.output<S>> 
 
 export type ApiConfig = z.output<typeof apiSchema>;
 
-/** The HTTP server's limits (lib/http-server.ts) as configured. */
-export function httpLimitsOf(config: ApiConfig): HttpServerLimits {
-  return {
-    requestTimeoutMs: config.HTTP_REQUEST_TIMEOUT_MS,
-    headersTimeoutMs: config.HTTP_HEADERS_TIMEOUT_MS,
-    keepAliveTimeoutMs: config.HTTP_KEEP_ALIVE_TIMEOUT_MS,
-    socketIdleTimeoutMs: config.HTTP_SOCKET_IDLE_TIMEOUT_MS,
-    maxConnections: config.HTTP_MAX_CONNECTIONS,
-  };
-}
 export type SweeperConfig = z.output<typeof sweeperSchema>;
 export type MigrateConfig = z.output<typeof migrateSchema>;
 

@@ -15,7 +15,7 @@ export interface ErrorFields {
  * programming error, its stack), the same for its cause. Never the error's other properties: a pg
  * error from the pool carries its client, and the client the backend's cancel key.
  */
-export function errorFields(error: unknown, depth = 0): ErrorFields {
+export function errorFields(error: unknown, depth = 0, withStack = true): ErrorFields {
   if (typeof error !== 'object' || error === null) {
     return { message: typeof error === 'string' ? error : (JSON.stringify(error) ?? 'undefined') };
   }
@@ -24,9 +24,9 @@ export function errorFields(error: unknown, depth = 0): ErrorFields {
   const kind = typeof type === 'string' ? type : name;
   if (typeof kind === 'string') fields.type = kind;
   if (typeof code === 'string' || typeof code === 'number') fields.code = String(code);
-  else if (typeof stack === 'string') fields.stack = stack;
+  else if (withStack && typeof stack === 'string') fields.stack = stack;
   if (cause !== undefined && cause !== null && depth < 3) {
-    fields.cause = errorFields(cause, depth + 1);
+    fields.cause = errorFields(cause, depth + 1, withStack);
   }
   return fields;
 }

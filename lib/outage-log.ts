@@ -50,7 +50,8 @@ export class OutageLog {
     this.downSince = this.lastFailureAt;
     this.failuresTotal = 1;
     this.failuresSinceSummary = 0;
-    this.logger.error({ err: errorFields(error) }, 'database unavailable');
+    // The cause without a stack: where in the driver a connection failed says nothing useful.
+    this.logger.error({ err: errorFields(error, 0, false) }, 'database unavailable');
     this.timer = setInterval(() => this.summarize(), this.summaryIntervalMs);
     this.timer.unref();
   }

@@ -6,7 +6,7 @@ import { createLogger } from '../lib/logger.ts';
 import { createRegistry } from '../lib/metrics.ts';
 import { GracefulShutdown } from '../lib/shutdown.ts';
 import { createSweeperMetrics } from './metrics.ts';
-import { startOpsServer } from './ops-server.ts';
+import { startOpsServer } from '../http/ops-server.ts';
 import { Sweeper } from './sweeper.ts';
 
 /**

@@ -162,7 +162,7 @@ describe('configuration', () => {
     expect(problems.join('\n')).to.match(/SWEEP_SCHEDULE must be a valid cron expression/);
   });
 
-  const entries = ['api/main.ts', 'sweeper/main.ts', 'scripts/migrate.ts', 'scripts/start.ts'];
+  const entries = ['api/main.ts', 'sweeper/main.ts', 'scripts/migrate.ts', 'dev/start.ts'];
   for (const entry of entries) {
     it(`${entry} exits 1 naming the variable when the configuration is wrong, never its password`, () => {
       const result = spawnSync(process.execPath, ['--import', 'tsx', entry], {

@@ -1,7 +1,7 @@
 import { spawn } from 'node:child_process';
 import { expect } from 'chai';
 import pg from 'pg';
-import { freePort } from '../scripts/embedded-postgres.ts';
+import { freePort } from '../dev/embedded-postgres.ts';
 import { serverUrl } from './support/database.ts';
 import { adminQuery, uniqueName, withDatabase } from './support/server.ts';
 

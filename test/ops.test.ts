@@ -1,6 +1,6 @@
 import { expect } from 'chai';
 import { sql } from 'kysely';
-import { freePort } from '../scripts/embedded-postgres.ts';
+import { freePort } from '../dev/embedded-postgres.ts';
 import { openDatabase } from '../lib/db.ts';
 import { startTestApp, type TestApp } from './support/app.ts';
 import { createTestDatabase, silentLogger, type TestDatabase } from './support/database.ts';

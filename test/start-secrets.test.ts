@@ -2,7 +2,7 @@ import { randomBytes } from 'node:crypto';
 import { spawn } from 'node:child_process';
 import { once } from 'node:events';
 import { expect } from 'chai';
-import { freePort } from '../scripts/embedded-postgres.ts';
+import { freePort } from '../dev/embedded-postgres.ts';
 import { serverUrl } from './support/database.ts';
 import { adminQuery, uniqueName, withDatabase } from './support/server.ts';
 
@@ -28,7 +28,7 @@ describe('npm start with a DATABASE_URL that holds a password', function () {
     url.username = role;
     url.password = password;
     const apiPort = await freePort();
-    const stack = spawn(process.execPath, ['--import', 'tsx', 'scripts/start.ts'], {
+    const stack = spawn(process.execPath, ['--import', 'tsx', 'dev/start.ts'], {
       env: {
         PATH: process.env.PATH,
         DATABASE_URL: url.toString(),

@@ -4,7 +4,7 @@ import { chmodSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { expect } from 'chai';
-import { freePort } from '../scripts/embedded-postgres.ts';
+import { freePort } from '../dev/embedded-postgres.ts';
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
@@ -15,7 +15,7 @@ describe('npm start (the all-in-one stack)', function () {
     const parent = mkdtempSync(path.join(tmpdir(), 'pulse-start-'));
     chmodSync(parent, 0o755);
     const [apiPort, pgPort] = [await freePort(), await freePort()];
-    const stack = spawn(process.execPath, ['--import', 'tsx', 'scripts/start.ts'], {
+    const stack = spawn(process.execPath, ['--import', 'tsx', 'dev/start.ts'], {
       env: {
         PATH: process.env.PATH,
         PORT: String(apiPort),

@@ -1,7 +1,7 @@
 import { expect } from 'chai';
 import { CoalescingStatusReader } from '../api/status-reader.ts';
 import { openDatabase } from '../lib/db.ts';
-import { freePort } from '../scripts/embedded-postgres.ts';
+import { freePort } from '../dev/embedded-postgres.ts';
 import { startTestApp } from './support/app.ts';
 import { createTestDatabase, silentLogger, type TestDatabase } from './support/database.ts';
 

@@ -5,7 +5,7 @@ import { expect } from 'chai';
 import { sql } from 'kysely';
 import { pino } from 'pino';
 import { openDatabase, type DatabaseHandle } from '../lib/db.ts';
-import { freePort } from '../scripts/embedded-postgres.ts';
+import { freePort } from '../dev/embedded-postgres.ts';
 import type { Logger } from '../lib/logger.ts';
 import { sweepExpiredBatch } from '../lib/pulse-store.ts';
 import { readSweepLease } from '../lib/sweep-lease.ts';

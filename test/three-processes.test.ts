@@ -2,7 +2,7 @@ import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
 import { expect } from 'chai';
 import pg from 'pg';
-import { freePort } from '../scripts/embedded-postgres.ts';
+import { freePort } from '../dev/embedded-postgres.ts';
 import { serverUrl } from './support/database.ts';
 import { adminQuery, uniqueName, withDatabase } from './support/server.ts';
 

@@ -1,8 +1,8 @@
 import { assembleApi } from '../../api/assemble.ts';
 import type { HeartbeatWriter } from '../../api/heartbeat-writer.ts';
-import { httpLimitsOf, loadApiConfig, type ApiConfig } from '../../lib/config.ts';
+import { loadApiConfig, type ApiConfig } from '../../lib/config.ts';
 import type { DatabaseHandle } from '../../lib/db.ts';
-import { listen } from '../../lib/http-server.ts';
+import { httpLimitsOf, listen } from '../../http/server.ts';
 import type { Logger } from '../../lib/logger.ts';
 import { silentLogger } from './database.ts';
 

@@ -5,9 +5,9 @@
 import { randomBytes } from 'node:crypto';
 import pg from 'pg';
 import { Kysely, PostgresDialect } from 'kysely';
-import { startThrowawayPostgres, type EmbeddedServer } from '../../scripts/embedded-postgres.ts';
+import { startThrowawayPostgres, type EmbeddedServer } from '../../dev/embedded-postgres.ts';
 
-export { freePort } from '../../scripts/embedded-postgres.ts';
+export { freePort } from '../../dev/embedded-postgres.ts';
 import { migrateToLatest } from '../../lib/migrator.ts';
 
 export const SERVER_URL_VAR = 'PULSE_TEST_SERVER_URL';

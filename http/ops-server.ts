@@ -1,8 +1,8 @@
 import express from 'express';
 import type { Kysely } from 'kysely';
 import type { Registry } from 'prom-client';
-import { listen, type RunningServer } from '../lib/http-server.ts';
-import { opsRoutes } from '../lib/ops-routes.ts';
+import { listen, type RunningServer } from './server.ts';
+import { opsRoutes } from './ops-routes.ts';
 
 /** The sweeper's small HTTP port: /healthz, /readyz and /metrics for the orchestrator. */
 export function startOpsServer<DB>(options: {

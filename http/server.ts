@@ -2,6 +2,7 @@ import { once } from 'node:events';
 import type { Server } from 'node:http';
 import type { RequestListener } from 'node:http';
 import { createServer } from 'node:http';
+import type { ApiConfig } from '../lib/config.ts';
 
 export interface RunningServer {
   server: Server;
@@ -41,6 +42,17 @@ export const DEFAULT_HTTP_LIMITS: Readonly<HttpServerLimits> = Object.freeze({
   socketIdleTimeoutMs: 30_000,
   maxConnections: 10_000,
 });
+
+/** The HTTP server's limits as configured. */
+export function httpLimitsOf(config: ApiConfig): HttpServerLimits {
+  return {
+    requestTimeoutMs: config.HTTP_REQUEST_TIMEOUT_MS,
+    headersTimeoutMs: config.HTTP_HEADERS_TIMEOUT_MS,
+    keepAliveTimeoutMs: config.HTTP_KEEP_ALIVE_TIMEOUT_MS,
+    socketIdleTimeoutMs: config.HTTP_SOCKET_IDLE_TIMEOUT_MS,
+    maxConnections: config.HTTP_MAX_CONNECTIONS,
+  };
+}
 
 export async function listen(
   handler: RequestListener,
