@@ -1,18 +1,17 @@
-import { randomUUID } from 'node:crypto';
 import express, { type Express, type Request, type RequestHandler, type Response } from 'express';
-import helmet from 'helmet';
-import { pinoHttp } from 'pino-http';
 import type { Registry } from 'prom-client';
-import { logSerializers, type Logger } from '../lib/logger.ts';
+import type { Logger } from '../lib/logger.ts';
 import { opsRoutes } from '../http/ops-routes.ts';
-import { findOnlineUserIds, type Executor } from '../lib/pulse-store.ts';
-import type { Admission } from './admission.ts';
-import { shedResponses } from './admission.ts';
+import { setOffline, type Executor } from '../lib/pulse-store.ts';
+import { shedResponses, type Admission } from './admission.ts';
 import { assertMayWrite, createAuthenticate, principalOf, type AuthConfig } from './auth.ts';
 import { errorHandler, notFound } from './errors.ts';
 import type { HeartbeatWriter } from './heartbeat-writer.ts';
 import { openApiDocument } from './openapi.ts';
 import type { StatusReader } from './status-reader.ts';
+import { requestLog } from './request-log.ts';
+import { securityHeaders } from './security-headers.ts';
+import { createStreamRoute, type StreamRouteDeps } from './status-stream.ts';
 import { parseBatchBody, parseHeartbeatBody, parseUserIdParam, requireJson } from './validation.ts';
 
 export interface AppDeps {
@@ -24,8 +23,10 @@ export interface AppDeps {
   httpMetrics: RequestHandler;
   /** Admission control (api/admission.ts), mounted on each /status route before its body parser. */
   admission: Admission;
+  stream: Omit<StreamRouteDeps, 'config'>;
   config: AuthConfig & {
-    ONLINE_THRESHOLD_SECONDS: number;
+    /** Set: /metrics is served by the separate metrics listener, not by this app. */
+    METRICS_PORT?: number | undefined;
     BATCH_MAX_IDS: number;
     BODY_LIMIT_BYTES: number;
   };
@@ -40,63 +41,36 @@ export function buildApp({
   registry,
   httpMetrics,
   admission,
+  stream,
   config,
 }: AppDeps): Express {
   const app = express();
   app.disable('x-powered-by');
   app.set('etag', false);
 
+  // Probes and scrapes every few seconds would drown the request log.
   app.use(
-    pinoHttp({
-      logger,
-      genReqId: (req, res) => {
-        const given = req.headers['x-request-id'];
-        const id =
-          typeof given === 'string' && /^[\w.:-]{1,128}$/.test(given) ? given : randomUUID();
-        res.setHeader('X-Request-Id', id);
-        return id;
-      },
-      // Probes and scrapes every few seconds would drown the request log.
-      autoLogging: { ignore: (req) => /^\/(healthz|readyz|metrics)$/.test(req.url ?? '') },
+    requestLog(logger, {
+      ignore: /^\/(healthz|readyz|metrics)$/,
       // Requests refused by admission control are counted (metrics, a periodic line), not logged.
-      customLogLevel: (_req, res) => (shedResponses.has(res) ? 'silent' : 'info'),
-      // A 5xx answer gets the same one access line as any other: no synthetic "failed with status
-      // code" error and stack per request (the cause, if any, is logged once by errors.ts or the
-      // database's outage log).
-      customErrorMessage: () => 'request completed',
-      customErrorObject: (_req, _res, _error, line: Record<string, unknown>) => ({
-        ...line,
-        err: undefined,
-      }),
-      serializers: {
-        ...logSerializers,
-        req: (req: { id: unknown; method: string; url: string }) => ({
-          id: req.id,
-          method: req.method,
-          url: req.url,
-        }),
-        res: (res: { statusCode: number }) => ({ statusCode: res.statusCode }),
-      },
+      skip: (res) => shedResponses.has(res),
     }),
   );
   // --- security: headers for a JSON API ---
-  app.use(
-    // JSON is never rendered: allow nothing, frame nothing.
-    helmet({
-      contentSecurityPolicy: {
-        useDefaults: false,
-        directives: { defaultSrc: ["'none'"], frameAncestors: ["'none'"] },
-      },
-      xFrameOptions: { action: 'deny' },
-    }),
-  );
+  app.use(securityHeaders());
   app.use(httpMetrics);
 
   // Probes, metrics and the contract are public; /status needs a caller (before any body is read).
-  app.use(opsRoutes({ db, registry }));
+  app.use(opsRoutes({ db, registry: config.METRICS_PORT === undefined ? registry : undefined }));
   app.get('/openapi.json', (_req, res) => {
     res.json(openApiDocument);
   });
+  // The stream is a long-lived GET (no body); it also accepts the token as access_token.
+  app.get(
+    '/status/stream',
+    createAuthenticate(config, { queryToken: true }),
+    createStreamRoute({ ...stream, config }),
+  );
   app.use('/status', createAuthenticate(config));
 
   // Only application/json is parsed; routes answer any other content type with 415. Compressed
@@ -113,10 +87,18 @@ export function buildApp({
     res.json(many ? { status: 'success', accepted: userIds.length } : { status: 'success' });
   });
 
+  app.post('/status/offline', admit, jsonBody, async (req, res) => {
+    requireJson(req);
+    const { userIds, many } = parseHeartbeatBody(req.body, config.BATCH_MAX_IDS);
+    assertMayWrite(principalOf(req), userIds);
+    await setOffline(db, userIds);
+    res.json(many ? { status: 'success', accepted: userIds.length } : { status: 'success' });
+  });
+
   app.post('/status/batch', admit, jsonBody, async (req, res) => {
     requireJson(req);
     const userIds = parseBatchBody(req.body, config.BATCH_MAX_IDS);
-    const online = await findOnlineUserIds(db, userIds, config.ONLINE_THRESHOLD_SECONDS);
+    const online = await statuses.onlineAmong(userIds);
     res.json(userIds.map((id) => ({ user_id: id, is_online: online.has(id) })));
   });
 

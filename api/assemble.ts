@@ -2,13 +2,20 @@ import type { Express } from 'express';
 import type { Registry } from 'prom-client';
 import type { ApiConfig } from '../lib/config.ts';
 import type { DatabaseHandle } from '../lib/db.ts';
-import type { Logger } from '../lib/logger.ts';
+import { errorFields, type Logger } from '../lib/logger.ts';
 import { createRegistry } from '../lib/metrics.ts';
 import { createAdmission, type Admission } from './admission.ts';
 import { buildApp } from './app.ts';
-import { createHeartbeatWriter } from './heartbeat-writer-factory.ts';
-import type { HeartbeatWriter } from './heartbeat-writer.ts';
+import {
+  DirectHeartbeatWriter,
+  GroupCommitHeartbeatWriter,
+  type HeartbeatWriter,
+} from './heartbeat-writer.ts';
+import { PresenceFeed } from '../lib/presence-feed.ts';
+import { HeldPresence } from './held-presence.ts';
 import { createApiMetrics } from './metrics.ts';
+import { StreamHub } from './status-stream.ts';
+import { createStreamMetrics } from './stream-metrics.ts';
 import { CoalescingStatusReader, DirectStatusReader } from './status-reader.ts';
 
 export interface Api {
@@ -16,6 +23,8 @@ export interface Api {
   heartbeats: HeartbeatWriter;
   registry: Registry;
   admission: Admission;
+  /** The live streams: close() ends them all with a retry hint and stops polling and beating. */
+  streams: { hub: StreamHub; close(): Promise<void> };
 }
 
 /** Wires the API's parts together; the entry point and the tests share this. */
@@ -26,7 +35,19 @@ export function assembleApi(
 ): Api {
   const registry = createRegistry(database.pool);
   const metrics = createApiMetrics(registry);
-  const heartbeats = createHeartbeatWriter(database.db, config, metrics.flushObserver);
+  const heartbeats: HeartbeatWriter = config.HEARTBEAT_GROUP_COMMIT
+    ? new GroupCommitHeartbeatWriter(
+        database.db,
+        {
+          maxBatchIds: config.HEARTBEAT_FLUSH_MAX_IDS,
+          maxDelayMs: config.HEARTBEAT_FLUSH_DELAY_MS,
+          maxConcurrentFlushes: config.HEARTBEAT_MAX_CONCURRENT_FLUSHES,
+          maxQueuedIds: config.HEARTBEAT_QUEUE_MAX_IDS,
+        },
+        metrics.flushObserver,
+        logger,
+      )
+    : new DirectHeartbeatWriter(database.db, metrics.flushObserver, logger);
   metrics.watchQueue(heartbeats);
   const statuses = config.STATUS_READ_COALESCING
     ? new CoalescingStatusReader(database.db, config.ONLINE_THRESHOLD_SECONDS)
@@ -39,6 +60,35 @@ export function assembleApi(
     onShed: (reason) => metrics.onShed(reason),
   });
   metrics.watchAdmission(admission);
+  const streamMetrics = createStreamMetrics(registry);
+  const feed = new PresenceFeed(
+    database.db,
+    {
+      thresholdSeconds: config.ONLINE_THRESHOLD_SECONDS,
+      intervalMs: config.STREAM_POLL_INTERVAL_MS,
+    },
+    {
+      ...streamMetrics.feedObserver,
+      onPollError: (error) => logger.warn({ err: errorFields(error) }, 'change detection failed'),
+    },
+  );
+  const held = new HeldPresence(heartbeats, {
+    // Two beats per threshold window at least: one late or failed beat does not flap the user.
+    intervalMs: Math.max(100, Math.floor((config.ONLINE_THRESHOLD_SECONDS * 1000) / 3)),
+    chunkIds: config.HEARTBEAT_FLUSH_MAX_IDS,
+    onBeatError: (error) => logger.warn({ err: errorFields(error) }, 'held heartbeat not written'),
+  });
+  const hub = new StreamHub(
+    {
+      maxOpen: config.STREAM_MAX_OPEN,
+      keepAliveMs: config.STREAM_KEEPALIVE_SECONDS * 1000,
+      retryMs: config.STREAM_RETRY_MS,
+      drainTimeoutMs: config.STREAM_DRAIN_TIMEOUT_SECONDS * 1000,
+      maxBufferedBytes: config.STREAM_MAX_BUFFERED_BYTES,
+    },
+    streamMetrics.streamObserver,
+  );
+  streamMetrics.watch({ hub, feed, held });
   const app = buildApp({
     db: database.db,
     heartbeats,
@@ -48,6 +98,15 @@ export function assembleApi(
     registry,
     httpMetrics: metrics.httpMiddleware,
     admission,
+    stream: { hub, feed, held, observer: streamMetrics.streamObserver },
   });
-  return { app, heartbeats, registry, admission };
+  const streams = {
+    hub,
+    async close() {
+      hub.close();
+      held.close();
+      await feed.close();
+    },
+  };
+  return { app, heartbeats, registry, admission, streams };
 }

@@ -11,11 +11,14 @@
  * is a space-separated string (RFC 8693), or an array of strings; `presence:write:any` makes the
  * caller a gateway that may send heartbeats for any users. A token whose `sub` is not a user id is
  * accepted only with that scope (a gateway's own name in `sub` is fine); otherwise it is 401.
+ *
+ * The stream (GET /status/stream) also takes the token as `access_token` in the query, because a
+ * browser's EventSource cannot send headers; request log lines show that parameter redacted.
  */
 import type { KeyObject } from 'node:crypto';
 import type { Request, RequestHandler } from 'express';
 import { errors, jwtVerify, type JWTPayload } from 'jose';
-import { parseJwtPublicKey, type ApiConfig } from '../lib/config.ts';
+import type { ApiConfig } from '../lib/config.ts';
 import { HttpError } from './errors.ts';
 import { parseUserIdParam } from './validation.ts';
 
@@ -28,6 +31,21 @@ export interface Principal {
   userId?: number;
   /** A gateway (or AUTH_MODE=none): may send heartbeats for any users. */
   canWriteAny: boolean;
+  /** When the token expires (ms since the epoch); a stream ends then. Absent: never. */
+  expiresAt?: number;
+}
+
+export interface AuthenticateOptions {
+  /**
+   * Also accept the token as the `access_token` query parameter (RFC 6750 section 2.3), for the
+   * stream: a browser's EventSource cannot send headers. Never both at once (400).
+   */
+  queryToken?: boolean;
+}
+
+/** `url` with the value of any access_token parameter replaced, for log lines. */
+export function redactAccessToken(url: string): string {
+  return url.replace(/([?&]access_token=)[^&#]*/gi, '$1[redacted]');
 }
 
 export type AuthConfig = Pick<
@@ -77,6 +95,7 @@ function unauthorized(code: 'unauthorized' | 'invalid_token', message: string): 
 
 /** Three base64url parts: anything else is refused before jose sees it. */
 const BEARER = /^Bearer +([\w-]+\.[\w-]+\.[\w-]*) *$/i;
+const JWT = /^[\w-]+\.[\w-]+\.[\w-]*$/;
 const MAX_TOKEN_LENGTH = 8192;
 
 function scopesOf(payload: JWTPayload): string[] {
@@ -92,6 +111,7 @@ function scopesOf(payload: JWTPayload): string[] {
 
 function principalFrom(payload: JWTPayload): Principal {
   const canWriteAny = scopesOf(payload).includes(GATEWAY_SCOPE);
+  const expiry = typeof payload.exp === 'number' ? { expiresAt: payload.exp * 1000 } : {};
   let userId: number | undefined;
   if (typeof payload.sub === 'string') {
     try {
@@ -100,8 +120,8 @@ function principalFrom(payload: JWTPayload): Principal {
       userId = undefined;
     }
   }
-  if (userId !== undefined) return { userId, canWriteAny };
-  if (canWriteAny) return { canWriteAny };
+  if (userId !== undefined) return { userId, canWriteAny, ...expiry };
+  if (canWriteAny) return { canWriteAny, ...expiry };
   throw unauthorized(
     'invalid_token',
     `the sub claim must be a user id in decimal, 1 to ${Number.MAX_SAFE_INTEGER}`,
@@ -125,7 +145,10 @@ function describeJoseError(error: unknown): string {
 }
 
 /** The Express middleware for AUTH_MODE; apply it to the routes that need a caller. */
-export function createAuthenticate(config: AuthConfig): RequestHandler {
+export function createAuthenticate(
+  config: AuthConfig,
+  { queryToken = false }: AuthenticateOptions = {},
+): RequestHandler {
   if (config.AUTH_MODE === 'none') {
     const anyone: Principal = Object.freeze({ canWriteAny: true });
     return (req, _res, next) => {
@@ -140,7 +163,7 @@ export function createAuthenticate(config: AuthConfig): RequestHandler {
     key = new TextEncoder().encode(config.AUTH_JWT_SECRET);
     algorithm = 'HS256';
   } else if (config.AUTH_JWT_PUBLIC_KEY !== undefined) {
-    ({ key, algorithm } = parseJwtPublicKey(config.AUTH_JWT_PUBLIC_KEY));
+    ({ key, algorithm } = config.AUTH_JWT_PUBLIC_KEY);
   } else {
     throw new Error('AUTH_MODE=jwt needs AUTH_JWT_SECRET or AUTH_JWT_PUBLIC_KEY');
   }
@@ -156,12 +179,39 @@ export function createAuthenticate(config: AuthConfig): RequestHandler {
     // The answer depends on who asks: never cached by anyone in between.
     res.set('Cache-Control', 'no-store');
     const header = req.headers.authorization;
-    if (header === undefined || header === '') {
-      throw unauthorized('unauthorized', 'send Authorization: Bearer <token>');
-    }
-    const token = header.length <= MAX_TOKEN_LENGTH + 16 ? BEARER.exec(header)?.[1] : undefined;
-    if (token === undefined || token.length > MAX_TOKEN_LENGTH) {
-      throw unauthorized('invalid_token', 'the Authorization header must be "Bearer <JWT>"');
+    const inQuery: unknown = queryToken
+      ? (req.query as Record<string, unknown>).access_token
+      : undefined;
+    let token: string | undefined;
+    if (inQuery !== undefined) {
+      if (header !== undefined && header !== '') {
+        throw new HttpError(
+          400,
+          'invalid_request',
+          'send the token either in the Authorization header or as access_token, not both',
+        );
+      }
+      // The value itself never goes into a message: it may be a valid token sent by mistake.
+      token =
+        typeof inQuery === 'string' && inQuery.length <= MAX_TOKEN_LENGTH && JWT.test(inQuery)
+          ? inQuery
+          : undefined;
+      if (token === undefined) {
+        throw unauthorized('invalid_token', 'access_token must be one JWT');
+      }
+    } else {
+      if (header === undefined || header === '') {
+        throw unauthorized(
+          'unauthorized',
+          queryToken
+            ? 'send Authorization: Bearer <token>, or the token as access_token'
+            : 'send Authorization: Bearer <token>',
+        );
+      }
+      token = header.length <= MAX_TOKEN_LENGTH + 16 ? BEARER.exec(header)?.[1] : undefined;
+      if (token === undefined || token.length > MAX_TOKEN_LENGTH) {
+        throw unauthorized('invalid_token', 'the Authorization header must be "Bearer <JWT>"');
+      }
     }
     let payload: JWTPayload;
     try {

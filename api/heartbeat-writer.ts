@@ -1,3 +1,4 @@
+import { errorFields, type Logger } from '../lib/logger.ts';
 import { recordHeartbeats, type Executor } from '../lib/pulse-store.ts';
 
 /** Why a heartbeat was not written; the HTTP layer turns each into a 503. */
@@ -30,7 +31,24 @@ export interface HeartbeatWriter {
 }
 
 export interface FlushObserver {
+  /** `ids`: distinct user ids per request, summed over the requests of the statement. */
   onFlush?(info: { ids: number; requests: number; seconds: number; ok: boolean }): void;
+}
+
+type FlushInfo = Parameters<NonNullable<FlushObserver['onFlush']>>[0];
+
+/** An observer (metrics) that throws must not fail a committed heartbeat or stall the queue. */
+function notify(observer: FlushObserver, info: FlushInfo, logger: Logger | undefined): void {
+  try {
+    observer.onFlush?.(info);
+  } catch (error) {
+    logger?.error({ err: errorFields(error) }, 'heartbeat flush observer failed');
+  }
+}
+
+/** One request's ids without repeats: `[7, 7, 7]` is one heartbeat of user 7. */
+function distinct(userIds: readonly number[]): readonly number[] {
+  return userIds.length > 1 ? [...new Set(userIds)] : userIds;
 }
 
 /** One statement and one commit per request: the simple mode, kept for comparison and debugging. */
@@ -46,10 +64,12 @@ export class DirectHeartbeatWriter implements HeartbeatWriter {
   constructor(
     private readonly db: Executor,
     private readonly observer: FlushObserver = {},
+    private readonly logger?: Logger,
   ) {}
 
-  async record(userIds: readonly number[]): Promise<void> {
+  async record(requested: readonly number[]): Promise<void> {
     if (this.closed) throw new HeartbeatRejected('shutting_down', 'the server is shutting down');
+    const userIds = distinct(requested);
     const started = performance.now();
     const write = recordHeartbeats(this.db, userIds);
     this.inFlight.add(write);
@@ -61,12 +81,11 @@ export class DirectHeartbeatWriter implements HeartbeatWriter {
       throw writeFailed(error);
     } finally {
       this.inFlight.delete(write);
-      this.observer.onFlush?.({
-        ids: userIds.length,
-        requests: 1,
-        seconds: (performance.now() - started) / 1000,
-        ok,
-      });
+      notify(
+        this.observer,
+        { ids: userIds.length, requests: 1, seconds: (performance.now() - started) / 1000, ok },
+        this.logger,
+      );
     }
   }
 
@@ -113,6 +132,7 @@ export class GroupCommitHeartbeatWriter implements HeartbeatWriter {
     private readonly db: Executor,
     private readonly options: GroupCommitOptions,
     private readonly observer: FlushObserver = {},
+    private readonly logger?: Logger,
   ) {}
 
   get queuedIds(): number {
@@ -128,7 +148,8 @@ export class GroupCommitHeartbeatWriter implements HeartbeatWriter {
     return oldest === undefined ? 0 : performance.now() - oldest.queuedAt;
   }
 
-  record(userIds: readonly number[]): Promise<void> {
+  record(requested: readonly number[]): Promise<void> {
+    const userIds = distinct(requested);
     if (this.closed) {
       return Promise.reject(new HeartbeatRejected('shutting_down', 'the server is shutting down'));
     }
@@ -204,12 +225,16 @@ export class GroupCommitHeartbeatWriter implements HeartbeatWriter {
         if (ok) pending.resolve();
         else pending.reject(error);
       }
-      this.observer.onFlush?.({
-        ids: ids.length,
-        requests: batch.length,
-        seconds: (performance.now() - started) / 1000,
-        ok,
-      });
+      notify(
+        this.observer,
+        {
+          ids: ids.length,
+          requests: batch.length,
+          seconds: (performance.now() - started) / 1000,
+          ok,
+        },
+        this.logger,
+      );
       this.schedule();
     };
     recordHeartbeats(this.db, ids).then(

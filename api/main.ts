@@ -1,14 +1,16 @@
 import { loadApiConfig } from '../lib/config.ts';
 import { DEFAULT_STATEMENT_TIMEOUT_MS, openDatabase } from '../lib/db.ts';
 import { runMain } from '../lib/entry.ts';
-import { createLogger } from '../lib/logger.ts';
+import { checkStatementTimeout } from '../lib/statement-timeout.ts';
+import { createProcessLogger } from '../lib/logger.ts';
+import { startOpsServer } from '../http/ops-server.ts';
 import { httpLimitsOf, listen } from '../http/server.ts';
 import { GracefulShutdown } from '../lib/shutdown.ts';
 import { assembleApi } from './assemble.ts';
 
 runMain(async () => {
   const config = loadApiConfig(process.env);
-  const logger = createLogger('pulse-api', config.LOG_LEVEL);
+  const logger = createProcessLogger('pulse-api', config.LOG_LEVEL, config.LOG_FORMAT);
   if (config.AUTH_MODE === 'none') {
     logger.warn(
       "AUTH_MODE=none: requests are not authenticated, anyone can set anyone's status; " +
@@ -26,12 +28,30 @@ runMain(async () => {
     statementTimeoutMs: DEFAULT_STATEMENT_TIMEOUT_MS,
   });
   shutdown.add('database pool', () => database.close());
+  void checkStatementTimeout(database.db, DEFAULT_STATEMENT_TIMEOUT_MS, logger);
 
-  const { app, heartbeats, admission } = assembleApi(database, config, logger);
+  const { app, heartbeats, registry, admission, streams } = assembleApi(database, config, logger);
   shutdown.add('heartbeat queue', () => heartbeats.close());
   shutdown.add('admission control', () => admission.close());
 
+  let metrics: string | undefined;
+  if (config.METRICS_PORT !== undefined) {
+    const ops = await startOpsServer({
+      db: database.db,
+      registry,
+      host: config.METRICS_HOST,
+      port: config.METRICS_PORT,
+    });
+    shutdown.add('metrics server', () => ops.stop());
+    metrics = `http://${config.METRICS_HOST}:${ops.port}/metrics`;
+  }
+
   const server = await listen(app, config.PORT, config.HOST, httpLimitsOf(config));
   shutdown.add('http server', () => server.stop());
-  logger.info({ url: `http://${config.HOST}:${config.PORT}` }, 'pulse api listening');
+  // Runs before the server stops (steps run in reverse): open streams would keep it waiting.
+  shutdown.add('event streams', () => streams.close());
+  logger.info(
+    { url: `http://${config.HOST}:${server.port}`, metrics: metrics ?? 'on the API port' },
+    'pulse api listening',
+  );
 });

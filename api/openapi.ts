@@ -8,6 +8,7 @@ const errorCodes = [
   'unauthorized',
   'invalid_token',
   'forbidden',
+  'invalid_request',
   'request_aborted',
   'too_many_ids',
   'payload_too_large',
@@ -17,6 +18,7 @@ const errorCodes = [
   'queue_full',
   'write_failed',
   'shutting_down',
+  'too_many_streams',
   'database_unavailable',
   'internal_error',
 ] as const;
@@ -57,15 +59,25 @@ const forbidden = {
 const secured = {
   security: [{ bearerAuth: [] }, {}],
 };
+/** Probes, metrics and this document: no token, whatever AUTH_MODE says. */
+const open = { security: [] };
+/** Node's HTTP server answers any request this way, before Pulse sees it. */
+const headersTooLarge = {
+  description: 'Request headers over 16 KB (the Node.js HTTP server limit); no body',
+};
 
 export const openApiDocument = {
   openapi: '3.1.0',
   info: {
     title: 'Pulse',
     version: '1.0.0',
+    // No open-source licence: a private package. LicenseRef- is SPDX's form for such a licence.
+    license: { name: 'Proprietary', identifier: 'LicenseRef-Proprietary' },
     description:
       'Online/offline presence on PostgreSQL. A user is online when their last heartbeat is within ONLINE_THRESHOLD_SECONDS of the database clock. Unknown fields in request bodies are ignored.',
   },
+  // Relative: the API serves this document itself, so its own origin is the server.
+  servers: [{ url: '/', description: 'The API serving this document' }],
   paths: {
     '/status/update': {
       post: {
@@ -105,6 +117,109 @@ export const openApiDocument = {
           '413': tooLarge,
           '415': wrongType,
           '503': unavailable,
+        },
+      },
+    },
+    '/status/offline': {
+      post: {
+        operationId: 'setOffline',
+        ...secured,
+        summary:
+          'Explicit offline: the users are offline for every reader at once and every watcher gets a change (a later heartbeat brings them back)',
+        requestBody: {
+          required: true,
+          content: json({ oneOf: [ref('UserRef'), { type: 'array', items: ref('UserRef') }] }),
+        },
+        responses: {
+          '200': {
+            description: 'Committed: the users are offline',
+            content: json({
+              type: 'object',
+              required: ['status'],
+              additionalProperties: false,
+              properties: {
+                status: { const: 'success' },
+                accepted: { type: 'integer', minimum: 0 },
+              },
+            }),
+          },
+          '400': badRequest,
+          '401': unauthenticated,
+          '403': forbidden,
+          '413': tooLarge,
+          '415': wrongType,
+          '503': unavailable,
+        },
+      },
+    },
+    '/status/stream': {
+      get: {
+        operationId: 'streamStatuses',
+        security: [{ bearerAuth: [] }, { accessToken: [] }, {}],
+        summary:
+          'Server-Sent Events: a snapshot of the watched users, then one change per online/offline transition; keeps the caller online while open',
+        description:
+          'Events: `snapshot` (data: the array POST /status/batch returns for `watch`), then `change` (data: one Status) per transition, by the database clock, whichever replica wrote. A `retry:` hint (ms) comes first and again when the server ends the stream (shutdown, token expiry); a keep-alive comment at least every 15 s. A reconnecting client gets a fresh snapshot (no replay). Held presence: with AUTH_MODE=jwt the token `sub` (or `user_id` with the gateway scope), with AUTH_MODE=none `user_id`, is kept online while the stream is open; without either the stream only watches.',
+        parameters: [
+          {
+            name: 'watch',
+            in: 'query',
+            required: false,
+            description: 'User ids to follow, comma-separated, at most BATCH_MAX_IDS',
+            schema: { type: 'string', pattern: '^([1-9][0-9]{0,15}(,[1-9][0-9]{0,15})*)?$' },
+          },
+          {
+            name: 'user_id',
+            in: 'query',
+            required: false,
+            description: 'Whose presence the stream holds (AUTH_MODE=none, or a gateway token)',
+            schema: { type: 'string', pattern: '^[1-9][0-9]{0,15}$' },
+          },
+          {
+            name: 'access_token',
+            in: 'query',
+            required: false,
+            description:
+              'The bearer token, for EventSource which cannot send headers (RFC 6750 section 2.3); never together with the Authorization header. Never logged.',
+            schema: { type: 'string' },
+          },
+        ],
+        responses: {
+          '200': {
+            description: 'The event stream',
+            content: {
+              'text/event-stream': {
+                schema: { type: 'string' },
+                itemSchema: {
+                  oneOf: [
+                    {
+                      type: 'object',
+                      properties: {
+                        event: { const: 'snapshot' },
+                        data: { type: 'array', items: ref('Status') },
+                      },
+                    },
+                    {
+                      type: 'object',
+                      properties: { event: { const: 'change' }, data: ref('Status') },
+                    },
+                  ],
+                },
+              },
+            },
+          },
+          '400': error(
+            '`invalid_user_id` (watch or user_id), or `invalid_request` (a token in both the header and the query)',
+          ),
+          '401': unauthenticated,
+          '403': forbidden,
+          '413': error('`too_many_ids`: more than BATCH_MAX_IDS watched ids'),
+          '503': {
+            description:
+              '`too_many_streams` (STREAM_MAX_OPEN reached), `shutting_down`, or the database or heartbeat queue unavailable for the first held heartbeat or the snapshot. Retry after `Retry-After` seconds.',
+            headers: retryAfter,
+            content: json(ref('Error')),
+          },
         },
       },
     },
@@ -155,6 +270,7 @@ export const openApiDocument = {
     '/healthz': {
       get: {
         operationId: 'health',
+        ...open,
         summary: 'Liveness: the process is running',
         responses: {
           '200': {
@@ -165,12 +281,14 @@ export const openApiDocument = {
               properties: { status: { const: 'ok' } },
             }),
           },
+          '431': headersTooLarge,
         },
       },
     },
     '/readyz': {
       get: {
         operationId: 'ready',
+        ...open,
         summary: 'Readiness: the database answers and every migration is applied',
         responses: {
           '200': {
@@ -181,6 +299,7 @@ export const openApiDocument = {
               properties: { status: { const: 'ready' } },
             }),
           },
+          '431': headersTooLarge,
           '503': error('`not_ready`, with the reason as the message'),
         },
       },
@@ -188,21 +307,28 @@ export const openApiDocument = {
     '/metrics': {
       get: {
         operationId: 'metrics',
+        ...open,
         summary: 'Prometheus metrics (text exposition format)',
         responses: {
           '200': {
             description: 'Metrics',
             content: { 'text/plain': { schema: { type: 'string' } } },
           },
+          '404': error(
+            '`not_found`: with METRICS_PORT set, /metrics is served on that port only, not on the API port',
+          ),
+          '431': headersTooLarge,
         },
       },
     },
     '/openapi.json': {
       get: {
         operationId: 'openapi',
+        ...open,
         summary: 'This document',
         responses: {
           '200': { description: 'OpenAPI 3.1 document', content: json({ type: 'object' }) },
+          '431': headersTooLarge,
         },
       },
     },
@@ -215,6 +341,12 @@ export const openApiDocument = {
         bearerFormat: 'JWT',
         description:
           'With AUTH_MODE=jwt: `sub` is the user id; the `presence:write:any` scope lets a gateway send heartbeats for any user. With AUTH_MODE=none no token is needed.',
+      },
+      accessToken: {
+        type: 'apiKey',
+        in: 'query',
+        name: 'access_token',
+        description: 'The same JWT as bearerAuth, on GET /status/stream only',
       },
     },
     schemas: {

@@ -3,6 +3,8 @@ import { findOnlineUserIds, type Executor } from '../lib/pulse-store.ts';
 export interface StatusReader {
   /** Whether one user is online, by the database clock. */
   isOnline(userId: number): Promise<boolean>;
+  /** The subset of `userIds` that is online, by the database clock (one query, /status/batch). */
+  onlineAmong(userIds: readonly number[]): Promise<Set<number>>;
 }
 
 /** One query per lookup. */
@@ -13,7 +15,11 @@ export class DirectStatusReader implements StatusReader {
   ) {}
 
   async isOnline(userId: number): Promise<boolean> {
-    return (await findOnlineUserIds(this.db, [userId], this.thresholdSeconds)).has(userId);
+    return (await this.onlineAmong([userId])).has(userId);
+  }
+
+  onlineAmong(userIds: readonly number[]): Promise<Set<number>> {
+    return findOnlineUserIds(this.db, userIds, this.thresholdSeconds);
   }
 }
 
@@ -49,6 +55,12 @@ export class CoalescingStatusReader implements StatusReader {
         setImmediate(() => this.flush());
       }
     });
+  }
+
+  /** A batch is already one query: it goes straight to the database, counted like the others. */
+  onlineAmong(userIds: readonly number[]): Promise<Set<number>> {
+    this.onQuery(userIds.length);
+    return findOnlineUserIds(this.db, userIds, this.thresholdSeconds);
   }
 
   private flush(): void {

@@ -76,3 +76,30 @@ export function parseUserIdParam(raw: string): number {
   }
   return value;
 }
+
+/**
+ * The stream's `watch` query parameter: user ids separated by commas ("1,2,3"), in the order given
+ * (duplicates answered as given, like /status/batch). Absent or empty: nothing watched. Repeated
+ * (watch=1&watch=2) is read as one list.
+ */
+export function parseWatchParam(raw: unknown, maxIds: number): number[] {
+  if (raw === undefined) return [];
+  const parts = Array.isArray(raw) ? raw : [raw];
+  if (!parts.every((part): part is string => typeof part === 'string')) {
+    throw new HttpError(400, 'invalid_user_id', 'watch must be user ids separated by commas');
+  }
+  const text = parts.filter((part) => part !== '').join(',');
+  if (text === '') return [];
+  const items = text.split(',');
+  checkCount(items.length, maxIds);
+  return items.map((item) => parseUserIdParam(item.trim()));
+}
+
+/** The stream's `user_id` query parameter: whose presence the stream holds. */
+export function parseOptionalUserIdParam(raw: unknown): number | undefined {
+  if (raw === undefined) return undefined;
+  if (typeof raw !== 'string') {
+    throw new HttpError(400, 'invalid_user_id', 'user_id must be given once');
+  }
+  return parseUserIdParam(raw);
+}

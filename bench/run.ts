@@ -15,6 +15,7 @@ import {
   randomUserId,
   runLoad,
   startApi,
+  startBareExpress,
   type ApiProcess,
   type BenchDatabase,
   type BenchRequest,
@@ -77,7 +78,7 @@ function row(
   target: string,
 ): string {
   const failures = r.errors + r.non2xx;
-  return `| ${name} | ${connections} | ${fmt(r.requestsPerSecond)} | ${fmt(r.requestsPerSecond * idsPerRequest)} | ${r.p50} | ${r.p99} | ${fmt(r.peakRssMb)} | ${failures} | ${target} |`;
+  return `| ${name} | ${connections} | ${fmt(r.requestsPerSecond)} | ${fmt(r.requestsPerSecond * idsPerRequest)} | ${r.p50} | ${r.p99} | ${fmt(r.cpuUsPerRequest)} | ${fmt(r.peakRssMb)} | ${failures} | ${target} |`;
 }
 
 async function main(): Promise<void> {
@@ -92,6 +93,9 @@ async function main(): Promise<void> {
     const singles = prepare(5000, heartbeat);
     console.error('bench: single heartbeats, group commit');
     const grouped = await withApi(db, {}, (api) => load(api, singles, singleConnections));
+    console.error('bench: the same single heartbeats to a bare Express handler (CPU yardstick)');
+    const bareApi = await startBareExpress();
+    const bare = await load(bareApi, singles, singleConnections).finally(() => bareApi.stop());
     console.error('bench: single heartbeats, one statement per request');
     const direct = await withApi(db, { HEARTBEAT_GROUP_COMMIT: 'false' }, (api) =>
       load(api, singles, singleConnections),
@@ -117,15 +121,17 @@ async function main(): Promise<void> {
 Pulse benchmark: ${fmt(rows)} rows in pulse, ${durationSeconds} s per scenario, ${os.cpus().length} x ${cpu}, Node ${process.version}
 PostgreSQL: ${process.env.DATABASE_URL ? 'DATABASE_URL' : 'embedded'}; API, PostgreSQL and autocannon share the machine
 
-| scenario | connections | requests/s | heartbeats or ids/s | p50 ms | p99 ms | API RSS MB | failed | target |
-|---|---|---|---|---|---|---|---|---|
+| scenario | connections | requests/s | heartbeats or ids/s | p50 ms | p99 ms | API CPU us/request | API RSS MB | failed | target |
+|---|---|---|---|---|---|---|---|---|---|
 ${row('POST /status/update, group commit', singleConnections, grouped, 1, 'p99 < 50 ms')}
+${row('bare Express 5 handler: parse JSON, answer (no database)', singleConnections, bare, 1, 'CPU yardstick')}
 ${row('POST /status/update, one statement per request', singleConnections, direct, 1, '')}
 ${row(`POST /status/update, gateway batch of ${ID_LIST}`, 8, gateway, ID_LIST, '>= 150,000 heartbeats/s')}
 ${row(`POST /status/batch, ${fmt(ID_LIST)} ids`, 2, batch, ID_LIST, 'p99 < 25 ms')}
 ${row('GET /status/{id}, coalesced lookups', singleConnections, single, 1, '')}
 ${row('GET /status/{id}, one query per lookup', singleConnections, singleDirect, 1, '')}
 
+API CPU per request (process CPU time / requests), single heartbeats: Pulse ${fmt(grouped.cpuUsPerRequest)} us, bare Express handler ${fmt(bare.cpuUsPerRequest)} us: ${(grouped.cpuUsPerRequest / bare.cpuUsPerRequest).toFixed(2)}x (target <= 1.25x)
 group commit / one statement per request: ${ratio.toFixed(2)}x (target >= 4x)
 coalesced / one query per lookup: ${(single.requestsPerSecond / singleDirect.requestsPerSecond).toFixed(2)}x
 HOT updates on pulse: ${hot}

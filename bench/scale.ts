@@ -279,7 +279,7 @@ async function measureSweep(db: BenchDatabase, rows: number): Promise<SizeResult
       schedule: '* * * * *',
       olderThanSeconds: SWEEP_OLDER_THAN_SECONDS,
       batchSize: 10_000,
-      lockTtlSeconds: 60,
+      leaseTtlSeconds: 60,
     }).sweepOnce();
     const cpu = await backends.stop();
     if (report.outcome !== 'done') throw new Error(`sweep ended ${report.outcome}`);

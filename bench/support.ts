@@ -6,7 +6,8 @@ import { fileURLToPath } from 'node:url';
 import autocannon from 'autocannon';
 import pg from 'pg';
 import { freePort, startThrowawayPostgres, type EmbeddedServer } from '../dev/embedded-postgres.ts';
-import { Kysely, PostgresDialect } from 'kysely';
+import { openDatabase } from '../lib/db.ts';
+import { createLogger } from '../lib/logger.ts';
 import { migrateToLatest } from '../lib/migrator.ts';
 
 export interface BenchDatabase {
@@ -45,15 +46,18 @@ export async function openBenchDatabase(
   await admin(`CREATE DATABASE ${name}`);
   const url = new URL(serverUrl);
   url.pathname = `/${name}`;
-  const pool = new pg.Pool({ connectionString: url.toString(), max: 4 });
-  pool.on('error', () => undefined);
-  const db = new Kysely<unknown>({ dialect: new PostgresDialect({ pool }) });
-  await migrateToLatest(db);
+  const database = openDatabase({
+    connectionString: url.toString(),
+    poolMax: 4,
+    applicationName: 'pulse-bench',
+    logger: createLogger('pulse-bench', 'warn'),
+  });
+  await migrateToLatest(database.db);
   return {
     url: url.toString(),
-    query: (text, values) => pool.query(text, values),
+    query: (text, values) => database.pool.query(text, values),
     async close() {
-      await db.destroy();
+      await database.close();
       if (embedded) await embedded.stop();
       else await admin(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`);
     },
@@ -80,6 +84,8 @@ export interface ApiProcess {
   pid: number;
   /** Resident set size in MB, read from /proc. */
   rssMb(): number;
+  /** CPU time (user + system) the process has used so far, in seconds, read from /proc. */
+  cpuSeconds(): number;
   stop(): Promise<void>;
 }
 
@@ -121,6 +127,12 @@ export async function startApi(
       const kb = Number(/VmRSS:\s+(\d+)/.exec(status)?.[1] ?? 0);
       return kb / 1024;
     },
+    cpuSeconds() {
+      // Fields 14 and 15 of /proc/<pid>/stat (utime, stime), in clock ticks of 1/100 s (USER_HZ).
+      const stat = readFileSync(`/proc/${child.pid}/stat`, 'utf8');
+      const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+      return (Number(fields[11]) + Number(fields[12])) / 100;
+    },
     async stop() {
       child.kill('SIGTERM');
       if (child.exitCode === null) await once(child, 'exit');
@@ -135,6 +147,8 @@ export interface LoadResult {
   errors: number;
   non2xx: number;
   peakRssMb: number;
+  /** The API process's CPU time during the run divided by the requests answered, in us. */
+  cpuUsPerRequest: number;
 }
 
 export interface BenchRequest {
@@ -158,6 +172,7 @@ export async function runLoad(options: LoadOptions): Promise<LoadResult> {
   const sampler = setInterval(() => {
     if (options.api) peakRssMb = Math.max(peakRssMb, options.api.rssMb());
   }, 250);
+  const cpuBefore = options.api?.cpuSeconds() ?? NaN;
   try {
     const result = await autocannon({
       url: options.url,
@@ -175,11 +190,23 @@ export async function runLoad(options: LoadOptions): Promise<LoadResult> {
       errors: result.errors + result.timeouts,
       non2xx: result.non2xx,
       peakRssMb,
+      cpuUsPerRequest:
+        (((options.api?.cpuSeconds() ?? NaN) - cpuBefore) * 1e6) /
+        Math.max(1, result.requests.total),
     };
   } finally {
     clearInterval(sampler);
   }
 }
+
+const bareExpress = fileURLToPath(new URL('./bare-express.ts', import.meta.url));
+
+/**
+ * The yardstick for CPU per request: a bare Express 5 handler that parses the JSON body and
+ * answers (bench/bare-express.ts), started like the API so the same load drives it.
+ */
+export const startBareExpress = (): Promise<ApiProcess> =>
+  startApi('', {}, ['--import', 'tsx', bareExpress]);
 
 export const randomUserId = (rows: number): number => 1 + Math.floor(Math.random() * rows);
 

@@ -199,7 +199,7 @@ export async function runSweepBenchmark(
       schedule: '* * * * *',
       olderThanSeconds: OLDER_THAN_SECONDS,
       batchSize,
-      lockTtlSeconds: 30,
+      leaseTtlSeconds: 30,
       batchPauseMs,
     });
     const sweepFrom = performance.now();

@@ -30,6 +30,12 @@ const PASSWORD = 'postgres';
  */
 export async function startEmbeddedPostgres(options: EmbeddedOptions): Promise<EmbeddedServer> {
   const dataDir = path.resolve(options.dataDir);
+  // The server's last words, for the error when it does not start (the package rejects with none).
+  const lastLines: string[] = [];
+  const remember = (message: unknown) => {
+    lastLines.push(...String(message).split('\n').filter(Boolean));
+    lastLines.splice(0, lastLines.length - 5);
+  };
   const server = new EmbeddedPostgres({
     databaseDir: dataDir,
     port: options.port,
@@ -38,8 +44,14 @@ export async function startEmbeddedPostgres(options: EmbeddedOptions): Promise<E
     persistent: options.persistent,
     createPostgresUser: true,
     postgresFlags: options.postgresFlags ?? [],
-    onLog: options.onLog ?? (() => undefined),
-    onError: (error: unknown) => options.onLog?.(String(error)),
+    onLog: (message: string) => {
+      remember(message);
+      options.onLog?.(message);
+    },
+    onError: (error: unknown) => {
+      remember(error);
+      options.onLog?.(String(error));
+    },
   });
   if (!existsSync(path.join(dataDir, 'PG_VERSION'))) await server.initialise();
   try {
@@ -47,7 +59,7 @@ export async function startEmbeddedPostgres(options: EmbeddedOptions): Promise<E
   } catch (error) {
     throw new Error(
       `embedded PostgreSQL did not start on port ${options.port} (is the port in use, or another copy running on ${dataDir}?)`,
-      { cause: error },
+      { cause: error ?? new Error(lastLines.join('\n') || 'no output from the server') },
     );
   }
   return {

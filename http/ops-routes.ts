@@ -5,9 +5,17 @@ import { checkReadiness } from '../lib/readiness.ts';
 
 /**
  * GET /healthz (the process is alive), /readyz (the database answers and the schema is migrated),
- * /metrics (Prometheus text). Served by the API on its port and by the sweeper on METRICS_PORT.
+ * /metrics (Prometheus text). Served by the sweeper on METRICS_PORT, by the API on its port and,
+ * when METRICS_PORT is set for it, on that port instead (/metrics leaves the public port).
  */
-export function opsRoutes<DB>({ db, registry }: { db: Kysely<DB>; registry: Registry }): Router {
+export function opsRoutes<DB>({
+  db,
+  registry,
+}: {
+  db: Kysely<DB>;
+  /** Undefined: no /metrics here (the API with its own metrics listener). */
+  registry: Registry | undefined;
+}): Router {
   const router = Router();
   router.get('/healthz', (_req, res) => {
     res.json({ status: 'ok' });
@@ -21,8 +29,10 @@ export function opsRoutes<DB>({ db, registry }: { db: Kysely<DB>; registry: Regi
         .set('Retry-After', '1')
         .json({ error: { code: 'not_ready', message: readiness.reason } });
   });
-  router.get('/metrics', async (_req, res) => {
-    res.type(registry.contentType).send(await registry.metrics());
-  });
+  if (registry) {
+    router.get('/metrics', async (_req, res) => {
+      res.type(registry.contentType).send(await registry.metrics());
+    });
+  }
   return router;
 }

@@ -47,10 +47,16 @@ const cronExpression = z
   .trim()
   .refine((value) => cron.validate(value), 'must be a valid cron expression (5 or 6 fields)');
 
+// Log format: readable lines at a terminal, JSON lines everywhere else (lib/logger.ts).
+const logFormat = z
+  .enum(['auto', 'json', 'pretty'], { error: 'must be "auto", "json" or "pretty"' })
+  .default('auto');
+
 const common = {
   DATABASE_URL: databaseUrl,
   PG_POOL_MAX: integer(1, 1000, 10),
   LOG_LEVEL: logLevel,
+  LOG_FORMAT: logFormat,
   ONLINE_THRESHOLD_SECONDS: integer(1, 86_400, 20),
   SHUTDOWN_TIMEOUT_SECONDS: integer(1, 3_600, 10),
 };
@@ -64,10 +70,12 @@ export type JwtPublicKeyAlgorithm = 'RS256' | 'ES256';
  * PEM fits on one line of an env file. Throws an Error whose message completes
  * "AUTH_JWT_PUBLIC_KEY ...".
  */
-export function parseJwtPublicKey(pem: string): {
+export interface JwtPublicKey {
   key: KeyObject;
   algorithm: JwtPublicKeyAlgorithm;
-} {
+}
+
+export function parseJwtPublicKey(pem: string): JwtPublicKey {
   const text = pem.replaceAll('\\n', '\n').trim();
   if (/PRIVATE KEY/.test(text)) {
     throw new Error('must be a public key, not a private key (the API only verifies tokens)');
@@ -105,13 +113,15 @@ const authFields = {
       'must be at least 32 bytes (for example: openssl rand -base64 48)',
     )
     .optional(),
+  // Parsed here, once: the API verifies tokens with the key object, never with the PEM text.
   AUTH_JWT_PUBLIC_KEY: z
     .string()
-    .superRefine((value, ctx) => {
+    .transform((value, ctx) => {
       try {
-        parseJwtPublicKey(value);
+        return parseJwtPublicKey(value);
       } catch (error) {
         ctx.addIssue({ code: 'custom', message: (error as Error).message });
+        return z.NEVER;
       }
     })
     .optional(),
@@ -154,6 +164,22 @@ function checkAuth(c: AuthFields, ctx: z.RefinementCtx): void {
   }
 }
 
+// --- Live stream (GET /status/stream), connection-held presence and change detection ---
+const streamFields = {
+  /** Open streams per process; one more is answered 503 too_many_streams with Retry-After. */
+  STREAM_MAX_OPEN: integer(0, 1_000_000, 10_000),
+  /** How often the watched ids of all streams of a process are re-read (change detection). */
+  STREAM_POLL_INTERVAL_MS: integer(50, 60_000, 1_000),
+  /** A keep-alive comment at least this often (the contract promises at most 15 s of silence). */
+  STREAM_KEEPALIVE_SECONDS: integer(1, 15, 15),
+  /** The reconnection delay hinted in `retry:`; each stream gets it with +-50% jitter. */
+  STREAM_RETRY_MS: integer(100, 600_000, 3_000),
+  /** A stream whose write buffer has not drained for this long is disconnected (slow consumer). */
+  STREAM_DRAIN_TIMEOUT_SECONDS: integer(1, 600, 10),
+  /** ... and at once when more than this many bytes wait in the process for it. */
+  STREAM_MAX_BUFFERED_BYTES: integer(16_384, 64 * 1024 * 1024, 1024 * 1024),
+};
+
 const apiSchema = z
   .object({
     ...common,
@@ -168,6 +194,17 @@ const apiSchema = z
     HEARTBEAT_FLUSH_DELAY_MS: integer(0, 1000, 2),
     HEARTBEAT_MAX_CONCURRENT_FLUSHES: integer(1, 100, 2),
     HEARTBEAT_QUEUE_MAX_IDS: integer(1, 10_000_000, 100_000),
+    // Metrics listener: set METRICS_PORT to serve /metrics there (with /healthz, /readyz) and no
+    // longer on PORT, so the public port never shows them. Unset: /metrics on PORT.
+    METRICS_PORT: z
+      .string()
+      .trim()
+      .regex(/^\d+$/, 'must be a whole number')
+      .transform(Number)
+      .pipe(z.number().max(65_535, 'must be at most 65535'))
+      .optional(),
+    METRICS_HOST: z.string().trim().min(1, 'must not be empty').default('127.0.0.1'),
+    ...streamFields,
     // --- overload protection and slow clients (docs/overload.md) ---
     MAX_IN_FLIGHT_REQUESTS: integer(1, 100_000, 128),
     MAX_QUEUE_WAIT_MS: integer(1, 60_000, 500),
@@ -189,7 +226,7 @@ const sweeperSchema = z
     SWEEP_SCHEDULE: cronExpression.default('*/10 * * * * *'),
     SWEEP_OLDER_THAN_SECONDS: integer(1, 86_400 * 30, 30),
     SWEEP_BATCH_SIZE: integer(1, 1_000_000, 10_000),
-    SWEEP_LOCK_TTL_SECONDS: integer(1, 3_600, 30),
+    SWEEP_LEASE_TTL_SECONDS: integer(1, 3_600, 30),
     SWEEP_BATCH_PAUSE_MS: integer(0, 60_000, 0),
     METRICS_PORT: integer(0, 65_535, 9464),
     METRICS_HOST: z.string().trim().min(1, 'must not be empty').default('127.0.0.1'),
@@ -203,6 +240,7 @@ const sweeperSchema = z
 const migrateSchema = z.object({
   DATABASE_URL: databaseUrl,
   LOG_LEVEL: logLevel,
+  LOG_FORMAT: logFormat,
   // Unset: leave the table as it is (switching rewrites the whole table under an exclusive lock).
   PULSE_TABLE_UNLOGGED: z
     .stringbool({ truthy: ['true', '1', 'yes', 'on'], falsy: ['false', '0', 'no', 'off'] })
@@ -248,7 +286,21 @@ export type SweeperConfig = z.output<typeof sweeperSchema>;
 export type MigrateConfig = z.output<typeof migrateSchema>;
 
 export const loadApiConfig = (env: Env): Readonly<ApiConfig> => parse(apiSchema, env);
-export const loadSweeperConfig = (env: Env): Readonly<SweeperConfig> => parse(sweeperSchema, env);
+export const loadSweeperConfig = (env: Env): Readonly<SweeperConfig> =>
+  parse(sweeperSchema, withLeaseTtlAlias(env));
+
+/** SWEEP_LOCK_TTL_SECONDS is the old name of SWEEP_LEASE_TTL_SECONDS, still accepted. */
+function withLeaseTtlAlias(env: Env): Env {
+  const old = env.SWEEP_LOCK_TTL_SECONDS?.trim();
+  if (!old) return env;
+  const current = env.SWEEP_LEASE_TTL_SECONDS?.trim();
+  if (current && current !== old) {
+    throw new ConfigError([
+      `SWEEP_LOCK_TTL_SECONDS is the old name of SWEEP_LEASE_TTL_SECONDS: set only one (got ${JSON.stringify(old)} and ${JSON.stringify(current)})`,
+    ]);
+  }
+  return { ...env, SWEEP_LEASE_TTL_SECONDS: old };
+}
 export const loadMigrateConfig = (env: Env): Readonly<MigrateConfig> => parse(migrateSchema, env);
 export const loadStartConfig = (env: Env): Readonly<z.output<typeof startSchema>> =>
   parse(startSchema, env);

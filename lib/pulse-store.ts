@@ -5,7 +5,7 @@
  * Citus compatibility (see README): the upsert sets `last_hb = EXCLUDED.last_hb` with `now()` in
  * the inserted SELECT list, and the sweep walks primary-key ranges, never ctid.
  */
-import { sql, type Kysely } from 'kysely';
+import { sql, type Kysely, type RawBuilder } from 'kysely';
 import type { Database } from './schema.ts';
 
 export type Executor = Kysely<Database>;
@@ -34,7 +34,18 @@ export async function recordHeartbeats(db: Executor, userIds: Iterable<number>):
     .execute();
 }
 
-/** The subset of `userIds` whose last heartbeat is within `thresholdSeconds` of the database clock. */
+/**
+ * THE online rule, in one place: the row's last heartbeat is newer than `thresholdSeconds` by the
+ * database clock. Every statement that judges online-ness (status reads, change detection) uses it.
+ */
+export function isOnlineSql(thresholdSeconds: number): RawBuilder<boolean> {
+  return sql<boolean>`last_hb > now() - make_interval(secs => ${thresholdSeconds})`;
+}
+
+/**
+ * The subset of `userIds` that is online. Also the stream's change-detection statement
+ * (lib/presence-feed.ts): a primary-key lookup per id, valid on a Citus-distributed `pulse`.
+ */
 export async function findOnlineUserIds(
   db: Executor,
   userIds: readonly number[],
@@ -46,9 +57,35 @@ export async function findOnlineUserIds(
     .selectFrom('pulse')
     .select('user_id')
     .where(sql<boolean>`user_id = ANY(${ids}::bigint[])`)
-    .where('last_hb', '>', sql<Date>`now() - make_interval(secs => ${thresholdSeconds})`)
+    .where(isOnlineSql(thresholdSeconds))
     .execute();
   return new Set(rows.map((row) => Number(row.user_id)));
+}
+
+/** What every status answer says about one user: POST /status/batch, the stream's events. */
+export interface UserStatus {
+  user_id: number;
+  is_online: boolean;
+}
+
+/** One status per requested id, in request order, duplicates answered as given. */
+export async function readStatuses(
+  db: Executor,
+  userIds: readonly number[],
+  thresholdSeconds: number,
+): Promise<UserStatus[]> {
+  const online = await findOnlineUserIds(db, userIds, thresholdSeconds);
+  return userIds.map((id) => ({ user_id: id, is_online: online.has(id) }));
+}
+
+/** Explicit offline: the users are offline for every reader as soon as this commits. */
+export async function setOffline(db: Executor, userIds: readonly number[]): Promise<void> {
+  const ids = normalizeUserIds(userIds);
+  if (ids.length === 0) return;
+  await db
+    .deleteFrom('pulse')
+    .where(sql<boolean>`user_id = ANY(${ids}::bigint[])`)
+    .execute();
 }
 
 export interface SweepBatchResult {

@@ -9,7 +9,7 @@ import { parseArgs } from 'node:util';
 import { loadMigrateConfig } from '../lib/config.ts';
 import { openDatabase } from '../lib/db.ts';
 import { runMain } from '../lib/entry.ts';
-import { createLogger } from '../lib/logger.ts';
+import { createProcessLogger } from '../lib/logger.ts';
 import { createMigrator, migrateToLatest, throwIfFailed } from '../lib/migrator.ts';
 import { setPulseTableUnlogged } from '../lib/pulse-store.ts';
 
@@ -20,7 +20,7 @@ runMain(async () => {
     throw new Error(`unknown migrate command "${command}" (use latest, down or status)`);
   }
   const config = loadMigrateConfig(process.env);
-  const logger = createLogger('pulse-migrate', config.LOG_LEVEL);
+  const logger = createProcessLogger('pulse-migrate', config.LOG_LEVEL, config.LOG_FORMAT);
   const database = openDatabase({
     connectionString: config.DATABASE_URL,
     poolMax: 2,

@@ -2,7 +2,8 @@ import { parseArgs } from 'node:util';
 import { loadSweeperConfig } from '../lib/config.ts';
 import { DEFAULT_STATEMENT_TIMEOUT_MS, openDatabase } from '../lib/db.ts';
 import { runMain } from '../lib/entry.ts';
-import { createLogger } from '../lib/logger.ts';
+import { checkStatementTimeout } from '../lib/statement-timeout.ts';
+import { createProcessLogger } from '../lib/logger.ts';
 import { createRegistry } from '../lib/metrics.ts';
 import { GracefulShutdown } from '../lib/shutdown.ts';
 import { createSweeperMetrics } from './metrics.ts';
@@ -16,12 +17,12 @@ import { Sweeper } from './sweeper.ts';
 runMain(async () => {
   const { values } = parseArgs({ options: { once: { type: 'boolean', default: false } } });
   const config = loadSweeperConfig(process.env);
-  const logger = createLogger('pulse-sweeper', config.LOG_LEVEL);
+  const logger = createProcessLogger('pulse-sweeper', config.LOG_LEVEL, config.LOG_FORMAT);
   const sweeperOptions = {
     schedule: config.SWEEP_SCHEDULE,
     olderThanSeconds: config.SWEEP_OLDER_THAN_SECONDS,
     batchSize: config.SWEEP_BATCH_SIZE,
-    lockTtlSeconds: config.SWEEP_LOCK_TTL_SECONDS,
+    leaseTtlSeconds: config.SWEEP_LEASE_TTL_SECONDS,
     batchPauseMs: config.SWEEP_BATCH_PAUSE_MS,
   };
   const database = openDatabase({
@@ -37,23 +38,21 @@ runMain(async () => {
     onSweep: createSweeperMetrics(registry),
   });
 
-  if (values.once) {
-    // SIGTERM during a one-off sweep: finish the current batch, print the report, exit 0.
-    const stop = () => void sweeper.stop();
-    process.once('SIGTERM', stop).once('SIGINT', stop);
-    try {
-      const report = await sweeper.sweepOnce();
-      process.stdout.write(`${JSON.stringify(report)}\n`);
-      if (report.outcome === 'failed') process.exitCode = 1;
-    } finally {
-      await database.close();
-    }
-    return;
-  }
-
+  // Signals are handled the same way in both modes: the first SIGTERM/SIGINT lets the current
+  // batch finish and exits 0; a second one, or SHUTDOWN_TIMEOUT_SECONDS, forces exit 1.
   const shutdown = new GracefulShutdown(logger, config.SHUTDOWN_TIMEOUT_SECONDS);
   shutdown.listen();
   shutdown.add('database pool', () => database.close());
+  void checkStatementTimeout(database.db, DEFAULT_STATEMENT_TIMEOUT_MS, logger);
+
+  if (values.once) {
+    shutdown.add('sweeper', () => sweeper.stop());
+    const report = await sweeper.sweepOnce();
+    process.stdout.write(`${JSON.stringify(report)}\n`);
+    if (report.outcome === 'failed') process.exitCode = 1;
+    await shutdown.stop();
+    return;
+  }
   const ops = await startOpsServer({
     db: database.db,
     registry,

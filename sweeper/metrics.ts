@@ -6,7 +6,7 @@ export function createSweeperMetrics(registry: Registry): (report: SweepReport) 
   const registers = [registry];
   const sweeps = new Counter({
     name: 'pulse_sweeps_total',
-    help: 'Sweeps by outcome: done, skipped (another sweeper held the lock), stopped, lease-lost, failed',
+    help: 'Sweeps by outcome: done, skipped (another sweeper held the lease), stopped, lease-lost, failed',
     labelNames: ['outcome'] as const,
     registers,
   });
@@ -15,14 +15,14 @@ export function createSweeperMetrics(registry: Registry): (report: SweepReport) 
     help: 'Expired rows deleted by this sweeper',
     registers,
   });
-  const lockSkipped = new Counter({
-    name: 'pulse_sweep_lock_skipped_total',
-    help: 'Ticks skipped because another sweeper held the sweep lock',
+  const skipped = new Counter({
+    name: 'pulse_sweep_skipped_total',
+    help: 'Ticks skipped because another sweeper held the sweep lease',
     registers,
   });
   const duration = new Histogram({
     name: 'pulse_sweep_duration_seconds',
-    help: 'Duration of sweeps that held the lock',
+    help: 'Duration of sweeps that held the lease',
     buckets: [0.01, 0.05, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120],
     registers,
   });
@@ -35,8 +35,8 @@ export function createSweeperMetrics(registry: Registry): (report: SweepReport) 
   return (report) => {
     sweeps.inc({ outcome: report.outcome });
     rowsDeleted.inc(report.deleted);
-    if (report.outcome === 'skipped') lockSkipped.inc();
-    if (report.lockHeld) duration.observe(report.durationMs / 1000);
+    if (report.outcome === 'skipped') skipped.inc();
+    if (report.leaseHeld) duration.observe(report.durationMs / 1000);
     if (report.outcome === 'done') lastSuccess.set(Date.now() / 1000);
   };
 }

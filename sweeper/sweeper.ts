@@ -7,7 +7,7 @@ import { sweepExpiredBatch, type Executor } from '../lib/pulse-store.ts';
 import { releaseSweepLease, renewSweepLease, tryAcquireSweepLease } from '../lib/sweep-lease.ts';
 
 /**
- * How a sweep ended: `done` (walked the whole table), `skipped` (another sweeper holds the lock),
+ * How a sweep ended: `done` (walked the whole table), `skipped` (another sweeper holds the lease),
  * `stopped` (stop() was called: the current batch finished, the rest waits for the next run),
  * `lease-lost` (this sweeper stalled past the lease TTL and another took over), `failed` (a
  * statement failed, e.g. the database restarted; the next tick tries again).
@@ -17,8 +17,8 @@ export type SweepOutcome = 'done' | 'skipped' | 'stopped' | 'lease-lost' | 'fail
 /** What every sweep reports: logged by the scheduler, printed by `--once`, passed to onSweep. */
 export interface SweepReport {
   outcome: SweepOutcome;
-  /** Whether this sweeper held the sweep lock (false: another sweeper was sweeping). */
-  lockHeld: boolean;
+  /** Whether this sweeper held the sweep lease (false: another sweeper was sweeping). */
+  leaseHeld: boolean;
   deleted: number;
   batches: number;
   durationMs: number;
@@ -36,7 +36,7 @@ export interface SweeperOptions {
   /** How many consecutive user ids one batch (one transaction) covers. */
   batchSize: number;
   /** How long the lease lasts without renewal (a crashed sweeper blocks others at most this long). */
-  lockTtlSeconds: number;
+  leaseTtlSeconds: number;
   /** Pause between batches, leaving the database to heartbeats (0: none). */
   batchPauseMs?: number;
   /** This sweeper's name in the lease table; defaults to host:pid:random. */
@@ -74,7 +74,7 @@ export class Sweeper {
 
   /**
    * One whole sweep, batch by batch, each batch its own short transaction, if this sweeper can
-   * take the lock. Never rejects: a failure is reported as outcome `failed`.
+   * take the lease. Never rejects: a failure is reported as outcome `failed`.
    */
   sweepOnce(): Promise<SweepReport> {
     if (this.running) return this.running.then(() => this.sweepOnce());
@@ -105,12 +105,15 @@ export class Sweeper {
       return;
     }
     const report = await this.sweepOnce();
+    // Idle ticks (nothing expired, or another sweeper's turn) come every few seconds: debug only.
     if (report.outcome === 'skipped') {
-      this.logger.info(report, 'another sweeper holds the sweep lock: skipping this tick');
+      this.logger.debug(report, 'another sweeper holds the sweep lease: skipping this tick');
     } else if (report.outcome === 'failed') {
       this.logger.error(report, 'sweep failed; the next tick tries again');
     } else if (report.outcome === 'lease-lost') {
       this.logger.warn(report, 'sweep lease lost to another sweeper: stopped sweeping');
+    } else if (report.outcome === 'done' && report.deleted === 0) {
+      this.logger.debug(report, 'sweep finished');
     } else {
       this.logger.info(report, report.outcome === 'done' ? 'sweep finished' : 'sweep stopped');
     }
@@ -119,20 +122,20 @@ export class Sweeper {
   private async sweep(): Promise<SweepReport> {
     const startedAt = new Date().toISOString();
     const started = performance.now();
-    const { batchSize, olderThanSeconds, lockTtlSeconds } = this.options;
+    const { batchSize, olderThanSeconds, leaseTtlSeconds } = this.options;
     const pauseMs = this.options.batchPauseMs ?? 0;
     let outcome: SweepOutcome = 'done';
     let error: string | undefined;
-    let lockHeld = false;
+    let leaseHeld = false;
     let deleted = 0;
     let batches = 0;
     let maxBatchMs = 0;
     try {
-      lockHeld =
-        !this.stopping && (await tryAcquireSweepLease(this.db, this.holder, lockTtlSeconds));
+      leaseHeld =
+        !this.stopping && (await tryAcquireSweepLease(this.db, this.holder, leaseTtlSeconds));
       if (this.stopping) {
         outcome = 'stopped';
-      } else if (!lockHeld) {
+      } else if (!leaseHeld) {
         outcome = 'skipped';
       } else {
         let cursor: string | null = null;
@@ -143,7 +146,7 @@ export class Sweeper {
           }
           const batchStarted = performance.now();
           const batch = await this.db.transaction().execute(async (trx) => {
-            if (!(await renewSweepLease(trx, this.holder, lockTtlSeconds)))
+            if (!(await renewSweepLease(trx, this.holder, leaseTtlSeconds)))
               throw new LeaseLostError();
             return sweepExpiredBatch(trx, { cursor, batchSize, olderThanSeconds });
           });
@@ -166,14 +169,14 @@ export class Sweeper {
         error = caught instanceof Error ? caught.message : String(caught);
       }
     }
-    if (lockHeld && outcome !== 'lease-lost') {
+    if (leaseHeld && outcome !== 'lease-lost') {
       // Best effort: when the database is down, the lease expires by itself (or this sweeper,
       // still named as holder, takes it back on its next tick).
       await releaseSweepLease(this.db, this.holder).catch(() => undefined);
     }
     const report: SweepReport = {
       outcome,
-      lockHeld,
+      leaseHeld,
       deleted,
       batches,
       durationMs: Math.round(performance.now() - started),

@@ -1,4 +1,4 @@
-import { generateKeyPairSync } from 'node:crypto';
+import { generateKeyPairSync, KeyObject } from 'node:crypto';
 import { expect } from 'chai';
 import { ConfigError, loadApiConfig } from '../lib/config.ts';
 import { asymmetric, randomSecret } from './support/tokens.ts';
@@ -55,7 +55,9 @@ describe('API configuration: authentication', () => {
       const { publicKeyPem } = await asymmetric(algorithm);
       for (const pem of [publicKeyPem, publicKeyPem.trim().replaceAll('\n', '\\n')]) {
         const config = loadApiConfig({ DATABASE_URL, AUTH_MODE: 'jwt', AUTH_JWT_PUBLIC_KEY: pem });
-        expect(config.AUTH_JWT_PUBLIC_KEY).to.equal(pem);
+        // Parsed once, by the configuration: the API gets the key object and its algorithm.
+        expect(config.AUTH_JWT_PUBLIC_KEY?.algorithm).to.equal(algorithm);
+        expect(config.AUTH_JWT_PUBLIC_KEY?.key).to.be.instanceOf(KeyObject);
       }
     });
   }

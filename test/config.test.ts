@@ -1,4 +1,3 @@
-import { spawnSync } from 'node:child_process';
 import { expect } from 'chai';
 import {
   ConfigError,
@@ -7,6 +6,7 @@ import {
   loadStartConfig,
   loadSweeperConfig,
 } from '../lib/config.ts';
+import { runEntryPoint, type EntryPointName } from './support/entry-points.ts';
 
 const DATABASE_URL = 'postgres://u:p@127.0.0.1:5432/pulse';
 
@@ -42,6 +42,28 @@ describe('configuration', () => {
     const sweeper = loadSweeperConfig({ DATABASE_URL });
     expect(sweeper).to.include({ SWEEP_OLDER_THAN_SECONDS: 30, SWEEP_SCHEDULE: '*/10 * * * * *' });
     expect(Object.isFrozen(api)).to.equal(true);
+  });
+
+  it('names the sweep lease TTL SWEEP_LEASE_TTL_SECONDS and still reads SWEEP_LOCK_TTL_SECONDS', () => {
+    expect(loadSweeperConfig({ DATABASE_URL }).SWEEP_LEASE_TTL_SECONDS).to.equal(30);
+    expect(
+      loadSweeperConfig({ DATABASE_URL, SWEEP_LEASE_TTL_SECONDS: '45' }).SWEEP_LEASE_TTL_SECONDS,
+    ).to.equal(45);
+    expect(
+      loadSweeperConfig({ DATABASE_URL, SWEEP_LOCK_TTL_SECONDS: '40' }).SWEEP_LEASE_TTL_SECONDS,
+    ).to.equal(40);
+    expect(
+      problemsOf(() =>
+        loadSweeperConfig({
+          DATABASE_URL,
+          SWEEP_LOCK_TTL_SECONDS: '40',
+          SWEEP_LEASE_TTL_SECONDS: '45',
+        }),
+      )[0],
+    ).to.match(/SWEEP_LOCK_TTL_SECONDS is the old name of SWEEP_LEASE_TTL_SECONDS/);
+    expect(
+      problemsOf(() => loadSweeperConfig({ DATABASE_URL, SWEEP_LOCK_TTL_SECONDS: '0' }))[0],
+    ).to.match(/SWEEP_LEASE_TTL_SECONDS must be at least 1/);
   });
 
   it('treats an empty variable as unset', () => {
@@ -162,19 +184,15 @@ describe('configuration', () => {
     expect(problems.join('\n')).to.match(/SWEEP_SCHEDULE must be a valid cron expression/);
   });
 
-  const entries = ['api/main.ts', 'sweeper/main.ts', 'scripts/migrate.ts', 'dev/start.ts'];
-  for (const entry of entries) {
-    it(`${entry} exits 1 naming the variable when the configuration is wrong, never its password`, () => {
-      const result = spawnSync(process.execPath, ['--import', 'tsx', entry], {
+  for (const entry of ['api', 'sweeper', 'migrate', 'start'] satisfies EntryPointName[]) {
+    it(`the ${entry} entry point exits 1 naming the variable when the configuration is wrong, never its password`, async () => {
+      const result = await runEntryPoint(entry, {
         env: {
-          PATH: process.env.PATH,
           DATABASE_URL: 'postgres://pulse:s3cr3t-pw@127.0.0.1:99999/pulse',
           LOG_LEVEL: 'silent',
         },
-        encoding: 'utf8',
-        timeout: 20_000,
       });
-      expect(result.status).to.equal(1);
+      expect(result.code).to.equal(1);
       expect(result.stderr).to.match(
         /Invalid configuration:\n {2}- DATABASE_URL must be a postgres/,
       );

@@ -2,12 +2,14 @@ import { expect } from 'chai';
 import { sql } from 'kysely';
 import pg from 'pg';
 import {
+  DirectHeartbeatWriter,
   GroupCommitHeartbeatWriter,
   HeartbeatRejected,
   type GroupCommitOptions,
 } from '../api/heartbeat-writer.ts';
 import { startTestApp, type TestApp } from './support/app.ts';
 import { createTestDatabase, lockPulse, type TestDatabase } from './support/database.ts';
+import { waitFor } from './support/entry-points.ts';
 
 const range = (from: number, count: number) => Array.from({ length: count }, (_, i) => from + i);
 
@@ -65,7 +67,8 @@ describe('group commit', () => {
       heartbeats.record([5, 6, 5]),
       heartbeats.record([6]),
     ]);
-    expect(flushes).to.deep.equal([6]); // one statement held all four requests
+    // One statement held all four requests: each request's distinct ids, 1 + 1 + 2 + 1.
+    expect(flushes).to.deep.equal([5]);
     expect(await database.userIds()).to.deep.equal([5, 6]);
     await heartbeats.close();
   });
@@ -120,7 +123,7 @@ describe('group commit', () => {
       maxQueuedIds: 4,
     });
     const first = heartbeats.record([1, 2]); // taken by the single flush, which blocks on the lock
-    await new Promise((resolve) => setTimeout(resolve, 50));
+    await waitFor('the flush to wait for the lock', async () => (await database.lockWaiters()) > 0);
     const queued = [heartbeats.record([3, 4]), heartbeats.record([5, 6])];
     let refused: unknown;
     try {
@@ -153,8 +156,58 @@ describe('group commit', () => {
     expect((refused as HeartbeatRejected).reason).to.equal('shutting_down');
   });
 
+  describe('DirectHeartbeatWriter (HEARTBEAT_GROUP_COMMIT=false)', () => {
+    it('close() waits for the writes in flight, then refuses new heartbeats', async () => {
+      const heartbeats = new DirectHeartbeatWriter(database.db);
+      const release = await lockPulse(database.url);
+      let inFlight: Promise<void> | undefined;
+      try {
+        inFlight = heartbeats.record([1, 2]);
+        await waitFor(
+          'the write to wait for the lock',
+          async () => (await database.lockWaiters()) > 0,
+        );
+        // What the table holds at the moment close() resolves.
+        const closed = heartbeats.close().then(() => database.userIds());
+        let refused: unknown;
+        await heartbeats.record([3]).catch((error: unknown) => (refused = error));
+        expect((refused as HeartbeatRejected).reason).to.equal('shutting_down');
+        await release();
+        expect(await closed).to.deep.equal([1, 2]);
+        await inFlight;
+      } finally {
+        await release().catch(() => undefined); // already released unless the test failed
+        await inFlight?.catch(() => undefined);
+      }
+      expect(await database.userIds()).to.deep.equal([1, 2]);
+    });
+
+    it('close() resolves at once when nothing is in flight, and more than once', async () => {
+      const heartbeats = new DirectHeartbeatWriter(database.db);
+      await heartbeats.record([5]);
+      await heartbeats.close();
+      await heartbeats.close();
+      expect(await database.userIds()).to.deep.equal([5]);
+    });
+  });
+
   describe('over HTTP', () => {
     let app: TestApp;
+    /** Counts the statements that write to pulse from now on (see statementCount). */
+    async function countStatements() {
+      await sql`CREATE TABLE write_statements (at timestamptz)`.execute(database.db);
+      await sql`CREATE FUNCTION count_write() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN INSERT INTO write_statements VALUES (clock_timestamp()); RETURN NULL; END $$`.execute(
+        database.db,
+      );
+      await sql`CREATE TRIGGER count_write AFTER INSERT ON pulse
+        FOR EACH STATEMENT EXECUTE FUNCTION count_write()`.execute(database.db);
+    }
+    const statementCount = async () =>
+      Number(
+        (await sql<{ n: string }>`SELECT count(*) AS n FROM write_statements`.execute(database.db))
+          .rows[0]?.n,
+      );
     afterEach(async () => {
       await app.close();
     });
@@ -167,12 +220,15 @@ describe('group commit', () => {
       });
       const release = await lockPulse(database.url);
       const accepted = [app.post('/status/update', { user_id: 1 })];
-      await new Promise((resolve) => setTimeout(resolve, 50));
+      await waitFor(
+        'the flush to wait for the lock',
+        async () => (await database.lockWaiters()) > 0,
+      );
       accepted.push(
         app.post('/status/update', { user_id: 2 }),
         app.post('/status/update', { user_id: 3 }),
       );
-      await new Promise((resolve) => setTimeout(resolve, 50));
+      await waitFor('two queued heartbeats', () => app.heartbeats.queuedIds === 2);
       const refused = await app.post('/status/update', { user_id: 4 });
       expect(refused.status).to.equal(503);
       expect(refused.headers.get('retry-after')).to.equal('1');
@@ -200,13 +256,22 @@ describe('group commit', () => {
     });
 
     it('writes one statement per request when group commit is off', async () => {
+      await countStatements();
       app = await startTestApp(database, { HEARTBEAT_GROUP_COMMIT: 'false' });
-      const responses = await Promise.all(
-        range(1, 20).map((id) => app.post('/status/update', { user_id: id })),
-      );
-      for (const response of responses) expect(response.status).to.equal(200);
+      // While the table is locked, group commit would queue the later requests and merge them.
+      const release = await lockPulse(database.url);
+      const sent = range(1, 20).map((id) => app.post('/status/update', { user_id: id }));
+      try {
+        await waitFor(
+          'every request to hold a connection or wait for one',
+          async () => (await database.lockWaiters()) === 5 && database.pool.waitingCount === 15,
+        );
+      } finally {
+        await release();
+      }
+      for (const response of await Promise.all(sent)) expect(response.status).to.equal(200);
       expect(await database.userIds()).to.deep.equal(range(1, 20));
-      expect(app.heartbeats.constructor.name).to.equal('DirectHeartbeatWriter');
+      expect(await statementCount()).to.equal(20);
     });
   });
 });

@@ -1,44 +1,21 @@
-import { spawn } from 'node:child_process';
 import { expect } from 'chai';
-import pg from 'pg';
-import { freePort } from '../dev/embedded-postgres.ts';
 import { serverUrl } from './support/database.ts';
-import { adminQuery, uniqueName, withDatabase } from './support/server.ts';
-
-interface Run {
-  code: number | null;
-  stdout: string;
-  stderr: string;
-}
+import { runEntryPoint, type FinishedRun } from './support/entry-points.ts';
+import { adminQuery, freePort, queryOnce, uniqueName, withDatabase } from './support/server.ts';
 
 function migrate(
   databaseUrl: string,
   args: string[] = [],
   env: Record<string, string> = {},
-): Promise<Run> {
-  return new Promise((resolve) => {
-    const child = spawn(process.execPath, ['--import', 'tsx', 'scripts/migrate.ts', ...args], {
-      env: { PATH: process.env.PATH, DATABASE_URL: databaseUrl, LOG_LEVEL: 'silent', ...env },
-    });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.on('data', (chunk: Buffer) => (stdout += chunk.toString()));
-    child.stderr.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
-    child.on('exit', (code) => resolve({ code, stdout, stderr }));
+): Promise<FinishedRun> {
+  return runEntryPoint('migrate', {
+    env: { DATABASE_URL: databaseUrl, LOG_LEVEL: 'silent', ...env },
+    args,
   });
 }
 
-async function query(url: string, text: string): Promise<pg.QueryResult> {
-  const client = new pg.Client({ connectionString: url });
-  await client.connect();
-  try {
-    return await client.query(text);
-  } finally {
-    await client.end();
-  }
-}
-
-describe('migrate CLI', () => {
+describe('migrate CLI', function () {
+  this.timeout(90_000); // every test runs the CLI as a process, several times
   let name: string;
   let url: string;
   beforeEach(async () => {
@@ -56,7 +33,7 @@ describe('migrate CLI', () => {
     expect(up.code).to.equal(0);
     expect(up.stdout).to.match(/applied 0001_create_pulse, 0002_sweeper_lease/);
     expect((await migrate(url, ['status'])).stdout).to.match(/0001_create_pulse\s+applied \d{4}-/);
-    const columns = await query(
+    const columns = await queryOnce(
       url,
       `SELECT column_name, data_type, is_nullable FROM information_schema.columns
        WHERE table_name = 'pulse' ORDER BY ordinal_position`,
@@ -70,15 +47,15 @@ describe('migrate CLI', () => {
     // Each down undoes one migration, newest first, until nothing is left.
     expect((await migrate(url, ['down'])).stdout).to.match(/reverted 0002_sweeper_lease/);
     expect(
-      (await query(url, `SELECT to_regclass('pulse_sweeper_lease') AS t`)).rows[0],
+      (await queryOnce(url, `SELECT to_regclass('pulse_sweeper_lease') AS t`)).rows[0],
     ).to.deep.equal({ t: null });
-    expect((await query(url, `SELECT to_regclass('pulse') AS t`)).rows[0]).to.deep.equal({
+    expect((await queryOnce(url, `SELECT to_regclass('pulse') AS t`)).rows[0]).to.deep.equal({
       t: 'pulse',
     });
     const down = await migrate(url, ['down']);
     expect(down.code).to.equal(0);
     expect(down.stdout).to.match(/reverted 0001_create_pulse/);
-    expect((await query(url, `SELECT to_regclass('pulse') AS t`)).rows[0]).to.deep.equal({
+    expect((await queryOnce(url, `SELECT to_regclass('pulse') AS t`)).rows[0]).to.deep.equal({
       t: null,
     });
     expect((await migrate(url, ['down'])).stdout).to.match(/nothing to revert/);
@@ -88,7 +65,7 @@ describe('migrate CLI', () => {
     const runs = await Promise.all([migrate(url), migrate(url), migrate(url)]);
     for (const run of runs) expect(run.code, run.stderr).to.equal(0);
     expect(runs.filter((r) => /applied 0001_create_pulse/.test(r.stdout))).to.have.length(1);
-    const applied = await query(url, 'SELECT name FROM kysely_migration');
+    const applied = await queryOnce(url, 'SELECT name FROM kysely_migration');
     expect(applied.rows).to.deep.equal([
       { name: '0001_create_pulse' },
       { name: '0002_sweeper_lease' },
@@ -97,7 +74,7 @@ describe('migrate CLI', () => {
 
   it('switches the table to UNLOGGED and back with PULSE_TABLE_UNLOGGED', async () => {
     const persistence = async () =>
-      (await query(url, `SELECT relpersistence FROM pg_class WHERE oid = 'pulse'::regclass`))
+      (await queryOnce(url, `SELECT relpersistence FROM pg_class WHERE oid = 'pulse'::regclass`))
         .rows[0] as {
         relpersistence: string;
       };

@@ -11,7 +11,8 @@ type Operation = {
 const paths = openApiDocument.paths as unknown as Record<string, Record<string, Operation>>;
 const ajv = new Ajv2020({ strict: false, allErrors: true });
 
-function operationFor(method: string, path: string): [string, Operation] {
+function operationFor(method: string, pathAndQuery: string): [string, Operation] {
+  const path = pathAndQuery.split('?')[0]!;
   for (const [template, operations] of Object.entries(paths)) {
     const pattern = new RegExp(`^${template.replace(/\{[^}]+\}/g, '[^/]+')}$`);
     const operation = operations[method.toLowerCase()];
@@ -30,6 +31,7 @@ describe('OpenAPI contract', () => {
   let database: TestDatabase;
   let app: TestApp;
   let securedApp: TestApp;
+  let limitedApp: TestApp;
   const secret = randomSecret();
   const tokens = hs256(secret);
   const exercised = new Set<string>();
@@ -38,10 +40,12 @@ describe('OpenAPI contract', () => {
     database = await createTestDatabase();
     app = await startTestApp(database, { BATCH_MAX_IDS: '3', BODY_LIMIT_BYTES: '1024' });
     securedApp = await startTestApp(database, jwtEnv(secret));
+    limitedApp = await startTestApp(database, { STREAM_MAX_OPEN: '0' });
   });
   after(async () => {
     await app.close();
     await securedApp.close();
+    await limitedApp.close();
     await database.drop();
   });
 
@@ -65,7 +69,24 @@ describe('OpenAPI contract', () => {
     const mediaType = (response.headers.get('content-type') ?? '').split(';')[0]!;
     const content = documented!.content?.[mediaType];
     expect(content, `${method} ${path} ${response.status} sent ${mediaType}`).to.exist;
-    if (mediaType === 'application/json') {
+    if (mediaType === 'text/event-stream') {
+      // The first event is the snapshot: its data must be what the document says.
+      const reader = (response.body as ReadableStream<Uint8Array>).getReader();
+      let text = '';
+      while (!/\n\n(?:event: snapshot\ndata: .*\n\n)/.test(text)) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        text += new TextDecoder().decode(value);
+      }
+      await reader.cancel();
+      const data: unknown = JSON.parse(/event: snapshot\ndata: (.*)\n/.exec(text)![1]!);
+      const validate = ajv.compile({
+        type: 'array',
+        items: { $ref: '#/components/schemas/Status' },
+        components: openApiDocument.components,
+      });
+      expect(validate(data), ajv.errorsText(validate.errors)).to.equal(true);
+    } else if (mediaType === 'application/json') {
       const validate = ajv.compile({ ...content!.schema, components: openApiDocument.components });
       const payload: unknown = await response.json();
       expect(
@@ -115,6 +136,24 @@ describe('OpenAPI contract', () => {
     await check('GET', '/metrics');
     await check('GET', '/openapi.json');
     await check('GET', '/status/%E0%A4%A');
+    await check('POST', '/status/offline', JSON.stringify({ user_id: 2 }));
+    await check('POST', '/status/offline', JSON.stringify([{ user_id: 3 }]));
+    await check('POST', '/status/offline', JSON.stringify({ user_id: -1 }));
+    await check(
+      'POST',
+      '/status/offline',
+      JSON.stringify([1, 2, 3, 4].map((id) => ({ user_id: id }))),
+    );
+    await check('POST', '/status/offline', 'x', 'text/plain');
+    await check('GET', '/status/stream?watch=1,2&user_id=1');
+    await check('GET', '/status/stream?watch=1,x');
+    await check('GET', '/status/stream?watch=1,2,3,4');
+    await check('GET', '/status/stream?watch=1&user_id=1', undefined, undefined, {
+      target: limitedApp,
+    });
+    await check('GET', '/status/stream?watch=1&user_id=1', undefined, undefined, {
+      target: limitedApp,
+    });
   });
 
   it('describes the answers of AUTH_MODE=jwt', async () => {
@@ -138,6 +177,21 @@ describe('OpenAPI contract', () => {
       headers: user,
     });
     await check('GET', '/healthz', undefined, undefined, { target });
+    const token = await tokens.user(5);
+    await check('GET', `/status/stream?watch=5&access_token=${token}`, undefined, undefined, {
+      target,
+    });
+    await check('GET', `/status/stream?access_token=${token}`, undefined, undefined, {
+      target,
+      headers: user,
+    });
+    await check('GET', '/status/stream?user_id=6', undefined, undefined, { target, headers: user });
+    await check('GET', '/status/stream', undefined, undefined, { target });
+    await check('POST', '/status/offline', JSON.stringify({ user_id: 6 }), 'application/json', {
+      target,
+      headers: user,
+    });
+    await check('POST', '/status/offline', body, 'application/json', { target });
   });
 
   it('exercised every documented operation', () => {

@@ -1,17 +1,13 @@
 import { expect } from 'chai';
 import { sql } from 'kysely';
-import { freePort } from '../dev/embedded-postgres.ts';
 import { openDatabase } from '../lib/db.ts';
 import { startTestApp, type TestApp } from './support/app.ts';
 import { createTestDatabase, silentLogger, type TestDatabase } from './support/database.ts';
-import { adminQuery, uniqueName, withDatabase } from './support/server.ts';
+import { adminQuery, freePort, uniqueName, withDatabase } from './support/server.ts';
 import { serverUrl } from './support/database.ts';
+import { metricValue } from './support/metrics.ts';
 
-/** The value of one series in Prometheus text, or undefined when it is absent. */
-function sample(metrics: string, series: string): number | undefined {
-  const line = metrics.split('\n').find((l) => l.startsWith(`${series} `));
-  return line === undefined ? undefined : Number(line.slice(series.length + 1));
-}
+const sample = metricValue;
 
 describe('operations endpoints', () => {
   let database: TestDatabase;
@@ -100,10 +96,11 @@ describe('operations endpoints', () => {
 
   it('GET /metrics exposes the named series and they move with traffic', async () => {
     const before = await (await app.get('/metrics')).text();
+    const pool = database.pool; // the app's pool: the gauge reads it at scrape time
     expect(sample(before, 'pulse_heartbeats_accepted_total')).to.equal(0);
-    for (const state of ['total', 'idle', 'waiting']) {
-      expect(sample(before, `pulse_pg_pool_connections{state="${state}"}`)).to.be.a('number');
-    }
+    expect(sample(before, 'pulse_pg_pool_connections{state="total"}')).to.equal(pool.totalCount);
+    expect(sample(before, 'pulse_pg_pool_connections{state="idle"}')).to.equal(pool.idleCount);
+    expect(sample(before, 'pulse_pg_pool_connections{state="waiting"}')).to.equal(0);
     expect(sample(before, 'pulse_heartbeat_queue_ids')).to.equal(0);
 
     await app.post('/status/update', { user_id: 1 });
@@ -113,10 +110,10 @@ describe('operations endpoints', () => {
 
     const after = await (await app.get('/metrics')).text();
     expect(sample(after, 'pulse_heartbeats_accepted_total')).to.equal(3);
-    expect(sample(after, 'pulse_heartbeat_flush_ids_count')).to.be.at.least(1);
-    expect(
-      sample(after, 'pulse_heartbeat_flush_duration_seconds_count{outcome="ok"}'),
-    ).to.be.at.least(1);
+    // One flush per heartbeat request (they were sent one after the other): 1 id, then 2.
+    expect(sample(after, 'pulse_heartbeat_flush_ids_count')).to.equal(2);
+    expect(sample(after, 'pulse_heartbeat_flush_ids_sum')).to.equal(3);
+    expect(sample(after, 'pulse_heartbeat_flush_duration_seconds_count{outcome="ok"}')).to.equal(2);
     expect(
       sample(
         after,
@@ -136,7 +133,9 @@ describe('operations endpoints', () => {
       ),
     ).to.equal(1);
     expect(after).not.to.match(/route="\/status\/1"/); // user ids never become labels
-    expect(sample(after, 'pulse_pg_pool_connections{state="total"}')).to.be.at.least(1);
+    // The pool opened connections for the writes and keeps them.
+    expect(pool.totalCount).to.be.above(0);
+    expect(sample(after, 'pulse_pg_pool_connections{state="total"}')).to.equal(pool.totalCount);
     expect(after).to.match(/^process_resident_memory_bytes /m);
   });
 

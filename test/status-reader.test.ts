@@ -1,9 +1,9 @@
 import { expect } from 'chai';
 import { CoalescingStatusReader } from '../api/status-reader.ts';
 import { openDatabase } from '../lib/db.ts';
-import { freePort } from '../dev/embedded-postgres.ts';
 import { startTestApp } from './support/app.ts';
 import { createTestDatabase, silentLogger, type TestDatabase } from './support/database.ts';
+import { startTcpProxy } from './support/tcp-proxy.ts';
 
 describe('coalesced status reads', () => {
   let database: TestDatabase;
@@ -34,24 +34,40 @@ describe('coalesced status reads', () => {
     expect(queries).to.deep.equal([50, 50, 20]);
   });
 
-  it('rejects every lookup of a failed query, and the next turn works again', async () => {
-    const url = `postgres://postgres@127.0.0.1:${await freePort()}/nowhere`;
-    const dead = openDatabase({
-      connectionString: url,
+  it('rejects every lookup of a failed query, and the same reader works again next turn', async () => {
+    const target = new URL(database.url);
+    const proxy = await startTcpProxy({
+      targetHost: target.hostname,
+      targetPort: Number(target.port || 5432),
+    });
+    const behindProxy = openDatabase({
+      connectionString: proxy.rewriteUrl(database.url),
       poolMax: 1,
       applicationName: 'test',
       logger: silentLogger,
     });
-    const reader = new CoalescingStatusReader(dead.db, 20);
-    const results = await Promise.allSettled([
-      reader.isOnline(1),
-      reader.isOnline(2),
-      reader.isOnline(1),
-    ]);
-    expect(results.map((r) => r.status)).to.deep.equal(['rejected', 'rejected', 'rejected']);
-    await dead.close();
-    const alive = new CoalescingStatusReader(database.db, 20);
-    expect(await alive.isOnline(1)).to.equal(true);
+    try {
+      const queries: number[] = [];
+      const reader = new CoalescingStatusReader(behindProxy.db, 20, 1000, (ids) =>
+        queries.push(ids),
+      );
+      proxy.refuse(); // the database cannot be reached
+      const results = await Promise.allSettled([
+        reader.isOnline(1),
+        reader.isOnline(2),
+        reader.isOnline(1),
+      ]);
+      expect(results.map((r) => r.status)).to.deep.equal(['rejected', 'rejected', 'rejected']);
+      proxy.accept();
+      expect(await Promise.all([reader.isOnline(1), reader.isOnline(2)])).to.deep.equal([
+        true,
+        false,
+      ]);
+      expect(queries).to.deep.equal([2, 2]); // one failed query, then one that answered
+    } finally {
+      await behindProxy.close();
+      await proxy.close();
+    }
   });
 
   for (const coalescing of ['true', 'false']) {

@@ -1,31 +1,23 @@
-import { spawn } from 'node:child_process';
-import { once } from 'node:events';
-import { fileURLToPath } from 'node:url';
 import { expect } from 'chai';
 import { sql } from 'kysely';
 import { pino } from 'pino';
 import { openDatabase, type DatabaseHandle } from '../lib/db.ts';
-import { freePort } from '../dev/embedded-postgres.ts';
 import type { Logger } from '../lib/logger.ts';
 import { sweepExpiredBatch } from '../lib/pulse-store.ts';
 import { readSweepLease } from '../lib/sweep-lease.ts';
 import { Sweeper, type SweepReport, type SweeperOptions } from '../sweeper/sweeper.ts';
-import { createTestDatabase, silentLogger, type TestDatabase } from './support/database.ts';
+import {
+  createTestDatabase,
+  lockPulse,
+  silentLogger,
+  type TestDatabase,
+} from './support/database.ts';
+import { runEntryPoint, startEntryPoint, startSweeper, waitFor } from './support/entry-points.ts';
+import { metricValue } from './support/metrics.ts';
 import { startTcpProxy, type TcpProxy } from './support/tcp-proxy.ts';
 
 const OLDER_THAN = 30;
 const EXPIRED_AGE = 120;
-const repoRoot = fileURLToPath(new URL('..', import.meta.url));
-
-const delay = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
-
-async function waitFor(what: string, check: () => Promise<boolean> | boolean, timeoutMs = 10_000) {
-  const deadline = Date.now() + timeoutMs;
-  while (!(await check())) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await delay(20);
-  }
-}
 
 /** Rows first..last, every one with last_hb = now() - ageSeconds. */
 async function putRows(database: TestDatabase, first: number, last: number, ageSeconds: number) {
@@ -50,10 +42,13 @@ async function countRows(database: TestDatabase, expired?: boolean): Promise<num
   return Number((await query.executeTakeFirstOrThrow()).n);
 }
 
-function captureLogger(): { logger: Logger; lines: Array<Record<string, unknown>> } {
+function captureLogger(level = 'info'): {
+  logger: Logger;
+  lines: Array<Record<string, unknown>>;
+} {
   const lines: Array<Record<string, unknown>> = [];
   const logger = pino(
-    { level: 'info' },
+    { level },
     { write: (line: string) => void lines.push(JSON.parse(line) as Record<string, unknown>) },
   );
   return { logger, lines };
@@ -64,7 +59,7 @@ function options(overrides: Partial<SweeperOptions> = {}): SweeperOptions {
     schedule: '* * * * * *',
     olderThanSeconds: OLDER_THAN,
     batchSize: 100,
-    lockTtlSeconds: 30,
+    leaseTtlSeconds: 30,
     ...overrides,
   };
 }
@@ -131,19 +126,23 @@ describe('sweeper', function () {
   });
 
   describe('one sweep', () => {
-    it('deletes every expired row in batches, keeps fresh rows, reports, and releases the lock', async () => {
+    it('deletes every expired row in batches, keeps fresh rows, reports, and releases the lease', async () => {
       await putMixedRows(database, 500);
       const reports: SweepReport[] = [];
       const sweeper = sweeperOn(database, { batchSize: 70, onSweep: (r) => reports.push(r) });
+      const started = performance.now();
       const report = await sweeper.sweepOnce();
+      const elapsedMs = performance.now() - started;
       expect(report).to.include({
         outcome: 'done',
-        lockHeld: true,
+        leaseHeld: true,
         deleted: 500,
         batches: Math.ceil(1000 / 70),
       });
-      expect(report.durationMs).to.be.a('number').at.least(0);
+      // The whole sweep lasts at least its longest batch and at most what the caller waited.
       expect(report.maxBatchMs).to.be.a('number').above(0);
+      expect(report.durationMs).to.be.within(Math.floor(report.maxBatchMs), Math.ceil(elapsedMs));
+      expect(Date.parse(report.startedAt)).to.be.closeTo(Date.now() - elapsedMs, 1000);
       expect(reports).to.deep.equal([report]);
       expect(await countRows(database, true)).to.equal(0);
       expect(await countRows(database, false)).to.equal(500);
@@ -180,12 +179,11 @@ describe('sweeper', function () {
       const outcomes = runs.map((r) => r.report.outcome);
       expect(outcomes).to.not.include('failed');
       expect(outcomes).to.include('skipped');
-      const sweeps = runs.filter((r) => r.report.lockHeld);
-      expect(sweeps.length).to.be.at.least(1);
-      expect(runs.reduce((sum, r) => sum + r.report.deleted, 0)).to.equal(3000);
+      const sweeps = runs.filter((r) => r.report.leaseHeld);
+      expect(sweeps.reduce((sum, r) => sum + r.report.deleted, 0)).to.equal(3000);
       expect(
         runs
-          .filter((r) => !r.report.lockHeld)
+          .filter((r) => !r.report.leaseHeld)
           .every((r) => r.report.deleted === 0 && r.report.batches === 0),
       ).to.equal(true);
       expect(await countRows(database, true)).to.equal(0);
@@ -204,7 +202,9 @@ describe('sweeper', function () {
       );
       await putMixedRows(database, 1500);
       const sweeps: Array<{ app: string; from: number; to: number }> = [];
-      const until = Date.now() + 2500;
+      // Until two sweepers have each held the lease (at least three sweeps between them).
+      const enough = () => new Set(sweeps.map((s) => s.app)).size > 1 && sweeps.length >= 3;
+      const deadline = Date.now() + 30_000;
       await Promise.all(
         [0, 1, 2].map(async (n) => {
           const app = `sweeper-${n}`;
@@ -216,14 +216,15 @@ describe('sweeper', function () {
           });
           cleanups.push(() => handle.close());
           const sweeper = sweeperOn(handle, { batchSize: 50 });
-          while (Date.now() < until) {
+          while (!enough() && Date.now() < deadline) {
             const report = await sweeper.sweepOnce();
             expect(report.outcome).to.be.oneOf(['done', 'skipped']);
-            if (report.lockHeld) {
+            if (report.leaseHeld) {
               const from = Date.parse(report.startedAt);
               sweeps.push({ app, from, to: from + report.durationMs + 1 });
             }
-            await delay(Math.random() * 10);
+            // Jitter, so the sweepers' attempts interleave differently each round.
+            await new Promise((resolve) => setTimeout(resolve, Math.random() * 10));
           }
         }),
       );
@@ -231,7 +232,7 @@ describe('sweeper', function () {
         app: string;
         at: Date;
       }>`SELECT app, at FROM delete_log ORDER BY at`.execute(database.db);
-      // Each lock-holding sweep's DELETEs span [first, last]; two such spans must never overlap.
+      // Each lease-holding sweep's DELETEs span [first, last]; two such spans must never overlap.
       const spans = sweeps
         .map((sweep) => {
           const mine = rows.filter(
@@ -272,25 +273,43 @@ describe('sweeper', function () {
         VALUES (1, 'crashed-sweeper', now() + interval '1.5 seconds')`.execute(database.db);
       const sweeper = sweeperOn(database);
       const skipped = await sweeper.sweepOnce();
-      expect(skipped).to.include({ outcome: 'skipped', lockHeld: false, deleted: 0, batches: 0 });
+      expect(skipped).to.include({ outcome: 'skipped', leaseHeld: false, deleted: 0, batches: 0 });
       expect(await countRows(database)).to.equal(100);
 
-      const { logger, lines } = captureLogger();
+      const { logger, lines } = captureLogger('debug');
       const scheduled = sweeperOn(database, {}, logger);
       scheduled.start();
       await waitFor('a sweep after the lease expired', () =>
         lines.some((l) => l.msg === 'sweep finished'),
       );
       const skipLine = lines.find(
-        (l) => l.msg === 'another sweeper holds the sweep lock: skipping this tick',
+        (l) => l.msg === 'another sweeper holds the sweep lease: skipping this tick',
       );
-      expect(skipLine).to.include({ outcome: 'skipped', lockHeld: false, deleted: 0 });
+      // Skipping is routine (another sweeper's turn): debug, not info.
+      expect(skipLine).to.include({ level: 20 });
+      expect(skipLine).to.include({ outcome: 'skipped', leaseHeld: false, deleted: 0 });
       expect(lines.find((l) => l.msg === 'sweep finished')).to.include({
         outcome: 'done',
-        lockHeld: true,
+        leaseHeld: true,
         deleted: 100,
       });
       expect(await countRows(database)).to.equal(0);
+    });
+
+    it('log a sweep that deleted rows at info and an idle one (nothing expired) at debug', async () => {
+      await putRows(database, 1, 10, EXPIRED_AGE);
+      const { logger, lines } = captureLogger('debug');
+      const scheduled = sweeperOn(database, {}, logger);
+      scheduled.start();
+      await waitFor('an idle sweep after the first one', () =>
+        lines.some((l) => l.msg === 'sweep finished' && l.deleted === 0),
+      );
+      await scheduled.stop();
+      const finished = lines.filter((l) => l.msg === 'sweep finished');
+      expect(finished[0]).to.include({ deleted: 10, level: 30 });
+      const idle = finished.filter((l) => l.deleted === 0);
+      expect(idle.length).to.be.greaterThan(0);
+      for (const line of idle) expect(line.level).to.equal(20);
     });
 
     it('stop sweeping at the next batch when their lease was taken over', async () => {
@@ -300,7 +319,7 @@ describe('sweeper', function () {
       await waitFor('the sweep to start deleting', async () => (await countRows(database)) < 2000);
       await sql`UPDATE pulse_sweeper_lease SET holder = 'other-sweeper'`.execute(database.db);
       const report = await sweeping;
-      expect(report).to.include({ outcome: 'lease-lost', lockHeld: true });
+      expect(report).to.include({ outcome: 'lease-lost', leaseHeld: true });
       const left = await countRows(database);
       expect(left).to.be.above(0);
       expect(report.deleted).to.equal(2000 - left);
@@ -319,7 +338,9 @@ describe('sweeper', function () {
         logger,
       );
       sweeper.start();
-      await waitFor('a finished sweep', () => runs.some((r) => r.outcome === 'done'), 20_000);
+      await waitFor('a finished sweep', () => runs.some((r) => r.outcome === 'done'), {
+        timeoutMs: 20_000,
+      });
       await sweeper.stop();
       const done = runs.find((r) => r.outcome === 'done')!;
       expect(done.durationMs, 'the test needs a sweep longer than the 1 s interval').to.be.above(
@@ -336,12 +357,13 @@ describe('sweeper', function () {
       expect(runs.reduce((sum, r) => sum + r.deleted, 0)).to.equal(2500);
       expect(lines.find((l) => l.msg === 'sweep finished')).to.include({
         deleted: 2500,
-        lockHeld: true,
+        leaseHeld: true,
         outcome: 'done',
       });
     });
 
-    it('survives the database going away mid-sweep and finishes on a later tick', async () => {
+    it('survives the database going away mid-sweep and finishes on a later tick', async function () {
+      this.timeout(90_000);
       const target = new URL(database.url);
       const proxy: TcpProxy = await startTcpProxy({
         targetHost: target.hostname,
@@ -366,7 +388,7 @@ describe('sweeper', function () {
       await waitFor(
         'a complete sweep after the outage',
         () => runs.some((r) => r.outcome === 'done'),
-        20_000,
+        { timeoutMs: 60_000 },
       );
       expect(lines.some((l) => l.msg === 'sweep failed; the next tick tries again')).to.equal(true);
       expect(await countRows(database, true)).to.equal(0);
@@ -375,133 +397,154 @@ describe('sweeper', function () {
     });
   });
 
-  describe('the sweeper process', () => {
-    function runSweeper(env: Record<string, string>, args: string[] = []) {
-      const child = spawn(process.execPath, ['--import', 'tsx', 'sweeper/main.ts', ...args], {
-        cwd: repoRoot,
-        env: {
-          PATH: process.env.PATH ?? '',
-          DATABASE_URL: database.url,
-          LOG_LEVEL: 'info',
-          METRICS_PORT: '0',
-          ...env,
-        },
-        stdio: ['ignore', 'pipe', 'pipe'],
-      });
-      cleanups.push(() => void child.kill('SIGKILL'));
-      let stdout = '';
-      let stderr = '';
-      child.stdout.on('data', (chunk: Buffer) => (stdout += chunk.toString()));
-      child.stderr.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
-      const exited = once(child, 'exit') as Promise<[number | null, string | null]>;
-      return { child, exited, stdout: () => stdout, stderr: () => stderr };
-    }
+  describe('the sweeper process', function () {
+    this.timeout(90_000);
+    const env = (extra: Record<string, string> = {}) => ({
+      DATABASE_URL: database.url,
+      LOG_LEVEL: 'info',
+      ...extra,
+    });
+    const scrape = async (opsUrl: string) =>
+      (await fetch(`${opsUrl}/metrics`).catch(() => undefined))?.text();
 
     it('serves /healthz, /readyz and /metrics on METRICS_PORT, and the sweep series move', async () => {
       await putRows(database, 1, 300, EXPIRED_AGE);
-      const port = await freePort();
-      const proc = runSweeper({ SWEEP_SCHEDULE: '* * * * * *', METRICS_PORT: String(port) });
-      const base = `http://127.0.0.1:${port}`;
-      const scrape = async () => (await fetch(`${base}/metrics`).catch(() => undefined))?.text();
-      const value = (metrics: string | undefined, series: string) =>
-        Number(
-          metrics
-            ?.split('\n')
-            .find((l) => l.startsWith(`${series} `))
-            ?.split(' ')[1] ?? NaN,
-        );
-      await waitFor(
+      const { sweeper, opsUrl } = await startSweeper(env({ SWEEP_SCHEDULE: '* * * * * *' }));
+      const metrics = await waitFor(
         'a sweep to show in the metrics',
-        async () => value(await scrape(), 'pulse_sweep_rows_deleted_total') === 300,
-        15_000,
+        async () => {
+          const text = await scrape(opsUrl);
+          return text && metricValue(text, 'pulse_sweep_rows_deleted_total') === 300 && text;
+        },
+        { timeoutMs: 15_000, whileRunning: sweeper },
       );
-      const metrics = await scrape();
-      expect(value(metrics, 'pulse_sweeps_total{outcome="done"}')).to.be.at.least(1);
-      expect(value(metrics, 'pulse_sweep_last_success_timestamp_seconds')).to.be.closeTo(
+      const done = metricValue(metrics, 'pulse_sweeps_total{outcome="done"}');
+      expect(done).to.be.at.least(1);
+      // Every sweep that held the lock was timed; none was skipped.
+      expect(metricValue(metrics, 'pulse_sweep_duration_seconds_count')).to.equal(done);
+      expect(metricValue(metrics, 'pulse_sweep_skipped_total')).to.equal(0);
+      expect(metricValue(metrics, 'pulse_sweep_last_success_timestamp_seconds')).to.be.closeTo(
         Date.now() / 1000,
         30,
       );
-      expect(value(metrics, 'pulse_sweep_duration_seconds_count')).to.be.at.least(1);
-      expect(value(metrics, 'pulse_sweep_lock_skipped_total')).to.equal(0);
-      expect(value(metrics, 'pulse_pg_pool_connections{state="total"}')).to.be.a('number');
-      expect((await fetch(`${base}/healthz`)).status).to.equal(200);
-      const ready = await fetch(`${base}/readyz`);
+      // The sweeper keeps its connection between sweeps.
+      expect(metricValue(metrics, 'pulse_pg_pool_connections{state="total"}')).to.be.at.least(1);
+      expect((await fetch(`${opsUrl}/healthz`)).status).to.equal(200);
+      const ready = await fetch(`${opsUrl}/readyz`);
       expect(ready.status).to.equal(200);
       expect(await ready.json()).to.deep.equal({ status: 'ready' });
-      expect((await fetch(`${base}/nope`)).status).to.equal(404);
-      proc.child.kill('SIGTERM');
-      const [code] = await proc.exited;
-      expect(code).to.equal(0);
+      expect((await fetch(`${opsUrl}/nope`)).status).to.equal(404);
+      expect(await sweeper.stop()).to.deep.equal({ code: 0, signal: null });
     });
 
-    it('counts skipped ticks when another sweeper holds the lock', async () => {
+    it('counts skipped ticks when another sweeper holds the lease', async () => {
       await putRows(database, 1, 10, EXPIRED_AGE);
       await sql`INSERT INTO pulse_sweeper_lease (id, holder, renewed_at, expires_at)
         VALUES (1, 'someone-else', now(), now() + interval '1 hour')
         ON CONFLICT (id) DO UPDATE SET holder = EXCLUDED.holder, expires_at = EXCLUDED.expires_at`.execute(
         database.db,
       );
-      const port = await freePort();
-      const proc = runSweeper({ SWEEP_SCHEDULE: '* * * * * *', METRICS_PORT: String(port) });
+      const { sweeper, opsUrl } = await startSweeper(env({ SWEEP_SCHEDULE: '* * * * * *' }));
       await waitFor(
         'a skipped tick in the metrics',
-        async () => {
-          const metrics = await (
-            await fetch(`http://127.0.0.1:${port}/metrics`).catch(() => undefined)
-          )?.text();
-          return /^pulse_sweep_lock_skipped_total [1-9]/m.test(metrics ?? '');
-        },
-        15_000,
+        async () => /^pulse_sweep_skipped_total [1-9]/m.test((await scrape(opsUrl)) ?? ''),
+        { timeoutMs: 15_000, whileRunning: sweeper },
       );
       expect(await countRows(database, true)).to.equal(10);
-      proc.child.kill('SIGTERM');
-      expect((await proc.exited)[0]).to.equal(0);
+      expect((await sweeper.stop()).code).to.equal(0);
     });
 
     it('exits 0 after finishing the current batch on SIGTERM mid-sweep', async () => {
       await putRows(database, 1, 20_000, EXPIRED_AGE);
-      const proc = runSweeper({
-        SWEEP_SCHEDULE: '* * * * * *',
-        SWEEP_BATCH_SIZE: '5',
-        SWEEP_BATCH_PAUSE_MS: '2',
+      const proc = startEntryPoint('sweeper', {
+        env: env({
+          METRICS_PORT: '0',
+          SWEEP_SCHEDULE: '* * * * * *',
+          SWEEP_BATCH_SIZE: '5',
+          SWEEP_BATCH_PAUSE_MS: '2',
+        }),
       });
       await waitFor(
         'the sweep to start deleting',
         async () => (await countRows(database)) < 19_900,
-        15_000,
+        {
+          timeoutMs: 45_000,
+          whileRunning: proc,
+        },
       );
-      proc.child.kill('SIGTERM');
-      const [code] = await proc.exited;
+      const { code } = await proc.stop('SIGTERM');
       expect(code, proc.stderr()).to.equal(0);
       const left = await countRows(database);
       expect(left, 'SIGTERM should have arrived mid-sweep').to.be.above(0);
-      const logs = proc
-        .stdout()
-        .trim()
-        .split('\n')
-        .map((l) => JSON.parse(l) as Record<string, unknown>);
-      const stopped = logs.find((l) => l.msg === 'sweep stopped');
-      expect(stopped).to.include({ outcome: 'stopped', lockHeld: true, deleted: 20_000 - left });
+      const stopped = proc.logLines().find((l) => l.msg === 'sweep stopped');
+      expect(stopped).to.include({ outcome: 'stopped', leaseHeld: true, deleted: 20_000 - left });
       expect((await readSweepLease(database.db))?.holder).to.equal(null);
     });
 
     it('--once prints the sweep report as one JSON line', async () => {
       await putMixedRows(database, 300);
-      const proc = runSweeper({ SWEEP_BATCH_SIZE: '100' }, ['--once']);
-      const [code] = await proc.exited;
-      expect(code, proc.stderr()).to.equal(0);
-      const lines = proc.stdout().trim().split('\n');
+      const started = Date.now();
+      const run = await runEntryPoint('sweeper', {
+        env: env({ SWEEP_BATCH_SIZE: '100' }),
+        args: ['--once'],
+      });
+      const elapsedMs = Date.now() - started;
+      expect(run.code, run.stderr).to.equal(0);
+      const lines = run.stdout.trim().split('\n');
       expect(lines).to.have.length(1);
       const report = JSON.parse(lines[0]!) as SweepReport;
-      expect(report).to.include({ outcome: 'done', lockHeld: true, deleted: 300, batches: 6 });
-      expect(report.durationMs).to.be.a('number');
+      expect(report).to.include({ outcome: 'done', leaseHeld: true, deleted: 300, batches: 6 });
+      expect(report.durationMs).to.be.within(Math.floor(report.maxBatchMs), elapsedMs);
+      expect(await countRows(database, true)).to.equal(0);
+    });
+
+    describe('--once on a signal, like the scheduled sweeper', () => {
+      /** A --once sweep stuck in its DELETE behind a table lock held by the test. */
+      async function stuckOnce(env: Record<string, string>) {
+        await putRows(database, 1, 10, EXPIRED_AGE);
+        const release = await lockPulse(database.url);
+        cleanups.push(release);
+        const proc = startEntryPoint('sweeper', {
+          env: { DATABASE_URL: database.url, LOG_LEVEL: 'info', SWEEP_BATCH_SIZE: '100', ...env },
+          args: ['--once'],
+        });
+        await waitFor(
+          'the sweep to wait for the table lock',
+          async () => {
+            const { rows } = await sql<{ n: string }>`
+            SELECT count(*) AS n FROM pg_stat_activity
+            WHERE application_name = 'pulse-sweeper' AND wait_event_type = 'Lock'`.execute(
+              database.db,
+            );
+            return Number(rows[0]?.n) > 0;
+          },
+          { timeoutMs: 30_000, whileRunning: proc },
+        );
+        return proc;
+      }
+
+      it('exits 1 when the sweep outlasts SHUTDOWN_TIMEOUT_SECONDS after SIGTERM', async () => {
+        const proc = await stuckOnce({ SHUTDOWN_TIMEOUT_SECONDS: '1' });
+        const signalled = Date.now();
+        const { code } = await proc.stop('SIGTERM');
+        expect(code, proc.stderr()).to.equal(1);
+        expect(Date.now() - signalled, 'not before the timeout').to.be.at.least(900);
+        expect(proc.stdout()).to.match(/shutdown timed out: forcing exit/);
+      });
+
+      it('exits 1 on a second signal', async () => {
+        const proc = await stuckOnce({ SHUTDOWN_TIMEOUT_SECONDS: '60' });
+        proc.signal('SIGTERM');
+        await proc.waitForOutput('shutting down');
+        expect(await proc.stop('SIGTERM'), proc.stderr()).to.deep.equal({ code: 1, signal: null });
+        expect(proc.stdout()).to.match(/second signal: forcing exit/);
+      });
     });
 
     it('refuses to start with an invalid cron expression', async () => {
-      const proc = runSweeper({ SWEEP_SCHEDULE: 'every minute' });
-      const [code] = await proc.exited;
-      expect(code).to.equal(1);
-      expect(proc.stderr()).to.match(/SWEEP_SCHEDULE must be a valid cron expression/);
+      const run = await runEntryPoint('sweeper', { env: env({ SWEEP_SCHEDULE: 'every minute' }) });
+      expect(run.code).to.equal(1);
+      expect(run.stderr).to.match(/SWEEP_SCHEDULE must be a valid cron expression/);
     });
   });
 });

@@ -2,7 +2,7 @@ import { assembleApi } from '../../api/assemble.ts';
 import type { HeartbeatWriter } from '../../api/heartbeat-writer.ts';
 import { loadApiConfig, type ApiConfig } from '../../lib/config.ts';
 import type { DatabaseHandle } from '../../lib/db.ts';
-import { httpLimitsOf, listen } from '../../http/server.ts';
+import { httpLimitsOf, listen, type RunningServer } from '../../http/server.ts';
 import type { Logger } from '../../lib/logger.ts';
 import { silentLogger } from './database.ts';
 
@@ -10,6 +10,7 @@ export interface TestApp {
   baseUrl: string;
   config: Readonly<ApiConfig>;
   heartbeats: HeartbeatWriter;
+  server: RunningServer['server'];
   /** Stops listening and flushes queued heartbeats (not the database: the caller owns it). */
   close(): Promise<void>;
   post(path: string, body: unknown, headers?: Record<string, string>): Promise<Response>;
@@ -23,14 +24,16 @@ export async function startTestApp(
   logger: Logger = silentLogger,
 ): Promise<TestApp> {
   const config = loadApiConfig({ DATABASE_URL: database.url, ...env });
-  const { app, heartbeats, admission } = assembleApi(database, config, logger);
+  const { app, heartbeats, admission, streams } = assembleApi(database, config, logger);
   const server = await listen(app, 0, '127.0.0.1', httpLimitsOf(config));
   const baseUrl = `http://127.0.0.1:${server.port}`;
   return {
     baseUrl,
     config,
     heartbeats,
+    server: server.server,
     async close() {
+      await streams.close();
       await server.stop();
       await heartbeats.close();
       admission.close();

@@ -2,7 +2,14 @@ import { sql } from 'kysely';
 import pg from 'pg';
 import { openDatabase, type DatabaseHandle } from '../../lib/db.ts';
 import { createLogger } from '../../lib/logger.ts';
-import { adminQuery, SERVER_URL_VAR, TEMPLATE_DB_VAR, uniqueName, withDatabase } from './server.ts';
+import {
+  adminQuery,
+  queryOnce,
+  SERVER_URL_VAR,
+  TEMPLATE_DB_VAR,
+  uniqueName,
+  withDatabase,
+} from './server.ts';
 
 export const silentLogger = createLogger('test', 'silent');
 
@@ -19,6 +26,8 @@ export interface TestDatabase extends DatabaseHandle {
   ageOf(userId: number): Promise<number | undefined>;
   /** Every row as "user_id last_hb" (microseconds), ascending: equal snapshots, unchanged table. */
   snapshot(): Promise<string[]>;
+  /** Sessions on this database waiting for a lock right now (a statement stuck behind lockPulse). */
+  lockWaiters(): Promise<number>;
 }
 
 function env(name: string): string {
@@ -89,6 +98,15 @@ export async function createTestDatabase(): Promise<TestDatabase> {
         db,
       );
       return rows.map((r) => r.row);
+    },
+    async lockWaiters() {
+      // On a connection of its own: the pool may be all taken by the waiting statements.
+      const { rows } = await queryOnce<{ n: number }>(
+        url,
+        `SELECT count(*)::int AS n FROM pg_stat_activity
+         WHERE datname = current_database() AND wait_event_type = 'Lock'`,
+      );
+      return rows[0]?.n ?? 0;
     },
   };
 }

@@ -4,10 +4,11 @@
  */
 import { randomBytes } from 'node:crypto';
 import pg from 'pg';
-import { Kysely, PostgresDialect } from 'kysely';
 import { startThrowawayPostgres, type EmbeddedServer } from '../../dev/embedded-postgres.ts';
 
 export { freePort } from '../../dev/embedded-postgres.ts';
+import { openDatabase } from '../../lib/db.ts';
+import { createLogger } from '../../lib/logger.ts';
 import { migrateToLatest } from '../../lib/migrator.ts';
 
 export const SERVER_URL_VAR = 'PULSE_TEST_SERVER_URL';
@@ -23,14 +24,23 @@ export function uniqueName(prefix: string): string {
   return `${prefix}_${process.pid}_${randomBytes(4).toString('hex')}`;
 }
 
-export async function adminQuery(serverUrl: string, text: string): Promise<void> {
-  const client = new pg.Client({ connectionString: serverUrl });
+/** One statement on its own connection (another session than the pool under test). */
+export async function queryOnce<R extends pg.QueryResultRow = pg.QueryResultRow>(
+  url: string,
+  text: string,
+  values?: unknown[],
+): Promise<pg.QueryResult<R>> {
+  const client = new pg.Client({ connectionString: url });
   await client.connect();
   try {
-    await client.query(text);
+    return await client.query<R>(text, values);
   } finally {
     await client.end();
   }
+}
+
+export async function adminQuery(serverUrl: string, text: string): Promise<void> {
+  await queryOnce(serverUrl, text);
 }
 
 let embedded: EmbeddedServer | undefined;
@@ -50,15 +60,16 @@ export async function startTestServer(): Promise<{ serverUrl: string; templateDb
   }
   const templateDb = uniqueName('pulse_test_template');
   await adminQuery(serverUrl, `CREATE DATABASE ${templateDb}`);
-  const db = new Kysely<unknown>({
-    dialect: new PostgresDialect({
-      pool: new pg.Pool({ connectionString: withDatabase(serverUrl, templateDb), max: 1 }),
-    }),
+  const template = openDatabase({
+    connectionString: withDatabase(serverUrl, templateDb),
+    poolMax: 1,
+    applicationName: 'pulse-test',
+    logger: createLogger('test', 'silent'),
   });
   try {
-    await migrateToLatest(db);
+    await migrateToLatest(template.db);
   } finally {
-    await db.destroy();
+    await template.close();
   }
   return { serverUrl, templateDb };
 }

