@@ -96,6 +96,7 @@ describe('overload and slow clients', function () {
       expect(refusedRead.headers.get('retry-after')).to.equal('1');
       await expectError(refusedRead, 503, 'overloaded');
       await expectError(await running.post('/status/batch', [{ user_id: 1 }]), 503, 'overloaded');
+      await expectError(await running.post('/status/offline', { user_id: 1 }), 503, 'overloaded');
       expect((await running.get('/healthz')).status).to.equal(200); // probes are not counted
     } finally {
       await release();
@@ -103,7 +104,7 @@ describe('overload and slow clients', function () {
     for (const response of await Promise.all(held)) expect(response.status).to.equal(200);
     expect(await database.userIds()).to.include.members([101, 102]);
     expect((await app.post('/status/update', { user_id: 103 })).status).to.equal(200);
-    expect(await metric(app, 'pulse_http_requests_refused_total{reason="in_flight"}')).to.equal(3);
+    expect(await metric(app, 'pulse_http_requests_refused_total{reason="in_flight"}')).to.equal(4);
     // One line says it is refusing; the refused requests get no access line each.
     expect(lines.filter((l) => l.msg.startsWith('overloaded'))).to.have.length(1);
     expect(lines.filter((l) => l.msg === 'request completed')).to.have.length(3);
