@@ -1,8 +1,9 @@
-import express, { type Express, type RequestHandler } from 'express';
+import express, { type Express, type Request, type RequestHandler, type Response } from 'express';
 import type { Registry } from 'prom-client';
 import type { Logger } from '../lib/logger.ts';
 import { opsRoutes } from '../http/ops-routes.ts';
 import { setOffline, statusRow, UNKNOWN_PRESENCE, type Executor } from '../lib/pulse-store.ts';
+import { shedResponses, type Admission } from './admission.ts';
 import { assertMayWrite, createAuthenticate, principalOf, type AuthConfig } from './auth.ts';
 import { createCors } from './cors.ts';
 import { demoRoutes } from './demo.ts';
@@ -22,6 +23,8 @@ export interface AppDeps {
   logger: Logger;
   registry: Registry;
   httpMetrics: RequestHandler;
+  /** Admission control (api/admission.ts), mounted on each /status route before its body parser. */
+  admission: Admission;
   stream: Omit<StreamRouteDeps, 'config'>;
   config: AuthConfig & {
     /** Set: /metrics is served by the separate metrics listener, not by this app. */
@@ -44,6 +47,7 @@ export function buildApp({
   logger,
   registry,
   httpMetrics,
+  admission,
   stream,
   config,
 }: AppDeps): Express {
@@ -52,7 +56,13 @@ export function buildApp({
   app.set('etag', false);
 
   // Probes and scrapes every few seconds would drown the request log.
-  app.use(requestLog(logger, { ignore: /^\/(healthz|readyz|metrics)$/ }));
+  app.use(
+    requestLog(logger, {
+      ignore: /^\/(healthz|readyz|metrics)$/,
+      // Requests refused by admission control are counted (metrics, a periodic line), not logged.
+      skip: (res) => shedResponses.has(res),
+    }),
+  );
   // Browser clients on other origins: before everything else, so preflights need no token.
   const corsHandler = createCors(config.CORS_ORIGINS);
   if (corsHandler) app.use(corsHandler);
@@ -82,10 +92,12 @@ export function buildApp({
   app.use('/status', createAuthenticate(config));
 
   // Only application/json is parsed; routes answer any other content type with 415. Compressed
-  // bodies are refused (415): the size limit then bounds exactly what the parser reads.
-  app.use(express.json({ limit: config.BODY_LIMIT_BYTES, strict: true, inflate: false }));
+  // bodies are refused (415): the size limit then bounds exactly what the parser reads. Each route
+  // passes admission control first, so a refused request's body is never parsed.
+  const jsonBody = express.json({ limit: config.BODY_LIMIT_BYTES, strict: true, inflate: false });
+  const admit = admission.guard;
 
-  app.post('/status/update', async (req, res) => {
+  app.post('/status/update', admit, jsonBody, async (req, res) => {
     requireJson(req);
     const { userIds, many } = parseHeartbeatBody(req.body, config.BATCH_MAX_IDS);
     assertMayWrite(principalOf(req), userIds);
@@ -93,7 +105,7 @@ export function buildApp({
     res.json(many ? { status: 'success', accepted: userIds.length } : { status: 'success' });
   });
 
-  app.post('/status/offline', async (req, res) => {
+  app.post('/status/offline', admit, jsonBody, async (req, res) => {
     requireJson(req);
     const { userIds, many } = parseHeartbeatBody(req.body, config.BATCH_MAX_IDS);
     assertMayWrite(principalOf(req), userIds);
@@ -101,14 +113,14 @@ export function buildApp({
     res.json(many ? { status: 'success', accepted: userIds.length } : { status: 'success' });
   });
 
-  app.post('/status/batch', async (req, res) => {
+  app.post('/status/batch', admit, jsonBody, async (req, res) => {
     requireJson(req);
     const userIds = parseBatchBody(req.body, config.BATCH_MAX_IDS);
     const found = await statuses.readAmong(userIds);
     res.json(userIds.map((id) => statusRow(id, found.get(id) ?? UNKNOWN_PRESENCE)));
   });
 
-  app.get('/status/:userId', async (req, res) => {
+  app.get('/status/:userId', admit, async (req: Request<{ userId: string }>, res: Response) => {
     const userId = parseUserIdParam(req.params.userId);
     res.json(statusRow(userId, await statuses.read(userId)));
   });

@@ -2,9 +2,10 @@ import type { Express } from 'express';
 import type { Registry } from 'prom-client';
 import type { ApiConfig } from '../lib/config.ts';
 import type { DatabaseHandle } from '../lib/db.ts';
-import type { Logger } from '../lib/logger.ts';
+import { errorFields, type Logger } from '../lib/logger.ts';
 import { createRegistry } from '../lib/metrics.ts';
 import { ShardRouter } from '../lib/shard-routing.ts';
+import { createAdmission, type Admission } from './admission.ts';
 import { buildApp } from './app.ts';
 import {
   DirectHeartbeatWriter,
@@ -22,15 +23,10 @@ export interface Api {
   app: Express;
   heartbeats: HeartbeatWriter;
   registry: Registry;
+  admission: Admission;
   /** The live streams: close() ends them all with a retry hint and stops polling and beating. */
   streams: { hub: StreamHub; close(): Promise<void> };
 }
-
-/** A log line's worth of an error: its message and code, never the object (pg errors hold secrets). */
-const describe = (error: unknown) => ({
-  message: error instanceof Error ? error.message : String(error),
-  code: (error as { code?: unknown } | null)?.code,
-});
 
 /** pulse_settings.online_threshold_seconds as migration 0003 creates it. */
 const DEFAULT_ONLINE_THRESHOLD_SECONDS = 20;
@@ -77,20 +73,28 @@ export function assembleApi(
   const statuses = config.STATUS_READ_COALESCING
     ? new CoalescingStatusReader(database.db, undefined, undefined, shardRouter)
     : new DirectStatusReader(database.db, shardRouter);
+  const admission = createAdmission({
+    maxInFlight: config.MAX_IN_FLIGHT_REQUESTS,
+    maxQueueWaitMs: config.MAX_QUEUE_WAIT_MS,
+    queueWaitMs: () => Math.max(heartbeats.oldestQueuedMs(), database.poolWaitMs()),
+    logger,
+    onShed: (reason) => metrics.onShed(reason),
+  });
+  metrics.watchAdmission(admission);
   const streamMetrics = createStreamMetrics(registry);
   const feed = new PresenceFeed(
     database.db,
     { intervalMs: config.STREAM_POLL_INTERVAL_MS },
     {
       ...streamMetrics.feedObserver,
-      onPollError: (error) => logger.warn({ error: describe(error) }, 'change detection failed'),
+      onPollError: (error) => logger.warn({ err: errorFields(error) }, 'change detection failed'),
     },
   );
   const held = new HeldPresence(heartbeats, {
     // Two beats per threshold window at least: one late or failed beat does not flap the user.
     intervalMs: Math.max(100, Math.floor((heldThresholdSeconds * 1000) / 3)),
     chunkIds: config.HEARTBEAT_FLUSH_MAX_IDS,
-    onBeatError: (error) => logger.warn({ error: describe(error) }, 'held heartbeat not written'),
+    onBeatError: (error) => logger.warn({ err: errorFields(error) }, 'held heartbeat not written'),
   });
   const hub = new StreamHub(
     {
@@ -111,6 +115,7 @@ export function assembleApi(
     config,
     registry,
     httpMetrics: metrics.httpMiddleware,
+    admission,
     stream: { hub, feed, held, observer: streamMetrics.streamObserver },
   });
   const streams = {
@@ -121,5 +126,5 @@ export function assembleApi(
       await feed.close();
     },
   };
-  return { app, heartbeats, registry, streams };
+  return { app, heartbeats, registry, admission, streams };
 }

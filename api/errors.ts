@@ -54,18 +54,18 @@ export const notFound: RequestHandler = (req, _res, next) => {
   next(new HttpError(404, 'not_found', `no route for ${req.method} ${req.path}`));
 };
 
+const quietCodes = new Set(['queue_full', 'shutting_down', 'overloaded', 'database_unavailable']);
+
 export const errorHandler: ErrorRequestHandler = (error: unknown, req, res, next) => {
   if (res.headersSent) {
     next(error);
     return;
   }
   const httpError = toHttpError(error);
-  // Client mistakes are ordinary; anything else is logged once, with its cause.
-  if (
-    httpError.status >= 500 &&
-    httpError.code !== 'queue_full' &&
-    httpError.code !== 'shutting_down'
-  ) {
+  // Client mistakes and refusals (overload, shutdown) are ordinary; an unavailable database is
+  // logged by the database's outage log (first cause, then a count), not once per request; anything
+  // else is logged once, with its cause (message and code: lib/logger.ts).
+  if (httpError.status >= 500 && !quietCodes.has(httpError.code)) {
     req.log.error({ err: error }, httpError.message);
   }
   res.status(httpError.status).set(httpError.headers);

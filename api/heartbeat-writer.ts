@@ -1,4 +1,4 @@
-import type { Logger } from '../lib/logger.ts';
+import { errorFields, type Logger } from '../lib/logger.ts';
 import { recordHeartbeats, type Executor } from '../lib/pulse-store.ts';
 import type { ShardRouter } from '../lib/shard-routing.ts';
 
@@ -27,6 +27,8 @@ export interface HeartbeatWriter {
   close(): Promise<void>;
   /** Ids waiting for a flush (for metrics and tests). */
   readonly queuedIds: number;
+  /** How long the oldest heartbeat still waiting for a flush has waited, in ms (0: none waits). */
+  oldestQueuedMs(): number;
 }
 
 export interface FlushObserver {
@@ -41,10 +43,7 @@ function notify(observer: FlushObserver, info: FlushInfo, logger: Logger | undef
   try {
     observer.onFlush?.(info);
   } catch (error) {
-    logger?.error(
-      { error: error instanceof Error ? error.message : String(error) },
-      'heartbeat flush observer failed',
-    );
+    logger?.error({ err: errorFields(error) }, 'heartbeat flush observer failed');
   }
 }
 
@@ -58,6 +57,10 @@ export class DirectHeartbeatWriter implements HeartbeatWriter {
   private closed = false;
   private readonly inFlight = new Set<Promise<unknown>>();
   readonly queuedIds = 0;
+
+  oldestQueuedMs(): number {
+    return 0;
+  }
 
   constructor(
     private readonly db: Executor,
@@ -108,6 +111,7 @@ export interface GroupCommitOptions {
 
 interface Pending {
   userIds: readonly number[];
+  queuedAt: number;
   resolve(): void;
   reject(error: unknown): void;
 }
@@ -144,6 +148,11 @@ export class GroupCommitHeartbeatWriter implements HeartbeatWriter {
     return this.running;
   }
 
+  oldestQueuedMs(): number {
+    const oldest = this.queue[0];
+    return oldest === undefined ? 0 : performance.now() - oldest.queuedAt;
+  }
+
   record(requested: readonly number[]): Promise<void> {
     const userIds = distinct(requested);
     if (this.closed) {
@@ -157,7 +166,7 @@ export class GroupCommitHeartbeatWriter implements HeartbeatWriter {
       );
     }
     return new Promise<void>((resolve, reject) => {
-      this.queue.push({ userIds, resolve, reject });
+      this.queue.push({ userIds, queuedAt: performance.now(), resolve, reject });
       this.queued += userIds.length;
       this.schedule();
     });

@@ -4,7 +4,7 @@ import { runMain } from '../lib/entry.ts';
 import { checkStatementTimeout } from '../lib/statement-timeout.ts';
 import { createProcessLogger } from '../lib/logger.ts';
 import { startOpsServer } from '../http/ops-server.ts';
-import { listen } from '../http/server.ts';
+import { httpLimitsOf, listen } from '../http/server.ts';
 import { checkSharedSettings } from '../lib/shared-settings-check.ts';
 import { GracefulShutdown } from '../lib/shutdown.ts';
 import { assembleApi } from './assemble.ts';
@@ -33,10 +33,11 @@ runMain(async () => {
   // The database's online threshold (undefined when it cannot be read yet): held presence's beats.
   const onlineThresholdSeconds = await checkSharedSettings(database.db, config, logger);
 
-  const { app, heartbeats, registry, streams } = assembleApi(database, config, logger, {
+  const { app, heartbeats, registry, admission, streams } = assembleApi(database, config, logger, {
     onlineThresholdSeconds,
   });
   shutdown.add('heartbeat queue', () => heartbeats.close());
+  shutdown.add('admission control', () => admission.close());
 
   let metrics: string | undefined;
   if (config.METRICS_PORT !== undefined) {
@@ -50,7 +51,7 @@ runMain(async () => {
     metrics = `http://${config.METRICS_HOST}:${ops.port}/metrics`;
   }
 
-  const server = await listen(app, config.PORT, config.HOST);
+  const server = await listen(app, config.PORT, config.HOST, httpLimitsOf(config));
   shutdown.add('http server', () => server.stop());
   // Runs before the server stops (steps run in reverse): open streams would keep it waiting.
   shutdown.add('event streams', () => streams.close());

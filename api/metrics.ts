@@ -1,5 +1,6 @@
 import type { RequestHandler } from 'express';
 import { Counter, Gauge, Histogram, type Registry } from 'prom-client';
+import type { Admission, ShedReason } from './admission.ts';
 import type { FlushObserver, HeartbeatWriter } from './heartbeat-writer.ts';
 
 export interface ApiMetrics {
@@ -9,6 +10,10 @@ export interface ApiMetrics {
   flushObserver: Required<FlushObserver>;
   /** Reports the heartbeat queue depth at scrape time. */
   watchQueue(writer: HeartbeatWriter): void;
+  /** Counts requests refused by admission control, by reason. */
+  onShed(reason: ShedReason): void;
+  /** Reports the requests in flight at scrape time. */
+  watchAdmission(admission: Admission): void;
 }
 
 export function createApiMetrics(registry: Registry): ApiMetrics {
@@ -48,7 +53,30 @@ export function createApiMetrics(registry: Registry): ApiMetrics {
     },
   });
 
+  const shed = new Counter({
+    name: 'pulse_http_requests_refused_total',
+    help: 'Requests refused with 503 overloaded before their body was read, by reason (in_flight, queue_wait)',
+    labelNames: ['reason'] as const,
+    registers,
+  });
+  for (const reason of ['in_flight', 'queue_wait'] as const) shed.inc({ reason }, 0);
+  let inFlight = () => 0;
+  new Gauge({
+    name: 'pulse_http_requests_in_flight',
+    help: 'Requests admitted by admission control and not yet answered',
+    registers,
+    collect() {
+      this.set(inFlight());
+    },
+  });
+
   return {
+    onShed(reason) {
+      shed.inc({ reason });
+    },
+    watchAdmission(admission) {
+      inFlight = () => admission.inFlight;
+    },
     httpMiddleware(req, res, next) {
       const stop = requestDuration.startTimer();
       res.on('finish', () => {

@@ -34,11 +34,18 @@ const describe = (req: IncomingMessage) => ({
   url: redactAccessToken(req.url ?? ''),
 });
 
-export function requestLog(logger: Logger, { ignore }: { ignore: RegExp }): RequestHandler {
+export interface RequestLogOptions {
+  /** Paths never logged (probes, scrapes). */
+  ignore: RegExp;
+  /** Responses not logged (e.g. refused by admission control, which counts them instead). */
+  skip?: (res: ServerResponse) => boolean;
+}
+
+export function requestLog(logger: Logger, { ignore, skip }: RequestLogOptions): RequestHandler {
   // 'close' comes after 'finish' for a complete response, and alone for an aborted one.
   function onClose(this: ServerResponse) {
     const req = this.req;
-    if (!logger.isLevelEnabled('info') || ignore.test(req.url ?? '')) return;
+    if (!logger.isLevelEnabled('info') || ignore.test(req.url ?? '') || skip?.(this)) return;
     logger.info(
       {
         req: describe(req),

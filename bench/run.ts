@@ -21,6 +21,7 @@ import {
   type BenchRequest,
   type LoadResult,
 } from './support.ts';
+import { overloadScenarios, overloadTable, runOverloadScenarios } from './overload.ts';
 
 const rows = Number(process.env.BENCH_ROWS ?? 1_000_000);
 const durationSeconds = Number(process.env.BENCH_DURATION_SECONDS ?? 10);
@@ -112,6 +113,8 @@ async function main(): Promise<void> {
       load(api, lookups, singleConnections),
     );
 
+    const overload = await runOverloadScenarios(db, overloadScenarios(rows), durationSeconds);
+
     const ratio = grouped.requestsPerSecond / direct.requestsPerSecond;
     const cpu = os.cpus()[0]?.model ?? 'unknown CPU';
     console.log(`
@@ -132,6 +135,10 @@ API CPU per request (process CPU time / requests), single heartbeats: Pulse ${fm
 group commit / one statement per request: ${ratio.toFixed(2)}x (target >= 4x)
 coalesced / one query per lookup: ${(single.requestsPerSecond / singleDirect.requestsPerSecond).toFixed(2)}x
 HOT updates on pulse: ${hot}
+
+Overload (docs/overload.md): clients that ignore Retry-After; latency of accepted answers only
+
+${overloadTable(overload)}
 `);
   } finally {
     await db.close();

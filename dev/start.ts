@@ -13,6 +13,7 @@ import { runMain } from '../lib/entry.ts';
 import { createLogger } from '../lib/logger.ts';
 import { migrateToLatest } from '../lib/migrator.ts';
 import { updatePresenceSettings } from '../lib/pulse-store.ts';
+import { redactConnectionString } from '../lib/redact.ts';
 import { Supervisor } from './supervisor.ts';
 
 function startChild(script: string, env: NodeJS.ProcessEnv, ipc = false): ChildProcess {
@@ -87,7 +88,10 @@ runMain(async () => {
     supervisor.addService('the sweeper', startChild('../sweeper/main.ts', env));
     console.log(`Pulse API:  http://${config.HOST}:${config.PORT}`);
     if (config.DEMO_PAGE) console.log(`Demo page:  http://${config.HOST}:${config.PORT}/demo/`);
-    console.log(`Database:   ${databaseUrl}`);
+    // A user-supplied URL is shown without its password; the embedded server's local, fixed
+    // credentials are shown in full so the line can be pasted into psql.
+    const shownUrl = startConfig.DATABASE_URL ? redactConnectionString(databaseUrl) : databaseUrl;
+    console.log(`Database:   ${shownUrl}`);
   } catch (error) {
     // Whatever started before the failure stops too (the database last), then runMain reports it.
     await supervisor.stop(1);

@@ -1,6 +1,7 @@
 import { createPublicKey, type KeyObject } from 'node:crypto';
 import cron from 'node-cron';
 import { z } from 'zod';
+import { redactConnectionString } from './redact.ts';
 
 /** Thrown when the environment does not describe a valid configuration. */
 export class ConfigError extends Error {
@@ -266,8 +267,20 @@ const apiSchema = z
     // --- browser clients: cross-origin access and the demo page (client/) ---
     CORS_ORIGINS: corsOrigins,
     DEMO_PAGE: boolean(true),
+    // --- overload protection and slow clients (docs/overload.md) ---
+    MAX_IN_FLIGHT_REQUESTS: integer(1, 100_000, 128),
+    MAX_QUEUE_WAIT_MS: integer(1, 60_000, 500),
+    HTTP_REQUEST_TIMEOUT_MS: integer(100, 3_600_000, 10_000),
+    HTTP_HEADERS_TIMEOUT_MS: integer(100, 3_600_000, 5_000),
+    HTTP_KEEP_ALIVE_TIMEOUT_MS: integer(100, 3_600_000, 5_000),
+    HTTP_SOCKET_IDLE_TIMEOUT_MS: integer(0, 3_600_000, 30_000),
+    HTTP_MAX_CONNECTIONS: integer(1, 1_000_000, 10_000),
   })
-  .superRefine(checkAuth);
+  .superRefine(checkAuth)
+  .refine((c) => c.HTTP_HEADERS_TIMEOUT_MS <= c.HTTP_REQUEST_TIMEOUT_MS, {
+    path: ['HTTP_HEADERS_TIMEOUT_MS'],
+    message: 'must not be above HTTP_REQUEST_TIMEOUT_MS (the headers are part of the request)',
+  });
 
 const sweeperSchema = z
   .object({
@@ -325,18 +338,6 @@ const startSchema = z.object({
     .default('.pulse-data/postgres'),
 });
 
-/** A URL's password is never echoed in an error message (DATABASE_URL). */
-function withoutPassword(value: string): string {
-  try {
-    const url = new URL(value);
-    if (!url.password) return value;
-    url.password = '***';
-    return url.toString();
-  } catch {
-    return value;
-  }
-}
-
 function parse<S extends z.ZodType>(schema: S, env: Env): Readonly<z.output<S>> {
   // An empty variable (VAR= in a shell or compose file) means "use the default".
   const present = Object.fromEntries(Object.entries(env).filter(([, value]) => value !== ''));
@@ -351,7 +352,7 @@ function parse<S extends z.ZodType>(schema: S, env: Env): Readonly<z.output<S>> 
             ? ''
             : SECRET_VARIABLES.has(name)
               ? ` (got ${Buffer.byteLength(raw, 'utf8')} bytes, not shown)`
-              : ` (got ${JSON.stringify(withoutPassword(raw))})`;
+              : ` (got ${JSON.stringify(redactConnectionString(raw))})`;
         return `${name} ${issue.message}${got}`;
       }),
     );
@@ -360,6 +361,7 @@ function parse<S extends z.ZodType>(schema: S, env: Env): Readonly<z.output<S>> 
 }
 
 export type ApiConfig = z.output<typeof apiSchema>;
+
 export type SweeperConfig = z.output<typeof sweeperSchema>;
 export type MigrateConfig = z.output<typeof migrateSchema>;
 

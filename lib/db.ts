@@ -1,11 +1,17 @@
-import { Kysely, PostgresDialect } from 'kysely';
+import { Kysely, PostgresDialect, type PostgresPool } from 'kysely';
 import pg from 'pg';
-import type { Logger } from './logger.ts';
+import { errorFields, type Logger } from './logger.ts';
+import { OutageLog } from './outage-log.ts';
 import type { Database } from './schema.ts';
 
 export interface DatabaseHandle {
   db: Kysely<Database>;
   pool: pg.Pool;
+  /**
+   * How long the last query waited for a pool connection, in ms, while queries are waiting for
+   * one (0 when none waits): the pool's queue wait, for admission control.
+   */
+  poolWaitMs(): number;
   /** Ends every connection; safe to call more than once. */
   close(): Promise<void>;
 }
@@ -20,6 +26,8 @@ export interface DatabaseOptions {
    * the client. Undefined: no limit (the migrate step, whose table rewrites may take long).
    */
   statementTimeoutMs?: number;
+  /** While the database is down, how often the log says so (lib/outage-log.ts); 10 s by default. */
+  outageSummaryIntervalMs?: number;
 }
 
 /** Heartbeats, status reads and sweep batches take milliseconds: anything near this is stuck. */
@@ -43,26 +51,62 @@ export function openDatabase(options: DatabaseOptions): DatabaseHandle {
           query_timeout: options.statementTimeoutMs + 1_000,
         }),
   });
-  // An idle client losing its connection (database restart, network blip) emits here;
-  // without a listener that would crash the process.
-  pool.on('error', (error) => {
-    options.logger.warn({ err: error }, 'idle database connection lost');
-  });
+  // Database failures are logged by the outage log (first cause, periodic count, recovery), not
+  // one line each: an outage would otherwise flood the log.
+  const outage = new OutageLog(
+    options.logger,
+    options.outageSummaryIntervalMs === undefined
+      ? {}
+      : { summaryIntervalMs: options.outageSummaryIntervalMs },
+  );
+  // An idle client losing its connection (database restart, network blip) emits here; without a
+  // listener that would crash the process. The error holds its client (and so the cancel key):
+  // only its message and code are logged.
+  pool.on('error', (error) => outage.failed(error));
   // A client checked out of the pool has no such listener: when its connection drops mid-query
   // (the sweeper's batches, a database restart) pg rejects the query AND emits 'error' on the
   // client, which would crash the process. The query's caller handles the failure; the pool
   // discards the broken client on release.
   pool.on('connect', (client) => {
     client.on('error', (error) => {
-      options.logger.debug({ err: error }, 'database connection lost');
+      options.logger.debug({ err: errorFields(error) }, 'database connection lost');
     });
   });
-  const db = new Kysely<Database>({ dialect: new PostgresDialect({ pool }) });
+  // Every connection attempt and every statement reports here, so the outage log knows when the
+  // database is down and when it is back.
+  let lastPoolWaitMs = 0;
+  const reportingPool: PostgresPool = {
+    connect: () => {
+      const asked = performance.now();
+      return pool.connect().then(
+        (client) => {
+          lastPoolWaitMs = performance.now() - asked;
+          return client;
+        },
+        (error: unknown) => {
+          if (isDatabaseUnavailable(error)) outage.failed(error);
+          throw error;
+        },
+      );
+    },
+    end: () => pool.end(),
+  };
+  const db = new Kysely<Database>({
+    dialect: new PostgresDialect({ pool: reportingPool }),
+    log(event) {
+      if (event.level === 'query') outage.succeeded();
+      else if (isDatabaseUnavailable(event.error)) outage.failed(event.error);
+    },
+  });
   let closing: Promise<void> | undefined;
   return {
     db,
     pool,
-    close: () => (closing ??= db.destroy()),
+    poolWaitMs: () => (pool.waitingCount === 0 ? 0 : lastPoolWaitMs),
+    close: () =>
+      (closing ??= db.destroy().finally(() => {
+        outage.close();
+      })),
   };
 }
 

@@ -30,6 +30,13 @@ describe('configuration', () => {
       PG_POOL_MAX: 10,
       BODY_LIMIT_BYTES: 65536,
       LOG_LEVEL: 'info',
+      MAX_IN_FLIGHT_REQUESTS: 128,
+      MAX_QUEUE_WAIT_MS: 500,
+      HTTP_REQUEST_TIMEOUT_MS: 10_000,
+      HTTP_HEADERS_TIMEOUT_MS: 5_000,
+      HTTP_KEEP_ALIVE_TIMEOUT_MS: 5_000,
+      HTTP_SOCKET_IDLE_TIMEOUT_MS: 30_000,
+      HTTP_MAX_CONNECTIONS: 10_000,
     });
     const sweeper = loadSweeperConfig({ DATABASE_URL });
     expect(sweeper).to.include({ SWEEP_OLDER_THAN_SECONDS: 30, SWEEP_SCHEDULE: '*/10 * * * * *' });
@@ -78,6 +85,21 @@ describe('configuration', () => {
     ['PG_POOL_MAX', { PG_POOL_MAX: '-1' }, /PG_POOL_MAX must be at least 1/],
     ['LOG_LEVEL', { LOG_LEVEL: 'loud' }, /LOG_LEVEL/],
     ['HEARTBEAT_GROUP_COMMIT', { HEARTBEAT_GROUP_COMMIT: 'maybe' }, /HEARTBEAT_GROUP_COMMIT/],
+    [
+      'MAX_IN_FLIGHT_REQUESTS',
+      { MAX_IN_FLIGHT_REQUESTS: '0' },
+      /MAX_IN_FLIGHT_REQUESTS must be at least 1/,
+    ],
+    [
+      'HTTP_MAX_CONNECTIONS',
+      { HTTP_MAX_CONNECTIONS: 'many' },
+      /HTTP_MAX_CONNECTIONS must be a whole number/,
+    ],
+    [
+      'HTTP_HEADERS_TIMEOUT_MS',
+      { HTTP_REQUEST_TIMEOUT_MS: '1000', HTTP_HEADERS_TIMEOUT_MS: '2000' },
+      /HTTP_HEADERS_TIMEOUT_MS must not be above HTTP_REQUEST_TIMEOUT_MS/,
+    ],
   ];
   for (const [name, env, message] of wrong) {
     it(`names ${name} and the reason when it is wrong (${JSON.stringify(env)})`, () => {
@@ -92,6 +114,21 @@ describe('configuration', () => {
     );
     expect(problems.join('\n')).to.include('mysql://me:***@db/pulse').and.not.include('s3cret');
   });
+
+  const secretUrls: [string, string][] = [
+    ['a port out of range', 'postgres://pulse:s3cr3t-pw@127.0.0.1:99999/pulse'],
+    ['an unencoded "/" in the password', 'postgres://pulse:s3cr3t-pw/x@127.0.0.1:5432/pulse'],
+    ['a password parameter', 'mysql://127.0.0.1/pulse?sslmode=disable&password=s3cr3t-pw'],
+  ];
+  for (const [what, url] of secretUrls) {
+    it(`never echoes the password of a DATABASE_URL that does not parse (${what})`, () => {
+      const shown = problemsOf(() => loadApiConfig({ DATABASE_URL: url })).join('\n');
+      expect(shown)
+        .to.match(/DATABASE_URL must be a postgres/)
+        .and.not.include('s3cr3t-pw');
+      expect(shown).to.match(/pulse:\*\*\*@|password=\*\*\*/);
+    });
+  }
 
   it('requires DATABASE_URL', () => {
     expect(problemsOf(() => loadApiConfig({})).join('\n')).to.match(/DATABASE_URL is required/);
@@ -192,16 +229,21 @@ describe('configuration', () => {
     expect(problems.join('\n')).to.match(/SWEEP_SCHEDULE must be a valid cron expression/);
   });
 
-  for (const entry of ['api', 'sweeper', 'migrate'] satisfies EntryPointName[]) {
-    it(`the ${entry} entry point exits 1 naming the variable when the configuration is wrong`, async () => {
+  for (const entry of ['api', 'sweeper', 'migrate', 'start'] satisfies EntryPointName[]) {
+    it(`the ${entry} entry point exits 1 naming the variable when the configuration is wrong, never its password`, async () => {
       const result = await runEntryPoint(entry, {
-        env: { DATABASE_URL: 'not a url', LOG_LEVEL: 'silent' },
+        env: {
+          DATABASE_URL: 'postgres://pulse:s3cr3t-pw@127.0.0.1:99999/pulse',
+          LOG_LEVEL: 'silent',
+        },
       });
       expect(result.code).to.equal(1);
       expect(result.stderr).to.match(
         /Invalid configuration:\n {2}- DATABASE_URL must be a postgres/,
       );
       expect(result.stderr).not.to.match(/ at .*\(/); // a message, not a stack trace
+      expect(result.stderr).to.include('(got "postgres://pulse:***@127.0.0.1:99999/pulse")');
+      expect(result.stdout + result.stderr).not.to.include('s3cr3t-pw');
     });
   }
 });

@@ -118,6 +118,7 @@ describe('POST /status/batch reads through the status reader', () => {
       logger: silentLogger,
       registry: new Registry(),
       httpMetrics: (_req, _res, next) => next(),
+      admission: { guard: (_req, _res, next) => next(), inFlight: 0, close: () => undefined },
       config,
       stream: {
         hub: new StreamHub({

@@ -1,4 +1,5 @@
 import { expect } from 'chai';
+import { sql } from 'kysely';
 import { openDatabase } from '../lib/db.ts';
 import { startTestApp, type TestApp } from './support/app.ts';
 import { createTestDatabase, silentLogger, type TestDatabase } from './support/database.ts';
@@ -56,6 +57,20 @@ describe('operations endpoints', () => {
       await empty.close();
       await adminQuery(serverUrl(), `DROP DATABASE ${name} WITH (FORCE)`);
     }
+  });
+
+  it('GET /readyz answers 503 naming the table when a migrated table is missing', async () => {
+    await sql`ALTER TABLE pulse RENAME TO pulse_elsewhere`.execute(database.db);
+    try {
+      const response = await app.get('/readyz');
+      expect(response.status).to.equal(503);
+      expect(await response.json()).to.deep.equal({
+        error: { code: 'not_ready', message: 'tables missing: pulse' },
+      });
+    } finally {
+      await sql`ALTER TABLE pulse_elsewhere RENAME TO pulse`.execute(database.db);
+    }
+    expect((await app.get('/readyz')).status).to.equal(200);
   });
 
   it('GET /readyz answers 503 when the database cannot be reached', async () => {

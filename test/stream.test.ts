@@ -306,6 +306,27 @@ describe('GET /status/stream', () => {
     });
   });
 
+  it('outlives the HTTP timeouts and is not counted against MAX_IN_FLIGHT_REQUESTS', async () => {
+    const app = await start({
+      HTTP_SOCKET_IDLE_TIMEOUT_MS: '300',
+      HTTP_REQUEST_TIMEOUT_MS: '500',
+      HTTP_HEADERS_TIMEOUT_MS: '400',
+      STREAM_KEEPALIVE_SECONDS: '15', // no keep-alive comment resets the idle timer meanwhile
+      MAX_IN_FLIGHT_REQUESTS: '1',
+    });
+    const first = await open(app, '?watch=1');
+    const second = await open(app, '?watch=2');
+    await first.next();
+    await second.next();
+    await sleep(2_000);
+    expect(first.isEnded).to.equal(false);
+    expect(second.isEnded).to.equal(false);
+    // Two streams are open, and still the one request slot is free.
+    const response = await app.post('/status/update', { user_id: 1 });
+    expect(response.status).to.equal(200);
+    expect((await first.next()).data).to.deep.equal({ user_id: 1, is_online: true });
+  });
+
   it('ends every open stream with a retry hint when the server shuts down', async () => {
     const app = await start();
     const first = await open(app, '?watch=1');

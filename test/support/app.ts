@@ -2,7 +2,7 @@ import { assembleApi } from '../../api/assemble.ts';
 import type { HeartbeatWriter } from '../../api/heartbeat-writer.ts';
 import { loadApiConfig, type ApiConfig } from '../../lib/config.ts';
 import type { DatabaseHandle } from '../../lib/db.ts';
-import { listen, type RunningServer } from '../../http/server.ts';
+import { httpLimitsOf, listen, type RunningServer } from '../../http/server.ts';
 import { updatePresenceSettings } from '../../lib/pulse-store.ts';
 import type { Logger } from '../../lib/logger.ts';
 import { silentLogger } from './database.ts';
@@ -31,8 +31,8 @@ export async function startTestApp(
   await updatePresenceSettings(database.db, {
     onlineThresholdSeconds: config.ONLINE_THRESHOLD_SECONDS,
   });
-  const { app, heartbeats, streams } = assembleApi(database, config, logger);
-  const server = await listen(app, port, '127.0.0.1');
+  const { app, heartbeats, admission, streams } = assembleApi(database, config, logger);
+  const server = await listen(app, port, '127.0.0.1', httpLimitsOf(config));
   const baseUrl = `http://127.0.0.1:${server.port}`;
   return {
     baseUrl,
@@ -43,6 +43,7 @@ export async function startTestApp(
       await streams.close();
       await server.stop();
       await heartbeats.close();
+      admission.close();
     },
     post: (path, body, headers = {}) =>
       fetch(baseUrl + path, {

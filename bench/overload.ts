@@ -1,0 +1,178 @@
+/**
+ * Overload scenarios (docs/overload.md): far more connections than the API can serve, clients
+ * that ignore Retry-After and send again at once. Each is run twice on a fresh API process in the
+ * same run: at a normal connection count (the unloaded reference) and at the overload count.
+ * Reported as ratios: accepted p99, accepted throughput against the reference, and the API's RSS
+ * before the load, at its peak and 5 s after it stopped.
+ *
+ *   npm run bench:overload          (also part of npm run bench)
+ */
+import autocannon from 'autocannon';
+import type { ApiProcess, BenchDatabase, BenchRequest } from './support.ts';
+import { prepare, randomUserId, startApi } from './support.ts';
+
+export interface OverloadResult {
+  acceptedPerSecond: number;
+  refusedPerSecond: number;
+  acceptedP50: number;
+  acceptedP99: number;
+  /** Neither 200 nor 503 (timeouts, resets, other statuses). */
+  failures: number;
+  rssBeforeMb: number;
+  rssPeakMb: number;
+  rssAfterMb: number;
+}
+
+const percentile = (sorted: Float64Array, p: number) =>
+  sorted.length === 0 ? NaN : sorted[Math.min(sorted.length - 1, Math.floor(sorted.length * p))]!;
+
+/** Drives `connections` clients that never wait before sending again; latency of 200s only. */
+export async function measureOverload(options: {
+  api: ApiProcess;
+  requests: BenchRequest[];
+  connections: number;
+  durationSeconds: number;
+}): Promise<OverloadResult> {
+  const { api } = options;
+  const rssBeforeMb = api.rssMb();
+  let rssPeakMb = rssBeforeMb;
+  const sampler = setInterval(() => (rssPeakMb = Math.max(rssPeakMb, api.rssMb())), 250);
+  const latencies: number[] = [];
+  let refused = 0;
+  let failures = 0;
+  try {
+    const result = await new Promise<autocannon.Result>((resolve, reject) => {
+      const instance = autocannon(
+        {
+          url: api.url,
+          connections: options.connections,
+          duration: options.durationSeconds,
+          timeout: 10,
+          requests: options.requests.map((r) => ({
+            ...r,
+            headers: { 'content-type': 'application/json' },
+          })),
+        },
+        (error, done) => (error ? reject(error as Error) : resolve(done)),
+      );
+      instance.on('response', (_client, status, _bytes, ms) => {
+        if (status === 200) latencies.push(ms);
+        else if (status === 503) refused += 1;
+        else failures += 1;
+      });
+    });
+    failures += result.errors + result.timeouts;
+  } finally {
+    clearInterval(sampler);
+  }
+  // Memory should come back once the flood stops (nothing queued is left behind).
+  await new Promise((resolve) => setTimeout(resolve, 5_000));
+  const sorted = Float64Array.from(latencies).sort();
+  return {
+    acceptedPerSecond: latencies.length / options.durationSeconds,
+    refusedPerSecond: refused / options.durationSeconds,
+    acceptedP50: percentile(sorted, 0.5),
+    acceptedP99: percentile(sorted, 0.99),
+    failures,
+    rssBeforeMb,
+    rssPeakMb,
+    rssAfterMb: api.rssMb(),
+  };
+}
+
+export interface OverloadScenario {
+  name: string;
+  requests: BenchRequest[];
+  normalConnections: number;
+  overloadConnections: number;
+}
+
+export interface OverloadRow {
+  scenario: OverloadScenario;
+  normal: OverloadResult;
+  overload: OverloadResult;
+}
+
+export async function runOverloadScenarios(
+  db: BenchDatabase,
+  scenarios: OverloadScenario[],
+  durationSeconds: number,
+  env: Record<string, string> = {},
+): Promise<OverloadRow[]> {
+  const rows: OverloadRow[] = [];
+  for (const scenario of scenarios) {
+    const measure = async (connections: number) => {
+      const api = await startApi(db.url, env);
+      try {
+        return await measureOverload({
+          api,
+          requests: scenario.requests,
+          connections,
+          durationSeconds,
+        });
+      } finally {
+        await api.stop();
+      }
+    };
+    console.error(`bench: overload, ${scenario.name}`);
+    const normal = await measure(scenario.normalConnections);
+    const overload = await measure(scenario.overloadConnections);
+    rows.push({ scenario, normal, overload });
+  }
+  return rows;
+}
+
+const fmt = (n: number, digits = 0) =>
+  n.toLocaleString('en-US', { maximumFractionDigits: digits, minimumFractionDigits: digits });
+
+export function overloadTable(rows: OverloadRow[]): string {
+  const lines = [
+    '| scenario | connections | accepted/s | refused/s | accepted p50 ms | accepted p99 ms | accepted vs unloaded | RSS MB before / peak / after | after / before | failed |',
+    '|---|---|---|---|---|---|---|---|---|---|',
+  ];
+  for (const { scenario, normal, overload } of rows) {
+    for (const [connections, r] of [
+      [scenario.normalConnections, normal],
+      [scenario.overloadConnections, overload],
+    ] as const) {
+      const share = r === normal ? '1.00' : fmt(r.acceptedPerSecond / normal.acceptedPerSecond, 2);
+      lines.push(
+        `| ${scenario.name} | ${connections} | ${fmt(r.acceptedPerSecond)} | ${fmt(r.refusedPerSecond)} | ${fmt(r.acceptedP50)} | ${fmt(r.acceptedP99)} | ${share}x | ${fmt(r.rssBeforeMb)} / ${fmt(r.rssPeakMb)} / ${fmt(r.rssAfterMb)} | ${fmt(r.rssAfterMb / r.rssBeforeMb, 2)}x | ${r.failures} |`,
+      );
+    }
+  }
+  return `${lines.join('\n')}\n\ntargets at the overload count: accepted p99 < 1,000 ms, accepted >= 0.80x unloaded, RSS back near its baseline`;
+}
+
+/**
+ * The three floods of issue 9, each beside its usual connection count. Few distinct requests:
+ * autocannon builds every request of the list for every connection up front.
+ */
+export function overloadScenarios(rows: number): OverloadScenario[] {
+  const ids = (count: number) =>
+    JSON.stringify(Array.from({ length: count }, () => ({ user_id: randomUserId(rows) })));
+  return [
+    {
+      name: 'POST /status/update, single heartbeats',
+      requests: prepare(50, () => ({
+        method: 'POST',
+        path: '/status/update',
+        body: JSON.stringify({ user_id: randomUserId(rows) }),
+      })),
+      normalConnections: 32,
+      overloadConnections: 1000,
+    },
+    {
+      name: 'POST /status/batch, 1,000 ids',
+      requests: prepare(3, () => ({ method: 'POST', path: '/status/batch', body: ids(1000) })),
+      normalConnections: 2,
+      overloadConnections: 500,
+    },
+    {
+      name: 'POST /status/update, gateway batches of 1,000',
+      requests: prepare(3, () => ({ method: 'POST', path: '/status/update', body: ids(1000) })),
+      normalConnections: 8,
+      overloadConnections: 1000,
+    },
+  ];
+}

@@ -1,0 +1,140 @@
+import { Writable } from 'node:stream';
+import { expect } from 'chai';
+import { openDatabase, type DatabaseHandle } from '../lib/db.ts';
+import { createLogger } from '../lib/logger.ts';
+import { startTestApp, type TestApp } from './support/app.ts';
+import { createTestDatabase, serverUrl, type TestDatabase } from './support/database.ts';
+import { adminQuery } from './support/server.ts';
+import { startTcpProxy, type TcpProxy } from './support/tcp-proxy.ts';
+
+interface LogLine {
+  level: number;
+  msg: string;
+  err?: { message: string; code?: string };
+  failures?: number;
+}
+
+const APPLICATION_NAME = 'pulse-outage-log-test';
+const SUMMARY_INTERVAL_MS = 300;
+
+async function waitFor(condition: () => boolean, what: string, timeoutMs = 15_000) {
+  const deadline = Date.now() + timeoutMs;
+  while (!condition()) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((resolve) => setTimeout(resolve, 20));
+  }
+}
+
+describe('database restart under load: the log', function () {
+  this.timeout(60_000);
+  let database: TestDatabase;
+  let proxy: TcpProxy;
+  let behindProxy: DatabaseHandle;
+  let app: TestApp;
+  let raw: string[];
+  let lines: LogLine[];
+
+  before(async () => {
+    database = await createTestDatabase();
+    const target = new URL(database.url);
+    proxy = await startTcpProxy({ targetHost: target.hostname, targetPort: Number(target.port) });
+    raw = [];
+    lines = [];
+    const sink = new Writable({
+      write(chunk: Buffer, _encoding, done) {
+        for (const line of chunk.toString().split('\n').filter(Boolean)) {
+          raw.push(line);
+          lines.push(JSON.parse(line) as LogLine);
+        }
+        done();
+      },
+    });
+    const logger = createLogger('pulse-api', 'info', sink);
+    const url = proxy.rewriteUrl(database.url);
+    behindProxy = openDatabase({
+      connectionString: url,
+      poolMax: 4,
+      applicationName: APPLICATION_NAME,
+      logger,
+      outageSummaryIntervalMs: SUMMARY_INTERVAL_MS,
+    });
+    app = await startTestApp({ ...behindProxy, url }, {}, logger);
+  });
+  after(async () => {
+    await app?.close();
+    await behindProxy?.close();
+    await proxy?.close();
+    await database?.drop();
+  });
+
+  it('logs the first failure with its cause, a count while down, one line when back; loses no acknowledged heartbeat', async () => {
+    const acknowledged: number[] = [];
+    let refused = 0;
+    let nextId = 1;
+    let running = true;
+    const worker = async () => {
+      while (running) {
+        const id = nextId++;
+        const response = await app.post('/status/update', { user_id: id });
+        if (response.status === 200) acknowledged.push(id);
+        else refused += 1;
+        await response.arrayBuffer();
+        const read = await app.get(`/status/${id}`);
+        if (read.status !== 200) refused += 1;
+        await read.arrayBuffer();
+      }
+    };
+    const workers = Array.from({ length: 12 }, worker);
+    try {
+      await waitFor(() => acknowledged.length >= 50, 'heartbeats before the restart');
+
+      // The restart: the server ends every session (57P01), then refuses connections for a while.
+      proxy.refuse();
+      await adminQuery(
+        serverUrl(),
+        `SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+         WHERE application_name = '${APPLICATION_NAME}'`,
+      );
+      proxy.dropConnections();
+      const acknowledgedBefore = acknowledged.length;
+      await waitFor(() => refused >= 100, 'requests refused while down');
+      await new Promise((resolve) => setTimeout(resolve, 4 * SUMMARY_INTERVAL_MS));
+      proxy.accept();
+
+      await waitFor(
+        () => lines.some((l) => l.msg === 'database available again'),
+        'the recovery line',
+      );
+      await waitFor(() => acknowledged.length >= acknowledgedBefore + 50, 'heartbeats after');
+    } finally {
+      running = false;
+      await Promise.all(workers);
+    }
+
+    // Nothing acknowledged was lost.
+    const stored = new Set(await database.userIds());
+    expect(acknowledged.filter((id) => !stored.has(id))).to.deep.equal([]);
+
+    // Besides one access line per request: a handful of lines, however many requests failed.
+    const outageLines = lines.filter((l) => l.msg !== 'request completed');
+    expect(outageLines.map((l) => l.msg)).to.have.length.within(3, 30);
+    const down = outageLines.filter((l) => l.msg === 'database unavailable');
+    expect(down).to.have.length(1);
+    expect(down[0]!.level).to.equal(50);
+    expect(down[0]!.err!.message).to.be.a('string').and.not.equal('');
+    expect(down[0]!.err).to.have.property('code'); // 57P01, ECONNRESET, ...
+    const summaries = outageLines.filter((l) => l.msg === 'database still unavailable');
+    expect(summaries).to.have.length.of.at.least(1);
+    expect(summaries.reduce((sum, l) => sum + (l.failures ?? 0), 0)).to.be.above(0);
+    expect(outageLines.filter((l) => l.msg === 'database available again')).to.have.length(1);
+    expect(outageLines.map((l) => l.msg)).to.have.members([
+      'database unavailable',
+      ...summaries.map((l) => l.msg),
+      'database available again',
+    ]);
+    // No serialized client, cancel key or stack anywhere in the log.
+    const text = raw.join('\n');
+    expect(text).not.to.match(/secretKey|processID|"client"|"_ending"|"stack"/);
+    expect(refused).to.be.at.least(100);
+  });
+});

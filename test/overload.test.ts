@@ -1,0 +1,219 @@
+import { once } from 'node:events';
+import { connect, type Socket } from 'node:net';
+import { Writable } from 'node:stream';
+import { expect } from 'chai';
+import { sql } from 'kysely';
+import { createLogger } from '../lib/logger.ts';
+import { startTestApp, type TestApp } from './support/app.ts';
+import { createTestDatabase, lockPulse, type TestDatabase } from './support/database.ts';
+import { expectError } from './support/http.ts';
+
+const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+
+async function waitFor(
+  condition: () => boolean | Promise<boolean>,
+  what: string,
+  timeoutMs = 10_000,
+) {
+  const deadline = Date.now() + timeoutMs;
+  while (!(await condition())) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await sleep(20);
+  }
+}
+
+/** A raw TCP client: what it received, and when the server closed the connection. */
+async function rawClient(baseUrl: string) {
+  const { hostname, port } = new URL(baseUrl);
+  const socket: Socket = connect({ host: hostname, port: Number(port) });
+  await once(socket, 'connect');
+  let received = '';
+  socket.on('data', (chunk: Buffer) => (received += chunk.toString()));
+  socket.on('error', () => undefined); // a reset is one way of being closed
+  const closed = once(socket, 'close').then(() => Date.now());
+  return { socket, closed, received: () => received };
+}
+
+async function metric(app: TestApp, series: string): Promise<number | undefined> {
+  const text = await (await app.get('/metrics')).text();
+  const line = text.split('\n').find((l) => l.startsWith(`${series} `));
+  return line === undefined ? undefined : Number(line.slice(series.length + 1));
+}
+
+describe('overload and slow clients', function () {
+  this.timeout(30_000);
+  let database: TestDatabase;
+  let app: TestApp | undefined;
+
+  before(async () => {
+    database = await createTestDatabase();
+  });
+  afterEach(async () => {
+    await app?.close();
+    app = undefined;
+  });
+  after(async () => {
+    await database.drop();
+  });
+
+  it('refuses past MAX_IN_FLIGHT_REQUESTS with 503 overloaded before reading the body, reads too, and loses nothing admitted', async () => {
+    const lines: { level: number; msg: string }[] = [];
+    const sink = new Writable({
+      write(chunk: Buffer, _encoding, done) {
+        for (const line of chunk.toString().split('\n').filter(Boolean)) {
+          lines.push(JSON.parse(line) as { level: number; msg: string });
+        }
+        done();
+      },
+    });
+    app = await startTestApp(
+      database,
+      { MAX_IN_FLIGHT_REQUESTS: '2' },
+      createLogger('pulse-api', 'info', sink),
+    );
+    const running = app;
+    const release = await lockPulse(database.url); // heartbeats wait: two requests stay in flight
+    let held: Promise<Response>[] = [];
+    try {
+      held = [101, 102].map((id) => running.post('/status/update', { user_id: id }));
+      await waitFor(
+        async () => (await metric(running, 'pulse_http_requests_in_flight')) === 2,
+        'two requests in flight',
+      );
+
+      // Headers announcing a body that never comes: refused at once, so the body was not awaited.
+      const client = await rawClient(running.baseUrl);
+      client.socket.write(
+        'POST /status/update HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n' +
+          'Content-Length: 1000\r\n\r\n',
+      );
+      await waitFor(() => client.received().includes('\r\n\r\n{'), 'the refusal');
+      expect(client.received()).to.match(/^HTTP\/1\.1 503 /);
+      expect(client.received()).to.match(/\r\nRetry-After: 1\r\n/i);
+      client.socket.destroy();
+
+      const refusedRead = await running.get('/status/1');
+      expect(refusedRead.headers.get('retry-after')).to.equal('1');
+      await expectError(refusedRead, 503, 'overloaded');
+      await expectError(await running.post('/status/batch', [{ user_id: 1 }]), 503, 'overloaded');
+      await expectError(await running.post('/status/offline', { user_id: 1 }), 503, 'overloaded');
+      expect((await running.get('/healthz')).status).to.equal(200); // probes are not counted
+    } finally {
+      await release();
+    }
+    for (const response of await Promise.all(held)) expect(response.status).to.equal(200);
+    expect(await database.userIds()).to.include.members([101, 102]);
+    expect((await app.post('/status/update', { user_id: 103 })).status).to.equal(200);
+    expect(await metric(app, 'pulse_http_requests_refused_total{reason="in_flight"}')).to.equal(4);
+    // One line says it is refusing; the refused requests get no access line each.
+    expect(lines.filter((l) => l.msg.startsWith('overloaded'))).to.have.length(1);
+    expect(lines.filter((l) => l.msg === 'request completed')).to.have.length(3);
+  });
+
+  it('refuses heartbeats with 503 overloaded while the oldest queued one has waited past MAX_QUEUE_WAIT_MS', async () => {
+    app = await startTestApp(database, {
+      MAX_QUEUE_WAIT_MS: '100',
+      HEARTBEAT_MAX_CONCURRENT_FLUSHES: '1',
+    });
+    const running = app;
+    const release = await lockPulse(database.url);
+    let held: Promise<Response>[] = [];
+    try {
+      // The first flush waits on the lock, the second heartbeat waits in the queue behind it.
+      held = [running.post('/status/update', { user_id: 201 })];
+      await waitFor(async () => {
+        const { rows } = await sql<{ waiting: number }>`
+          SELECT count(*)::int AS waiting FROM pg_stat_activity
+          WHERE datname = current_database() AND wait_event_type = 'Lock'`.execute(database.db);
+        return rows[0]?.waiting === 1;
+      }, 'a flush waiting on the lock');
+      held.push(running.post('/status/update', { user_id: 202 }));
+      await waitFor(() => running.heartbeats.queuedIds === 1, 'a queued heartbeat');
+      await waitFor(() => running.heartbeats.oldestQueuedMs() > 100, 'a long queue wait');
+      await expectError(await running.post('/status/update', { user_id: 203 }), 503, 'overloaded');
+      await expectError(await running.get('/status/1'), 503, 'overloaded');
+      expect(
+        await metric(running, 'pulse_http_requests_refused_total{reason="queue_wait"}'),
+      ).to.equal(2);
+    } finally {
+      await release();
+    }
+    for (const response of await Promise.all(held)) expect(response.status).to.equal(200);
+    expect((await app.post('/status/update', { user_id: 204 })).status).to.equal(200);
+    expect(await database.userIds())
+      .to.include.members([201, 202, 204])
+      .and.not.include(203);
+  });
+
+  it('answers 408 and closes the connection of a client sending its body a byte at a time (HTTP_REQUEST_TIMEOUT_MS)', async () => {
+    app = await startTestApp(database, {
+      HTTP_REQUEST_TIMEOUT_MS: '1000',
+      HTTP_HEADERS_TIMEOUT_MS: '500',
+    });
+    const client = await rawClient(app.baseUrl);
+    const started = Date.now();
+    client.socket.write(
+      'POST /status/update HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n' +
+        'Content-Length: 100\r\n\r\n',
+    );
+    const drip = setInterval(() => client.socket.write(' '), 100);
+    try {
+      const closedAt = await client.closed;
+      expect(closedAt - started).to.be.within(900, 5_000);
+      expect(client.received()).to.match(/^HTTP\/1\.1 408 /);
+    } finally {
+      clearInterval(drip);
+    }
+  });
+
+  it('answers 408 to a client that never finishes its headers (HTTP_HEADERS_TIMEOUT_MS)', async () => {
+    app = await startTestApp(database, {
+      HTTP_REQUEST_TIMEOUT_MS: '5000',
+      HTTP_HEADERS_TIMEOUT_MS: '500',
+    });
+    const client = await rawClient(app.baseUrl);
+    const started = Date.now();
+    client.socket.write('GET /status/1 HTTP/1.1\r\nHost: x\r\n');
+    const closedAt = await client.closed;
+    expect(closedAt - started).to.be.within(400, 4_000);
+    expect(client.received()).to.match(/^HTTP\/1\.1 408 /);
+  });
+
+  it('closes a connection silent for HTTP_SOCKET_IDLE_TIMEOUT_MS, and an idle keep-alive one after HTTP_KEEP_ALIVE_TIMEOUT_MS', async () => {
+    app = await startTestApp(database, {
+      HTTP_SOCKET_IDLE_TIMEOUT_MS: '300',
+      HTTP_KEEP_ALIVE_TIMEOUT_MS: '10000',
+    });
+    const stalled = await rawClient(app.baseUrl);
+    const started = Date.now();
+    stalled.socket.write(
+      'POST /status/update HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n' +
+        'Content-Length: 10\r\n\r\n{',
+    );
+    expect((await stalled.closed) - started).to.be.within(250, 4_000);
+    expect(stalled.received()).to.equal(''); // cut, not answered
+    await app.close();
+
+    app = await startTestApp(database, { HTTP_KEEP_ALIVE_TIMEOUT_MS: '300' });
+    const idle = await rawClient(app.baseUrl);
+    idle.socket.write('GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n');
+    const closedAt = await idle.closed;
+    expect(idle.received()).to.match(/^HTTP\/1\.1 200 /);
+    expect(idle.received()).to.match(/Keep-Alive: timeout=0?\d?/i);
+    expect(closedAt - started).to.be.below(8_000);
+  });
+
+  it('accepts at most HTTP_MAX_CONNECTIONS connections at once', async () => {
+    app = await startTestApp(database, { HTTP_MAX_CONNECTIONS: '2' });
+    const [first, second] = [await rawClient(app.baseUrl), await rawClient(app.baseUrl)];
+    const third = await rawClient(app.baseUrl);
+    await third.closed; // closed by the server as soon as it was accepted
+    expect(third.received()).to.equal('');
+    first.socket.write('GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n');
+    await waitFor(() => first.received().includes('{"status":"ok"}'), 'an answer');
+    expect(first.received()).to.match(/^HTTP\/1\.1 200 /);
+    first.socket.destroy();
+    second.socket.destroy();
+    await Promise.all([first.closed, second.closed]);
+  });
+});
