@@ -190,7 +190,9 @@ export const openApiDocument = {
             content: {
               'text/event-stream': {
                 schema: { type: 'string' },
-                itemSchema: {
+                // Each event's shape. OpenAPI 3.2 names this `itemSchema`; this is a 3.1 document,
+                // where only an extension may carry it (Redocly's recommended rules refuse the bare key).
+                'x-itemSchema': {
                   oneOf: [
                     {
                       type: 'object',
