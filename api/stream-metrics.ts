@@ -13,13 +13,21 @@ export interface StreamMetrics {
 /** The live stream's metrics: open streams, events sent, change-detection statements. */
 export function createStreamMetrics(registry: Registry): StreamMetrics {
   const registers = [registry];
-  let read = { open: () => 0, watched: () => 0, held: () => 0 };
+  let read = { open: () => 0, max: () => 0, watched: () => 0, held: () => 0 };
   new Gauge({
     name: 'pulse_streams_open',
     help: 'Open GET /status/stream connections (admitted, including those reading their snapshot)',
     registers,
     collect() {
       this.set(read.open());
+    },
+  });
+  new Gauge({
+    name: 'pulse_streams_max',
+    help: 'Most open streams this process admits (STREAM_MAX_OPEN); above it, 503 too_many_streams',
+    registers,
+    collect() {
+      this.set(read.max());
     },
   });
   new Gauge({
@@ -74,7 +82,12 @@ export function createStreamMetrics(registry: Registry): StreamMetrics {
         statements.observe({ kind, outcome: ok ? 'ok' : 'error' }, seconds),
     },
     watch({ hub, feed, held }) {
-      read = { open: () => hub.open, watched: () => feed.watchedIds, held: () => held.size };
+      read = {
+        open: () => hub.open,
+        max: () => hub.options.maxOpen,
+        watched: () => feed.watchedIds,
+        held: () => held.size,
+      };
     },
   };
 }

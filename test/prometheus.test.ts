@@ -21,12 +21,6 @@ const dashboardFile = path.join(root, 'ops/grafana/pulse-dashboard.json');
 const rulesFile = path.join(root, 'ops/prometheus/pulse-alerts.yml');
 const rulesTestFile = path.join(root, 'ops/prometheus/pulse-alerts.test.yml');
 
-/**
- * Series the dashboard and the alerts name before the feature exporting them exists: the live
- * stream (issue 11). Remove them from here once the stream exports them.
- */
-const PENDING_SERIES = new Set(['pulse_stream_open', 'pulse_stream_max']);
-
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
 /** Polls `check` until it returns a value (not undefined) or `seconds` pass. */
@@ -200,7 +194,7 @@ describe('dashboard and alerts on a real Prometheus', function () {
     await waitFor('every dashboard series', 15, async () => {
       const response = await fetch(`${prometheusUrl}/api/v1/label/__name__/values`);
       const present = new Set(((await response.json()) as { data: string[] }).data);
-      missing = [...names].filter((name) => !present.has(name) && !PENDING_SERIES.has(name));
+      missing = [...names].filter((name) => !present.has(name));
       return missing.length === 0 ? true : undefined;
     }).catch(() => undefined);
     expect(missing, 'series on the dashboard that Prometheus does not have').to.deep.equal([]);
