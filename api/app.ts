@@ -26,6 +26,11 @@ export interface AppDeps {
   /** Admission control (api/admission.ts), mounted on each /status route before its body parser. */
   admission: Admission;
   stream: Omit<StreamRouteDeps, 'config'>;
+  /**
+   * The database's online threshold as read at start: heartbeat answers carry it in
+   * `Pulse-Online-Threshold-Seconds`, so a client's fallback heartbeat loop can follow the server.
+   */
+  onlineThresholdSeconds?: number | undefined;
   config: AuthConfig & {
     /** Set: /metrics is served by the separate metrics listener, not by this app. */
     METRICS_PORT?: number | undefined;
@@ -35,6 +40,9 @@ export interface AppDeps {
     DEMO_PAGE: boolean;
   };
 }
+
+/** Heartbeat answers say the online threshold, so clients can pace their fallback loop. */
+export const THRESHOLD_HEADER = 'Pulse-Online-Threshold-Seconds';
 
 /** One user's entry in GET /status/{id}, POST /status/batch and the stream (the Status schema). */
 export { statusRow };
@@ -50,7 +58,10 @@ export function buildApp({
   admission,
   stream,
   config,
+  onlineThresholdSeconds,
 }: AppDeps): Express {
+  const thresholdHeader =
+    onlineThresholdSeconds === undefined ? undefined : String(onlineThresholdSeconds);
   const app = express();
   app.disable('x-powered-by');
   app.set('etag', false);
@@ -102,6 +113,7 @@ export function buildApp({
     const { userIds, many } = parseHeartbeatBody(req.body, config.BATCH_MAX_IDS);
     assertMayWrite(principalOf(req), userIds);
     await heartbeats.record(userIds);
+    if (thresholdHeader !== undefined) res.setHeader(THRESHOLD_HEADER, thresholdHeader);
     res.json(many ? { status: 'success', accepted: userIds.length } : { status: 'success' });
   });
 

@@ -108,6 +108,7 @@ export function assembleApi(
   );
   streamMetrics.watch({ hub, feed, held });
   const app = buildApp({
+    onlineThresholdSeconds: heldThresholdSeconds,
     db: database.db,
     heartbeats,
     statuses,

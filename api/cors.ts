@@ -14,7 +14,12 @@ export function createCors(origins: readonly string[]): RequestHandler | undefin
     origin: [...origins],
     methods: ['GET', 'POST'],
     allowedHeaders: ['authorization', 'content-type', 'x-request-id'],
-    exposedHeaders: ['retry-after', 'www-authenticate', 'x-request-id'],
+    exposedHeaders: [
+      'retry-after',
+      'www-authenticate',
+      'x-request-id',
+      'pulse-online-threshold-seconds',
+    ],
     credentials: false,
     maxAge: 600,
   });

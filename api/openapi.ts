@@ -91,6 +91,13 @@ export const openApiDocument = {
         responses: {
           '200': {
             description: 'Committed to the database',
+            headers: {
+              'Pulse-Online-Threshold-Seconds': {
+                description:
+                  "The online threshold (pulse_settings, as read when the API started): a client's fallback heartbeat loop beats at about half of it.",
+                schema: { type: 'integer', minimum: 1 },
+              },
+            },
             content: json({
               oneOf: [
                 {

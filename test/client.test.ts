@@ -3,6 +3,7 @@ import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { expect } from 'chai';
 import { PulseClient, type PresenceChange, type PulseClientOptions } from '../client/src/index.ts';
+import { updatePresenceSettings } from '../lib/pulse-store.ts';
 import { startTestApp, type TestApp } from './support/app.ts';
 import { createTestDatabase, silentLogger, type TestDatabase } from './support/database.ts';
 import { hs256, jwtEnv, randomSecret } from './support/tokens.ts';
@@ -57,6 +58,8 @@ async function withoutStream(target: string): Promise<{ url: string; close(): Pr
         .then(async (answer) => {
           res.writeHead(answer.status, {
             'content-type': answer.headers.get('content-type') ?? '',
+            'pulse-online-threshold-seconds':
+              answer.headers.get('pulse-online-threshold-seconds') ?? '',
           });
           res.end(Buffer.from(await answer.arrayBuffer()));
         })
@@ -246,6 +249,31 @@ describe('client library in Node, against the real API', function () {
     } finally {
       await Promise.all(clients.splice(0).map((pulse) => pulse.stop()));
       await proxy.close();
+    }
+  });
+
+  it('paces its fallback heartbeats by the threshold the server announces', async () => {
+    // The server's threshold is 2 s: beats every 0.8-1 s. By its own default (20 s) the client
+    // would beat once in the window below.
+    const quick = await startTestApp(database, { ...API_ENV, ONLINE_THRESHOLD_SECONDS: '2' });
+    const proxy = await withoutStream(quick.baseUrl);
+    try {
+      const log: Recorded[] = [];
+      const pulse = new PulseClient({ url: proxy.url, userId: 83, fetch: recordingFetch(log) });
+      clients.push(pulse);
+      pulse.start();
+      const beats = () =>
+        log.filter((r) => r.method === 'POST' && new URL(r.url).pathname === '/status/update');
+      await waitFor(() => beats().length >= 1, 'the first heartbeat');
+      const first = beats()[0]!.at;
+      await waitFor(() => beats().length >= 3, 'two more heartbeats at the server pace');
+      expect(beats()[2]!.at - first).to.be.below(4000);
+    } finally {
+      await Promise.all(clients.splice(0).map((pulse) => pulse.stop()));
+      await proxy.close();
+      await quick.close();
+      // The threshold lives in the database this file shares: put the default back.
+      await updatePresenceSettings(database.db, { onlineThresholdSeconds: 20 });
     }
   });
 

@@ -102,10 +102,15 @@ export class PulseApi {
     await response.body?.cancel();
   }
 
-  async heartbeat(userId: number): Promise<void> {
-    await this.expectOk(
-      await this.request('/status/update', { method: 'POST', json: { user_id: userId } }),
-    );
+  /** Sends one heartbeat; returns the server's online threshold when its answer says it. */
+  async heartbeat(userId: number): Promise<number | undefined> {
+    const response = await this.request('/status/update', {
+      method: 'POST',
+      json: { user_id: userId },
+    });
+    await this.expectOk(response);
+    const threshold = Number(response.headers.get('pulse-online-threshold-seconds'));
+    return Number.isFinite(threshold) && threshold > 0 ? threshold : undefined;
   }
 
   async offline(userId: number): Promise<void> {

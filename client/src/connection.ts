@@ -72,6 +72,8 @@ export class PresenceConnection {
   private readonly random: () => number;
   private wake: (() => void) | undefined;
   private heartbeatTimer: ReturnType<typeof setTimeout> | undefined;
+  /** The online threshold the server announced on a heartbeat answer: it paces the loop. */
+  private serverThresholdSeconds: number | undefined;
   /** A heartbeat in flight: close() waits for it, so it cannot land after an explicit offline. */
   private beating: Promise<void> | undefined;
   private pollTimer: ReturnType<typeof setTimeout> | undefined;
@@ -334,7 +336,8 @@ export class PresenceConnection {
 
   private heartbeatIntervalMs(): number {
     // Half the threshold, minus up to 20% jitter: two chances per threshold, never in lockstep.
-    const half = (this.options.onlineThresholdSeconds * 1000) / 2;
+    const threshold = this.serverThresholdSeconds ?? this.options.onlineThresholdSeconds;
+    const half = (threshold * 1000) / 2;
     return Math.round(half * (0.8 + 0.2 * this.random()));
   }
 
@@ -359,7 +362,10 @@ export class PresenceConnection {
   private async beat(): Promise<void> {
     const userId = this.heldUserId() ?? subjectOf(await this.options.api.credentials.token());
     try {
-      if (userId !== undefined) await this.options.api.heartbeat(userId);
+      if (userId !== undefined) {
+        this.serverThresholdSeconds =
+          (await this.options.api.heartbeat(userId)) ?? this.serverThresholdSeconds;
+      }
     } catch (error) {
       this.handlers.onError(
         error instanceof PulseError ? error : new PulseError('network', messageOf(error)),

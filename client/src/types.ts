@@ -45,7 +45,10 @@ export interface PulseClientOptions {
    * `sub` decides, and userId only keeps two users of one browser apart.
    */
   userId?: number;
-  /** The server's ONLINE_THRESHOLD_SECONDS, from which the fallback heartbeat interval follows. */
+  /**
+   * The online threshold to pace the fallback heartbeat loop by (half of it, with jitter) until the
+   * server's first heartbeat answer announces its own (Pulse-Online-Threshold-Seconds). Default 20.
+   */
   onlineThresholdSeconds?: number;
   /** Reconnect windows: full jitter from initialMs, doubling up to maxMs. */
   backoff?: { initialMs?: number; maxMs?: number };
