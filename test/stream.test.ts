@@ -324,7 +324,11 @@ describe('GET /status/stream', () => {
     // Two streams are open, and still the one request slot is free.
     const response = await app.post('/status/update', { user_id: 1 });
     expect(response.status).to.equal(200);
-    expect((await first.next()).data).to.deep.equal({ user_id: 1, is_online: true });
+    expect((await first.next()).data).to.deep.equal({
+      user_id: 1,
+      is_online: true,
+      last_seen: await seen(1),
+    });
   });
 
   it('ends every open stream with a retry hint when the server shuts down', async () => {
