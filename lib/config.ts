@@ -274,12 +274,22 @@ const apiSchema = z
     HTTP_HEADERS_TIMEOUT_MS: integer(100, 3_600_000, 5_000),
     HTTP_KEEP_ALIVE_TIMEOUT_MS: integer(100, 3_600_000, 5_000),
     HTTP_SOCKET_IDLE_TIMEOUT_MS: integer(0, 3_600_000, 30_000),
-    HTTP_MAX_CONNECTIONS: integer(1, 1_000_000, 10_000),
+    // Above STREAM_MAX_OPEN: every open stream holds a connection, and requests need room too.
+    HTTP_MAX_CONNECTIONS: integer(1, 1_000_000, 11_000),
   })
   .superRefine(checkAuth)
   .refine((c) => c.HTTP_HEADERS_TIMEOUT_MS <= c.HTTP_REQUEST_TIMEOUT_MS, {
     path: ['HTTP_HEADERS_TIMEOUT_MS'],
     message: 'must not be above HTTP_REQUEST_TIMEOUT_MS (the headers are part of the request)',
+  })
+  .superRefine((c, ctx) => {
+    if (c.HTTP_MAX_CONNECTIONS <= c.STREAM_MAX_OPEN) {
+      ctx.addIssue({
+        code: 'custom',
+        path: ['HTTP_MAX_CONNECTIONS'],
+        message: `must be above STREAM_MAX_OPEN (${c.STREAM_MAX_OPEN}): every open stream holds a connection, and requests need room too (got ${c.HTTP_MAX_CONNECTIONS})`,
+      });
+    }
   });
 
 const sweeperSchema = z

@@ -36,7 +36,7 @@ describe('configuration', () => {
       HTTP_HEADERS_TIMEOUT_MS: 5_000,
       HTTP_KEEP_ALIVE_TIMEOUT_MS: 5_000,
       HTTP_SOCKET_IDLE_TIMEOUT_MS: 30_000,
-      HTTP_MAX_CONNECTIONS: 10_000,
+      HTTP_MAX_CONNECTIONS: 11_000,
     });
     const sweeper = loadSweeperConfig({ DATABASE_URL });
     expect(sweeper).to.include({ SWEEP_OLDER_THAN_SECONDS: 30, SWEEP_SCHEDULE: '*/10 * * * * *' });
@@ -94,6 +94,11 @@ describe('configuration', () => {
       'HTTP_MAX_CONNECTIONS',
       { HTTP_MAX_CONNECTIONS: 'many' },
       /HTTP_MAX_CONNECTIONS must be a whole number/,
+    ],
+    [
+      'HTTP_MAX_CONNECTIONS',
+      { STREAM_MAX_OPEN: '500', HTTP_MAX_CONNECTIONS: '500' },
+      /HTTP_MAX_CONNECTIONS must be above STREAM_MAX_OPEN \(500\)/,
     ],
     [
       'HTTP_HEADERS_TIMEOUT_MS',

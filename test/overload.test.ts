@@ -204,7 +204,7 @@ describe('overload and slow clients', function () {
   });
 
   it('accepts at most HTTP_MAX_CONNECTIONS connections at once', async () => {
-    app = await startTestApp(database, { HTTP_MAX_CONNECTIONS: '2' });
+    app = await startTestApp(database, { HTTP_MAX_CONNECTIONS: '2', STREAM_MAX_OPEN: '1' });
     const [first, second] = [await rawClient(app.baseUrl), await rawClient(app.baseUrl)];
     const third = await rawClient(app.baseUrl);
     await third.closed; // closed by the server as soon as it was accepted
