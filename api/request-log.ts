@@ -31,7 +31,8 @@ type Timed = { [startedAt]: number };
 const describe = (req: IncomingMessage) => ({
   id: req.id,
   method: req.method,
-  url: redactAccessToken(req.url ?? ''),
+  // Express rewrites req.url inside a mounted router (/demo/x becomes /x): log what was asked.
+  url: redactAccessToken((req as { originalUrl?: string }).originalUrl ?? req.url ?? ''),
 });
 
 export interface RequestLogOptions {
