@@ -54,7 +54,7 @@ export class PulseClient {
     const connectionOptions: ConnectionOptions = {
       api,
       userId: options.userId,
-      onlineThresholdSeconds: options.onlineThresholdSeconds ?? 20,
+      onlineThresholdSeconds: options.onlineThresholdSeconds,
       backoff: { ...DEFAULT_BACKOFF, ...options.backoff },
       fetch: fetchImpl,
     };

@@ -16,6 +16,9 @@ import { Backoff, parseRetryAfter, type BackoffOptions } from './backoff.ts';
 import { SseParser } from './sse.ts';
 import { PulseError, type ConnectionStatus, type PresenceChange } from './types.ts';
 
+/** Until the server's first heartbeat answer says otherwise (Pulse-Online-Threshold-Seconds). */
+const DEFAULT_THRESHOLD_SECONDS = 20;
+
 export interface ConnectionHandlers {
   /** The full state of the watched users (first event of every stream, and every poll). */
   onSnapshot(states: PresenceChange[]): void;
@@ -27,7 +30,8 @@ export interface ConnectionHandlers {
 export interface ConnectionOptions {
   api: PulseApi;
   userId: number | undefined;
-  onlineThresholdSeconds: number;
+  /** Given by the caller: wins over what the server announces. */
+  onlineThresholdSeconds: number | undefined;
   backoff: BackoffOptions;
   fetch: typeof fetch;
   random?: () => number;
@@ -336,7 +340,10 @@ export class PresenceConnection {
 
   private heartbeatIntervalMs(): number {
     // Half the threshold, minus up to 20% jitter: two chances per threshold, never in lockstep.
-    const threshold = this.serverThresholdSeconds ?? this.options.onlineThresholdSeconds;
+    const threshold =
+      this.options.onlineThresholdSeconds ??
+      this.serverThresholdSeconds ??
+      DEFAULT_THRESHOLD_SECONDS;
     const half = (threshold * 1000) / 2;
     return Math.round(half * (0.8 + 0.2 * this.random()));
   }

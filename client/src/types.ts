@@ -46,8 +46,9 @@ export interface PulseClientOptions {
    */
   userId?: number;
   /**
-   * The online threshold to pace the fallback heartbeat loop by (half of it, with jitter) until the
-   * server's first heartbeat answer announces its own (Pulse-Online-Threshold-Seconds). Default 20.
+   * The online threshold that paces the fallback heartbeat loop (half of it, with jitter). Unset:
+   * the threshold the server announces on its heartbeat answers (Pulse-Online-Threshold-Seconds),
+   * 20 until the first answer.
    */
   onlineThresholdSeconds?: number;
   /** Reconnect windows: full jitter from initialMs, doubling up to maxMs. */
