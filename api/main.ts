@@ -37,7 +37,6 @@ runMain(async () => {
     onlineThresholdSeconds,
   });
   shutdown.add('heartbeat queue', () => heartbeats.close());
-  shutdown.add('admission control', () => admission.close());
 
   let metrics: string | undefined;
   if (config.METRICS_PORT !== undefined) {
@@ -53,6 +52,8 @@ runMain(async () => {
 
   const server = await listen(app, config.PORT, config.HOST, httpLimitsOf(config));
   shutdown.add('http server', () => server.stop());
+  // Runs before the server stops: refusals kept back from clients ignoring Retry-After go out now.
+  shutdown.add('admission control', () => admission.close());
   // Runs before the server stops (steps run in reverse): open streams would keep it waiting.
   shutdown.add('event streams', () => streams.close());
   logger.info(

@@ -54,6 +54,14 @@ export function httpLimitsOf(config: ApiConfig): HttpServerLimits {
   };
 }
 
+/**
+ * Connections the kernel completes before the process accepts them (Linux caps it at
+ * net.core.somaxconn). Node's default, 511, overflowed when 1,000 clients connected at once while
+ * the event loop was busy: the dropped ones retried their SYN after 1, 3 and 7 s, and their first
+ * request took that long.
+ */
+const LISTEN_BACKLOG = 4096;
+
 export async function listen(
   handler: RequestListener,
   port: number,
@@ -79,7 +87,7 @@ export async function listen(
   server.on('request', (_req, res) => {
     if (stopping && !res.headersSent) res.setHeader('Connection', 'close');
   });
-  server.listen(port, host);
+  server.listen({ port, host, backlog: LISTEN_BACKLOG });
   await once(server, 'listening');
   const address = server.address();
   return {

@@ -3,6 +3,7 @@ import { connect, type Socket } from 'node:net';
 import { Writable } from 'node:stream';
 import { expect } from 'chai';
 import { sql } from 'kysely';
+import { requestWeight } from '../api/admission.ts';
 import { createLogger } from '../lib/logger.ts';
 import { startTestApp, type TestApp } from './support/app.ts';
 import { createTestDatabase, lockPulse, type TestDatabase } from './support/database.ts';
@@ -143,6 +144,122 @@ describe('overload and slow clients', function () {
     expect(await database.userIds())
       .to.include.members([201, 202, 204])
       .and.not.include(203);
+  });
+
+  it('weighs a request by its announced body: one, plus one per started 4 KiB', async () => {
+    expect(requestWeight(undefined)).to.equal(1);
+    expect(requestWeight('0')).to.equal(1);
+    expect(requestWeight('4095')).to.equal(1);
+    expect(requestWeight('4096')).to.equal(2);
+    expect(requestWeight('22000')).to.equal(6); // a 1,000-id batch
+    expect(requestWeight('nonsense')).to.equal(1);
+
+    app = await startTestApp(database, { MAX_IN_FLIGHT_REQUESTS: '4' });
+    const running = app;
+    const batch = (first: number) =>
+      Array.from({ length: 800 }, (_, i) => ({ user_id: first + i })); // about 13.6 KB: weighs 4
+    expect(requestWeight(String(JSON.stringify(batch(1)).length))).to.equal(4);
+    // An empty house admits a request of any weight.
+    expect((await running.post('/status/update', batch(1_000))).status).to.equal(200);
+
+    const release = await lockPulse(database.url);
+    let held: Promise<Response> | undefined;
+    try {
+      held = running.post('/status/update', { user_id: 301 });
+      await waitFor(
+        async () => (await metric(running, 'pulse_http_requests_in_flight')) === 1,
+        'one heartbeat in flight',
+      );
+      await expectError(await running.post('/status/update', batch(2_000)), 503, 'overloaded');
+      // A single heartbeat still fits beside the one in flight.
+      const single = running.post('/status/update', { user_id: 302 });
+      await waitFor(
+        async () => (await metric(running, 'pulse_http_requests_in_flight')) === 2,
+        'two heartbeats in flight',
+      );
+      await release();
+      expect((await single).status).to.equal(200);
+    } finally {
+      await release();
+    }
+    expect((await held).status).to.equal(200);
+    expect(await database.userIds())
+      .to.include.members([1_000, 1_799, 301, 302])
+      .and.not.include(2_000);
+  });
+
+  it('keeps back the refusal of a connection that ignores Retry-After until it is up, doubling it, and refuses a patient one at once', async () => {
+    app = await startTestApp(database, { MAX_IN_FLIGHT_REQUESTS: '1' });
+    const running = app;
+    const release = await lockPulse(database.url);
+    const clients: Awaited<ReturnType<typeof rawClient>>[] = [];
+    try {
+      const held = running.post('/status/update', { user_id: 401 }); // fills the house
+      await waitFor(
+        async () => (await metric(running, 'pulse_http_requests_in_flight')) === 1,
+        'one request in flight',
+      );
+      const client = await rawClient(running.baseUrl);
+      clients.push(client);
+      const answers = () => client.received().split('HTTP/1.1 ').slice(1);
+      /** Sends one request on the kept-alive connection; resolves with its answer and how long it took. */
+      const ask = async () => {
+        const before = answers().length;
+        const started = Date.now();
+        client.socket.write('GET /status/1 HTTP/1.1\r\nHost: x\r\n\r\n');
+        await waitFor(
+          () => answers().length > before && answers()[before]!.includes('}'),
+          'an answer',
+        );
+        return { answer: answers()[before]!, ms: Date.now() - started };
+      };
+      const retryAfter = (answer: string) => /\r\nRetry-After: (\d+)\r\n/i.exec(answer)?.[1];
+
+      const first = await ask();
+      expect(first.answer).to.match(/^503 /);
+      expect(retryAfter(first.answer)).to.equal('1');
+      expect(first.ms).to.be.below(500);
+
+      // Back at once: refused only when the second it was told to wait is up, and told 2 s now.
+      const impatient = await ask();
+      expect(impatient.answer).to.match(/^503 /);
+      expect(impatient.ms).to.be.within(800, 5_000);
+      expect(retryAfter(impatient.answer)).to.equal('2');
+
+      // Waits the 2 s it was told: refused at once, told 1 s again.
+      await sleep(2_100);
+      const patient = await ask();
+      expect(patient.answer).to.match(/^503 /);
+      expect(patient.ms).to.be.below(500);
+      expect(retryAfter(patient.answer)).to.equal('1');
+
+      // Another connection is not punished for this one.
+      const other = await rawClient(running.baseUrl);
+      clients.push(other);
+      const started = Date.now();
+      other.socket.write('GET /status/1 HTTP/1.1\r\nHost: x\r\n\r\n');
+      await waitFor(() => other.received().includes('}'), 'the other answer');
+      expect(Date.now() - started).to.be.below(500);
+      expect(retryAfter(other.received())).to.equal('1');
+
+      // A refusal kept back is answered at once when the server shuts down.
+      const keptBack = ask();
+      await waitFor(
+        async () =>
+          (await metric(running, 'pulse_http_requests_refused_total{reason="in_flight"}')) === 5,
+        'the fifth refusal',
+      );
+      const closing = Date.now();
+      running.admission.close();
+      const { answer } = await keptBack;
+      expect(answer).to.match(/^503 /);
+      expect(Date.now() - closing).to.be.below(500);
+      await release();
+      expect((await held).status).to.equal(200);
+    } finally {
+      await release();
+      for (const client of clients) client.socket.destroy();
+    }
   });
 
   it('answers 408 and closes the connection of a client sending its body a byte at a time (HTTP_REQUEST_TIMEOUT_MS)', async () => {

@@ -1,4 +1,5 @@
 import { assembleApi } from '../../api/assemble.ts';
+import type { Admission } from '../../api/admission.ts';
 import type { HeartbeatWriter } from '../../api/heartbeat-writer.ts';
 import { loadApiConfig, type ApiConfig } from '../../lib/config.ts';
 import type { DatabaseHandle } from '../../lib/db.ts';
@@ -11,6 +12,7 @@ export interface TestApp {
   baseUrl: string;
   config: Readonly<ApiConfig>;
   heartbeats: HeartbeatWriter;
+  admission: Admission;
   server: RunningServer['server'];
   /** Stops listening and flushes queued heartbeats (not the database: the caller owns it). */
   close(): Promise<void>;
@@ -38,12 +40,13 @@ export async function startTestApp(
     baseUrl,
     config,
     heartbeats,
+    admission,
     server: server.server,
     async close() {
       await streams.close();
+      admission.close();
       await server.stop();
       await heartbeats.close();
-      admission.close();
     },
     post: (path, body, headers = {}) =>
       fetch(baseUrl + path, {

@@ -50,10 +50,13 @@ export async function lockPulse(
   await client.connect();
   await client.query('BEGIN');
   await client.query(`LOCK TABLE pulse IN ${mode} MODE`);
-  return async () => {
-    await client.query('COMMIT');
-    await client.end();
-  };
+  let released: Promise<void> | undefined;
+  // Idempotent: a test releases early, its `finally` again.
+  return () =>
+    (released ??= (async () => {
+      await client.query('COMMIT');
+      await client.end();
+    })());
 }
 
 /** Each user's last_hb as the API renders last_seen (ISO 8601, milliseconds). */
