@@ -110,7 +110,7 @@ export function createAdmission(options: AdmissionOptions): Admission {
    * Refuses at once, unless this connection was refused before and came back before the
    * Retry-After it was given was up. Such a client ignores Retry-After (the flood in
    * docs/overload.md); its refusal is then kept back until that time, and its next Retry-After
-   * doubles. A client that honours Retry-After is always refused at once. Without this, the 872
+   * doubles. Being admitted in between does not reset it: only coming back in time does. A client that honours Retry-After is always refused at once. Without this, the 872
    * of 1,000 connections that could not be admitted re-sent as fast as they were refused, and
    * accepted throughput fell to 0.18x.
    */
@@ -158,7 +158,6 @@ export function createAdmission(options: AdmissionOptions): Admission {
         shed(res, 'queue_wait');
         return;
       }
-      refusals.delete(res.socket ?? res);
       inFlight += weight;
       res.on('close', () => {
         inFlight -= weight;
