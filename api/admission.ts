@@ -46,7 +46,7 @@ const SHED_BODY = JSON.stringify({
 });
 const RETRY_AFTER_SECONDS = 1;
 /** A connection that keeps ignoring Retry-After sees it double up to this. */
-const MAX_RETRY_AFTER_SECONDS = 8;
+const MAX_RETRY_AFTER_SECONDS = 4;
 
 const shedHeaders = (retryAfterSeconds: number) => ({
   'Content-Type': 'application/json; charset=utf-8',

@@ -63,7 +63,7 @@ export function createApiMetrics(registry: Registry): ApiMetrics {
   let inFlight = () => 0;
   new Gauge({
     name: 'pulse_http_requests_in_flight',
-    help: 'Requests admitted by admission control and not yet answered',
+    help: 'Weight of the requests admitted by admission control and not yet answered (1, plus 1 per started 4 KiB of body)',
     registers,
     collect() {
       this.set(inFlight());
