@@ -82,18 +82,6 @@ export function buildApp({
   app.use(securityHeaders());
   app.use(httpMetrics);
 
-  // Probes, metrics and the contract are public; /status needs a caller (before any body is read).
-  app.use(opsRoutes({ db, registry: config.METRICS_PORT === undefined ? registry : undefined }));
-  app.get('/openapi.json', (_req, res) => {
-    res.json(openApiDocument);
-  });
-  if (config.DEMO_PAGE) {
-    const demo = demoRoutes();
-    if (!demo.built) {
-      logger.warn('the demo page is not served: build the client library (npm run build:client)');
-    }
-    app.use(demo.router);
-  }
   // The stream is a long-lived GET (no body); it also accepts the token as access_token.
   app.get(
     '/status/stream',
@@ -137,6 +125,19 @@ export function buildApp({
     res.json(statusRow(userId, await statuses.read(userId)));
   });
 
+  // Probes, metrics, the contract and the demo are public. Mounted after the /status routes, which
+  // then match without walking these layers first (the single-heartbeat path is the hot one).
+  app.use(opsRoutes({ db, registry: config.METRICS_PORT === undefined ? registry : undefined }));
+  app.get('/openapi.json', (_req, res) => {
+    res.json(openApiDocument);
+  });
+  if (config.DEMO_PAGE) {
+    const demo = demoRoutes();
+    if (!demo.built) {
+      logger.warn('the demo page is not served: build the client library (npm run build:client)');
+    }
+    app.use(demo.router);
+  }
   app.use(notFound);
   app.use(errorHandler);
   return app;
