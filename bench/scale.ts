@@ -6,19 +6,22 @@
  *   flock /tmp/pulse-bench.lock npm run bench:scale -- --rows 1e6,1e7,5e7  more
  *
  * Flags: --rows (comma-separated table sizes, ascending), --seconds (per load scenario, 5),
- * --redis-keys (Option B keys, 1e6; 0 skips Option B), --out (the JSON file).
+ * --redis-keys (Option B keys, 1e6; 0 skips Option B), --streams (open live streams, 2000; 0
+ * skips them), --out (the JSON file).
  * Env: DATABASE_URL (a server on this machine: a scratch database is created and dropped there;
  * unset: an embedded PostgreSQL), REDIS_URL (redis://127.0.0.1:6379).
  *
  * For each size the table is filled to that many rows (every tenth row an hour-old expired one,
  * never sent heartbeats), then: bytes per row, database and API CPU per heartbeat for single
  * heartbeats with group commit, with one statement per request and for gateway batches,
- * /status/batch of 1,000 ids, and one sweep of the expired rows. Database CPU is the CPU time of
+ * /status/batch of 1,000 ids, and one sweep of the expired rows. Then, on the largest table, open
+ * live streams: API memory per stream, and API and database CPU per open stream and second. Database CPU is the CPU time of
  * the PostgreSQL processes serving the API's connections (and autovacuum in the database), read
  * from /proc; the server must run on this machine for it. Prints its estimated duration first,
  * and stops itself (cleaning up) past twice that.
  */
-import { cpus, hostname, totalmem } from 'node:os';
+import http from 'node:http';
+import { cpus, hostname, loadavg, totalmem } from 'node:os';
 import { writeFileSync, mkdirSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -108,8 +111,25 @@ export interface ScaleResults {
   >;
   sizes: SizeResult[];
   optionB: OptionBResult | { skipped: string };
-  /** The live stream (issue 11): filled in once it exists. */
-  stream: { status: 'pending'; note: string };
+  /** What open live streams (GET /status/stream) cost while nothing changes. */
+  stream: StreamCost | { skipped: string };
+}
+
+export interface StreamCost {
+  streams: number;
+  watchedIdsPerStream: number;
+  /** Distinct users the streams watch between them. */
+  watchedUsers: number;
+  openSeconds: number;
+  /** API RSS before any stream and with all of them open. */
+  apiRssMbBefore: number;
+  apiRssMbOpen: number;
+  /** What one more open stream costs the API: RSS and V8 heap in use over the second half opened. */
+  apiRssKbPerStream: number;
+  apiHeapKbPerStream: number;
+  /** CPU per open stream and second while no watched user changes (keep-alives, held presence, change detection). */
+  apiCpuUsPerStreamSecond: number;
+  dbCpuUsPerStreamSecond: number;
 }
 
 const round = (n: number, digits = 2) => Math.round(n * 10 ** digits) / 10 ** digits;
@@ -346,12 +366,110 @@ async function measureSize(db: BenchDatabase, rows: number, seconds: number): Pr
  * What the run costs in seconds, from rates seen on this 2-core machine while shared: filling
  * ~50,000 rows/s, sweeping ~100,000 table rows/s, loading Redis ~30,000 keys/s.
  */
+const STREAM_HOLDER_BASE = 1_000_000_000;
+
+async function apiHeapMb(api: ApiProcess): Promise<number> {
+  const text = await (await fetch(`${api.url}/metrics`)).text();
+  const line = text.split('\n').find((l) => l.startsWith('nodejs_heap_size_used_bytes '));
+  return Number(line?.split(' ')[1] ?? NaN) / 2 ** 20;
+}
+
+/**
+ * Opens `streams` streams, each holding its own user's presence and watching `watch` of
+ * `watchedUsers` users, then measures memory per stream and, over `seconds` in which no watched
+ * user changes, API and database CPU per open stream and second.
+ */
+async function measureStreams(
+  db: BenchDatabase,
+  streams: number,
+  seconds: number,
+): Promise<StreamCost> {
+  const watch = 100;
+  const watchedUsers = 20_000;
+  return withApi(
+    db,
+    { STREAM_MAX_OPEN: String(streams + 10), HTTP_MAX_CONNECTIONS: String(streams + 1000) },
+    async (api) => {
+      const rssBefore = api.rssMb();
+      const agent = new http.Agent({ keepAlive: false, maxSockets: Infinity });
+      const open: http.ClientRequest[] = [];
+      try {
+        const openOne = (i: number) =>
+          new Promise<void>((resolve, reject) => {
+            const ids = Array.from(
+              { length: watch },
+              () => 1 + Math.floor(Math.random() * watchedUsers),
+            );
+            const req = http.get(
+              `${api.url}/status/stream?user_id=${STREAM_HOLDER_BASE + i}&watch=${ids.join(',')}`,
+              { agent },
+              (res) => {
+                if (res.statusCode !== 200) reject(new Error(`stream refused: ${res.statusCode}`));
+                res.on('data', () => undefined);
+                resolve();
+              },
+            );
+            req.on('error', reject);
+            open.push(req);
+          });
+        const openRange = async (from: number, to: number) => {
+          for (let i = from; i < to; i += 20) {
+            await Promise.all(
+              Array.from({ length: Math.min(20, to - i) }, (_, k) => openOne(i + k)),
+            );
+          }
+          // Long enough for V8's memory reducer to collect what opening them left behind.
+          await new Promise((resolve) => setTimeout(resolve, 12_000));
+        };
+        // Memory per stream is the second half's: what one more stream costs, without the fixed
+        // cost of the first (the feed's index of watched users, compiled code).
+        const half = Math.floor(streams / 2);
+        await openRange(0, half);
+        const rssHalf = api.rssMb();
+        const heapHalf = await apiHeapMb(api);
+        await openRange(half, streams);
+        const rssAfter = api.rssMb();
+        const heapAfter = await apiHeapMb(api);
+        const backends = watchBackends(db, 'pulse-api');
+        await backends.start();
+        const apiCpuBefore = processCpuSeconds(api.pid) ?? 0;
+        const windowStarted = performance.now();
+        await new Promise((resolve) => setTimeout(resolve, seconds * 1000));
+        const openSeconds = (performance.now() - windowStarted) / 1000;
+        const apiCpu = (processCpuSeconds(api.pid) ?? 0) - apiCpuBefore;
+        const dbCpu = await backends.stop();
+        const streamSeconds = streams * openSeconds;
+        return {
+          streams,
+          watchedIdsPerStream: watch,
+          watchedUsers,
+          openSeconds: round(openSeconds, 1),
+          apiRssMbBefore: round(rssBefore, 1),
+          apiRssMbOpen: round(rssAfter, 1),
+          apiRssKbPerStream: round(((rssAfter - rssHalf) * 1024) / (streams - half), 1),
+          apiHeapKbPerStream: round(((heapAfter - heapHalf) * 1024) / (streams - half), 1),
+          apiCpuUsPerStreamSecond: round((apiCpu * 1e6) / streamSeconds),
+          dbCpuUsPerStreamSecond: round(
+            ((dbCpu.backendsSeconds + dbCpu.autovacuumSeconds) * 1e6) / streamSeconds,
+          ),
+        };
+      } finally {
+        for (const req of open) req.destroy();
+        agent.destroy();
+      }
+    },
+  );
+}
+
 function estimateSeconds(sizes: number[], seconds: number, redisKeys: number): number {
   const perScenario = seconds + 1 + 5; // warm-up and API start/stop
   const largest = sizes.at(-1) ?? 0;
   const fillAndSweep = largest / 50_000 + sizes.reduce((a, n) => a + n / 100_000, 0);
   const redis = redisKeys > 0 ? redisKeys / 30_000 + 3 * seconds + 45 : 0;
-  return Math.round(fillAndSweep + sizes.length * 4 * perScenario + perScenario + redis + 10);
+  const streams = 3 * seconds + 45;
+  return Math.round(
+    fillAndSweep + sizes.length * 4 * perScenario + perScenario + redis + streams + 10,
+  );
 }
 
 const stopOnTimeout: { api: ApiProcess | undefined; db: BenchDatabase | undefined } = {
@@ -365,6 +483,7 @@ async function main(): Promise<void> {
       rows: { type: 'string', default: '1e6,1e7' },
       seconds: { type: 'string', default: '5' },
       'redis-keys': { type: 'string', default: '1e6' },
+      streams: { type: 'string', default: '2000' },
       out: { type: 'string', default: path.join(root, 'bench/results/scale.json') },
     },
   });
@@ -373,6 +492,11 @@ async function main(): Promise<void> {
   const seconds = Number(values.seconds);
   if (!(seconds >= 1 && seconds <= 60)) throw new Error('--seconds must be between 1 and 60');
   const redisKeys = Number(values['redis-keys']);
+  const streamCount = Number(values.streams);
+  if (!(Number.isInteger(streamCount) && streamCount >= 0 && streamCount <= 10_000)) {
+    throw new Error('--streams must be an integer from 0 to 10,000');
+  }
+  const loadAtStart = loadavg()[0] ?? 0;
   const estimate = estimateSeconds(sizes, seconds, redisKeys);
   log(
     `sizes ${sizes.join(', ')} rows, ${seconds} s per scenario, Option B with ${redisKeys} keys: ` +
@@ -417,6 +541,7 @@ async function main(): Promise<void> {
   const db = await openBenchDatabase(`pulse_bench_scale_${process.pid}`);
   stopOnTimeout.db = db;
   const results: SizeResult[] = [];
+  let stream: ScaleResults['stream'] = { skipped: '--streams 0' };
   let server: { version: string; settings: Record<string, string> };
   try {
     const { rows: settings } = await db.query<{
@@ -437,6 +562,10 @@ async function main(): Promise<void> {
       ),
     };
     for (const rows of sizes) results.push(await measureSize(db, rows, seconds));
+    if (streamCount > 0) {
+      log(`${streamCount} open streams, each watching 100 of 20,000 users`);
+      stream = await measureStreams(db, streamCount, 3 * seconds);
+    }
   } finally {
     stopOnTimeout.db = undefined;
     await db.close();
@@ -461,11 +590,11 @@ async function main(): Promise<void> {
   const memoryGb = Math.round(totalmem() / 2 ** 30);
   const output: ScaleResults = {
     schema: 1,
-    command: `npm run bench:scale -- --rows ${values.rows} --seconds ${seconds} --redis-keys ${values['redis-keys']}`,
+    command: `npm run bench:scale -- --rows ${values.rows} --seconds ${seconds} --redis-keys ${values['redis-keys']} --streams ${values.streams}`,
     measuredAt: new Date().toISOString(),
     durationSeconds: Math.round((performance.now() - started) / 1000),
     machine: {
-      label: `${cpus().length} x ${cpuModel}, ${memoryGb} GB, PostgreSQL ${server.version} (${process.env.DATABASE_URL ? 'the machine\u2019s server' : 'embedded'}), shared with other work`,
+      label: `${cpus().length} x ${cpuModel}, ${memoryGb} GB, PostgreSQL ${server.version} (${process.env.DATABASE_URL ? 'the machine\u2019s server' : 'embedded'}), ${loadAtStart > 1.5 ? 'shared with other work' : 'quiet'} (load average ${loadAtStart.toFixed(1)} at the start)`,
       hostname: hostname(),
       cpus: cpus().length,
       cpuModel,
@@ -487,10 +616,7 @@ async function main(): Promise<void> {
     },
     sizes: results,
     optionB,
-    stream: {
-      status: 'pending',
-      note: 'GET /status/stream (issue 11): cost per open stream (API memory, database CPU per change pushed) goes here once the stream has landed',
-    },
+    stream,
   };
   mkdirSync(path.dirname(values.out), { recursive: true });
   writeFileSync(values.out, `${JSON.stringify(output, null, 2)}\n`);
