@@ -124,7 +124,7 @@ export interface StreamCost {
   /** API RSS before any stream and with all of them open. */
   apiRssMbBefore: number;
   apiRssMbOpen: number;
-  /** What one more open stream costs the API: RSS and V8 heap in use over the second half opened. */
+  /** API memory per open stream: RSS and V8 heap in use with all open, minus before, over streams. */
   apiRssKbPerStream: number;
   apiHeapKbPerStream: number;
   /** CPU per open stream and second while no watched user changes (keep-alives, held presence, change detection). */
@@ -391,6 +391,7 @@ async function measureStreams(
     { STREAM_MAX_OPEN: String(streams + 10), HTTP_MAX_CONNECTIONS: String(streams + 1000) },
     async (api) => {
       const rssBefore = api.rssMb();
+      const heapBefore = await apiHeapMb(api);
       const agent = new http.Agent({ keepAlive: false, maxSockets: Infinity });
       const open: http.ClientRequest[] = [];
       try {
@@ -421,13 +422,7 @@ async function measureStreams(
           // Long enough for V8's memory reducer to collect what opening them left behind.
           await new Promise((resolve) => setTimeout(resolve, 12_000));
         };
-        // Memory per stream is the second half's: what one more stream costs, without the fixed
-        // cost of the first (the feed's index of watched users, compiled code).
-        const half = Math.floor(streams / 2);
-        await openRange(0, half);
-        const rssHalf = api.rssMb();
-        const heapHalf = await apiHeapMb(api);
-        await openRange(half, streams);
+        await openRange(0, streams);
         const rssAfter = api.rssMb();
         const heapAfter = await apiHeapMb(api);
         const backends = watchBackends(db, 'pulse-api');
@@ -446,8 +441,8 @@ async function measureStreams(
           openSeconds: round(openSeconds, 1),
           apiRssMbBefore: round(rssBefore, 1),
           apiRssMbOpen: round(rssAfter, 1),
-          apiRssKbPerStream: round(((rssAfter - rssHalf) * 1024) / (streams - half), 1),
-          apiHeapKbPerStream: round(((heapAfter - heapHalf) * 1024) / (streams - half), 1),
+          apiRssKbPerStream: round(((rssAfter - rssBefore) * 1024) / streams, 1),
+          apiHeapKbPerStream: round(((heapAfter - heapBefore) * 1024) / streams, 1),
           apiCpuUsPerStreamSecond: round((apiCpu * 1e6) / streamSeconds),
           dbCpuUsPerStreamSecond: round(
             ((dbCpu.backendsSeconds + dbCpu.autovacuumSeconds) * 1e6) / streamSeconds,
@@ -594,7 +589,7 @@ async function main(): Promise<void> {
     measuredAt: new Date().toISOString(),
     durationSeconds: Math.round((performance.now() - started) / 1000),
     machine: {
-      label: `${cpus().length} x ${cpuModel}, ${memoryGb} GB, PostgreSQL ${server.version} (${process.env.DATABASE_URL ? 'the machine\u2019s server' : 'embedded'}), ${loadAtStart > 1.5 ? 'shared with other work' : 'quiet'} (load average ${loadAtStart.toFixed(1)} at the start)`,
+      label: `${cpus().length} x ${cpuModel}, ${memoryGb} GB, PostgreSQL ${server.version} (${process.env.DATABASE_URL ? 'the machine\u2019s server' : 'embedded'}), ${loadAtStart > 2 ? 'shared with other work' : 'quiet'} (load average ${loadAtStart.toFixed(1)} at the start)`,
       hostname: hostname(),
       cpus: cpus().length,
       cpuModel,
