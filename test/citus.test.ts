@@ -42,6 +42,8 @@ interface CitusSchema extends DatabaseHandle {
   /** A connection URL whose search_path is this schema. */
   url: string;
   schema: string;
+  /** citus.shard_count in force for this database (32 unless the operator chose otherwise). */
+  shardCount: number;
   query<R>(text: string): Promise<R[]>;
   drop(): Promise<void>;
 }
@@ -62,10 +64,14 @@ async function createSchema(): Promise<CitusSchema> {
     applicationName: 'pulse-test-citus',
     logger: silentLogger,
   });
+  const { rows } = await sql<{
+    shards: string;
+  }>`SELECT current_setting('citus.shard_count') AS shards`.execute(handle.db);
   return {
     ...handle,
     url,
     schema,
+    shardCount: Number(rows[0]!.shards),
     async query<R>(text: string) {
       return (await sql.raw<R>(text).execute(handle.db)).rows;
     },
@@ -141,8 +147,8 @@ async function userIds(db: CitusSchema): Promise<number[]> {
         const up = await migrate(db.url);
         expect(up.code, up.out).to.equal(0);
         const expected = [
-          { table: 'pulse', method: 'h', shards: 32 },
-          { table: 'pulse_last_seen', method: 'h', shards: 32 },
+          { table: 'pulse', method: 'h', shards: db.shardCount },
+          { table: 'pulse_last_seen', method: 'h', shards: db.shardCount },
           { table: 'pulse_settings', method: null, shards: 0 },
           { table: 'pulse_sweeper_lease', method: null, shards: 0 },
         ];
@@ -185,7 +191,11 @@ async function userIds(db: CitusSchema): Promise<number[]> {
         const run = await migrate(db.url);
         expect(run.out).to.match(/distributed by user_id: pulse_last_seen/);
         const [pulse, lastSeen] = await layout(db);
-        expect(lastSeen).to.include({ table: 'pulse_last_seen', method: 'h', shards: 32 });
+        expect(lastSeen).to.include({
+          table: 'pulse_last_seen',
+          method: 'h',
+          shards: db.shardCount,
+        });
         expect(lastSeen?.colocation).to.equal(pulse?.colocation);
         expect(await checkReadiness(db.db)).to.deep.equal({ ready: true });
 
@@ -234,9 +244,9 @@ async function userIds(db: CitusSchema): Promise<number[]> {
         await recordHeartbeats(db.db, [...ids.slice(500), ids[500]!, ids[501]!], router);
         await recordHeartbeats(db.db, [ids[999]!], router);
         expect(await userIds(db)).to.deep.equal(ids);
-        expect(await router.shardRanges()).to.have.length(32);
+        expect(await router.shardRanges()).to.have.length(db.shardCount);
         const asked = [...ids, 5, 6]; // 5 and 6 have no row
-        expect((await router.group(asked))?.length).to.equal(32);
+        expect((await router.group(asked))?.length).to.equal(db.shardCount);
         const routed = await findOnlineUserIds(db.db, asked, router);
         const unrouted = await findOnlineUserIds(db.db, asked);
         const expected = new Set(ids.filter((id) => id !== 1));
