@@ -109,11 +109,32 @@ export interface GroupCommitOptions {
   maxQueuedIds: number;
 }
 
-interface Pending {
-  userIds: readonly number[];
+/**
+ * The requests of one future statement. They all wait on one promise: per request, the writer only
+ * appends ids (no promise, closure or record per request; docs/request-cost.md).
+ */
+interface Batch {
+  /** The ids of its requests, each request's without repeats, in arrival order. */
+  ids: number[];
+  requests: number;
+  /** When its first request arrived (performance.now()). */
   queuedAt: number;
+  done: Promise<void>;
   resolve(): void;
   reject(error: unknown): void;
+}
+
+function newBatch(): Batch {
+  let resolve!: () => void;
+  let reject!: (error: unknown) => void;
+  const done = new Promise<void>((res, rej) => {
+    resolve = res;
+    reject = rej;
+  });
+  // Every request of the batch awaits `done`; this keeps a failed flush with no request left
+  // (impossible today) from becoming an unhandled rejection.
+  done.catch(() => undefined);
+  return { ids: [], requests: 0, queuedAt: performance.now(), done, resolve, reject };
 }
 
 /**
@@ -121,9 +142,15 @@ interface Pending {
  * so PostgreSQL commits once per batch instead of once per request. A request's promise settles
  * only when the statement holding its ids has committed (or failed), so an acknowledged heartbeat
  * is durable.
+ *
+ * Requests are grouped into batches as they arrive: whole requests, up to maxBatchIds ids (at
+ * least one request, however large); a request that does not fit starts the next batch. A batch
+ * is flushed once it is full or maxDelayMs after the first queued heartbeat, at most
+ * maxConcurrentFlushes at a time.
  */
 export class GroupCommitHeartbeatWriter implements HeartbeatWriter {
-  private queue: Pending[] = [];
+  /** Batches waiting for a flush, oldest first; only the last one takes more requests. */
+  private queue: Batch[] = [];
   private queued = 0;
   private running = 0;
   private timer: NodeJS.Timeout | undefined;
@@ -165,11 +192,19 @@ export class GroupCommitHeartbeatWriter implements HeartbeatWriter {
         new HeartbeatRejected('queue_full', 'too many heartbeats are waiting to be written'),
       );
     }
-    return new Promise<void>((resolve, reject) => {
-      this.queue.push({ userIds, queuedAt: performance.now(), resolve, reject });
-      this.queued += userIds.length;
-      this.schedule();
-    });
+    let batch = this.queue[this.queue.length - 1];
+    if (
+      batch === undefined ||
+      (batch.ids.length > 0 && batch.ids.length + userIds.length > this.options.maxBatchIds)
+    ) {
+      batch = newBatch();
+      this.queue.push(batch);
+    }
+    for (const id of userIds) batch.ids.push(id);
+    batch.requests += 1;
+    this.queued += userIds.length;
+    this.schedule();
+    return batch.done;
   }
 
   async close(): Promise<void> {
@@ -199,19 +234,10 @@ export class GroupCommitHeartbeatWriter implements HeartbeatWriter {
     }
   }
 
-  /** Whole requests, up to maxBatchIds ids (at least one request, however large). */
-  private takeBatch(): Pending[] {
-    let count = 0;
-    let taken = 0;
-    while (taken < this.queue.length) {
-      const size = this.queue[taken]!.userIds.length;
-      if (taken > 0 && count + size > this.options.maxBatchIds) break;
-      count += size;
-      taken += 1;
-    }
-    const batch = this.queue.slice(0, taken);
-    this.queue = this.queue.slice(taken);
-    this.queued -= count;
+  /** The oldest batch (whole requests, up to maxBatchIds ids, at least one request). */
+  private takeBatch(): Batch {
+    const batch = this.queue.shift()!;
+    this.queued -= batch.ids.length;
     if (this.queued === 0) {
       clearTimeout(this.timer);
       this.timer = undefined;
@@ -220,21 +246,18 @@ export class GroupCommitHeartbeatWriter implements HeartbeatWriter {
     return batch;
   }
 
-  private flush(batch: Pending[]): void {
+  private flush(batch: Batch): void {
     this.running += 1;
-    const ids = batch.flatMap((p) => p.userIds);
     const started = performance.now();
     const settle = (ok: boolean, error?: unknown) => {
       this.running -= 1;
-      for (const pending of batch) {
-        if (ok) pending.resolve();
-        else pending.reject(error);
-      }
+      if (ok) batch.resolve();
+      else batch.reject(error);
       notify(
         this.observer,
         {
-          ids: ids.length,
-          requests: batch.length,
+          ids: batch.ids.length,
+          requests: batch.requests,
           seconds: (performance.now() - started) / 1000,
           ok,
         },
@@ -242,7 +265,7 @@ export class GroupCommitHeartbeatWriter implements HeartbeatWriter {
       );
       this.schedule();
     };
-    recordHeartbeats(this.db, ids, this.shardRouter).then(
+    recordHeartbeats(this.db, batch.ids, this.shardRouter).then(
       () => settle(true),
       (error: unknown) => settle(false, writeFailed(error)),
     );

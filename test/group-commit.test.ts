@@ -73,6 +73,25 @@ describe('group commit', () => {
     await heartbeats.close();
   });
 
+  it('keeps requests whole: one that does not fit in the forming batch starts the next', async () => {
+    const flushes: number[] = [];
+    const heartbeats = writer(
+      { maxBatchIds: 3, maxDelayMs: 60_000, maxConcurrentFlushes: 1 },
+      flushes,
+    );
+    const settled: string[] = [];
+    const requests = [[1, 2], [3, 4], [5], [6, 7, 8, 9]].map((ids) =>
+      heartbeats.record(ids).then(() => settled.push(ids.join(','))),
+    );
+    // [1, 2] goes as soon as [3, 4] makes 4 >= 3 ids queued; [3, 4] + [5] is full next; the
+    // last one alone is larger than a batch.
+    await heartbeats.close();
+    await Promise.all(requests);
+    expect(flushes).to.deep.equal([2, 3, 4]);
+    expect(settled).to.deep.equal(['1,2', '3,4', '5', '6,7,8,9']);
+    expect(await database.userIds()).to.deep.equal(range(1, 9));
+  });
+
   it('runs flushes concurrently, up to the limit, without deadlocks', async () => {
     const heartbeats = writer({ maxBatchIds: 50, maxDelayMs: 1, maxConcurrentFlushes: 3 });
     // Overlapping id sets in opposite orders: unsorted batches could deadlock each other.
