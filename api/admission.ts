@@ -17,6 +17,8 @@
  * `guard` is a middleware mounted on each route it protects, before that route's body parser. A
  * long-lived route (a Server-Sent Events stream) simply does not mount it: it is then neither
  * counted nor refused here (see docs/overload.md for its timeouts and the connection cap).
+ * `release` must run when each response closes: api/edge.ts calls it from the one 'close'
+ * listener it adds per request (a listener per request here cost CPU: docs/request-cost.md).
  */
 import type { RequestHandler, Response } from 'express';
 import type { Logger } from '../lib/logger.ts';
@@ -36,6 +38,8 @@ export interface AdmissionOptions {
 
 export interface Admission {
   guard: RequestHandler;
+  /** Gives back what `guard` admitted for this response; call once it has closed. */
+  release: (res: Response) => void;
   readonly inFlight: number;
   /** Stops the summary timer and answers the refusals kept back (call before the server stops). */
   close(): void;
@@ -56,6 +60,10 @@ const shedHeaders = (retryAfterSeconds: number) => ({
 
 /** Marks a response refused here, so the access log can leave it out (it is counted instead). */
 export const shedResponses = new WeakSet<object>();
+
+/** The weight `guard` admitted a response with. */
+const admittedWeight = Symbol('admittedWeight');
+type Admitted = { [admittedWeight]?: number | undefined };
 
 /** A connection's last refusal: the Retry-After it was given, and when that is up. */
 interface Refusal {
@@ -159,10 +167,15 @@ export function createAdmission(options: AdmissionOptions): Admission {
         return;
       }
       inFlight += weight;
-      res.on('close', () => {
-        inFlight -= weight;
-      });
+      // Summed: a request that passes two guarded routes is released once, for both.
+      (res as Admitted)[admittedWeight] = ((res as Admitted)[admittedWeight] ?? 0) + weight;
       next();
+    },
+    release(res) {
+      const weight = (res as Admitted)[admittedWeight];
+      if (weight === undefined) return;
+      (res as Admitted)[admittedWeight] = undefined;
+      inFlight -= weight;
     },
     get inFlight() {
       return inFlight;

@@ -1,4 +1,4 @@
-import express, { type Express, type Request, type RequestHandler, type Response } from 'express';
+import express, { type Express, type Request, type Response } from 'express';
 import type { Registry } from 'prom-client';
 import type { Logger } from '../lib/logger.ts';
 import { opsRoutes } from '../http/ops-routes.ts';
@@ -7,12 +7,13 @@ import { shedResponses, type Admission } from './admission.ts';
 import { assertMayWrite, createAuthenticate, principalOf, type AuthConfig } from './auth.ts';
 import { createCors } from './cors.ts';
 import { demoRoutes } from './demo.ts';
+import { createEdge } from './edge.ts';
 import { errorHandler, notFound } from './errors.ts';
 import type { HeartbeatWriter } from './heartbeat-writer.ts';
 import { openApiDocument } from './openapi.ts';
 import type { StatusReader } from './status-reader.ts';
-import { requestLog } from './request-log.ts';
-import { securityHeaders } from './security-headers.ts';
+import { createRequestLog } from './request-log.ts';
+import { securityHeaderList } from './security-headers.ts';
 import { createStreamRoute, type StreamRouteDeps } from './status-stream.ts';
 import { parseBatchBody, parseHeartbeatBody, parseUserIdParam, requireJson } from './validation.ts';
 
@@ -22,7 +23,8 @@ export interface AppDeps {
   statuses: StatusReader;
   logger: Logger;
   registry: Registry;
-  httpMetrics: RequestHandler;
+  /** Records a finished request's duration (api/metrics.ts). */
+  observeRequest: (req: Request, res: Response, seconds: number) => void;
   /** Admission control (api/admission.ts), mounted on each /status route before its body parser. */
   admission: Admission;
   stream: Omit<StreamRouteDeps, 'config'>;
@@ -54,7 +56,7 @@ export function buildApp({
   statuses,
   logger,
   registry,
-  httpMetrics,
+  observeRequest,
   admission,
   stream,
   config,
@@ -66,21 +68,24 @@ export function buildApp({
   app.disable('x-powered-by');
   app.set('etag', false);
 
-  // Probes and scrapes every few seconds would drown the request log.
+  // One layer for what every request gets (api/edge.ts), in this order: the request id and log
+  // line; CORS for browser clients on other origins, before everything else, so preflights need
+  // no token; security headers for a JSON API; the request duration histogram. Its one 'close'
+  // listener also gives back what admission control admitted.
   app.use(
-    requestLog(logger, {
-      ignore: /^\/(healthz|readyz|metrics)$/,
-      // Requests refused by admission control are counted (metrics, a periodic line), not logged.
-      skip: (res) => shedResponses.has(res),
+    createEdge({
+      requestLog: createRequestLog(logger, {
+        // Probes and scrapes every few seconds would drown the request log.
+        ignore: /^\/(healthz|readyz|metrics)$/,
+        // Requests refused by admission control are counted (metrics, a periodic line), not logged.
+        skip: (res) => shedResponses.has(res),
+      }),
+      cors: createCors(config.CORS_ORIGINS),
+      headers: securityHeaderList(),
+      observe: observeRequest,
+      onClose: admission.release,
     }),
   );
-  // Browser clients on other origins: before everything else, so preflights need no token.
-  const corsHandler = createCors(config.CORS_ORIGINS);
-  if (corsHandler) app.use(corsHandler);
-
-  // --- security: headers for a JSON API ---
-  app.use(securityHeaders());
-  app.use(httpMetrics);
 
   // The stream is a long-lived GET (no body); it also accepts the token as access_token.
   app.get(

@@ -115,7 +115,7 @@ export function assembleApi(
     logger,
     config,
     registry,
-    httpMetrics: metrics.httpMiddleware,
+    observeRequest: metrics.observeRequest,
     admission,
     stream: { hub, feed, held, observer: streamMetrics.streamObserver },
   });

@@ -1,11 +1,14 @@
-import type { RequestHandler } from 'express';
+import type { Request, Response } from 'express';
 import { Counter, Gauge, Histogram, type Registry } from 'prom-client';
 import type { Admission, ShedReason } from './admission.ts';
 import type { FlushObserver, HeartbeatWriter } from './heartbeat-writer.ts';
 
 export interface ApiMetrics {
-  /** Times every request, labelled by route pattern (never the raw path) and status. */
-  httpMiddleware: RequestHandler;
+  /**
+   * Records a finished request's duration, labelled by method, route pattern (never the raw path)
+   * and status. api/edge.ts calls it when the response has finished.
+   */
+  observeRequest: (req: Request, res: Response, seconds: number) => void;
   /** Feeds flush sizes and durations into the registry. */
   flushObserver: Required<FlushObserver>;
   /** Reports the heartbeat queue depth at scrape time. */
@@ -25,6 +28,23 @@ export function createApiMetrics(registry: Registry): ApiMetrics {
     buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5],
     registers,
   });
+  // One child per (route, method, status), made on first use: observing through it spares building
+  // and merging a label object per request (docs/request-cost.md).
+  type Child = ReturnType<typeof requestDuration.labels>;
+  const children = new Map<string, Map<string, Map<number, Child>>>();
+  const requestDurationOf = (method: string, route: string, status: number): Child => {
+    let byMethod = children.get(route);
+    if (byMethod === undefined)
+      children.set(route, (byMethod = new Map<string, Map<number, Child>>()));
+    let byStatus = byMethod.get(method);
+    if (byStatus === undefined) byMethod.set(method, (byStatus = new Map<number, Child>()));
+    let child = byStatus.get(status);
+    if (child === undefined) {
+      child = requestDuration.labels({ method, route, status_code: String(status) });
+      byStatus.set(status, child);
+    }
+    return child;
+  };
   const heartbeatsAccepted = new Counter({
     name: 'pulse_heartbeats_accepted_total',
     help: 'Heartbeats (user ids) committed to the database',
@@ -77,15 +97,11 @@ export function createApiMetrics(registry: Registry): ApiMetrics {
     watchAdmission(admission) {
       inFlight = () => admission.inFlight;
     },
-    httpMiddleware(req, res, next) {
-      const stop = requestDuration.startTimer();
-      res.on('finish', () => {
-        // The pattern (/status/:userId), so user ids never become label values.
-        const pattern = (req.route as { path?: unknown } | undefined)?.path;
-        const route = typeof pattern === 'string' ? `${req.baseUrl}${pattern}` : 'unmatched';
-        stop({ method: req.method, route, status_code: String(res.statusCode) });
-      });
-      next();
+    observeRequest(req, res, seconds) {
+      // The pattern (/status/:userId), so user ids never become label values.
+      const pattern = (req.route as { path?: unknown } | undefined)?.path;
+      const route = typeof pattern === 'string' ? `${req.baseUrl}${pattern}` : 'unmatched';
+      requestDurationOf(req.method, route, res.statusCode).observe(seconds);
     },
     flushObserver: {
       onFlush({ ids, seconds, ok }) {

@@ -10,7 +10,6 @@
  */
 import { randomUUID } from 'node:crypto';
 import { IncomingMessage, type ServerResponse } from 'node:http';
-import type { RequestHandler } from 'express';
 import type { Logger } from '../lib/logger.ts';
 import { redactAccessToken } from './auth.ts';
 
@@ -38,8 +37,6 @@ Object.defineProperty(IncomingMessage.prototype, 'log', {
     return (this[childLogger] ??= base.child({ req: describe(this) }));
   },
 });
-const startedAt = Symbol('startedAt');
-type Timed = { [startedAt]: number };
 
 // The stream may carry a token in its query (access_token): never in a log line.
 const describe = (req: IncomingMessage) => ({
@@ -56,29 +53,35 @@ export interface RequestLogOptions {
   skip?: (res: ServerResponse) => boolean;
 }
 
-export function requestLog(logger: Logger, { ignore, skip }: RequestLogOptions): RequestHandler {
-  // 'close' comes after 'finish' for a complete response, and alone for an aborted one.
-  function onClose(this: ServerResponse) {
-    const req = this.req;
-    if (!logger.isLevelEnabled('info') || ignore.test(req.url ?? '') || skip?.(this)) return;
-    logger.info(
-      {
-        req: describe(req),
-        res: { statusCode: this.statusCode },
-        responseTime: Math.round(performance.now() - (req as unknown as Timed)[startedAt]),
-      },
-      this.writableFinished ? 'request completed' : 'request aborted',
-    );
-  }
+/** The request log's two halves; api/edge.ts runs them in the one per-request layer it mounts. */
+export interface RequestLog {
+  /** At the start: the request id (X-Request-Id, `req.id`) and `req.log`. */
+  begin(req: IncomingMessage, res: ServerResponse): void;
+  /** When the response closes: the request line, `elapsedMs` after begin(). */
+  end(res: ServerResponse, elapsedMs: number): void;
+}
 
-  return (req, res, next) => {
-    const given = req.headers['x-request-id'];
-    const id = typeof given === 'string' && SANE_ID.test(given) ? given : randomUUID();
-    req.id = id;
-    res.setHeader('X-Request-Id', id);
-    (req as unknown as Timed)[startedAt] = performance.now();
-    (req as unknown as Logged)[baseLogger] = logger;
-    res.once('close', onClose);
-    next();
+export function createRequestLog(logger: Logger, { ignore, skip }: RequestLogOptions): RequestLog {
+  return {
+    begin(req, res) {
+      const given = req.headers['x-request-id'];
+      const id = typeof given === 'string' && SANE_ID.test(given) ? given : randomUUID();
+      req.id = id;
+      res.setHeader('X-Request-Id', id);
+      (req as unknown as Logged)[baseLogger] = logger;
+    },
+    // 'close' comes after 'finish' for a complete response, and alone for an aborted one.
+    end(res, elapsedMs) {
+      const req = res.req;
+      if (!logger.isLevelEnabled('info') || ignore.test(req.url ?? '') || skip?.(res)) return;
+      logger.info(
+        {
+          req: describe(req),
+          res: { statusCode: res.statusCode },
+          responseTime: Math.round(elapsedMs),
+        },
+        res.writableFinished ? 'request completed' : 'request aborted',
+      );
+    },
   };
 }

@@ -1,13 +1,19 @@
-import type { Request, RequestHandler, Response } from 'express';
+import type { Request, Response } from 'express';
 import helmet from 'helmet';
+
+/** Header names and values, in the order helmet set them. */
+export interface HeaderList {
+  readonly names: readonly string[];
+  readonly values: readonly string[];
+}
 
 /**
  * Security headers for a JSON API, chosen by helmet and computed once. helmet runs a dozen small
  * middlewares per request, each setting a header that never changes for this API (no nonces, no
  * per-request directives): replaying what it set at startup keeps helmet the source of truth and
- * costs one loop per request (docs/request-cost.md).
+ * costs one loop per request (docs/request-cost.md). api/edge.ts sets them on every response.
  */
-export function securityHeaders(): RequestHandler {
+export function securityHeaderList(): HeaderList {
   const middleware = helmet({
     // JSON is never rendered: allow nothing, frame nothing.
     contentSecurityPolicy: {
@@ -16,10 +22,12 @@ export function securityHeaders(): RequestHandler {
     },
     xFrameOptions: { action: 'deny' },
   });
-  const headers: Array<[string, string]> = [];
+  const names: string[] = [];
+  const values: string[] = [];
   const recorder = {
     setHeader(name: string, value: string) {
-      headers.push([name, value]);
+      names.push(name);
+      values.push(value);
     },
     // X-Powered-By: the app never sets it (app.disable('x-powered-by')).
     removeHeader() {},
@@ -30,8 +38,5 @@ export function securityHeaders(): RequestHandler {
     finished = true;
   });
   if (!finished) throw new Error('helmet did not set its headers synchronously');
-  return (_req, res, next) => {
-    for (const [name, value] of headers) res.setHeader(name, value);
-    next();
-  };
+  return { names, values };
 }

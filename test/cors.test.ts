@@ -97,6 +97,19 @@ describe('CORS (CORS_ORIGINS)', () => {
       expect(response.headers.get('vary')).to.match(/origin/i);
     });
 
+    it('logs a preflight with its request id, but neither times it nor adds security headers', async () => {
+      const response = await preflight(app, '/status/update', APP);
+      expect(response.status).to.equal(204);
+      expect(response.headers.get('x-request-id')).to.match(/^[0-9a-f-]{36}$/);
+      expect(response.headers.get('content-security-policy')).to.equal(null);
+      await fetch(`${app.baseUrl}/healthz`); // a request that is timed, to compare with
+      const metrics = await (await fetch(`${app.baseUrl}/metrics`)).text();
+      expect(metrics).not.to.match(/pulse_http_request_duration_seconds_count\{method="OPTIONS"/);
+      expect(metrics).to.match(
+        /pulse_http_request_duration_seconds_count\{method="GET",route="\/healthz"/,
+      );
+    });
+
     it('lets a listed origin read answers, errors and Retry-After', async () => {
       const token = await minter.sign({ claims: { sub: '5' } });
       const ok = await app.post(

@@ -117,8 +117,13 @@ describe('POST /status/batch reads through the status reader', () => {
       statuses,
       logger: silentLogger,
       registry: new Registry(),
-      httpMetrics: (_req, _res, next) => next(),
-      admission: { guard: (_req, _res, next) => next(), inFlight: 0, close: () => undefined },
+      observeRequest: () => undefined,
+      admission: {
+        guard: (_req, _res, next) => next(),
+        release: () => undefined,
+        inFlight: 0,
+        close: () => undefined,
+      },
       config,
       stream: {
         hub: new StreamHub({

@@ -57,6 +57,29 @@ describe('overload and slow clients', function () {
     await database.drop();
   });
 
+  it('gives back every admitted request once it is answered, failed or aborted', async () => {
+    app = await startTestApp(database);
+    const running = app;
+    await Promise.all([
+      running.post('/status/update', { user_id: 1 }),
+      running.post('/status/update', [{ user_id: 2 }, { user_id: 3 }]),
+      running.post('/status/update', { user_id: 'x' }), // 400
+      running.post('/status/batch', [{ user_id: 1 }]),
+      running.get('/status/1'),
+      running.get('/status/abc'), // 400
+    ]);
+    // Aborted: the client announces a body and leaves before sending it.
+    const client = await rawClient(running.baseUrl);
+    client.socket.write(
+      'POST /status/update HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n' +
+        'Content-Length: 5000\r\n\r\n{"user_id":',
+    );
+    await waitFor(() => running.admission.inFlight > 0, 'the request to be admitted');
+    expect(running.admission.inFlight).to.equal(2); // 1 + 1 per started 4 KiB announced
+    client.socket.destroy();
+    await waitFor(() => running.admission.inFlight === 0, 'every admitted request given back');
+  });
+
   it('refuses past MAX_IN_FLIGHT_REQUESTS with 503 overloaded before reading the body, reads too, and loses nothing admitted', async () => {
     const lines: { level: number; msg: string }[] = [];
     const sink = new Writable({
