@@ -46,6 +46,19 @@ export interface AppDeps {
 /** Heartbeat answers say the online threshold, so clients can pace their fallback loop. */
 export const THRESHOLD_HEADER = 'Pulse-Online-Threshold-Seconds';
 
+/** `{"status":"success"}`, serialized once. */
+const SUCCESS = Buffer.from(JSON.stringify({ status: 'success' }));
+
+/**
+ * Sends bytes already serialized as JSON: the answer res.json would send (Express's ETag is off),
+ * without serializing, looking up the content type or checking freshness per request.
+ */
+function sendJsonBytes(res: Response, bytes: Buffer): void {
+  res.setHeader('Content-Type', 'application/json; charset=utf-8');
+  res.setHeader('Content-Length', bytes.length);
+  res.end(bytes);
+}
+
 /** One user's entry in GET /status/{id}, POST /status/batch and the stream (the Status schema). */
 export { statusRow };
 
@@ -87,30 +100,29 @@ export function buildApp({
     }),
   );
 
-  // The stream is a long-lived GET (no body); it also accepts the token as access_token.
-  app.get(
-    '/status/stream',
-    createAuthenticate(config, { queryToken: true }),
-    createStreamRoute({ ...stream, config }),
-  );
-  app.use('/status', createAuthenticate(config));
-
   // Only application/json is parsed; routes answer any other content type with 415. Compressed
   // bodies are refused (415): the size limit then bounds exactly what the parser reads. Each route
   // passes admission control first, so a refused request's body is never parsed.
   const jsonBody = express.json({ limit: config.BODY_LIMIT_BYTES, strict: true, inflate: false });
   const admit = admission.guard;
 
-  app.post('/status/update', admit, jsonBody, async (req, res) => {
+  // Every /status route authenticates first. The routes carry the middleware themselves, so a
+  // request walks no router layer it does not use (the single heartbeat is the hot path:
+  // docs/request-cost.md); `app.use('/status', authenticate)` below is for the paths no route
+  // matches, which are then 401 before they are 404.
+  const authenticate = createAuthenticate(config);
+
+  app.post('/status/update', authenticate, admit, jsonBody, async (req, res) => {
     requireJson(req);
     const { userIds, many } = parseHeartbeatBody(req.body, config.BATCH_MAX_IDS);
     assertMayWrite(principalOf(req), userIds);
     await heartbeats.record(userIds);
     if (thresholdHeader !== undefined) res.setHeader(THRESHOLD_HEADER, thresholdHeader);
-    res.json(many ? { status: 'success', accepted: userIds.length } : { status: 'success' });
+    if (many) res.json({ status: 'success', accepted: userIds.length });
+    else sendJsonBytes(res, SUCCESS);
   });
 
-  app.post('/status/offline', admit, jsonBody, async (req, res) => {
+  app.post('/status/offline', authenticate, admit, jsonBody, async (req, res) => {
     requireJson(req);
     const { userIds, many } = parseHeartbeatBody(req.body, config.BATCH_MAX_IDS);
     assertMayWrite(principalOf(req), userIds);
@@ -118,17 +130,31 @@ export function buildApp({
     res.json(many ? { status: 'success', accepted: userIds.length } : { status: 'success' });
   });
 
-  app.post('/status/batch', admit, jsonBody, async (req, res) => {
+  app.post('/status/batch', authenticate, admit, jsonBody, async (req, res) => {
     requireJson(req);
     const userIds = parseBatchBody(req.body, config.BATCH_MAX_IDS);
     const found = await statuses.readAmong(userIds);
     res.json(userIds.map((id) => statusRow(id, found.get(id) ?? UNKNOWN_PRESENCE)));
   });
 
-  app.get('/status/:userId', admit, async (req: Request<{ userId: string }>, res: Response) => {
-    const userId = parseUserIdParam(req.params.userId);
-    res.json(statusRow(userId, await statuses.read(userId)));
-  });
+  // The stream is a long-lived GET (no body); it also accepts the token as access_token.
+  app.get(
+    '/status/stream',
+    createAuthenticate(config, { queryToken: true }),
+    createStreamRoute({ ...stream, config }),
+  );
+
+  app.get(
+    '/status/:userId',
+    authenticate,
+    admit,
+    async (req: Request<{ userId: string }>, res: Response) => {
+      const userId = parseUserIdParam(req.params.userId);
+      res.json(statusRow(userId, await statuses.read(userId)));
+    },
+  );
+
+  app.use('/status', authenticate);
 
   // Probes, metrics, the contract and the demo are public. Mounted after the /status routes, which
   // then match without walking these layers first (the single-heartbeat path is the hot one).

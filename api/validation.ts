@@ -33,7 +33,12 @@ function fail(error: z.ZodError): never {
   );
 }
 
+/**
+ * 415 unless the body was sent as application/json. Runs after the JSON parser, which parses only
+ * application/json: a parsed body has passed this check already (no second content type parse).
+ */
 export function requireJson(req: Request): void {
+  if (req.body !== undefined) return;
   if (!req.is('application/json')) {
     throw new HttpError(415, 'unsupported_media_type', 'send the body as application/json');
   }

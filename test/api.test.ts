@@ -22,7 +22,11 @@ describe('API', () => {
     it('records a heartbeat with the database clock and answers success', async () => {
       const response = await app.post('/status/update', { user_id: 42, timestamp: 1732700000 });
       expect(response.status).to.equal(200);
-      expect(await response.json()).to.deep.equal({ status: 'success' });
+      // Exactly what res.json sends (the single answer is serialized once, not by res.json).
+      expect(response.headers.get('content-type')).to.equal('application/json; charset=utf-8');
+      expect(response.headers.get('content-length')).to.equal('20');
+      expect(response.headers.get('etag')).to.equal(null);
+      expect(await response.text()).to.equal('{"status":"success"}');
       expect(await database.ageOf(42)).to.be.within(0, 2);
     });
 
