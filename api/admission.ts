@@ -22,6 +22,7 @@
  */
 import type { RequestHandler, Response } from 'express';
 import type { Logger } from '../lib/logger.ts';
+import { requestSlot } from './request-locals.ts';
 
 export type ShedReason = 'in_flight' | 'queue_wait';
 
@@ -61,9 +62,8 @@ const shedHeaders = (retryAfterSeconds: number) => ({
 /** Marks a response refused here, so the access log can leave it out (it is counted instead). */
 export const shedResponses = new WeakSet<object>();
 
-/** The weight `guard` admitted a response with. */
-const admittedWeight = Symbol('admittedWeight');
-type Admitted = { [admittedWeight]?: number | undefined };
+/** The weight `guard` admitted a request with (api/request-locals.ts). */
+const admittedWeight = requestSlot<number>('admittedWeight');
 
 /** A connection's last refusal: the Retry-After it was given, and when that is up. */
 interface Refusal {
@@ -168,13 +168,13 @@ export function createAdmission(options: AdmissionOptions): Admission {
       }
       inFlight += weight;
       // Summed: a request that passes two guarded routes is released once, for both.
-      (res as Admitted)[admittedWeight] = ((res as Admitted)[admittedWeight] ?? 0) + weight;
+      admittedWeight.set(res, (admittedWeight.get(res) ?? 0) + weight);
       next();
     },
     release(res) {
-      const weight = (res as Admitted)[admittedWeight];
+      const weight = admittedWeight.get(res);
       if (weight === undefined) return;
-      (res as Admitted)[admittedWeight] = undefined;
+      admittedWeight.set(res, undefined);
       inFlight -= weight;
     },
     get inFlight() {

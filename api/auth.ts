@@ -20,6 +20,7 @@ import type { Request, RequestHandler } from 'express';
 import { errors, jwtVerify, type JWTPayload } from 'jose';
 import type { ApiConfig } from '../lib/config.ts';
 import { HttpError } from './errors.ts';
+import { requestSlot } from './request-locals.ts';
 import { parseUserIdParam } from './validation.ts';
 
 export const GATEWAY_SCOPE = 'presence:write:any';
@@ -58,14 +59,13 @@ export type AuthConfig = Pick<
   | 'AUTH_CLOCK_TOLERANCE_SECONDS'
 >;
 
-// A property of the request rather than a WeakMap entry: an entry per request cost the garbage
-// collector more (docs/request-cost.md).
-const principalKey = Symbol('principal');
-type Authenticated = { [principalKey]?: Principal };
+// Kept in res.locals (api/request-locals.ts) rather than a WeakMap keyed by the request: an entry
+// per request cost the garbage collector more (docs/request-cost.md).
+const principalSlot = requestSlot<Principal>('principal');
 
 /** The principal `authenticate` attached to this request. */
 export function principalOf(req: Request): Principal {
-  const principal = (req as Authenticated)[principalKey];
+  const principal = principalSlot.ofRequest(req);
   // A route that reads the principal without the middleware in front of it is a programming error.
   if (!principal) throw new Error('no principal: the authenticate middleware did not run');
   return principal;
@@ -154,8 +154,8 @@ export function createAuthenticate(
 ): RequestHandler {
   if (config.AUTH_MODE === 'none') {
     const anyone: Principal = Object.freeze({ canWriteAny: true });
-    return (req, _res, next) => {
-      (req as Authenticated)[principalKey] = anyone;
+    return (_req, res, next) => {
+      principalSlot.set(res, anyone);
       next();
     };
   }
@@ -222,7 +222,7 @@ export function createAuthenticate(
     } catch (error) {
       throw unauthorized('invalid_token', describeJoseError(error));
     }
-    (req as Authenticated)[principalKey] = principalFrom(payload);
+    principalSlot.set(res, principalFrom(payload));
     next();
   };
 }

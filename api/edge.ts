@@ -13,6 +13,7 @@
  */
 import type { RequestHandler, Request, Response } from 'express';
 import type { RequestLog } from './request-log.ts';
+import { requestSlot } from './request-locals.ts';
 import type { HeaderList } from './security-headers.ts';
 
 export interface EdgeParts {
@@ -26,10 +27,13 @@ export interface EdgeParts {
   cors?: RequestHandler | undefined;
 }
 
-const startedAt = Symbol('startedAt');
-/** performance.now() when the response was timed for the histogram (after CORS). */
-const timedAt = Symbol('timedAt');
-type Edged = Response & { [startedAt]: number; [timedAt]: number | undefined };
+/** performance.now() when the edge saw the request, and when it timed it for the histogram. */
+interface Timing {
+  startedAt: number;
+  /** Unset for a response CORS answered (a preflight): it is not timed. */
+  timedAt: number | undefined;
+}
+const timing = requestSlot<Timing>('timing');
 
 export function createEdge({
   requestLog,
@@ -41,29 +45,28 @@ export function createEdge({
   const { names, values } = headers;
   const count = names.length;
 
-  function closed(this: Edged) {
+  function closed(this: Response) {
     const now = performance.now();
-    const timed = this[timedAt];
-    if (timed !== undefined && this.writableFinished) {
-      observe(this.req, this, (now - timed) / 1000);
+    const times = timing.get(this)!;
+    if (times.timedAt !== undefined && this.writableFinished) {
+      observe(this.req, this, (now - times.timedAt) / 1000);
     }
     onClose(this);
-    requestLog.end(this, now - this[startedAt]);
+    requestLog.end(this, now - times.startedAt);
   }
 
-  const afterCors = (res: Edged) => {
+  const afterCors = (res: Response, times: Timing) => {
     for (let i = 0; i < count; i += 1) res.setHeader(names[i]!, values[i]!);
-    res[timedAt] = performance.now();
+    times.timedAt = performance.now();
   };
 
-  return (req, response, next) => {
-    const res = response as Edged;
-    res[startedAt] = performance.now();
-    res[timedAt] = undefined;
+  return (req, res, next) => {
+    const times: Timing = { startedAt: performance.now(), timedAt: undefined };
+    timing.set(res, times);
     requestLog.begin(req, res);
     res.on('close', closed);
     if (cors === undefined) {
-      afterCors(res);
+      afterCors(res, times);
       next();
       return;
     }
@@ -72,7 +75,7 @@ export function createEdge({
         next(error);
         return;
       }
-      afterCors(res);
+      afterCors(res, times);
       next();
     });
   };

@@ -12,29 +12,43 @@ import { randomUUID } from 'node:crypto';
 import { IncomingMessage, type ServerResponse } from 'node:http';
 import type { Logger } from '../lib/logger.ts';
 import { redactAccessToken } from './auth.ts';
+import { requestSlot } from './request-locals.ts';
 
 declare module 'http' {
   interface IncomingMessage {
     /** The request id: a sane X-Request-Id from the client, or a new UUID. */
-    id: string;
+    readonly id: string;
     /** A logger whose lines carry this request's id, method and URL. */
-    log: Logger;
+    readonly log: Logger;
   }
 }
 
 const SANE_ID = /^[\w.:-]{1,128}$/;
-const baseLogger = Symbol('baseLogger');
-const childLogger = Symbol('childLogger');
-type Logged = { [baseLogger]?: Logger; [childLogger]?: Logger };
 
-// `req.log` is a getter on the prototype, not defined on each request: Object.defineProperty on
-// every request object cost CPU on the hot path and turned each one into a slower dictionary.
+/** What begin() keeps for the request (api/request-locals.ts). */
+interface Logged {
+  id: string;
+  logger: Logger;
+  child: Logger | undefined;
+}
+const logged = requestSlot<Logged>('requestLog');
+
+// `req.id` and `req.log` are getters on the prototype, reading what begin() kept in res.locals:
+// defining or adding them on every request object cost CPU and garbage on the hot path.
+Object.defineProperty(IncomingMessage.prototype, 'id', {
+  configurable: true,
+  get(this: IncomingMessage): string {
+    const state = logged.ofRequest(this);
+    if (state === undefined) throw new Error('req.id used outside the request log middleware');
+    return state.id;
+  },
+});
 Object.defineProperty(IncomingMessage.prototype, 'log', {
   configurable: true,
-  get(this: IncomingMessage & Logged): Logger {
-    const base = this[baseLogger];
-    if (base === undefined) throw new Error('req.log used outside the request log middleware');
-    return (this[childLogger] ??= base.child({ req: describe(this) }));
+  get(this: IncomingMessage): Logger {
+    const state = logged.ofRequest(this);
+    if (state === undefined) throw new Error('req.log used outside the request log middleware');
+    return (state.child ??= state.logger.child({ req: describe(this) }));
   },
 });
 
@@ -66,9 +80,8 @@ export function createRequestLog(logger: Logger, { ignore, skip }: RequestLogOpt
     begin(req, res) {
       const given = req.headers['x-request-id'];
       const id = typeof given === 'string' && SANE_ID.test(given) ? given : randomUUID();
-      req.id = id;
+      logged.set(res, { id, logger, child: undefined });
       res.setHeader('X-Request-Id', id);
-      (req as unknown as Logged)[baseLogger] = logger;
     },
     // 'close' comes after 'finish' for a complete response, and alone for an aborted one.
     end(res, elapsedMs) {

@@ -1,0 +1,35 @@
+/**
+ * Values kept for the rest of one request (its id and logger, its timing, the weight admission
+ * control admitted it with, the authenticated principal) live in `res.locals`, the object Express
+ * creates for every request (without a prototype: a dictionary) for exactly this.
+ *
+ * Never as new properties of `req` or `res`: V8 then builds new hidden classes for that request's
+ * objects, about 1.7 KB of garbage per property per request, which on the single-heartbeat path
+ * made Pulse allocate 1.6x what a bare Express handler does (docs/request-cost.md).
+ */
+import type { IncomingMessage, ServerResponse } from 'node:http';
+
+type WithLocals = ServerResponse & { locals?: Record<PropertyKey, unknown> };
+
+export interface RequestSlot<T> {
+  /** The value set for this response's request, if any. */
+  get(res: ServerResponse): T | undefined;
+  /** The value set for this request (through `req.res`, which Express sets), if any. */
+  ofRequest(req: IncomingMessage): T | undefined;
+  set(res: ServerResponse, value: T | undefined): void;
+}
+
+export function requestSlot<T>(name: string): RequestSlot<T> {
+  const key = Symbol(name);
+  const get = (res: ServerResponse | undefined): T | undefined =>
+    (res as WithLocals | undefined)?.locals?.[key] as T | undefined;
+  return {
+    get,
+    ofRequest: (req) => get((req as IncomingMessage & { res?: ServerResponse }).res),
+    set(res, value) {
+      const locals = (res as WithLocals).locals;
+      if (locals === undefined) throw new Error('res.locals is missing: not an Express response');
+      locals[key] = value;
+    },
+  };
+}
