@@ -13,7 +13,7 @@ import type { HeartbeatWriter } from './heartbeat-writer.ts';
 import { openApiDocument } from './openapi.ts';
 import type { StatusReader } from './status-reader.ts';
 import { createRequestLog } from './request-log.ts';
-import { securityHeaderList } from './security-headers.ts';
+import { securityHeaders } from './security-headers.ts';
 import { createStreamRoute, type StreamRouteDeps } from './status-stream.ts';
 import { parseBatchBody, parseHeartbeatBody, parseUserIdParam, requireJson } from './validation.ts';
 
@@ -85,6 +85,7 @@ export function buildApp({
   // line; CORS for browser clients on other origins, before everything else, so preflights need
   // no token; security headers for a JSON API; the request duration histogram. Its one 'close'
   // listener also gives back what admission control admitted.
+  const security = securityHeaders();
   app.use(
     createEdge({
       requestLog: createRequestLog(logger, {
@@ -94,7 +95,7 @@ export function buildApp({
         skip: (res) => shedResponses.has(res),
       }),
       cors: createCors(config.CORS_ORIGINS),
-      headers: securityHeaderList(),
+      headers: security.api,
       observe: observeRequest,
       onClose: admission.release,
     }),
@@ -163,7 +164,7 @@ export function buildApp({
     res.json(openApiDocument);
   });
   if (config.DEMO_PAGE) {
-    const demo = demoRoutes();
+    const demo = demoRoutes(security.document);
     if (!demo.built) {
       logger.warn('the demo page is not served: build the client library (npm run build:client)');
     }

@@ -3,13 +3,15 @@
  * another origin can import as a module). Both are static: client/demo/ holds the page, and
  * client/dist/ the library that `npm run build:client` compiles (npm start and npm test build it
  * first). The page gets its own Content-Security-Policy: its scripts, styles and API calls all come
- * from this origin, nothing else.
+ * from this origin, nothing else. Its files also get the security headers meant for documents,
+ * which API answers go without (api/security-headers.ts): they have helmet's full set.
  */
 import { existsSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import express, { Router, type Response } from 'express';
 import { HttpError } from './errors.ts';
+import { setHeaders, type HeaderList } from './security-headers.ts';
 
 const DEMO_CSP = [
   "default-src 'none'",
@@ -35,7 +37,8 @@ export interface DemoRoutes {
   built: boolean;
 }
 
-export function demoRoutes(): DemoRoutes {
+/** `documentHeaders`: the security headers for HTML pages that API answers go without. */
+export function demoRoutes(documentHeaders: HeaderList): DemoRoutes {
   const client = clientFolder();
   const library = path.join(client, 'dist');
   const built = existsSync(path.join(library, 'index.js'));
@@ -54,7 +57,14 @@ export function demoRoutes(): DemoRoutes {
   }
   router.use(
     '/client',
-    express.static(library, { index: false, setHeaders: noCache, dotfiles: 'ignore' }),
+    express.static(library, {
+      index: false,
+      setHeaders: (res) => {
+        noCache(res);
+        setHeaders(res, documentHeaders);
+      },
+      dotfiles: 'ignore',
+    }),
   );
   router.use(
     '/demo',
@@ -63,6 +73,7 @@ export function demoRoutes(): DemoRoutes {
       dotfiles: 'ignore',
       setHeaders: (res) => {
         noCache(res);
+        setHeaders(res, documentHeaders);
         res.setHeader('Content-Security-Policy', DEMO_CSP);
       },
     }),

@@ -14,7 +14,7 @@
 import type { RequestHandler, Request, Response } from 'express';
 import type { RequestLog } from './request-log.ts';
 import { requestSlot } from './request-locals.ts';
-import type { HeaderList } from './security-headers.ts';
+import { setHeaders, type HeaderList } from './security-headers.ts';
 
 export interface EdgeParts {
   requestLog: RequestLog;
@@ -42,9 +42,6 @@ export function createEdge({
   onClose,
   cors,
 }: EdgeParts): RequestHandler {
-  const { names, values } = headers;
-  const count = names.length;
-
   function closed(this: Response) {
     const now = performance.now();
     const times = timing.get(this)!;
@@ -56,7 +53,7 @@ export function createEdge({
   }
 
   const afterCors = (res: Response, times: Timing) => {
-    for (let i = 0; i < count; i += 1) res.setHeader(names[i]!, values[i]!);
+    setHeaders(res, headers);
     times.timedAt = performance.now();
   };
 

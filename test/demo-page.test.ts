@@ -26,6 +26,22 @@ describe('demo page and client library routes', () => {
     const csp = page.headers.get('content-security-policy') ?? '';
     expect(csp).to.include("script-src 'self'").and.include("connect-src 'self'");
     expect(csp).not.to.include('unsafe');
+    // helmet's full set: the API's security headers and those meant for documents.
+    for (const name of [
+      'strict-transport-security',
+      'x-content-type-options',
+      'x-frame-options',
+      'referrer-policy',
+      'cross-origin-resource-policy',
+      'cross-origin-opener-policy',
+      'origin-agent-cluster',
+      'x-dns-prefetch-control',
+      'x-download-options',
+      'x-permitted-cross-domain-policies',
+      'x-xss-protection',
+    ]) {
+      expect(page.headers.get(name), name).not.to.equal(null);
+    }
     const html = await page.text();
     expect(html).to.include('<script type="module" src="demo.js">');
   });

@@ -16,6 +16,16 @@ import { waitFor } from './support/entry-points.ts';
 import { expectError } from './support/http.ts';
 import { bearer, hs256, jwtEnv, randomSecret } from './support/tokens.ts';
 
+/** helmet's headers that only HTML pages get (test/demo-page.test.ts checks them there). */
+const DOCUMENT_ONLY_HEADERS = [
+  'cross-origin-opener-policy',
+  'origin-agent-cluster',
+  'x-dns-prefetch-control',
+  'x-download-options',
+  'x-permitted-cross-domain-policies',
+  'x-xss-protection',
+];
+
 const secret = randomSecret();
 const tokens = hs256(secret);
 
@@ -58,6 +68,8 @@ for (const { mode, env, auth } of modes) {
         expect(h.get('referrer-policy')).to.equal('no-referrer');
         expect(h.get('strict-transport-security')).to.match(/^max-age=\d+/);
         expect(h.get('cross-origin-resource-policy')).to.equal('same-origin');
+        // Headers for HTML documents only (api/security-headers.ts): the demo page has them.
+        for (const name of DOCUMENT_ONLY_HEADERS) expect(h.get(name), name).to.equal(null);
       }
     });
 
