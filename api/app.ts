@@ -47,16 +47,23 @@ export interface AppDeps {
 export const THRESHOLD_HEADER = 'Pulse-Online-Threshold-Seconds';
 
 /** `{"status":"success"}`, serialized once. */
-const SUCCESS = Buffer.from(JSON.stringify({ status: 'success' }));
+const SUCCESS = jsonAnswer({ status: 'success' });
+
+/** A JSON answer serialized once: its text and its length in bytes. */
+function jsonAnswer(value: unknown): { text: string; length: string } {
+  const text = JSON.stringify(value);
+  return { text, length: String(Buffer.byteLength(text)) };
+}
 
 /**
- * Sends bytes already serialized as JSON: the answer res.json would send (Express's ETag is off),
- * without serializing, looking up the content type or checking freshness per request.
+ * Sends an answer serialized once: what res.json would send (Express's ETag is off), without
+ * serializing, looking up the content type or checking freshness per request. A string, not a
+ * Buffer: Node then writes the head and the body as one chunk (a Buffer goes out with writev).
  */
-function sendJsonBytes(res: Response, bytes: Buffer): void {
+function sendJsonAnswer(res: Response, answer: { text: string; length: string }): void {
   res.setHeader('Content-Type', 'application/json; charset=utf-8');
-  res.setHeader('Content-Length', bytes.length);
-  res.end(bytes);
+  res.setHeader('Content-Length', answer.length);
+  res.end(answer.text);
 }
 
 /** One user's entry in GET /status/{id}, POST /status/batch and the stream (the Status schema). */
@@ -120,7 +127,7 @@ export function buildApp({
     await heartbeats.record(userIds);
     if (thresholdHeader !== undefined) res.setHeader(THRESHOLD_HEADER, thresholdHeader);
     if (many) res.json({ status: 'success', accepted: userIds.length });
-    else sendJsonBytes(res, SUCCESS);
+    else sendJsonAnswer(res, SUCCESS);
   });
 
   app.post('/status/offline', authenticate, admit, jsonBody, async (req, res) => {
