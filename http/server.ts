@@ -1,5 +1,5 @@
 import { once } from 'node:events';
-import type { Server } from 'node:http';
+import type { Server, ServerResponse } from 'node:http';
 import type { RequestListener } from 'node:http';
 import { createServer } from 'node:http';
 import type { ApiConfig } from '../lib/config.ts';
@@ -84,9 +84,6 @@ export async function listen(
   server.setTimeout(limits.socketIdleTimeoutMs);
   server.maxConnections = limits.maxConnections;
   let stopping: Promise<void> | undefined;
-  server.on('request', (_req, res) => {
-    if (stopping && !res.headersSent) res.setHeader('Connection', 'close');
-  });
   server.listen({ port, host, backlog: LISTEN_BACKLOG });
   await once(server, 'listening');
   const address = server.address();
@@ -95,6 +92,11 @@ export async function listen(
     port: typeof address === 'object' && address ? address.port : port,
     stop() {
       stopping ??= new Promise<void>((resolve) => {
+        // Added only now (a second 'request' listener costs every request a little), and before
+        // the app's, so an answer sent at once also carries it.
+        server.prependListener('request', (_req, res: ServerResponse) => {
+          if (!res.headersSent) res.setHeader('Connection', 'close');
+        });
         server.close(() => resolve());
         server.closeIdleConnections();
         // A keep-alive connection is idle between requests: close each as soon as it is.
