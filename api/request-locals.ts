@@ -3,9 +3,11 @@
  * control admitted it with, the authenticated principal) live in `res.locals`, the object Express
  * creates for every request (without a prototype: a dictionary) for exactly this.
  *
- * Never as new properties of `req` or `res`: V8 then builds new hidden classes for that request's
- * objects, about 1.7 KB of garbage per property per request, which on the single-heartbeat path
- * made Pulse allocate 1.6x what a bare Express handler does (docs/request-cost.md).
+ * Never as new properties of `req` or `res`: Express gives both the app's prototypes on every
+ * request, so they never share a hidden class, and each property added afterwards makes V8 build
+ * another one and copy the property table: about 1.7 KB of garbage per property per request. On
+ * the single-heartbeat path that was the largest part of what Pulse allocated beyond a bare Express
+ * handler (docs/request-cost.md).
  */
 import type { IncomingMessage, ServerResponse } from 'node:http';
 
