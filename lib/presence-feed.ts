@@ -56,6 +56,9 @@ export interface FeedSubscription {
 
 type Phase = 'snapshot' | 'pending' | 'live' | 'closed';
 
+/** Streams given their changes before the feed lets the event loop run (and sockets flush). */
+const DELIVERY_SLICE = 500;
+
 class Subscriber {
   phase: Phase = 'snapshot';
   /** What the snapshot said, until the subscriber goes live (then dropped). */
@@ -260,7 +263,9 @@ export class PresenceFeed {
       subscriber.phase = 'live';
       this.pending.delete(subscriber);
     }
+    let delivered = 0;
     for (const [subscriber, changes] of outbox) {
+      outbox.delete(subscriber);
       if (subscriber.phase !== 'live') continue;
       try {
         subscriber.deliver(changes);
@@ -268,6 +273,11 @@ export class PresenceFeed {
         // One broken subscriber must not cost the others their changes.
         this.observer.onPollError?.(error);
       }
+      // Node sends what a response writes only once the current task ends (it corks the socket
+      // until the next tick). Delivering to 10,000 streams in one go held every stream's events
+      // in memory at once, long enough for V8 to promote them, and kept the event loop from
+      // anything else meanwhile: yield between slices instead.
+      if (++delivered % DELIVERY_SLICE === 0) await new Promise((resolve) => setImmediate(resolve));
     }
   }
 }
