@@ -49,6 +49,22 @@ describe('PresenceFeed: the index of who watches which id', () => {
     await setOffline(database.db, [1, 2, 3]);
   });
 
+  it('delivers to more streams than one delivery slice (500), each change exactly once', async () => {
+    const subscribers = await Promise.all(Array.from({ length: 1_201 }, () => subscribe([11])));
+    await new Promise((resolve) => setTimeout(resolve, 200));
+    await recordHeartbeats(database.db, [11]);
+    await waitFor(
+      () => subscribers.every(({ received }) => received.length >= 1),
+      'the change on every stream',
+    );
+    // One more poll: nothing is delivered twice.
+    await new Promise((resolve) => setTimeout(resolve, 150));
+    expect(subscribers.map(({ received }) => onlineIds(received))).to.deep.equal(
+      subscribers.map(() => [11]),
+    );
+    for (const { subscription } of subscribers) subscription.close();
+  });
+
   it('sends a re-subscribed id its changes again after every watcher had left', async () => {
     const before = await subscribe([7]);
     before.subscription.close();
