@@ -191,6 +191,25 @@ async function main(): Promise<void> {
     const cpuBefore = cpuSeconds(api.pid);
     let peakRssMb = api.rssMb();
     const rss = setInterval(() => (peakRssMb = Math.max(peakRssMb, api!.rssMb())), 500);
+    // Where the memory is at the highest RSS seen by a scrape (V8's heap, or memory outside it).
+    let heapAtPeak = { rssMb: 0, totalMb: 0, usedMb: 0, newSpaceMb: 0, externalMb: 0 };
+    const heapSampler = setInterval(() => {
+      void fetch(`${api!.url}/metrics`)
+        .then((answer) => answer.text())
+        .then((text) => {
+          const rssMb = api!.rssMb();
+          if (rssMb <= heapAtPeak.rssMb) return;
+          const mb = (name: string, labels = '') => metric(text, name, labels) / 1048576;
+          heapAtPeak = {
+            rssMb,
+            totalMb: mb('nodejs_heap_size_total_bytes'),
+            usedMb: mb('nodejs_heap_size_used_bytes'),
+            newSpaceMb: mb('nodejs_heap_space_size_total_bytes', 'space="new"'),
+            externalMb: mb('nodejs_external_memory_bytes'),
+          };
+        })
+        .catch(() => undefined);
+    }, 1_000);
     const started = Date.now();
     measuring = true;
 
@@ -233,6 +252,7 @@ async function main(): Promise<void> {
     const seconds = (Date.now() - started) / 1000;
     const cpu = (cpuSeconds(api.pid) - cpuBefore) / seconds;
     clearInterval(rss);
+    clearInterval(heapSampler);
     clearInterval(refresher);
     const metricsAfter = await (await fetch(`${api.url}/metrics`)).text();
     const delta = (name: string, labels = '') =>
@@ -282,6 +302,7 @@ STREAM_POLL_INTERVAL_MS=${pollMs}, ONLINE_THRESHOLD_SECONDS=${thresholdSeconds},
 | mean detect statement | ${fmt((1000 * detectSeconds) / Math.max(1, detect), 1)} ms | |
 | held-presence statements/s | ${fmt(heldStatements / seconds, 2)} (${fmt(heldIds / seconds)} ids/s) | ceil(${fmt(streamCount)} streams / 2,000 ids per statement) / ${fmt(thresholdSeconds / 3, 1)} s = ${fmt(Math.ceil(streamCount / 2000) / (thresholdSeconds / 3), 2)} |
 | API RSS with every stream open / peak while measuring | ${fmt(openRssMb)} / ${fmt(peakRssMb)} MB | < 400 MB: ${peakRssMb < 400 ? 'met' : 'MISSED'} |
+| V8 heap at the highest RSS a scrape saw (${fmt(heapAtPeak.rssMb)} MB): allocated / in use / of it young generation; external | ${fmt(heapAtPeak.totalMb)} / ${fmt(heapAtPeak.usedMb)} / ${fmt(heapAtPeak.newSpaceMb)} MB; ${fmt(heapAtPeak.externalMb)} MB | |
 | API CPU | ${fmt(cpu * 100)}% of one core | |
 | streams ended early | ${ended} | 0 |
 `);

@@ -1,8 +1,8 @@
 import { once } from 'node:events';
 import type { Server, ServerResponse } from 'node:http';
-import type { RequestListener } from 'node:http';
 import { createServer } from 'node:http';
 import type { ApiConfig } from '../lib/config.ts';
+import { expressBornConstructors, type ExpressApp } from './express-prototypes.ts';
 
 export interface RunningServer {
   server: Server;
@@ -63,13 +63,14 @@ export function httpLimitsOf(config: ApiConfig): HttpServerLimits {
 const LISTEN_BACKLOG = 4096;
 
 export async function listen(
-  handler: RequestListener,
+  app: ExpressApp,
   port: number,
   host: string,
   limits: Readonly<HttpServerLimits> = DEFAULT_HTTP_LIMITS,
 ): Promise<RunningServer> {
   const server = createServer(
     {
+      ...expressBornConstructors(app),
       requestTimeout: limits.requestTimeoutMs,
       headersTimeout: limits.headersTimeoutMs,
       keepAliveTimeout: limits.keepAliveTimeoutMs,
@@ -79,7 +80,7 @@ export async function listen(
         Math.min(1_000, Math.floor(limits.headersTimeoutMs / 4)),
       ),
     },
-    handler,
+    app,
   );
   server.setTimeout(limits.socketIdleTimeoutMs);
   server.maxConnections = limits.maxConnections;
