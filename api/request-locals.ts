@@ -3,11 +3,13 @@
  * control admitted it with, the authenticated principal) live in `res.locals`, the object Express
  * creates for every request (without a prototype: a dictionary) for exactly this.
  *
- * Never as new properties of `req` or `res`: Express gives both the app's prototypes on every
- * request, so they never share a hidden class, and each property added afterwards makes V8 build
- * another one and copy the property table: about 1.7 KB of garbage per property per request. On
- * the single-heartbeat path that was the largest part of what Pulse allocated beyond a bare Express
- * handler (docs/request-cost.md).
+ * Never as new properties of `req` or `res`. Where Express sets their prototypes per request (any
+ * server not started by http/server.ts, which has them born with those prototypes:
+ * http/express-prototypes.ts), they share no hidden class, and each property added afterwards
+ * makes V8 build another one and copy the property table, about 1.7 KB of garbage per property per
+ * request: on the single-heartbeat path, the largest part of what Pulse allocated beyond a bare
+ * Express handler (docs/request-cost.md). Even with shared hidden classes, every added property is
+ * one more transition on the request path; a key in `res.locals` is not.
  */
 import type { IncomingMessage, ServerResponse } from 'node:http';
 
