@@ -6,7 +6,8 @@
  *   BENCH_ROUNDS=3 BENCH_DURATION_SECONDS=8 npm run bench:request-cost
  *   BENCH_PREVIOUS_API=/tmp/pulse-prev/dist/api/main.js npm run bench:request-cost
  *
- * Each round starts, warms up (BENCH_WARMUP_SECONDS) and measures in turn the bare handler, this
+ * Each round starts, warms up (BENCH_WARMUP_SECONDS) and measures in turn the bare handler (started
+ * with `app.listen`, and again through Pulse's HTTP server: see bench/bare-express.ts), this
  * build (dist/api/main.js, compiled by the npm script) and, when BENCH_PREVIOUS_API names another
  * build's compiled entry point, that build; the order rotates from round to round. CPU per request
  * is the process's CPU time during the measured window (from /proc) divided by the requests
@@ -53,7 +54,8 @@ async function main(): Promise<void> {
     }));
     const api = (entry: string) => () => startApi(db.url, { BATCH_MAX_IDS: '1000' }, [entry]);
     const contenders: Contender[] = [
-      { name: 'bare', start: startBareExpress },
+      { name: 'bare', start: () => startBareExpress() },
+      { name: 'barePulse', start: () => startBareExpress('pulse') },
       { name: 'this', start: api(thisEntry) },
       ...(previousEntry ? [{ name: 'previous', start: api(previousEntry) }] : []),
     ];
@@ -87,13 +89,16 @@ async function main(): Promise<void> {
     }
 
     const header = previousEntry
-      ? '| round | bare handler | Pulse, this build | Pulse, previous | this / bare | previous / bare |\n|---|---|---|---|---|---|'
-      : '| round | bare handler | Pulse, this build | this / bare |\n|---|---|---|---|';
+      ? "| round | bare handler | bare, Pulse's server | Pulse, this build | Pulse, previous | this / bare | this / bare on Pulse's server | previous / bare |\n|---|---|---|---|---|---|---|---|"
+      : "| round | bare handler | bare, Pulse's server | Pulse, this build | this / bare | this / bare on Pulse's server |\n|---|---|---|---|---|---|";
     const lines = table.map((r, i) => {
       const bare = r.bare!.cpuUsPerRequest;
-      const cells = [`${i + 1}`, `${fmt(bare)} us`, `${fmt(r.this!.cpuUsPerRequest)} us`];
+      const barePulse = r.barePulse!.cpuUsPerRequest;
+      const cells = [`${i + 1}`, `${fmt(bare)} us`, `${fmt(barePulse)} us`];
+      cells.push(`${fmt(r.this!.cpuUsPerRequest)} us`);
       if (previousEntry) cells.push(`${fmt(r.previous!.cpuUsPerRequest)} us`);
       cells.push(`${(r.this!.cpuUsPerRequest / bare).toFixed(2)}x`);
+      cells.push(`${(r.this!.cpuUsPerRequest / barePulse).toFixed(2)}x`);
       if (previousEntry) cells.push(`${(r.previous!.cpuUsPerRequest / bare).toFixed(2)}x`);
       return `| ${cells.join(' | ')} |`;
     });

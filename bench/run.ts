@@ -96,6 +96,10 @@ async function main(): Promise<void> {
     console.error('bench: the same single heartbeats to a bare Express handler (CPU yardstick)');
     const bareApi = await startBareExpress();
     const bare = await load(bareApi, singles, singleConnections).finally(() => bareApi.stop());
+    const barePulseApi = await startBareExpress('pulse');
+    const barePulse = await load(barePulseApi, singles, singleConnections).finally(() =>
+      barePulseApi.stop(),
+    );
     console.error('bench: single heartbeats, one statement per request');
     const direct = await withApi(db, { HEARTBEAT_GROUP_COMMIT: 'false' }, (api) =>
       load(api, singles, singleConnections),
@@ -125,13 +129,14 @@ PostgreSQL: ${process.env.DATABASE_URL ? 'DATABASE_URL' : 'embedded'}; API, Post
 |---|---|---|---|---|---|---|---|---|---|
 ${row('POST /status/update, group commit', singleConnections, grouped, 1, 'p99 < 50 ms')}
 ${row('bare Express 5 handler: parse JSON, answer (no database)', singleConnections, bare, 1, 'CPU yardstick')}
+${row("the same bare handler on Pulse's HTTP server", singleConnections, barePulse, 1, 'like-for-like yardstick')}
 ${row('POST /status/update, one statement per request', singleConnections, direct, 1, '')}
 ${row(`POST /status/update, gateway batch of ${ID_LIST}`, 8, gateway, ID_LIST, '>= 150,000 heartbeats/s')}
 ${row(`POST /status/batch, ${fmt(ID_LIST)} ids`, 2, batch, ID_LIST, 'p99 < 25 ms')}
 ${row('GET /status/{id}, coalesced lookups', singleConnections, single, 1, '')}
 ${row('GET /status/{id}, one query per lookup', singleConnections, singleDirect, 1, '')}
 
-API CPU per request (process CPU time / requests), single heartbeats: Pulse ${fmt(grouped.cpuUsPerRequest)} us, bare Express handler ${fmt(bare.cpuUsPerRequest)} us: ${(grouped.cpuUsPerRequest / bare.cpuUsPerRequest).toFixed(2)}x (target <= 1.25x)
+API CPU per request (process CPU time / requests), single heartbeats: Pulse ${fmt(grouped.cpuUsPerRequest)} us, bare Express handler ${fmt(bare.cpuUsPerRequest)} us: ${(grouped.cpuUsPerRequest / bare.cpuUsPerRequest).toFixed(2)}x (target <= 1.25x); the same handler on Pulse's HTTP server ${fmt(barePulse.cpuUsPerRequest)} us: ${(grouped.cpuUsPerRequest / barePulse.cpuUsPerRequest).toFixed(2)}x
 group commit / one statement per request: ${ratio.toFixed(2)}x (target >= 4x)
 coalesced / one query per lookup: ${(single.requestsPerSecond / singleDirect.requestsPerSecond).toFixed(2)}x
 HOT updates on pulse: ${hot}

@@ -219,8 +219,9 @@ const bareExpress = fileURLToPath(new URL('./bare-express.ts', import.meta.url))
  * The yardstick for CPU per request: a bare Express 5 handler that parses the JSON body and
  * answers (bench/bare-express.ts), started like the API so the same load drives it.
  */
-export const startBareExpress = (): Promise<ApiProcess> =>
-  startApi('', {}, ['--import', 'tsx', bareExpress]);
+/** The bare handler, started with `app.listen` or through Pulse's HTTP server (see the file). */
+export const startBareExpress = (server: 'express' | 'pulse' = 'express'): Promise<ApiProcess> =>
+  startApi('', { BARE_SERVER: server }, ['--import', 'tsx', bareExpress]);
 
 export const randomUserId = (rows: number): number => 1 + Math.floor(Math.random() * rows);
 
