@@ -2,6 +2,7 @@ import { expect } from 'chai';
 import { startTestApp, type TestApp } from './support/app.ts';
 import { ensureClientBuilt } from './support/client-build.ts';
 import { createTestDatabase, type TestDatabase } from './support/database.ts';
+import { API_SECURITY_HEADERS, DOCUMENT_ONLY_HEADERS } from './support/security-headers.ts';
 
 describe('demo page and client library routes', () => {
   let database: TestDatabase;
@@ -27,19 +28,7 @@ describe('demo page and client library routes', () => {
     expect(csp).to.include("script-src 'self'").and.include("connect-src 'self'");
     expect(csp).not.to.include('unsafe');
     // helmet's full set: the API's security headers and those meant for documents.
-    for (const name of [
-      'strict-transport-security',
-      'x-content-type-options',
-      'x-frame-options',
-      'referrer-policy',
-      'cross-origin-resource-policy',
-      'cross-origin-opener-policy',
-      'origin-agent-cluster',
-      'x-dns-prefetch-control',
-      'x-download-options',
-      'x-permitted-cross-domain-policies',
-      'x-xss-protection',
-    ]) {
+    for (const name of [...API_SECURITY_HEADERS, ...DOCUMENT_ONLY_HEADERS]) {
       expect(page.headers.get(name), name).not.to.equal(null);
     }
     const html = await page.text();

@@ -14,17 +14,8 @@ import { startTestApp, type TestApp } from './support/app.ts';
 import { createTestDatabase, type TestDatabase } from './support/database.ts';
 import { waitFor } from './support/entry-points.ts';
 import { expectError } from './support/http.ts';
+import { DOCUMENT_ONLY_HEADERS } from './support/security-headers.ts';
 import { bearer, hs256, jwtEnv, randomSecret } from './support/tokens.ts';
-
-/** helmet's headers that only HTML pages get (test/demo-page.test.ts checks them there). */
-const DOCUMENT_ONLY_HEADERS = [
-  'cross-origin-opener-policy',
-  'origin-agent-cluster',
-  'x-dns-prefetch-control',
-  'x-download-options',
-  'x-permitted-cross-domain-policies',
-  'x-xss-protection',
-];
 
 const secret = randomSecret();
 const tokens = hs256(secret);
