@@ -22,6 +22,7 @@
  */
 import type { RequestHandler, Response } from 'express';
 import type { Logger } from '../lib/logger.ts';
+import { OverloadLog } from './overload-log.ts';
 import { requestSlot } from './request-locals.ts';
 
 export type ShedReason = 'in_flight' | 'queue_wait';
@@ -35,6 +36,8 @@ export interface AdmissionOptions {
   /** How often, while refusing, the log says how many were refused (default 10 s). */
   summaryIntervalMs?: number;
   onShed?: (reason: ShedReason) => void;
+  /** Runs once an overload episode is over: no request refused for 5 s (api/overload-log.ts). */
+  onOverloadEnd?: () => void;
 }
 
 export interface Admission {
@@ -42,7 +45,7 @@ export interface Admission {
   /** Gives back what `guard` admitted for this response; call once it has closed. */
   release: (res: Response) => void;
   readonly inFlight: number;
-  /** Stops the summary timer and answers the refusals kept back (call before the server stops). */
+  /** Stops the log's timers and answers the refusals kept back (call before the server stops). */
   close(): void;
 }
 
@@ -86,47 +89,31 @@ export function requestWeight(contentLength: string | undefined): number {
 
 export function createAdmission(options: AdmissionOptions): Admission {
   let inFlight = 0;
-  let shedSinceSummary = 0;
-  let timer: NodeJS.Timeout | undefined;
+  const log = new OverloadLog({
+    logger: options.logger,
+    inFlight: () => inFlight,
+    summaryIntervalMs: options.summaryIntervalMs,
+    onEnd: options.onOverloadEnd,
+  });
   const refusals = new WeakMap<object, Refusal>();
   /** Refusals kept back until their connection's Retry-After is up; answered at once on close(). */
   const heldBack = new Map<Response, () => void>();
 
-  const summarize = () => {
-    if (shedSinceSummary === 0) {
-      clearInterval(timer);
-      timer = undefined;
-      return;
-    }
-    options.logger.warn(
-      { refused: shedSinceSummary, inFlight },
-      'overloaded: refusing requests with 503 (count since the last line)',
-    );
-    shedSinceSummary = 0;
-  };
-  const countRefusal = (reason: ShedReason) => {
-    options.onShed?.(reason);
-    if (timer === undefined) {
-      options.logger.warn({ reason, inFlight }, 'overloaded: refusing requests with 503');
-      timer = setInterval(summarize, options.summaryIntervalMs ?? 10_000);
-      timer.unref();
-    } else {
-      shedSinceSummary += 1;
-    }
-  };
   /**
    * Refuses at once, unless this connection was refused before and came back before the
    * Retry-After it was given was up. Such a client ignores Retry-After (the flood in
    * docs/overload.md); its refusal is then kept back until that time, and its next Retry-After
-   * doubles. Being admitted in between does not reset it: only coming back in time does. A client that honours Retry-After is always refused at once. Without this, the 872
-   * of 1,000 connections that could not be admitted re-sent as fast as they were refused, and
+   * doubles. Being admitted in between does not reset it: only coming back in time does. A
+   * client that honours Retry-After is always refused at once. Without this, the 872 of 1,000
+   * connections that could not be admitted re-sent as fast as they were refused, and
    * accepted throughput fell to 0.18x.
    */
   const shed = (res: Response, reason: ShedReason) => {
-    shedResponses.add(res);
-    countRefusal(reason);
-    const connection = res.socket ?? res;
     const now = Date.now();
+    shedResponses.add(res);
+    options.onShed?.(reason);
+    log.refused(reason, now);
+    const connection = res.socket ?? res;
     const last = refusals.get(connection);
     const ignoredRetryAfter = last !== undefined && now < last.retryAt;
     const retryAfterSeconds = ignoredRetryAfter
@@ -144,6 +131,10 @@ export function createAdmission(options: AdmissionOptions): Admission {
       answer();
       return;
     }
+    // Read and drop the body now, as Node would once the answer is sent: kept unread for the
+    // seconds the refusal waits, 1,000 connections' bodies (22 KB each for a gateway batch) were
+    // promoted to the old generation and outlived the flood (docs/overload.md, memory).
+    res.req.resume();
     const wait = setTimeout(answer, last.retryAt - now);
     heldBack.set(res, () => {
       clearTimeout(wait);
@@ -181,8 +172,7 @@ export function createAdmission(options: AdmissionOptions): Admission {
       return inFlight;
     },
     close() {
-      clearInterval(timer);
-      timer = undefined;
+      log.close();
       for (const answerNow of [...heldBack.values()]) answerNow();
     },
   };

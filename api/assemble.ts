@@ -2,6 +2,7 @@ import type { Express } from 'express';
 import type { Registry } from 'prom-client';
 import type { ApiConfig } from '../lib/config.ts';
 import type { DatabaseHandle } from '../lib/db.ts';
+import { releaseHeap } from '../lib/heap-release.ts';
 import { errorFields, type Logger } from '../lib/logger.ts';
 import { createRegistry } from '../lib/metrics.ts';
 import { ShardRouter } from '../lib/shard-routing.ts';
@@ -79,6 +80,8 @@ export function assembleApi(
     queueWaitMs: () => Math.max(heartbeats.oldestQueuedMs(), database.poolWaitMs()),
     logger,
     onShed: (reason) => metrics.onShed(reason),
+    // The flood's garbage would stay until light load brings a full collection: minutes.
+    onOverloadEnd: () => void releaseHeap(),
   });
   metrics.watchAdmission(admission);
   const streamMetrics = createStreamMetrics(registry);

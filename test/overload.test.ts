@@ -285,6 +285,49 @@ describe('overload and slow clients', function () {
     }
   });
 
+  it('reads and drops the body of a refusal it keeps back at once, not when it answers', async () => {
+    app = await startTestApp(database, { MAX_IN_FLIGHT_REQUESTS: '1' });
+    const running = app;
+    const release = await lockPulse(database.url);
+    let client: Awaited<ReturnType<typeof rawClient>> | undefined;
+    try {
+      const held = running.post('/status/update', { user_id: 402 }); // fills the house
+      await waitFor(
+        async () => (await metric(running, 'pulse_http_requests_in_flight')) === 1,
+        'one request in flight',
+      );
+      client = await rawClient(running.baseUrl);
+      const { socket, received } = client;
+      socket.write('GET /status/1 HTTP/1.1\r\nHost: x\r\n\r\n');
+      await waitFor(() => received().includes('}'), 'the first refusal');
+
+      // Back at once (it ignores Retry-After): its refusal waits about a second. 32 MB is more
+      // than the kernel's socket buffers hold, so the client can hand all of it over only if
+      // the server reads it while the refusal waits.
+      const body = Buffer.alloc(32 * 1024 * 1024, 0x20);
+      const sent = Date.now();
+      socket.write(
+        'POST /status/update HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n' +
+          `Content-Length: ${body.length}\r\n\r\n`,
+      );
+      socket.write(body);
+      await waitFor(() => socket.writableLength === 0, 'the body handed over');
+      const handedOverMs = Date.now() - sent;
+      const answeredBefore = received().split('HTTP/1.1 ').length - 1;
+      await waitFor(() => received().split('HTTP/1.1 ').length - 1 === 2, 'the second refusal');
+      const answeredMs = Date.now() - sent;
+      expect(answeredBefore).to.equal(1); // the body was read before the refusal was answered
+      expect(handedOverMs).to.be.below(answeredMs);
+      expect(answeredMs).to.be.within(500, 5_000);
+      expect(received().split('HTTP/1.1 ')[2]).to.match(/^503 /);
+      await release();
+      expect((await held).status).to.equal(200);
+    } finally {
+      await release();
+      client?.socket.destroy();
+    }
+  });
+
   it('answers 408 and closes the connection of a client sending its body a byte at a time (HTTP_REQUEST_TIMEOUT_MS)', async () => {
     app = await startTestApp(database, {
       HTTP_REQUEST_TIMEOUT_MS: '1000',

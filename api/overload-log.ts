@@ -1,0 +1,106 @@
+/**
+ * The log of an overload episode, the way lib/outage-log.ts logs a database outage: refused
+ * requests get no line each (they are counted in metrics), so the log says
+ *
+ *   warn  "overloaded: refusing requests with 503"                   at the first refusal
+ *   warn  "overloaded: refusing requests with 503 (count since ...)"  every summaryIntervalMs
+ *   info  "overload over"                                             once no request was refused for quietMs
+ *
+ * and `onEnd` runs when the episode is over (api/assemble.ts then gives the flood's memory back:
+ * lib/heap-release.ts). refused() is called for every refusal, so it is cheap while one lasts.
+ */
+import { errorFields, type Logger } from '../lib/logger.ts';
+
+export interface OverloadLogOptions {
+  logger: Logger;
+  /** The weight in flight now, for the log lines. */
+  inFlight: () => number;
+  /** How often, while refusing, the log says how many were refused (default 10 s). */
+  summaryIntervalMs?: number | undefined;
+  /** How long without a refusal ends an episode (default 5 s). */
+  quietMs?: number;
+  onEnd?: (() => void) | undefined;
+}
+
+interface Episode {
+  startedAt: number;
+  lastRefusalAt: number;
+  refused: number;
+  refusedSinceSummary: number;
+}
+
+export class OverloadLog {
+  private episode: Episode | undefined;
+  private summaryTimer: NodeJS.Timeout | undefined;
+  private endTimer: NodeJS.Timeout | undefined;
+  private readonly summaryIntervalMs: number;
+  private readonly quietMs: number;
+
+  constructor(private readonly options: OverloadLogOptions) {
+    this.summaryIntervalMs = options.summaryIntervalMs ?? 10_000;
+    this.quietMs = options.quietMs ?? 5_000;
+  }
+
+  refused(reason: string, now = Date.now()): void {
+    const episode = this.episode;
+    if (episode !== undefined) {
+      episode.lastRefusalAt = now;
+      episode.refused += 1;
+      episode.refusedSinceSummary += 1;
+      return;
+    }
+    this.episode = { startedAt: now, lastRefusalAt: now, refused: 1, refusedSinceSummary: 0 };
+    this.options.logger.warn(
+      { reason, inFlight: this.options.inFlight() },
+      'overloaded: refusing requests with 503',
+    );
+    this.summaryTimer = setInterval(() => this.summarize(), this.summaryIntervalMs);
+    this.summaryTimer.unref();
+    this.scheduleEnd(this.quietMs);
+  }
+
+  /** Stops the timers without ending the episode (the process is stopping). */
+  close(): void {
+    clearInterval(this.summaryTimer);
+    clearTimeout(this.endTimer);
+    this.summaryTimer = this.endTimer = undefined;
+    this.episode = undefined;
+  }
+
+  private summarize(): void {
+    const episode = this.episode;
+    if (episode === undefined || episode.refusedSinceSummary === 0) return;
+    this.options.logger.warn(
+      { refused: episode.refusedSinceSummary, inFlight: this.options.inFlight() },
+      'overloaded: refusing requests with 503 (count since the last line)',
+    );
+    episode.refusedSinceSummary = 0;
+  }
+
+  private scheduleEnd(delayMs: number): void {
+    this.endTimer = setTimeout(() => this.endIfQuiet(), delayMs);
+    this.endTimer.unref();
+  }
+
+  private endIfQuiet(): void {
+    const episode = this.episode;
+    if (episode === undefined) return;
+    const now = Date.now();
+    const quietFor = now - episode.lastRefusalAt;
+    if (quietFor < this.quietMs) {
+      this.scheduleEnd(this.quietMs - quietFor);
+      return;
+    }
+    const { logger, onEnd } = this.options;
+    this.close();
+    logger.info(
+      { refused: episode.refused, seconds: (episode.lastRefusalAt - episode.startedAt) / 1000 },
+      'overload over',
+    );
+    try {
+      onEnd?.();
+    } catch (error) {
+      logger.error({ err: errorFields(error) }, 'overload end hook failed');
+    }
+  }
+}

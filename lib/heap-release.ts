@@ -1,0 +1,48 @@
+/**
+ * Gives back to the operating system the heap a flood grew, once the flood is over.
+ *
+ * V8 sizes the old generation at up to 4x what was live at the last full collection, and under a
+ * flood that is mostly requests and refusals kept alive for a second or more. Afterwards the
+ * garbage stays until the next full collection, which light load may not bring for minutes, and
+ * Node's V8 never runs its memory reducer for an idle process (measured: 135 MB of garbage still
+ * held after 40 s idle; docs/overload.md). Two full collections a second apart return it: the
+ * first frees the objects, the second releases the pages they left empty.
+ *
+ * Called once per overload episode (api/overload-log.ts), never on the request path: each
+ * collection stops the event loop for about 5-15 ms.
+ */
+import { setFlagsFromString } from 'node:v8';
+import { runInNewContext } from 'node:vm';
+
+type FullCollection = () => void;
+
+let fullCollection: FullCollection | undefined;
+
+/**
+ * V8's `gc` function without starting Node with --expose-gc (every entry point and container
+ * would need the flag): the flag only decides whether a new context gets `gc`, so it is set for
+ * one context and unset again, and no module of the process can call it.
+ */
+function collector(): FullCollection {
+  if (fullCollection === undefined) {
+    setFlagsFromString('--expose-gc');
+    try {
+      fullCollection = runInNewContext('gc') as FullCollection;
+    } finally {
+      setFlagsFromString('--no-expose-gc');
+    }
+  }
+  return fullCollection;
+}
+
+/** Runs one full collection now and a second after `gapMs`; resolves when both are done. */
+export function releaseHeap(gapMs = 1_000): Promise<void> {
+  const collect = collector();
+  collect();
+  return new Promise((resolve) => {
+    setTimeout(() => {
+      collect();
+      resolve();
+    }, gapMs).unref();
+  });
+}

@@ -1,0 +1,108 @@
+import { Writable } from 'node:stream';
+import { expect } from 'chai';
+import { OverloadLog } from '../api/overload-log.ts';
+import { createLogger } from '../lib/logger.ts';
+
+const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+
+interface Line {
+  level: number;
+  msg: string;
+  refused?: number;
+  inFlight?: number;
+  seconds?: number;
+}
+
+function capture() {
+  const lines: Line[] = [];
+  const sink = new Writable({
+    write(chunk: Buffer, _encoding, done) {
+      for (const line of chunk.toString().split('\n').filter(Boolean)) {
+        lines.push(JSON.parse(line) as Line);
+      }
+      done();
+    },
+  });
+  return { lines, logger: createLogger('pulse-api', 'info', sink) };
+}
+
+describe('the overload log', () => {
+  let log: OverloadLog | undefined;
+  afterEach(() => log?.close());
+
+  it('says it is refusing once, then counts per interval, then says once that it is over and runs onEnd', async () => {
+    const { lines, logger } = capture();
+    let ended = 0;
+    log = new OverloadLog({
+      logger,
+      inFlight: () => 7,
+      summaryIntervalMs: 100,
+      quietMs: 300,
+      onEnd: () => (ended += 1),
+    });
+    // Refusing for 500 ms, more often than quietMs: one episode.
+    const started = Date.now();
+    while (Date.now() - started < 500) {
+      log.refused('in_flight');
+      await sleep(20);
+    }
+    const refused = lines.filter((l) => l.msg.startsWith('overloaded'));
+    expect(refused[0]).to.include({ msg: 'overloaded: refusing requests with 503', inFlight: 7 });
+    const summaries = refused.slice(1);
+    expect(summaries.length).to.be.within(3, 6);
+    for (const summary of summaries) expect(summary.refused).to.be.above(0);
+    expect(lines.some((l) => l.msg === 'overload over')).to.equal(false);
+    expect(ended).to.equal(0);
+
+    await sleep(500);
+    const over = lines.filter((l) => l.msg === 'overload over');
+    expect(over).to.have.length(1);
+    const total = refused.slice(1).reduce((sum, l) => sum + l.refused!, 1);
+    expect(over[0]!.refused).to.be.at.least(total); // the count since the last summary too
+    expect(over[0]!.seconds).to.be.within(0.4, 0.7);
+    expect(ended).to.equal(1);
+
+    // A new refusal opens a new episode with its own first line.
+    log.refused('queue_wait');
+    expect(lines.filter((l) => l.msg === 'overloaded: refusing requests with 503')).to.have.length(
+      2,
+    );
+  });
+
+  it('ends nothing and logs nothing more once closed', async () => {
+    const { lines, logger } = capture();
+    let ended = 0;
+    log = new OverloadLog({
+      logger,
+      inFlight: () => 0,
+      summaryIntervalMs: 50,
+      quietMs: 100,
+      onEnd: () => (ended += 1),
+    });
+    log.refused('in_flight');
+    log.refused('in_flight');
+    log.close();
+    await sleep(300);
+    expect(lines.map((l) => l.msg)).to.deep.equal(['overloaded: refusing requests with 503']);
+    expect(ended).to.equal(0);
+  });
+
+  it('keeps ending the episode when onEnd throws, and logs the error', async () => {
+    const { lines, logger } = capture();
+    log = new OverloadLog({
+      logger,
+      inFlight: () => 0,
+      quietMs: 50,
+      onEnd: () => {
+        throw new Error('hook broke');
+      },
+    });
+    log.refused('in_flight');
+    await sleep(200);
+    expect(lines.map((l) => l.msg)).to.deep.equal([
+      'overloaded: refusing requests with 503',
+      'overload over',
+      'overload end hook failed',
+    ]);
+  });
+});
