@@ -10,8 +10,8 @@
  *   npm run bench:overload          (also part of npm run bench)
  */
 import autocannon from 'autocannon';
-import type { ApiProcess, BenchDatabase } from './support.ts';
-import { randomUserId, startApi } from './support.ts';
+import type { ApiProcess, BenchDatabase, BenchRequest } from './support.ts';
+import { anyOf, prepare, randomUserId, startApi } from './support.ts';
 
 export interface OverloadResult {
   acceptedPerSecond: number;
@@ -45,34 +45,9 @@ const WARM_UP_SECONDS = 3;
  */
 const RECOVERY_SECONDS = 10;
 
-/** What a scenario's clients send: every request gets its body from `body()` as it is sent. */
-export interface ScenarioRequest {
-  method: 'POST';
-  path: string;
-  body: () => string;
-}
-
-/**
- * One autocannon request whose body is picked anew for every request sent. A fixed list of a few
- * bodies replayed in turn made requests carry the same users as the requests next to them, and
- * the group commit writes such repeats once: at 8 connections in lockstep, two identical gateway
- * batches often shared a statement, so the unloaded reference wrote about half the rows per
- * accepted request and looked 1.5x faster than the flood (docs/overload.md, session 5).
- */
-function autocannonRequests(request: ScenarioRequest): autocannon.Request[] {
-  return [
-    {
-      method: request.method,
-      path: request.path,
-      headers: { 'content-type': 'application/json' },
-      setupRequest: (req) => ({ ...req, body: request.body() }),
-    },
-  ];
-}
-
 async function drive(
   api: ApiProcess,
-  request: ScenarioRequest,
+  requests: BenchRequest[],
   connections: number,
   seconds: number,
 ) {
@@ -82,7 +57,7 @@ async function drive(
         url: api.url,
         connections,
         duration: seconds,
-        requests: autocannonRequests(request),
+        requests: anyOf(requests),
       },
       (error) => (error ? reject(error as Error) : resolve()),
     );
@@ -95,13 +70,13 @@ const percentile = (sorted: Float64Array, p: number) =>
 /** Drives `connections` clients that never wait before sending again; latency of 200s only. */
 export async function measureOverload(options: {
   api: ApiProcess;
-  request: ScenarioRequest;
+  requests: BenchRequest[];
   connections: number;
   durationSeconds: number;
 }): Promise<OverloadResult> {
   const { api } = options;
   // A warm process, as an overload meets it in production: JIT-compiled paths, pools filled.
-  await drive(api, options.request, WARM_UP_CONNECTIONS, WARM_UP_SECONDS);
+  await drive(api, options.requests, WARM_UP_CONNECTIONS, WARM_UP_SECONDS);
   const rssBeforeMb = api.rssMb();
   const heapBeforeMb = await heapUsedMb(api);
   let rssPeakMb = rssBeforeMb;
@@ -119,7 +94,7 @@ export async function measureOverload(options: {
           connections: options.connections,
           duration: options.durationSeconds,
           timeout: 10,
-          requests: autocannonRequests(options.request),
+          requests: anyOf(options.requests),
         },
         (error, done) => (error ? reject(error as Error) : resolve(done)),
       );
@@ -146,7 +121,7 @@ export async function measureOverload(options: {
   // Memory should come back once the flood stops (nothing queued is left behind): measured after
   // a pause and the warm-up's light load again, which lets the collector run.
   await new Promise((resolve) => setTimeout(resolve, 2_000));
-  await drive(api, options.request, WARM_UP_CONNECTIONS, RECOVERY_SECONDS);
+  await drive(api, options.requests, WARM_UP_CONNECTIONS, RECOVERY_SECONDS);
   const sorted = Float64Array.from(latencies).sort();
   return {
     firstRequestP99: percentile(Float64Array.from(firstLatencies).sort(), 0.99),
@@ -165,7 +140,7 @@ export async function measureOverload(options: {
 
 export interface OverloadScenario {
   name: string;
-  request: ScenarioRequest;
+  requests: BenchRequest[];
   normalConnections: number;
   overloadConnections: number;
 }
@@ -189,7 +164,7 @@ export async function runOverloadScenarios(
       try {
         return await measureOverload({
           api,
-          request: scenario.request,
+          requests: scenario.requests,
           connections,
           durationSeconds,
         });
@@ -229,36 +204,35 @@ export function overloadTable(rows: OverloadRow[]): string {
 }
 
 /**
- * The three floods of issue 9, each beside its usual connection count. Every request carries its
- * own users, as gateways and readers do: a single heartbeat a random user, a batch one of 50
- * bodies of 1,000 random users picked at random (built once: a 22 KB body per request would cost
- * the load generator more than the API).
+ * The three floods of issue 9, each beside its usual connection count. Every request sent is one
+ * of many prepared ones picked at random (`anyOf`), so requests carry different users, as
+ * gateways and readers do: 20,000 single heartbeats, or 50 bodies of 1,000 random users.
  */
 export function overloadScenarios(rows: number): OverloadScenario[] {
   const users = (count: number) =>
     JSON.stringify(Array.from({ length: count }, () => ({ user_id: randomUserId(rows) })));
-  const anyOf = (bodies: string[]) => () => bodies[Math.floor(Math.random() * bodies.length)]!;
-  const batchBodies = Array.from({ length: 50 }, () => users(1000));
+  const batchBodies = prepare(50, () => ({ method: 'POST', path: '', body: users(1000) }));
+  const batchesTo = (path: string) => batchBodies.map((request) => ({ ...request, path }));
   return [
     {
       name: 'POST /status/update, single heartbeats',
-      request: {
+      requests: prepare(20_000, () => ({
         method: 'POST',
         path: '/status/update',
-        body: () => `{"user_id":${randomUserId(rows)}}`,
-      },
+        body: `{"user_id":${randomUserId(rows)}}`,
+      })),
       normalConnections: 32,
       overloadConnections: 1000,
     },
     {
       name: 'POST /status/batch, 1,000 ids',
-      request: { method: 'POST', path: '/status/batch', body: anyOf(batchBodies) },
+      requests: batchesTo('/status/batch'),
       normalConnections: 2,
       overloadConnections: 500,
     },
     {
       name: 'POST /status/update, gateway batches of 1,000',
-      request: { method: 'POST', path: '/status/update', body: anyOf(batchBodies) },
+      requests: batchesTo('/status/update'),
       normalConnections: 8,
       overloadConnections: 1000,
     },
