@@ -36,7 +36,9 @@ export interface AdmissionOptions {
   /** How often, while refusing, the log says how many were refused (default 10 s). */
   summaryIntervalMs?: number;
   onShed?: (reason: ShedReason) => void;
-  /** Runs once an overload episode is over: no request refused for 5 s (api/overload-log.ts). */
+  /** Runs at the first refusal of an overload episode (api/overload-log.ts). */
+  onOverloadStart?: () => void;
+  /** Runs once an overload episode is over: no request refused for 5 s. */
   onOverloadEnd?: () => void;
 }
 
@@ -93,6 +95,7 @@ export function createAdmission(options: AdmissionOptions): Admission {
     logger: options.logger,
     inFlight: () => inFlight,
     summaryIntervalMs: options.summaryIntervalMs,
+    onStart: options.onOverloadStart,
     onEnd: options.onOverloadEnd,
   });
   const refusals = new WeakMap<object, Refusal>();

@@ -2,7 +2,7 @@ import type { Express } from 'express';
 import type { Registry } from 'prom-client';
 import type { ApiConfig } from '../lib/config.ts';
 import type { DatabaseHandle } from '../lib/db.ts';
-import { releaseHeap } from '../lib/heap-release.ts';
+import { heapGrowthRelease } from '../lib/heap-release.ts';
 import { errorFields, type Logger } from '../lib/logger.ts';
 import { createRegistry } from '../lib/metrics.ts';
 import { ShardRouter } from '../lib/shard-routing.ts';
@@ -74,6 +74,7 @@ export function assembleApi(
   const statuses = config.STATUS_READ_COALESCING
     ? new CoalescingStatusReader(database.db, undefined, undefined, shardRouter)
     : new DirectStatusReader(database.db, shardRouter);
+  const heapAfterOverload = heapGrowthRelease();
   const admission = createAdmission({
     maxInFlight: config.MAX_IN_FLIGHT_REQUESTS,
     maxQueueWaitMs: config.MAX_QUEUE_WAIT_MS,
@@ -81,7 +82,8 @@ export function assembleApi(
     logger,
     onShed: (reason) => metrics.onShed(reason),
     // The flood's garbage would stay until light load brings a full collection: minutes.
-    onOverloadEnd: () => void releaseHeap(),
+    onOverloadStart: () => heapAfterOverload.started(),
+    onOverloadEnd: () => void heapAfterOverload.ended(),
   });
   metrics.watchAdmission(admission);
   const streamMetrics = createStreamMetrics(registry);

@@ -6,8 +6,8 @@
  *   warn  "overloaded: refusing requests with 503 (count since ...)"  every summaryIntervalMs
  *   info  "overload over"                                             once no request was refused for quietMs
  *
- * and `onEnd` runs when the episode is over (api/assemble.ts then gives the flood's memory back:
- * lib/heap-release.ts). refused() is called for every refusal, so it is cheap while one lasts.
+ * `onStart` runs at its first refusal and `onEnd` when it is over (api/assemble.ts then gives back
+ * the memory the flood grew: lib/heap-release.ts). refused() is called for every refusal, so it is cheap while one lasts.
  */
 import { errorFields, type Logger } from '../lib/logger.ts';
 
@@ -19,6 +19,7 @@ export interface OverloadLogOptions {
   summaryIntervalMs?: number | undefined;
   /** How long without a refusal ends an episode (default 5 s). */
   quietMs?: number;
+  onStart?: (() => void) | undefined;
   onEnd?: (() => void) | undefined;
 }
 
@@ -57,6 +58,7 @@ export class OverloadLog {
     this.summaryTimer = setInterval(() => this.summarize(), this.summaryIntervalMs);
     this.summaryTimer.unref();
     this.scheduleEnd(this.quietMs);
+    this.runHook('onStart');
   }
 
   /** Stops the timers without ending the episode (the process is stopping). */
@@ -91,16 +93,21 @@ export class OverloadLog {
       this.scheduleEnd(this.quietMs - quietFor);
       return;
     }
-    const { logger, onEnd } = this.options;
+    const { logger } = this.options;
     this.close();
     logger.info(
       { refused: episode.refused, seconds: (episode.lastRefusalAt - episode.startedAt) / 1000 },
       'overload over',
     );
+    this.runHook('onEnd');
+  }
+
+  /** A hook that throws must not break refusing or ending an episode. */
+  private runHook(hook: 'onStart' | 'onEnd'): void {
     try {
-      onEnd?.();
+      this.options[hook]?.();
     } catch (error) {
-      logger.error({ err: errorFields(error) }, 'overload end hook failed');
+      this.options.logger.error({ err: errorFields(error), hook }, 'overload hook failed');
     }
   }
 }

@@ -8,10 +8,11 @@
  * held after 40 s idle; docs/overload.md). Two full collections a second apart return it: the
  * first frees the objects, the second releases the pages they left empty.
  *
- * Called once per overload episode (api/overload-log.ts), never on the request path: each
- * collection stops the event loop for about 5-15 ms.
+ * Called at most once per overload episode (api/overload-log.ts), and only when the episode grew
+ * the heap (`heapGrowthRelease`), never on the request path: each collection stops the event loop
+ * for about 5-15 ms.
  */
-import { setFlagsFromString } from 'node:v8';
+import { getHeapStatistics, setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
 
 type FullCollection = () => void;
@@ -45,4 +46,24 @@ export function releaseHeap(gapMs = 1_000): Promise<void> {
       resolve();
     }, gapMs).unref();
   });
+}
+
+/**
+ * Releases the heap at the end of an episode only if the heap grew by at least `minGrowthBytes`
+ * since it began: a process at the edge of its capacity may refuse a request every few seconds,
+ * and those short episodes grow nothing worth two full collections.
+ */
+export function heapGrowthRelease(minGrowthBytes = 16 * 1024 * 1024) {
+  let heapAtStart = 0;
+  return {
+    started(): void {
+      heapAtStart = getHeapStatistics().total_heap_size;
+    },
+    /** Resolves true if it released the heap. */
+    async ended(): Promise<boolean> {
+      if (getHeapStatistics().total_heap_size - heapAtStart < minGrowthBytes) return false;
+      await releaseHeap();
+      return true;
+    },
+  };
 }

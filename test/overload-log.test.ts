@@ -32,17 +32,19 @@ describe('the overload log', () => {
 
   it('says it is refusing once, then counts per interval, then says once that it is over and runs onEnd', async () => {
     const { lines, logger } = capture();
+    let started = 0;
     let ended = 0;
     log = new OverloadLog({
       logger,
       inFlight: () => 7,
       summaryIntervalMs: 100,
       quietMs: 300,
+      onStart: () => (started += 1),
       onEnd: () => (ended += 1),
     });
     // Refusing for 500 ms, more often than quietMs: one episode.
-    const started = Date.now();
-    while (Date.now() - started < 500) {
+    const since = Date.now();
+    while (Date.now() - since < 500) {
       log.refused('in_flight');
       await sleep(20);
     }
@@ -52,7 +54,7 @@ describe('the overload log', () => {
     expect(summaries.length).to.be.within(3, 6);
     for (const summary of summaries) expect(summary.refused).to.be.above(0);
     expect(lines.some((l) => l.msg === 'overload over')).to.equal(false);
-    expect(ended).to.equal(0);
+    expect([started, ended]).to.deep.equal([1, 0]);
 
     await sleep(500);
     const over = lines.filter((l) => l.msg === 'overload over');
@@ -64,6 +66,7 @@ describe('the overload log', () => {
 
     // A new refusal opens a new episode with its own first line.
     log.refused('queue_wait');
+    expect(started).to.equal(2);
     expect(lines.filter((l) => l.msg === 'overloaded: refusing requests with 503')).to.have.length(
       2,
     );
@@ -87,22 +90,28 @@ describe('the overload log', () => {
     expect(ended).to.equal(0);
   });
 
-  it('keeps ending the episode when onEnd throws, and logs the error', async () => {
+  it('keeps refusing and ending the episode when a hook throws, and logs the error', async () => {
     const { lines, logger } = capture();
     log = new OverloadLog({
       logger,
       inFlight: () => 0,
       quietMs: 50,
+      onStart: () => {
+        throw new Error('start hook broke');
+      },
       onEnd: () => {
-        throw new Error('hook broke');
+        throw new Error('end hook broke');
       },
     });
+    log.refused('in_flight');
     log.refused('in_flight');
     await sleep(200);
     expect(lines.map((l) => l.msg)).to.deep.equal([
       'overloaded: refusing requests with 503',
+      'overload hook failed',
       'overload over',
-      'overload end hook failed',
+      'overload hook failed',
     ]);
+    expect(lines.filter((l) => l.msg === 'overload over')[0]!.refused).to.equal(2);
   });
 });
