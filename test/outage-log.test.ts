@@ -1,7 +1,13 @@
+import { chmodSync, mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
 import { Writable } from 'node:stream';
 import { expect } from 'chai';
+import { sql } from 'kysely';
+import { freePort, startEmbeddedPostgres, type EmbeddedServer } from '../dev/embedded-postgres.ts';
 import { openDatabase, type DatabaseHandle } from '../lib/db.ts';
 import { createLogger } from '../lib/logger.ts';
+import { migrateToLatest } from '../lib/migrator.ts';
 import { startTestApp, type TestApp } from './support/app.ts';
 import { createTestDatabase, serverUrl, type TestDatabase } from './support/database.ts';
 import { adminQuery } from './support/server.ts';
@@ -25,7 +31,7 @@ async function waitFor(condition: () => boolean, what: string, timeoutMs = 15_00
   }
 }
 
-describe('database restart under load: the log', function () {
+describe('a restart as the API sees it (sessions ended, connections refused at a proxy): the log', function () {
   this.timeout(60_000);
   let database: TestDatabase;
   let proxy: TcpProxy;
@@ -136,5 +142,110 @@ describe('database restart under load: the log', function () {
     const text = raw.join('\n');
     expect(text).not.to.match(/secretKey|processID|"client"|"_ending"|"stack"/);
     expect(refused).to.be.at.least(100);
+  });
+});
+
+describe('a real PostgreSQL restart under load: the log', function () {
+  this.timeout(120_000);
+  const APPLICATION = 'pulse-restart-log-test';
+  let dataParent: string;
+  let options: Parameters<typeof startEmbeddedPostgres>[0];
+  let server: EmbeddedServer | undefined;
+  let handle: DatabaseHandle | undefined;
+  let app: TestApp | undefined;
+  const raw: string[] = [];
+  const lines: LogLine[] = [];
+
+  before(async () => {
+    dataParent = mkdtempSync(path.join(tmpdir(), 'pulse-restart-'));
+    chmodSync(dataParent, 0o755); // the server runs as the unprivileged postgres user
+    options = {
+      dataDir: path.join(dataParent, 'pg'),
+      port: await freePort(),
+      persistent: true, // its data must survive the stop
+      postgresFlags: ['-c', 'fsync=off'],
+    };
+    server = await startEmbeddedPostgres(options);
+    const sink = new Writable({
+      write(chunk: Buffer, _encoding, done) {
+        for (const line of chunk.toString().split('\n').filter(Boolean)) {
+          raw.push(line);
+          lines.push(JSON.parse(line) as LogLine);
+        }
+        done();
+      },
+    });
+    const logger = createLogger('pulse-api', 'info', sink);
+    handle = openDatabase({
+      connectionString: server.url,
+      poolMax: 4,
+      applicationName: APPLICATION,
+      logger,
+      outageSummaryIntervalMs: SUMMARY_INTERVAL_MS,
+    });
+    await migrateToLatest(handle.db);
+    app = await startTestApp({ ...handle, url: server.url }, {}, logger);
+  });
+  after(async () => {
+    await app?.close();
+    await handle?.close();
+    await server?.stop();
+    rmSync(dataParent, { recursive: true, force: true });
+  });
+
+  it('stops PostgreSQL (fast shutdown) and starts it again: a bounded log, no client in it, no acknowledged heartbeat lost', async () => {
+    const running = app!;
+    const acknowledged: number[] = [];
+    let failed = 0;
+    let nextId = 1;
+    let loading = true;
+    const worker = async () => {
+      while (loading) {
+        const id = nextId++;
+        const response = await running.post('/status/update', { user_id: id });
+        if (response.status === 200) acknowledged.push(id);
+        else failed += 1;
+        await response.arrayBuffer();
+        // While the server is down every attempt fails at once: do not spin.
+        if (response.status !== 200) await new Promise((resolve) => setTimeout(resolve, 5));
+      }
+    };
+    const workers = Array.from({ length: 12 }, worker);
+    try {
+      await waitFor(() => acknowledged.length >= 50, 'heartbeats before the restart');
+      await server!.stop(); // SIGINT: a fast shutdown, every session ended with 57P01
+      server = undefined;
+      const acknowledgedBefore = acknowledged.length;
+      await waitFor(() => failed >= 100, 'heartbeats refused while down');
+      await new Promise((resolve) => setTimeout(resolve, 4 * SUMMARY_INTERVAL_MS));
+      server = await startEmbeddedPostgres(options);
+      await waitFor(
+        () => lines.some((l) => l.msg === 'database available again'),
+        'the recovery line',
+        30_000,
+      );
+      await waitFor(() => acknowledged.length >= acknowledgedBefore + 50, 'heartbeats after');
+    } finally {
+      loading = false;
+      await Promise.all(workers);
+    }
+
+    const { rows } = await sql<{ user_id: string }>`SELECT user_id FROM pulse`.execute(handle!.db);
+    const stored = new Set(rows.map((row) => Number(row.user_id)));
+    expect(acknowledged.filter((id) => !stored.has(id))).to.deep.equal([]);
+
+    const outageLines = lines.filter((l) => l.msg !== 'request completed');
+    expect(outageLines.map((l) => l.msg)).to.have.length.within(3, 30);
+    expect(outageLines.filter((l) => l.msg === 'database unavailable')).to.have.length(1);
+    expect(outageLines.filter((l) => l.msg === 'database available again')).to.have.length(1);
+    const summaries = outageLines.filter((l) => l.msg === 'database still unavailable');
+    expect(summaries).to.have.length.of.at.least(1);
+    expect(outageLines.map((l) => l.msg)).to.have.members([
+      'database unavailable',
+      ...summaries.map((l) => l.msg),
+      'database available again',
+    ]);
+    expect(raw.join('\n')).not.to.match(/secretKey|processID|"client"|"_ending"|"stack"/);
+    expect(failed).to.be.at.least(100);
   });
 });
