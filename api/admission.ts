@@ -115,7 +115,7 @@ export function createAdmission(options: AdmissionOptions): Admission {
     const now = Date.now();
     shedResponses.add(res);
     options.onShed?.(reason);
-    log.refused(reason, now);
+    log.refused(reason);
     const connection = res.socket ?? res;
     const last = refusals.get(connection);
     const ignoredRetryAfter = last !== undefined && now < last.retryAt;

@@ -83,7 +83,13 @@ export function assembleApi(
     onShed: (reason) => metrics.onShed(reason),
     // The flood's garbage would stay until light load brings a full collection: minutes.
     onOverloadStart: () => heapAfterOverload.started(),
-    onOverloadEnd: () => void heapAfterOverload.ended(),
+    onOverloadEnd: () => {
+      heapAfterOverload
+        .ended()
+        .catch((error: unknown) =>
+          logger.error({ err: errorFields(error) }, 'giving back the heap failed'),
+        );
+    },
   });
   metrics.watchAdmission(admission);
   const streamMetrics = createStreamMetrics(registry);

@@ -2,12 +2,14 @@
  * The log of an overload episode, the way lib/outage-log.ts logs a database outage: refused
  * requests get no line each (they are counted in metrics), so the log says
  *
- *   warn  "overloaded: refusing requests with 503"                   at the first refusal
+ *   warn  "overloaded: refusing requests with 503"                   the first refusal
  *   warn  "overloaded: refusing requests with 503 (count since ...)"  every summaryIntervalMs
- *   info  "overload over"                                             once no request was refused for quietMs
+ *   info  "overload over"                                             no refusal for quietMs
  *
  * `onStart` runs at its first refusal and `onEnd` when it is over (api/assemble.ts then gives back
- * the memory the flood grew: lib/heap-release.ts). refused() is called for every refusal, so it is cheap while one lasts.
+ * the memory the flood grew: lib/heap-release.ts). refused() is called for every refusal, so it
+ * is cheap while an episode lasts. Times are monotonic (performance.now()): a clock stepped back
+ * must not keep an episode open.
  */
 import { errorFields, type Logger } from '../lib/logger.ts';
 
@@ -32,6 +34,7 @@ interface Episode {
 
 export class OverloadLog {
   private episode: Episode | undefined;
+  private closed = false;
   private summaryTimer: NodeJS.Timeout | undefined;
   private endTimer: NodeJS.Timeout | undefined;
   private readonly summaryIntervalMs: number;
@@ -42,7 +45,8 @@ export class OverloadLog {
     this.quietMs = options.quietMs ?? 5_000;
   }
 
-  refused(reason: string, now = Date.now()): void {
+  refused(reason: string, now = performance.now()): void {
+    if (this.closed) return;
     const episode = this.episode;
     if (episode !== undefined) {
       episode.lastRefusalAt = now;
@@ -61,12 +65,17 @@ export class OverloadLog {
     this.runHook('onStart');
   }
 
-  /** Stops the timers without ending the episode (the process is stopping). */
+  /** The process is stopping: drops the episode without ending it; later refusals are not logged. */
   close(): void {
+    this.closed = true;
+    this.stopTimers();
+    this.episode = undefined;
+  }
+
+  private stopTimers(): void {
     clearInterval(this.summaryTimer);
     clearTimeout(this.endTimer);
     this.summaryTimer = this.endTimer = undefined;
-    this.episode = undefined;
   }
 
   private summarize(): void {
@@ -87,15 +96,14 @@ export class OverloadLog {
   private endIfQuiet(): void {
     const episode = this.episode;
     if (episode === undefined) return;
-    const now = Date.now();
-    const quietFor = now - episode.lastRefusalAt;
+    const quietFor = performance.now() - episode.lastRefusalAt;
     if (quietFor < this.quietMs) {
       this.scheduleEnd(this.quietMs - quietFor);
       return;
     }
-    const { logger } = this.options;
-    this.close();
-    logger.info(
+    this.stopTimers();
+    this.episode = undefined;
+    this.options.logger.info(
       { refused: episode.refused, seconds: (episode.lastRefusalAt - episode.startedAt) / 1000 },
       'overload over',
     );

@@ -20,23 +20,34 @@ type FullCollection = () => void;
 let fullCollection: FullCollection | undefined;
 
 /**
- * V8's `gc` function without starting Node with --expose-gc (every entry point and container
- * would need the flag): the flag only decides whether a new context gets `gc`, so it is set for
- * one context and unset again, and no module of the process can call it.
+ * V8's `gc` function. A process started with --expose-gc has it already. Otherwise it is taken
+ * without the flag (every entry point and container would need it): the flag only decides whether
+ * a new context gets `gc`, so it is set for one context and unset again, and no other module of
+ * the process can call it.
  */
 function collector(): FullCollection {
-  if (fullCollection === undefined) {
-    setFlagsFromString('--expose-gc');
-    try {
-      fullCollection = runInNewContext('gc') as FullCollection;
-    } finally {
-      setFlagsFromString('--no-expose-gc');
-    }
+  if (fullCollection !== undefined) return fullCollection;
+  const exposed = (globalThis as { gc?: unknown }).gc;
+  if (typeof exposed === 'function') {
+    fullCollection = exposed as FullCollection;
+    return fullCollection;
+  }
+  setFlagsFromString('--expose-gc');
+  try {
+    const taken: unknown = runInNewContext('gc');
+    if (typeof taken !== 'function') throw new Error('V8 did not expose gc to a new context');
+    fullCollection = taken as FullCollection;
+  } finally {
+    setFlagsFromString('--no-expose-gc');
   }
   return fullCollection;
 }
 
-/** Runs one full collection now and a second after `gapMs`; resolves when both are done. */
+/**
+ * Runs one full collection now and a second after `gapMs`; resolves when both are done. The timer
+ * does not keep the process alive: a process that is exiting skips the second collection, and the
+ * promise then never resolves.
+ */
 export function releaseHeap(gapMs = 1_000): Promise<void> {
   const collect = collector();
   collect();
@@ -54,7 +65,8 @@ export function releaseHeap(gapMs = 1_000): Promise<void> {
  * and those short episodes grow nothing worth two full collections.
  */
 export function heapGrowthRelease(minGrowthBytes = 16 * 1024 * 1024) {
-  let heapAtStart = 0;
+  collector(); // at start, so a Node where this no longer works fails then, not after a flood
+  let heapAtStart = Infinity; // ended() without started() releases nothing
   return {
     started(): void {
       heapAtStart = getHeapStatistics().total_heap_size;

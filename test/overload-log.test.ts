@@ -5,6 +5,14 @@ import { createLogger } from '../lib/logger.ts';
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
+async function waitFor(condition: () => boolean, what: string, timeoutMs = 10_000) {
+  const deadline = Date.now() + timeoutMs;
+  while (!condition()) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await sleep(20);
+  }
+}
+
 interface Line {
   level: number;
   msg: string;
@@ -38,38 +46,39 @@ describe('the overload log', () => {
       logger,
       inFlight: () => 7,
       summaryIntervalMs: 100,
-      quietMs: 300,
+      quietMs: 1_000,
       onStart: () => (started += 1),
       onEnd: () => (ended += 1),
     });
-    // Refusing for 500 ms, more often than quietMs: one episode.
-    const since = Date.now();
-    while (Date.now() - since < 500) {
+    // Refusing for 600 ms, far more often than quietMs: one episode.
+    const since = performance.now();
+    while (performance.now() - since < 600) {
       log.refused('in_flight');
       await sleep(20);
     }
     const refused = lines.filter((l) => l.msg.startsWith('overloaded'));
     expect(refused[0]).to.include({ msg: 'overloaded: refusing requests with 503', inFlight: 7 });
     const summaries = refused.slice(1);
-    expect(summaries.length).to.be.within(3, 6);
+    expect(summaries.length).to.be.at.least(2);
     for (const summary of summaries) expect(summary.refused).to.be.above(0);
     expect(lines.some((l) => l.msg === 'overload over')).to.equal(false);
     expect([started, ended]).to.deep.equal([1, 0]);
 
-    await sleep(500);
+    await waitFor(() => lines.some((l) => l.msg === 'overload over'), 'the end line');
     const over = lines.filter((l) => l.msg === 'overload over');
-    expect(over).to.have.length(1);
-    const total = refused.slice(1).reduce((sum, l) => sum + l.refused!, 1);
+    const total = summaries.reduce((sum, l) => sum + l.refused!, 1);
     expect(over[0]!.refused).to.be.at.least(total); // the count since the last summary too
-    expect(over[0]!.seconds).to.be.within(0.4, 0.7);
+    expect(over[0]!.seconds).to.be.at.least(0.5);
     expect(ended).to.equal(1);
+    await sleep(300);
+    expect(lines.filter((l) => l.msg === 'overload over')).to.have.length(1);
 
     // A new refusal opens a new episode with its own first line.
     log.refused('queue_wait');
-    expect(started).to.equal(2);
     expect(lines.filter((l) => l.msg === 'overloaded: refusing requests with 503')).to.have.length(
       2,
     );
+    expect(started).to.equal(2);
   });
 
   it('ends nothing and logs nothing more once closed', async () => {
@@ -85,6 +94,7 @@ describe('the overload log', () => {
     log.refused('in_flight');
     log.refused('in_flight');
     log.close();
+    log.refused('in_flight'); // a refusal still on its way while the process stops
     await sleep(300);
     expect(lines.map((l) => l.msg)).to.deep.equal(['overloaded: refusing requests with 503']);
     expect(ended).to.equal(0);
@@ -105,7 +115,7 @@ describe('the overload log', () => {
     });
     log.refused('in_flight');
     log.refused('in_flight');
-    await sleep(200);
+    await waitFor(() => lines.length === 4, 'four lines');
     expect(lines.map((l) => l.msg)).to.deep.equal([
       'overloaded: refusing requests with 503',
       'overload hook failed',
