@@ -1,21 +1,31 @@
 import express, { type Express, type Request, type Response } from 'express';
 import type { Registry } from 'prom-client';
-import type { Logger } from '../lib/logger.ts';
+import type { Logger } from '../lib/infra/logger.ts';
 import { opsRoutes } from '../http/ops-routes.ts';
-import { setOffline, statusRow, UNKNOWN_PRESENCE, type Executor } from '../lib/pulse-store.ts';
-import { shedResponses, type Admission } from './admission.ts';
-import { assertMayWrite, createAuthenticate, principalOf, type AuthConfig } from './auth.ts';
-import { createCors } from './cors.ts';
+import {
+  setOffline,
+  statusRow,
+  UNKNOWN_PRESENCE,
+  type Executor,
+} from '../lib/store/pulse-store.ts';
+import { shedResponses, type Admission } from './edge/admission.ts';
+import { assertMayWrite, createAuthenticate, principalOf, type AuthConfig } from './edge/auth.ts';
+import { createCors } from './edge/cors.ts';
 import { demoRoutes } from './demo.ts';
-import { createEdge } from './edge.ts';
-import { errorHandler, notFound } from './errors.ts';
-import type { HeartbeatWriter } from './heartbeat-writer.ts';
+import { createEdge } from './edge/edge.ts';
+import { errorHandler, notFound } from './edge/errors.ts';
+import type { HeartbeatWriter } from './write/heartbeat-writer.ts';
 import { openApiDocument } from './openapi.ts';
-import type { StatusReader } from './status-reader.ts';
-import { createRequestLog } from './request-log.ts';
-import { securityHeaders } from './security-headers.ts';
-import { createStreamRoute, type StreamRouteDeps } from './status-stream.ts';
-import { parseBatchBody, parseHeartbeatBody, parseUserIdParam, requireJson } from './validation.ts';
+import type { StatusReader } from './read/status-reader.ts';
+import { createRequestLog } from './edge/request-log.ts';
+import { securityHeaders } from './edge/security-headers.ts';
+import { createStreamRoute, type StreamRouteDeps } from './stream/status-stream.ts';
+import {
+  parseBatchBody,
+  parseHeartbeatBody,
+  parseUserIdParam,
+  requireJson,
+} from './edge/validation.ts';
 
 export interface AppDeps {
   db: Executor;
@@ -25,7 +35,7 @@ export interface AppDeps {
   registry: Registry;
   /** Records a finished request's duration (api/metrics.ts). */
   observeRequest: (req: Request, res: Response, seconds: number) => void;
-  /** Admission control (api/admission.ts), mounted on each /status route before its body parser. */
+  /** Admission control (api/edge/admission.ts), mounted on each /status route before its body parser. */
   admission: Admission;
   stream: Omit<StreamRouteDeps, 'config'>;
   /**
@@ -88,7 +98,7 @@ export function buildApp({
   app.disable('x-powered-by');
   app.set('etag', false);
 
-  // One layer for what every request gets (api/edge.ts), in this order: the request id and log
+  // One layer for what every request gets (api/edge/edge.ts), in this order: the request id and log
   // line; CORS for browser clients on other origins, before everything else, so preflights need
   // no token; security headers for a JSON API; the request duration histogram. Its one 'close'
   // listener also gives back what admission control admitted.

@@ -1,24 +1,24 @@
 import type { Express } from 'express';
 import type { Registry } from 'prom-client';
-import type { ApiConfig } from '../lib/config.ts';
-import type { DatabaseHandle } from '../lib/db.ts';
-import { heapGrowthRelease } from '../lib/heap-release.ts';
-import { errorFields, type Logger } from '../lib/logger.ts';
-import { createRegistry } from '../lib/metrics.ts';
-import { ShardRouter } from '../lib/shard-routing.ts';
-import { createAdmission, type Admission } from './admission.ts';
+import type { ApiConfig } from '../lib/infra/config.ts';
+import type { DatabaseHandle } from '../lib/infra/db.ts';
+import { heapGrowthRelease } from './edge/heap-release.ts';
+import { errorFields, type Logger } from '../lib/infra/logger.ts';
+import { createRegistry } from '../lib/infra/metrics.ts';
+import { ShardRouter } from '../lib/citus/shard-routing.ts';
+import { createAdmission, type Admission } from './edge/admission.ts';
 import { buildApp } from './app.ts';
 import {
   DirectHeartbeatWriter,
   GroupCommitHeartbeatWriter,
   type HeartbeatWriter,
-} from './heartbeat-writer.ts';
-import { PresenceFeed } from '../lib/presence-feed.ts';
-import { HeldPresence } from './held-presence.ts';
+} from './write/heartbeat-writer.ts';
+import { PresenceFeed } from './stream/presence-feed.ts';
+import { HeldPresence } from './stream/held-presence.ts';
 import { createApiMetrics } from './metrics.ts';
-import { StreamHub } from './status-stream.ts';
-import { createStreamMetrics } from './stream-metrics.ts';
-import { CoalescingStatusReader, DirectStatusReader } from './status-reader.ts';
+import { StreamHub } from './stream/status-stream.ts';
+import { createStreamMetrics } from './stream/stream-metrics.ts';
+import { CoalescingStatusReader, DirectStatusReader } from './read/status-reader.ts';
 
 export interface Api {
   app: Express;

@@ -4,14 +4,14 @@
  * client/dist/ the library that `npm run build:client` compiles (npm start and npm test build it
  * first). The page gets its own Content-Security-Policy: its scripts, styles and API calls all come
  * from this origin, nothing else. Its files also get the security headers meant for documents,
- * which API answers go without (api/security-headers.ts): they have helmet's full set.
+ * which API answers go without (api/edge/security-headers.ts): they have helmet's full set.
  */
 import { existsSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import express, { Router, type Response } from 'express';
-import { HttpError } from './errors.ts';
-import { setHeaders, type HeaderList } from './security-headers.ts';
+import { HttpError } from './edge/errors.ts';
+import { setHeaders, type HeaderList } from './edge/security-headers.ts';
 
 const DEMO_CSP = [
   "default-src 'none'",

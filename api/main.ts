@@ -1,12 +1,12 @@
-import { loadApiConfig } from '../lib/config.ts';
-import { DEFAULT_STATEMENT_TIMEOUT_MS, openDatabase } from '../lib/db.ts';
-import { runMain } from '../lib/entry.ts';
-import { checkStatementTimeout } from '../lib/statement-timeout.ts';
-import { createProcessLogger } from '../lib/logger.ts';
+import { loadApiConfig } from '../lib/infra/config.ts';
+import { DEFAULT_STATEMENT_TIMEOUT_MS, openDatabase } from '../lib/infra/db.ts';
+import { runMain } from '../lib/infra/entry.ts';
+import { checkStatementTimeout } from '../lib/infra/statement-timeout.ts';
+import { createProcessLogger } from '../lib/infra/logger.ts';
 import { startOpsServer } from '../http/ops-server.ts';
 import { httpLimitsOf, listen } from '../http/server.ts';
-import { checkSharedSettings } from '../lib/shared-settings-check.ts';
-import { GracefulShutdown } from '../lib/shutdown.ts';
+import { checkSharedSettings } from '../lib/store/shared-settings-check.ts';
+import { GracefulShutdown } from '../lib/infra/shutdown.ts';
 import { assembleApi } from './assemble.ts';
 
 runMain(async () => {

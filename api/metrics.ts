@@ -1,12 +1,12 @@
 import type { Request, Response } from 'express';
 import { Counter, Gauge, Histogram, type Registry } from 'prom-client';
-import type { Admission, ShedReason } from './admission.ts';
-import type { FlushObserver, HeartbeatWriter } from './heartbeat-writer.ts';
+import type { Admission, ShedReason } from './edge/admission.ts';
+import type { FlushObserver, HeartbeatWriter } from './write/heartbeat-writer.ts';
 
 export interface ApiMetrics {
   /**
    * Records a finished request's duration, labelled by method, route pattern (never the raw path)
-   * and status. api/edge.ts calls it when the response has finished.
+   * and status. api/edge/edge.ts calls it when the response has finished.
    */
   observeRequest: (req: Request, res: Response, seconds: number) => void;
   /** Feeds flush sizes and durations into the registry. */

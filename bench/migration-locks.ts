@@ -9,9 +9,9 @@
  */
 import { parseArgs } from 'node:util';
 import { sql, type Kysely } from 'kysely';
-import { openDatabase } from '../lib/db.ts';
-import { createLogger } from '../lib/logger.ts';
-import { recordHeartbeats } from '../lib/pulse-store.ts';
+import { openDatabase } from '../lib/infra/db.ts';
+import { createLogger } from '../lib/infra/logger.ts';
+import { recordHeartbeats } from '../lib/store/pulse-store.ts';
 import * as settings from '../migrations/0003_presence_settings.ts';
 import * as lastSeen from '../migrations/0004_last_seen.ts';
 import { fillTable, openBenchDatabase } from './support.ts';

@@ -6,9 +6,9 @@ import { fileURLToPath } from 'node:url';
 import autocannon from 'autocannon';
 import pg from 'pg';
 import { freePort, startThrowawayPostgres, type EmbeddedServer } from '../dev/embedded-postgres.ts';
-import { openDatabase } from '../lib/db.ts';
-import { createLogger } from '../lib/logger.ts';
-import { migrateToLatest } from '../lib/migrator.ts';
+import { openDatabase } from '../lib/infra/db.ts';
+import { createLogger } from '../lib/infra/logger.ts';
+import { migrateToLatest } from '../lib/store/migrator.ts';
 
 export interface BenchDatabase {
   url: string;

@@ -22,9 +22,9 @@ import path from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { parseArgs } from 'node:util';
 import { sql } from 'kysely';
-import { openDatabase, type DatabaseHandle } from '../lib/db.ts';
-import { createLogger } from '../lib/logger.ts';
-import { recordHeartbeats, updatePresenceSettings } from '../lib/pulse-store.ts';
+import { openDatabase, type DatabaseHandle } from '../lib/infra/db.ts';
+import { createLogger } from '../lib/infra/logger.ts';
+import { recordHeartbeats, updatePresenceSettings } from '../lib/store/pulse-store.ts';
 import { Sweeper, type SweepReport } from '../sweeper/sweeper.ts';
 import { openBenchDatabase } from './support.ts';
 

@@ -9,8 +9,8 @@
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import pg from 'pg';
-import { loadStartConfig } from '../lib/config.ts';
-import { runMain } from '../lib/entry.ts';
+import { loadStartConfig } from '../lib/infra/config.ts';
+import { runMain } from '../lib/infra/entry.ts';
 import { startEmbeddedPostgres } from './embedded-postgres.ts';
 
 const DATABASE = 'pulse';

@@ -7,13 +7,13 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
 import { fileURLToPath } from 'node:url';
-import { loadApiConfig, loadMigrateConfig, loadStartConfig } from '../lib/config.ts';
-import { openDatabase } from '../lib/db.ts';
-import { runMain } from '../lib/entry.ts';
-import { createLogger } from '../lib/logger.ts';
-import { migrateToLatest } from '../lib/migrator.ts';
-import { updatePresenceSettings } from '../lib/pulse-store.ts';
-import { redactConnectionString } from '../lib/redact.ts';
+import { loadApiConfig, loadMigrateConfig, loadStartConfig } from '../lib/infra/config.ts';
+import { openDatabase } from '../lib/infra/db.ts';
+import { runMain } from '../lib/infra/entry.ts';
+import { createLogger } from '../lib/infra/logger.ts';
+import { migrateToLatest } from '../lib/store/migrator.ts';
+import { updatePresenceSettings } from '../lib/store/pulse-store.ts';
+import { redactConnectionString } from '../lib/infra/redact.ts';
 import { Supervisor } from './supervisor.ts';
 
 function startChild(script: string, env: NodeJS.ProcessEnv, ipc = false): ChildProcess {

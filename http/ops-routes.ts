@@ -1,7 +1,7 @@
 import { Router } from 'express';
 import type { Kysely } from 'kysely';
 import type { Registry } from 'prom-client';
-import { checkReadiness } from '../lib/readiness.ts';
+import { checkReadiness } from '../lib/store/readiness.ts';
 
 /**
  * GET /healthz (the process is alive), /readyz (the database answers and the schema is migrated),

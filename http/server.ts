@@ -1,7 +1,7 @@
 import { once } from 'node:events';
 import type { Server, ServerResponse } from 'node:http';
 import { createServer } from 'node:http';
-import type { ApiConfig } from '../lib/config.ts';
+import type { ApiConfig } from '../lib/infra/config.ts';
 import { expressBornConstructors, type ExpressApp } from './express-prototypes.ts';
 
 export interface RunningServer {

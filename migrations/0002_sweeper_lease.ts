@@ -2,7 +2,7 @@ import { sql, type Kysely } from 'kysely';
 
 /*
  * One row (id = 1) saying which sweeper process owns the current sweep and until when. See
- * lib/sweep-lease.ts for how it is taken, renewed inside every batch transaction, and released.
+ * lib/store/sweep-lease.ts for how it is taken, renewed inside every batch transaction, and released.
  * The row is created by the first sweeper that takes the lease (INSERT ... ON CONFLICT).
  */
 export async function up(db: Kysely<any>): Promise<void> {

@@ -33,7 +33,7 @@ export async function up(db: Kysely<any>): Promise<void> {
     .execute();
   await sql`INSERT INTO pulse_settings (id) VALUES (1)`.execute(db);
 
-  // The online rule for SQL readers, the predicate Pulse's own queries use (lib/pulse-store.ts,
+  // The online rule for SQL readers, the predicate Pulse's own queries use (lib/store/pulse-store.ts,
   // onlineSince). The threshold is an uncorrelated subquery: read once per query (an InitPlan),
   // so the scan's filter is the same plain comparison as with a literal interval, and stays
   // parallel (a join with the settings row would evaluate make_interval per row, measured ~2x).

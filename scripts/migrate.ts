@@ -9,17 +9,17 @@
  * Safe to run from several pods at once: Kysely's Migrator serializes runs with a lock.
  */
 import { parseArgs } from 'node:util';
-import { distributeUserKeyedTables } from '../lib/citus-layout.ts';
-import { loadMigrateConfig } from '../lib/config.ts';
-import { openDatabase } from '../lib/db.ts';
-import { runMain } from '../lib/entry.ts';
-import { createProcessLogger } from '../lib/logger.ts';
-import { createMigrator, migrateToLatest, throwIfFailed } from '../lib/migrator.ts';
+import { distributeUserKeyedTables } from '../lib/citus/citus-layout.ts';
+import { loadMigrateConfig } from '../lib/infra/config.ts';
+import { openDatabase } from '../lib/infra/db.ts';
+import { runMain } from '../lib/infra/entry.ts';
+import { createProcessLogger } from '../lib/infra/logger.ts';
+import { createMigrator, migrateToLatest, throwIfFailed } from '../lib/store/migrator.ts';
 import {
   readPresenceSettings,
   setPulseTableUnlogged,
   updatePresenceSettings,
-} from '../lib/pulse-store.ts';
+} from '../lib/store/pulse-store.ts';
 
 runMain(async () => {
   const { positionals } = parseArgs({ allowPositionals: true });
@@ -50,7 +50,7 @@ runMain(async () => {
     } else {
       const applied = await migrateToLatest(database.db);
       console.log(applied.length ? `applied ${applied.join(', ')}` : 'already up to date');
-      // On Citus: a table listed in lib/citus-layout.ts that is still local (the citus extension
+      // On Citus: a table listed in lib/citus/citus-layout.ts that is still local (the citus extension
       // was created after the migrations ran, or a newer migration added a companion table).
       const distributed = await distributeUserKeyedTables(database.db);
       if (distributed.length > 0) console.log(`distributed by user_id: ${distributed.join(', ')}`);

@@ -17,14 +17,14 @@
  * is paid for batches big enough to be worth it.
  * Rows inserted above the highest id seen at the start are fresh: the next sweep has them.
  */
-import { isDistributed } from '../lib/citus-layout.ts';
+import { isDistributed } from '../lib/citus/citus-layout.ts';
 import {
   measureUserIdSpace,
   sweepExpiredBatch,
   sweepExpiredRange,
   type Executor,
   type UserIdSpace,
-} from '../lib/pulse-store.ts';
+} from '../lib/store/pulse-store.ts';
 
 export interface SweepWalk {
   /** True once the whole table has been walked. */

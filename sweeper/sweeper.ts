@@ -2,9 +2,13 @@ import { randomBytes } from 'node:crypto';
 import { hostname } from 'node:os';
 import { setTimeout as sleep } from 'node:timers/promises';
 import cron, { type ScheduledTask } from 'node-cron';
-import type { Logger } from '../lib/logger.ts';
-import { lastSeenCutoff, trimLastSeenBatch, type Executor } from '../lib/pulse-store.ts';
-import { releaseSweepLease, renewSweepLease, tryAcquireSweepLease } from '../lib/sweep-lease.ts';
+import type { Logger } from '../lib/infra/logger.ts';
+import { lastSeenCutoff, trimLastSeenBatch, type Executor } from '../lib/store/pulse-store.ts';
+import {
+  releaseSweepLease,
+  renewSweepLease,
+  tryAcquireSweepLease,
+} from '../lib/store/sweep-lease.ts';
 import { openSweepWalk } from './sweep-walk.ts';
 
 /**

@@ -1,7 +1,7 @@
 import { Writable } from 'node:stream';
 import { expect } from 'chai';
 import { SignJWT } from 'jose';
-import { createLogger } from '../lib/logger.ts';
+import { createLogger } from '../lib/infra/logger.ts';
 import { startTestApp, type TestApp } from './support/app.ts';
 import { createTestDatabase, lastHeartbeats, type TestDatabase } from './support/database.ts';
 import { expectError } from './support/http.ts';

@@ -13,7 +13,7 @@ import { chromium, type Browser, type BrowserContext, type Page } from 'playwrig
 import { startTestApp, type TestApp } from './support/app.ts';
 import { ensureClientBuilt } from './support/client-build.ts';
 import { createTestDatabase, type TestDatabase } from './support/database.ts';
-import { createLogger } from '../lib/logger.ts';
+import { createLogger } from '../lib/infra/logger.ts';
 
 const CHROMIUM = '/usr/bin/chromium';
 const CHROMIUM_ARGS = [

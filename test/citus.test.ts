@@ -10,9 +10,9 @@
 import { spawn } from 'node:child_process';
 import { expect } from 'chai';
 import { sql } from 'kysely';
-import { USER_KEYED_TABLES } from '../lib/citus-layout.ts';
-import { openDatabase, type DatabaseHandle } from '../lib/db.ts';
-import { migrateToLatest } from '../lib/migrator.ts';
+import { USER_KEYED_TABLES } from '../lib/citus/citus-layout.ts';
+import { openDatabase, type DatabaseHandle } from '../lib/infra/db.ts';
+import { migrateToLatest } from '../lib/store/migrator.ts';
 import {
   findOnlineUserIds,
   measureUserIdSpace,
@@ -20,15 +20,15 @@ import {
   setPulseTableUnlogged,
   sweepExpiredBatch,
   sweepExpiredRange,
-} from '../lib/pulse-store.ts';
-import { checkReadiness } from '../lib/readiness.ts';
-import { ShardRouter } from '../lib/shard-routing.ts';
+} from '../lib/store/pulse-store.ts';
+import { checkReadiness } from '../lib/store/readiness.ts';
+import { ShardRouter } from '../lib/citus/shard-routing.ts';
 import {
   readSweepLease,
   releaseSweepLease,
   renewSweepLease,
   tryAcquireSweepLease,
-} from '../lib/sweep-lease.ts';
+} from '../lib/store/sweep-lease.ts';
 import { KeyRangeWalk, openSweepWalk } from '../sweeper/sweep-walk.ts';
 import { Sweeper, type SweepReport } from '../sweeper/sweeper.ts';
 import { startTestApp } from './support/app.ts';

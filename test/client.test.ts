@@ -3,7 +3,7 @@ import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { expect } from 'chai';
 import { PulseClient, type PresenceChange, type PulseClientOptions } from '../client/src/index.ts';
-import { updatePresenceSettings } from '../lib/pulse-store.ts';
+import { updatePresenceSettings } from '../lib/store/pulse-store.ts';
 import { startTestApp, type TestApp } from './support/app.ts';
 import { createTestDatabase, silentLogger, type TestDatabase } from './support/database.ts';
 import { hs256, jwtEnv, randomSecret } from './support/tokens.ts';

@@ -1,6 +1,6 @@
 import { generateKeyPairSync, KeyObject } from 'node:crypto';
 import { expect } from 'chai';
-import { ConfigError, loadApiConfig } from '../lib/config.ts';
+import { ConfigError, loadApiConfig } from '../lib/infra/config.ts';
 import { asymmetric, randomSecret } from './support/tokens.ts';
 
 const DATABASE_URL = 'postgres://pulse@127.0.0.1:5432/pulse';

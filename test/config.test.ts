@@ -5,7 +5,7 @@ import {
   loadMigrateConfig,
   loadStartConfig,
   loadSweeperConfig,
-} from '../lib/config.ts';
+} from '../lib/infra/config.ts';
 import { runEntryPoint, type EntryPointName } from './support/entry-points.ts';
 
 const DATABASE_URL = 'postgres://u:p@127.0.0.1:5432/pulse';

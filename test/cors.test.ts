@@ -1,5 +1,5 @@
 import { expect } from 'chai';
-import { ConfigError, loadApiConfig } from '../lib/config.ts';
+import { ConfigError, loadApiConfig } from '../lib/infra/config.ts';
 import { startTestApp, type TestApp } from './support/app.ts';
 import { createTestDatabase, type TestDatabase } from './support/database.ts';
 import { bearer, hs256, jwtEnv, randomSecret, type TokenMinter } from './support/tokens.ts';

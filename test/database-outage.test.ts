@@ -1,5 +1,5 @@
 import { expect } from 'chai';
-import { openDatabase, type DatabaseHandle } from '../lib/db.ts';
+import { openDatabase, type DatabaseHandle } from '../lib/infra/db.ts';
 import { startTestApp, type TestApp } from './support/app.ts';
 import {
   createTestDatabase,

@@ -6,7 +6,7 @@ import {
   GroupCommitHeartbeatWriter,
   HeartbeatRejected,
   type GroupCommitOptions,
-} from '../api/heartbeat-writer.ts';
+} from '../api/write/heartbeat-writer.ts';
 import { startTestApp, type TestApp } from './support/app.ts';
 import { createTestDatabase, lockPulse, type TestDatabase } from './support/database.ts';
 import { waitFor } from './support/entry-points.ts';

@@ -1,15 +1,15 @@
 import { gzipSync } from 'node:zlib';
 import { expect } from 'chai';
 import { Kysely, PostgresDialect, sql, type LogEvent } from 'kysely';
-import { toHttpError } from '../api/errors.ts';
+import { toHttpError } from '../api/edge/errors.ts';
 import {
   readPresence,
   recordHeartbeats,
   setOffline,
   sweepExpiredBatch,
   trimLastSeenBatch,
-} from '../lib/pulse-store.ts';
-import type { Database } from '../lib/schema.ts';
+} from '../lib/store/pulse-store.ts';
+import type { Database } from '../lib/store/schema.ts';
 import { startTestApp, type TestApp } from './support/app.ts';
 import { createTestDatabase, type TestDatabase } from './support/database.ts';
 import { waitFor } from './support/entry-points.ts';
@@ -59,7 +59,7 @@ for (const { mode, env, auth } of modes) {
         expect(h.get('referrer-policy')).to.equal('no-referrer');
         expect(h.get('strict-transport-security')).to.match(/^max-age=\d+/);
         expect(h.get('cross-origin-resource-policy')).to.equal('same-origin');
-        // Headers for HTML documents only (api/security-headers.ts): the demo page has them.
+        // Headers for HTML documents only (api/edge/security-headers.ts): the demo page has them.
         for (const name of DOCUMENT_ONLY_HEADERS) expect(h.get(name), name).to.equal(null);
       }
     });

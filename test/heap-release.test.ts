@@ -1,6 +1,6 @@
 import { runInNewContext } from 'node:vm';
 import { expect } from 'chai';
-import { heapGrowthRelease, releaseHeap } from '../lib/heap-release.ts';
+import { heapGrowthRelease, releaseHeap } from '../api/edge/heap-release.ts';
 
 describe('releaseHeap', () => {
   it('gives a grown heap back: the garbage is collected and the pages it left are released', async () => {

@@ -4,7 +4,7 @@ import {
   GroupCommitHeartbeatWriter,
   type FlushObserver,
   type HeartbeatWriter,
-} from '../api/heartbeat-writer.ts';
+} from '../api/write/heartbeat-writer.ts';
 import { startTestApp } from './support/app.ts';
 import { createTestDatabase, type TestDatabase } from './support/database.ts';
 

@@ -2,18 +2,18 @@
  * The shape of the house (issue 10): what the production build compiles, who may import whom,
  * and the one way each thing is done.
  */
-import { StreamHub } from '../api/status-stream.ts';
-import { HeldPresence } from '../api/held-presence.ts';
-import { PresenceFeed } from '../lib/presence-feed.ts';
+import { StreamHub } from '../api/stream/status-stream.ts';
+import { HeldPresence } from '../api/stream/held-presence.ts';
+import { PresenceFeed } from '../api/stream/presence-feed.ts';
 import { readdirSync, readFileSync, statSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { expect } from 'chai';
 import { Registry } from 'prom-client';
 import { buildApp } from '../api/app.ts';
-import { DirectHeartbeatWriter } from '../api/heartbeat-writer.ts';
-import { DirectStatusReader, type StatusReader } from '../api/status-reader.ts';
-import { loadApiConfig } from '../lib/config.ts';
+import { DirectHeartbeatWriter } from '../api/write/heartbeat-writer.ts';
+import { DirectStatusReader, type StatusReader } from '../api/read/status-reader.ts';
+import { loadApiConfig } from '../lib/infra/config.ts';
 import { listen } from '../http/server.ts';
 import { createTestDatabase, silentLogger, type TestDatabase } from './support/database.ts';
 
@@ -75,13 +75,13 @@ describe('the house: folders with one job each', () => {
     }
   });
 
-  it('one pool factory: only lib/db.ts creates a pg.Pool (app, tests and benchmarks alike)', () => {
+  it('one pool factory: only lib/infra/db.ts creates a pg.Pool (app, tests and benchmarks alike)', () => {
     const creators = ['api', 'sweeper', 'lib', 'http', 'scripts', 'dev', 'test', 'bench']
       .flatMap(sourceFiles)
       .filter((file) =>
         /new\s+pg\.Pool\s*\(|new\s+Pool\s*\(/.test(readFileSync(path.join(root, file), 'utf8')),
       );
-    expect(creators).to.deep.equal(['lib/db.ts']);
+    expect(creators).to.deep.equal(['lib/infra/db.ts']);
   });
 });
 

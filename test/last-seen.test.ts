@@ -6,7 +6,7 @@ import {
   sweepExpiredBatch,
   trimLastSeenBatch,
   updatePresenceSettings,
-} from '../lib/pulse-store.ts';
+} from '../lib/store/pulse-store.ts';
 import { Sweeper } from '../sweeper/sweeper.ts';
 import { startTestApp } from './support/app.ts';
 import { createTestDatabase, silentLogger, type TestDatabase } from './support/database.ts';

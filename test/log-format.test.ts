@@ -1,11 +1,11 @@
 import { spawnSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { expect } from 'chai';
-import { resolveLogFormat } from '../lib/logger.ts';
+import { resolveLogFormat } from '../lib/infra/logger.ts';
 
 const repoRoot = fileURLToPath(new URL('..', import.meta.url));
 const logOneLine = (format: string) =>
-  `${JSON.stringify(process.execPath)} --import tsx -e "import('./lib/logger.ts').then((m) => m.createProcessLogger('pulse-api', 'info', '${format}').info({ userId: 7 }, 'pulse api listening'))"`;
+  `${JSON.stringify(process.execPath)} --import tsx -e "import('./lib/infra/logger.ts').then((m) => m.createProcessLogger('pulse-api', 'info', '${format}').info({ userId: 7 }, 'pulse api listening'))"`;
 
 /** Runs `command` with stdout on a pipe, or on a real terminal through script(1). */
 function run(command: string, terminal: boolean): string {

@@ -1,7 +1,7 @@
 import { Writable } from 'node:stream';
 import { expect } from 'chai';
 import { sql } from 'kysely';
-import { createLogger } from '../lib/logger.ts';
+import { createLogger } from '../lib/infra/logger.ts';
 import { startTestApp, type TestApp } from './support/app.ts';
 import { createTestDatabase, type TestDatabase } from './support/database.ts';
 

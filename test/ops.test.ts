@@ -1,6 +1,6 @@
 import { expect } from 'chai';
 import { sql } from 'kysely';
-import { openDatabase } from '../lib/db.ts';
+import { openDatabase } from '../lib/infra/db.ts';
 import { startTestApp, type TestApp } from './support/app.ts';
 import { createTestDatabase, silentLogger, type TestDatabase } from './support/database.ts';
 import { adminQuery, freePort, uniqueName, withDatabase } from './support/server.ts';

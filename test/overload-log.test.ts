@@ -1,7 +1,7 @@
 import { Writable } from 'node:stream';
 import { expect } from 'chai';
-import { OverloadLog } from '../api/overload-log.ts';
-import { createLogger } from '../lib/logger.ts';
+import { OverloadLog } from '../api/edge/overload-log.ts';
+import { createLogger } from '../lib/infra/logger.ts';
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 

@@ -14,8 +14,12 @@ import { sql } from 'kysely';
 import pg from 'pg';
 import { pino } from 'pino';
 import { freePort } from '../dev/embedded-postgres.ts';
-import { DEFAULT_STATEMENT_TIMEOUT_MS, openDatabase, type DatabaseHandle } from '../lib/db.ts';
-import { checkStatementTimeout } from '../lib/statement-timeout.ts';
+import {
+  DEFAULT_STATEMENT_TIMEOUT_MS,
+  openDatabase,
+  type DatabaseHandle,
+} from '../lib/infra/db.ts';
+import { checkStatementTimeout } from '../lib/infra/statement-timeout.ts';
 import { Sweeper } from '../sweeper/sweeper.ts';
 import { startTestApp, type TestApp } from './support/app.ts';
 import {

@@ -1,6 +1,6 @@
 import { expect } from 'chai';
-import { PresenceFeed, type FeedSubscription } from '../lib/presence-feed.ts';
-import { recordHeartbeats, setOffline, type UserStatus } from '../lib/pulse-store.ts';
+import { PresenceFeed, type FeedSubscription } from '../api/stream/presence-feed.ts';
+import { recordHeartbeats, setOffline, type UserStatus } from '../lib/store/pulse-store.ts';
 import { createTestDatabase, type TestDatabase } from './support/database.ts';
 import { waitFor } from './support/wait.ts';
 

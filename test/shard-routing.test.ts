@@ -1,13 +1,13 @@
 import { expect } from 'chai';
 import fc from 'fast-check';
 import { sql } from 'kysely';
-import { findOnlineUserIds } from '../lib/pulse-store.ts';
+import { findOnlineUserIds } from '../lib/store/pulse-store.ts';
 import {
   citusHashOfBigint,
   groupIdsByShard,
   ShardRouter,
   type ShardRange,
-} from '../lib/shard-routing.ts';
+} from '../lib/citus/shard-routing.ts';
 import { createTestDatabase, type TestDatabase } from './support/database.ts';
 
 /** `count` equal hash ranges over the int32 space, as Citus creates them. */

@@ -1,7 +1,7 @@
 import { spawn } from 'node:child_process';
 import { expect } from 'chai';
 import { sql } from 'kysely';
-import { findOnlineUserIds, updatePresenceSettings } from '../lib/pulse-store.ts';
+import { findOnlineUserIds, updatePresenceSettings } from '../lib/store/pulse-store.ts';
 import { Sweeper } from '../sweeper/sweeper.ts';
 import { startTestApp } from './support/app.ts';
 import { createTestDatabase, silentLogger, type TestDatabase } from './support/database.ts';

@@ -1,6 +1,6 @@
 import { expect } from 'chai';
-import { CoalescingStatusReader } from '../api/status-reader.ts';
-import { openDatabase } from '../lib/db.ts';
+import { CoalescingStatusReader } from '../api/read/status-reader.ts';
+import { openDatabase } from '../lib/infra/db.ts';
 import { startTestApp } from './support/app.ts';
 import {
   createTestDatabase,

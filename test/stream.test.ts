@@ -4,7 +4,7 @@ import { createConnection } from 'node:net';
 import { Writable } from 'node:stream';
 import { expect } from 'chai';
 import { sql } from 'kysely';
-import { createLogger } from '../lib/logger.ts';
+import { createLogger } from '../lib/infra/logger.ts';
 import { freePort } from '../dev/embedded-postgres.ts';
 import { startTestApp, type TestApp } from './support/app.ts';
 import { createTestDatabase, type TestDatabase } from './support/database.ts';

@@ -6,8 +6,8 @@
 import { expect } from 'chai';
 import { sql } from 'kysely';
 import pg from 'pg';
-import { GroupCommitHeartbeatWriter } from '../api/heartbeat-writer.ts';
-import { openDatabase, type DatabaseHandle } from '../lib/db.ts';
+import { GroupCommitHeartbeatWriter } from '../api/write/heartbeat-writer.ts';
+import { openDatabase, type DatabaseHandle } from '../lib/infra/db.ts';
 import { Sweeper } from '../sweeper/sweeper.ts';
 import { createTestDatabase, silentLogger, type TestDatabase } from './support/database.ts';
 import { waitFor } from './support/entry-points.ts';

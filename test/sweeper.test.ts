@@ -1,10 +1,10 @@
 import { expect } from 'chai';
 import { sql } from 'kysely';
 import { pino } from 'pino';
-import { openDatabase, type DatabaseHandle } from '../lib/db.ts';
-import type { Logger } from '../lib/logger.ts';
-import { sweepExpiredBatch } from '../lib/pulse-store.ts';
-import { readSweepLease } from '../lib/sweep-lease.ts';
+import { openDatabase, type DatabaseHandle } from '../lib/infra/db.ts';
+import type { Logger } from '../lib/infra/logger.ts';
+import { sweepExpiredBatch } from '../lib/store/pulse-store.ts';
+import { readSweepLease } from '../lib/store/sweep-lease.ts';
 import { Sweeper, type SweepReport, type SweeperOptions } from '../sweeper/sweeper.ts';
 import {
   createTestDatabase,

@@ -1,11 +1,11 @@
 import { assembleApi } from '../../api/assemble.ts';
-import type { Admission } from '../../api/admission.ts';
-import type { HeartbeatWriter } from '../../api/heartbeat-writer.ts';
-import { loadApiConfig, type ApiConfig } from '../../lib/config.ts';
-import type { DatabaseHandle } from '../../lib/db.ts';
+import type { Admission } from '../../api/edge/admission.ts';
+import type { HeartbeatWriter } from '../../api/write/heartbeat-writer.ts';
+import { loadApiConfig, type ApiConfig } from '../../lib/infra/config.ts';
+import type { DatabaseHandle } from '../../lib/infra/db.ts';
 import { httpLimitsOf, listen, type RunningServer } from '../../http/server.ts';
-import { updatePresenceSettings } from '../../lib/pulse-store.ts';
-import type { Logger } from '../../lib/logger.ts';
+import { updatePresenceSettings } from '../../lib/store/pulse-store.ts';
+import type { Logger } from '../../lib/infra/logger.ts';
 import { silentLogger } from './database.ts';
 
 export interface TestApp {

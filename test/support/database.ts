@@ -1,7 +1,7 @@
 import { sql } from 'kysely';
 import pg from 'pg';
-import { openDatabase, type DatabaseHandle } from '../../lib/db.ts';
-import { createLogger } from '../../lib/logger.ts';
+import { openDatabase, type DatabaseHandle } from '../../lib/infra/db.ts';
+import { createLogger } from '../../lib/infra/logger.ts';
 import {
   adminQuery,
   queryOnce,

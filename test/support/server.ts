@@ -7,9 +7,9 @@ import pg from 'pg';
 import { startThrowawayPostgres, type EmbeddedServer } from '../../dev/embedded-postgres.ts';
 
 export { freePort } from '../../dev/embedded-postgres.ts';
-import { openDatabase } from '../../lib/db.ts';
-import { createLogger } from '../../lib/logger.ts';
-import { migrateToLatest } from '../../lib/migrator.ts';
+import { openDatabase } from '../../lib/infra/db.ts';
+import { createLogger } from '../../lib/infra/logger.ts';
+import { migrateToLatest } from '../../lib/store/migrator.ts';
 
 export const SERVER_URL_VAR = 'PULSE_TEST_SERVER_URL';
 export const TEMPLATE_DB_VAR = 'PULSE_TEST_TEMPLATE_DB';

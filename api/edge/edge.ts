@@ -1,8 +1,8 @@
 /**
  * What every request gets before routing, as one Express layer that adds one 'close' listener:
- * the request id and the request log line (api/request-log.ts), the security headers
- * (api/security-headers.ts), the request duration histogram (api/metrics.ts) and admission
- * control's release (api/admission.ts).
+ * the request id and the request log line (api/edge/request-log.ts), the security headers
+ * (api/edge/security-headers.ts), the request duration histogram (api/metrics.ts) and admission
+ * control's release (api/edge/admission.ts).
  *
  * Each of these was its own layer with its own listener ('close' for the log and admission,
  * 'finish' for the histogram): on the single-heartbeat path the router's layers, the listeners and

@@ -27,7 +27,7 @@ import {
   readStatuses,
   type Executor,
   type UserStatus,
-} from './pulse-store.ts';
+} from '../../lib/store/pulse-store.ts';
 
 export interface PresenceFeedOptions {
   intervalMs: number;

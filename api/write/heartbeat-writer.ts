@@ -1,6 +1,6 @@
-import { errorFields, type Logger } from '../lib/logger.ts';
-import { recordHeartbeats, type Executor } from '../lib/pulse-store.ts';
-import type { ShardRouter } from '../lib/shard-routing.ts';
+import { errorFields, type Logger } from '../../lib/infra/logger.ts';
+import { recordHeartbeats, type Executor } from '../../lib/store/pulse-store.ts';
+import type { ShardRouter } from '../../lib/citus/shard-routing.ts';
 
 /** Why a heartbeat was not written; the HTTP layer turns each into a 503. */
 export class HeartbeatRejected extends Error {
@@ -66,7 +66,7 @@ export class DirectHeartbeatWriter implements HeartbeatWriter {
     private readonly db: Executor,
     private readonly observer: FlushObserver = {},
     private readonly logger?: Logger,
-    /** On Citus, writes go as one statement per shard (lib/shard-routing.ts). */
+    /** On Citus, writes go as one statement per shard (lib/citus/shard-routing.ts). */
     private readonly shardRouter?: ShardRouter,
   ) {}
 
@@ -163,7 +163,7 @@ export class GroupCommitHeartbeatWriter implements HeartbeatWriter {
     private readonly options: GroupCommitOptions,
     private readonly observer: FlushObserver = {},
     private readonly logger?: Logger,
-    /** On Citus, writes go as one statement per shard (lib/shard-routing.ts). */
+    /** On Citus, writes go as one statement per shard (lib/citus/shard-routing.ts). */
     private readonly shardRouter?: ShardRouter,
   ) {}
 

@@ -1,11 +1,11 @@
 import { sql, type Kysely } from 'kysely';
-import { findMisplacedTables } from './citus-layout.ts';
-import { isDatabaseUnavailable } from './db.ts';
+import { findMisplacedTables } from '../citus/citus-layout.ts';
+import { isDatabaseUnavailable } from '../infra/db.ts';
 import { createMigrator } from './migrator.ts';
 
 export type Readiness = { ready: true } | { ready: false; reason: string };
 
-/** Every table the API and the sweeper read or write (lib/schema.ts). */
+/** Every table the API and the sweeper read or write (lib/store/schema.ts). */
 const REQUIRED_TABLES = ['pulse', 'pulse_sweeper_lease', 'pulse_settings', 'pulse_last_seen'];
 
 /**

@@ -1,6 +1,6 @@
 import type { ErrorRequestHandler, RequestHandler } from 'express';
-import { isDatabaseUnavailable } from '../lib/db.ts';
-import { HeartbeatRejected } from './heartbeat-writer.ts';
+import { isDatabaseUnavailable } from '../../lib/infra/db.ts';
+import { HeartbeatRejected } from '../write/heartbeat-writer.ts';
 
 /** An error with a status and a stable machine-readable code, answered as JSON. */
 export class HttpError extends Error {
@@ -64,7 +64,7 @@ export const errorHandler: ErrorRequestHandler = (error: unknown, req, res, next
   const httpError = toHttpError(error);
   // Client mistakes and refusals (overload, shutdown) are ordinary; an unavailable database is
   // logged by the database's outage log (first cause, then a count), not once per request; anything
-  // else is logged once, with its cause (message and code: lib/logger.ts).
+  // else is logged once, with its cause (message and code: lib/infra/logger.ts).
   if (httpError.status >= 500 && !quietCodes.has(httpError.code)) {
     req.log.error({ err: error }, httpError.message);
   }

@@ -17,11 +17,11 @@
  * `guard` is a middleware mounted on each route it protects, before that route's body parser. A
  * long-lived route (a Server-Sent Events stream) simply does not mount it: it is then neither
  * counted nor refused here (see docs/overload.md for its timeouts and the connection cap).
- * `release` must run when each response closes: api/edge.ts calls it from the one 'close'
+ * `release` must run when each response closes: api/edge/edge.ts calls it from the one 'close'
  * listener it adds per request (a listener per request here cost CPU: docs/request-cost.md).
  */
 import type { RequestHandler, Response } from 'express';
-import type { Logger } from '../lib/logger.ts';
+import type { Logger } from '../../lib/infra/logger.ts';
 import { OverloadLog } from './overload-log.ts';
 import { requestSlot } from './request-locals.ts';
 
@@ -36,7 +36,7 @@ export interface AdmissionOptions {
   /** How often, while refusing, the log says how many were refused (default 10 s). */
   summaryIntervalMs?: number;
   onShed?: (reason: ShedReason) => void;
-  /** Runs at the first refusal of an overload episode (api/overload-log.ts). */
+  /** Runs at the first refusal of an overload episode (api/edge/overload-log.ts). */
   onOverloadStart?: () => void;
   /** Runs once an overload episode is over: no request refused for 5 s. */
   onOverloadEnd?: () => void;
@@ -67,7 +67,7 @@ const shedHeaders = (retryAfterSeconds: number) => ({
 /** Marks a response refused here, so the access log can leave it out (it is counted instead). */
 export const shedResponses = new WeakSet<object>();
 
-/** The weight `guard` admitted a request with (api/request-locals.ts). */
+/** The weight `guard` admitted a request with (api/edge/request-locals.ts). */
 const admittedWeight = requestSlot<number>('admittedWeight');
 
 /** A connection's last refusal: the Retry-After it was given, and when that is up. */

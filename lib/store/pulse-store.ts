@@ -8,7 +8,7 @@
  */
 import { CompiledQuery, sql, type Kysely } from 'kysely';
 import type { Database } from './schema.ts';
-import type { ShardRouter } from './shard-routing.ts';
+import type { ShardRouter } from '../citus/shard-routing.ts';
 
 export type Executor = Kysely<Database>;
 
@@ -49,7 +49,7 @@ function heartbeatUpsertSql(db: Executor): string {
 
 /**
  * Marks every given user as seen now (by the database clock). One statement; with a `router` on
- * Citus, one statement per shard instead (see below, and lib/shard-routing.ts).
+ * Citus, one statement per shard instead (see below, and lib/citus/shard-routing.ts).
  */
 export async function recordHeartbeats(
   db: Executor,
@@ -152,9 +152,9 @@ export async function readPresence(
 
 /**
  * The subset of `userIds` online by the shared rule (readPresence without last seen). Also the
- * stream's change-detection statement (lib/presence-feed.ts): a primary-key lookup per id, valid on
+ * stream's change-detection statement (api/stream/presence-feed.ts): a primary-key lookup per id, valid on
  * a Citus-distributed `pulse`. With a `router` on Citus, one statement per shard, each with only
- * that shard's ids (see lib/shard-routing.ts); otherwise, and always on plain PostgreSQL, one
+ * that shard's ids (see lib/citus/shard-routing.ts); otherwise, and always on plain PostgreSQL, one
  * statement.
  */
 export async function findOnlineUserIds(

@@ -7,7 +7,7 @@ export interface PulseTable {
   last_hb: ColumnType<Date, Date | undefined, Date>;
 }
 
-/** The sweepers' lease: at most one row (id = 1), see lib/sweep-lease.ts. */
+/** The sweepers' lease: at most one row (id = 1), see lib/store/sweep-lease.ts. */
 export interface SweeperLeaseTable {
   id: number;
   holder: string | null;
@@ -15,7 +15,7 @@ export interface SweeperLeaseTable {
   expires_at: Date;
 }
 
-/** The shared presence rules: one row (id = 1), see lib/pulse-store.ts and docs/lifecycle.md. */
+/** The shared presence rules: one row (id = 1), see lib/store/pulse-store.ts and docs/lifecycle.md. */
 export interface PulseSettingsTable {
   id: ColumnType<number, never, never>;
   online_threshold_seconds: number;

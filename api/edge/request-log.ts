@@ -10,7 +10,7 @@
  */
 import { randomUUID } from 'node:crypto';
 import { IncomingMessage, type ServerResponse } from 'node:http';
-import type { Logger } from '../lib/logger.ts';
+import type { Logger } from '../../lib/infra/logger.ts';
 import { redactAccessToken } from './auth.ts';
 import { requestSlot } from './request-locals.ts';
 
@@ -25,7 +25,7 @@ declare module 'http' {
 
 const SANE_ID = /^[\w.:-]{1,128}$/;
 
-/** What begin() keeps for the request (api/request-locals.ts). */
+/** What begin() keeps for the request (api/edge/request-locals.ts). */
 interface Logged {
   id: string;
   logger: Logger;
@@ -67,7 +67,7 @@ export interface RequestLogOptions {
   skip?: (res: ServerResponse) => boolean;
 }
 
-/** The request log's two halves; api/edge.ts runs them in the one per-request layer it mounts. */
+/** The request log's two halves; api/edge/edge.ts runs them in the one per-request layer it mounts. */
 export interface RequestLog {
   /** At the start: the request id (X-Request-Id, `req.id`) and `req.log`. */
   begin(req: IncomingMessage, res: ServerResponse): void;

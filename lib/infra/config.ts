@@ -72,7 +72,7 @@ const presenceSettings = {
   LAST_SEEN_RETENTION_DAYS: optionalInteger(1, 36_500),
 };
 
-// Log format: readable lines at a terminal, JSON lines everywhere else (lib/logger.ts).
+// Log format: readable lines at a terminal, JSON lines everywhere else (lib/infra/logger.ts).
 const logFormat = z
   .enum(['auto', 'json', 'pretty'], { error: 'must be "auto", "json" or "pretty"' })
   .default('auto');

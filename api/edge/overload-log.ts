@@ -1,5 +1,5 @@
 /**
- * The log of an overload episode, the way lib/outage-log.ts logs a database outage: refused
+ * The log of an overload episode, the way lib/infra/outage-log.ts logs a database outage: refused
  * requests get no line each (they are counted in metrics), so the log says
  *
  *   warn  "overloaded: refusing requests with 503"                   the first refusal
@@ -7,11 +7,11 @@
  *   info  "overload over"                                             no refusal for quietMs
  *
  * `onStart` runs at its first refusal and `onEnd` when it is over (api/assemble.ts then gives back
- * the memory the flood grew: lib/heap-release.ts). refused() is called for every refusal, so it
+ * the memory the flood grew: api/edge/heap-release.ts). refused() is called for every refusal, so it
  * is cheap while an episode lasts. Times are monotonic (performance.now()): a clock stepped back
  * must not keep an episode open.
  */
-import { errorFields, type Logger } from '../lib/logger.ts';
+import { errorFields, type Logger } from '../../lib/infra/logger.ts';
 
 export interface OverloadLogOptions {
   logger: Logger;

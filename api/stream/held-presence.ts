@@ -6,7 +6,7 @@
  * holds anyone. When the last stream of a user closes, beats stop and the row expires by the
  * normal rule (offline at most ONLINE_THRESHOLD_SECONDS later).
  */
-import type { HeartbeatWriter } from './heartbeat-writer.ts';
+import type { HeartbeatWriter } from '../write/heartbeat-writer.ts';
 
 export interface HeldPresenceOptions {
   /** Time between beats; a third of the online threshold leaves two beats' margin. */

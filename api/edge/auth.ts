@@ -18,7 +18,7 @@
 import type { KeyObject } from 'node:crypto';
 import type { Request, RequestHandler } from 'express';
 import { errors, jwtVerify, type JWTPayload } from 'jose';
-import type { ApiConfig } from '../lib/config.ts';
+import type { ApiConfig } from '../../lib/infra/config.ts';
 import { HttpError } from './errors.ts';
 import { requestSlot } from './request-locals.ts';
 import { parseUserIdParam } from './validation.ts';
@@ -59,7 +59,7 @@ export type AuthConfig = Pick<
   | 'AUTH_CLOCK_TOLERANCE_SECONDS'
 >;
 
-// Kept in res.locals (api/request-locals.ts) rather than a WeakMap keyed by the request: an entry
+// Kept in res.locals (api/edge/request-locals.ts) rather than a WeakMap keyed by the request: an entry
 // per request cost the garbage collector more (docs/request-cost.md).
 const principalSlot = requestSlot<Principal>('principal');
 

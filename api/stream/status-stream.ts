@@ -1,7 +1,7 @@
 /**
  * GET /status/stream: Server-Sent Events that push the online/offline changes of watched users and
- * keep the caller online while open. Change detection lives in lib/presence-feed.ts, held presence
- * in api/held-presence.ts; this file is the HTTP side only.
+ * keep the caller online while open. Change detection lives in api/stream/presence-feed.ts, held presence
+ * in api/stream/held-presence.ts; this file is the HTTP side only.
  *
  * The SSE framing is written here rather than with better-sse: it is a few lines, and Pulse needs
  * what a session library does per session done once per process instead (one keep-alive timer for
@@ -15,12 +15,12 @@
  * reading (slow consumer), when its token expires, or on shutdown (with a fresh `retry:` hint).
  */
 import type { Request, RequestHandler, Response } from 'express';
-import type { PresenceFeed } from '../lib/presence-feed.ts';
-import type { UserStatus } from '../lib/pulse-store.ts';
-import { assertMayWrite, principalOf, type Principal } from './auth.ts';
-import { HttpError } from './errors.ts';
+import type { PresenceFeed } from './presence-feed.ts';
+import type { UserStatus } from '../../lib/store/pulse-store.ts';
+import { assertMayWrite, principalOf, type Principal } from '../edge/auth.ts';
+import { HttpError } from '../edge/errors.ts';
 import type { HeldPresence } from './held-presence.ts';
-import { parseOptionalUserIdParam, parseWatchParam } from './validation.ts';
+import { parseOptionalUserIdParam, parseWatchParam } from '../edge/validation.ts';
 
 export type StreamCloseReason =
   'client_closed' | 'slow_consumer' | 'token_expired' | 'shutting_down';

@@ -2,7 +2,7 @@ import { Kysely, PostgresDialect, type PostgresPool } from 'kysely';
 import pg from 'pg';
 import { errorFields, type Logger } from './logger.ts';
 import { OutageLog } from './outage-log.ts';
-import type { Database } from './schema.ts';
+import type { Database } from '../store/schema.ts';
 
 export interface DatabaseHandle {
   db: Kysely<Database>;
@@ -26,7 +26,7 @@ export interface DatabaseOptions {
    * the client. Undefined: no limit (the migrate step, whose table rewrites may take long).
    */
   statementTimeoutMs?: number;
-  /** While the database is down, how often the log says so (lib/outage-log.ts); 10 s by default. */
+  /** While the database is down, how often the log says so (lib/infra/outage-log.ts); 10 s by default. */
   outageSummaryIntervalMs?: number;
 }
 

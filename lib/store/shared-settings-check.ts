@@ -4,9 +4,9 @@
  * exists so an operator who sets ONLINE_THRESHOLD_SECONDS=60 on one process, believing that is
  * the rule, learns at once that the rule in force is another value.
  */
-import { ConfigError } from './config.ts';
-import { isDatabaseUnavailable } from './db.ts';
-import type { Logger } from './logger.ts';
+import { ConfigError } from '../infra/config.ts';
+import { isDatabaseUnavailable } from '../infra/db.ts';
+import type { Logger } from '../infra/logger.ts';
 import { readPresenceSettings, type Executor } from './pulse-store.ts';
 
 export interface LocalPresenceSettings {

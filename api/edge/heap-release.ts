@@ -8,7 +8,7 @@
  * held after 40 s idle; docs/overload.md). Two full collections a second apart return it: the
  * first frees the objects, the second releases the pages they left empty.
  *
- * Called at most once per overload episode (api/overload-log.ts), and only when the episode grew
+ * Called at most once per overload episode (api/edge/overload-log.ts), and only when the episode grew
  * the heap (`heapGrowthRelease`), never on the request path: each collection stops the event loop
  * for about 5-15 ms.
  */

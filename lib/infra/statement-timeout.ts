@@ -1,7 +1,7 @@
 /**
  * Whether the server really enforces the statement timeout a process asks for.
  *
- * Pulse asks for it as a connection startup parameter (lib/db.ts). PgBouncer refuses unknown
+ * Pulse asks for it as a connection startup parameter (lib/infra/db.ts). PgBouncer refuses unknown
  * startup parameters, and the usual remedy (`ignore_startup_parameters = statement_timeout`)
  * drops it silently: server connections then run with the role's or database's setting, often
  * none. The remedy that keeps the limit is to set it where PgBouncer's server connections pick

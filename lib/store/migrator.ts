@@ -5,7 +5,7 @@ import { fileURLToPath } from 'node:url';
 import { FileMigrationProvider, Migrator, type MigrationResultSet, type Kysely } from 'kysely';
 
 /** migrations/ next to lib/ (in the source tree and in dist/ alike). */
-const migrationFolder = fileURLToPath(new URL('../migrations', import.meta.url));
+const migrationFolder = fileURLToPath(new URL('../../migrations', import.meta.url));
 
 export function createMigrator(db: Kysely<any>): Migrator {
   return new Migrator({

@@ -3,8 +3,8 @@ import {
   UNKNOWN_PRESENCE,
   type Executor,
   type Presence,
-} from '../lib/pulse-store.ts';
-import type { ShardRouter } from '../lib/shard-routing.ts';
+} from '../../lib/store/pulse-store.ts';
+import type { ShardRouter } from '../../lib/citus/shard-routing.ts';
 
 export interface StatusReader {
   /** Whether one user is online (by the shared rule and the database clock), and last seen. */

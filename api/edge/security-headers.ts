@@ -24,7 +24,7 @@ const API_HEADERS = new Set([
 ]);
 
 export interface SecurityHeaders {
-  /** For every response (api/edge.ts). */
+  /** For every response (api/edge/edge.ts). */
   api: HeaderList;
   /**
    * The rest of helmet's set, for HTML pages only (the demo page, api/demo.ts): they govern how a
