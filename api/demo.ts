@@ -37,9 +37,11 @@ export interface DemoRoutes {
   built: boolean;
 }
 
-/** `documentHeaders`: the security headers for HTML pages that API answers go without. */
-export function demoRoutes(documentHeaders: HeaderList): DemoRoutes {
-  const client = clientFolder();
+/**
+ * `documentHeaders`: the security headers for HTML pages that API answers go without; `client`:
+ * the client package's folder (tests give another).
+ */
+export function demoRoutes(documentHeaders: HeaderList, client = clientFolder()): DemoRoutes {
   const library = path.join(client, 'dist');
   const built = existsSync(path.join(library, 'index.js'));
   const router = Router();
@@ -47,11 +49,8 @@ export function demoRoutes(documentHeaders: HeaderList): DemoRoutes {
 
   if (!built) {
     router.use(['/demo', '/client'], () => {
-      throw new HttpError(
-        503,
-        'client_not_built',
-        'the demo page needs the built client library: run npm run build:client',
-      );
+      // Every 503 says when to come back; a build takes about a minute.
+      throw new HttpError('client_not_built', undefined, { 'Retry-After': '60' });
     });
     return { router, built };
   }

@@ -1,27 +1,5 @@
 /** The OpenAPI 3.1 contract of the API, served at GET /openapi.json and checked by the tests. */
-
-const errorCodes = [
-  'invalid_user_id',
-  'invalid_body',
-  'invalid_json',
-  'invalid_path',
-  'unauthorized',
-  'invalid_token',
-  'forbidden',
-  'invalid_request',
-  'request_aborted',
-  'too_many_ids',
-  'payload_too_large',
-  'unsupported_media_type',
-  'not_found',
-  'not_ready',
-  'queue_full',
-  'write_failed',
-  'shutting_down',
-  'too_many_streams',
-  'database_unavailable',
-  'internal_error',
-] as const;
+import { errorCodes } from '../http/error-catalogue.ts';
 
 const json = (schema: object) => ({ 'application/json': { schema } });
 const ref = (name: string) => ({ $ref: `#/components/schemas/${name}` });

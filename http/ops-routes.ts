@@ -2,6 +2,7 @@ import { Router } from 'express';
 import type { Kysely } from 'kysely';
 import type { Registry } from 'prom-client';
 import { checkReadiness } from '../lib/store/readiness.ts';
+import { errorBody } from './error-catalogue.ts';
 
 /**
  * GET /healthz (the process is alive), /readyz (the database answers and the schema is migrated),
@@ -23,11 +24,7 @@ export function opsRoutes<DB>({
   router.get('/readyz', async (_req, res) => {
     const readiness = await checkReadiness(db);
     if (readiness.ready) res.json({ status: 'ready' });
-    else
-      res
-        .status(503)
-        .set('Retry-After', '1')
-        .json({ error: { code: 'not_ready', message: readiness.reason } });
+    else res.status(503).set('Retry-After', '1').json(errorBody('not_ready', readiness.reason));
   });
   if (registry) {
     router.get('/metrics', async (_req, res) => {

@@ -3,6 +3,7 @@ import type { Kysely } from 'kysely';
 import type { Registry } from 'prom-client';
 import { listen, type RunningServer } from './server.ts';
 import { opsRoutes } from './ops-routes.ts';
+import { errorBody } from './error-catalogue.ts';
 
 /** The sweeper's small HTTP port: /healthz, /readyz and /metrics for the orchestrator. */
 export function startOpsServer<DB>(options: {
@@ -15,9 +16,7 @@ export function startOpsServer<DB>(options: {
   app.disable('x-powered-by');
   app.use(opsRoutes({ db: options.db, registry: options.registry }));
   app.use((req, res) => {
-    res
-      .status(404)
-      .json({ error: { code: 'not_found', message: `no route for ${req.method} ${req.path}` } });
+    res.status(404).json(errorBody('not_found', `no route for ${req.method} ${req.path}`));
   });
   return listen(app, options.port, options.host);
 }

@@ -5,7 +5,7 @@
 import { StreamHub } from '../api/stream/status-stream.ts';
 import { HeldPresence } from '../api/stream/held-presence.ts';
 import { PresenceFeed } from '../api/stream/presence-feed.ts';
-import { readdirSync, readFileSync, statSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync, statSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { expect } from 'chai';
@@ -26,6 +26,16 @@ function sourceFiles(folder: string): string[] {
     if (statSync(file).isDirectory()) return sourceFiles(path.join(folder, name));
     return name.endsWith('.ts') ? [path.join(folder, name)] : [];
   });
+}
+
+/** The folders under `folder` that hold TypeScript sources (not build output or dependencies). */
+function subfolders(folder: string): string[] {
+  return readdirSync(path.join(root, folder), { withFileTypes: true })
+    .filter(
+      (e) => e.isDirectory() && !['node_modules', 'dist', 'results', 'charts'].includes(e.name),
+    )
+    .map((e) => path.join(folder, e.name))
+    .filter((dir) => sourceFiles(dir).length > 0);
 }
 
 /** The module specifiers a file imports (static and dynamic). */
@@ -72,6 +82,50 @@ describe('the house: folders with one job each', () => {
       for (const file of sourceFiles(folder)) {
         expect(foldersImportedBy(file), file).not.to.include('api');
       }
+    }
+  });
+
+  // Who may import whom, by folder (each folder's README says the same). The first matching
+  // prefix wins; a file may always import from its own folder.
+  const importRules: Array<[folder: string, mayImport: string[]]> = [
+    ['lib/infra/', ['lib/infra/']],
+    ['lib/citus/', ['lib/infra/', 'lib/citus/']],
+    ['lib/store/', ['lib/infra/', 'lib/citus/', 'lib/store/']],
+    ['api/edge/', ['lib/', 'http/error-catalogue.ts', 'api/edge/']],
+    ['api/write/', ['lib/', 'api/edge/', 'api/write/']],
+    ['api/read/', ['lib/', 'api/edge/', 'api/read/']],
+    ['api/stream/', ['lib/', 'api/edge/', 'api/write/', 'api/read/', 'api/stream/']],
+    ['http/', ['lib/', 'http/']],
+    ['sweeper/', ['lib/', 'http/', 'sweeper/']],
+  ];
+  /** Type-only imports that cross a rule on purpose: the Database type belongs to the store. */
+  const typeOnlyExceptions = new Set(['lib/infra/db.ts -> lib/store/schema.ts']);
+
+  it('each folder imports only what its README allows', () => {
+    const broken: string[] = [];
+    for (const [folder, allowed] of importRules) {
+      for (const file of sourceFiles(folder.slice(0, -1))) {
+        for (const spec of importsOf(file).filter((s) => s.startsWith('.'))) {
+          const target = path.relative(root, path.resolve(root, path.dirname(file), spec));
+          if (allowed.some((prefix) => target.startsWith(prefix))) continue;
+          const typeOnly = new RegExp(`import type [^;]+ from '${spec.replaceAll('.', '\\.')}'`);
+          if (
+            typeOnlyExceptions.has(`${file} -> ${target}`) &&
+            typeOnly.test(readFileSync(path.join(root, file), 'utf8'))
+          )
+            continue;
+          broken.push(`${file} -> ${target}`);
+        }
+      }
+    }
+    expect(broken).to.deep.equal([]);
+  });
+
+  it('every folder of the service has a README saying what lives there', () => {
+    const folders = ['http', 'sweeper', 'dev', 'migrations', 'client', 'bench'];
+    for (const folder of ['api', 'lib']) folders.push(folder, ...subfolders(folder));
+    for (const dir of folders) {
+      expect(existsSync(path.join(root, dir, 'README.md')), `${dir}/README.md`).to.equal(true);
     }
   });
 

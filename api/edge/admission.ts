@@ -24,6 +24,7 @@ import type { RequestHandler, Response } from 'express';
 import type { Logger } from '../../lib/infra/logger.ts';
 import { OverloadLog } from './overload-log.ts';
 import { requestSlot } from './request-locals.ts';
+import { errorBody } from '../../http/error-catalogue.ts';
 
 export type ShedReason = 'in_flight' | 'queue_wait';
 
@@ -51,9 +52,7 @@ export interface Admission {
   close(): void;
 }
 
-const SHED_BODY = JSON.stringify({
-  error: { code: 'overloaded', message: 'the server is overloaded, retry later' },
-});
+const SHED_BODY = JSON.stringify(errorBody('overloaded'));
 const RETRY_AFTER_SECONDS = 1;
 /** A connection that keeps ignoring Retry-After sees it double up to this. */
 const MAX_RETRY_AFTER_SECONDS = 4;

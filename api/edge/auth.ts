@@ -77,7 +77,6 @@ export function assertMayWrite(principal: Principal, userIds: readonly number[])
   const other = userIds.find((id) => id !== principal.userId);
   if (other === undefined) return;
   throw new HttpError(
-    403,
     'forbidden',
     `this token may only send heartbeats for user ${principal.userId}, not ${other}; ` +
       `reporting for other users needs the ${GATEWAY_SCOPE} scope`,
@@ -93,7 +92,7 @@ function unauthorized(code: 'unauthorized' | 'invalid_token', message: string): 
     code === 'unauthorized'
       ? `Bearer realm="${REALM}"`
       : `Bearer realm="${REALM}", error="invalid_token", error_description="${message.replaceAll('"', "'")}"`;
-  return new HttpError(401, code, message, { 'WWW-Authenticate': challenge });
+  return new HttpError(code, message, { 'WWW-Authenticate': challenge });
 }
 
 /** Three base64url parts: anything else is refused before jose sees it. */
@@ -189,7 +188,6 @@ export function createAuthenticate(
     if (inQuery !== undefined) {
       if (header !== undefined && header !== '') {
         throw new HttpError(
-          400,
           'invalid_request',
           'send the token either in the Authorization header or as access_token, not both',
         );

@@ -1,60 +1,64 @@
 import type { ErrorRequestHandler, RequestHandler } from 'express';
 import { isDatabaseUnavailable } from '../../lib/infra/db.ts';
-import { HeartbeatRejected } from '../write/heartbeat-writer.ts';
+import {
+  errorBody,
+  errorCatalogue,
+  type ErrorBody,
+  type ErrorCode,
+} from '../../http/error-catalogue.ts';
 
-/** An error with a status and a stable machine-readable code, answered as JSON. */
+export type { ErrorBody, ErrorCode };
+
+/** An error answered as JSON with its catalogued status and code (http/error-catalogue.ts). */
 export class HttpError extends Error {
+  readonly status: number;
   constructor(
-    readonly status: number,
-    readonly code: string,
-    message: string,
+    readonly code: ErrorCode,
+    message: string = errorCatalogue[code].message,
     readonly headers: Record<string, string> = {},
   ) {
     super(message);
     this.name = 'HttpError';
+    this.status = errorCatalogue[code].status;
   }
 }
 
-export interface ErrorBody {
-  error: { code: string; message: string };
-}
-
-/** body-parser's error types and the answer each deserves. */
-const bodyParserErrors: Record<string, [number, string, string]> = {
-  'entity.parse.failed': [400, 'invalid_json', 'the request body is not valid JSON'],
-  'entity.too.large': [413, 'payload_too_large', 'the request body is too large'],
-  'encoding.unsupported': [415, 'unsupported_media_type', 'the content encoding is not supported'],
-  'charset.unsupported': [415, 'unsupported_media_type', 'the charset is not supported'],
-  'request.aborted': [400, 'request_aborted', 'the request was aborted by the client'],
-  'request.size.invalid': [400, 'invalid_body', 'the request body size does not match its length'],
+/** body-parser's error types and the code each is answered with. */
+const bodyParserErrors: Record<string, [ErrorCode, string]> = {
+  'entity.parse.failed': ['invalid_json', 'the request body is not valid JSON'],
+  'entity.too.large': ['payload_too_large', 'the request body is too large'],
+  'encoding.unsupported': ['unsupported_media_type', 'the content encoding is not supported'],
+  'charset.unsupported': ['unsupported_media_type', 'the charset is not supported'],
+  'request.aborted': ['request_aborted', 'the request was aborted by the client'],
+  'request.size.invalid': ['invalid_body', 'the request body size does not match its length'],
 };
 
 /** Maps anything thrown while serving a request to the HttpError it is answered with. */
 export function toHttpError(error: unknown): HttpError {
   if (error instanceof HttpError) return error;
   if (isDatabaseUnavailable(error)) {
-    return new HttpError(503, 'database_unavailable', 'the database is unavailable, retry later', {
-      'Retry-After': '1',
-    });
-  }
-  if (error instanceof HeartbeatRejected) {
-    return new HttpError(503, error.reason, error.message, { 'Retry-After': '1' });
+    return new HttpError('database_unavailable', undefined, { 'Retry-After': '1' });
   }
   // A path with broken percent-encoding (the router fails to decode a parameter).
-  if (error instanceof URIError) {
-    return new HttpError(400, 'invalid_path', 'the request path is not valid percent-encoding');
-  }
+  if (error instanceof URIError) return new HttpError('invalid_path');
   const type = (error as { type?: unknown } | null)?.type;
   const known = typeof type === 'string' ? bodyParserErrors[type] : undefined;
   if (known) return new HttpError(...known);
-  return new HttpError(500, 'internal_error', 'internal error');
+  return new HttpError('internal_error');
 }
 
 export const notFound: RequestHandler = (req, _res, next) => {
-  next(new HttpError(404, 'not_found', `no route for ${req.method} ${req.path}`));
+  next(new HttpError('not_found', `no route for ${req.method} ${req.path}`));
 };
 
-const quietCodes = new Set(['queue_full', 'shutting_down', 'overloaded', 'database_unavailable']);
+const quietCodes = new Set<ErrorCode>([
+  'queue_full',
+  'shutting_down',
+  'overloaded',
+  'database_unavailable',
+  'too_many_streams',
+  'client_not_built', // said once at start (api/app.ts)
+]);
 
 export const errorHandler: ErrorRequestHandler = (error: unknown, req, res, next) => {
   if (res.headersSent) {
@@ -69,6 +73,5 @@ export const errorHandler: ErrorRequestHandler = (error: unknown, req, res, next
     req.log.error({ err: error }, httpError.message);
   }
   res.status(httpError.status).set(httpError.headers);
-  const body: ErrorBody = { error: { code: httpError.code, message: httpError.message } };
-  res.json(body);
+  res.json(errorBody(httpError.code, httpError.message));
 };

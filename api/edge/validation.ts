@@ -25,7 +25,6 @@ function fail(error: z.ZodError): never {
   const issue = error.issues[0];
   const aboutUserId = issue?.path.at(-1) === 'user_id';
   throw new HttpError(
-    400,
     aboutUserId ? 'invalid_user_id' : 'invalid_body',
     issue
       ? `${issue.path.length ? `${issue.path.join('.')}: ` : ''}${issue.message}`
@@ -40,13 +39,13 @@ function fail(error: z.ZodError): never {
 export function requireJson(req: Request): void {
   if (req.body !== undefined) return;
   if (!req.is('application/json')) {
-    throw new HttpError(415, 'unsupported_media_type', 'send the body as application/json');
+    throw new HttpError('unsupported_media_type', 'send the body as application/json');
   }
 }
 
 function checkCount(count: number, max: number): void {
   if (count > max) {
-    throw new HttpError(413, 'too_many_ids', `at most ${max} user ids per request (got ${count})`);
+    throw new HttpError('too_many_ids', `at most ${max} user ids per request (got ${count})`);
   }
 }
 
@@ -74,7 +73,6 @@ export function parseUserIdParam(raw: string): number {
   const value = /^[1-9]\d{0,15}$/.test(raw) ? Number(raw) : NaN;
   if (!Number.isSafeInteger(value)) {
     throw new HttpError(
-      400,
       'invalid_user_id',
       `user id must be a decimal integer from 1 to ${Number.MAX_SAFE_INTEGER}`,
     );
@@ -91,7 +89,7 @@ export function parseWatchParam(raw: unknown, maxIds: number): number[] {
   if (raw === undefined) return [];
   const parts = Array.isArray(raw) ? raw : [raw];
   if (!parts.every((part): part is string => typeof part === 'string')) {
-    throw new HttpError(400, 'invalid_user_id', 'watch must be user ids separated by commas');
+    throw new HttpError('invalid_user_id', 'watch must be user ids separated by commas');
   }
   const text = parts.filter((part) => part !== '').join(',');
   if (text === '') return [];
@@ -104,7 +102,7 @@ export function parseWatchParam(raw: unknown, maxIds: number): number[] {
 export function parseOptionalUserIdParam(raw: unknown): number | undefined {
   if (raw === undefined) return undefined;
   if (typeof raw !== 'string') {
-    throw new HttpError(400, 'invalid_user_id', 'user_id must be given once');
+    throw new HttpError('invalid_user_id', 'user_id must be given once');
   }
   return parseUserIdParam(raw);
 }

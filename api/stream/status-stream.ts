@@ -153,14 +153,13 @@ export class StreamHub {
   admit(): () => void {
     if (this.closing) {
       this.observer.onRejected?.('shutting_down');
-      throw new HttpError(503, 'shutting_down', 'the server is shutting down', {
+      throw new HttpError('shutting_down', 'the server is shutting down', {
         'Retry-After': String(Math.ceil(jitteredRetry(this.options.retryMs) / 1000)),
       });
     }
     if (this.admitted >= this.options.maxOpen) {
       this.observer.onRejected?.('too_many_streams');
       throw new HttpError(
-        503,
         'too_many_streams',
         'this server holds as many streams as it may, retry later',
         { 'Retry-After': String(Math.ceil(jitteredRetry(this.options.retryMs) / 1000)) },

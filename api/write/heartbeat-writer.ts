@@ -1,14 +1,15 @@
 import { errorFields, type Logger } from '../../lib/infra/logger.ts';
 import { recordHeartbeats, type Executor } from '../../lib/store/pulse-store.ts';
 import type { ShardRouter } from '../../lib/citus/shard-routing.ts';
+import { HttpError } from '../edge/errors.ts';
 
-/** Why a heartbeat was not written; the HTTP layer turns each into a 503. */
-export class HeartbeatRejected extends Error {
+/** Why a heartbeat was not written: answered as a 503 with its code and `Retry-After: 1`. */
+export class HeartbeatRejected extends HttpError {
   constructor(
     readonly reason: 'queue_full' | 'shutting_down' | 'write_failed',
-    message: string,
+    message?: string,
   ) {
-    super(message);
+    super(reason, message, { 'Retry-After': '1' });
     this.name = 'HeartbeatRejected';
   }
 }

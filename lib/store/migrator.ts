@@ -4,7 +4,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { FileMigrationProvider, Migrator, type MigrationResultSet, type Kysely } from 'kysely';
 
-/** migrations/ next to lib/ (in the source tree and in dist/ alike). */
+/** migrations/ at the top of the tree (in the source tree and in dist/ alike). */
 const migrationFolder = fileURLToPath(new URL('../../migrations', import.meta.url));
 
 export function createMigrator(db: Kysely<any>): Migrator {

@@ -1,11 +1,11 @@
 import { spawnSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { expect } from 'chai';
-import { capacity, type CapacityInputs, type CitusFigures } from '../bench/capacity-model.ts';
-import type { ScaleResults } from '../bench/scale.ts';
+import { capacity, type CapacityInputs, type CitusFigures } from '../capacity-model.ts';
+import type { ScaleResults } from '../scale.ts';
 
 const results = JSON.parse(
-  readFileSync(new URL('../bench/results/scale.json', import.meta.url), 'utf8'),
+  readFileSync(new URL('../results/scale.json', import.meta.url), 'utf8'),
 ) as ScaleResults;
 
 const inputs: CapacityInputs = {

@@ -1,0 +1,150 @@
+/**
+ * Every error code Pulse answers with: its HTTP status, its default message, and when it is sent.
+ * The handlers throw by code (api/edge/errors.ts), the OpenAPI document lists these codes
+ * (api/openapi.ts), and docs/api.md's error table is rendered from here (`npm run docs:errors`,
+ * checked by test/openapi.test.ts).
+ */
+export interface ErrorEntry {
+  status: number;
+  /** The message when the thrower gives none. */
+  message: string;
+  /** When it is sent: one line for docs/api.md. */
+  when: string;
+}
+
+export const errorCatalogue = {
+  invalid_user_id: {
+    status: 400,
+    message: 'the user id is not valid',
+    when: '`user_id` missing, not an integer, below 1 or above 2^53 - 1 (body, path or `watch`)',
+  },
+  invalid_body: {
+    status: 400,
+    message: 'the request body has the wrong shape',
+    when: 'the body has the wrong shape (an object where an array belongs, items that are not objects, ...), or its size does not match its `Content-Length`',
+  },
+  invalid_json: {
+    status: 400,
+    message: 'the request body is not valid JSON',
+    when: 'the body is not valid JSON',
+  },
+  invalid_path: {
+    status: 400,
+    message: 'the request path is not valid percent-encoding',
+    when: 'the path is not valid percent-encoding',
+  },
+  invalid_request: {
+    status: 400,
+    message: 'send the token either in the Authorization header or as access_token, not both',
+    when: '`GET /status/stream` with a token both in the header and as `access_token`',
+  },
+  request_aborted: {
+    status: 400,
+    message: 'the request was aborted by the client',
+    when: 'the client went away while sending the body (logged; the client is no longer there to read it)',
+  },
+  unauthorized: {
+    status: 401,
+    message: 'a bearer token is required',
+    when: '`AUTH_MODE=jwt` and no bearer token (with `WWW-Authenticate`)',
+  },
+  invalid_token: {
+    status: 401,
+    message: 'the bearer token is not valid',
+    when: '`AUTH_MODE=jwt` and the token is not valid: signature, expiry, issuer, audience, claims',
+  },
+  forbidden: {
+    status: 403,
+    message: 'this token may not do that',
+    when: '`AUTH_MODE=jwt`: a heartbeat or offline for another user without the gateway scope',
+  },
+  not_found: {
+    status: 404,
+    message: 'no such route',
+    when: 'no such route',
+  },
+  too_many_ids: {
+    status: 413,
+    message: 'too many user ids in one request',
+    when: 'more than `BATCH_MAX_IDS` items in one request (or ids in `watch`)',
+  },
+  payload_too_large: {
+    status: 413,
+    message: 'the request body is too large',
+    when: 'body over `BODY_LIMIT_BYTES`',
+  },
+  unsupported_media_type: {
+    status: 415,
+    message: 'send the body as application/json',
+    when: 'the body is not `application/json`, or its encoding or charset is not supported',
+  },
+  database_unavailable: {
+    status: 503,
+    message: 'the database is unavailable, retry later',
+    when: 'PostgreSQL cannot be reached; the process stays up and recovers by itself',
+  },
+  overloaded: {
+    status: 503,
+    message: 'the server is overloaded, retry later',
+    when: 'the process is at `MAX_IN_FLIGHT_REQUESTS`, or its queues wait longer than `MAX_QUEUE_WAIT_MS`; refused before the body is read, with `Retry-After: 1` (doubling, up to 4, for a connection that keeps coming back before it is up) ([overload.md](overload.md))',
+  },
+  queue_full: {
+    status: 503,
+    message: 'too many heartbeats are waiting to be written, retry later',
+    when: 'too many heartbeats are waiting to be written (backpressure); retry after `Retry-After`',
+  },
+  write_failed: {
+    status: 503,
+    message: 'the heartbeat was not written, retry later',
+    when: 'the statement holding this heartbeat failed; nothing of it was written',
+  },
+  shutting_down: {
+    status: 503,
+    message: 'the server is shutting down',
+    when: 'the process is stopping',
+  },
+  too_many_streams: {
+    status: 503,
+    message: 'this server holds as many streams as it may, retry later',
+    when: '`GET /status/stream`: `STREAM_MAX_OPEN` streams are open on this process',
+  },
+  not_ready: {
+    status: 503,
+    message: 'not ready',
+    when: 'from `/readyz` only: database down or migrations pending',
+  },
+  client_not_built: {
+    status: 503,
+    message: 'the demo page needs the built client library: run npm run build:client',
+    when: '`/demo` or `/client` on a checkout whose client library was not built',
+  },
+  internal_error: {
+    status: 500,
+    message: 'internal error',
+    when: 'a bug: logged once with its cause; the answer says nothing more',
+  },
+} as const satisfies Record<string, ErrorEntry>;
+
+export type ErrorCode = keyof typeof errorCatalogue;
+
+export const errorCodes = Object.keys(errorCatalogue) as ErrorCode[];
+
+/** The JSON body of every error answer. */
+export interface ErrorBody {
+  error: { code: ErrorCode; message: string };
+}
+
+export function errorBody(
+  code: ErrorCode,
+  message: string = errorCatalogue[code].message,
+): ErrorBody {
+  return { error: { code, message } };
+}
+
+/** docs/api.md's error table, in catalogue order. */
+export function errorTable(): string {
+  const rows = Object.entries(errorCatalogue).map(
+    ([code, entry]) => `| ${entry.status} | \`${code}\` | ${entry.when} |`,
+  );
+  return ['| status | code | when |', '|---|---|---|', ...rows].join('\n');
+}
