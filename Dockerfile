@@ -28,4 +28,4 @@ COPY --from=build /app/client/demo ./client/demo
 USER node
 EXPOSE 3000
 # node is PID 1's command (no npm or shell wrapper), so SIGTERM reaches the process.
-CMD ["node", "dist/api/main.js"]
+CMD ["node", "--expose-gc", "dist/api/main.js"]

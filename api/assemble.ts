@@ -2,7 +2,7 @@ import type { Express } from 'express';
 import type { Registry } from 'prom-client';
 import type { ApiConfig } from '../lib/infra/config.ts';
 import type { DatabaseHandle } from '../lib/infra/db.ts';
-import { heapGrowthRelease } from './edge/heap-release.ts';
+import { exposedCollector, heapGrowthRelease, noHeapRelease } from './edge/heap-release.ts';
 import { errorFields, type Logger } from '../lib/infra/logger.ts';
 import { createRegistry } from '../lib/infra/metrics.ts';
 import { ShardRouter } from '../lib/citus/shard-routing.ts';
@@ -74,7 +74,7 @@ export function assembleApi(
   const statuses = config.STATUS_READ_COALESCING
     ? new CoalescingStatusReader(database.db, undefined, undefined, shardRouter)
     : new DirectStatusReader(database.db, shardRouter);
-  const heapAfterOverload = heapGrowthRelease();
+  const heapAfterOverload = heapReleaseFor(config, logger);
   const admission = createAdmission({
     maxInFlight: config.MAX_IN_FLIGHT_REQUESTS,
     maxQueueWaitMs: config.MAX_QUEUE_WAIT_MS,
@@ -139,4 +139,17 @@ export function assembleApi(
     },
   };
   return { app, heartbeats, registry, admission, streams };
+}
+
+/** Heap release after an overload episode, if configured and the runtime offers `gc` (warns if not). */
+function heapReleaseFor(config: ApiConfig, logger: Logger) {
+  if (!config.HEAP_RELEASE_AFTER_OVERLOAD) return noHeapRelease;
+  const collect = exposedCollector();
+  if (collect === undefined) {
+    logger.warn(
+      'the heap a flood grows is kept after it (node runs without --expose-gc): start the API with node --expose-gc, or set HEAP_RELEASE_AFTER_OVERLOAD=false',
+    );
+    return noHeapRelease;
+  }
+  return heapGrowthRelease(collect);
 }

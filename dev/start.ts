@@ -16,11 +16,15 @@ import { updatePresenceSettings } from '../lib/store/pulse-store.ts';
 import { redactConnectionString } from '../lib/infra/redact.ts';
 import { Supervisor } from './supervisor.ts';
 
-function startChild(script: string, env: NodeJS.ProcessEnv, ipc = false): ChildProcess {
+function startChild(
+  script: string,
+  env: NodeJS.ProcessEnv,
+  { ipc = false, nodeFlags = [] as string[] } = {},
+): ChildProcess {
   const file = fileURLToPath(new URL(script, import.meta.url));
   // Own process group (detached): a terminal's Ctrl-C reaches only this parent, which stops the
   // children in order (otherwise each would get the SIGINT at the same moment as this parent).
-  return spawn(process.execPath, ['--import', 'tsx', file], {
+  return spawn(process.execPath, [...nodeFlags, '--import', 'tsx', file], {
     env,
     stdio: ['ignore', 'inherit', 'inherit', ...(ipc ? (['ipc'] as const) : [])],
     detached: true,
@@ -30,7 +34,7 @@ function startChild(script: string, env: NodeJS.ProcessEnv, ipc = false): ChildP
 /** Starts dev/embedded-database.ts and waits for the URL of its `pulse` database. */
 async function startEmbeddedDatabase(supervisor: Supervisor, port: number): Promise<string> {
   console.log(`starting embedded PostgreSQL on 127.0.0.1:${port}`);
-  const child = startChild('./embedded-database.ts', process.env, true);
+  const child = startChild('./embedded-database.ts', process.env, { ipc: true });
   supervisor.setDatabase('embedded PostgreSQL', child, () => {
     if (child.connected) child.send({ stop: true });
     else child.kill('SIGTERM');
@@ -84,7 +88,10 @@ runMain(async () => {
       await database.close();
     }
 
-    supervisor.addService('the API', startChild('../api/main.ts', env));
+    supervisor.addService(
+      'the API',
+      startChild('../api/main.ts', env, { nodeFlags: ['--expose-gc'] }),
+    );
     supervisor.addService('the sweeper', startChild('../sweeper/main.ts', env));
     console.log(`Pulse API:  http://${config.HOST}:${config.PORT}`);
     if (config.DEMO_PAGE) console.log(`Demo page:  http://${config.HOST}:${config.PORT}/demo/`);

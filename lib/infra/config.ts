@@ -267,6 +267,8 @@ const apiSchema = z
     // --- browser clients: cross-origin access and the demo page (client/) ---
     CORS_ORIGINS: corsOrigins,
     DEMO_PAGE: boolean(true),
+    // Two full collections after an overload episode that grew the heap (needs node --expose-gc).
+    HEAP_RELEASE_AFTER_OVERLOAD: boolean(true),
     // --- overload protection and slow clients (docs/overload.md) ---
     MAX_IN_FLIGHT_REQUESTS: integer(1, 100_000, 128),
     MAX_QUEUE_WAIT_MS: integer(1, 60_000, 500),

@@ -30,6 +30,8 @@ export const ENTRY_POINTS = {
   start: 'dev/start.ts',
 } as const;
 export type EntryPointName = keyof typeof ENTRY_POINTS;
+/** Node's own flags for each, as package.json's scripts and the Dockerfile pass them. */
+const NODE_OPTIONS: Partial<Record<EntryPointName, string[]>> = { api: ['--expose-gc'] };
 
 export interface ExitStatus {
   code: number | null;
@@ -117,6 +119,8 @@ export interface StartOptions {
   args?: string[];
   /** Runs it in a process group of its own, as a terminal runs a foreground command. */
   ownProcessGroup?: boolean;
+  /** Node's flags, instead of the entry point's usual ones (NODE_OPTIONS above). */
+  nodeOptions?: string[];
 }
 
 let sequence = 0;
@@ -125,16 +129,21 @@ const started: Array<{ sequence: number; process: EntryPointProcess }> = [];
 /** Starts an entry point as its own process; see waitForOutput/waitForHttp to wait for it. */
 export function startEntryPoint(
   name: EntryPointName,
-  { env = {}, args = [], ownProcessGroup = false }: StartOptions = {},
+  { env = {}, args = [], ownProcessGroup = false, nodeOptions }: StartOptions = {},
 ): EntryPointProcess {
   const childEnv: NodeJS.ProcessEnv = { PATH: process.env.PATH };
   for (const [key, value] of Object.entries(env)) if (value !== undefined) childEnv[key] = value;
-  const child = spawn(process.execPath, ['--import', 'tsx', ENTRY_POINTS[name], ...args], {
-    cwd: repoRoot,
-    env: childEnv,
-    stdio: ['ignore', 'pipe', 'pipe'],
-    detached: ownProcessGroup,
-  });
+  const flags = nodeOptions ?? NODE_OPTIONS[name] ?? [];
+  const child = spawn(
+    process.execPath,
+    [...flags, '--import', 'tsx', ENTRY_POINTS[name], ...args],
+    {
+      cwd: repoRoot,
+      env: childEnv,
+      stdio: ['ignore', 'pipe', 'pipe'],
+      detached: ownProcessGroup,
+    },
+  );
   let stdout = '';
   let stderr = '';
   let output = '';
@@ -235,9 +244,13 @@ export async function runEntryPoint(
 /** The API on a free port, answering /healthz. */
 export async function startApi(
   env: Record<string, string | undefined>,
+  options: Omit<StartOptions, 'env'> = {},
 ): Promise<{ api: EntryPointProcess; baseUrl: string }> {
   const port = await freePort();
-  const api = startEntryPoint('api', { env: { HOST: '127.0.0.1', ...env, PORT: String(port) } });
+  const api = startEntryPoint('api', {
+    ...options,
+    env: { HOST: '127.0.0.1', ...env, PORT: String(port) },
+  });
   const baseUrl = `http://127.0.0.1:${port}`;
   await api.waitForHttp(`${baseUrl}/healthz`, { timeoutMs: 45_000 });
   return { api, baseUrl };
