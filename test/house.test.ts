@@ -22,6 +22,7 @@ const root = fileURLToPath(new URL('..', import.meta.url));
 function sourceFiles(folder: string): string[] {
   const dir = path.join(root, folder);
   return readdirSync(dir).flatMap((name) => {
+    if (name === 'node_modules' || name === 'dist') return [];
     const file = path.join(dir, name);
     if (statSync(file).isDirectory()) return sourceFiles(path.join(folder, name));
     return name.endsWith('.ts') ? [path.join(folder, name)] : [];
