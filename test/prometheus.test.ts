@@ -12,6 +12,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { expect } from 'chai';
+import { waitFor } from './support/entry-points.ts';
 import { freePort } from '../dev/embedded-postgres.ts';
 import { serverUrl } from './support/database.ts';
 import { adminQuery, TEMPLATE_DB_VAR, uniqueName, withDatabase } from './support/server.ts';
@@ -20,19 +21,6 @@ const root = fileURLToPath(new URL('..', import.meta.url));
 const dashboardFile = path.join(root, 'ops/grafana/pulse-dashboard.json');
 const rulesFile = path.join(root, 'ops/prometheus/pulse-alerts.yml');
 const rulesTestFile = path.join(root, 'ops/prometheus/pulse-alerts.test.yml');
-
-const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
-
-/** Polls `check` until it returns a value (not undefined) or `seconds` pass. */
-async function waitFor<T>(what: string, seconds: number, check: () => Promise<T | undefined>) {
-  const deadline = Date.now() + seconds * 1000;
-  for (;;) {
-    const value = await check().catch(() => undefined);
-    if (value !== undefined) return value;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await sleep(200);
-  }
-}
 
 interface Panel {
   title: string;
@@ -138,14 +126,19 @@ describe('dashboard and alerts on a real Prometheus', function () {
     prometheusUrl = `http://127.0.0.1:${prometheusPort}`;
 
     const api = `http://127.0.0.1:${apiPort}`;
-    await waitFor('the API', 30, async () =>
-      (await fetch(`${api}/readyz`)).ok ? true : undefined,
+    await waitFor('the API', async () => ((await fetch(`${api}/readyz`)).ok ? true : undefined), {
+      timeoutMs: 30_000,
+      intervalMs: 200,
+    });
+    await waitFor(
+      'the sweeper',
+      async () => ((await fetch(`http://127.0.0.1:${sweeperPort}/readyz`)).ok ? true : undefined),
+      { timeoutMs: 30_000, intervalMs: 200 },
     );
-    await waitFor('the sweeper', 30, async () =>
-      (await fetch(`http://127.0.0.1:${sweeperPort}/readyz`)).ok ? true : undefined,
-    );
-    await waitFor(`Prometheus (${prometheus.stderr()})`, 30, async () =>
-      (await fetch(`${prometheusUrl}/-/ready`)).ok ? true : undefined,
+    await waitFor(
+      `Prometheus (${prometheus.stderr()})`,
+      async () => ((await fetch(`${prometheusUrl}/-/ready`)).ok ? true : undefined),
+      { timeoutMs: 30_000, intervalMs: 200 },
     );
     // Traffic of every kind the dashboard draws: heartbeats, reads, a client error.
     const post = (route: string, body: string) =>
@@ -164,14 +157,22 @@ describe('dashboard and alerts on a real Prometheus', function () {
       await response.arrayBuffer();
     }
     // Both targets scraped after the traffic, and a sweep has reported.
-    await waitFor('both targets up', 30, async () => {
-      const up = await query('sum(up{job=~"pulse-api|pulse-sweeper"})');
-      return up.data?.result[0]?.value[1] === '2' ? true : undefined;
-    });
-    await waitFor('a sweep in Prometheus', 30, async () => {
-      const sweeps = await query('pulse_sweeps_total{outcome="done"} > 0');
-      return sweeps.data?.result.length ? true : undefined;
-    });
+    await waitFor(
+      'both targets up',
+      async () => {
+        const up = await query('sum(up{job=~"pulse-api|pulse-sweeper"})');
+        return up.data?.result[0]?.value[1] === '2' ? true : undefined;
+      },
+      { timeoutMs: 30_000, intervalMs: 200 },
+    );
+    await waitFor(
+      'a sweep in Prometheus',
+      async () => {
+        const sweeps = await query('pulse_sweeps_total{outcome="done"} > 0');
+        return sweeps.data?.result.length ? true : undefined;
+      },
+      { timeoutMs: 30_000, intervalMs: 200 },
+    );
   });
 
   after(async () => {
@@ -191,12 +192,16 @@ describe('dashboard and alerts on a real Prometheus', function () {
     expect(names.size).to.be.greaterThan(15);
     // The histograms appear once the traffic above has been scraped: wait for them a little.
     let missing: string[] = [];
-    await waitFor('every dashboard series', 15, async () => {
-      const response = await fetch(`${prometheusUrl}/api/v1/label/__name__/values`);
-      const present = new Set(((await response.json()) as { data: string[] }).data);
-      missing = [...names].filter((name) => !present.has(name));
-      return missing.length === 0 ? true : undefined;
-    }).catch(() => undefined);
+    await waitFor(
+      'every dashboard series',
+      async () => {
+        const response = await fetch(`${prometheusUrl}/api/v1/label/__name__/values`);
+        const present = new Set(((await response.json()) as { data: string[] }).data);
+        missing = [...names].filter((name) => !present.has(name));
+        return missing.length === 0 ? true : undefined;
+      },
+      { timeoutMs: 15_000, intervalMs: 200 },
+    ).catch(() => undefined);
     expect(missing, 'series on the dashboard that Prometheus does not have').to.deep.equal([]);
   });
 
@@ -212,16 +217,20 @@ describe('dashboard and alerts on a real Prometheus', function () {
   });
 
   it('loads the alert rules into Prometheus, and they evaluate without errors', async () => {
-    const rules = await waitFor('evaluated rules', 15, async () => {
-      const response = await fetch(`${prometheusUrl}/api/v1/rules`);
-      const body = (await response.json()) as {
-        data: {
-          groups: Array<{ rules: Array<{ name: string; health: string; lastError?: string }> }>;
+    const rules = await waitFor(
+      'evaluated rules',
+      async () => {
+        const response = await fetch(`${prometheusUrl}/api/v1/rules`);
+        const body = (await response.json()) as {
+          data: {
+            groups: Array<{ rules: Array<{ name: string; health: string; lastError?: string }> }>;
+          };
         };
-      };
-      const all = body.data.groups.flatMap((g) => g.rules);
-      return all.length > 0 && all.every((r) => r.health !== 'unknown') ? all : undefined;
-    });
+        const all = body.data.groups.flatMap((g) => g.rules);
+        return all.length > 0 && all.every((r) => r.health !== 'unknown') ? all : undefined;
+      },
+      { timeoutMs: 15_000, intervalMs: 200 },
+    );
     expect(rules.map((r) => r.name)).to.include.members([
       'PulseNoSuccessfulSweep',
       'PulseHeartbeat503Rate',
