@@ -54,7 +54,14 @@ export const notFound: RequestHandler = (req, _res, next) => {
   next(new HttpError(404, 'not_found', `no route for ${req.method} ${req.path}`));
 };
 
-const quietCodes = new Set(['queue_full', 'shutting_down', 'overloaded', 'database_unavailable']);
+const quietCodes = new Set([
+  'queue_full',
+  'shutting_down',
+  'overloaded',
+  'database_unavailable',
+  'too_many_streams',
+  'deadline_exceeded',
+]);
 
 export const errorHandler: ErrorRequestHandler = (error: unknown, req, res, next) => {
   if (res.headersSent) {

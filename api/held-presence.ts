@@ -5,23 +5,77 @@
  * 10,000 / HEARTBEAT_FLUSH_MAX_IDS statements per beat, not 10,000. Nothing runs while no stream
  * holds anyone. When the last stream of a user closes, beats stop and the row expires by the
  * normal rule (offline at most ONLINE_THRESHOLD_SECONDS later).
+ *
+ * The beat follows the threshold in force (pulse_settings, read at most once a second while
+ * someone is held): a third of it, checked every tick (at most a second). A beat that failed is
+ * retried at the next tick, so the database coming back after an outage gets every held user's
+ * heartbeat within a tick; `beatNow` lets change detection write it before its first poll after
+ * a failure (api/assemble.ts), so watchers of held users see no offline/online flap.
  */
+import { readPresenceSettings, type Executor } from '../lib/pulse-store.ts';
 import type { HeartbeatWriter } from './heartbeat-writer.ts';
 
+/** The online threshold in force, refreshed from pulse_settings in the background. */
+export interface OnlineThreshold {
+  /** The last value read (or the one at start); asks for a fresh read when it is older than 1 s. */
+  readonly seconds: number;
+}
+
+/** Reads pulse_settings.online_threshold_seconds at most once per `refreshMs`, never waiting on it. */
+export class LiveOnlineThreshold implements OnlineThreshold {
+  private value: number;
+  private readAt = -Infinity;
+  private reading = false;
+
+  constructor(
+    private readonly db: Executor,
+    initialSeconds: number,
+    private readonly refreshMs = 1_000,
+  ) {
+    this.value = initialSeconds;
+  }
+
+  get seconds(): number {
+    const now = performance.now();
+    if (!this.reading && now - this.readAt >= this.refreshMs) {
+      this.reading = true;
+      this.readAt = now;
+      // A failed read keeps the last value: the database's outage log reports the failure.
+      readPresenceSettings(this.db)
+        .then(
+          (settings) => (this.value = settings.onlineThresholdSeconds),
+          () => undefined,
+        )
+        .finally(() => (this.reading = false));
+    }
+    return this.value;
+  }
+}
+
 export interface HeldPresenceOptions {
-  /** Time between beats; a third of the online threshold leaves two beats' margin. */
-  intervalMs: number;
+  /** The threshold in force: beats come every third of it. */
+  threshold: OnlineThreshold;
   /** Ids per writer call (HEARTBEAT_FLUSH_MAX_IDS): each call becomes one statement. */
   chunkIds: number;
-  /** A beat that was not written (database down, queue full): logged, retried next beat. */
+  /** A beat that was not written (database down, queue full): retried at the next tick. */
   onBeatError(error: unknown): void;
+  /** Longest time between two checks of whether a beat is due (default 1 s). */
+  maxTickMs?: number;
 }
+
+/** Time between beats for a threshold: two beats per window at least, so one late beat is fine. */
+export const beatIntervalMs = (thresholdSeconds: number): number =>
+  Math.max(100, Math.floor((thresholdSeconds * 1000) / 3));
 
 export class HeldPresence {
   /** User id -> open streams holding it (a user with two tabs is beaten for once). */
   private readonly held = new Map<number, number>();
   private timer: NodeJS.Timeout | undefined;
   private closed = false;
+  /** When the last successful beat started (performance.now()). */
+  private lastBeatAt = 0;
+  private failing = false;
+  private beating: Promise<void> | undefined;
 
   constructor(
     private readonly writer: HeartbeatWriter,
@@ -55,10 +109,21 @@ export class HeldPresence {
       throw error;
     }
     if (!this.closed && this.timer === undefined && this.held.size > 0) {
-      this.timer = setInterval(() => this.beat(), this.options.intervalMs);
-      this.timer.unref();
+      this.lastBeatAt = performance.now();
+      this.scheduleTick();
     }
     return release;
+  }
+
+  /**
+   * Beats for every held user now (or waits for the beat in flight); never rejects. Resolves true
+   * when every chunk was written.
+   */
+  async beatNow(): Promise<boolean> {
+    if (this.held.size === 0 || this.closed) return true;
+    this.beating ??= this.beat().finally(() => (this.beating = undefined));
+    await this.beating;
+    return !this.failing;
   }
 
   /** Stops beating (on shutdown, before the writer closes). */
@@ -68,16 +133,36 @@ export class HeldPresence {
   }
 
   private stopTimer(): void {
-    clearInterval(this.timer);
+    clearTimeout(this.timer);
     this.timer = undefined;
   }
 
-  private beat(): void {
+  private scheduleTick(): void {
+    const interval = beatIntervalMs(this.options.threshold.seconds);
+    this.timer = setTimeout(() => this.tick(), Math.min(interval, this.options.maxTickMs ?? 1_000));
+    this.timer.unref();
+  }
+
+  private tick(): void {
+    this.timer = undefined;
+    if (this.closed || this.held.size === 0) return;
+    const due =
+      this.failing ||
+      performance.now() - this.lastBeatAt >= beatIntervalMs(this.options.threshold.seconds);
+    if (due && this.beating === undefined) void this.beatNow();
+    this.scheduleTick();
+  }
+
+  private async beat(): Promise<void> {
+    const started = performance.now();
     const ids = [...this.held.keys()];
+    const writes: Promise<void>[] = [];
     for (let i = 0; i < ids.length; i += this.options.chunkIds) {
-      this.writer
-        .record(ids.slice(i, i + this.options.chunkIds))
-        .catch((error: unknown) => this.options.onBeatError(error));
+      writes.push(this.writer.record(ids.slice(i, i + this.options.chunkIds)));
     }
+    const failures = (await Promise.allSettled(writes)).filter((r) => r.status === 'rejected');
+    this.failing = failures.length > 0;
+    if (this.failing) this.options.onBeatError(failures[0]!.reason);
+    else this.lastBeatAt = started;
   }
 }

@@ -2,6 +2,7 @@
  * The shape of the house (issue 10): what the production build compiles, who may import whom,
  * and the one way each thing is done.
  */
+import { createAdmission } from '../api/admission.ts';
 import { StreamHub } from '../api/status-stream.ts';
 import { HeldPresence } from '../api/held-presence.ts';
 import { PresenceFeed } from '../lib/presence-feed.ts';
@@ -111,6 +112,12 @@ describe('POST /status/batch reads through the status reader', () => {
       },
     };
     const heartbeats = new DirectHeartbeatWriter(database.db);
+    const admission = createAdmission({
+      maxInFlight: 100,
+      maxQueueWaitMs: 1000,
+      queueWaitMs: () => 0,
+      logger: silentLogger,
+    });
     const app = buildApp({
       db: database.db,
       heartbeats,
@@ -118,12 +125,7 @@ describe('POST /status/batch reads through the status reader', () => {
       logger: silentLogger,
       registry: new Registry(),
       observeRequest: () => undefined,
-      admission: {
-        guard: (_req, _res, next) => next(),
-        release: () => undefined,
-        inFlight: 0,
-        close: () => undefined,
-      },
+      admission,
       config,
       stream: {
         hub: new StreamHub({
@@ -135,7 +137,7 @@ describe('POST /status/batch reads through the status reader', () => {
         }),
         feed: new PresenceFeed(database.db, { intervalMs: 1000 }),
         held: new HeldPresence(heartbeats, {
-          intervalMs: 1000,
+          threshold: { seconds: 3 },
           chunkIds: 1000,
           onBeatError: () => undefined,
         }),
@@ -159,6 +161,7 @@ describe('POST /status/batch reads through the status reader', () => {
       expect(rows[2]).to.have.property('last_seen', null);
       expect(asked).to.deep.equal([[1, 2, 3]]);
     } finally {
+      admission.close();
       await server.stop();
       await heartbeats.close();
     }

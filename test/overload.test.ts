@@ -3,7 +3,7 @@ import { connect, type Socket } from 'node:net';
 import { Writable } from 'node:stream';
 import { expect } from 'chai';
 import { sql } from 'kysely';
-import { requestWeight } from '../api/admission.ts';
+import { bodyWeight, readWeight } from '../api/admission.ts';
 import { createLogger } from '../lib/logger.ts';
 import { startTestApp, type TestApp } from './support/app.ts';
 import { createTestDatabase, lockPulse, type TestDatabase } from './support/database.ts';
@@ -75,7 +75,7 @@ describe('overload and slow clients', function () {
         'Content-Length: 5000\r\n\r\n{"user_id":',
     );
     await waitFor(() => running.admission.inFlight > 0, 'the request to be admitted');
-    expect(running.admission.inFlight).to.equal(2); // 1 + 1 per started 4 KiB announced
+    expect(running.admission.inFlight).to.equal(1); // announced bytes weigh nothing until read
     client.socket.destroy();
     await waitFor(() => running.admission.inFlight === 0, 'every admitted request given back');
   });
@@ -173,19 +173,19 @@ describe('overload and slow clients', function () {
       .and.not.include(203);
   });
 
-  it('weighs a request by its announced body: one, plus one per started 4 KiB', async () => {
-    expect(requestWeight(undefined)).to.equal(1);
-    expect(requestWeight('0')).to.equal(1);
-    expect(requestWeight('4095')).to.equal(1);
-    expect(requestWeight('4096')).to.equal(2);
-    expect(requestWeight('22000')).to.equal(6); // a 1,000-id batch
-    expect(requestWeight('nonsense')).to.equal(1);
+  it('weighs a request by the body it has read: one, plus one per started 4 KiB', async () => {
+    expect(1 + bodyWeight(0)).to.equal(1);
+    expect(1 + bodyWeight(4095)).to.equal(1);
+    expect(1 + bodyWeight(4096)).to.equal(2);
+    expect(1 + bodyWeight(22_000)).to.equal(6); // a 1,000-id batch
+    expect(readWeight(1)).to.equal(1);
+    expect(readWeight(1000)).to.equal(6); // a stream's snapshot of 1,000 ids, as the batch read
 
     app = await startTestApp(database, { MAX_IN_FLIGHT_REQUESTS: '4' });
     const running = app;
     const batch = (first: number) =>
       Array.from({ length: 800 }, (_, i) => ({ user_id: first + i })); // about 13.6 KB: weighs 4
-    expect(requestWeight(String(JSON.stringify(batch(1)).length))).to.equal(4);
+    expect(1 + bodyWeight(JSON.stringify(batch(1)).length)).to.equal(4);
     // An empty house admits a request of any weight.
     expect((await running.post('/status/update', batch(1_000))).status).to.equal(200);
 
