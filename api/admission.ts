@@ -147,9 +147,7 @@ function isSmall(req: IncomingMessage): boolean {
 
 function hasBody(req: IncomingMessage): boolean {
   const length = req.headers['content-length'];
-  return (
-    req.headers['transfer-encoding'] !== undefined || (length !== undefined && length !== '0')
-  );
+  return req.headers['transfer-encoding'] !== undefined || (length !== undefined && length !== '0');
 }
 
 const deadlineExceeded = () =>

@@ -15,17 +15,19 @@
 import { readPresenceSettings, type Executor } from '../lib/pulse-store.ts';
 import type { HeartbeatWriter } from './heartbeat-writer.ts';
 
-/** The online threshold in force, refreshed from pulse_settings in the background. */
+/** The online threshold in force, refreshed from pulse_settings. */
 export interface OnlineThreshold {
   /** The last value read (or the one at start); asks for a fresh read when it is older than 1 s. */
   readonly seconds: number;
+  /** The value, read again first when the last read is older than 1 s. */
+  current(): Promise<number>;
 }
 
 /** Reads pulse_settings.online_threshold_seconds at most once per `refreshMs`, never waiting on it. */
 export class LiveOnlineThreshold implements OnlineThreshold {
   private value: number;
   private readAt = -Infinity;
-  private reading = false;
+  private reading: Promise<number> | undefined;
 
   constructor(
     private readonly db: Executor,
@@ -36,19 +38,23 @@ export class LiveOnlineThreshold implements OnlineThreshold {
   }
 
   get seconds(): number {
-    const now = performance.now();
-    if (!this.reading && now - this.readAt >= this.refreshMs) {
-      this.reading = true;
-      this.readAt = now;
-      // A failed read keeps the last value: the database's outage log reports the failure.
-      readPresenceSettings(this.db)
-        .then(
-          (settings) => (this.value = settings.onlineThresholdSeconds),
-          () => undefined,
-        )
-        .finally(() => (this.reading = false));
-    }
+    void this.current();
     return this.value;
+  }
+
+  current(): Promise<number> {
+    if (this.reading !== undefined) return this.reading;
+    const now = performance.now();
+    if (now - this.readAt < this.refreshMs) return Promise.resolve(this.value);
+    this.readAt = now;
+    // A failed read keeps the last value: the database's outage log reports the failure.
+    this.reading = readPresenceSettings(this.db)
+      .then(
+        (settings) => (this.value = settings.onlineThresholdSeconds),
+        () => this.value,
+      )
+      .finally(() => (this.reading = undefined));
+    return this.reading;
   }
 }
 
@@ -139,18 +145,21 @@ export class HeldPresence {
 
   private scheduleTick(): void {
     const interval = beatIntervalMs(this.options.threshold.seconds);
-    this.timer = setTimeout(() => this.tick(), Math.min(interval, this.options.maxTickMs ?? 1_000));
+    // Half an interval: a beat is at most 1.5 intervals after the last, two per threshold window.
+    const tickMs = Math.min(Math.max(50, interval / 2), this.options.maxTickMs ?? 1_000);
+    this.timer = setTimeout(() => this.tick(), tickMs);
     this.timer.unref();
   }
 
   private tick(): void {
-    this.timer = undefined;
-    if (this.closed || this.held.size === 0) return;
-    const due =
-      this.failing ||
-      performance.now() - this.lastBeatAt >= beatIntervalMs(this.options.threshold.seconds);
-    if (due && this.beating === undefined) void this.beatNow();
-    this.scheduleTick();
+    // The timer stays set while the threshold is read: hold() must not start a second one.
+    void this.options.threshold.current().then((seconds) => {
+      this.timer = undefined;
+      if (this.closed || this.held.size === 0) return;
+      const due = this.failing || performance.now() - this.lastBeatAt >= beatIntervalMs(seconds);
+      if (due && this.beating === undefined) void this.beatNow();
+      this.scheduleTick();
+    });
   }
 
   private async beat(): Promise<void> {

@@ -101,9 +101,13 @@ class SseSession {
   write(text: string): void {
     if (this.ended) return;
     // Judged on what is still waiting from earlier writes, so one large snapshot is fine.
+    const waiting = this.res.writableLength;
+    // Past the high-water mark the stream is not keeping up and this write would count: cut it if
+    // the process's budget cannot take it. Nothing waiting: one large snapshot is fine.
+    const wouldCount = waiting > 0 && waiting + text.length > this.res.writableHighWaterMark;
     if (
-      this.res.writableLength > this.options.maxBufferedBytes ||
-      (this.counted > 0 && this.budget.used + text.length > this.budget.limit)
+      waiting > this.options.maxBufferedBytes ||
+      (wouldCount && this.budget.used - this.counted + waiting + text.length > this.budget.limit)
     ) {
       this.destroy('slow_consumer');
       return;

@@ -137,7 +137,7 @@ describe('POST /status/batch reads through the status reader', () => {
         }),
         feed: new PresenceFeed(database.db, { intervalMs: 1000 }),
         held: new HeldPresence(heartbeats, {
-          threshold: { seconds: 3 },
+          threshold: { seconds: 3, current: () => Promise.resolve(3) },
           chunkIds: 1000,
           onBeatError: () => undefined,
         }),
