@@ -160,7 +160,7 @@ const deadlineExceeded = () =>
 
 interface DeadlineWaiter {
   at: number;
-  reject(error: unknown): void;
+  reject(error: HttpError): void;
 }
 
 export function createAdmission(options: AdmissionOptions): Admission {
@@ -334,6 +334,7 @@ export function createAdmission(options: AdmissionOptions): Admission {
           },
           (error: unknown) => {
             waiting.delete(waiter);
+            // eslint-disable-next-line @typescript-eslint/prefer-promise-reject-errors -- passed on as it came
             reject(error);
           },
         );
