@@ -7,7 +7,9 @@
  * - slow sockets: connections announcing a 61,440-byte body and sending one byte a second,
  *   reconnecting as soon as they are closed;
  * - stream opens: loops opening GET /status/stream with 1,000 watched ids, reading the snapshot
- *   and closing, as fast as they can.
+ *   and closing, as fast as they can;
+ * - batch reads of 1,000 ids sent the same way: the yardstick for stream opens, which admission
+ *   control treats as such a read.
  */
 import { connect } from 'node:net';
 import autocannon from 'autocannon';
@@ -151,8 +153,47 @@ export function streamOpens(loops: number, rows: number): Attack {
   };
 }
 
+/** The yardstick for stream opens: `loops` clients sending 1,000-id batch reads back to back. */
+export function batchReads(loops: number, rows: number): Attack {
+  return {
+    name: `batch reads, ${loops} loops, 1,000 ids each`,
+    start(url) {
+      let stopped = false;
+      let answered = 0;
+      let refused = 0;
+      const started = performance.now();
+      const loop = async () => {
+        while (!stopped) {
+          const body = JSON.stringify(
+            Array.from({ length: 1000 }, () => ({ user_id: randomUserId(rows) })),
+          );
+          try {
+            const response = await fetch(`${url}/status/batch`, {
+              method: 'POST',
+              headers: { 'content-type': 'application/json' },
+              body,
+            });
+            await response.arrayBuffer();
+            if (response.status === 200) answered += 1;
+            else refused += 1;
+          } catch {
+            // reset: send the next one
+          }
+        }
+      };
+      const running = Array.from({ length: loops }, loop);
+      return async () => {
+        stopped = true;
+        await Promise.all(running);
+        const seconds = (performance.now() - started) / 1000;
+        return `${(answered / seconds).toFixed(0)} reads/s, ${(refused / seconds).toFixed(0)} refused/s`;
+      };
+    },
+  };
+}
+
 export function attackScenarios(rows: number): Attack[] {
-  return [slowSockets(8), slowSockets(80), streamOpens(8, rows)];
+  return [slowSockets(8), slowSockets(80), streamOpens(8, rows), batchReads(8, rows)];
 }
 
 export async function runAttacks(
