@@ -20,6 +20,9 @@
  * no events until the first poll that started after its snapshot was read; that poll sends it the
  * difference between its snapshot and the poll's state, after which it follows the shared state.
  * So a stream never misses a change nor gets one that contradicts what it was told.
+ *
+ * After a failed poll (the database down), the next one first awaits `beforeRecovery` (held
+ * presence's beat): users held online by this process are then written before they are read.
  */
 import {
   findOnlineUserIds,
@@ -35,6 +38,11 @@ export interface PresenceFeedOptions {
   chunkIds?: number;
   /** Detection statements running at once (each holds a pool connection meanwhile). */
   concurrency?: number;
+  /**
+   * Awaited before the first poll after a failed one (the database coming back): the API writes
+   * its held users' heartbeats there, so that poll does not see them expired by the outage.
+   */
+  beforeRecovery?: () => Promise<unknown>;
 }
 
 export interface PresenceFeedObserver {
@@ -85,6 +93,7 @@ export class PresenceFeed {
   private timer: NodeJS.Timeout | undefined;
   private running: Promise<void> | undefined;
   private closed = false;
+  private failed = false;
   private readonly chunkIds: number;
   private readonly concurrency: number;
 
@@ -166,8 +175,11 @@ export class PresenceFeed {
     this.timer = setTimeout(() => {
       this.timer = undefined;
       const started = performance.now();
-      this.running = this.poll()
-        .catch((error: unknown) => this.observer.onPollError?.(error))
+      this.running = this.pollOnce()
+        .catch((error: unknown) => {
+          this.failed = true;
+          this.observer.onPollError?.(error);
+        })
         .finally(() => {
           this.running = undefined;
           // Polls never overlap: a slow one delays the next instead of piling up.
@@ -200,6 +212,12 @@ export class PresenceFeed {
       while (next < chunks.length) await work(chunks[next++]!);
     };
     await Promise.all(Array.from({ length: Math.min(this.concurrency, chunks.length) }, worker));
+  }
+
+  private async pollOnce(): Promise<void> {
+    if (this.failed && this.options.beforeRecovery) await this.options.beforeRecovery();
+    await this.poll();
+    this.failed = false;
   }
 
   private async poll(): Promise<void> {
