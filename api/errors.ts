@@ -1,6 +1,7 @@
 import type { ErrorRequestHandler, RequestHandler } from 'express';
 import { isDatabaseUnavailable } from '../lib/db.ts';
 import { HeartbeatRejected } from './heartbeat-writer.ts';
+import { requestLoggerOf } from './request-log.ts';
 
 /** An error with a status and a stable machine-readable code, answered as JSON. */
 export class HttpError extends Error {
@@ -66,7 +67,7 @@ export const errorHandler: ErrorRequestHandler = (error: unknown, req, res, next
   // logged by the database's outage log (first cause, then a count), not once per request; anything
   // else is logged once, with its cause (message and code: lib/logger.ts).
   if (httpError.status >= 500 && !quietCodes.has(httpError.code)) {
-    req.log.error({ err: error }, httpError.message);
+    requestLoggerOf(req).error({ err: error }, httpError.message);
   }
   res.status(httpError.status).set(httpError.headers);
   const body: ErrorBody = { error: { code: httpError.code, message: httpError.message } };
