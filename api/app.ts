@@ -6,7 +6,7 @@ import { setOffline, statusRow, UNKNOWN_PRESENCE, type Executor } from '../lib/p
 import { shedResponses, type Admission } from './admission.ts';
 import { assertMayWrite, createAuthenticate, principalOf, type AuthConfig } from './auth.ts';
 import { createCors } from './cors.ts';
-import { demoRoutes } from './demo.ts';
+import { demoRoutes, serviceIndex } from './demo.ts';
 import { createEdge } from './edge.ts';
 import { errorHandler, notFound } from './errors.ts';
 import type { HeartbeatWriter } from './heartbeat-writer.ts';
@@ -170,6 +170,7 @@ export function buildApp({
   app.get('/openapi.json', (_req, res) => {
     res.json(openApiDocument);
   });
+  app.get('/', serviceIndex(security.document, config.DEMO_PAGE));
   if (config.DEMO_PAGE) {
     const demo = demoRoutes(security.document);
     if (!demo.built) {
