@@ -293,7 +293,11 @@ describe('in a real browser (Chromium): the demo page and the client library', f
       const fits = await page.evaluate<boolean>(`(() => {
         const you = document.querySelector('#grid li.you');
         const small = you.querySelector('small');
-        return you.scrollWidth <= you.clientWidth && small.getBoundingClientRect().right <= you.getBoundingClientRect().right;
+        const name = you.querySelector('span');
+        const cellBox = you.getBoundingClientRect();
+        const badge = small.getBoundingClientRect();
+        return you.scrollWidth <= you.clientWidth && name.scrollWidth <= name.clientWidth &&
+          badge.left >= cellBox.left && badge.right <= cellBox.right;
       })()`);
       expect(fits, `"you" inside its cell at ${width} px`).to.equal(true);
     }
