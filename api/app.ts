@@ -100,6 +100,8 @@ export function buildApp({
         ignore: /^\/(healthz|readyz|metrics)$/,
         // Requests refused by admission control are counted (metrics, a periodic line), not logged.
         skip: (res) => shedResponses.has(res),
+        // The demo page's scripts and styles: a dozen lines a page load would flood a terminal.
+        quiet: /^\/(demo\/[^?]|client\/)/,
       }),
       cors: createCors(config.CORS_ORIGINS),
       headers: security.api,

@@ -46,15 +46,20 @@ export function requestLoggerOf(req: IncomingMessage): Logger {
 const describe = (req: IncomingMessage, id: string) => ({
   id,
   method: req.method,
-  // Express rewrites req.url inside a mounted router (/demo/x becomes /x): log what was asked.
-  url: redactAccessToken((req as { originalUrl?: string }).originalUrl ?? req.url ?? ''),
+  url: redactAccessToken(asked(req)),
 });
+
+// Express rewrites req.url inside a mounted router (/demo/x becomes /x): what was asked.
+const asked = (req: IncomingMessage) =>
+  (req as { originalUrl?: string }).originalUrl ?? req.url ?? '';
 
 export interface RequestLogOptions {
   /** Paths never logged (probes, scrapes). */
   ignore: RegExp;
   /** Responses not logged (e.g. refused by admission control, which counts them instead). */
   skip?: (res: ServerResponse) => boolean;
+  /** Paths logged at debug, not info (the demo page's files: a dozen for each page load). */
+  quiet?: RegExp;
 }
 
 /** The request log's two halves; api/edge.ts runs them in the one per-request layer it mounts. */
@@ -65,7 +70,10 @@ export interface RequestLog {
   end(res: ServerResponse, elapsedMs: number): void;
 }
 
-export function createRequestLog(logger: Logger, { ignore, skip }: RequestLogOptions): RequestLog {
+export function createRequestLog(
+  logger: Logger,
+  { ignore, skip, quiet }: RequestLogOptions,
+): RequestLog {
   return {
     begin(req, res) {
       const given = req.headers['x-request-id'];
@@ -77,8 +85,10 @@ export function createRequestLog(logger: Logger, { ignore, skip }: RequestLogOpt
     end(res, elapsedMs) {
       const req = res.req;
       if (!logger.isLevelEnabled('info') || ignore.test(req.url ?? '') || skip?.(res)) return;
+      const level = quiet?.test(asked(req)) ? 'debug' : 'info';
+      if (level === 'debug' && !logger.isLevelEnabled('debug')) return;
       const state = logged.get(res);
-      logger.info(
+      logger[level](
         {
           req: describe(req, state?.id ?? ''),
           res: { statusCode: res.statusCode },

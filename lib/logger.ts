@@ -84,8 +84,8 @@ export function readableMessage(log: Record<string, unknown>, messageKey: string
 }
 
 /**
- * The logger of an entry point: JSON lines, or readable ones for a person at a terminal. Readable
- * lines hide the request details (id, full URL) below LOG_LEVEL=debug: one line per request.
+ * The logger of an entry point: JSON lines, or readable ones for a person at a terminal. Below
+ * LOG_LEVEL=debug a readable line is one terminal line, without the request details (id, full URL).
  */
 export function createProcessLogger(name: string, level: string, format: LogFormat): Logger {
   const pretty =
@@ -102,6 +102,8 @@ export function createProcessLogger(name: string, level: string, format: LogForm
       sync: true,
       translateTime: 'SYS:HH:MM:ss',
       ignore: details ? 'pid,hostname' : 'pid,hostname,req,res,responseTime',
+      // Below debug a line's fields stay on its line: a terminal line per event.
+      singleLine: !details,
       messageFormat: readableMessage,
       destination: 1,
     }),

@@ -6,6 +6,7 @@ import { sql } from 'kysely';
 import { createLogger } from '../lib/logger.ts';
 import { startTestApp, type TestApp } from './support/app.ts';
 import { createTestDatabase, type TestDatabase } from './support/database.ts';
+import { ensureClientBuilt } from './support/client-build.ts';
 import { startApi, waitFor } from './support/entry-points.ts';
 
 interface LogLine {
@@ -93,6 +94,22 @@ describe('structured logs', () => {
       lines.find((l) => l.req?.url === '/status/stream?watch=1'),
     );
     expect(line).to.deep.include({ level: 30, msg: 'stream closed' });
+  });
+
+  it("logs the demo page's scripts and styles at debug only, the page itself at info", async () => {
+    ensureClientBuilt();
+    for (const level of ['info', 'debug']) {
+      await app?.close();
+      await start(level);
+      for (const path of ['/demo/', '/demo/demo.js', '/client/index.js']) {
+        expect((await app.get(path)).status, path).to.equal(200);
+      }
+      await waitFor('the request lines', () => lines.some((l) => l.req?.url === '/demo/'));
+      const logged = lines.filter((l) => l.req).map((l) => `${l.level} ${l.req!.url}`);
+      expect(logged.sort(), level).to.deep.equal(
+        level === 'info' ? ['30 /demo/'] : ['20 /client/index.js', '20 /demo/demo.js', '30 /demo/'],
+      );
+    }
   });
 
   it("leaves Node's request prototype alone: a library may set req.id", async () => {
