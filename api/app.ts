@@ -11,7 +11,7 @@ import {
 import { shedResponses, type Admission } from './edge/admission.ts';
 import { assertMayWrite, createAuthenticate, principalOf, type AuthConfig } from './edge/auth.ts';
 import { createCors } from './edge/cors.ts';
-import { demoRoutes } from './demo.ts';
+import { demoRoutes, serviceIndex } from './demo.ts';
 import { createEdge } from './edge/edge.ts';
 import { errorHandler, notFound } from './edge/errors.ts';
 import type { HeartbeatWriter } from './write/heartbeat-writer.ts';
@@ -112,6 +112,8 @@ export function buildApp({
         ignore: /^\/(healthz|readyz|metrics)$/,
         // Requests refused by admission control are counted (metrics, a periodic line), not logged.
         skip: (res) => shedResponses.has(res),
+        // The demo page's scripts and styles: a dozen lines a page load would flood a terminal.
+        quiet: /^\/(demo\/[^?]|client\/)/,
       }),
       cors: createCors(config.CORS_ORIGINS),
       headers: security.api,
@@ -191,6 +193,7 @@ export function buildApp({
   app.get('/openapi.json', (_req, res) => {
     res.json(openApiDocument);
   });
+  app.get('/', serviceIndex(security.document, config.DEMO_PAGE));
   if (config.DEMO_PAGE) {
     const demo = demoRoutes(security.document);
     if (!demo.built) {

@@ -9,7 +9,7 @@
 import { existsSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import express, { Router, type Response } from 'express';
+import express, { Router, type RequestHandler, type Response } from 'express';
 import { HttpError } from './edge/errors.ts';
 import { setHeaders, type HeaderList } from './edge/security-headers.ts';
 
@@ -78,4 +78,31 @@ export function demoRoutes(documentHeaders: HeaderList, client = clientFolder())
     }),
   );
   return { router, built };
+}
+
+/**
+ * `GET /`: where to go from here, the demo page (when served) and the API contract. A browser
+ * gets a page with the two links, anything else JSON.
+ */
+export function serviceIndex(documentHeaders: HeaderList, demoPage: boolean): RequestHandler {
+  const links = { ...(demoPage ? { demo: '/demo/' } : {}), contract: '/openapi.json' };
+  const items = [
+    ...(demoPage
+      ? ['<li><a href="/demo/">The demo page</a>: live presence in your browser</li>']
+      : []),
+    '<li><a href="/openapi.json">The API contract</a> (OpenAPI 3.1)</li>',
+  ];
+  const html = `<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>Pulse</title><link rel="icon" href="data:,"></head>
+<body><h1>Pulse</h1><p>Online/offline presence. This is its API.</p><ul>${items.join('')}</ul></body></html>
+`;
+  return (req, res) => {
+    if (req.accepts(['json', 'html']) === 'html') {
+      setHeaders(res, documentHeaders);
+      res.setHeader('Content-Security-Policy', "default-src 'none'; frame-ancestors 'none'");
+      res.type('html').send(html);
+      return;
+    }
+    res.json({ service: 'pulse', ...links });
+  };
 }

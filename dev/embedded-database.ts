@@ -39,6 +39,7 @@ runMain(async () => {
     dataDir,
     port: config.EMBEDDED_PG_PORT,
     persistent: true,
+    onNotice: (line) => console.log(line),
   });
   let stopping = false;
   const stop = () => {

@@ -93,17 +93,47 @@ runMain(async () => {
       startChild('../api/main.ts', env, { nodeFlags: ['--expose-gc'] }),
     );
     supervisor.addService('the sweeper', startChild('../sweeper/main.ts', env));
-    console.log(`Pulse API:  http://${config.HOST}:${config.PORT}`);
-    if (config.DEMO_PAGE) console.log(`Demo page:  http://${config.HOST}:${config.PORT}/demo/`);
+    const base = `http://${config.HOST}:${config.PORT}`;
+    // The links only once they work: the API answers when its server listens.
+    const local = ['0.0.0.0', '::'].includes(config.HOST) ? '127.0.0.1' : config.HOST;
+    const probe = `http://${local.includes(':') ? `[${local}]` : local}:${config.PORT}/healthz`;
+    if (!(await answers(probe, supervisor))) process.exit(await supervisor.stopped);
+    console.log(`Pulse API:  ${base}`);
+    if (config.DEMO_PAGE) console.log(`Demo page:  ${base}/demo/`);
     // A user-supplied URL is shown without its password; the embedded server's local, fixed
     // credentials are shown in full so the line can be pasted into psql.
     const shownUrl = startConfig.DATABASE_URL ? redactConnectionString(databaseUrl) : databaseUrl;
     console.log(`Database:   ${shownUrl}`);
+    console.log('Ctrl-C stops everything.');
   } catch (error) {
     // Whatever started before the failure stops too (the database last), then runMain reports it.
     await supervisor.stop(1);
     throw error;
   }
   // Runs until a signal, or a child's failure, stops the stack.
-  process.exit(await supervisor.stopped);
+  const code = await supervisor.stopped;
+  if (code === 0) {
+    console.log(
+      startConfig.DATABASE_URL
+        ? 'stopped: the API and the sweeper (the database in DATABASE_URL keeps running)'
+        : 'stopped: the API, the sweeper and the embedded PostgreSQL',
+    );
+  }
+  process.exit(code);
 });
+
+/** Polls `url` until it answers (true), or the stack stops first (false). */
+async function answers(url: string, supervisor: Supervisor): Promise<boolean> {
+  let stopped = false;
+  void supervisor.stopped.then(() => (stopped = true));
+  while (!stopped) {
+    try {
+      const response = await fetch(url, { signal: AbortSignal.timeout(1_000) });
+      await response.body?.cancel();
+      return true;
+    } catch {
+      await new Promise((resolve) => setTimeout(resolve, 100));
+    }
+  }
+  return false;
+}

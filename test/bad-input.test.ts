@@ -133,6 +133,8 @@ function isValidRoute(verb: string, url: URL): boolean {
   } catch {
     return false;
   }
+  // GET / points to the demo page and the contract.
+  if (verb === 'GET' && path === '') return true;
   if (verb === 'GET') {
     const id = /^\/status\/([1-9]\d{0,15})$/.exec(path)?.[1];
     return id !== undefined && Number.isSafeInteger(Number(id));

@@ -14,6 +14,7 @@ import { startTestApp, type TestApp } from './support/app.ts';
 import { ensureClientBuilt } from './support/client-build.ts';
 import { createTestDatabase, type TestDatabase } from './support/database.ts';
 import { createLogger } from '../lib/infra/logger.ts';
+import { waitFor } from './support/entry-points.ts';
 
 const CHROMIUM = '/usr/bin/chromium';
 const CHROMIUM_ARGS = [
@@ -67,6 +68,9 @@ describe('in a real browser (Chromium): the demo page and the client library', f
   /** The API's request log: which explicit offline requests reached it. */
   const requestLines: string[] = [];
   const offlineRequests = () => requestLines.filter((line) => line.includes('"/status/offline"'));
+  /** Waits until the API logged a request line that includes every one of `texts`. */
+  const waitForRequestLine = (what: string, ...texts: string[]) =>
+    waitFor(what, () => requestLines.some((line) => texts.every((text) => line.includes(text))));
 
   before(async () => {
     if (!existsSync(CHROMIUM)) {
@@ -201,6 +205,102 @@ describe('in a real browser (Chromium): the demo page and the client library', f
     expect(offlineRequests(), 'explicit offline requests').to.deep.equal([]);
     expect(await alice.locator(cell(7)).getAttribute('data-state')).to.equal('online');
     expect(await database.ageOf(7)).to.be.below(THRESHOLD_SECONDS);
+  });
+
+  it('keeps an idle page on one stream for 40 s: no reconnect, no error, no fallback heartbeat', async function () {
+    this.timeout(90_000);
+    const context = await newBrowser();
+    const requests: string[] = [];
+    context.on('request', (request) => {
+      const { pathname } = new URL(request.url());
+      if (pathname.startsWith('/status/')) requests.push(`${request.method()} ${pathname}`);
+    });
+    const page = await openDemo(context, '?user=30');
+    await page.waitForSelector('#status[data-status="live"]');
+    await page.evaluate(`(() => {
+      window.seenStatuses = [];
+      const pill = document.getElementById('status');
+      new MutationObserver(() => window.seenStatuses.push(pill.dataset.status)).observe(pill, {
+        attributes: true,
+        attributeFilter: ['data-status'],
+      });
+    })()`);
+    // Past the client's 10 s snapshot watchdog and two of the server's 15 s keep-alives.
+    await new Promise((resolve) => setTimeout(resolve, 40_000));
+    expect(requests, 'requests of the page').to.deep.equal(['GET /status/stream']);
+    expect(await page.evaluate<string[]>('window.seenStatuses'), 'status changes').to.deep.equal(
+      [],
+    );
+    expect(await page.locator('#error').textContent()).to.equal('');
+    expect(await page.locator('#status').textContent()).to.equal('live: you are online');
+  });
+
+  it('sends no offline when the page reloads itself, and the user never looks offline', async () => {
+    const alice = await openDemo(await newBrowser(), '?user=20');
+    const erin = await openDemo(await newBrowser(), '?user=21');
+    await alice.waitForSelector(cell(21, 'online'), { timeout: 5_000 });
+    await erin.waitForSelector('#status[data-status="live"]');
+    const states = await recordStates(alice, 21);
+    requestLines.length = 0;
+    await Promise.all([erin.waitForEvent('load'), erin.evaluate('location.reload()')]);
+    await erin.waitForSelector('#status[data-status="live"]', { timeout: 5_000 });
+    // The page that went away closed its stream (an offline request would go out with it).
+    await waitForRequestLine("the first page's stream to close", 'user_id=21', 'stream closed');
+    expect(offlineRequests(), 'explicit offline requests').to.deep.equal([]);
+    expect(await states(), 'states alice saw for user 21').to.deep.equal([]);
+    expect(await database.ageOf(21)).to.be.below(THRESHOLD_SECONDS);
+  });
+
+  it('says in its status whether you are online, and shows a legend', async () => {
+    const page = await openDemo(await newBrowser());
+    const pill = page.locator('#status');
+    await page.waitForSelector('#status[data-status="live"]');
+    expect(await pill.textContent()).to.equal('live: watching (you are offline)');
+    await page.fill('#user', '34');
+    await page.click('#join');
+    await page.waitForSelector('#status[data-status="live"][data-holding="true"]');
+    expect(await pill.textContent()).to.equal('live: you are online');
+    await page.click('#leave');
+    await page.waitForSelector('#status[data-status="live"][data-holding="false"]');
+    expect(await pill.textContent()).to.equal('live: watching (you are offline)');
+    expect(await page.locator('#legend li').allTextContents()).to.deep.equal([
+      'online',
+      'offline',
+      'not known yet',
+    ]);
+  });
+
+  it('draws unknown and offline users differently, and "you" inside its cell', async () => {
+    const page = await openDemo(await newBrowser(), '?user=24');
+    await page.waitForSelector(cell(24, 'online'));
+    const dot = (selector: string) =>
+      page.evaluate<string>(`(() => {
+        const style = getComputedStyle(document.querySelector(${JSON.stringify(selector)}), '::before');
+        return style.backgroundColor + ' ' + style.borderTopStyle + ' ' + style.borderTopColor;
+      })()`);
+    const [unknown, offline, online] = await Promise.all([
+      dot('#legend li[data-state="unknown"]'),
+      dot('#legend li[data-state="offline"]'),
+      dot('#legend li[data-state="online"]'),
+    ]);
+    expect(
+      new Set([unknown, offline, online]).size,
+      `${unknown} | ${offline} | ${online}`,
+    ).to.equal(3);
+    expect(await dot(cell(23, 'offline'))).to.equal(offline);
+    for (const width of [1280, 900, 420]) {
+      await page.setViewportSize({ width, height: 700 });
+      const fits = await page.evaluate<boolean>(`(() => {
+        const you = document.querySelector('#grid li.you');
+        const small = you.querySelector('small');
+        const name = you.querySelector('span');
+        const cellBox = you.getBoundingClientRect();
+        const badge = small.getBoundingClientRect();
+        return you.scrollWidth <= you.clientWidth && name.scrollWidth <= name.clientWidth &&
+          badge.left >= cellBox.left && badge.right <= cellBox.right;
+      })()`);
+      expect(fits, `"you" inside its cell at ${width} px`).to.equal(true);
+    }
   });
 
   it('works from a page on another origin listed in CORS_ORIGINS, and not from one unlisted', async () => {

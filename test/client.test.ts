@@ -2,7 +2,12 @@ import { once } from 'node:events';
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { expect } from 'chai';
-import { PulseClient, type PresenceChange, type PulseClientOptions } from '../client/src/index.ts';
+import {
+  PulseClient,
+  type PresenceChange,
+  type PulseClientOptions,
+  type PulseError,
+} from '../client/src/index.ts';
 import { updatePresenceSettings } from '../lib/store/pulse-store.ts';
 import { startTestApp, type TestApp } from './support/app.ts';
 import { createTestDatabase, silentLogger, type TestDatabase } from './support/database.ts';
@@ -37,11 +42,20 @@ function recordingFetch(log: Recorded[]): typeof fetch {
 
 /**
  * The real API behind a proxy that answers 404 for the stream, as a Pulse from before the stream
- * (or a proxy that does not pass it) would; every other request goes through.
+ * (or a proxy that does not pass it) would, or 503 as a full one would; every other request goes
+ * through.
  */
-async function withoutStream(target: string): Promise<{ url: string; close(): Promise<void> }> {
+async function withoutStream(
+  target: string,
+  streamStatus: 404 | 503 = 404,
+): Promise<{ url: string; close(): Promise<void> }> {
   const server: Server = createServer((req, res) => {
     if (req.url?.startsWith('/status/stream')) {
+      if (streamStatus === 503) {
+        res.writeHead(503, { 'content-type': 'application/json', 'retry-after': '1' });
+        res.end('{"error":{"code":"too_many_streams","message":"too many open streams"}}');
+        return;
+      }
       res.writeHead(404, { 'content-type': 'application/json' });
       res.end('{"error":{"code":"not_found","message":"no route for GET /status/stream"}}');
       return;
@@ -52,7 +66,10 @@ async function withoutStream(target: string): Promise<{ url: string; close(): Pr
       const body = chunks.length ? Buffer.concat(chunks) : undefined;
       fetch(target + req.url, {
         method: req.method ?? 'GET',
-        headers: { 'content-type': req.headers['content-type'] ?? 'application/json' },
+        headers: {
+          'content-type': req.headers['content-type'] ?? 'application/json',
+          ...(req.headers.authorization ? { authorization: req.headers.authorization } : {}),
+        },
         ...(body ? { body } : {}),
       })
         .then(async (answer) => {
@@ -297,6 +314,53 @@ describe('client library in Node, against the real API', function () {
       expect(await database.ageOf(71)).to.equal(undefined);
     } finally {
       await Promise.all(clients.splice(0).map((pulse) => pulse.stop()));
+      await secured.close();
+    }
+  });
+
+  it('reports a failing getToken and keeps its fallback heartbeats going, with no unhandled rejection', async () => {
+    const secret = randomSecret();
+    const secured = await startTestApp(database, jwtEnv(secret, API_ENV));
+    // The stream is refused (503): presence rests on the fallback heartbeat loop.
+    const proxy = await withoutStream(secured.baseUrl, 503);
+    const unhandled: unknown[] = [];
+    const onUnhandled = (reason: unknown) => unhandled.push(reason);
+    process.on('unhandledRejection', onUnhandled);
+    try {
+      const token = await hs256(secret).sign({ claims: { sub: '72' } });
+      let failing = true;
+      const errors: PulseError[] = [];
+      const log: Recorded[] = [];
+      const pulse = new PulseClient({
+        url: proxy.url,
+        getToken: () =>
+          failing ? Promise.reject(new Error('identity provider down')) : Promise.resolve(token),
+        onError: (error) => errors.push(error),
+        onlineThresholdSeconds: 2,
+        fetch: recordingFetch(log),
+      });
+      clients.push(pulse);
+      pulse.start();
+      // Past the first fallback beat (2 s after the stream failed), which asks for a token too.
+      await waitFor(
+        () => errors.filter((e) => e.code === 'token_unavailable').length >= 4,
+        'getToken failures reported',
+        8_000,
+      );
+      expect(errors.find((e) => e.code === 'token_unavailable')!.message).to.equal(
+        'getToken failed: identity provider down',
+      );
+      failing = false;
+      const beats = () =>
+        log.filter((r) => new URL(r.url).pathname === '/status/update' && r.status === 200);
+      await waitFor(() => beats().length >= 2, 'fallback heartbeats once getToken works', 8_000);
+      expect(await database.ageOf(72)).to.be.within(0, 2);
+      expect(pulse.status).to.equal('backoff');
+      expect(unhandled).to.deep.equal([]);
+    } finally {
+      process.off('unhandledRejection', onUnhandled);
+      await Promise.all(clients.splice(0).map((pulse) => pulse.stop()));
+      await proxy.close();
       await secured.close();
     }
   });

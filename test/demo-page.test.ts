@@ -45,9 +45,30 @@ describe('demo page and client library routes', () => {
     expect((await app.get('/client/nothing.js')).status).to.equal(404);
   });
 
+  it('answers GET / with the way to the demo page and the contract: a page for browsers, JSON otherwise', async () => {
+    const page = await app.get('/', { accept: 'text/html,application/xhtml+xml,*/*;q=0.8' });
+    expect(page.status).to.equal(200);
+    expect(page.headers.get('content-type')).to.match(/^text\/html/);
+    expect(page.headers.get('content-security-policy')).to.include("default-src 'none'");
+    const html = await page.text();
+    expect(html).to.include('href="/demo/"').and.include('href="/openapi.json"');
+    const json = await app.get('/', { accept: 'application/json' });
+    expect(json.status).to.equal(200);
+    expect(await json.json()).to.deep.equal({
+      service: 'pulse',
+      demo: '/demo/',
+      contract: '/openapi.json',
+    });
+    expect(await (await app.get('/')).json()).to.have.property('demo', '/demo/');
+  });
+
   it('is not served with DEMO_PAGE=false', async () => {
     const off = await startTestApp(database, { DEMO_PAGE: 'false' });
     try {
+      expect(await (await off.get('/')).json()).to.deep.equal({
+        service: 'pulse',
+        contract: '/openapi.json',
+      });
       expect((await off.get('/demo/')).status).to.equal(404);
       expect((await off.get('/client/index.js')).status).to.equal(404);
     } finally {

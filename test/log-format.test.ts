@@ -30,6 +30,7 @@ describe('log format', function () {
     const output = run(logOneLine('auto'), true);
     expect(output).to.match(/INFO.*pulse api listening/);
     expect(output).to.match(/userId.*7/);
+    expect(output.trim().split('\n'), 'its fields on the same line').to.have.length(1);
     expect(output).not.to.include('{"level"');
   });
 

@@ -37,6 +37,11 @@ describe('npm start (the all-in-one stack)', function () {
       ownProcessGroup: true,
     });
     const base = `http://127.0.0.1:${apiPort}`;
+    // Its links are printed once they work.
+    await stack.waitForOutput(/Pulse API: /, { timeoutMs: 75_000 });
+    expect((await fetch(`${base}/healthz`)).status, 'the API when its link is printed').to.equal(
+      200,
+    );
     await stack.waitForHttp(`${base}/readyz`, { timeoutMs: 75_000 });
     const databaseUrl = `postgres://postgres:postgres@127.0.0.1:${pgPort}/pulse`;
     return { stack, base, apiPort, databaseUrl };
@@ -103,6 +108,7 @@ describe('npm start (the all-in-one stack)', function () {
       const { code } = await stack.exited;
       const lines = stack.output().slice(before).trim().split('\n');
       expect(code, lines.join('\n')).to.equal(0);
+      expect(lines.at(-1)).to.equal('stopped: the API, the sweeper and the embedded PostgreSQL');
       expect(lines.join('\n')).not.to.match(
         /connection lost|terminating connection|secretKey|processID|"level":(40|50|60)/,
       );

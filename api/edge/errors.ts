@@ -1,4 +1,5 @@
 import type { ErrorRequestHandler, RequestHandler } from 'express';
+import { requestLoggerOf } from './request-log.ts';
 import { isDatabaseUnavailable } from '../../lib/infra/db.ts';
 import {
   errorBody,
@@ -71,7 +72,7 @@ export const errorHandler: ErrorRequestHandler = (error: unknown, req, res, next
   // logged by the database's outage log (first cause, then a count), not once per request; anything
   // else is logged once, with its cause (message and code: lib/infra/logger.ts).
   if (httpError.status >= 500 && !quietCodes.has(httpError.code)) {
-    req.log.error({ err: error }, httpError.message);
+    requestLoggerOf(req).error({ err: error }, httpError.message);
   }
   res.status(httpError.status).set(httpError.headers);
   res.json(errorBody(httpError.code, httpError.message));

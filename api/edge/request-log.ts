@@ -1,27 +1,22 @@
 /**
  * One log line per request ("request completed", with the request id, method, URL, status and
- * duration), the X-Request-Id header, and `req.log` for the error handler.
+ * duration; readable at a terminal as `POST /status/update 200 3 ms`: lib/logger.ts), the
+ * X-Request-Id header, and `requestLoggerOf(req)` for the error handler.
  *
  * pino-http does the same, but builds a child logger for every request (serializing the request
  * into its bindings up front, whether anything is logged or not) and attaches three listeners;
  * on the single-heartbeat path that was the largest cost after Express itself
- * (docs/request-cost.md). Here the child logger is made only when something logs through
- * `req.log`, and the line is built only when LOG_LEVEL lets it through.
+ * (docs/request-cost.md). Here the child logger is made only when something logs through it, and
+ * the line is built only when LOG_LEVEL lets it through. The request's id and logger live in
+ * res.locals (api/request-locals.ts), never on Node's prototypes: a library that sets `req.id`
+ * (pino-http does) must keep working.
  */
 import { randomUUID } from 'node:crypto';
-import { IncomingMessage, type ServerResponse } from 'node:http';
+import type { IncomingMessage} from 'node:http';
+import { type ServerResponse } from 'node:http';
 import type { Logger } from '../../lib/infra/logger.ts';
 import { redactAccessToken } from './auth.ts';
 import { requestSlot } from './request-locals.ts';
-
-declare module 'http' {
-  interface IncomingMessage {
-    /** The request id: a sane X-Request-Id from the client, or a new UUID. */
-    readonly id: string;
-    /** A logger whose lines carry this request's id, method and URL. */
-    readonly log: Logger;
-  }
-}
 
 const SANE_ID = /^[\w.:-]{1,128}$/;
 
@@ -33,49 +28,53 @@ interface Logged {
 }
 const logged = requestSlot<Logged>('requestLog');
 
-// `req.id` and `req.log` are getters on the prototype, reading what begin() kept in res.locals:
-// defining or adding them on every request object cost CPU and garbage on the hot path.
-Object.defineProperty(IncomingMessage.prototype, 'id', {
-  configurable: true,
-  get(this: IncomingMessage): string {
-    const state = logged.ofRequest(this);
-    if (state === undefined) throw new Error('req.id used outside the request log middleware');
-    return state.id;
-  },
-});
-Object.defineProperty(IncomingMessage.prototype, 'log', {
-  configurable: true,
-  get(this: IncomingMessage): Logger {
-    const state = logged.ofRequest(this);
-    if (state === undefined) throw new Error('req.log used outside the request log middleware');
-    return (state.child ??= state.logger.child({ req: describe(this) }));
-  },
-});
+function loggedOf(req: IncomingMessage): Logged {
+  const state = logged.ofRequest(req);
+  if (state === undefined) throw new Error('a request outside the request log middleware');
+  return state;
+}
+
+/** The request id: a sane X-Request-Id from the client, or a new UUID. */
+export const requestIdOf = (req: IncomingMessage): string => loggedOf(req).id;
+
+/** A logger whose lines carry this request's id, method and URL, made on first use. */
+export function requestLoggerOf(req: IncomingMessage): Logger {
+  const state = loggedOf(req);
+  return (state.child ??= state.logger.child({ req: describe(req, state.id) }));
+}
 
 // The stream may carry a token in its query (access_token): never in a log line.
-const describe = (req: IncomingMessage) => ({
-  id: req.id,
+const describe = (req: IncomingMessage, id: string) => ({
+  id,
   method: req.method,
-  // Express rewrites req.url inside a mounted router (/demo/x becomes /x): log what was asked.
-  url: redactAccessToken((req as { originalUrl?: string }).originalUrl ?? req.url ?? ''),
+  url: redactAccessToken(asked(req)),
 });
+
+// Express rewrites req.url inside a mounted router (/demo/x becomes /x): what was asked.
+const asked = (req: IncomingMessage) =>
+  (req as { originalUrl?: string }).originalUrl ?? req.url ?? '';
 
 export interface RequestLogOptions {
   /** Paths never logged (probes, scrapes). */
   ignore: RegExp;
   /** Responses not logged (e.g. refused by admission control, which counts them instead). */
   skip?: (res: ServerResponse) => boolean;
+  /** Paths logged at debug, not info (the demo page's files: a dozen for each page load). */
+  quiet?: RegExp;
 }
 
 /** The request log's two halves; api/edge/edge.ts runs them in the one per-request layer it mounts. */
 export interface RequestLog {
-  /** At the start: the request id (X-Request-Id, `req.id`) and `req.log`. */
+  /** At the start: the request id (X-Request-Id, requestIdOf) and the logger (requestLoggerOf). */
   begin(req: IncomingMessage, res: ServerResponse): void;
   /** When the response closes: the request line, `elapsedMs` after begin(). */
   end(res: ServerResponse, elapsedMs: number): void;
 }
 
-export function createRequestLog(logger: Logger, { ignore, skip }: RequestLogOptions): RequestLog {
+export function createRequestLog(
+  logger: Logger,
+  { ignore, skip, quiet }: RequestLogOptions,
+): RequestLog {
   return {
     begin(req, res) {
       const given = req.headers['x-request-id'];
@@ -87,14 +86,25 @@ export function createRequestLog(logger: Logger, { ignore, skip }: RequestLogOpt
     end(res, elapsedMs) {
       const req = res.req;
       if (!logger.isLevelEnabled('info') || ignore.test(req.url ?? '') || skip?.(res)) return;
-      logger.info(
+      const level = quiet?.test(asked(req)) ? 'debug' : 'info';
+      if (level === 'debug' && !logger.isLevelEnabled('debug')) return;
+      const state = logged.get(res);
+      logger[level](
         {
-          req: describe(req),
+          req: describe(req, state?.id ?? ''),
           res: { statusCode: res.statusCode },
           responseTime: Math.round(elapsedMs),
         },
-        res.writableFinished ? 'request completed' : 'request aborted',
+        res.writableFinished ? 'request completed' : closedEarly(res),
       );
     },
   };
+}
+
+/** A stream the client closed is how a stream normally ends; any other early close is an abort. */
+function closedEarly(res: ServerResponse): string {
+  const type = res.getHeader('content-type');
+  return typeof type === 'string' && type.startsWith('text/event-stream')
+    ? 'stream closed'
+    : 'request aborted';
 }

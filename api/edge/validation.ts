@@ -3,7 +3,10 @@ import { z } from 'zod';
 import { HttpError } from './errors.ts';
 
 const userId = z
-  .number({ error: 'user_id must be a number' })
+  .number({
+    error: (issue) =>
+      issue.input === undefined ? 'user_id is required' : 'user_id must be a number',
+  })
   .int('user_id must be an integer')
   .min(1, 'user_id must be at least 1')
   .max(Number.MAX_SAFE_INTEGER, `user_id must be at most ${Number.MAX_SAFE_INTEGER}`);
@@ -26,8 +29,9 @@ function fail(error: z.ZodError): never {
   const aboutUserId = issue?.path.at(-1) === 'user_id';
   throw new HttpError(
     aboutUserId ? 'invalid_user_id' : 'invalid_body',
+    // The message names its field already; only an item of an array needs saying which.
     issue
-      ? `${issue.path.length ? `${issue.path.join('.')}: ` : ''}${issue.message}`
+      ? `${typeof issue.path[0] === 'number' ? `item ${issue.path[0]}: ` : ''}${issue.message}`
       : 'invalid body',
   );
 }

@@ -16,13 +16,16 @@ const errorLine = document.getElementById('error');
 const grid = document.getElementById('grid');
 document.getElementById('grid-title').textContent = `Users 1 to ${gridSize}`;
 
+/** The status pill: what the connection does, and whether it holds this page's user online. */
 const STATUS_TEXT = {
-  idle: 'not connected',
-  connecting: 'connecting…',
-  live: 'live: presence held by the stream',
-  backoff: 'reconnecting…',
-  polling: 'no stream on this server: heartbeats and polling',
-  shared: 'live: sharing another tab’s stream',
+  idle: () => 'not connected',
+  connecting: () => 'connecting…',
+  live: (holding) => (holding ? 'live: you are online' : 'live: watching (you are offline)'),
+  backoff: () => 'reconnecting…',
+  polling: (holding) =>
+    holding ? 'no stream here: online by heartbeats, polling' : 'no stream here: polling',
+  shared: (holding) =>
+    holding ? 'live: you are online (another tab’s stream)' : 'live: another tab’s stream',
 };
 
 const cells = new Map();
@@ -30,17 +33,22 @@ for (const id of watched) {
   const cell = document.createElement('li');
   cell.dataset.userId = String(id);
   cell.dataset.state = 'unknown';
-  cell.textContent = `user ${id}`;
+  const name = document.createElement('span');
+  name.textContent = `user ${id}`;
+  cell.append(name);
   grid.append(cell);
   cells.set(id, cell);
 }
 
 let client;
 let unwatch;
+/** The user this page holds online, if any. */
+let holding;
 
 function showStatus(status) {
   statusLine.dataset.status = status;
-  statusLine.textContent = STATUS_TEXT[status] ?? status;
+  statusLine.dataset.holding = String(holding !== undefined);
+  statusLine.textContent = STATUS_TEXT[status]?.(holding !== undefined) ?? status;
   if (status === 'live' || status === 'shared') errorLine.textContent = '';
 }
 
@@ -52,10 +60,12 @@ function render({ user_id, is_online }) {
 function markYou(userId) {
   for (const [id, cell] of cells) {
     cell.classList.toggle('you', id === userId);
-    cell.replaceChildren(`user ${id}`);
+    const name = document.createElement('span');
+    name.textContent = `user ${id}`;
+    cell.replaceChildren(name);
     if (id === userId) {
       const you = document.createElement('small');
-      you.textContent = ' (you)';
+      you.textContent = 'you';
       cell.append(you);
     }
   }
@@ -66,6 +76,7 @@ async function disconnect(offline) {
   unwatch = undefined;
   const previous = client;
   client = undefined;
+  holding = undefined;
   await previous?.stop({ offline });
   for (const cell of cells.values()) cell.dataset.state = 'unknown';
   markYou(undefined);
@@ -94,6 +105,7 @@ async function connect(userId) {
   });
   unwatch = client.watch(watched, render);
   if (userId === undefined) return;
+  holding = userId;
   client.start();
   markYou(userId);
   leaveButton.disabled = false;

@@ -22,8 +22,16 @@ export class Credentials {
     return this.cached;
   }
 
+  /** Rejects with a PulseError `token_unavailable` when getToken fails. */
   async token(): Promise<string | undefined> {
-    if (this.cached === undefined && this.getToken) this.cached = await this.getToken();
+    if (this.cached === undefined && this.getToken) {
+      try {
+        this.cached = await this.getToken();
+      } catch (error) {
+        const reason = error instanceof Error ? error.message : String(error);
+        throw new PulseError('token_unavailable', `getToken failed: ${reason}`);
+      }
+    }
     return this.cached;
   }
 

@@ -245,7 +245,7 @@ export class PresenceConnection {
       }
     } catch (error) {
       if (controller.signal.aborted) return this.abortOutcome();
-      this.handlers.onError(new PulseError('network', messageOf(error)));
+      this.handlers.onError(asPulseError(error));
       return { kind: 'failed' };
     }
 
@@ -305,8 +305,9 @@ export class PresenceConnection {
       for (;;) {
         const { done, value } = await reader.read();
         if (done) break;
-        if (this.live) arm(IDLE_TIMEOUT_MS, 'idle');
         parser.pushBytes(value);
+        // After the chunk is parsed: the one that carried the snapshot starts the idle watchdog.
+        if (this.live) arm(IDLE_TIMEOUT_MS, 'idle');
       }
     } catch (error) {
       if (!controller.signal.aborted) {
@@ -366,17 +367,16 @@ export class PresenceConnection {
     });
   }
 
+  /** Never rejects: a failure (getToken's too) is reported, and the loop goes on. */
   private async beat(): Promise<void> {
-    const userId = this.heldUserId() ?? subjectOf(await this.options.api.credentials.token());
     try {
+      const userId = this.heldUserId() ?? subjectOf(await this.options.api.credentials.token());
       if (userId !== undefined) {
         this.serverThresholdSeconds =
           (await this.options.api.heartbeat(userId)) ?? this.serverThresholdSeconds;
       }
     } catch (error) {
-      this.handlers.onError(
-        error instanceof PulseError ? error : new PulseError('network', messageOf(error)),
-      );
+      this.handlers.onError(asPulseError(error));
     }
     if (this.heartbeatTimer === undefined || this.stopped || this.live) return;
     this.heartbeatTimer = setTimeout(() => this.startBeat(), this.heartbeatIntervalMs());
@@ -393,9 +393,7 @@ export class PresenceConnection {
       try {
         this.handlers.onSnapshot(await this.options.api.batch(ids));
       } catch (error) {
-        this.handlers.onError(
-          error instanceof PulseError ? error : new PulseError('network', messageOf(error)),
-        );
+        this.handlers.onError(asPulseError(error));
       }
     }
     if (this.stopped || Date.now() >= this.pollingUntil) return;
@@ -405,6 +403,10 @@ export class PresenceConnection {
 
 function messageOf(error: unknown): string {
   return error instanceof Error ? error.message : String(error);
+}
+
+function asPulseError(error: unknown): PulseError {
+  return error instanceof PulseError ? error : new PulseError('network', messageOf(error));
 }
 
 function isChange(value: unknown): value is PresenceChange {

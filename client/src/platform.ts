@@ -30,8 +30,21 @@ export interface PageEventLike {
   persisted?: boolean;
 }
 
+interface NavigateEventLike {
+  destination: { url: string };
+  hashChange?: boolean;
+  downloadRequest?: string | null;
+}
+
+interface NavigationLike {
+  addEventListener(type: 'navigate', listener: (event: NavigateEventLike) => void): void;
+  addEventListener(type: 'navigatesuccess' | 'navigateerror', listener: () => void): void;
+}
+
 interface BrowserGlobals {
   navigator?: { locks?: LockManagerLike };
+  navigation?: NavigationLike;
+  location?: { origin: string };
   BroadcastChannel?: new (name: string) => ChannelLike;
   addEventListener?: unknown;
   removeEventListener?: unknown;
@@ -56,4 +69,34 @@ export function pageLifecycle(): PageLifecycleTarget | undefined {
   }
   const page: unknown = globalThis;
   return page as PageLifecycleTarget;
+}
+
+/**
+ * Whether the page is being replaced by another page of the same origin (a reload from the page,
+ * a link, a form): that is no departure, so pagehide sends no offline. From the Navigation API
+ * (Chromium); a reload from the browser's own button or a typed address fires no `navigate`, and
+ * then pagehide cannot tell a reload from a close.
+ */
+let toSameOrigin = false;
+const navigation = globals.document === undefined ? undefined : globals.navigation;
+navigation?.addEventListener('navigate', (event) => {
+  if (event.hashChange === true || (event.downloadRequest ?? null) !== null) return;
+  try {
+    toSameOrigin = new URL(event.destination.url).origin === globals.location?.origin;
+  } catch {
+    toSameOrigin = false;
+  }
+});
+// A navigation that stayed in this document, or was stopped, leaves the page where it was.
+navigation?.addEventListener('navigatesuccess', () => (toSameOrigin = false));
+navigation?.addEventListener('navigateerror', () => (toSameOrigin = false));
+
+/** Whether the page now going away is being replaced by a page of the same origin. */
+export function leavingForSameOrigin(): boolean {
+  return toSameOrigin;
+}
+
+/** Back from the back/forward cache: whatever navigation hid the page is over. */
+export function resetLeaving(): void {
+  toSameOrigin = false;
 }

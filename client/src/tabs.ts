@@ -16,7 +16,7 @@
  */
 import { PresenceConnection, type ConnectionOptions } from './connection.ts';
 import type { ChannelLike, LockManagerLike, PageEventLike } from './platform.ts';
-import { pageLifecycle } from './platform.ts';
+import { leavingForSameOrigin, pageLifecycle, resetLeaving } from './platform.ts';
 import {
   offlineUserId,
   type ConnectionHandlers,
@@ -204,13 +204,15 @@ export class SharedTransport implements Transport {
     // The stream goes first, so the server stops beating before the offline request lands.
     this.leaderConnection?.abortNow();
     const userId = offlineUserId(this.options.api, this.options.userId);
-    if (this.desired.hold && last && userId !== undefined) {
+    if (this.desired.hold && last && userId !== undefined && !leavingForSameOrigin()) {
       this.options.api.offlineOnUnload(userId);
     }
     void this.leave();
   };
 
   private readonly onPageShow = (event: PageEventLike): void => {
-    if (event.persisted) this.join();
+    if (!event.persisted) return;
+    resetLeaving();
+    this.join();
   };
 }

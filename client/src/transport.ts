@@ -7,7 +7,12 @@ import {
   type ConnectionOptions,
   type Desired,
 } from './connection.ts';
-import { pageLifecycle, type PageEventLike } from './platform.ts';
+import {
+  leavingForSameOrigin,
+  pageLifecycle,
+  resetLeaving,
+  type PageEventLike,
+} from './platform.ts';
 
 export type { ConnectionHandlers, Desired };
 
@@ -57,11 +62,14 @@ export class DirectTransport implements Transport {
   private readonly onPageHide = (): void => {
     this.connection.abortNow();
     const userId = offlineUserId(this.options.api, this.options.userId);
-    if (this.desired.hold && userId !== undefined) this.options.api.offlineOnUnload(userId);
+    if (this.desired.hold && userId !== undefined && !leavingForSameOrigin()) {
+      this.options.api.offlineOnUnload(userId);
+    }
   };
 
   private readonly onPageShow = (event: PageEventLike): void => {
     if (!event.persisted) return;
+    resetLeaving();
     // Back from the back/forward cache: the old connection was dropped on pagehide.
     this.connection = new PresenceConnection(this.options, this.handlers);
     this.connection.update(this.desired);

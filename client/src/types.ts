@@ -22,7 +22,10 @@ export type ConnectionStatus =
 /** A failure the client could not hide (it keeps retrying where retrying makes sense). */
 export class PulseError extends Error {
   constructor(
-    /** The API's error code (`invalid_token`, `too_many_ids`, ...) or `network`. */
+    /**
+     * The API's error code (`invalid_token`, `too_many_ids`, ...), `network`, or
+     * `token_unavailable` (getToken failed).
+     */
     readonly code: string,
     message: string,
     /** The HTTP status, when there was an answer. */

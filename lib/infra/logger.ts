@@ -60,17 +60,52 @@ function loadPinoPretty(): typeof PinoPretty | undefined {
   }
 }
 
-/** The logger of an entry point: JSON lines, or readable ones for a person at a terminal. */
+/**
+ * A request line (api/request-log.ts) as a person reads it, `POST /status/update 200 3 ms`; any
+ * other line's message as it is.
+ */
+export function readableMessage(log: Record<string, unknown>, messageKey: string): string {
+  const given = log[messageKey];
+  const message = typeof given === 'string' ? given : JSON.stringify(given ?? '');
+  const req = log.req as { method?: unknown; url?: unknown } | undefined;
+  const res = log.res as { statusCode?: number } | undefined;
+  const ms = log.responseTime;
+  if (
+    typeof req?.url !== 'string' ||
+    typeof res?.statusCode !== 'number' ||
+    typeof ms !== 'number'
+  ) {
+    return message;
+  }
+  const path = req.url.split('?')[0];
+  const took = ms < 10_000 ? `${ms} ms` : `${(ms / 1000).toFixed(1)} s`;
+  const note = message === 'request completed' ? '' : ` (${message})`;
+  return `${String(req.method)} ${path} ${res.statusCode} ${took}${note}`;
+}
+
+/**
+ * The logger of an entry point: JSON lines, or readable ones for a person at a terminal. Below
+ * LOG_LEVEL=debug a readable line is one terminal line, without the request details (id, full URL).
+ */
 export function createProcessLogger(name: string, level: string, format: LogFormat): Logger {
   const pretty =
     resolveLogFormat(format, process.stdout.isTTY === true) === 'pretty'
       ? loadPinoPretty()
       : undefined;
   if (!pretty) return createLogger(name, level);
+  const details = level === 'debug' || level === 'trace';
   return createLogger(
     name,
     level,
     // Synchronous, so the last lines before process.exit() are never lost.
-    pretty({ sync: true, translateTime: 'SYS:HH:MM:ss', ignore: 'pid,hostname', destination: 1 }),
+    pretty({
+      sync: true,
+      translateTime: 'SYS:HH:MM:ss',
+      ignore: details ? 'pid,hostname' : 'pid,hostname,req,res,responseTime',
+      // Below debug a line's fields stay on its line: a terminal line per event.
+      singleLine: !details,
+      messageFormat: readableMessage,
+      destination: 1,
+    }),
   );
 }
