@@ -12,7 +12,7 @@ import { updatePresenceSettings } from '../lib/store/pulse-store.ts';
 import { startTestApp, type TestApp } from './support/app.ts';
 import { createTestDatabase, silentLogger, type TestDatabase } from './support/database.ts';
 import { hs256, jwtEnv, randomSecret } from './support/tokens.ts';
-import { waitFor } from './support/wait.ts';
+import { waitFor } from './support/entry-points.ts';
 
 /** Fast change detection and reconnect hints, so each case takes about a second. */
 const API_ENV = { STREAM_POLL_INTERVAL_MS: '100', STREAM_RETRY_MS: '400' };
@@ -127,7 +127,7 @@ describe('client library in Node, against the real API', function () {
     const pulse = client({ userId: 11, fetch: recordingFetch(log) });
     expect(pulse.status).to.equal('idle');
     pulse.start();
-    await waitFor(() => pulse.status === 'live', 'the stream');
+    await waitFor('the stream', () => pulse.status === 'live');
     expect(await isOnline(11)).to.equal(true);
     expect(
       log.map((r) => `${r.method} ${new URL(r.url).pathname}${new URL(r.url).search}`),
@@ -138,7 +138,7 @@ describe('client library in Node, against the real API', function () {
     const watcher = client({});
     const seen: PresenceChange[] = [];
     const unwatch = watcher.watch([21, 22], (change) => seen.push(change));
-    await waitFor(() => seen.length === 2, 'the first states');
+    await waitFor('the first states', () => seen.length === 2);
     expect(seen).to.have.deep.members([
       { user_id: 21, is_online: false },
       { user_id: 22, is_online: false },
@@ -148,9 +148,9 @@ describe('client library in Node, against the real API', function () {
 
     const user = client({ userId: 21 });
     user.start();
-    await waitFor(() => watcher.isOnline(21) === true, 'user 21 online');
+    await waitFor('user 21 online', () => watcher.isOnline(21) === true);
     await user.stop({ offline: true });
-    await waitFor(() => watcher.isOnline(21) === false, 'user 21 offline', 2_000);
+    await waitFor('user 21 offline', () => watcher.isOnline(21) === false, { timeoutMs: 2_000 });
     expect(seen.filter((c) => c.user_id === 21).map((c) => c.is_online)).to.deep.equal([
       false,
       true,
@@ -161,15 +161,15 @@ describe('client library in Node, against the real API', function () {
     unwatch();
     const other = client({});
     other.watch([22], () => {});
-    await waitFor(() => other.isOnline(22) === false, 'the second watcher');
+    await waitFor('the second watcher', () => other.isOnline(22) === false);
     await api.post('/status/update', { user_id: 22 });
-    await waitFor(() => other.isOnline(22) === true, 'user 22 online for the second watcher');
+    await waitFor('user 22 online for the second watcher', () => other.isOnline(22) === true);
     expect(seen.filter((c) => c.user_id === 22)).to.have.length(1);
     expect(watcher.isOnline(22)).to.equal(undefined);
     // Watching again starts from the current state at once (the stream still carried it).
     const again: PresenceChange[] = [];
     watcher.watch([22], (change) => again.push(change));
-    await waitFor(() => again.length === 1, 'the state on watching again');
+    await waitFor('the state on watching again', () => again.length === 1);
     expect(again).to.deep.equal([{ user_id: 22, is_online: true }]);
   });
 
@@ -178,7 +178,7 @@ describe('client library in Node, against the real API', function () {
     const staying = client({ userId: 42 });
     leaving.start();
     staying.start();
-    await waitFor(() => leaving.status === 'live' && staying.status === 'live', 'both streams');
+    await waitFor('both streams', () => leaving.status === 'live' && staying.status === 'live');
     await leaving.stop({ offline: true });
     await staying.stop();
     expect(await isOnline(41)).to.equal(false);
@@ -191,15 +191,15 @@ describe('client library in Node, against the real API', function () {
     const pulse = client({ userId: 51 });
     pulse.start();
     pulse.watch([52], () => {});
-    await waitFor(() => pulse.status === 'live' && pulse.isOnline(52) === false, 'the stream');
+    await waitFor('the stream', () => pulse.status === 'live' && pulse.isOnline(52) === false);
 
     await api.close();
-    await waitFor(() => pulse.status !== 'live', 'the client to notice');
+    await waitFor('the client to notice', () => pulse.status !== 'live');
     api = await startTestApp(database, API_ENV, silentLogger, port);
-    await waitFor(() => pulse.status === 'live', 'the stream back', 10_000);
+    await waitFor('the stream back', () => pulse.status === 'live', { timeoutMs: 10_000 });
     expect(await isOnline(51)).to.equal(true);
     await api.post('/status/update', { user_id: 52 });
-    await waitFor(() => pulse.isOnline(52) === true, 'a change after the restart');
+    await waitFor('a change after the restart', () => pulse.isOnline(52) === true);
   });
 
   it('waits at least Retry-After when the stream is refused, and holds presence by heartbeats meanwhile', async () => {
@@ -222,7 +222,7 @@ describe('client library in Node, against the real API', function () {
       );
       pulse.start();
       const streams = () => log.filter((r) => r.url.includes('/status/stream'));
-      await waitFor(() => streams().length >= 3, 'three stream attempts', 10_000);
+      await waitFor('three stream attempts', () => streams().length >= 3, { timeoutMs: 10_000 });
       const attempts = streams();
       for (let i = 1; i < attempts.length; i += 1) {
         const previous = attempts[i - 1]!;
@@ -232,7 +232,7 @@ describe('client library in Node, against the real API', function () {
         expect(attempts[i]!.at - previous.at, `gap after attempt ${i}`).to.be.at.least(floor);
       }
       expect(pulse.status).to.be.oneOf(['backoff', 'connecting']);
-      await waitFor(() => isOnline(61, full), 'user 61 online by heartbeats');
+      await waitFor('user 61 online by heartbeats', () => isOnline(61, full));
       expect(log.some((r) => r.url.endsWith('/status/update') && r.status === 200)).to.equal(true);
     } finally {
       await Promise.all(clients.splice(0).map((pulse) => pulse.stop()));
@@ -253,11 +253,11 @@ describe('client library in Node, against the real API', function () {
       clients.push(pulse);
       pulse.start();
       pulse.watch([82], () => {});
-      await waitFor(() => pulse.status === 'polling', 'the polling fallback');
-      await waitFor(() => pulse.isOnline(82) === false, 'the first poll');
-      await waitFor(() => isOnline(81), 'user 81 online by heartbeats');
+      await waitFor('the polling fallback', () => pulse.status === 'polling');
+      await waitFor('the first poll', () => pulse.isOnline(82) === false);
+      await waitFor('user 81 online by heartbeats', () => isOnline(81));
       await api.post('/status/update', { user_id: 82 });
-      await waitFor(() => pulse.isOnline(82) === true, 'user 82 online by polling');
+      await waitFor('user 82 online by polling', () => pulse.isOnline(82) === true);
       const paths = log.map((r) => `${r.method} ${new URL(r.url).pathname}`);
       expect(paths.filter((p) => p === 'GET /status/stream')).to.have.length(1);
       expect(paths).to.include('POST /status/update').and.to.include('POST /status/batch');
@@ -281,9 +281,9 @@ describe('client library in Node, against the real API', function () {
       pulse.start();
       const beats = () =>
         log.filter((r) => r.method === 'POST' && new URL(r.url).pathname === '/status/update');
-      await waitFor(() => beats().length >= 1, 'the first heartbeat');
+      await waitFor('the first heartbeat', () => beats().length >= 1);
       const first = beats()[0]!.at;
-      await waitFor(() => beats().length >= 3, 'two more heartbeats at the server pace');
+      await waitFor('two more heartbeats at the server pace', () => beats().length >= 3);
       expect(beats()[2]!.at - first).to.be.below(4000);
     } finally {
       await Promise.all(clients.splice(0).map((pulse) => pulse.stop()));
@@ -306,7 +306,7 @@ describe('client library in Node, against the real API', function () {
       let calls = 0;
       const pulse = client({ getToken: () => tokens[Math.min(calls++, 1)]! }, secured);
       pulse.start();
-      await waitFor(() => pulse.status === 'live', 'the stream with the fresh token');
+      await waitFor('the stream with the fresh token', () => pulse.status === 'live');
       expect(calls).to.equal(2);
       // GET /status needs a token here: read the table instead.
       expect(await database.ageOf(71)).to.be.within(0, 2);
@@ -343,9 +343,9 @@ describe('client library in Node, against the real API', function () {
       pulse.start();
       // Past the first fallback beat (2 s after the stream failed), which asks for a token too.
       await waitFor(
-        () => errors.filter((e) => e.code === 'token_unavailable').length >= 4,
         'getToken failures reported',
-        8_000,
+        () => errors.filter((e) => e.code === 'token_unavailable').length >= 4,
+        { timeoutMs: 8_000 },
       );
       expect(errors.find((e) => e.code === 'token_unavailable')!.message).to.equal(
         'getToken failed: identity provider down',
@@ -353,7 +353,9 @@ describe('client library in Node, against the real API', function () {
       failing = false;
       const beats = () =>
         log.filter((r) => new URL(r.url).pathname === '/status/update' && r.status === 200);
-      await waitFor(() => beats().length >= 2, 'fallback heartbeats once getToken works', 8_000);
+      await waitFor('fallback heartbeats once getToken works', () => beats().length >= 2, {
+        timeoutMs: 8_000,
+      });
       expect(await database.ageOf(72)).to.be.within(0, 2);
       expect(pulse.status).to.equal('backoff');
       expect(unhandled).to.deep.equal([]);

@@ -19,7 +19,7 @@ import { expectError } from './support/http.ts';
 import { SseStream } from './support/sse.ts';
 import { startTcpProxy, type TcpProxy } from './support/tcp-proxy.ts';
 import { bearer, hs256, jwtEnv, randomSecret } from './support/tokens.ts';
-import { waitFor } from './support/wait.ts';
+import { waitFor } from './support/entry-points.ts';
 
 interface LogLine {
   level: number;
@@ -119,8 +119,8 @@ describe('hostile clients', function () {
         stream.close();
       }
       await waitFor(
-        () => raw.filter((line) => line.includes('/status/stream')).length >= 2,
         'both access lines',
+        () => raw.filter((line) => line.includes('/status/stream')).length >= 2,
       );
       const text = raw.join('\n');
       expect(text).to.include('access%5Ftoken=[redacted]').and.include('%61ccess_token=[redacted]');
@@ -170,7 +170,9 @@ describe('hostile clients', function () {
       );
       try {
         // Announced lengths counted, 8 of these filled the house (128); read bytes, they weigh 1.
-        await waitFor(() => app.admission.inFlight >= 8, 'slow requests admitted', 10_000);
+        await waitFor('slow requests admitted', () => app.admission.inFlight >= 8, {
+          timeoutMs: 10_000,
+        });
         const started = performance.now();
         const answers = await Promise.all(
           Array.from({ length: 40 }, (_, i) => app.post('/status/update', { user_id: 1 + i })),
@@ -188,11 +190,11 @@ describe('hostile clients', function () {
         Array.from({ length: 6 }, () => slowSocket(app.baseUrl, 61_440, 200)),
       );
       try {
-        await waitFor(() => app.admission.inFlight === 6, 'six slow requests admitted');
+        await waitFor('six slow requests admitted', () => app.admission.inFlight === 6);
         // A seventh large body is refused: the last quarter is for small requests.
         const seventh = await slowSocket(app.baseUrl, 61_440, 200);
         attackers.push(seventh);
-        await waitFor(() => seventh.received().includes('}'), 'the seventh answered');
+        await waitFor('the seventh answered', () => seventh.received().includes('}'));
         expect(seventh.received()).to.match(/^HTTP\/1\.1 503 /);
         expect((await app.post('/status/update', { user_id: 5 })).status).to.equal(200);
       } finally {
@@ -203,13 +205,13 @@ describe('hostile clients', function () {
     it('closes a body that does not arrive within REQUEST_BODY_TIMEOUT_MS with 408 body_timeout and gives its slot back', async () => {
       const app = await start({ REQUEST_BODY_TIMEOUT_MS: '500' });
       const attacker = await slowSocket(app.baseUrl, 100, 100);
-      await waitFor(() => app.admission.inFlight === 1, 'the slow request admitted');
+      await waitFor('the slow request admitted', () => app.admission.inFlight === 1);
       const started = Date.now();
       await attacker.closed;
       expect(Date.now() - started).to.be.below(3_000);
       expect(attacker.received()).to.match(/^HTTP\/1\.1 408 /);
       expect(attacker.received()).to.include('"code":"body_timeout"');
-      await waitFor(() => app.admission.inFlight === 0, 'its slot given back');
+      await waitFor('its slot given back', () => app.admission.inFlight === 0);
     });
   });
 
@@ -218,12 +220,12 @@ describe('hostile clients', function () {
       const app = await start({ MAX_IN_FLIGHT_REQUESTS: '2' });
       const stream = await open(app, '?watch=1');
       expect((await stream.next()).event).to.equal('snapshot');
-      await waitFor(() => app.admission.inFlight === 0, 'the open stream no longer in flight');
+      await waitFor('the open stream no longer in flight', () => app.admission.inFlight === 0);
 
       const release = await lockPulse(database.url);
       try {
         const held = [101, 102].map((id) => app.post('/status/update', { user_id: id }));
-        await waitFor(() => app.admission.inFlight === 2, 'two heartbeats in flight');
+        await waitFor('two heartbeats in flight', () => app.admission.inFlight === 2);
         await expectError(await app.get('/status/stream?watch=1&user_id=7'), 503, 'overloaded');
         await release();
         for (const answer of await Promise.all(held)) expect(answer.status).to.equal(200);
@@ -274,7 +276,7 @@ describe('hostile clients', function () {
         expect(Date.now() - started).to.be.within(400, 3_000);
         expect(answer.headers.get('retry-after')).to.equal('1');
         await expectError(answer, 503, 'deadline_exceeded');
-        await waitFor(() => app.admission.inFlight === 0, 'the slot given back');
+        await waitFor('the slot given back', () => app.admission.inFlight === 0);
       } finally {
         await release();
       }
@@ -302,12 +304,12 @@ describe('hostile clients', function () {
       await stream.next();
       await updatePresenceSettings(database.db, { onlineThresholdSeconds: 2 });
       // The beats follow within a tick: two of them less than 1.5 s apart (6.7 s before).
-      await waitFor(async () => ((await database.ageOf(7)) ?? 99) < 0.3, 'a beat after the change');
-      await waitFor(async () => ((await database.ageOf(7)) ?? 99) > 0.4, 'time since that beat');
+      await waitFor('a beat after the change', async () => ((await database.ageOf(7)) ?? 99) < 0.3);
+      await waitFor('time since that beat', async () => ((await database.ageOf(7)) ?? 99) > 0.4);
       await waitFor(
-        async () => ((await database.ageOf(7)) ?? 99) < 0.3,
         'the next beat, at the new pace',
-        1_500,
+        async () => ((await database.ageOf(7)) ?? 99) < 0.3,
+        { timeoutMs: 1_500 },
       );
       // From then on user 7 never reads offline, nor does a watcher see it flap.
       const watcher = await open(app, '?watch=7');
@@ -365,20 +367,20 @@ describe('held presence across a database outage longer than the threshold', fun
       proxy.dropConnections();
       proxy.refuse();
       // Longer than the threshold: the row expires meanwhile.
-      await waitFor(
-        async () => ((await database.ageOf(7)) ?? 0) > 2.5,
-        'the row to expire',
-        10_000,
-      );
+      await waitFor('the row to expire', async () => ((await database.ageOf(7)) ?? 0) > 2.5, {
+        timeoutMs: 10_000,
+      });
       proxy.accept();
       const back = Date.now();
-      await waitFor(async () => ((await database.ageOf(7)) ?? 99) < 0.5, 'the held beat', 10_000);
+      await waitFor('the held beat', async () => ((await database.ageOf(7)) ?? 99) < 0.5, {
+        timeoutMs: 10_000,
+      });
       expect(Date.now() - back).to.be.below(2_000);
       // Several polls after the recovery: none said user 7 went offline.
       await waitFor(
-        () => log.lines.some((l) => l.msg === 'database available again'),
         'the recovery line',
-        10_000,
+        () => log.lines.some((l) => l.msg === 'database available again'),
+        { timeoutMs: 10_000 },
       );
       expect(watcher.events.filter((e) => e.event === 'change')).to.deep.equal([]);
       const messages = log.lines.map((l) => l.msg);
