@@ -36,10 +36,11 @@ const bodyParserErrors: Record<string, [ErrorCode, string]> = {
 
 /** Maps anything thrown while serving a request to the HttpError it is answered with. */
 export function toHttpError(error: unknown): HttpError {
-  if (error instanceof HttpError) return error;
+  // First: a rejected heartbeat whose cause is an unreachable database is an outage, not a failure.
   if (isDatabaseUnavailable(error)) {
     return new HttpError('database_unavailable', undefined, { 'Retry-After': '1' });
   }
+  if (error instanceof HttpError) return error;
   // A path with broken percent-encoding (the router fails to decode a parameter).
   if (error instanceof URIError) return new HttpError('invalid_path');
   const type = (error as { type?: unknown } | null)?.type;
