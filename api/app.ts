@@ -9,7 +9,13 @@ import {
   type Executor,
 } from '../lib/store/pulse-store.ts';
 import { shedResponses, type Admission } from './edge/admission.ts';
-import { assertMayWrite, createAuthenticate, principalOf, type AuthConfig } from './edge/auth.ts';
+import {
+  assertMayWrite,
+  createAuthenticate,
+  createTokenVerifier,
+  principalOf,
+  type AuthConfig,
+} from './edge/auth.ts';
 import { createCors } from './edge/cors.ts';
 import { demoRoutes } from './demo.ts';
 import { createEdge } from './edge/edge.ts';
@@ -137,7 +143,9 @@ export function buildApp({
   // request walks no router layer it does not use (the single heartbeat is the hot path:
   // docs/request-cost.md); `app.use('/status', authenticate)` below is for the paths no route
   // matches, which are then 401 before they are 404.
-  const authenticate = createAuthenticate(config);
+  // One verifier for every route: with AUTH_JWKS_URL, one key cache and one fetch per process.
+  const verifier = createTokenVerifier(config, logger);
+  const authenticate = createAuthenticate(config, verifier && { verifier });
 
   app.post('/status/update', authenticate, admit, jsonBody, async (req, res) => {
     requireJson(req);
@@ -169,7 +177,7 @@ export function buildApp({
   // snapshot passes admission inside the route (the stream itself is not counted).
   app.get(
     '/status/stream',
-    createAuthenticate(config, { queryToken: true }),
+    createAuthenticate(config, { queryToken: true, ...(verifier && { verifier }) }),
     createStreamRoute({ ...stream, admission, config }),
   );
 
