@@ -184,7 +184,8 @@ function describeJoseError(error: unknown): string {
     return `the token ${error.claim} claim is not valid`;
   }
   if (error instanceof errors.JOSEAlgNotAllowed) return 'the token algorithm is not accepted';
-  if (error instanceof errors.JWKSNoMatchingKey) return 'the token key is not among the published keys';
+  if (error instanceof errors.JWKSNoMatchingKey)
+    return 'the token key is not among the published keys';
   if (error instanceof errors.JWSSignatureVerificationFailed) {
     return 'the token signature is not valid';
   }
@@ -261,7 +262,17 @@ export function createTokenVerifier(
   return { verify: async (token) => (await jwtVerify(token, key, fixedOptions)).payload };
 }
 
-const JWKS_ALGORITHMS = ['RS256', 'RS384', 'RS512', 'PS256', 'PS384', 'PS512', 'ES256', 'ES384', 'EdDSA'];
+const JWKS_ALGORITHMS = [
+  'RS256',
+  'RS384',
+  'RS512',
+  'PS256',
+  'PS384',
+  'PS512',
+  'ES256',
+  'ES384',
+  'EdDSA',
+];
 
 /** The Express middleware for AUTH_MODE; apply it to the routes that need a caller. */
 export function createAuthenticate(

@@ -459,7 +459,7 @@ function checkOpenApi(config: ApiConfig, env: Env): void {
   if (env.AUTH_MODE?.trim() === 'none' && config.AUTH_NONE_ALLOW_PUBLIC) return;
   throw new ConfigError([
     `HOST ${JSON.stringify(config.HOST)} is not a loopback address and requests are not authenticated (AUTH_MODE=none${env.AUTH_MODE?.trim() ? '' : ', the default'}): ` +
-      'anyone who can reach it could read and set anyone\'s status. Set AUTH_MODE=jwt with AUTH_JWT_SECRET, AUTH_JWT_PUBLIC_KEY or AUTH_JWKS_URL; ' +
+      "anyone who can reach it could read and set anyone's status. Set AUTH_MODE=jwt with AUTH_JWT_SECRET, AUTH_JWT_PUBLIC_KEY or AUTH_JWKS_URL; " +
       'or listen on HOST=127.0.0.1; or, to run it open on purpose, set both AUTH_MODE=none and AUTH_NONE_ALLOW_PUBLIC=true',
   ]);
 }
