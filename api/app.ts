@@ -17,6 +17,7 @@ import {
   type AuthConfig,
 } from './edge/auth.ts';
 import { createCors } from './edge/cors.ts';
+import type { CallerLimits } from './edge/caller-limits.ts';
 import { demoRoutes } from './demo.ts';
 import { createEdge } from './edge/edge.ts';
 import { errorHandler, notFound } from './edge/errors.ts';
@@ -44,7 +45,9 @@ export interface AppDeps {
   observeRequest: (req: Request, res: Response, seconds: number) => void;
   /** Admission control (api/edge/admission.ts), mounted on each /status route before its body parser. */
   admission: Admission;
-  stream: Omit<StreamRouteDeps, 'config' | 'admission'>;
+  stream: Omit<StreamRouteDeps, 'config' | 'admission' | 'callerLimits'>;
+  /** Per-caller stream and read limits (api/edge/caller-limits.ts); absent: none. */
+  callerLimits?: CallerLimits | undefined;
   /**
    * The database's online threshold in force (api/stream/held-presence.ts): heartbeat answers carry it in
    * `Pulse-Online-Threshold-Seconds`, so a client's fallback heartbeat loop can follow the server.
@@ -98,6 +101,7 @@ export function buildApp({
   stream,
   config,
   onlineThreshold,
+  callerLimits,
 }: AppDeps): Express {
   // The header follows pulse_settings (read again at most once a second while answers ask).
   const thresholdHeader = () =>
@@ -169,6 +173,7 @@ export function buildApp({
   app.post('/status/batch', authenticate, admit, jsonBody, async (req, res) => {
     requireJson(req);
     const userIds = parseBatchBody(req.body, config.BATCH_MAX_IDS);
+    callerLimits?.chargeRead(principalOf(req).caller, userIds.length);
     const found = await inTime(res, statuses.readAmong(userIds));
     res.json(userIds.map((id) => statusRow(id, found.get(id) ?? UNKNOWN_PRESENCE)));
   });
@@ -178,7 +183,7 @@ export function buildApp({
   app.get(
     '/status/stream',
     createAuthenticate(config, { queryToken: true, ...(verifier && { verifier }) }),
-    createStreamRoute({ ...stream, admission, config }),
+    createStreamRoute({ ...stream, admission, config, callerLimits }),
   );
 
   app.get(

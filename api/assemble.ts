@@ -16,6 +16,7 @@ import {
 import { PresenceFeed } from './stream/presence-feed.ts';
 import { HeldPresence, LiveOnlineThreshold } from './stream/held-presence.ts';
 import { createApiMetrics } from './metrics.ts';
+import { CallerLimits, createCallerLimitMetrics } from './edge/caller-limits.ts';
 import { StreamHub } from './stream/status-stream.ts';
 import { createStreamMetrics } from './stream/stream-metrics.ts';
 import { CoalescingStatusReader, DirectStatusReader } from './read/status-reader.ts';
@@ -124,6 +125,14 @@ export function assembleApi(
     streamMetrics.streamObserver,
   );
   streamMetrics.watch({ hub, feed, held });
+  const callerLimitMetrics = createCallerLimitMetrics(registry);
+  const callerLimits = new CallerLimits({
+    maxStreams: config.STREAM_MAX_OPEN_PER_CALLER,
+    readIdsPerSecond: config.READ_IDS_PER_SECOND_PER_CALLER,
+    maxIdsPerRequest: config.BATCH_MAX_IDS,
+    onRefused: callerLimitMetrics.onRefused,
+  });
+  callerLimitMetrics.watch(callerLimits);
   const app = buildApp({
     onlineThreshold: threshold,
     db: database.db,
@@ -134,6 +143,7 @@ export function assembleApi(
     registry,
     observeRequest: metrics.observeRequest,
     admission,
+    callerLimits,
     stream: { hub, feed, held, observer: streamMetrics.streamObserver },
   });
   const streams = {

@@ -9,10 +9,16 @@ const retryAfter = {
 };
 const unavailable = {
   description:
-    'Not written or not answered: the process is overloaded (`overloaded`), the answer was not ready REQUEST_DEADLINE_MS after admission (`deadline_exceeded`), the database is unavailable (`database_unavailable`), the heartbeat queue is full (`queue_full`), the write failed (`write_failed`) or the server is stopping (`shutting_down`). Retry after `Retry-After` seconds.',
+    "Not written or not answered: the identity provider's keys cannot be fetched (`auth_unavailable`, AUTH_JWKS_URL), the process is overloaded (`overloaded`), the answer was not ready REQUEST_DEADLINE_MS after admission (`deadline_exceeded`), the database is unavailable (`database_unavailable`), the heartbeat queue is full (`queue_full`), the write failed (`write_failed`) or the server is stopping (`shutting_down`). Retry after `Retry-After` seconds.",
   headers: retryAfter,
   content: json(ref('Error')),
 };
+/** Per-caller limits (api/edge/caller-limits.ts), AUTH_MODE=jwt only. */
+const callerLimit = (code: string, limit: string) => ({
+  description: `AUTH_MODE=jwt only: \`${code}\`, this caller (token \`sub\`) is at ${limit}. Retry after \`Retry-After\` seconds.`,
+  headers: retryAfter,
+  content: json(ref('Error')),
+});
 const badRequest = error('`invalid_user_id`, `invalid_body` or `invalid_json`');
 const tooLarge = error(
   '`too_many_ids` (more than BATCH_MAX_IDS) or `payload_too_large` (over BODY_LIMIT_BYTES)',
@@ -206,9 +212,13 @@ export const openApiDocument = {
           '401': unauthenticated,
           '403': forbidden,
           '413': error('`too_many_ids`: more than BATCH_MAX_IDS watched ids'),
+          '429': callerLimit(
+            'too_many_streams_per_caller` or `too_many_reads_per_caller',
+            'STREAM_MAX_OPEN_PER_CALLER open streams, or its READ_IDS_PER_SECOND_PER_CALLER budget (the snapshot reads the watched ids)',
+          ),
           '503': {
             description:
-              '`overloaded` (admission control, the snapshot weighed as a batch read of the watched ids), `too_many_streams` (STREAM_MAX_OPEN reached), `deadline_exceeded` (first held heartbeat and snapshot not done within REQUEST_DEADLINE_MS), `shutting_down`, or the database or heartbeat queue unavailable for the first held heartbeat or the snapshot. Retry after `Retry-After` seconds.',
+              '`auth_unavailable` (AUTH_JWKS_URL unreachable and the token key unknown), `overloaded` (admission control, the snapshot weighed as a batch read of the watched ids), `too_many_streams` (STREAM_MAX_OPEN reached), `deadline_exceeded` (first held heartbeat and snapshot not done within REQUEST_DEADLINE_MS), `shutting_down`, or the database or heartbeat queue unavailable for the first held heartbeat or the snapshot. Retry after `Retry-After` seconds.',
             headers: retryAfter,
             content: json(ref('Error')),
           },
@@ -253,6 +263,7 @@ export const openApiDocument = {
           },
           '400': badRequest,
           '401': unauthenticated,
+          '429': callerLimit('too_many_reads_per_caller', 'READ_IDS_PER_SECOND_PER_CALLER'),
           '413': tooLarge,
           '415': wrongType,
           '408': slowBody,

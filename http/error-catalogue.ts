@@ -96,7 +96,7 @@ export const errorCatalogue = {
   auth_unavailable: {
     status: 503,
     message: "the identity provider's keys cannot be fetched, retry later",
-    when: '`AUTH_JWKS_URL`: the token\'s key is not among the last keys fetched and the JWKS endpoint cannot be reached (or nothing was fetched yet); the token is not accepted',
+    when: "`AUTH_JWKS_URL`: the token's key is not among the last keys fetched and the JWKS endpoint cannot be reached (or nothing was fetched yet); the token is not accepted",
   },
   database_unavailable: {
     status: 503,

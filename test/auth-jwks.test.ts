@@ -7,7 +7,7 @@ import type { AddressInfo } from 'node:net';
 import { Writable } from 'node:stream';
 import { expect } from 'chai';
 import { exportJWK, generateKeyPair, type JWK } from 'jose';
-import { ConfigError, loadApiConfig } from '../lib/infra/config.ts';
+import { type ConfigError, loadApiConfig } from '../lib/infra/config.ts';
 import { createLogger } from '../lib/infra/logger.ts';
 import { startTestApp, type TestApp } from './support/app.ts';
 import { createTestDatabase, type TestDatabase } from './support/database.ts';

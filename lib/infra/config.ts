@@ -283,6 +283,8 @@ function checkAuth(c: AuthFields, ctx: z.RefinementCtx): void {
 const streamFields = {
   /** Open streams per process; one more is answered 503 too_many_streams with Retry-After. */
   STREAM_MAX_OPEN: integer(0, 1_000_000, 10_000),
+  /** Open streams per caller (token sub) per process, 429 above; 0: no limit. */
+  STREAM_MAX_OPEN_PER_CALLER: integer(0, 1_000_000, 16),
   /** How often the watched ids of all streams of a process are re-read (change detection). */
   STREAM_POLL_INTERVAL_MS: integer(50, 60_000, 1_000),
   /** A keep-alive comment at least this often (the contract promises at most 15 s of silence). */
@@ -304,6 +306,8 @@ const apiSchema = z
     HOST: z.string().trim().min(1, 'must not be empty').default('127.0.0.1'),
     PORT: integer(0, 65_535, 3000),
     BATCH_MAX_IDS: integer(1, 100_000, 1000),
+    /** Ids a caller (token sub) may read per second: POST /status/batch and stream snapshots. */
+    READ_IDS_PER_SECOND_PER_CALLER: integer(0, 100_000_000, 20_000),
     BODY_LIMIT_BYTES: integer(1024, 64 * 1024 * 1024, 64 * 1024),
     HEARTBEAT_GROUP_COMMIT: boolean(true),
     STATUS_READ_COALESCING: boolean(true),
