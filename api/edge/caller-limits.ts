@@ -108,8 +108,8 @@ export class CallerLimits {
 
 /** pulse_caller_limit_refusals_total and pulse_stream_callers; returns the refusal hook. */
 export function createCallerLimitMetrics(registry: Registry): {
-  onRefused(limit: CallerLimit): void;
-  watch(limits: CallerLimits): void;
+  onRefused: (limit: CallerLimit) => void;
+  watch: (limits: CallerLimits) => void;
 } {
   const registers = [registry];
   const refused = new Counter({
