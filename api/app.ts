@@ -28,6 +28,7 @@ import type { StatusReader } from './read/status-reader.ts';
 import { createRequestLog } from './edge/request-log.ts';
 import { securityHeaders } from './edge/security-headers.ts';
 import { createStreamRoute, type StreamRouteDeps } from './stream/status-stream.ts';
+import { privacyRoutes } from './write/privacy.ts';
 import {
   parseBatchBody,
   parseHeartbeatBody,
@@ -85,6 +86,9 @@ function sendJsonAnswer(res: Response, answer: { text: string; length: string })
   res.setHeader('Content-Length', answer.length);
   res.end(answer.text);
 }
+
+/** Who reads, for the visibility rule: the caller's user id, or null (gateway, AUTH_MODE=none). */
+const viewerOf = (req: Request) => principalOf(req).userId ?? null;
 
 /** One user's entry in GET /status/{id}, POST /status/batch and the stream (the Status schema). */
 export { statusRow };
@@ -174,7 +178,7 @@ export function buildApp({
     requireJson(req);
     const userIds = parseBatchBody(req.body, config.BATCH_MAX_IDS);
     callerLimits?.chargeRead(principalOf(req).caller, userIds.length);
-    const found = await inTime(res, statuses.readAmong(userIds));
+    const found = await inTime(res, statuses.readAmong(userIds, viewerOf(req)));
     res.json(userIds.map((id) => statusRow(id, found.get(id) ?? UNKNOWN_PRESENCE)));
   });
 
@@ -186,13 +190,18 @@ export function buildApp({
     createStreamRoute({ ...stream, admission, config, callerLimits }),
   );
 
+  // Before /status/:userId, which would read "privacy" as a user id.
+  const privacy = privacyRoutes(db, inTime);
+  app.get('/status/privacy', authenticate, admit, privacy.get);
+  app.put('/status/privacy', authenticate, admit, jsonBody, privacy.put);
+
   app.get(
     '/status/:userId',
     authenticate,
     admit,
     async (req: Request<{ userId: string }>, res: Response) => {
       const userId = parseUserIdParam(req.params.userId);
-      res.json(statusRow(userId, await inTime(res, statuses.read(userId))));
+      res.json(statusRow(userId, await inTime(res, statuses.read(userId, viewerOf(req)))));
     },
   );
 

@@ -20,6 +20,7 @@ import { CallerLimits, createCallerLimitMetrics } from './edge/caller-limits.ts'
 import { StreamHub } from './stream/status-stream.ts';
 import { createStreamMetrics } from './stream/stream-metrics.ts';
 import { CoalescingStatusReader, DirectStatusReader } from './read/status-reader.ts';
+import { LiveVisibilityRule } from './read/visibility-rule.ts';
 
 export interface Api {
   app: Express;
@@ -73,9 +74,12 @@ export function assembleApi(
       )
     : new DirectHeartbeatWriter(database.db, metrics.flushObserver, logger, shardRouter);
   metrics.watchQueue(heartbeats);
+  // Whether the operator's pulse_visible_users exists: read at most once a second, shared by
+  // reads and the stream.
+  const visibilityRule = new LiveVisibilityRule(database.db);
   const statuses = config.STATUS_READ_COALESCING
-    ? new CoalescingStatusReader(database.db, undefined, undefined, shardRouter)
-    : new DirectStatusReader(database.db, shardRouter);
+    ? new CoalescingStatusReader(database.db, undefined, undefined, shardRouter, visibilityRule)
+    : new DirectStatusReader(database.db, shardRouter, visibilityRule);
   const heapAfterOverload = heapReleaseFor(config, logger);
   const admission = createAdmission({
     maxInFlight: config.MAX_IN_FLIGHT_REQUESTS,
@@ -110,7 +114,11 @@ export function assembleApi(
   });
   const feed = new PresenceFeed(
     database.db,
-    { intervalMs: config.STREAM_POLL_INTERVAL_MS, beforeRecovery: () => held.beatNow() },
+    {
+      intervalMs: config.STREAM_POLL_INTERVAL_MS,
+      beforeRecovery: () => held.beatNow(),
+      rule: visibilityRule,
+    },
     { ...streamMetrics.feedObserver, onPollError: unlessOutage('change detection failed') },
   );
   const hub = new StreamHub(

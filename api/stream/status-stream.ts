@@ -347,10 +347,15 @@ export function createStreamRoute({
       }
       if (gone) return cleanUp();
       // Only `close` is kept for the stream's lifetime: the snapshot is not held in memory.
-      const subscribing = feed.subscribe(watch, (changes: readonly UserStatus[]) => {
-        session?.changes(changes);
-        observer.onEvent?.('change', changes.length);
-      });
+      // As the caller may see them: the operator's visibility rule is per viewer.
+      const subscribing = feed.subscribe(
+        watch,
+        (changes: readonly UserStatus[]) => {
+          session?.changes(changes);
+          observer.onEvent?.('change', changes.length);
+        },
+        principal.userId ?? null,
+      );
       const { snapshot, close } = await inTime(subscribing, (late) => late.close());
       cleanups.push(close);
       if (gone) return cleanUp();
