@@ -109,7 +109,7 @@ export class CoalescingStatusReader implements StatusReader {
     for (const waiter of batch) {
       const key = ruled ? waiter.viewer : undefined;
       let lookups = groups.get(key);
-      if (lookups === undefined) groups.set(key, (lookups = new Map()));
+      if (lookups === undefined) groups.set(key, (lookups = new Map<number, Waiter[]>()));
       const waiters = lookups.get(waiter.userId);
       if (waiters) waiters.push(waiter);
       else lookups.set(waiter.userId, [waiter]);

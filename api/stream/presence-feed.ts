@@ -310,8 +310,12 @@ export class PresenceFeed {
     }
     const viewers: Array<number | null> = [];
     const targets: number[] = [];
-    for (const [viewer, ids] of pairs)
-      for (const id of ids) (viewers.push(viewer), targets.push(id));
+    for (const [viewer, ids] of pairs) {
+      for (const id of ids) {
+        viewers.push(viewer);
+        targets.push(id);
+      }
+    }
     const visible = new Map<number | null, Set<number>>();
     for (let start = 0; start < targets.length; start += RULE_CHUNK_PAIRS) {
       const end = start + RULE_CHUNK_PAIRS;
