@@ -61,7 +61,7 @@ export const openApiDocument = {
     // No open-source licence: a private package. LicenseRef- is SPDX's form for such a licence.
     license: { name: 'Proprietary', identifier: 'LicenseRef-Proprietary' },
     description:
-      'Online/offline presence on PostgreSQL. A user is online when their last heartbeat is within the online threshold (pulse_settings.online_threshold_seconds, 20 s by default) of the database clock. Unknown fields in request bodies are ignored.',
+      "Online/offline presence on PostgreSQL. A user is online when their last heartbeat is within the online threshold (pulse_settings.online_threshold_seconds, 20 s by default) of the database clock. Unknown fields in request bodies are ignored. Every status answer and stream event applies each user's privacy (invisible, hidden last seen) and, when the operator installed it, the visibility rule pulse_visible_users: a user the caller may not see reads exactly like an unknown offline user (is_online false, last_seen null).",
   },
   // Relative: the API serves this document itself, so its own origin is the server.
   servers: [{ url: '/', description: 'The API serving this document' }],
@@ -225,6 +225,58 @@ export const openApiDocument = {
         },
       },
     },
+    '/status/privacy': {
+      get: {
+        operationId: 'getPrivacy',
+        ...secured,
+        summary: "The caller's own invisible mode and hidden last seen",
+        parameters: [
+          {
+            name: 'user_id',
+            in: 'query',
+            required: false,
+            description:
+              "Whose settings: the token's `sub` by default; another user only with the `presence:write:any` scope; required with AUTH_MODE=none",
+            schema: { type: 'string', pattern: '^[1-9][0-9]{0,15}$' },
+          },
+        ],
+        responses: {
+          '200': { description: 'The settings', content: json(ref('Privacy')) },
+          '400': error('`invalid_user_id`: no user id (a caller that is not a user must name one)'),
+          '401': unauthenticated,
+          '403': forbidden,
+          '503': unavailable,
+        },
+      },
+      put: {
+        operationId: 'setPrivacy',
+        ...secured,
+        summary:
+          'Invisible mode (read as offline by everyone, last seen frozen) and hidden last seen (null for everyone); applied to every answer and stream event',
+        requestBody: {
+          required: true,
+          content: json({
+            type: 'object',
+            minProperties: 1,
+            properties: {
+              user_id: { ...ref('UserId'), description: "Default: the token's `sub`" },
+              invisible: { type: 'boolean' },
+              hide_last_seen: { type: 'boolean' },
+            },
+          }),
+        },
+        responses: {
+          '200': { description: 'Stored; the settings now', content: json(ref('Privacy')) },
+          '400': badRequest,
+          '401': unauthenticated,
+          '403': forbidden,
+          '413': tooLarge,
+          '415': wrongType,
+          '408': slowBody,
+          '503': unavailable,
+        },
+      },
+    },
     '/status/{user_id}': {
       get: {
         operationId: 'getStatus',
@@ -382,6 +434,20 @@ export const openApiDocument = {
             description:
               'When the user was last around, by the database clock (ISO 8601, UTC): their last heartbeat while Pulse holds a presence row (so for every online user), else the last heartbeat recorded when they went offline (sweep or explicit offline, kept for pulse_settings.last_seen_retention_days), else null (unknown, or last seen is off)',
           },
+        },
+      },
+      Privacy: {
+        type: 'object',
+        required: ['user_id', 'invisible', 'hide_last_seen'],
+        additionalProperties: false,
+        properties: {
+          user_id: ref('UserId'),
+          invisible: {
+            type: 'boolean',
+            description:
+              'Read as offline by everyone (heartbeats and streams go on); last seen no later than when they turned invisible',
+          },
+          hide_last_seen: { type: 'boolean', description: 'last_seen is null in every answer' },
         },
       },
       Error: {
