@@ -52,7 +52,7 @@ describe('OpenAPI contract', () => {
 
   /** Sends a real request and checks the answer's status, content type and body against the document. */
   async function check(
-    method: 'GET' | 'POST',
+    method: 'GET' | 'POST' | 'PUT',
     path: string,
     body?: string,
     contentType = 'application/json',

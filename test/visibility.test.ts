@@ -137,7 +137,7 @@ describe('who may see whom: the visibility rule and privacy', () => {
         void database.putRow(3, 0);
       }, 300);
       try {
-        const stream = await SseStream.open(`${app.baseUrl}/status/stream?watch=2,3`, tokens[1]!);
+        const stream = await SseStream.open(`${app.baseUrl}/status/stream?watch=2,3`, tokens[1]);
         streams.push(stream);
         const snapshot = await stream.next<Status[]>();
         expect(snapshot.event).to.equal('snapshot');
@@ -213,7 +213,7 @@ describe('who may see whom: the visibility rule and privacy', () => {
       await database.putRow(5, 0);
       const hb = setInterval(() => void database.putRow(5, 0), 300);
       try {
-        const stream = await SseStream.open(`${app.baseUrl}/status/stream?watch=5`, tokens[1]!);
+        const stream = await SseStream.open(`${app.baseUrl}/status/stream?watch=5`, tokens[1]);
         streams.push(stream);
         expect((await stream.next<Status[]>()).data[0]!.is_online).to.equal(true);
         await privacy(5, { invisible: true, hide_last_seen: true });
