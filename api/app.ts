@@ -9,8 +9,15 @@ import {
   type Executor,
 } from '../lib/store/pulse-store.ts';
 import { shedResponses, type Admission } from './edge/admission.ts';
-import { assertMayWrite, createAuthenticate, principalOf, type AuthConfig } from './edge/auth.ts';
+import {
+  assertMayWrite,
+  createAuthenticate,
+  createTokenVerifier,
+  principalOf,
+  type AuthConfig,
+} from './edge/auth.ts';
 import { createCors } from './edge/cors.ts';
+import type { CallerLimits } from './edge/caller-limits.ts';
 import { demoRoutes, serviceIndex } from './demo.ts';
 import { createEdge } from './edge/edge.ts';
 import { errorHandler, notFound } from './edge/errors.ts';
@@ -21,6 +28,7 @@ import type { StatusReader } from './read/status-reader.ts';
 import { createRequestLog } from './edge/request-log.ts';
 import { securityHeaders } from './edge/security-headers.ts';
 import { createStreamRoute, type StreamRouteDeps } from './stream/status-stream.ts';
+import { privacyRoutes } from './write/privacy.ts';
 import {
   parseBatchBody,
   parseHeartbeatBody,
@@ -38,7 +46,9 @@ export interface AppDeps {
   observeRequest: (req: Request, res: Response, seconds: number) => void;
   /** Admission control (api/edge/admission.ts), mounted on each /status route before its body parser. */
   admission: Admission;
-  stream: Omit<StreamRouteDeps, 'config' | 'admission'>;
+  stream: Omit<StreamRouteDeps, 'config' | 'admission' | 'callerLimits'>;
+  /** Per-caller stream and read limits (api/edge/caller-limits.ts); absent: none. */
+  callerLimits?: CallerLimits | undefined;
   /**
    * The database's online threshold in force (api/stream/held-presence.ts): heartbeat answers carry it in
    * `Pulse-Online-Threshold-Seconds`, so a client's fallback heartbeat loop can follow the server.
@@ -77,6 +87,9 @@ function sendJsonAnswer(res: Response, answer: { text: string; length: string })
   res.end(answer.text);
 }
 
+/** Who reads, for the visibility rule: the caller's user id, or null (gateway, AUTH_MODE=none). */
+const viewerOf = (req: Request) => principalOf(req).userId ?? null;
+
 /** One user's entry in GET /status/{id}, POST /status/batch and the stream (the Status schema). */
 export { statusRow };
 
@@ -92,6 +105,7 @@ export function buildApp({
   stream,
   config,
   onlineThreshold,
+  callerLimits,
 }: AppDeps): Express {
   // The header follows pulse_settings (read again at most once a second while answers ask).
   const thresholdHeader = () =>
@@ -139,7 +153,9 @@ export function buildApp({
   // request walks no router layer it does not use (the single heartbeat is the hot path:
   // docs/request-cost.md); `app.use('/status', authenticate)` below is for the paths no route
   // matches, which are then 401 before they are 404.
-  const authenticate = createAuthenticate(config);
+  // One verifier for every route: with AUTH_JWKS_URL, one key cache and one fetch per process.
+  const verifier = createTokenVerifier(config, logger);
+  const authenticate = createAuthenticate(config, verifier && { verifier });
 
   app.post('/status/update', authenticate, admit, jsonBody, async (req, res) => {
     requireJson(req);
@@ -163,7 +179,8 @@ export function buildApp({
   app.post('/status/batch', authenticate, admit, jsonBody, async (req, res) => {
     requireJson(req);
     const userIds = parseBatchBody(req.body, config.BATCH_MAX_IDS);
-    const found = await inTime(res, statuses.readAmong(userIds));
+    callerLimits?.chargeRead(principalOf(req).caller, userIds.length);
+    const found = await inTime(res, statuses.readAmong(userIds, viewerOf(req)));
     res.json(userIds.map((id) => statusRow(id, found.get(id) ?? UNKNOWN_PRESENCE)));
   });
 
@@ -171,9 +188,14 @@ export function buildApp({
   // snapshot passes admission inside the route (the stream itself is not counted).
   app.get(
     '/status/stream',
-    createAuthenticate(config, { queryToken: true }),
-    createStreamRoute({ ...stream, admission, config }),
+    createAuthenticate(config, { queryToken: true, ...(verifier && { verifier }) }),
+    createStreamRoute({ ...stream, admission, config, callerLimits }),
   );
+
+  // Before /status/:userId, which would read "privacy" as a user id.
+  const privacy = privacyRoutes(db, inTime);
+  app.get('/status/privacy', authenticate, admit, privacy.get);
+  app.put('/status/privacy', authenticate, admit, jsonBody, privacy.put);
 
   app.get(
     '/status/:userId',
@@ -181,7 +203,7 @@ export function buildApp({
     admit,
     async (req: Request<{ userId: string }>, res: Response) => {
       const userId = parseUserIdParam(req.params.userId);
-      res.json(statusRow(userId, await inTime(res, statuses.read(userId))));
+      res.json(statusRow(userId, await inTime(res, statuses.read(userId, viewerOf(req)))));
     },
   );
 

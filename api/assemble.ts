@@ -16,9 +16,11 @@ import {
 import { PresenceFeed } from './stream/presence-feed.ts';
 import { HeldPresence, LiveOnlineThreshold } from './stream/held-presence.ts';
 import { createApiMetrics } from './metrics.ts';
+import { CallerLimits, createCallerLimitMetrics } from './edge/caller-limits.ts';
 import { StreamHub } from './stream/status-stream.ts';
 import { createStreamMetrics } from './stream/stream-metrics.ts';
 import { CoalescingStatusReader, DirectStatusReader } from './read/status-reader.ts';
+import { LiveVisibilityRule } from './read/visibility-rule.ts';
 
 export interface Api {
   app: Express;
@@ -72,9 +74,12 @@ export function assembleApi(
       )
     : new DirectHeartbeatWriter(database.db, metrics.flushObserver, logger, shardRouter);
   metrics.watchQueue(heartbeats);
+  // Whether the operator's pulse_visible_users exists: read at most once a second, shared by
+  // reads and the stream.
+  const visibilityRule = new LiveVisibilityRule(database.db);
   const statuses = config.STATUS_READ_COALESCING
-    ? new CoalescingStatusReader(database.db, undefined, undefined, shardRouter)
-    : new DirectStatusReader(database.db, shardRouter);
+    ? new CoalescingStatusReader(database.db, undefined, undefined, shardRouter, visibilityRule)
+    : new DirectStatusReader(database.db, shardRouter, visibilityRule);
   const heapAfterOverload = heapReleaseFor(config, logger);
   const admission = createAdmission({
     maxInFlight: config.MAX_IN_FLIGHT_REQUESTS,
@@ -109,7 +114,11 @@ export function assembleApi(
   });
   const feed = new PresenceFeed(
     database.db,
-    { intervalMs: config.STREAM_POLL_INTERVAL_MS, beforeRecovery: () => held.beatNow() },
+    {
+      intervalMs: config.STREAM_POLL_INTERVAL_MS,
+      beforeRecovery: () => held.beatNow(),
+      rule: visibilityRule,
+    },
     { ...streamMetrics.feedObserver, onPollError: unlessOutage('change detection failed') },
   );
   const hub = new StreamHub(
@@ -124,6 +133,14 @@ export function assembleApi(
     streamMetrics.streamObserver,
   );
   streamMetrics.watch({ hub, feed, held });
+  const callerLimitMetrics = createCallerLimitMetrics(registry);
+  const callerLimits = new CallerLimits({
+    maxStreams: config.STREAM_MAX_OPEN_PER_CALLER,
+    readIdsPerSecond: config.READ_IDS_PER_SECOND_PER_CALLER,
+    maxIdsPerRequest: config.BATCH_MAX_IDS,
+    onRefused: callerLimitMetrics.onRefused,
+  });
+  callerLimitMetrics.watch(callerLimits);
   const app = buildApp({
     onlineThreshold: threshold,
     db: database.db,
@@ -134,6 +151,7 @@ export function assembleApi(
     registry,
     observeRequest: metrics.observeRequest,
     admission,
+    callerLimits,
     stream: { hub, feed, held, observer: streamMetrics.streamObserver },
   });
   const streams = {

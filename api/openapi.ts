@@ -9,10 +9,16 @@ const retryAfter = {
 };
 const unavailable = {
   description:
-    'Not written or not answered: the process is overloaded (`overloaded`), the answer was not ready REQUEST_DEADLINE_MS after admission (`deadline_exceeded`), the database is unavailable (`database_unavailable`), the heartbeat queue is full (`queue_full`), the write failed (`write_failed`) or the server is stopping (`shutting_down`). Retry after `Retry-After` seconds.',
+    "Not written or not answered: the identity provider's keys cannot be fetched (`auth_unavailable`, AUTH_JWKS_URL), the process is overloaded (`overloaded`), the answer was not ready REQUEST_DEADLINE_MS after admission (`deadline_exceeded`), the database is unavailable (`database_unavailable`), the heartbeat queue is full (`queue_full`), the write failed (`write_failed`) or the server is stopping (`shutting_down`). Retry after `Retry-After` seconds.",
   headers: retryAfter,
   content: json(ref('Error')),
 };
+/** Per-caller limits (api/edge/caller-limits.ts), AUTH_MODE=jwt only. */
+const callerLimit = (code: string, limit: string) => ({
+  description: `AUTH_MODE=jwt only: \`${code}\`, this caller (token \`sub\`) is at ${limit}. Retry after \`Retry-After\` seconds.`,
+  headers: retryAfter,
+  content: json(ref('Error')),
+});
 const badRequest = error('`invalid_user_id`, `invalid_body` or `invalid_json`');
 const tooLarge = error(
   '`too_many_ids` (more than BATCH_MAX_IDS) or `payload_too_large` (over BODY_LIMIT_BYTES)',
@@ -55,7 +61,7 @@ export const openApiDocument = {
     // No open-source licence: a private package. LicenseRef- is SPDX's form for such a licence.
     license: { name: 'Proprietary', identifier: 'LicenseRef-Proprietary' },
     description:
-      'Online/offline presence on PostgreSQL. A user is online when their last heartbeat is within the online threshold (pulse_settings.online_threshold_seconds, 20 s by default) of the database clock. Unknown fields in request bodies are ignored.',
+      "Online/offline presence on PostgreSQL. A user is online when their last heartbeat is within the online threshold (pulse_settings.online_threshold_seconds, 20 s by default) of the database clock. Unknown fields in request bodies are ignored. Every status answer and stream event applies each user's privacy (invisible, hidden last seen) and, when the operator installed it, the visibility rule pulse_visible_users: a user the caller may not see reads exactly like an unknown offline user (is_online false, last_seen null).",
   },
   // Relative: the API serves this document itself, so its own origin is the server.
   servers: [{ url: '/', description: 'The API serving this document' }],
@@ -206,12 +212,68 @@ export const openApiDocument = {
           '401': unauthenticated,
           '403': forbidden,
           '413': error('`too_many_ids`: more than BATCH_MAX_IDS watched ids'),
+          '429': callerLimit(
+            'too_many_streams_per_caller` or `too_many_reads_per_caller',
+            'STREAM_MAX_OPEN_PER_CALLER open streams, or its READ_IDS_PER_SECOND_PER_CALLER budget (the snapshot reads the watched ids)',
+          ),
           '503': {
             description:
-              '`overloaded` (admission control, the snapshot weighed as a batch read of the watched ids), `too_many_streams` (STREAM_MAX_OPEN reached), `deadline_exceeded` (first held heartbeat and snapshot not done within REQUEST_DEADLINE_MS), `shutting_down`, or the database or heartbeat queue unavailable for the first held heartbeat or the snapshot. Retry after `Retry-After` seconds.',
+              '`auth_unavailable` (AUTH_JWKS_URL unreachable and the token key unknown), `overloaded` (admission control, the snapshot weighed as a batch read of the watched ids), `too_many_streams` (STREAM_MAX_OPEN reached), `deadline_exceeded` (first held heartbeat and snapshot not done within REQUEST_DEADLINE_MS), `shutting_down`, or the database or heartbeat queue unavailable for the first held heartbeat or the snapshot. Retry after `Retry-After` seconds.',
             headers: retryAfter,
             content: json(ref('Error')),
           },
+        },
+      },
+    },
+    '/status/privacy': {
+      get: {
+        operationId: 'getPrivacy',
+        ...secured,
+        summary: "The caller's own invisible mode and hidden last seen",
+        parameters: [
+          {
+            name: 'user_id',
+            in: 'query',
+            required: false,
+            description:
+              "Whose settings: the token's `sub` by default; another user only with the `presence:write:any` scope; required with AUTH_MODE=none",
+            schema: { type: 'string', pattern: '^[1-9][0-9]{0,15}$' },
+          },
+        ],
+        responses: {
+          '200': { description: 'The settings', content: json(ref('Privacy')) },
+          '400': error('`invalid_user_id`: no user id (a caller that is not a user must name one)'),
+          '401': unauthenticated,
+          '403': forbidden,
+          '503': unavailable,
+        },
+      },
+      put: {
+        operationId: 'setPrivacy',
+        ...secured,
+        summary:
+          'Invisible mode (read as offline by everyone, last seen frozen) and hidden last seen (null for everyone); applied to every answer and stream event',
+        requestBody: {
+          required: true,
+          content: json({
+            type: 'object',
+            minProperties: 1,
+            properties: {
+              user_id: { ...ref('UserId'), description: "Default: the token's `sub`" },
+              invisible: { type: 'boolean' },
+              hide_last_seen: { type: 'boolean' },
+            },
+          }),
+        },
+        responses: {
+          '200': { description: 'Stored; the settings now', content: json(ref('Privacy')) },
+          '400': badRequest,
+          '401': unauthenticated,
+          '403': forbidden,
+          '413': tooLarge,
+          '415': wrongType,
+          '408': slowBody,
+          '503': unavailable,
         },
       },
     },
@@ -253,6 +315,7 @@ export const openApiDocument = {
           },
           '400': badRequest,
           '401': unauthenticated,
+          '429': callerLimit('too_many_reads_per_caller', 'READ_IDS_PER_SECOND_PER_CALLER'),
           '413': tooLarge,
           '415': wrongType,
           '408': slowBody,
@@ -371,6 +434,20 @@ export const openApiDocument = {
             description:
               'When the user was last around, by the database clock (ISO 8601, UTC): their last heartbeat while Pulse holds a presence row (so for every online user), else the last heartbeat recorded when they went offline (sweep or explicit offline, kept for pulse_settings.last_seen_retention_days), else null (unknown, or last seen is off)',
           },
+        },
+      },
+      Privacy: {
+        type: 'object',
+        required: ['user_id', 'invisible', 'hide_last_seen'],
+        additionalProperties: false,
+        properties: {
+          user_id: ref('UserId'),
+          invisible: {
+            type: 'boolean',
+            description:
+              'Read as offline by everyone (heartbeats and streams go on); last seen no later than when they turned invisible',
+          },
+          hide_last_seen: { type: 'boolean', description: 'last_seen is null in every answer' },
         },
       },
       Error: {

@@ -63,6 +63,16 @@ export const errorCatalogue = {
     message: 'this token may not do that',
     when: '`AUTH_MODE=jwt`: a heartbeat or offline for another user without the gateway scope',
   },
+  too_many_streams_per_caller: {
+    status: 429,
+    message: 'this caller has as many streams open as it may, close one or retry later',
+    when: '`GET /status/stream`: the caller (token `sub`) already has `STREAM_MAX_OPEN_PER_CALLER` streams open on this process; with `Retry-After`',
+  },
+  too_many_reads_per_caller: {
+    status: 429,
+    message: 'this caller has read too many ids, retry later',
+    when: '`POST /status/batch` or a stream snapshot: the caller (token `sub`) has used its `READ_IDS_PER_SECOND_PER_CALLER` budget; with `Retry-After`',
+  },
   not_found: {
     status: 404,
     message: 'no such route',
@@ -82,6 +92,11 @@ export const errorCatalogue = {
     status: 415,
     message: 'send the body as application/json',
     when: 'the body is not `application/json`, or its encoding or charset is not supported',
+  },
+  auth_unavailable: {
+    status: 503,
+    message: "the identity provider's keys cannot be fetched, retry later",
+    when: "`AUTH_JWKS_URL`: the token's key is not among the last keys fetched and the JWKS endpoint cannot be reached (or nothing was fetched yet); the token is not accepted",
   },
   database_unavailable: {
     status: 503,

@@ -31,7 +31,7 @@ import {
 } from './support/database.ts';
 import { waitFor } from './support/entry-points.ts';
 import { freePort } from './support/server.ts';
-import { bearer, hs256, jwtEnv, randomSecret } from './support/tokens.ts';
+import { asymmetric, bearer, hs256, jwtEnv, randomSecret } from './support/tokens.ts';
 
 describe('the error catalogue: every code, as the contract says', () => {
   let database: TestDatabase;
@@ -112,6 +112,41 @@ describe('the error catalogue: every code, as the contract says', () => {
       app.get(`/status/stream?watch=5&access_token=${token}`, bearer(token)),
       'invalid_request',
     );
+  });
+
+  it('answers per-caller limits, and keys that cannot be fetched', async () => {
+    const secret = randomSecret();
+    const capped = await start(
+      jwtEnv(secret, {
+        STREAM_MAX_OPEN_PER_CALLER: '1',
+        READ_IDS_PER_SECOND_PER_CALLER: '1',
+        BATCH_MAX_IDS: '2',
+      }),
+    );
+    const token = bearer(await hs256(secret).user(5));
+    const held = new AbortController();
+    const first = await fetch(`${capped.baseUrl}/status/stream?watch=5`, {
+      headers: token,
+      signal: held.signal,
+    });
+    expect(first.status).to.equal(200);
+    try {
+      await expectCode(capped.get('/status/stream?watch=5', token), 'too_many_streams_per_caller');
+    } finally {
+      held.abort();
+    }
+    // A budget of 2 ids, refilled at 1 a second: two reads of 2 in a row cannot both pass.
+    const two = [{ user_id: 1 }, { user_id: 2 }];
+    expect((await capped.post('/status/batch', two, token)).status).to.be.oneOf([200, 429]);
+    await expectCode(capped.post('/status/batch', two, token), 'too_many_reads_per_caller');
+
+    // Nothing listens there: no key was ever fetched, so no token can be verified.
+    const noKeys = await start({
+      AUTH_MODE: 'jwt',
+      AUTH_JWKS_URL: `http://127.0.0.1:${await freePort()}/jwks.json`,
+    });
+    const { minter } = await asymmetric('RS256');
+    await expectCode(noKeys.get('/status/5', bearer(await minter.user(5))), 'auth_unavailable');
   });
 
   it('answers refusals of a process at its limits or stopping', async () => {

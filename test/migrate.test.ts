@@ -48,6 +48,10 @@ describe('migrate CLI', function () {
     expect((await migrate(url)).stdout).to.match(/already up to date/);
 
     // Each down undoes one migration, newest first, until nothing is left.
+    expect((await migrate(url, ['down'])).stdout).to.match(/reverted 0007_privacy_and_visibility/);
+    expect(
+      (await queryOnce(url, `SELECT to_regclass('pulse_privacy') AS t`)).rows[0],
+    ).to.deep.equal({ t: null });
     expect((await migrate(url, ['down'])).stdout).to.match(/reverted 0005_distribute_by_user_id/);
     expect((await migrate(url, ['down'])).stdout).to.match(/reverted 0004_last_seen/);
     expect(
@@ -91,6 +95,7 @@ describe('migrate CLI', function () {
       { name: '0003_presence_settings' },
       { name: '0004_last_seen' },
       { name: '0005_distribute_by_user_id' },
+      { name: '0007_privacy_and_visibility' },
     ]);
   });
 

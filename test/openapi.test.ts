@@ -52,7 +52,7 @@ describe('OpenAPI contract', () => {
 
   /** Sends a real request and checks the answer's status, content type and body against the document. */
   async function check(
-    method: 'GET' | 'POST',
+    method: 'GET' | 'POST' | 'PUT',
     path: string,
     body?: string,
     contentType = 'application/json',
@@ -197,6 +197,17 @@ describe('OpenAPI contract', () => {
       headers: user,
     });
     await check('POST', '/status/offline', body, 'application/json', { target });
+    await check('PUT', '/status/privacy', '{"invisible":true}', 'application/json', {
+      target,
+      headers: user,
+    });
+    await check('PUT', '/status/privacy', '{"user_id":6,"invisible":true}', 'application/json', {
+      target,
+      headers: user,
+    });
+    await check('PUT', '/status/privacy', '{}', 'application/json', { target, headers: user });
+    await check('GET', '/status/privacy', undefined, undefined, { target, headers: user });
+    await check('GET', '/status/privacy', undefined, undefined, { target });
   });
 
   it('exercised every documented operation', () => {

@@ -28,6 +28,7 @@ describe('the schema explains itself', () => {
       'pulse',
       'pulse_last_seen',
       'pulse_online',
+      'pulse_privacy',
       'pulse_settings',
       'pulse_sweeper_lease',
     ]);

@@ -3,7 +3,9 @@
  *
  * - AUTH_MODE=none: no check at all; every caller may read and write any user (local use only).
  * - AUTH_MODE=jwt: every request carries `Authorization: Bearer <JWT>`, verified with jose against
- *   AUTH_JWT_SECRET (HS256) or AUTH_JWT_PUBLIC_KEY (RS256 or ES256, decided by the key). `exp` is
+ *   AUTH_JWT_SECRET (HS256), AUTH_JWT_PUBLIC_KEY (RS256 or ES256, decided by the key) or the keys
+ *   published at AUTH_JWKS_URL (api/edge/jwks.ts; 503 auth_unavailable when none fits and the
+ *   endpoint cannot be reached). `exp` is
  *   required; `exp`/`nbf` are checked with AUTH_CLOCK_TOLERANCE_SECONDS of leeway; `iss`/`aud` are
  *   checked when AUTH_JWT_ISSUER/AUTH_JWT_AUDIENCE are set. With AUTH_MAX_TOKEN_LIFETIME_SECONDS,
  *   `iat` is required too and `exp - iat` may not exceed it.
@@ -22,7 +24,9 @@ import { unescape } from 'node:querystring';
 import type { Request, RequestHandler } from 'express';
 import { errors, jwtVerify, type JWTPayload } from 'jose';
 import type { ApiConfig } from '../../lib/infra/config.ts';
+import type { Logger } from '../../lib/infra/logger.ts';
 import { HttpError } from './errors.ts';
+import { JwksKeySource, KeysUnavailable } from './jwks.ts';
 import { requestSlot } from './request-locals.ts';
 import { parseUserIdParam } from './validation.ts';
 
@@ -37,6 +41,11 @@ export interface Principal {
   canWriteAny: boolean;
   /** When the token expires (ms since the epoch); a stream ends then. Absent: never. */
   expiresAt?: number;
+  /**
+   * Whom per-caller limits count against (api/edge/caller-limits.ts): the token's `sub` (a gateway
+   * token without one shares ""). Absent with AUTH_MODE=none: no caller to tell apart.
+   */
+  caller?: string;
 }
 
 export interface AuthenticateOptions {
@@ -45,6 +54,8 @@ export interface AuthenticateOptions {
    * stream: a browser's EventSource cannot send headers. Never both at once (400).
    */
   queryToken?: boolean;
+  /** The verifier to share between routes (one JWKS cache per process); built from config if absent. */
+  verifier?: TokenVerifier;
 }
 
 /**
@@ -78,6 +89,10 @@ export type AuthConfig = Pick<
   | 'AUTH_MODE'
   | 'AUTH_JWT_SECRET'
   | 'AUTH_JWT_PUBLIC_KEY'
+  | 'AUTH_JWKS_URL'
+  | 'AUTH_JWKS_CACHE_SECONDS'
+  | 'AUTH_JWKS_COOLDOWN_SECONDS'
+  | 'AUTH_JWKS_TIMEOUT_MS'
   | 'AUTH_JWT_ISSUER'
   | 'AUTH_JWT_AUDIENCE'
   | 'AUTH_CLOCK_TOLERANCE_SECONDS'
@@ -138,7 +153,10 @@ function scopesOf(payload: JWTPayload): string[] {
 
 function principalFrom(payload: JWTPayload): Principal {
   const canWriteAny = scopesOf(payload).includes(GATEWAY_SCOPE);
-  const expiry = typeof payload.exp === 'number' ? { expiresAt: payload.exp * 1000 } : {};
+  const expiry = {
+    ...(typeof payload.exp === 'number' ? { expiresAt: payload.exp * 1000 } : {}),
+    caller: typeof payload.sub === 'string' ? payload.sub : '',
+  };
   let userId: number | undefined;
   if (typeof payload.sub === 'string') {
     try {
@@ -166,6 +184,8 @@ function describeJoseError(error: unknown): string {
     return `the token ${error.claim} claim is not valid`;
   }
   if (error instanceof errors.JOSEAlgNotAllowed) return 'the token algorithm is not accepted';
+  if (error instanceof errors.JWKSNoMatchingKey)
+    return 'the token key is not among the published keys';
   if (error instanceof errors.JWSSignatureVerificationFailed) {
     return 'the token signature is not valid';
   }
@@ -191,19 +211,43 @@ function checkLifetime(payload: JWTPayload, maxSeconds: number, toleranceSeconds
   }
 }
 
-/** The Express middleware for AUTH_MODE; apply it to the routes that need a caller. */
-export function createAuthenticate(
+/** Verifies a token's signature and claims (jose); throws what jose or the key source throws. */
+export interface TokenVerifier {
+  verify(token: string): Promise<JWTPayload>;
+}
+
+/**
+ * The verifier for AUTH_MODE=jwt, built once per process: a JWKS key source fetches its keys now,
+ * and its cache is shared by every route. Undefined with AUTH_MODE=none.
+ */
+export function createTokenVerifier(
   config: AuthConfig,
-  { queryToken = false }: AuthenticateOptions = {},
-): RequestHandler {
-  if (config.AUTH_MODE === 'none') {
-    const anyone: Principal = Object.freeze({ canWriteAny: true });
-    return (_req, res, next) => {
-      principalSlot.set(res, anyone);
-      next();
+  logger?: Logger,
+): TokenVerifier | undefined {
+  if (config.AUTH_MODE === 'none') return undefined;
+  const maxLifetime = config.AUTH_MAX_TOKEN_LIFETIME_SECONDS;
+  const options = {
+    clockTolerance: config.AUTH_CLOCK_TOLERANCE_SECONDS,
+    requiredClaims: maxLifetime === undefined ? ['exp'] : ['exp', 'iat'],
+    ...(config.AUTH_JWT_ISSUER === undefined ? {} : { issuer: config.AUTH_JWT_ISSUER }),
+    ...(config.AUTH_JWT_AUDIENCE === undefined ? {} : { audience: config.AUTH_JWT_AUDIENCE }),
+  };
+  if (config.AUTH_JWKS_URL !== undefined) {
+    if (logger === undefined) throw new Error('AUTH_JWKS_URL needs a logger');
+    const keys = new JwksKeySource({
+      url: config.AUTH_JWKS_URL,
+      cacheSeconds: config.AUTH_JWKS_CACHE_SECONDS,
+      cooldownSeconds: config.AUTH_JWKS_COOLDOWN_SECONDS,
+      timeoutMs: config.AUTH_JWKS_TIMEOUT_MS,
+      logger,
+    });
+    void keys.warm();
+    // Asymmetric algorithms only: a published key set never holds a shared secret.
+    const jwksOptions = { ...options, algorithms: JWKS_ALGORITHMS };
+    return {
+      verify: async (token) => (await jwtVerify(token, keys.key, jwksOptions)).payload,
     };
   }
-
   let key: Uint8Array | KeyObject;
   let algorithm: string;
   if (config.AUTH_JWT_SECRET !== undefined) {
@@ -212,16 +256,39 @@ export function createAuthenticate(
   } else if (config.AUTH_JWT_PUBLIC_KEY !== undefined) {
     ({ key, algorithm } = config.AUTH_JWT_PUBLIC_KEY);
   } else {
-    throw new Error('AUTH_MODE=jwt needs AUTH_JWT_SECRET or AUTH_JWT_PUBLIC_KEY');
+    throw new Error('AUTH_MODE=jwt needs AUTH_JWT_SECRET, AUTH_JWT_PUBLIC_KEY or AUTH_JWKS_URL');
   }
+  const fixedOptions = { ...options, algorithms: [algorithm] };
+  return { verify: async (token) => (await jwtVerify(token, key, fixedOptions)).payload };
+}
+
+const JWKS_ALGORITHMS = [
+  'RS256',
+  'RS384',
+  'RS512',
+  'PS256',
+  'PS384',
+  'PS512',
+  'ES256',
+  'ES384',
+  'EdDSA',
+];
+
+/** The Express middleware for AUTH_MODE; apply it to the routes that need a caller. */
+export function createAuthenticate(
+  config: AuthConfig,
+  { queryToken = false, verifier: shared }: AuthenticateOptions = {},
+): RequestHandler {
+  if (config.AUTH_MODE === 'none') {
+    const anyone: Principal = Object.freeze({ canWriteAny: true });
+    return (_req, res, next) => {
+      principalSlot.set(res, anyone);
+      next();
+    };
+  }
+  const verifier = shared ?? createTokenVerifier(config)!;
   const maxLifetime = config.AUTH_MAX_TOKEN_LIFETIME_SECONDS;
-  const options = {
-    algorithms: [algorithm],
-    clockTolerance: config.AUTH_CLOCK_TOLERANCE_SECONDS,
-    requiredClaims: maxLifetime === undefined ? ['exp'] : ['exp', 'iat'],
-    ...(config.AUTH_JWT_ISSUER === undefined ? {} : { issuer: config.AUTH_JWT_ISSUER }),
-    ...(config.AUTH_JWT_AUDIENCE === undefined ? {} : { audience: config.AUTH_JWT_AUDIENCE }),
-  };
+  const clockTolerance = config.AUTH_CLOCK_TOLERANCE_SECONDS;
 
   return async (req, res, next) => {
     // The answer depends on who asks: never cached by anyone in between.
@@ -262,11 +329,16 @@ export function createAuthenticate(
     }
     let payload: JWTPayload;
     try {
-      ({ payload } = await jwtVerify(token, key, options));
+      payload = await verifier.verify(token);
     } catch (error) {
+      if (error instanceof KeysUnavailable) {
+        throw new HttpError('auth_unavailable', error.message, {
+          'Retry-After': String(error.retryAfterSeconds),
+        });
+      }
       throw unauthorized('invalid_token', describeJoseError(error));
     }
-    if (maxLifetime !== undefined) checkLifetime(payload, maxLifetime, options.clockTolerance);
+    if (maxLifetime !== undefined) checkLifetime(payload, maxLifetime, clockTolerance);
     principalSlot.set(res, principalFrom(payload));
     next();
   };

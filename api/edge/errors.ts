@@ -60,6 +60,7 @@ const quietCodes = new Set<ErrorCode>([
   'database_unavailable',
   'too_many_streams',
   'deadline_exceeded',
+  'auth_unavailable', // logged once by the key source (api/edge/jwks.ts)
   'client_not_built', // said once at start (api/app.ts)
 ]);
 

@@ -12,7 +12,7 @@
  * (pino-http does) must keep working.
  */
 import { randomUUID } from 'node:crypto';
-import type { IncomingMessage} from 'node:http';
+import type { IncomingMessage } from 'node:http';
 import { type ServerResponse } from 'node:http';
 import type { Logger } from '../../lib/infra/logger.ts';
 import { redactAccessToken } from './auth.ts';

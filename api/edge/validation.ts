@@ -110,3 +110,31 @@ export function parseOptionalUserIdParam(raw: unknown): number | undefined {
   }
   return parseUserIdParam(raw);
 }
+
+const privacyBody = z
+  .object(
+    {
+      user_id: userId.optional(),
+      invisible: z.boolean({ error: 'invisible must be true or false' }).optional(),
+      hide_last_seen: z.boolean({ error: 'hide_last_seen must be true or false' }).optional(),
+    },
+    { error: 'the body must be a JSON object' },
+  )
+  .refine((b) => b.invisible !== undefined || b.hide_last_seen !== undefined, {
+    message: 'set invisible, hide_last_seen or both',
+  });
+
+/** `{"invisible"?: bool, "hide_last_seen"?: bool, "user_id"?: n}`, at least one setting. */
+export function parsePrivacyBody(body: unknown): {
+  userId: number | undefined;
+  invisible: boolean | undefined;
+  hideLastSeen: boolean | undefined;
+} {
+  const result = privacyBody.safeParse(body);
+  if (!result.success) fail(result.error);
+  return {
+    userId: result.data.user_id,
+    invisible: result.data.invisible,
+    hideLastSeen: result.data.hide_last_seen,
+  };
+}

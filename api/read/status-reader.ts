@@ -3,17 +3,33 @@ import {
   UNKNOWN_PRESENCE,
   type Executor,
   type Presence,
+  type Visibility,
 } from '../../lib/store/pulse-store.ts';
 import type { ShardRouter } from '../../lib/citus/shard-routing.ts';
+import { NO_VISIBILITY_RULE, type VisibilityRule } from './visibility-rule.ts';
+
+/**
+ * Who reads: the caller's user id, or null for a caller that is not a user (a gateway token,
+ * AUTH_MODE=none). The operator's visibility rule, while it exists, decides what they see.
+ */
+export type Viewer = number | null;
 
 export interface StatusReader {
   /** Whether one user is online (by the shared rule and the database clock), and last seen. */
-  read(userId: number): Promise<Presence>;
+  read(userId: number, viewer?: Viewer): Promise<Presence>;
   /**
    * The presence of each of `userIds` Pulse knows (one query, POST /status/batch); users it knows
-   * nothing of are absent from the map.
+   * nothing of, or the rule hides from `viewer`, are absent from the map.
    */
-  readAmong(userIds: readonly number[]): Promise<Map<number, Presence>>;
+  readAmong(userIds: readonly number[], viewer?: Viewer): Promise<Map<number, Presence>>;
+}
+
+/** The rule for `viewer` if it exists; undefined: everyone sees everyone. */
+async function visibilityFor(
+  rule: VisibilityRule,
+  viewer: Viewer | undefined,
+): Promise<Visibility | undefined> {
+  return viewer !== undefined && (await rule.current()) ? { viewer } : undefined;
 }
 
 /** One query per lookup. */
@@ -21,18 +37,22 @@ export class DirectStatusReader implements StatusReader {
   constructor(
     private readonly db: Executor,
     private readonly shardRouter?: ShardRouter,
+    private readonly rule: VisibilityRule = NO_VISIBILITY_RULE,
   ) {}
 
-  async read(userId: number): Promise<Presence> {
-    return (await this.readAmong([userId])).get(userId) ?? UNKNOWN_PRESENCE;
+  async read(userId: number, viewer?: Viewer): Promise<Presence> {
+    return (await this.readAmong([userId], viewer)).get(userId) ?? UNKNOWN_PRESENCE;
   }
 
-  readAmong(userIds: readonly number[]): Promise<Map<number, Presence>> {
-    return readPresence(this.db, userIds, this.shardRouter);
+  async readAmong(userIds: readonly number[], viewer?: Viewer): Promise<Map<number, Presence>> {
+    const visibility = await visibilityFor(this.rule, viewer);
+    return readPresence(this.db, userIds, this.shardRouter, visibility);
   }
 }
 
 interface Waiter {
+  userId: number;
+  viewer: Viewer | undefined;
   resolve(presence: Presence): void;
   reject(error: unknown): void;
 }
@@ -41,10 +61,11 @@ interface Waiter {
  * Coalesces the single-user lookups that arrive in the same event-loop turn into one
  * `user_id = ANY($1)` query (at most `maxIds` ids each). Measured on the 2-core machine: about twice
  * the GET /status/{id} throughput at half the p99 of one query per lookup, because the API's
- * per-query work (pool checkout, query building, protocol) is what limits single reads.
+ * per-query work (pool checkout, query building, protocol) is what limits single reads. While the
+ * operator's visibility rule exists, answers depend on who asks: lookups are then folded per viewer.
  */
 export class CoalescingStatusReader implements StatusReader {
-  private pending = new Map<number, Waiter[]>();
+  private pending: Waiter[] = [];
   private scheduled = false;
 
   constructor(
@@ -52,41 +73,63 @@ export class CoalescingStatusReader implements StatusReader {
     private readonly maxIds = 1000,
     private readonly onQuery: (ids: number) => void = () => undefined,
     private readonly shardRouter?: ShardRouter,
+    private readonly rule: VisibilityRule = NO_VISIBILITY_RULE,
   ) {}
 
-  read(userId: number): Promise<Presence> {
+  read(userId: number, viewer?: Viewer): Promise<Presence> {
     return new Promise((resolve, reject) => {
-      const waiters = this.pending.get(userId);
-      if (waiters) waiters.push({ resolve, reject });
-      else this.pending.set(userId, [{ resolve, reject }]);
+      this.pending.push({ userId, viewer, resolve, reject });
       if (!this.scheduled) {
         this.scheduled = true;
-        setImmediate(() => this.flush());
+        setImmediate(() => void this.flush());
       }
     });
   }
 
   /** A batch is already one query: it goes straight to the database, counted like the others. */
-  readAmong(userIds: readonly number[]): Promise<Map<number, Presence>> {
+  async readAmong(userIds: readonly number[], viewer?: Viewer): Promise<Map<number, Presence>> {
+    const visibility = await visibilityFor(this.rule, viewer);
     this.onQuery(userIds.length);
-    return readPresence(this.db, userIds, this.shardRouter);
+    return readPresence(this.db, userIds, this.shardRouter, visibility);
   }
 
-  private flush(): void {
-    const batch = [...this.pending];
-    this.pending = new Map();
+  private async flush(): Promise<void> {
+    const batch = this.pending;
+    this.pending = [];
     this.scheduled = false;
-    for (let start = 0; start < batch.length; start += this.maxIds) {
-      this.query(batch.slice(start, start + this.maxIds));
+    let ruled: boolean;
+    try {
+      ruled = await this.rule.current();
+    } catch (error) {
+      for (const waiter of batch) waiter.reject(error);
+      return;
+    }
+    // Without the rule every caller sees the same: one group. With it, one group per viewer.
+    const groups = new Map<Viewer | undefined, Map<number, Waiter[]>>();
+    for (const waiter of batch) {
+      const key = ruled ? waiter.viewer : undefined;
+      let lookups = groups.get(key);
+      if (lookups === undefined) groups.set(key, (lookups = new Map<number, Waiter[]>()));
+      const waiters = lookups.get(waiter.userId);
+      if (waiters) waiters.push(waiter);
+      else lookups.set(waiter.userId, [waiter]);
+    }
+    for (const [viewer, lookups] of groups) {
+      const entries = [...lookups];
+      const visibility = ruled && viewer !== undefined ? { viewer } : undefined;
+      for (let start = 0; start < entries.length; start += this.maxIds) {
+        this.query(entries.slice(start, start + this.maxIds), visibility);
+      }
     }
   }
 
-  private query(lookups: Array<[number, Waiter[]]>): void {
+  private query(lookups: Array<[number, Waiter[]]>, visibility: Visibility | undefined): void {
     this.onQuery(lookups.length);
     readPresence(
       this.db,
       lookups.map(([id]) => id),
       this.shardRouter,
+      visibility,
     ).then(
       (found) => {
         for (const [id, waiters] of lookups)

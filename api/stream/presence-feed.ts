@@ -23,14 +23,27 @@
  *
  * After a failed poll (the database down), the next one first awaits `beforeRecovery` (held
  * presence's beat): users held online by this process are then written before they are read.
+ *
+ * Privacy and who sees whom (issue 24). Invisible users read as offline to everyone, so detection
+ * and the described rows already apply pulse_privacy: that state is shared. The operator's rule
+ * (pulse_visible_users), while it exists, is per viewer: each subscriber keeps the set of its
+ * watched ids that are online but hidden from its viewer (`hidden`), re-evaluated every poll, after
+ * the rows are described, for every subscriber's online (or just-gone-offline) watched ids in one
+ * statement per RULE_CHUNK_PAIRS pairs (the rule runs once per distinct viewer). A subscriber is
+ * told what its viewer may see: a hidden user as `{is_online: false, last_seen: null}`, exactly
+ * like an unknown offline user; a user hidden, then visible again (or the reverse) is a change. So
+ * a user removed from a friends list stops appearing online within one poll, and the same holds
+ * whatever produces the shared state (this poll, or a change log): apply `refreshHidden` after it.
  */
 import {
   findOnlineUserIds,
+  findVisiblePairs,
   normalizeUserIds,
   readStatuses,
   type Executor,
   type UserStatus,
 } from '../../lib/store/pulse-store.ts';
+import type { VisibilityRule } from '../read/visibility-rule.ts';
 
 export interface PresenceFeedOptions {
   intervalMs: number;
@@ -43,11 +56,20 @@ export interface PresenceFeedOptions {
    * its held users' heartbeats there, so that poll does not see them expired by the outage.
    */
   beforeRecovery?: () => Promise<unknown>;
+  /** Whether the operator's visibility rule exists (api/read/visibility-rule.ts); absent: never. */
+  rule?: VisibilityRule;
 }
 
 export interface PresenceFeedObserver {
-  /** Every statement the feed runs: `detect` (the poll) or `describe` (re-reading flipped ids). */
-  onStatement?(info: { kind: 'detect' | 'describe'; seconds: number; ok: boolean }): void;
+  /**
+   * Every statement the feed runs: `detect` (the poll), `describe` (re-reading flipped ids) or
+   * `visibility` (the operator's rule over the online watched ids, per viewer).
+   */
+  onStatement?(info: {
+    kind: 'detect' | 'describe' | 'visibility';
+    seconds: number;
+    ok: boolean;
+  }): void;
   /** A poll failed; the next one retries (states are kept). */
   onPollError?(error: unknown): void;
 }
@@ -67,8 +89,20 @@ type Phase = 'snapshot' | 'pending' | 'live' | 'closed';
 /** Streams given their changes before the feed lets the event loop run (and sockets flush). */
 const DELIVERY_SLICE = 500;
 
+/** (viewer, watched id) pairs per visibility statement. */
+const RULE_CHUNK_PAIRS = 10_000;
+
+/** What a viewer is told of a user the rule hides: an offline user Pulse knows nothing of. */
+const hiddenRow = (userId: number): UserStatus => ({
+  user_id: userId,
+  is_online: false,
+  last_seen: null,
+});
+
 class Subscriber {
   phase: Phase = 'snapshot';
+  /** Watched ids online but hidden from `viewer` by the rule, as of the last poll; undefined: none. */
+  hidden: Set<number> | undefined;
   /** What the snapshot said, until the subscriber goes live (then dropped). */
   told: Map<number, boolean> | undefined = new Map<number, boolean>();
   /** Eligible to go live in the first poll whose sequence number is above this. */
@@ -77,6 +111,8 @@ class Subscriber {
   constructor(
     readonly ids: readonly number[],
     readonly deliver: Deliver,
+    /** Who watches, for the rule: a user id, null (not a user), undefined (not subject to it). */
+    readonly viewer: number | null | undefined,
   ) {}
 }
 
@@ -89,6 +125,8 @@ export class PresenceFeed {
   private readonly watchers = new Map<number, Subscriber[]>();
   private readonly state = new Map<number, boolean>();
   private readonly pending = new Set<Subscriber>();
+  /** Live subscribers with a non-empty `hidden` set. */
+  private readonly hiding = new Set<Subscriber>();
   private pollSeq = 0;
   private timer: NodeJS.Timeout | undefined;
   private running: Promise<void> | undefined;
@@ -111,10 +149,17 @@ export class PresenceFeed {
     return this.watchers.size;
   }
 
-  /** Registers `userIds` (duplicates allowed, answered as given) and reads their snapshot. */
-  async subscribe(userIds: readonly number[], deliver: Deliver): Promise<FeedSubscription> {
+  /**
+   * Registers `userIds` (duplicates allowed, answered as given) and reads their snapshot, as
+   * `viewer` may see them (the caller's user id, or null for a caller that is not a user).
+   */
+  async subscribe(
+    userIds: readonly number[],
+    deliver: Deliver,
+    viewer?: number | null,
+  ): Promise<FeedSubscription> {
     if (this.closed) throw new Error('the presence feed is closed');
-    const subscriber = new Subscriber(normalizeUserIds(userIds), deliver);
+    const subscriber = new Subscriber(normalizeUserIds(userIds), deliver, viewer);
     for (const id of subscriber.ids) {
       const watching = this.watchers.get(id);
       if (watching) watching.push(subscriber);
@@ -123,7 +168,8 @@ export class PresenceFeed {
     this.schedule(this.options.intervalMs);
     let snapshot: UserStatus[];
     try {
-      snapshot = await readStatuses(this.db, userIds);
+      const ruled = viewer !== undefined && (await this.ruleInForce());
+      snapshot = await readStatuses(this.db, userIds, ruled ? { viewer } : undefined);
     } catch (error) {
       this.remove(subscriber);
       throw error;
@@ -150,10 +196,15 @@ export class PresenceFeed {
     await this.running;
   }
 
+  private ruleInForce(): Promise<boolean> {
+    return this.options.rule?.current() ?? Promise.resolve(false);
+  }
+
   private remove(subscriber: Subscriber): void {
     if (subscriber.phase === 'closed') return;
     subscriber.phase = 'closed';
     this.pending.delete(subscriber);
+    this.hiding.delete(subscriber);
     for (const id of subscriber.ids) {
       const watching = this.watchers.get(id);
       if (!watching) continue;
@@ -190,7 +241,10 @@ export class PresenceFeed {
     this.timer.unref();
   }
 
-  private async timed<T>(kind: 'detect' | 'describe', run: () => Promise<T>): Promise<T> {
+  private async timed<T>(
+    kind: 'detect' | 'describe' | 'visibility',
+    run: () => Promise<T>,
+  ): Promise<T> {
     const started = performance.now();
     let ok = false;
     try {
@@ -214,6 +268,81 @@ export class PresenceFeed {
     await Promise.all(Array.from({ length: Math.min(this.concurrency, chunks.length) }, worker));
   }
 
+  /** Reads the rows of `ids` (what POST /status/batch says, privacy applied) into `into`. */
+  private async describe(ids: Set<number>, into: Map<number, UserStatus>): Promise<void> {
+    await this.chunked(
+      [...ids].sort((a, b) => a - b),
+      async (chunk) => {
+        const rows = await this.timed('describe', () => readStatuses(this.db, chunk));
+        for (const row of rows) into.set(row.user_id, row);
+      },
+    );
+  }
+
+  private liveSubscribers(): Subscriber[] {
+    const live = new Set<Subscriber>();
+    for (const watching of this.watchers.values())
+      for (const subscriber of watching) if (subscriber.phase === 'live') live.add(subscriber);
+    return [...live];
+  }
+
+  /**
+   * The operator's rule, for each subscriber with a viewer: which of its watched ids that are
+   * online (or went offline this poll, so that going offline is not told with a last seen) its
+   * viewer may not see. One statement per RULE_CHUNK_PAIRS distinct (viewer, id) pairs.
+   */
+  private async hiddenFor(
+    subscribers: readonly Subscriber[],
+    changed: ReadonlyMap<number, boolean>,
+  ): Promise<Map<Subscriber, Set<number>>> {
+    const asked = (id: number, viewer: number | null) =>
+      id !== viewer && (this.state.get(id) === true || changed.get(id) === true);
+    const pairs = new Map<number | null, Set<number>>();
+    for (const subscriber of subscribers) {
+      const viewer = subscriber.viewer;
+      if (viewer === undefined) continue;
+      let targets = pairs.get(viewer);
+      for (const id of subscriber.ids) {
+        if (!asked(id, viewer)) continue;
+        if (targets === undefined) pairs.set(viewer, (targets = new Set()));
+        targets.add(id);
+      }
+    }
+    const viewers: Array<number | null> = [];
+    const targets: number[] = [];
+    for (const [viewer, ids] of pairs) {
+      for (const id of ids) {
+        viewers.push(viewer);
+        targets.push(id);
+      }
+    }
+    const visible = new Map<number | null, Set<number>>();
+    for (let start = 0; start < targets.length; start += RULE_CHUNK_PAIRS) {
+      const end = start + RULE_CHUNK_PAIRS;
+      const found = await this.timed('visibility', () =>
+        findVisiblePairs(this.db, viewers.slice(start, end), targets.slice(start, end)),
+      );
+      for (const [viewer, ids] of found) {
+        const set = visible.get(viewer);
+        if (set === undefined) visible.set(viewer, ids);
+        else for (const id of ids) set.add(id);
+      }
+    }
+    const hidden = new Map<Subscriber, Set<number>>();
+    for (const subscriber of subscribers) {
+      const viewer = subscriber.viewer;
+      if (viewer === undefined) continue;
+      const seen = visible.get(viewer);
+      let set: Set<number> | undefined;
+      for (const id of subscriber.ids) {
+        if (!asked(id, viewer) || seen?.has(id)) continue;
+        (set ??= new Set()).add(id);
+      }
+      if (set) hidden.set(subscriber, set);
+    }
+    return hidden;
+  }
+
   private async pollOnce(): Promise<void> {
     if (this.failed && this.options.beforeRecovery) await this.options.beforeRecovery();
     await this.poll();
@@ -224,6 +353,7 @@ export class PresenceFeed {
     const seq = ++this.pollSeq;
     const eligible = [...this.pending].filter((s) => s.liveAfterPoll < seq);
     const ids = [...this.watchers.keys()].sort((a, b) => a - b);
+    const ruled = await this.ruleInForce();
 
     const online = new Set<number>();
     await this.chunked(ids, async (chunk) => {
@@ -245,41 +375,97 @@ export class PresenceFeed {
       }
     }
 
-    const rows: UserStatus[] = [];
-    await this.chunked(
-      [...flipped].sort((a, b) => a - b),
-      async (chunk) => {
-        rows.push(...(await this.timed('describe', () => readStatuses(this.db, chunk))));
-      },
-    );
+    const described = new Map<number, UserStatus>();
+    await this.describe(flipped, described);
 
     // Apply only now: a failed statement above leaves every state as it was.
     for (const [id, isOnline] of firstSeen) if (this.watchers.has(id)) this.state.set(id, isOnline);
+    /** The shared state before this poll, for the ids whose state it changes. */
+    const changed = new Map<number, boolean>();
+    for (const row of described.values()) {
+      if (!this.watchers.has(row.user_id)) continue;
+      const before = this.state.get(row.user_id);
+      this.state.set(row.user_id, row.is_online);
+      if (before !== undefined && before !== row.is_online) changed.set(row.user_id, before);
+    }
+
+    const live = ruled ? this.liveSubscribers() : [...this.hiding];
+    const hiddenNow = ruled
+      ? await this.hiddenFor([...live, ...eligible], changed)
+      : new Map<Subscriber, Set<number>>();
+
     const outbox = new Map<Subscriber, UserStatus[]>();
     const send = (subscriber: Subscriber, row: UserStatus) => {
       const list = outbox.get(subscriber);
       if (list) list.push(row);
       else outbox.set(subscriber, [row]);
     };
-    const described = new Map<number, UserStatus>();
-    for (const row of rows) {
-      described.set(row.user_id, row);
-      const watching = this.watchers.get(row.user_id);
-      if (!watching) continue;
-      const before = this.state.get(row.user_id);
-      this.state.set(row.user_id, row.is_online);
-      if (before === row.is_online) continue;
-      for (const subscriber of watching) if (subscriber.phase === 'live') send(subscriber, row);
+    /** What `subscriber` is to be told of `id` now, given its hidden set. */
+    const rowFor = (id: number, hidden: Set<number> | undefined) =>
+      hidden?.has(id) ? hiddenRow(id) : described.get(id);
+
+    // Shared transitions, told to each watcher as its viewer may see them.
+    for (const [id, wasOnline] of changed) {
+      const isOnline = this.state.get(id) === true;
+      for (const subscriber of this.watchers.get(id) ?? []) {
+        if (subscriber.phase !== 'live') continue;
+        const hidden = hiddenNow.get(subscriber);
+        const shownBefore = wasOnline && !subscriber.hidden?.has(id);
+        const shownNow = isOnline && !hidden?.has(id);
+        if (shownBefore === shownNow) continue;
+        const row = rowFor(id, hidden);
+        if (row) send(subscriber, row);
+      }
+    }
+    // Hidden or shown again with no shared transition: the rule's answer changed.
+    const unhidden: Array<[Subscriber, number]> = [];
+    for (const subscriber of live) {
+      const hidden = hiddenNow.get(subscriber);
+      for (const id of new Set([...(subscriber.hidden ?? []), ...(hidden ?? [])])) {
+        if (changed.has(id) || this.state.get(id) !== true) continue;
+        const hiddenBefore = subscriber.hidden?.has(id) === true;
+        const hiddenAfter = hidden?.has(id) === true;
+        if (hiddenBefore === hiddenAfter) continue;
+        if (hiddenAfter) send(subscriber, hiddenRow(id));
+        else unhidden.push([subscriber, id]);
+      }
     }
     for (const subscriber of eligible) {
       if (subscriber.phase !== 'pending') continue;
+      const hidden = hiddenNow.get(subscriber);
       for (const id of subscriber.ids) {
-        const row = described.get(id);
-        if (row && row.is_online !== subscriber.told?.get(id)) send(subscriber, row);
+        const shownNow = this.state.get(id) === true && !hidden?.has(id);
+        if (subscriber.told?.get(id) === shownNow) continue;
+        if (shownNow && !described.has(id)) unhidden.push([subscriber, id]);
+        else {
+          const row = rowFor(id, hidden);
+          if (row) send(subscriber, row);
+        }
       }
       subscriber.told = undefined;
       subscriber.phase = 'live';
       this.pending.delete(subscriber);
+    }
+    // Users shown again to a viewer: their rows as a batch read gives them. One gone offline
+    // meanwhile stays hidden for that viewer; the next poll sees its transition as hidden.
+    if (unhidden.length > 0) {
+      const rows = new Map<number, UserStatus>();
+      await this.describe(new Set(unhidden.map(([, id]) => id)), rows);
+      for (const [subscriber, id] of unhidden) {
+        const row = rows.get(id);
+        if (row?.is_online) send(subscriber, row);
+        else {
+          let hidden = hiddenNow.get(subscriber);
+          if (hidden === undefined) hiddenNow.set(subscriber, (hidden = new Set()));
+          hidden.add(id);
+        }
+      }
+    }
+    for (const subscriber of [...live, ...eligible]) {
+      const hidden = hiddenNow.get(subscriber);
+      subscriber.hidden = hidden?.size ? hidden : undefined;
+      if (subscriber.hidden && subscriber.phase !== 'closed') this.hiding.add(subscriber);
+      else this.hiding.delete(subscriber);
     }
     let delivered = 0;
     for (const [subscriber, changes] of outbox) {

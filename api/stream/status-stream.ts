@@ -29,6 +29,7 @@ import { assertMayWrite, principalOf, type Principal } from '../edge/auth.ts';
 import { HttpError } from '../edge/errors.ts';
 import { readWeight, type Admission } from '../edge/admission.ts';
 import type { HeldPresence } from './held-presence.ts';
+import type { CallerLimits } from '../edge/caller-limits.ts';
 import { parseOptionalUserIdParam, parseWatchParam } from '../edge/validation.ts';
 
 export type StreamCloseReason =
@@ -265,6 +266,8 @@ export interface StreamRouteDeps {
   admission: Pick<Admission, 'admit' | 'withinDeadline' | 'release' | 'refusedElsewhere'>;
   observer?: StreamObserver;
   config: { BATCH_MAX_IDS: number };
+  /** STREAM_MAX_OPEN_PER_CALLER and the read budget of the snapshot (429); absent: none. */
+  callerLimits?: CallerLimits | undefined;
 }
 
 /** Whose presence the stream holds: `user_id` if given (and allowed), else the token's `sub`. */
@@ -282,6 +285,7 @@ export function createStreamRoute({
   admission,
   observer = {},
   config,
+  callerLimits,
 }: StreamRouteDeps): RequestHandler {
   return async (req, res) => {
     const watch = parseWatchParam(
@@ -295,12 +299,16 @@ export function createStreamRoute({
       res.status(200).set(STREAM_HEADERS).end();
       return;
     }
-    // The snapshot is a read like POST /status/batch of the same ids, and weighs as much.
-    if (!admission.admit(res, readWeight(watch.length))) return;
+    // Per caller first: a token at its own limit must not take a slot of the process meanwhile.
+    const releaseCaller = callerLimits?.openStream(principal.caller) ?? (() => undefined);
     let release: () => void;
     try {
+      callerLimits?.chargeRead(principal.caller, watch.length);
+      // The snapshot is a read like POST /status/batch of the same ids, and weighs as much.
+      if (!admission.admit(res, readWeight(watch.length))) return releaseCaller();
       release = hub.admit();
     } catch (error) {
+      releaseCaller();
       // Counted and summarized with the other refusals, not one log line each.
       if (error instanceof HttpError && error.code === 'too_many_streams') {
         admission.refusedElsewhere(res, error.code);
@@ -322,7 +330,7 @@ export function createStreamRoute({
     };
 
     let gone = false;
-    const cleanups: Array<() => void> = [release];
+    const cleanups: Array<() => void> = [releaseCaller, release];
     const cleanUp = () => {
       for (const step of cleanups.splice(0).reverse()) step();
     };
@@ -339,10 +347,15 @@ export function createStreamRoute({
       }
       if (gone) return cleanUp();
       // Only `close` is kept for the stream's lifetime: the snapshot is not held in memory.
-      const subscribing = feed.subscribe(watch, (changes: readonly UserStatus[]) => {
-        session?.changes(changes);
-        observer.onEvent?.('change', changes.length);
-      });
+      // As the caller may see them: the operator's visibility rule is per viewer.
+      const subscribing = feed.subscribe(
+        watch,
+        (changes: readonly UserStatus[]) => {
+          session?.changes(changes);
+          observer.onEvent?.('change', changes.length);
+        },
+        principal.userId ?? null,
+      );
       const { snapshot, close } = await inTime(subscribing, (late) => late.close());
       cleanups.push(close);
       if (gone) return cleanUp();

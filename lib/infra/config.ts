@@ -1,4 +1,5 @@
 import { createPublicKey, type KeyObject } from 'node:crypto';
+import { isIPv4, isIPv6 } from 'node:net';
 import cron from 'node-cron';
 import { z } from 'zod';
 import { redactConnectionString } from './redact.ts';
@@ -184,25 +185,76 @@ const authFields = {
       }
     })
     .optional(),
+  /** The identity provider's JWKS (https, or http on a loopback host): keys fetched, cached, rotated. */
+  AUTH_JWKS_URL: z
+    .string()
+    .trim()
+    .transform((value, ctx) => {
+      let url: URL | undefined;
+      try {
+        url = new URL(value);
+      } catch {
+        url = undefined;
+      }
+      if (
+        url === undefined ||
+        !(url.protocol === 'https:' || (url.protocol === 'http:' && isLoopbackHost(url.hostname)))
+      ) {
+        ctx.addIssue({
+          code: 'custom',
+          message:
+            'must be an https:// URL (http:// only on a loopback host), for example https://idp.example.com/.well-known/jwks.json',
+        });
+        return z.NEVER;
+      }
+      return url;
+    })
+    .optional(),
+  /** Keys fetched longer ago than this are fetched again (the last good ones stay in use meanwhile). */
+  AUTH_JWKS_CACHE_SECONDS: integer(1, 86_400, 600),
+  /** At most one fetch per this many seconds, for unknown key ids and after a failed fetch. */
+  AUTH_JWKS_COOLDOWN_SECONDS: integer(0, 3_600, 30),
+  AUTH_JWKS_TIMEOUT_MS: integer(100, 60_000, 5_000),
   AUTH_JWT_ISSUER: optionalText,
   AUTH_JWT_AUDIENCE: optionalText,
   AUTH_CLOCK_TOLERANCE_SECONDS: integer(0, 300, 5),
   /** Unset: any lifetime. Set: `iat` is required and `exp - iat` may not exceed it (401). */
   AUTH_MAX_TOKEN_LIFETIME_SECONDS: optionalInteger(1, 366 * 86_400),
+  /** With AUTH_MODE=none set explicitly: listen on a non-loopback HOST anyway (see checkOpenApi). */
+  AUTH_NONE_ALLOW_PUBLIC: boolean(false),
 };
+
+/** 127.0.0.0/8, ::1, localhost: only this machine can connect. */
+export function isLoopbackHost(host: string): boolean {
+  const name = host.replace(/^\[|\]$/g, '').toLowerCase();
+  if (name === 'localhost' || name.endsWith('.localhost')) return true;
+  if (isIPv4(name)) return name.startsWith('127.');
+  if (isIPv6(name)) return name === '::1' || /^::ffff:127\./.test(name);
+  return false;
+}
 
 type AuthFields = z.output<ReturnType<typeof z.object<typeof authFields>>>;
 
 function checkAuth(c: AuthFields, ctx: z.RefinementCtx): void {
-  const keys = [c.AUTH_JWT_SECRET, c.AUTH_JWT_PUBLIC_KEY].filter((v) => v !== undefined).length;
-  if (c.AUTH_MODE === 'jwt' && keys !== 1) {
+  const keySources = (['AUTH_JWT_SECRET', 'AUTH_JWT_PUBLIC_KEY', 'AUTH_JWKS_URL'] as const).filter(
+    (name) => c[name] !== undefined,
+  );
+  if (c.AUTH_MODE === 'jwt' && keySources.length !== 1) {
+    const second = keySources[1];
     ctx.addIssue({
       code: 'custom',
-      path: [c.AUTH_JWT_SECRET === undefined ? 'AUTH_JWT_SECRET' : 'AUTH_JWT_PUBLIC_KEY'],
+      path: [second ?? 'AUTH_JWT_SECRET'],
       message:
-        keys === 0
-          ? 'or AUTH_JWT_PUBLIC_KEY is required when AUTH_MODE=jwt (exactly one of them)'
-          : 'and AUTH_JWT_SECRET are both set: set exactly one (HS256 secret or RS256/ES256 public key)',
+        second === undefined
+          ? 'or AUTH_JWT_PUBLIC_KEY is required when AUTH_MODE=jwt, or AUTH_JWKS_URL (exactly one of them)'
+          : `and ${keySources.filter((name) => name !== second).join(' and ')} are both set: set exactly one (HS256 secret, RS256/ES256 public key, or a JWKS URL)`,
+    });
+  }
+  if (c.AUTH_MODE === 'jwt' && c.AUTH_NONE_ALLOW_PUBLIC) {
+    ctx.addIssue({
+      code: 'custom',
+      path: ['AUTH_NONE_ALLOW_PUBLIC'],
+      message: 'is set but AUTH_MODE is "jwt": it only applies to AUTH_MODE=none, unset it',
     });
   }
   if (c.AUTH_MODE === 'none') {
@@ -210,6 +262,7 @@ function checkAuth(c: AuthFields, ctx: z.RefinementCtx): void {
     const jwtOnly = [
       'AUTH_JWT_SECRET',
       'AUTH_JWT_PUBLIC_KEY',
+      'AUTH_JWKS_URL',
       'AUTH_JWT_ISSUER',
       'AUTH_JWT_AUDIENCE',
       'AUTH_MAX_TOKEN_LIFETIME_SECONDS',
@@ -230,6 +283,8 @@ function checkAuth(c: AuthFields, ctx: z.RefinementCtx): void {
 const streamFields = {
   /** Open streams per process; one more is answered 503 too_many_streams with Retry-After. */
   STREAM_MAX_OPEN: integer(0, 1_000_000, 10_000),
+  /** Open streams per caller (token sub) per process, 429 above; 0: no limit. */
+  STREAM_MAX_OPEN_PER_CALLER: integer(0, 1_000_000, 16),
   /** How often the watched ids of all streams of a process are re-read (change detection). */
   STREAM_POLL_INTERVAL_MS: integer(50, 60_000, 1_000),
   /** A keep-alive comment at least this often (the contract promises at most 15 s of silence). */
@@ -251,6 +306,8 @@ const apiSchema = z
     HOST: z.string().trim().min(1, 'must not be empty').default('127.0.0.1'),
     PORT: integer(0, 65_535, 3000),
     BATCH_MAX_IDS: integer(1, 100_000, 1000),
+    /** Ids a caller (token sub) may read per second: POST /status/batch and stream snapshots. */
+    READ_IDS_PER_SECOND_PER_CALLER: integer(0, 100_000_000, 20_000),
     BODY_LIMIT_BYTES: integer(1024, 64 * 1024 * 1024, 64 * 1024),
     HEARTBEAT_GROUP_COMMIT: boolean(true),
     STATUS_READ_COALESCING: boolean(true),
@@ -390,7 +447,26 @@ export type ApiConfig = z.output<typeof apiSchema>;
 export type SweeperConfig = z.output<typeof sweeperSchema>;
 export type MigrateConfig = z.output<typeof migrateSchema>;
 
-export const loadApiConfig = (env: Env): Readonly<ApiConfig> => parse(apiSchema, env);
+export function loadApiConfig(env: Env): Readonly<ApiConfig> {
+  const config = parse(apiSchema, env);
+  checkOpenApi(config, env);
+  return config;
+}
+
+/**
+ * Safe by default: an API without authentication listens only where nothing but this machine can
+ * reach it, unless the operator asked for it twice (AUTH_MODE=none written out, and the
+ * acknowledgement), so a forgotten AUTH_MODE never publishes an open API.
+ */
+function checkOpenApi(config: ApiConfig, env: Env): void {
+  if (config.AUTH_MODE !== 'none' || isLoopbackHost(config.HOST)) return;
+  if (env.AUTH_MODE?.trim() === 'none' && config.AUTH_NONE_ALLOW_PUBLIC) return;
+  throw new ConfigError([
+    `HOST ${JSON.stringify(config.HOST)} is not a loopback address and requests are not authenticated (AUTH_MODE=none${env.AUTH_MODE?.trim() ? '' : ', the default'}): ` +
+      "anyone who can reach it could read and set anyone's status. Set AUTH_MODE=jwt with AUTH_JWT_SECRET, AUTH_JWT_PUBLIC_KEY or AUTH_JWKS_URL; " +
+      'or listen on HOST=127.0.0.1; or, to run it open on purpose, set both AUTH_MODE=none and AUTH_NONE_ALLOW_PUBLIC=true',
+  ]);
+}
 export const loadSweeperConfig = (env: Env): Readonly<SweeperConfig> =>
   parse(sweeperSchema, withLeaseTtlAlias(env));
 

@@ -103,43 +103,82 @@ export interface Presence {
 export const UNKNOWN_PRESENCE: Presence = Object.freeze({ online: false, lastSeen: null });
 
 /**
+ * Who is asking, for the operator's visibility rule: `viewer` is the caller's user id, or null for
+ * a caller that is not a user (a gateway token, AUTH_MODE=none). Pass it only while the rule
+ * exists (visibilityRuleInstalled); without it, everyone sees everyone.
+ */
+export interface Visibility {
+  viewer: number | null;
+}
+
+/** The function an operator creates to decide who sees whom (docs/security.md). */
+export const VISIBILITY_RULE = 'pulse_visible_users(bigint,bigint[])';
+
+/** Whether the operator's visibility rule exists (to_regprocedure: a catalog lookup). */
+export async function visibilityRuleInstalled(db: Executor): Promise<boolean> {
+  const { rows } = await sql<{ installed: boolean }>`
+    SELECT to_regprocedure(${VISIBILITY_RULE}) IS NOT NULL AS installed`.execute(db);
+  return rows[0]?.installed === true;
+}
+
+/**
+ * Each user's privacy applied to what readers see: invisible reads as offline with no last seen
+ * after invisible_since, hidden last seen as null. `u` holds user_id, last_seen, online, live.
+ */
+const privateView = sql`
+  SELECT u.user_id,
+         CASE WHEN pr.hide_last_seen THEN NULL
+              WHEN pr.invisible THEN least(u.last_seen, pr.invisible_since)
+              ELSE u.last_seen END AS last_seen,
+         u.online AND NOT coalesce(pr.invisible, false) AS online,
+         u.live
+  FROM u LEFT JOIN pulse_privacy pr ON pr.user_id = u.user_id`;
+
+/**
  * Presence of each given user, in one statement (one round trip): their `pulse` row if any,
- * else their `pulse_last_seen` entry. Users Pulse knows nothing of are absent from the map.
+ * else their `pulse_last_seen` entry, as their privacy settings let others see it. With
+ * `visibility`, users the operator's rule hides from the viewer are absent, exactly like users
+ * Pulse knows nothing of (a caller always sees themselves). Users Pulse knows nothing of are
+ * absent from the map.
  */
 export async function readPresence(
   db: Executor,
   userIds: readonly number[],
   router?: ShardRouter,
+  visibility?: Visibility,
 ): Promise<Map<number, Presence>> {
   const ids = normalizeUserIds(userIds);
   const found = new Map<number, Presence>();
   if (ids.length === 0) return found;
-  // On Citus, one statement per shard (pulse and pulse_last_seen are co-located): see findOnlineUserIds.
+  // On Citus, one statement per shard (pulse and its companions are co-located): see findOnlineUserIds.
   const groups = (router && (await router.group(ids))) ?? [ids];
   const perGroup = await Promise.all(
-    groups.map((group) =>
-      db
-        .selectFrom('pulse')
-        .select([
-          'user_id',
-          'last_hb as last_seen',
-          isOnline('last_hb').as('online'),
-          sql<boolean>`true`.as('live'),
-        ])
-        .where(sql<boolean>`user_id = ANY(${group}::bigint[])`)
-        .unionAll(
-          db
-            .selectFrom('pulse_last_seen')
-            .select([
-              'user_id',
-              'last_seen',
-              sql<boolean>`false`.as('online'),
-              sql<boolean>`false`.as('live'),
-            ])
-            .where(sql<boolean>`user_id = ANY(${group}::bigint[])`),
+    groups.map(async (group) => {
+      // The rule runs once per statement over all its ids (a set, not a call per id), so a rule
+      // joining a friends table is one index range scan of the viewer's friends.
+      const visible =
+        visibility === undefined
+          ? sql``
+          : sql`WHERE user_id = ${visibility.viewer}::bigint
+                   OR user_id IN (SELECT pulse_visible_users(${visibility.viewer}::bigint, ${group}::bigint[]))`;
+      const { rows } = await sql<{
+        user_id: string;
+        last_seen: Date | null;
+        online: boolean;
+        live: boolean;
+      }>`
+        WITH u AS (
+          SELECT user_id, last_seen, online, live FROM (
+            SELECT user_id, last_hb AS last_seen, ${isOnline('last_hb')} AS online, true AS live
+            FROM pulse WHERE user_id = ANY(${group}::bigint[])
+            UNION ALL
+            SELECT user_id, last_seen, false, false
+            FROM pulse_last_seen WHERE user_id = ANY(${group}::bigint[])
+          ) known ${visible}
         )
-        .execute(),
-    ),
+        ${privateView}`.execute(db);
+      return rows;
+    }),
   );
   const rows = perGroup.flat();
   // A live row wins over an older last-seen entry of a user who came back.
@@ -151,7 +190,82 @@ export async function readPresence(
 }
 
 /**
- * The subset of `userIds` online by the shared rule (readPresence without last seen). Also the
+ * Which of the given (viewer, target) pairs the operator's rule lets the viewer see, in one
+ * statement: the rule runs once per distinct viewer, over that viewer's targets. Returns, per
+ * viewer (null: a caller that is not a user), the visible targets. Only while the rule exists.
+ */
+export async function findVisiblePairs(
+  db: Executor,
+  viewers: ReadonlyArray<number | null>,
+  targets: readonly number[],
+): Promise<Map<number | null, Set<number>>> {
+  const visible = new Map<number | null, Set<number>>();
+  if (targets.length === 0) return visible;
+  const { rows } = await sql<{ viewer: string | null; user_id: string }>`
+    SELECT q.viewer, v.user_id
+    FROM (
+      SELECT p.viewer, array_agg(p.target) AS targets
+      FROM unnest(${viewers}::bigint[], ${targets}::bigint[]) AS p(viewer, target)
+      GROUP BY p.viewer
+    ) q
+    CROSS JOIN LATERAL pulse_visible_users(q.viewer, q.targets) AS v(user_id)`.execute(db);
+  for (const row of rows) {
+    const viewer = row.viewer === null ? null : Number(row.viewer);
+    let set = visible.get(viewer);
+    if (set === undefined) visible.set(viewer, (set = new Set()));
+    set.add(Number(row.user_id));
+  }
+  return visible;
+}
+
+/** A user's own privacy settings (pulse_privacy); no row: visible, last seen shown. */
+export interface PrivacySettings {
+  invisible: boolean;
+  hideLastSeen: boolean;
+}
+
+export async function readPrivacy(db: Executor, userId: number): Promise<PrivacySettings> {
+  const row = await db
+    .selectFrom('pulse_privacy')
+    .select(['invisible', 'hide_last_seen'])
+    .where('user_id', '=', sql<string>`${userId}::bigint`)
+    .executeTakeFirst();
+  return { invisible: row?.invisible ?? false, hideLastSeen: row?.hide_last_seen ?? false };
+}
+
+/**
+ * Changes the given settings of one user (the others stay) and returns them all. Turning
+ * invisible records when (invisible_since, by the database clock); staying invisible keeps it.
+ * `now()` only in the inserted row, EXCLUDED in the update (valid on Citus).
+ */
+export async function writePrivacy(
+  db: Executor,
+  userId: number,
+  changes: { invisible?: boolean | undefined; hideLastSeen?: boolean | undefined },
+): Promise<PrivacySettings> {
+  const invisible = changes.invisible ?? null;
+  const hide = changes.hideLastSeen ?? null;
+  const { rows } = await sql<{ invisible: boolean; hide_last_seen: boolean }>`
+    INSERT INTO pulse_privacy AS pr (user_id, invisible, hide_last_seen, invisible_since, updated_at)
+    VALUES (${userId}::bigint, coalesce(${invisible}::boolean, false),
+            coalesce(${hide}::boolean, false),
+            CASE WHEN ${invisible}::boolean THEN now() END, now())
+    ON CONFLICT (user_id) DO UPDATE SET
+      invisible = coalesce(${invisible}::boolean, pr.invisible),
+      hide_last_seen = coalesce(${hide}::boolean, pr.hide_last_seen),
+      invisible_since = CASE
+        WHEN NOT coalesce(${invisible}::boolean, pr.invisible) THEN NULL
+        WHEN pr.invisible THEN pr.invisible_since
+        ELSE EXCLUDED.invisible_since END,
+      updated_at = EXCLUDED.updated_at
+    RETURNING invisible, hide_last_seen`.execute(db);
+  const row = rows[0]!;
+  return { invisible: row.invisible, hideLastSeen: row.hide_last_seen };
+}
+
+/**
+ * The subset of `userIds` online by the shared rule and not invisible (readPresence without last
+ * seen, and without the operator's visibility rule, which the stream applies per viewer). Also the
  * stream's change-detection statement (api/stream/presence-feed.ts): a primary-key lookup per id, valid on
  * a Citus-distributed `pulse`. With a `router` on Citus, one statement per shard, each with only
  * that shard's ids (see lib/citus/shard-routing.ts); otherwise, and always on plain PostgreSQL, one
@@ -172,6 +286,10 @@ export async function findOnlineUserIds(
         .select('user_id')
         .where(sql<boolean>`user_id = ANY(${group}::bigint[])`)
         .where(isOnline('last_hb'))
+        // Invisible users read as offline to everyone (pulse_privacy).
+        .where(
+          sql<boolean>`NOT EXISTS (SELECT 1 FROM pulse_privacy pr WHERE pr.user_id = pulse.user_id AND pr.invisible)`,
+        )
         .execute(),
     ),
   );
@@ -199,8 +317,9 @@ export function statusRow(userId: number, presence: Presence): UserStatus {
 export async function readStatuses(
   db: Executor,
   userIds: readonly number[],
+  visibility?: Visibility,
 ): Promise<UserStatus[]> {
-  const found = await readPresence(db, userIds);
+  const found = await readPresence(db, userIds, undefined, visibility);
   return userIds.map((id) => statusRow(id, found.get(id) ?? UNKNOWN_PRESENCE));
 }
 

@@ -30,9 +30,19 @@ export interface PulseLastSeenTable {
   last_seen: Date;
 }
 
+/** Each user's own presence privacy (migration 0007): invisible mode, hidden last seen. */
+export interface PulsePrivacyTable {
+  user_id: ColumnType<string, number, never>;
+  invisible: boolean;
+  hide_last_seen: boolean;
+  invisible_since: Date | null;
+  updated_at: ColumnType<Date, Date | undefined, Date>;
+}
+
 export interface Database {
   pulse: PulseTable;
   pulse_sweeper_lease: SweeperLeaseTable;
   pulse_settings: PulseSettingsTable;
   pulse_last_seen: PulseLastSeenTable;
+  pulse_privacy: PulsePrivacyTable;
 }

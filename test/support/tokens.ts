@@ -28,6 +28,8 @@ export class TokenMinter {
   constructor(
     readonly algorithm: 'HS256' | 'RS256' | 'ES256',
     private readonly key: SigningKey,
+    /** The key id put in the header (`kid`), as a JWKS-publishing provider does. */
+    private readonly kid?: string,
   ) {}
 
   async sign(options: TokenOptions = {}): Promise<string> {
@@ -43,7 +45,11 @@ export class TokenMinter {
       else payload[name] = value;
     }
     return new SignJWT(payload)
-      .setProtectedHeader({ alg: this.algorithm, typ: 'JWT' })
+      .setProtectedHeader({
+        alg: this.algorithm,
+        typ: 'JWT',
+        ...(this.kid === undefined ? {} : { kid: this.kid }),
+      })
       .sign(this.key);
   }
 
