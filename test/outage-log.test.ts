@@ -3,6 +3,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { Writable } from 'node:stream';
 import { expect } from 'chai';
+import { waitFor } from './support/entry-points.ts';
 import { sql } from 'kysely';
 import { freePort, startEmbeddedPostgres, type EmbeddedServer } from '../dev/embedded-postgres.ts';
 import { openDatabase, type DatabaseHandle } from '../lib/infra/db.ts';
@@ -22,14 +23,6 @@ interface LogLine {
 
 const APPLICATION_NAME = 'pulse-outage-log-test';
 const SUMMARY_INTERVAL_MS = 300;
-
-async function waitFor(condition: () => boolean, what: string, timeoutMs = 15_000) {
-  const deadline = Date.now() + timeoutMs;
-  while (!condition()) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((resolve) => setTimeout(resolve, 20));
-  }
-}
 
 /** A logger whose every line is kept, raw and parsed. */
 function captureLog() {
@@ -126,7 +119,9 @@ describe('a restart as the API sees it (sessions ended, connections refused at a
     };
     const workers = Array.from({ length: 12 }, worker);
     try {
-      await waitFor(() => acknowledged.length >= 50, 'heartbeats before the restart');
+      await waitFor('heartbeats before the restart', () => acknowledged.length >= 50, {
+        timeoutMs: 15_000,
+      });
 
       // The restart: the server ends every session (57P01), then refuses connections for a while.
       proxy.refuse();
@@ -137,15 +132,18 @@ describe('a restart as the API sees it (sessions ended, connections refused at a
       );
       proxy.dropConnections();
       const acknowledgedBefore = acknowledged.length;
-      await waitFor(() => refused >= 100, 'requests refused while down');
+      await waitFor('requests refused while down', () => refused >= 100, { timeoutMs: 15_000 });
       await new Promise((resolve) => setTimeout(resolve, 4 * SUMMARY_INTERVAL_MS));
       proxy.accept();
 
       await waitFor(
-        () => lines.some((l) => l.msg === 'database available again'),
         'the recovery line',
+        () => lines.some((l) => l.msg === 'database available again'),
+        { timeoutMs: 15_000 },
       );
-      await waitFor(() => acknowledged.length >= acknowledgedBefore + 50, 'heartbeats after');
+      await waitFor('heartbeats after', () => acknowledged.length >= acknowledgedBefore + 50, {
+        timeoutMs: 15_000,
+      });
     } finally {
       running = false;
       await Promise.all(workers);
@@ -217,19 +215,23 @@ describe('a real PostgreSQL restart under load: the log', function () {
     };
     const workers = Array.from({ length: 12 }, worker);
     try {
-      await waitFor(() => acknowledged.length >= 50, 'heartbeats before the restart');
+      await waitFor('heartbeats before the restart', () => acknowledged.length >= 50, {
+        timeoutMs: 15_000,
+      });
       await server!.stop(); // SIGINT: a fast shutdown, every session ended with 57P01
       server = undefined;
       const acknowledgedBefore = acknowledged.length;
-      await waitFor(() => failed >= 100, 'heartbeats refused while down');
+      await waitFor('heartbeats refused while down', () => failed >= 100, { timeoutMs: 15_000 });
       await new Promise((resolve) => setTimeout(resolve, 4 * SUMMARY_INTERVAL_MS));
       server = await startEmbeddedPostgres(options);
       await waitFor(
-        () => lines.some((l) => l.msg === 'database available again'),
         'the recovery line',
-        30_000,
+        () => lines.some((l) => l.msg === 'database available again'),
+        { timeoutMs: 30_000 },
       );
-      await waitFor(() => acknowledged.length >= acknowledgedBefore + 50, 'heartbeats after');
+      await waitFor('heartbeats after', () => acknowledged.length >= acknowledgedBefore + 50, {
+        timeoutMs: 15_000,
+      });
     } finally {
       loading = false;
       await Promise.all(workers);

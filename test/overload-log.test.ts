@@ -1,17 +1,10 @@
 import { Writable } from 'node:stream';
 import { expect } from 'chai';
+import { waitFor } from './support/entry-points.ts';
 import { OverloadLog } from '../api/edge/overload-log.ts';
 import { createLogger } from '../lib/infra/logger.ts';
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
-
-async function waitFor(condition: () => boolean, what: string, timeoutMs = 10_000) {
-  const deadline = Date.now() + timeoutMs;
-  while (!condition()) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await sleep(20);
-  }
-}
 
 interface Line {
   level: number;
@@ -64,7 +57,7 @@ describe('the overload log', () => {
     expect(lines.some((l) => l.msg === 'overload over')).to.equal(false);
     expect([started, ended]).to.deep.equal([1, 0]);
 
-    await waitFor(() => lines.some((l) => l.msg === 'overload over'), 'the end line');
+    await waitFor('the end line', () => lines.some((l) => l.msg === 'overload over'));
     const over = lines.filter((l) => l.msg === 'overload over');
     const total = summaries.reduce((sum, l) => sum + l.refused!, 1);
     expect(over[0]!.refused).to.be.at.least(total); // the count since the last summary too
@@ -115,7 +108,7 @@ describe('the overload log', () => {
     });
     log.refused('in_flight');
     log.refused('in_flight');
-    await waitFor(() => lines.length === 4, 'four lines');
+    await waitFor('four lines', () => lines.length === 4);
     expect(lines.map((l) => l.msg)).to.deep.equal([
       'overloaded: refusing requests with 503',
       'overload hook failed',

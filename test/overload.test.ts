@@ -2,6 +2,7 @@ import { once } from 'node:events';
 import { connect, type Socket } from 'node:net';
 import { Writable } from 'node:stream';
 import { expect } from 'chai';
+import { waitFor } from './support/entry-points.ts';
 import { sql } from 'kysely';
 import { bodyWeight, readWeight } from '../api/edge/admission.ts';
 import { createLogger } from '../lib/infra/logger.ts';
@@ -10,18 +11,6 @@ import { createTestDatabase, lockPulse, type TestDatabase } from './support/data
 import { expectError } from './support/http.ts';
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
-
-async function waitFor(
-  condition: () => boolean | Promise<boolean>,
-  what: string,
-  timeoutMs = 10_000,
-) {
-  const deadline = Date.now() + timeoutMs;
-  while (!(await condition())) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await sleep(20);
-  }
-}
 
 /** A raw TCP client: what it received, and when the server closed the connection. */
 async function rawClient(baseUrl: string) {
@@ -74,10 +63,10 @@ describe('overload and slow clients', function () {
       'POST /status/update HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n' +
         'Content-Length: 5000\r\n\r\n{"user_id":',
     );
-    await waitFor(() => running.admission.inFlight > 0, 'the request to be admitted');
+    await waitFor('the request to be admitted', () => running.admission.inFlight > 0);
     expect(running.admission.inFlight).to.equal(1); // announced bytes weigh nothing until read
     client.socket.destroy();
-    await waitFor(() => running.admission.inFlight === 0, 'every admitted request given back');
+    await waitFor('every admitted request given back', () => running.admission.inFlight === 0);
   });
 
   it('refuses past MAX_IN_FLIGHT_REQUESTS with 503 overloaded before reading the body, reads too, and loses nothing admitted', async () => {
@@ -101,8 +90,8 @@ describe('overload and slow clients', function () {
     try {
       held = [101, 102].map((id) => running.post('/status/update', { user_id: id }));
       await waitFor(
-        async () => (await metric(running, 'pulse_http_requests_in_flight')) === 2,
         'two requests in flight',
+        async () => (await metric(running, 'pulse_http_requests_in_flight')) === 2,
       );
 
       // Headers announcing a body that never comes: refused at once, so the body was not awaited.
@@ -111,7 +100,7 @@ describe('overload and slow clients', function () {
         'POST /status/update HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n' +
           'Content-Length: 1000\r\n\r\n',
       );
-      await waitFor(() => client.received().includes('\r\n\r\n{'), 'the refusal');
+      await waitFor('the refusal', () => client.received().includes('\r\n\r\n{'));
       expect(client.received()).to.match(/^HTTP\/1\.1 503 /);
       expect(client.received()).to.match(/\r\nRetry-After: 1\r\n/i);
       client.socket.destroy();
@@ -133,7 +122,9 @@ describe('overload and slow clients', function () {
     expect(lines.filter((l) => l.msg.startsWith('overloaded'))).to.have.length(1);
     expect(lines.filter((l) => l.msg === 'request completed')).to.have.length(3);
     // And one that it is over, 5 s after the last refusal, with the count.
-    await waitFor(() => lines.some((l) => l.msg === 'overload over'), 'the end line', 15_000);
+    await waitFor('the end line', () => lines.some((l) => l.msg === 'overload over'), {
+      timeoutMs: 15_000,
+    });
     expect(lines.find((l) => l.msg === 'overload over')).to.include({ level: 30, refused: 4 });
     expect(lines.filter((l) => l.level >= 50)).to.deep.equal([]); // the heap release did not fail
   });
@@ -149,15 +140,15 @@ describe('overload and slow clients', function () {
     try {
       // The first flush waits on the lock, the second heartbeat waits in the queue behind it.
       held = [running.post('/status/update', { user_id: 201 })];
-      await waitFor(async () => {
+      await waitFor('a flush waiting on the lock', async () => {
         const { rows } = await sql<{ waiting: number }>`
           SELECT count(*)::int AS waiting FROM pg_stat_activity
           WHERE datname = current_database() AND wait_event_type = 'Lock'`.execute(database.db);
         return rows[0]?.waiting === 1;
-      }, 'a flush waiting on the lock');
+      });
       held.push(running.post('/status/update', { user_id: 202 }));
-      await waitFor(() => running.heartbeats.queuedIds === 1, 'a queued heartbeat');
-      await waitFor(() => running.heartbeats.oldestQueuedMs() > 100, 'a long queue wait');
+      await waitFor('a queued heartbeat', () => running.heartbeats.queuedIds === 1);
+      await waitFor('a long queue wait', () => running.heartbeats.oldestQueuedMs() > 100);
       await expectError(await running.post('/status/update', { user_id: 203 }), 503, 'overloaded');
       await expectError(await running.get('/status/1'), 503, 'overloaded');
       expect(
@@ -194,15 +185,15 @@ describe('overload and slow clients', function () {
     try {
       held = running.post('/status/update', { user_id: 301 });
       await waitFor(
-        async () => (await metric(running, 'pulse_http_requests_in_flight')) === 1,
         'one heartbeat in flight',
+        async () => (await metric(running, 'pulse_http_requests_in_flight')) === 1,
       );
       await expectError(await running.post('/status/update', batch(2_000)), 503, 'overloaded');
       // A single heartbeat still fits beside the one in flight.
       const single = running.post('/status/update', { user_id: 302 });
       await waitFor(
-        async () => (await metric(running, 'pulse_http_requests_in_flight')) === 2,
         'two heartbeats in flight',
+        async () => (await metric(running, 'pulse_http_requests_in_flight')) === 2,
       );
       await release();
       expect((await single).status).to.equal(200);
@@ -223,8 +214,8 @@ describe('overload and slow clients', function () {
     try {
       const held = running.post('/status/update', { user_id: 401 }); // fills the house
       await waitFor(
-        async () => (await metric(running, 'pulse_http_requests_in_flight')) === 1,
         'one request in flight',
+        async () => (await metric(running, 'pulse_http_requests_in_flight')) === 1,
       );
       const client = await rawClient(running.baseUrl);
       clients.push(client);
@@ -235,8 +226,8 @@ describe('overload and slow clients', function () {
         const started = Date.now();
         client.socket.write('GET /status/1 HTTP/1.1\r\nHost: x\r\n\r\n');
         await waitFor(
-          () => answers().length > before && answers()[before]!.includes('}'),
           'an answer',
+          () => answers().length > before && answers()[before]!.includes('}'),
         );
         return { answer: answers()[before]!, ms: Date.now() - started };
       };
@@ -265,16 +256,16 @@ describe('overload and slow clients', function () {
       clients.push(other);
       const started = Date.now();
       other.socket.write('GET /status/1 HTTP/1.1\r\nHost: x\r\n\r\n');
-      await waitFor(() => other.received().includes('}'), 'the other answer');
+      await waitFor('the other answer', () => other.received().includes('}'));
       expect(Date.now() - started).to.be.below(500);
       expect(retryAfter(other.received())).to.equal('1');
 
       // A refusal kept back is answered at once when the server shuts down.
       const keptBack = ask();
       await waitFor(
+        'the fifth refusal',
         async () =>
           (await metric(running, 'pulse_http_requests_refused_total{reason="in_flight"}')) === 5,
-        'the fifth refusal',
       );
       const closing = Date.now();
       running.admission.close();
@@ -297,19 +288,19 @@ describe('overload and slow clients', function () {
     try {
       const held = running.post('/status/update', { user_id: 402 }); // fills the house
       await waitFor(
-        async () => (await metric(running, 'pulse_http_requests_in_flight')) === 1,
         'one request in flight',
+        async () => (await metric(running, 'pulse_http_requests_in_flight')) === 1,
       );
       client = await rawClient(running.baseUrl);
       const { socket, received } = client;
       socket.write('GET /status/1 HTTP/1.1\r\nHost: x\r\n\r\n');
-      await waitFor(() => received().includes('}'), 'the first refusal');
+      await waitFor('the first refusal', () => received().includes('}'));
       // Back at once: kept back a second, and told 2 s. Coming back at once again, the next
       // refusal waits 2 s: room enough, on a loaded machine, to hand over the body below.
       socket.write('GET /status/1 HTTP/1.1\r\nHost: x\r\n\r\n');
       await waitFor(
-        () => received().split('HTTP/1.1 ').length - 1 === 2 && received().endsWith('}'),
         'the second refusal',
+        () => received().split('HTTP/1.1 ').length - 1 === 2 && received().endsWith('}'),
       );
 
       // Back at once (it ignores Retry-After): its refusal waits 2 s. 32 MB is more than the
@@ -322,10 +313,10 @@ describe('overload and slow clients', function () {
           `Content-Length: ${body.length}\r\n\r\n`,
       );
       socket.write(body);
-      await waitFor(() => socket.writableLength === 0, 'the body handed over');
+      await waitFor('the body handed over', () => socket.writableLength === 0);
       const handedOverMs = Date.now() - sent;
       const answeredBefore = received().split('HTTP/1.1 ').length - 1;
-      await waitFor(() => received().split('HTTP/1.1 ').length - 1 === 3, 'the third refusal');
+      await waitFor('the third refusal', () => received().split('HTTP/1.1 ').length - 1 === 3);
       const answeredMs = Date.now() - sent;
       expect(answeredBefore).to.equal(2); // the body was read before the refusal was answered
       expect(handedOverMs).to.be.below(answeredMs);
@@ -403,7 +394,7 @@ describe('overload and slow clients', function () {
     await third.closed; // closed by the server as soon as it was accepted
     expect(third.received()).to.equal('');
     first.socket.write('GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n');
-    await waitFor(() => first.received().includes('{"status":"ok"}'), 'an answer');
+    await waitFor('an answer', () => first.received().includes('{"status":"ok"}'));
     expect(first.received()).to.match(/^HTTP\/1\.1 200 /);
     first.socket.destroy();
     second.socket.destroy();
