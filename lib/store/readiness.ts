@@ -6,7 +6,14 @@ import { createMigrator } from './migrator.ts';
 export type Readiness = { ready: true } | { ready: false; reason: string };
 
 /** Every table the API and the sweeper read or write (lib/store/schema.ts). */
-const REQUIRED_TABLES = ['pulse', 'pulse_sweeper_lease', 'pulse_settings', 'pulse_last_seen'];
+const REQUIRED_TABLES = [
+  'pulse',
+  'pulse_sweeper_lease',
+  'pulse_settings',
+  'pulse_last_seen',
+  'pulse_events',
+  'pulse_job_leases',
+];
 
 /**
  * Ready when the database answers, every migration in migrations/ is applied, every table Pulse
