@@ -19,13 +19,18 @@ import { createApiMetrics } from './metrics.ts';
 import { StreamHub } from './stream/status-stream.ts';
 import { createStreamMetrics } from './stream/stream-metrics.ts';
 import { CoalescingStatusReader, DirectStatusReader } from './read/status-reader.ts';
+import { OfflineDetector } from '../lib/presence/offline-detector.ts';
+import { createDetectorMetrics } from '../lib/presence/detector-metrics.ts';
 
 export interface Api {
   app: Express;
   heartbeats: HeartbeatWriter;
   registry: Registry;
   admission: Admission;
-  /** The live streams: close() ends them all with a retry hint and stops polling and beating. */
+  /**
+   * The live streams: close() ends them all with a retry hint and stops reading the change log,
+   * beating, and the offline detector (which gives its lease up).
+   */
   streams: { hub: StreamHub; close(): Promise<void> };
 }
 
@@ -130,12 +135,32 @@ export function assembleApi(
     admission,
     stream: { hub, feed, held, observer: streamMetrics.streamObserver },
   });
+  // Offline by threshold is logged by one detector per database; this process competes for it.
+  const detectorMetrics = createDetectorMetrics(registry);
+  const detector = config.OFFLINE_DETECTOR
+    ? new OfflineDetector(
+        database.db,
+        {
+          intervalMs: config.OFFLINE_DETECTOR_INTERVAL_MS,
+          leaseTtlSeconds: config.OFFLINE_DETECTOR_LEASE_TTL_SECONDS,
+          router: shardRouter,
+        },
+        {
+          ...detectorMetrics.observer,
+          onError: (error) => logger.warn({ err: errorFields(error) }, 'offline detection failed'),
+        },
+      )
+    : undefined;
+  if (detector) {
+    detectorMetrics.watch(detector);
+    detector.start();
+  }
   const streams = {
     hub,
     async close() {
       hub.close();
       held.close();
-      await feed.close();
+      await Promise.all([feed.close(), detector?.stop()]);
     },
   };
   return { app, heartbeats, registry, admission, streams };

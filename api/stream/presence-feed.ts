@@ -1,50 +1,48 @@
 /**
- * Change detection for the live stream (GET /status/stream): which watched users went online or
- * offline, by the database clock, whichever API replica wrote the heartbeat.
+ * Change delivery for the live stream (GET /status/stream): the online/offline transitions of
+ * watched users, as the change log in PostgreSQL (`pulse_events`) records them, whichever API
+ * replica, detector or sweeper wrote them.
  *
- * Design: multiplexed polling (Hasura's subscriptions), no LISTEN/NOTIFY.
- * - Every stream of this process registers the ids it watches here. Every `intervalMs`, one poll
- *   re-reads the union of those ids, `chunkIds` (1,000) to a statement, with the shared online rule
- *   read live from pulse_settings (`findOnlineUserIds`, a primary-key lookup per id). Cost: distinct watched ids / 1,000
- *   statements per interval, however many streams watch them; nothing at all without a stream, and
- *   nothing on the heartbeat path ever.
- * - The poll keeps the last state of every watched id. Ids whose state flipped are re-read with
- *   `readStatuses` (the reader POST /status/batch uses), and that row is the `change` event: the
- *   stream says exactly what a batch read would, field for field. A flip the re-read does not
- *   confirm (a heartbeat in between) is no change.
- * - Why not NOTIFY: every notifying commit takes a database-wide lock (serialized commits), payloads
- *   stop at 8,000 bytes, and LISTEN does not survive PgBouncer's transaction pooling. A threshold
- *   crossing is not a write at all, so it could not be notified anyway: some polling is needed.
+ * Design: each process tails the log and fans out in memory.
+ * - Every `intervalMs` while any stream is open, one statement reads the events committed since
+ *   the previous read (`readEventsSince`: by snapshot, so a transaction that commits late is never
+ *   skipped). Cost: one statement per interval plus the transitions themselves, whatever the
+ *   number of streams or watched ids; nothing at all without a stream.
+ * - The process keeps who watches which id; each event goes to its watchers as the status row a
+ *   batch read would give right after it (`statusRow`). A user who comes online and goes offline
+ *   between two reads gets both events, in order.
+ * - No LISTEN: the read is the ground truth and works through PgBouncer in transaction mode;
+ *   NOTIFY would put a database-wide lock on every transition's commit.
  *
- * A new stream's snapshot is read with `readStatuses` after its ids are registered. It then gets
- * no events until the first poll that started after its snapshot was read; that poll sends it the
- * difference between its snapshot and the poll's state, after which it follows the shared state.
- * So a stream never misses a change nor gets one that contradicts what it was told.
+ * A new stream's snapshot is read with `readStatuses` after its ids are registered and after the
+ * process has a cursor, so every later transition is in a read still to come. Until the first read
+ * that started after its snapshot, it collects the last event per id; that read sends it the
+ * difference between its snapshot and those events (what was already in the snapshot is not sent
+ * again), after which it gets every event. So a stream never misses a change nor gets one that
+ * contradicts what it was told.
  */
+import { currentEventCursor, readEventsSince } from '../../lib/store/presence-log.ts';
 import {
-  findOnlineUserIds,
   normalizeUserIds,
   readStatuses,
+  statusRow,
   type Executor,
   type UserStatus,
 } from '../../lib/store/pulse-store.ts';
 
 export interface PresenceFeedOptions {
+  /** Time between two reads of the log (bounds delivery latency). */
   intervalMs: number;
-  /** Ids per detection statement. */
-  chunkIds?: number;
-  /** Detection statements running at once (each holds a pool connection meanwhile). */
-  concurrency?: number;
 }
 
 export interface PresenceFeedObserver {
-  /** Every statement the feed runs: `detect` (the poll) or `describe` (re-reading flipped ids). */
-  onStatement?(info: { kind: 'detect' | 'describe'; seconds: number; ok: boolean }): void;
-  /** A poll failed; the next one retries (states are kept). */
+  /** Every statement the feed runs (`detect`: one read of the log). */
+  onStatement?(info: { kind: 'detect'; seconds: number; ok: boolean }): void;
+  /** A read failed; the next one retries from the same cursor (nothing is lost). */
   onPollError?(error: unknown): void;
 }
 
-/** Receives the changes of one poll for one subscriber, in one call. */
+/** Receives the changes of one read for one subscriber, in one call. */
 export type Deliver = (changes: readonly UserStatus[]) => void;
 
 export interface FeedSubscription {
@@ -62,9 +60,11 @@ const DELIVERY_SLICE = 500;
 class Subscriber {
   phase: Phase = 'snapshot';
   /** What the snapshot said, until the subscriber goes live (then dropped). */
-  told: Map<number, boolean> | undefined = new Map<number, boolean>();
-  /** Eligible to go live in the first poll whose sequence number is above this. */
-  liveAfterPoll = Infinity;
+  told: Map<number, boolean> | undefined;
+  /** The last event per id since it registered, until it goes live (then dropped). */
+  latest: Map<number, UserStatus> | undefined = new Map<number, UserStatus>();
+  /** Goes live in the first read whose sequence number is above this. */
+  liveAfterRead = Infinity;
 
   constructor(
     readonly ids: readonly number[],
@@ -79,23 +79,22 @@ export class PresenceFeed {
    * id's watchers, a few dozen on average.
    */
   private readonly watchers = new Map<number, Subscriber[]>();
-  private readonly state = new Map<number, boolean>();
-  private readonly pending = new Set<Subscriber>();
-  private pollSeq = 0;
+  private readonly notLive = new Set<Subscriber>();
+  /** The snapshot of the last read; undefined while nobody watches. */
+  private cursor: string | undefined;
+  private cursorTaking: Promise<void> | undefined;
+  /** Bumped when the cursor is dropped: a read in flight then changes nothing. */
+  private generation = 0;
+  private readSeq = 0;
   private timer: NodeJS.Timeout | undefined;
   private running: Promise<void> | undefined;
   private closed = false;
-  private readonly chunkIds: number;
-  private readonly concurrency: number;
 
   constructor(
     private readonly db: Executor,
     private readonly options: PresenceFeedOptions,
     private readonly observer: PresenceFeedObserver = {},
-  ) {
-    this.chunkIds = options.chunkIds ?? 1000;
-    this.concurrency = options.concurrency ?? 2;
-  }
+  ) {}
 
   /** Distinct ids watched by the streams of this process. */
   get watchedIds(): number {
@@ -111,29 +110,27 @@ export class PresenceFeed {
       if (watching) watching.push(subscriber);
       else this.watchers.set(id, [subscriber]);
     }
-    this.schedule(this.options.intervalMs);
+    this.notLive.add(subscriber);
     let snapshot: UserStatus[];
     try {
+      await this.takeCursor();
+      this.schedule(this.options.intervalMs);
       snapshot = await readStatuses(this.db, userIds);
     } catch (error) {
       this.remove(subscriber);
       throw error;
     }
     if (subscriber.phase === 'snapshot') {
-      for (const row of snapshot) subscriber.told?.set(row.user_id, row.is_online);
+      subscriber.told = new Map(snapshot.map((row) => [row.user_id, row.is_online]));
       subscriber.phase = 'pending';
-      // A poll in flight may have read before the snapshot: only a later one may reconcile.
-      subscriber.liveAfterPoll = this.pollSeq;
-      if (subscriber.ids.length > 0) this.pending.add(subscriber);
-      else {
-        subscriber.phase = 'live';
-        subscriber.told = undefined;
-      }
+      // A read in flight may have started before the snapshot: only a later one may reconcile.
+      subscriber.liveAfterRead = this.readSeq;
+      if (subscriber.ids.length === 0) this.goLive(subscriber);
     }
     return { snapshot, close: () => this.remove(subscriber) };
   }
 
-  /** Stops polling; waits for a poll in flight. Idempotent. */
+  /** Stops reading; waits for a read in flight. Idempotent. */
   async close(): Promise<void> {
     this.closed = true;
     clearTimeout(this.timer);
@@ -141,10 +138,34 @@ export class PresenceFeed {
     await this.running;
   }
 
+  /** Makes sure a cursor exists: every event committed after it will be read. */
+  private async takeCursor(): Promise<void> {
+    while (this.cursor === undefined) {
+      if (this.cursorTaking === undefined) {
+        const generation = this.generation;
+        this.cursorTaking = this.timed(() => currentEventCursor(this.db))
+          .then((cursor) => {
+            if (generation === this.generation) this.cursor = cursor;
+          })
+          .finally(() => {
+            this.cursorTaking = undefined;
+          });
+      }
+      await this.cursorTaking;
+    }
+  }
+
+  private goLive(subscriber: Subscriber): void {
+    subscriber.phase = 'live';
+    subscriber.told = undefined;
+    subscriber.latest = undefined;
+    this.notLive.delete(subscriber);
+  }
+
   private remove(subscriber: Subscriber): void {
     if (subscriber.phase === 'closed') return;
     subscriber.phase = 'closed';
-    this.pending.delete(subscriber);
+    this.notLive.delete(subscriber);
     for (const id of subscriber.ids) {
       const watching = this.watchers.get(id);
       if (!watching) continue;
@@ -153,24 +174,26 @@ export class PresenceFeed {
       // Order among one id's watchers does not matter: the last one takes the freed slot.
       const last = watching.pop()!;
       if (at < watching.length) watching[at] = last;
-      if (watching.length === 0) {
-        this.watchers.delete(id);
-        this.state.delete(id);
-      }
+      if (watching.length === 0) this.watchers.delete(id);
+    }
+    if (this.watchers.size === 0 && this.notLive.size === 0) {
+      // Nobody watches: stop reading, and do not read the idle time's events later.
+      this.cursor = undefined;
+      this.generation += 1;
     }
   }
 
   private schedule(delayMs: number): void {
     if (this.closed || this.timer !== undefined || this.running !== undefined) return;
-    if (this.watchers.size === 0) return;
+    if (this.cursor === undefined) return;
     this.timer = setTimeout(() => {
       this.timer = undefined;
       const started = performance.now();
-      this.running = this.poll()
+      this.running = this.read()
         .catch((error: unknown) => this.observer.onPollError?.(error))
         .finally(() => {
           this.running = undefined;
-          // Polls never overlap: a slow one delays the next instead of piling up.
+          // Reads never overlap: a slow one delays the next instead of piling up.
           this.schedule(Math.max(0, this.options.intervalMs - (performance.now() - started)));
         });
     }, delayMs);
@@ -178,7 +201,7 @@ export class PresenceFeed {
     this.timer.unref();
   }
 
-  private async timed<T>(kind: 'detect' | 'describe', run: () => Promise<T>): Promise<T> {
+  private async timed<T>(run: () => Promise<T>): Promise<T> {
     const started = performance.now();
     let ok = false;
     try {
@@ -186,83 +209,47 @@ export class PresenceFeed {
       ok = true;
       return result;
     } finally {
-      this.observer.onStatement?.({ kind, seconds: (performance.now() - started) / 1000, ok });
+      this.observer.onStatement?.({
+        kind: 'detect',
+        seconds: (performance.now() - started) / 1000,
+        ok,
+      });
     }
   }
 
-  /** Runs `work` on each chunk of `ids`, at most `concurrency` at once. */
-  private async chunked(ids: readonly number[], work: (chunk: number[]) => Promise<void>) {
-    const chunks: number[][] = [];
-    for (let i = 0; i < ids.length; i += this.chunkIds)
-      chunks.push(ids.slice(i, i + this.chunkIds));
-    let next = 0;
-    const worker = async () => {
-      while (next < chunks.length) await work(chunks[next++]!);
-    };
-    await Promise.all(Array.from({ length: Math.min(this.concurrency, chunks.length) }, worker));
-  }
+  private async read(): Promise<void> {
+    const cursor = this.cursor;
+    if (cursor === undefined) return;
+    const generation = this.generation;
+    const seq = ++this.readSeq;
+    const { snapshot, events } = await this.timed(() => readEventsSince(this.db, cursor));
+    if (generation !== this.generation) return;
+    this.cursor = snapshot;
 
-  private async poll(): Promise<void> {
-    const seq = ++this.pollSeq;
-    const eligible = [...this.pending].filter((s) => s.liveAfterPoll < seq);
-    const ids = [...this.watchers.keys()].sort((a, b) => a - b);
-
-    const online = new Set<number>();
-    await this.chunked(ids, async (chunk) => {
-      const found = await this.timed('detect', () => findOnlineUserIds(this.db, chunk));
-      for (const id of found) online.add(id);
-    });
-
-    // Flipped since the last poll, or different from what a subscriber going live was told.
-    const flipped = new Set<number>();
-    const firstSeen = new Map<number, boolean>();
-    for (const id of ids) {
-      const before = this.state.get(id);
-      if (before === undefined) firstSeen.set(id, online.has(id));
-      else if (before !== online.has(id)) flipped.add(id);
-    }
-    for (const subscriber of eligible) {
-      for (const id of subscriber.ids) {
-        if (subscriber.told?.get(id) !== online.has(id)) flipped.add(id);
-      }
-    }
-
-    const rows: UserStatus[] = [];
-    await this.chunked(
-      [...flipped].sort((a, b) => a - b),
-      async (chunk) => {
-        rows.push(...(await this.timed('describe', () => readStatuses(this.db, chunk))));
-      },
-    );
-
-    // Apply only now: a failed statement above leaves every state as it was.
-    for (const [id, isOnline] of firstSeen) if (this.watchers.has(id)) this.state.set(id, isOnline);
     const outbox = new Map<Subscriber, UserStatus[]>();
     const send = (subscriber: Subscriber, row: UserStatus) => {
       const list = outbox.get(subscriber);
       if (list) list.push(row);
       else outbox.set(subscriber, [row]);
     };
-    const described = new Map<number, UserStatus>();
-    for (const row of rows) {
-      described.set(row.user_id, row);
-      const watching = this.watchers.get(row.user_id);
+    for (const event of events) {
+      const watching = this.watchers.get(event.userId);
       if (!watching) continue;
-      const before = this.state.get(row.user_id);
-      this.state.set(row.user_id, row.is_online);
-      if (before === row.is_online) continue;
-      for (const subscriber of watching) if (subscriber.phase === 'live') send(subscriber, row);
-    }
-    for (const subscriber of eligible) {
-      if (subscriber.phase !== 'pending') continue;
-      for (const id of subscriber.ids) {
-        const row = described.get(id);
-        if (row && row.is_online !== subscriber.told?.get(id)) send(subscriber, row);
+      // One row object per event, shared by every watcher (serialized once: status-stream.ts).
+      const row = statusRow(event.userId, { online: event.online, lastSeen: event.lastSeen });
+      for (const subscriber of watching) {
+        if (subscriber.phase === 'live') send(subscriber, row);
+        else subscriber.latest?.set(event.userId, row);
       }
-      subscriber.told = undefined;
-      subscriber.phase = 'live';
-      this.pending.delete(subscriber);
     }
+    for (const subscriber of this.notLive) {
+      if (subscriber.phase !== 'pending' || subscriber.liveAfterRead >= seq) continue;
+      for (const [id, row] of subscriber.latest ?? []) {
+        if (row.is_online !== subscriber.told?.get(id)) send(subscriber, row);
+      }
+      this.goLive(subscriber);
+    }
+
     let delivered = 0;
     for (const [subscriber, changes] of outbox) {
       outbox.delete(subscriber);

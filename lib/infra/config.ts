@@ -70,6 +70,7 @@ const presenceSettings = {
     .stringbool({ truthy: ['true', '1', 'yes', 'on'], falsy: ['false', '0', 'no', 'off'] })
     .optional(),
   LAST_SEEN_RETENTION_DAYS: optionalInteger(1, 36_500),
+  EVENT_RETENTION_DAYS: optionalInteger(1, 3_650),
 };
 
 // Log format: readable lines at a terminal, JSON lines everywhere else (lib/infra/logger.ts).
@@ -110,6 +111,16 @@ const corsOrigins = z
     }
     return Object.freeze(origins);
   });
+
+// --- The offline detector (lib/presence/offline-detector.ts): one per database, under a lease;
+// any API or sweeper process with it on may hold it.
+const detectorFields = {
+  OFFLINE_DETECTOR: boolean(true),
+  /** Time between the holder's ticks: how late past the threshold an offline is logged, at most. */
+  OFFLINE_DETECTOR_INTERVAL_MS: integer(50, 10_000, 250),
+  /** A crashed holder delays offline detection at most this long (then another takes over). */
+  OFFLINE_DETECTOR_LEASE_TTL_SECONDS: integer(2, 3_600, 10),
+};
 
 const common = {
   DATABASE_URL: databaseUrl,
@@ -227,8 +238,8 @@ function checkAuth(c: AuthFields, ctx: z.RefinementCtx): void {
 const streamFields = {
   /** Open streams per process; one more is answered 503 too_many_streams with Retry-After. */
   STREAM_MAX_OPEN: integer(0, 1_000_000, 10_000),
-  /** How often the watched ids of all streams of a process are re-read (change detection). */
-  STREAM_POLL_INTERVAL_MS: integer(50, 60_000, 1_000),
+  /** How often each process reads the change log (bounds delivery latency). */
+  STREAM_POLL_INTERVAL_MS: integer(50, 60_000, 500),
   /** A keep-alive comment at least this often (the contract promises at most 15 s of silence). */
   STREAM_KEEPALIVE_SECONDS: integer(1, 15, 15),
   /** The reconnection delay hinted in `retry:`; each stream gets it with +-50% jitter. */
@@ -264,6 +275,7 @@ const apiSchema = z
       .optional(),
     METRICS_HOST: z.string().trim().min(1, 'must not be empty').default('127.0.0.1'),
     ...streamFields,
+    ...detectorFields,
     // --- browser clients: cross-origin access and the demo page (client/) ---
     CORS_ORIGINS: corsOrigins,
     DEMO_PAGE: boolean(true),
@@ -302,6 +314,7 @@ const sweeperSchema = z
     SWEEP_BATCH_SIZE: integer(1, 1_000_000, 10_000),
     SWEEP_LEASE_TTL_SECONDS: integer(1, 3_600, 30),
     SWEEP_BATCH_PAUSE_MS: integer(0, 60_000, 0),
+    ...detectorFields,
     METRICS_PORT: integer(0, 65_535, 9464),
     METRICS_HOST: z.string().trim().min(1, 'must not be empty').default('127.0.0.1'),
   })
