@@ -117,9 +117,13 @@ export class OfflineDetector {
     this.drop();
   }
 
-  /** One tick now (tests; the loop calls it too). Never rejects: errors go to onError. */
+  /**
+   * One tick, after any tick in flight (tests; the loop calls it too). Never rejects: errors go
+   * to onError.
+   */
   tickOnce(): Promise<DetectorTick> {
-    const run = this.tick().catch((error: unknown) => {
+    const previous = this.running ?? Promise.resolve();
+    const run = previous.then(() => this.tick()).catch((error: unknown) => {
       this.observer.onError?.(error);
       // Whatever was popped from the schedule is unknown now: start over from a fresh scan.
       this.cursor = undefined;
