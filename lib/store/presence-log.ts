@@ -162,10 +162,15 @@ async function expireGroup(db: Executor, ids: number[]): Promise<ExpiryResult> {
       SELECT online_threshold_seconds AS secs, make_interval(secs => online_threshold_seconds) AS t
       FROM pulse_settings WHERE id = 1
     ),
+    cand AS (
+      SELECT user_id, last_hb FROM pulse
+      WHERE user_id = ANY(${ids}::bigint[]) AND online_since IS NOT NULL
+    ),
+    -- Only the expired candidates are probed again (most due users turn out refreshed).
     gone AS (
       UPDATE pulse SET online_since = NULL
-      WHERE user_id = ANY(${ids}::bigint[]) AND online_since IS NOT NULL
-        AND last_hb <= now() - (SELECT t FROM s)
+      WHERE user_id = ANY(ARRAY(SELECT user_id FROM cand WHERE last_hb <= now() - (SELECT t FROM s)))
+        AND online_since IS NOT NULL AND last_hb <= now() - (SELECT t FROM s)
       RETURNING user_id, last_hb
     ),
     logged AS (
@@ -174,9 +179,8 @@ async function expireGroup(db: Executor, ids: number[]): Promise<ExpiryResult> {
     )
     SELECT (SELECT secs FROM s) AS threshold, now() AS now, r.user_id, r.last_hb, r.went_offline
     FROM (SELECT 1) one LEFT JOIN LATERAL (
-      SELECT p.user_id, p.last_hb, g.user_id IS NOT NULL AS went_offline
-      FROM pulse p LEFT JOIN gone g ON g.user_id = p.user_id
-      WHERE p.user_id = ANY(${ids}::bigint[]) AND p.online_since IS NOT NULL
+      SELECT c.user_id, coalesce(g.last_hb, c.last_hb) AS last_hb, g.user_id IS NOT NULL AS went_offline
+      FROM cand c LEFT JOIN gone g ON g.user_id = c.user_id
     ) r ON true`.execute(db);
   const first = rows[0];
   if (!first || first.threshold === null) throw new Error('pulse_settings has no row: run npm run migrate');
