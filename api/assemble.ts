@@ -1,7 +1,7 @@
 import type { Express } from 'express';
 import type { Registry } from 'prom-client';
 import type { ApiConfig } from '../lib/infra/config.ts';
-import type { DatabaseHandle } from '../lib/infra/db.ts';
+import { isDatabaseUnavailable, type DatabaseHandle } from '../lib/infra/db.ts';
 import { exposedCollector, heapGrowthRelease, noHeapRelease } from './edge/heap-release.ts';
 import { errorFields, type Logger } from '../lib/infra/logger.ts';
 import { createRegistry } from '../lib/infra/metrics.ts';
@@ -147,7 +147,11 @@ export function assembleApi(
         },
         {
           ...detectorMetrics.observer,
-          onError: (error) => logger.warn({ err: errorFields(error) }, 'offline detection failed'),
+          // An unavailable database is the outage log's to report (lib/infra/outage-log.ts).
+          onError: (error) => {
+            if (!isDatabaseUnavailable(error))
+              logger.warn({ err: errorFields(error) }, 'offline detection failed');
+          },
         },
       )
     : undefined;

@@ -1,6 +1,6 @@
 import { parseArgs } from 'node:util';
 import { loadSweeperConfig } from '../lib/infra/config.ts';
-import { DEFAULT_STATEMENT_TIMEOUT_MS, openDatabase } from '../lib/infra/db.ts';
+import { DEFAULT_STATEMENT_TIMEOUT_MS, isDatabaseUnavailable, openDatabase } from '../lib/infra/db.ts';
 import { runMain } from '../lib/infra/entry.ts';
 import { checkStatementTimeout } from '../lib/infra/statement-timeout.ts';
 import { createProcessLogger, errorFields } from '../lib/infra/logger.ts';
@@ -89,7 +89,11 @@ runMain(async () => {
       },
       {
         ...detectorMetrics.observer,
-        onError: (error) => logger.warn({ err: errorFields(error) }, 'offline detection failed'),
+        // An unavailable database is the outage log's to report (lib/infra/outage-log.ts).
+        onError: (error) => {
+          if (!isDatabaseUnavailable(error))
+            logger.warn({ err: errorFields(error) }, 'offline detection failed');
+        },
       },
     );
     detectorMetrics.watch(detector);

@@ -50,7 +50,7 @@ describe('operations endpoints', () => {
       const body = (await response.json()) as { error: { code: string; message: string } };
       expect(body.error.code).to.equal('not_ready');
       expect(body.error.message).to.match(
-        /migrations pending: 0001_create_pulse, 0002_sweeper_lease, 0003_presence_settings, 0004_last_seen, 0005_distribute_by_user_id$/,
+        /migrations pending: 0001_create_pulse, 0002_sweeper_lease, 0003_presence_settings, 0004_last_seen, 0005_distribute_by_user_id, 0006_presence_events$/,
       );
     } finally {
       await unmigrated.close();
