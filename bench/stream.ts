@@ -112,7 +112,12 @@ async function main(): Promise<void> {
   try {
     console.error(`bench:stream: ${fmt(users)} users, ${fmt(onlineCount)} online`);
     await fillTable(bench, users, 3_600);
-    const online = new Set(sample(Array.from({ length: users }, (_, i) => i + 1), onlineCount));
+    const online = new Set(
+      sample(
+        Array.from({ length: users }, (_, i) => i + 1),
+        onlineCount,
+      ),
+    );
     const ids = [...online];
     for (let i = 0; i < ids.length; i += 10_000) {
       await recordHeartbeats(driver.db, ids.slice(i, i + 10_000));
