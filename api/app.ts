@@ -15,6 +15,7 @@ import { demoRoutes } from './demo.ts';
 import { createEdge } from './edge/edge.ts';
 import { errorHandler, notFound } from './edge/errors.ts';
 import type { HeartbeatWriter } from './write/heartbeat-writer.ts';
+import type { OnlineThreshold } from './stream/held-presence.ts';
 import { openApiDocument } from './openapi.ts';
 import type { StatusReader } from './read/status-reader.ts';
 import { createRequestLog } from './edge/request-log.ts';
@@ -37,12 +38,12 @@ export interface AppDeps {
   observeRequest: (req: Request, res: Response, seconds: number) => void;
   /** Admission control (api/edge/admission.ts), mounted on each /status route before its body parser. */
   admission: Admission;
-  stream: Omit<StreamRouteDeps, 'config'>;
+  stream: Omit<StreamRouteDeps, 'config' | 'admission'>;
   /**
-   * The database's online threshold as read at start: heartbeat answers carry it in
+   * The database's online threshold in force (api/stream/held-presence.ts): heartbeat answers carry it in
    * `Pulse-Online-Threshold-Seconds`, so a client's fallback heartbeat loop can follow the server.
    */
-  onlineThresholdSeconds?: number | undefined;
+  onlineThreshold?: OnlineThreshold | undefined;
   config: AuthConfig & {
     /** Set: /metrics is served by the separate metrics listener, not by this app. */
     METRICS_PORT?: number | undefined;
@@ -90,10 +91,11 @@ export function buildApp({
   admission,
   stream,
   config,
-  onlineThresholdSeconds,
+  onlineThreshold,
 }: AppDeps): Express {
-  const thresholdHeader =
-    onlineThresholdSeconds === undefined ? undefined : String(onlineThresholdSeconds);
+  // The header follows pulse_settings (read again at most once a second while answers ask).
+  const thresholdHeader = () =>
+    onlineThreshold === undefined ? undefined : String(onlineThreshold.seconds);
   const app = express();
   app.disable('x-powered-by');
   app.set('etag', false);
@@ -121,8 +123,15 @@ export function buildApp({
   // Only application/json is parsed; routes answer any other content type with 415. Compressed
   // bodies are refused (415): the size limit then bounds exactly what the parser reads. Each route
   // passes admission control first, so a refused request's body is never parsed.
-  const jsonBody = express.json({ limit: config.BODY_LIMIT_BYTES, strict: true, inflate: false });
+  // Admission weighs each body by the bytes read (verify runs after reading, before parsing).
+  const jsonBody = express.json({
+    limit: config.BODY_LIMIT_BYTES,
+    strict: true,
+    inflate: false,
+    verify: admission.bodyRead,
+  });
   const admit = admission.guard;
+  const inTime = admission.withinDeadline;
 
   // Every /status route authenticates first. The routes carry the middleware themselves, so a
   // request walks no router layer it does not use (the single heartbeat is the hot path:
@@ -134,8 +143,9 @@ export function buildApp({
     requireJson(req);
     const { userIds, many } = parseHeartbeatBody(req.body, config.BATCH_MAX_IDS);
     assertMayWrite(principalOf(req), userIds);
-    await heartbeats.record(userIds);
-    if (thresholdHeader !== undefined) res.setHeader(THRESHOLD_HEADER, thresholdHeader);
+    await inTime(res, heartbeats.record(userIds));
+    const threshold = thresholdHeader();
+    if (threshold !== undefined) res.setHeader(THRESHOLD_HEADER, threshold);
     if (many) res.json({ status: 'success', accepted: userIds.length });
     else sendJsonAnswer(res, SUCCESS);
   });
@@ -144,22 +154,23 @@ export function buildApp({
     requireJson(req);
     const { userIds, many } = parseHeartbeatBody(req.body, config.BATCH_MAX_IDS);
     assertMayWrite(principalOf(req), userIds);
-    await setOffline(db, userIds);
+    await inTime(res, setOffline(db, userIds));
     res.json(many ? { status: 'success', accepted: userIds.length } : { status: 'success' });
   });
 
   app.post('/status/batch', authenticate, admit, jsonBody, async (req, res) => {
     requireJson(req);
     const userIds = parseBatchBody(req.body, config.BATCH_MAX_IDS);
-    const found = await statuses.readAmong(userIds);
+    const found = await inTime(res, statuses.readAmong(userIds));
     res.json(userIds.map((id) => statusRow(id, found.get(id) ?? UNKNOWN_PRESENCE)));
   });
 
-  // The stream is a long-lived GET (no body); it also accepts the token as access_token.
+  // The stream is a long-lived GET (no body); it also accepts the token as access_token. Its
+  // snapshot passes admission inside the route (the stream itself is not counted).
   app.get(
     '/status/stream',
     createAuthenticate(config, { queryToken: true }),
-    createStreamRoute({ ...stream, config }),
+    createStreamRoute({ ...stream, admission, config }),
   );
 
   app.get(
@@ -168,7 +179,7 @@ export function buildApp({
     admit,
     async (req: Request<{ userId: string }>, res: Response) => {
       const userId = parseUserIdParam(req.params.userId);
-      res.json(statusRow(userId, await statuses.read(userId)));
+      res.json(statusRow(userId, await inTime(res, statuses.read(userId))));
     },
   );
 

@@ -14,7 +14,7 @@ import {
   type HeartbeatWriter,
 } from './write/heartbeat-writer.ts';
 import { PresenceFeed } from './stream/presence-feed.ts';
-import { HeldPresence } from './stream/held-presence.ts';
+import { HeldPresence, LiveOnlineThreshold } from './stream/held-presence.ts';
 import { createApiMetrics } from './metrics.ts';
 import { StreamHub } from './stream/status-stream.ts';
 import { createStreamMetrics } from './stream/stream-metrics.ts';
@@ -39,9 +39,10 @@ const DEFAULT_ONLINE_THRESHOLD_SECONDS = 20;
 
 export interface AssembleOptions {
   /**
-   * The database's online threshold read at start (api/main.ts), for held presence's beat interval
-   * only: every online judgement reads pulse_settings live. Unset: ONLINE_THRESHOLD_SECONDS (checked
-   * against the database at start), else the migration's default.
+   * The database's online threshold read at start (api/main.ts): held presence's beat interval and
+   * the heartbeat answers' header until pulse_settings is read again (at most a second later,
+   * while used). Every online judgement reads pulse_settings live. Unset: ONLINE_THRESHOLD_SECONDS
+   * (checked against the database at start), else the migration's default.
    */
   onlineThresholdSeconds?: number | undefined;
 }
@@ -83,6 +84,8 @@ export function assembleApi(
   const admission = createAdmission({
     maxInFlight: config.MAX_IN_FLIGHT_REQUESTS,
     maxQueueWaitMs: config.MAX_QUEUE_WAIT_MS,
+    bodyTimeoutMs: config.REQUEST_BODY_TIMEOUT_MS,
+    deadlineMs: config.REQUEST_DEADLINE_MS,
     queueWaitMs: () => Math.max(heartbeats.oldestQueuedMs(), database.poolWaitMs()),
     logger,
     onShed: (reason) => metrics.onShed(reason),
@@ -98,20 +101,22 @@ export function assembleApi(
   });
   metrics.watchAdmission(admission);
   const streamMetrics = createStreamMetrics(registry);
+  const threshold = new LiveOnlineThreshold(database.db, heldThresholdSeconds);
+  // A database that cannot be reached is told by its outage log (lib/infra/outage-log.ts), once and then
+  // as a count: these two repeat every beat and every poll, so they log only other failures.
+  const unlessOutage = (message: string) => (error: unknown) => {
+    if (!isDatabaseUnavailable(error)) logger.warn({ err: errorFields(error, 0, false) }, message);
+  };
+  const held = new HeldPresence(heartbeats, {
+    threshold,
+    chunkIds: config.HEARTBEAT_FLUSH_MAX_IDS,
+    onBeatError: unlessOutage('held heartbeat not written'),
+  });
   const feed = new PresenceFeed(
     database.db,
     { intervalMs: config.STREAM_POLL_INTERVAL_MS },
-    {
-      ...streamMetrics.feedObserver,
-      onPollError: (error) => logger.warn({ err: errorFields(error) }, 'change detection failed'),
-    },
+    { ...streamMetrics.feedObserver, onPollError: unlessOutage('change detection failed') },
   );
-  const held = new HeldPresence(heartbeats, {
-    // Two beats per threshold window at least: one late or failed beat does not flap the user.
-    intervalMs: Math.max(100, Math.floor((heldThresholdSeconds * 1000) / 3)),
-    chunkIds: config.HEARTBEAT_FLUSH_MAX_IDS,
-    onBeatError: (error) => logger.warn({ err: errorFields(error) }, 'held heartbeat not written'),
-  });
   const hub = new StreamHub(
     {
       maxOpen: config.STREAM_MAX_OPEN,
@@ -119,12 +124,13 @@ export function assembleApi(
       retryMs: config.STREAM_RETRY_MS,
       drainTimeoutMs: config.STREAM_DRAIN_TIMEOUT_SECONDS * 1000,
       maxBufferedBytes: config.STREAM_MAX_BUFFERED_BYTES,
+      maxBufferedBytesTotal: config.STREAM_MAX_BUFFERED_BYTES_TOTAL,
     },
     streamMetrics.streamObserver,
   );
   streamMetrics.watch({ hub, feed, held });
   const app = buildApp({
-    onlineThresholdSeconds: heldThresholdSeconds,
+    onlineThreshold: threshold,
     db: database.db,
     heartbeats,
     statuses,
@@ -144,14 +150,12 @@ export function assembleApi(
           intervalMs: config.OFFLINE_DETECTOR_INTERVAL_MS,
           leaseTtlSeconds: config.OFFLINE_DETECTOR_LEASE_TTL_SECONDS,
           router: shardRouter,
+          // After an outage, this process's held users are written before anyone is expired.
+          beforeRecovery: () => held.beatNow(),
         },
         {
           ...detectorMetrics.observer,
-          // An unavailable database is the outage log's to report (lib/infra/outage-log.ts).
-          onError: (error) => {
-            if (!isDatabaseUnavailable(error))
-              logger.warn({ err: errorFields(error) }, 'offline detection failed');
-          },
+          onError: unlessOutage('offline detection failed'),
         },
       )
     : undefined;

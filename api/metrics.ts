@@ -75,15 +75,17 @@ export function createApiMetrics(registry: Registry): ApiMetrics {
 
   const shed = new Counter({
     name: 'pulse_http_requests_refused_total',
-    help: 'Requests refused with 503 overloaded before their body was read, by reason (in_flight, queue_wait)',
+    help: 'Requests refused by admission control, by reason: in_flight, queue_wait (503 overloaded), body_timeout (408: the body did not arrive in time), deadline_exceeded (503: no answer in time)',
     labelNames: ['reason'] as const,
     registers,
   });
-  for (const reason of ['in_flight', 'queue_wait'] as const) shed.inc({ reason }, 0);
+  for (const reason of ['in_flight', 'queue_wait', 'body_timeout', 'deadline_exceeded'] as const) {
+    shed.inc({ reason }, 0);
+  }
   let inFlight = () => 0;
   new Gauge({
     name: 'pulse_http_requests_in_flight',
-    help: 'Weight of the requests admitted by admission control and not yet answered (1, plus 1 per started 4 KiB of body)',
+    help: 'Weight of the requests admitted by admission control and not yet answered (1, plus 1 per started 4 KiB of body read)',
     registers,
     collect() {
       this.set(inFlight());

@@ -9,7 +9,7 @@ const retryAfter = {
 };
 const unavailable = {
   description:
-    'Not written or not answered: the database is unavailable (`database_unavailable`), the heartbeat queue is full (`queue_full`), the write failed (`write_failed`) or the server is stopping (`shutting_down`). Retry after `Retry-After` seconds.',
+    'Not written or not answered: the process is overloaded (`overloaded`), the answer was not ready REQUEST_DEADLINE_MS after admission (`deadline_exceeded`), the database is unavailable (`database_unavailable`), the heartbeat queue is full (`queue_full`), the write failed (`write_failed`) or the server is stopping (`shutting_down`). Retry after `Retry-After` seconds.',
   headers: retryAfter,
   content: json(ref('Error')),
 };
@@ -18,6 +18,9 @@ const tooLarge = error(
   '`too_many_ids` (more than BATCH_MAX_IDS) or `payload_too_large` (over BODY_LIMIT_BYTES)',
 );
 const wrongType = error('`unsupported_media_type`: the body must be application/json');
+const slowBody = error(
+  '`body_timeout`: the body did not arrive within REQUEST_BODY_TIMEOUT_MS of admission; the connection is closed',
+);
 const wwwAuthenticate = {
   'WWW-Authenticate': { description: 'Bearer challenge (RFC 6750)', schema: { type: 'string' } },
 };
@@ -72,7 +75,7 @@ export const openApiDocument = {
             headers: {
               'Pulse-Online-Threshold-Seconds': {
                 description:
-                  "The online threshold (pulse_settings, as read when the API started): a client's fallback heartbeat loop beats at about half of it.",
+                  "The online threshold (pulse_settings, read again at most once a second): a client's fallback heartbeat loop beats at about half of it.",
                 schema: { type: 'integer', minimum: 1 },
               },
             },
@@ -101,6 +104,7 @@ export const openApiDocument = {
           '403': forbidden,
           '413': tooLarge,
           '415': wrongType,
+          '408': slowBody,
           '503': unavailable,
         },
       },
@@ -133,6 +137,7 @@ export const openApiDocument = {
           '403': forbidden,
           '413': tooLarge,
           '415': wrongType,
+          '408': slowBody,
           '503': unavailable,
         },
       },
@@ -203,7 +208,7 @@ export const openApiDocument = {
           '413': error('`too_many_ids`: more than BATCH_MAX_IDS watched ids'),
           '503': {
             description:
-              '`too_many_streams` (STREAM_MAX_OPEN reached), `shutting_down`, or the database or heartbeat queue unavailable for the first held heartbeat or the snapshot. Retry after `Retry-After` seconds.',
+              '`overloaded` (admission control, the snapshot weighed as a batch read of the watched ids), `too_many_streams` (STREAM_MAX_OPEN reached), `deadline_exceeded` (first held heartbeat and snapshot not done within REQUEST_DEADLINE_MS), `shutting_down`, or the database or heartbeat queue unavailable for the first held heartbeat or the snapshot. Retry after `Retry-After` seconds.',
             headers: retryAfter,
             content: json(ref('Error')),
           },
@@ -250,6 +255,7 @@ export const openApiDocument = {
           '401': unauthenticated,
           '413': tooLarge,
           '415': wrongType,
+          '408': slowBody,
           '503': unavailable,
         },
       },

@@ -43,6 +43,11 @@ export const errorCatalogue = {
     message: 'the request was aborted by the client',
     when: 'the client went away while sending the body (logged; the client is no longer there to read it)',
   },
+  body_timeout: {
+    status: 408,
+    message: 'the request body did not arrive in time',
+    when: 'the body did not arrive within `REQUEST_BODY_TIMEOUT_MS` of admission; the connection is closed ([overload.md](overload.md))',
+  },
   unauthorized: {
     status: 401,
     message: 'a bearer token is required',
@@ -86,7 +91,12 @@ export const errorCatalogue = {
   overloaded: {
     status: 503,
     message: 'the server is overloaded, retry later',
-    when: 'the process is at `MAX_IN_FLIGHT_REQUESTS`, or its queues wait longer than `MAX_QUEUE_WAIT_MS`; refused before the body is read, with `Retry-After: 1` (doubling, up to 4, for a connection that keeps coming back before it is up) ([overload.md](overload.md))',
+    when: 'the process is at `MAX_IN_FLIGHT_REQUESTS`, or its queues wait longer than `MAX_QUEUE_WAIT_MS`; refused before the body is read (or, if the body read leaves no room for it, before it is parsed), with `Retry-After: 1` (doubling, up to 4, for a connection that keeps coming back before it is up) ([overload.md](overload.md)); `GET /status/stream` too, for its snapshot',
+  },
+  deadline_exceeded: {
+    status: 503,
+    message: 'the request could not be answered in time, retry later',
+    when: 'no answer `REQUEST_DEADLINE_MS` after admission (a table lock, a stuck statement); a heartbeat answered so is not acknowledged, though it may still be written',
   },
   queue_full: {
     status: 503,
@@ -111,7 +121,7 @@ export const errorCatalogue = {
   not_ready: {
     status: 503,
     message: 'not ready',
-    when: 'from `/readyz` only: database down or migrations pending',
+    when: 'from `/readyz` only: database down or not answering within 2 s, `pulse` locked against writes, or migrations pending',
   },
   client_not_built: {
     status: 503,

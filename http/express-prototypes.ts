@@ -21,9 +21,8 @@ const made = new WeakMap<ExpressApp, MessageConstructors>();
  * request. After that call V8 gives every property added to the object (by Express, its router,
  * body-parser and Pulse) a hidden class of its own, per object: every property access on the
  * request path turns megamorphic, and every open stream keeps a dozen private hidden classes
- * alive. With the prototype already in place, every request shares one set of shapes. A bare
- * Express handler that parses a JSON body spent about 3x less CPU per request this way
- * (docs/request-cost.md).
+ * alive. With the prototype already in place, every request shares one set of shapes
+ * (docs/request-cost.md has the cost).
  *
  * They are subclasses (not plain functions given a prototype) because V8 sizes a subclass's
  * objects like its base class's; a plain function's objects turned into slow dictionaries. Their

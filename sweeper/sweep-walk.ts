@@ -6,15 +6,14 @@
  * covers exactly that many rows.
  *
  * On Citus (pulse distributed by user_id), that bound is the expensive part: the LIMIT goes to
- * every shard, so each batch pulls shards x n ids to the coordinator (half a second per batch
- * with 32 shards). There, the walk cuts the span of user ids into key ranges instead, sized from
+ * every shard, so each batch pulls shards x n ids to the coordinator. There, the walk cuts the span of user ids into key ranges instead, sized from
  * one count at the start of the sweep to hold about SWEEP_BATCH_SIZE rows each. A range's DELETE
  * still reaches every shard, but each shard walks only that key range of its own primary key, in
  * parallel, and nothing comes back to the coordinator but a row count. Each range is then resized
  * in proportion to how far the last batch was from TARGET_BATCH_MS (at most halved or doubled per
  * batch, between 1/16 and 8 times the first size), so a dense stretch of ids cannot make
- * transactions long, and the fixed cost of reaching every shard (10-40 ms measured with 32 shards)
- * is paid for batches big enough to be worth it.
+ * transactions long, and the fixed cost of reaching every shard is paid for batches big enough to
+ * be worth it (docs/citus.md).
  * Rows inserted above the highest id seen at the start are fresh: the next sweep has them.
  */
 import { isDistributed } from '../lib/citus/citus-layout.ts';

@@ -153,6 +153,29 @@ describe('API configuration: authentication', () => {
     }
   });
 
+  it('reads AUTH_MAX_TOKEN_LIFETIME_SECONDS, unset by default, and refuses a bad one', () => {
+    const env = { AUTH_MODE: 'jwt', AUTH_JWT_SECRET: secret };
+    expect(loadApiConfig({ DATABASE_URL, ...env }).AUTH_MAX_TOKEN_LIFETIME_SECONDS).to.equal(
+      undefined,
+    );
+    expect(
+      loadApiConfig({ DATABASE_URL, ...env, AUTH_MAX_TOKEN_LIFETIME_SECONDS: '3600' })
+        .AUTH_MAX_TOKEN_LIFETIME_SECONDS,
+    ).to.equal(3600);
+    for (const value of ['0', '1h', '-5']) {
+      expectProblem(
+        { ...env, AUTH_MAX_TOKEN_LIFETIME_SECONDS: value },
+        'AUTH_MAX_TOKEN_LIFETIME_SECONDS',
+        /must/,
+      );
+    }
+    expectProblem(
+      { AUTH_MAX_TOKEN_LIFETIME_SECONDS: '3600' },
+      'AUTH_MAX_TOKEN_LIFETIME_SECONDS',
+      /AUTH_MODE is "none"/,
+    );
+  });
+
   it('refuses a BODY_LIMIT_BYTES or BATCH_MAX_IDS out of range', () => {
     expectProblem({ BODY_LIMIT_BYTES: '10' }, 'BODY_LIMIT_BYTES', /at least 1024/);
     expectProblem({ BATCH_MAX_IDS: '0' }, 'BATCH_MAX_IDS', /at least 1/);

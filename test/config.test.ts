@@ -37,6 +37,9 @@ describe('configuration', () => {
       HTTP_KEEP_ALIVE_TIMEOUT_MS: 5_000,
       HTTP_SOCKET_IDLE_TIMEOUT_MS: 30_000,
       HTTP_MAX_CONNECTIONS: 11_000,
+      REQUEST_BODY_TIMEOUT_MS: 2_000,
+      REQUEST_DEADLINE_MS: 5_000,
+      STREAM_MAX_BUFFERED_BYTES_TOTAL: 64 * 1024 * 1024,
     });
     const sweeper = loadSweeperConfig({ DATABASE_URL });
     expect(sweeper).to.include({ SWEEP_OLDER_THAN_SECONDS: 30, SWEEP_SCHEDULE: '*/10 * * * * *' });
@@ -99,6 +102,17 @@ describe('configuration', () => {
       'HTTP_MAX_CONNECTIONS',
       { STREAM_MAX_OPEN: '500', HTTP_MAX_CONNECTIONS: '500' },
       /HTTP_MAX_CONNECTIONS must be above STREAM_MAX_OPEN \(500\)/,
+    ],
+    [
+      'REQUEST_BODY_TIMEOUT_MS',
+      { REQUEST_BODY_TIMEOUT_MS: '50' },
+      /REQUEST_BODY_TIMEOUT_MS must be at least 100/,
+    ],
+    ['REQUEST_DEADLINE_MS', { REQUEST_DEADLINE_MS: 'soon' }, /REQUEST_DEADLINE_MS must be a whole/],
+    [
+      'STREAM_MAX_BUFFERED_BYTES_TOTAL',
+      { STREAM_MAX_BUFFERED_BYTES: '1048576', STREAM_MAX_BUFFERED_BYTES_TOTAL: '524288' },
+      /STREAM_MAX_BUFFERED_BYTES_TOTAL must not be below STREAM_MAX_BUFFERED_BYTES/,
     ],
     [
       'HTTP_HEADERS_TIMEOUT_MS',

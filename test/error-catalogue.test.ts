@@ -3,7 +3,9 @@
  * a real request here (request_aborted, whose client is gone, through the handler's own mapping),
  * each answer matches the served contract, and docs/api.md's table is the catalogue's.
  */
+import { once } from 'node:events';
 import { readFileSync } from 'node:fs';
+import { connect } from 'node:net';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
@@ -142,6 +144,31 @@ describe('the error catalogue: every code, as the contract says', () => {
       await release();
     }
     for (const response of await Promise.all(held)) expect(response.status).to.equal(200);
+  });
+
+  it('answers a body that never arrives, and a request the database cannot answer in time', async () => {
+    const app = await start({ REQUEST_BODY_TIMEOUT_MS: '200', REQUEST_DEADLINE_MS: '300' });
+    // Headers announcing a body that is never sent: the answer comes on the raw socket.
+    const socket = connect(Number(new URL(app.baseUrl).port), '127.0.0.1');
+    let raw = '';
+    socket.on('data', (chunk: Buffer) => (raw += chunk.toString()));
+    socket.write(
+      'POST /status/update HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 20\r\n\r\n{',
+    );
+    await once(socket, 'close');
+    const [head = '', body = ''] = raw.split('\r\n\r\n');
+    const status = Number(/^HTTP\/1\.1 (\d+)/.exec(head)?.[1]);
+    await expectCode(
+      new Response(body, { status, headers: { 'content-type': 'application/json' } }),
+      'body_timeout',
+    );
+
+    const release = await lockPulse(database.url);
+    try {
+      await expectCode(app.post('/status/update', { user_id: 21 }), 'deadline_exceeded');
+    } finally {
+      await release();
+    }
   });
 
   it('answers a database that is gone, broken or unmigrated', async () => {

@@ -6,6 +6,7 @@ import { StreamHub } from '../api/stream/status-stream.ts';
 import { HeldPresence } from '../api/stream/held-presence.ts';
 import { PresenceFeed } from '../api/stream/presence-feed.ts';
 import { existsSync, readdirSync, readFileSync, statSync } from 'node:fs';
+import { createAdmission } from '../api/edge/admission.ts';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { expect } from 'chai';
@@ -167,6 +168,12 @@ describe('POST /status/batch reads through the status reader', () => {
       },
     };
     const heartbeats = new DirectHeartbeatWriter(database.db);
+    const admission = createAdmission({
+      maxInFlight: 100,
+      maxQueueWaitMs: 1000,
+      queueWaitMs: () => 0,
+      logger: silentLogger,
+    });
     const app = buildApp({
       db: database.db,
       heartbeats,
@@ -174,12 +181,7 @@ describe('POST /status/batch reads through the status reader', () => {
       logger: silentLogger,
       registry: new Registry(),
       observeRequest: () => undefined,
-      admission: {
-        guard: (_req, _res, next) => next(),
-        release: () => undefined,
-        inFlight: 0,
-        close: () => undefined,
-      },
+      admission,
       config,
       stream: {
         hub: new StreamHub({
@@ -191,7 +193,7 @@ describe('POST /status/batch reads through the status reader', () => {
         }),
         feed: new PresenceFeed(database.db, { intervalMs: 1000 }),
         held: new HeldPresence(heartbeats, {
-          intervalMs: 1000,
+          threshold: { seconds: 3, current: () => Promise.resolve(3) },
           chunkIds: 1000,
           onBeatError: () => undefined,
         }),
@@ -215,6 +217,7 @@ describe('POST /status/batch reads through the status reader', () => {
       expect(rows[2]).to.have.property('last_seen', null);
       expect(asked).to.deep.equal([[1, 2, 3]]);
     } finally {
+      admission.close();
       await server.stop();
       await heartbeats.close();
     }

@@ -3,7 +3,7 @@ import { connect, type Socket } from 'node:net';
 import { Writable } from 'node:stream';
 import { expect } from 'chai';
 import { sql } from 'kysely';
-import { requestWeight } from '../api/edge/admission.ts';
+import { bodyWeight, readWeight } from '../api/edge/admission.ts';
 import { createLogger } from '../lib/infra/logger.ts';
 import { startTestApp, type TestApp } from './support/app.ts';
 import { createTestDatabase, lockPulse, type TestDatabase } from './support/database.ts';
@@ -75,7 +75,7 @@ describe('overload and slow clients', function () {
         'Content-Length: 5000\r\n\r\n{"user_id":',
     );
     await waitFor(() => running.admission.inFlight > 0, 'the request to be admitted');
-    expect(running.admission.inFlight).to.equal(2); // 1 + 1 per started 4 KiB announced
+    expect(running.admission.inFlight).to.equal(1); // announced bytes weigh nothing until read
     client.socket.destroy();
     await waitFor(() => running.admission.inFlight === 0, 'every admitted request given back');
   });
@@ -173,19 +173,19 @@ describe('overload and slow clients', function () {
       .and.not.include(203);
   });
 
-  it('weighs a request by its announced body: one, plus one per started 4 KiB', async () => {
-    expect(requestWeight(undefined)).to.equal(1);
-    expect(requestWeight('0')).to.equal(1);
-    expect(requestWeight('4095')).to.equal(1);
-    expect(requestWeight('4096')).to.equal(2);
-    expect(requestWeight('22000')).to.equal(6); // a 1,000-id batch
-    expect(requestWeight('nonsense')).to.equal(1);
+  it('weighs a request by the body it has read: one, plus one per started 4 KiB', async () => {
+    expect(1 + bodyWeight(0)).to.equal(1);
+    expect(1 + bodyWeight(4095)).to.equal(1);
+    expect(1 + bodyWeight(4096)).to.equal(2);
+    expect(1 + bodyWeight(22_000)).to.equal(6); // a 1,000-id batch
+    expect(readWeight(1)).to.equal(1);
+    expect(readWeight(1000)).to.equal(6); // a stream's snapshot of 1,000 ids, as the batch read
 
     app = await startTestApp(database, { MAX_IN_FLIGHT_REQUESTS: '4' });
     const running = app;
     const batch = (first: number) =>
       Array.from({ length: 800 }, (_, i) => ({ user_id: first + i })); // about 13.6 KB: weighs 4
-    expect(requestWeight(String(JSON.stringify(batch(1)).length))).to.equal(4);
+    expect(1 + bodyWeight(JSON.stringify(batch(1)).length)).to.equal(4);
     // An empty house admits a request of any weight.
     expect((await running.post('/status/update', batch(1_000))).status).to.equal(200);
 
@@ -304,10 +304,17 @@ describe('overload and slow clients', function () {
       const { socket, received } = client;
       socket.write('GET /status/1 HTTP/1.1\r\nHost: x\r\n\r\n');
       await waitFor(() => received().includes('}'), 'the first refusal');
+      // Back at once: kept back a second, and told 2 s. Coming back at once again, the next
+      // refusal waits 2 s: room enough, on a loaded machine, to hand over the body below.
+      socket.write('GET /status/1 HTTP/1.1\r\nHost: x\r\n\r\n');
+      await waitFor(
+        () => received().split('HTTP/1.1 ').length - 1 === 2 && received().endsWith('}'),
+        'the second refusal',
+      );
 
-      // Back at once (it ignores Retry-After): its refusal waits about a second. 32 MB is more
-      // than the kernel's socket buffers hold, so the client can hand all of it over only if
-      // the server reads it while the refusal waits.
+      // Back at once (it ignores Retry-After): its refusal waits 2 s. 32 MB is more than the
+      // kernel's socket buffers hold, so the client can hand all of it over only if the server
+      // reads it while the refusal waits.
       const body = Buffer.alloc(32 * 1024 * 1024, 0x20);
       const sent = Date.now();
       socket.write(
@@ -318,11 +325,11 @@ describe('overload and slow clients', function () {
       await waitFor(() => socket.writableLength === 0, 'the body handed over');
       const handedOverMs = Date.now() - sent;
       const answeredBefore = received().split('HTTP/1.1 ').length - 1;
-      await waitFor(() => received().split('HTTP/1.1 ').length - 1 === 2, 'the second refusal');
+      await waitFor(() => received().split('HTTP/1.1 ').length - 1 === 3, 'the third refusal');
       const answeredMs = Date.now() - sent;
-      expect(answeredBefore).to.equal(1); // the body was read before the refusal was answered
+      expect(answeredBefore).to.equal(2); // the body was read before the refusal was answered
       expect(handedOverMs).to.be.below(answeredMs);
-      expect(received().split('HTTP/1.1 ')[2]).to.match(/^503 /);
+      expect(received().split('HTTP/1.1 ')[3]).to.match(/^503 /);
       await release();
       expect((await held).status).to.equal(200);
     } finally {

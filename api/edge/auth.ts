@@ -5,7 +5,8 @@
  * - AUTH_MODE=jwt: every request carries `Authorization: Bearer <JWT>`, verified with jose against
  *   AUTH_JWT_SECRET (HS256) or AUTH_JWT_PUBLIC_KEY (RS256 or ES256, decided by the key). `exp` is
  *   required; `exp`/`nbf` are checked with AUTH_CLOCK_TOLERANCE_SECONDS of leeway; `iss`/`aud` are
- *   checked when AUTH_JWT_ISSUER/AUTH_JWT_AUDIENCE are set.
+ *   checked when AUTH_JWT_ISSUER/AUTH_JWT_AUDIENCE are set. With AUTH_MAX_TOKEN_LIFETIME_SECONDS,
+ *   `iat` is required too and `exp - iat` may not exceed it.
  *
  * Claims: `sub` is the user id in plain decimal ("42"), the same rule as a path user id. `scope`
  * is a space-separated string (RFC 8693), or an array of strings; `presence:write:any` makes the
@@ -13,9 +14,11 @@
  * accepted only with that scope (a gateway's own name in `sub` is fine); otherwise it is 401.
  *
  * The stream (GET /status/stream) also takes the token as `access_token` in the query, because a
- * browser's EventSource cannot send headers; request log lines show that parameter redacted.
+ * browser's EventSource cannot send headers; request log lines show that parameter redacted,
+ * however its name is percent-encoded.
  */
 import type { KeyObject } from 'node:crypto';
+import { unescape } from 'node:querystring';
 import type { Request, RequestHandler } from 'express';
 import { errors, jwtVerify, type JWTPayload } from 'jose';
 import type { ApiConfig } from '../../lib/infra/config.ts';
@@ -44,9 +47,30 @@ export interface AuthenticateOptions {
   queryToken?: boolean;
 }
 
-/** `url` with the value of any access_token parameter replaced, for log lines. */
+/**
+ * `url` with the value of any access_token parameter replaced, for log lines. Names are compared
+ * decoded, as the query parser (node:querystring) decodes them: `access%5Ftoken=` and
+ * `%61ccess_token=` are read as access_token too, so they must be redacted as one.
+ */
 export function redactAccessToken(url: string): string {
-  return url.replace(/([?&]access_token=)[^&#]*/gi, '$1[redacted]');
+  const query = url.indexOf('?');
+  if (query === -1) return url;
+  const hash = url.indexOf('#', query);
+  const end = hash === -1 ? url.length : hash;
+  const parameters = url
+    .slice(query + 1, end)
+    .split('&')
+    .map((parameter) => {
+      const equals = parameter.indexOf('=');
+      const name = equals === -1 ? parameter : parameter.slice(0, equals);
+      return isAccessTokenName(name) ? `${name}=[redacted]` : parameter;
+    });
+  return `${url.slice(0, query + 1)}${parameters.join('&')}${url.slice(end)}`;
+}
+
+function isAccessTokenName(raw: string): boolean {
+  // querystring.unescape never throws: broken escapes stay as they are, as the parser leaves them.
+  return unescape(raw.replaceAll('+', ' ')).toLowerCase().includes('access_token');
 }
 
 export type AuthConfig = Pick<
@@ -57,7 +81,8 @@ export type AuthConfig = Pick<
   | 'AUTH_JWT_ISSUER'
   | 'AUTH_JWT_AUDIENCE'
   | 'AUTH_CLOCK_TOLERANCE_SECONDS'
->;
+> &
+  Partial<Pick<ApiConfig, 'AUTH_MAX_TOKEN_LIFETIME_SECONDS'>>;
 
 // Kept in res.locals (api/edge/request-locals.ts) rather than a WeakMap keyed by the request: an entry
 // per request cost the garbage collector more (docs/request-cost.md).
@@ -137,6 +162,7 @@ function describeJoseError(error: unknown): string {
     if (error.claim === 'iss') return 'the token issuer is not accepted';
     if (error.claim === 'aud') return 'the token audience is not accepted';
     if (error.claim === 'exp') return 'the token must have an exp claim';
+    if (error.claim === 'iat') return 'the token must have a numeric iat claim';
     return `the token ${error.claim} claim is not valid`;
   }
   if (error instanceof errors.JOSEAlgNotAllowed) return 'the token algorithm is not accepted';
@@ -144,6 +170,25 @@ function describeJoseError(error: unknown): string {
     return 'the token signature is not valid';
   }
   return 'the token is not valid';
+}
+
+/**
+ * AUTH_MAX_TOKEN_LIFETIME_SECONDS: `exp - iat` at most that long, and `iat` not in the future (a
+ * token "issued" in 2199 and expiring in 2200 would otherwise pass). jose has verified both are
+ * numbers.
+ */
+function checkLifetime(payload: JWTPayload, maxSeconds: number, toleranceSeconds: number): void {
+  const iat = payload.iat!;
+  const exp = payload.exp!;
+  if (iat > Date.now() / 1000 + toleranceSeconds) {
+    throw unauthorized('invalid_token', 'the token iat claim is in the future');
+  }
+  if (exp - iat > maxSeconds) {
+    throw unauthorized(
+      'invalid_token',
+      `the token lives longer than this server accepts (exp - iat at most ${maxSeconds} s)`,
+    );
+  }
 }
 
 /** The Express middleware for AUTH_MODE; apply it to the routes that need a caller. */
@@ -169,10 +214,11 @@ export function createAuthenticate(
   } else {
     throw new Error('AUTH_MODE=jwt needs AUTH_JWT_SECRET or AUTH_JWT_PUBLIC_KEY');
   }
+  const maxLifetime = config.AUTH_MAX_TOKEN_LIFETIME_SECONDS;
   const options = {
     algorithms: [algorithm],
     clockTolerance: config.AUTH_CLOCK_TOLERANCE_SECONDS,
-    requiredClaims: ['exp'],
+    requiredClaims: maxLifetime === undefined ? ['exp'] : ['exp', 'iat'],
     ...(config.AUTH_JWT_ISSUER === undefined ? {} : { issuer: config.AUTH_JWT_ISSUER }),
     ...(config.AUTH_JWT_AUDIENCE === undefined ? {} : { audience: config.AUTH_JWT_AUDIENCE }),
   };
@@ -220,6 +266,7 @@ export function createAuthenticate(
     } catch (error) {
       throw unauthorized('invalid_token', describeJoseError(error));
     }
+    if (maxLifetime !== undefined) checkLifetime(payload, maxLifetime, options.clockTolerance);
     principalSlot.set(res, principalFrom(payload));
     next();
   };

@@ -57,6 +57,7 @@ const quietCodes = new Set<ErrorCode>([
   'overloaded',
   'database_unavailable',
   'too_many_streams',
+  'deadline_exceeded',
   'client_not_built', // said once at start (api/app.ts)
 ]);
 

@@ -5,23 +5,83 @@
  * 10,000 / HEARTBEAT_FLUSH_MAX_IDS statements per beat, not 10,000. Nothing runs while no stream
  * holds anyone. When the last stream of a user closes, beats stop and the row expires by the
  * normal rule (offline at most ONLINE_THRESHOLD_SECONDS later).
+ *
+ * The beat follows the threshold in force (pulse_settings, read at most once a second while
+ * someone is held): a third of it, checked every tick (at most a second). A beat that failed is
+ * retried at the next tick, so the database coming back after an outage gets every held user's
+ * heartbeat within a tick; `beatNow` lets change detection write it before its first poll after
+ * a failure (api/assemble.ts), so watchers of held users see no offline/online flap.
  */
 import type { HeartbeatWriter } from '../write/heartbeat-writer.ts';
+import { readPresenceSettings, type Executor } from '../../lib/store/pulse-store.ts';
+
+/** The online threshold in force, refreshed from pulse_settings. */
+export interface OnlineThreshold {
+  /** The last value read (or the one at start); asks for a fresh read when it is older than 1 s. */
+  readonly seconds: number;
+  /** The value, read again first when the last read is older than 1 s. */
+  current(): Promise<number>;
+}
+
+/** Reads pulse_settings.online_threshold_seconds at most once per `refreshMs`, never waiting on it. */
+export class LiveOnlineThreshold implements OnlineThreshold {
+  private value: number;
+  private readAt = -Infinity;
+  private reading: Promise<number> | undefined;
+
+  constructor(
+    private readonly db: Executor,
+    initialSeconds: number,
+    private readonly refreshMs = 1_000,
+  ) {
+    this.value = initialSeconds;
+  }
+
+  get seconds(): number {
+    void this.current();
+    return this.value;
+  }
+
+  current(): Promise<number> {
+    if (this.reading !== undefined) return this.reading;
+    const now = performance.now();
+    if (now - this.readAt < this.refreshMs) return Promise.resolve(this.value);
+    this.readAt = now;
+    // A failed read keeps the last value: the database's outage log reports the failure.
+    this.reading = readPresenceSettings(this.db)
+      .then(
+        (settings) => (this.value = settings.onlineThresholdSeconds),
+        () => this.value,
+      )
+      .finally(() => (this.reading = undefined));
+    return this.reading;
+  }
+}
 
 export interface HeldPresenceOptions {
-  /** Time between beats; a third of the online threshold leaves two beats' margin. */
-  intervalMs: number;
+  /** The threshold in force: beats come every third of it. */
+  threshold: OnlineThreshold;
   /** Ids per writer call (HEARTBEAT_FLUSH_MAX_IDS): each call becomes one statement. */
   chunkIds: number;
-  /** A beat that was not written (database down, queue full): logged, retried next beat. */
+  /** A beat that was not written (database down, queue full): retried at the next tick. */
   onBeatError(error: unknown): void;
+  /** Longest time between two checks of whether a beat is due (default 1 s). */
+  maxTickMs?: number;
 }
+
+/** Time between beats for a threshold: two beats per window at least, so one late beat is fine. */
+export const beatIntervalMs = (thresholdSeconds: number): number =>
+  Math.max(100, Math.floor((thresholdSeconds * 1000) / 3));
 
 export class HeldPresence {
   /** User id -> open streams holding it (a user with two tabs is beaten for once). */
   private readonly held = new Map<number, number>();
   private timer: NodeJS.Timeout | undefined;
   private closed = false;
+  /** When the last successful beat started (performance.now()). */
+  private lastBeatAt = 0;
+  private failing = false;
+  private beating: Promise<void> | undefined;
 
   constructor(
     private readonly writer: HeartbeatWriter,
@@ -55,10 +115,21 @@ export class HeldPresence {
       throw error;
     }
     if (!this.closed && this.timer === undefined && this.held.size > 0) {
-      this.timer = setInterval(() => this.beat(), this.options.intervalMs);
-      this.timer.unref();
+      this.lastBeatAt = performance.now();
+      this.scheduleTick();
     }
     return release;
+  }
+
+  /**
+   * Beats for every held user now (or waits for the beat in flight); never rejects. Resolves true
+   * when every chunk was written.
+   */
+  async beatNow(): Promise<boolean> {
+    if (this.held.size === 0 || this.closed) return true;
+    this.beating ??= this.beat().finally(() => (this.beating = undefined));
+    await this.beating;
+    return !this.failing;
   }
 
   /** Stops beating (on shutdown, before the writer closes). */
@@ -68,16 +139,39 @@ export class HeldPresence {
   }
 
   private stopTimer(): void {
-    clearInterval(this.timer);
+    clearTimeout(this.timer);
     this.timer = undefined;
   }
 
-  private beat(): void {
+  private scheduleTick(): void {
+    const interval = beatIntervalMs(this.options.threshold.seconds);
+    // Half an interval: a beat is at most 1.5 intervals after the last, two per threshold window.
+    const tickMs = Math.min(Math.max(50, interval / 2), this.options.maxTickMs ?? 1_000);
+    this.timer = setTimeout(() => this.tick(), tickMs);
+    this.timer.unref();
+  }
+
+  private tick(): void {
+    // The timer stays set while the threshold is read: hold() must not start a second one.
+    void this.options.threshold.current().then((seconds) => {
+      this.timer = undefined;
+      if (this.closed || this.held.size === 0) return;
+      const due = this.failing || performance.now() - this.lastBeatAt >= beatIntervalMs(seconds);
+      if (due && this.beating === undefined) void this.beatNow();
+      this.scheduleTick();
+    });
+  }
+
+  private async beat(): Promise<void> {
+    const started = performance.now();
     const ids = [...this.held.keys()];
+    const writes: Promise<void>[] = [];
     for (let i = 0; i < ids.length; i += this.options.chunkIds) {
-      this.writer
-        .record(ids.slice(i, i + this.options.chunkIds))
-        .catch((error: unknown) => this.options.onBeatError(error));
+      writes.push(this.writer.record(ids.slice(i, i + this.options.chunkIds)));
     }
+    const failures = (await Promise.allSettled(writes)).filter((r) => r.status === 'rejected');
+    this.failing = failures.length > 0;
+    if (this.failing) this.options.onBeatError(failures[0]!.reason);
+    else this.lastBeatAt = started;
   }
 }

@@ -8,17 +8,26 @@
  * 10,000 streams, not 10,000 timers; all the changes of one poll in one socket write), plus an
  * explicit slow-consumer rule that bounds the memory a stalled client can pin.
  *
- * Lifecycle of a stream: admission (STREAM_MAX_OPEN, 503 too_many_streams) -> validation -> first
- * held heartbeat -> snapshot; any failure so far is the usual JSON error. Then `200
+ * Lifecycle of a stream: validation -> admission control for its snapshot (503 overloaded, weighed
+ * as a batch read of its ids) -> STREAM_MAX_OPEN (503 too_many_streams) -> first held heartbeat ->
+ * snapshot, within REQUEST_DEADLINE_MS (503 deadline_exceeded); any failure so far is the usual
+ * JSON error. Once the snapshot is written, the stream no longer counts as a request in flight.
+ * HEAD answers the headers only: it holds no one and reads nothing. Then `200
  * text/event-stream`: `retry:`, `event: snapshot`, then `event: change` per transition and a
  * keep-alive comment every STREAM_KEEPALIVE_SECONDS. It ends when the client goes, when it stops
  * reading (slow consumer), when its token expires, or on shutdown (with a fresh `retry:` hint).
+ *
+ * Memory: a stream whose client stops reading is cut once STREAM_MAX_BUFFERED_BYTES wait for it,
+ * or as soon as the streams of the process together have STREAM_MAX_BUFFERED_BYTES_TOTAL waiting
+ * (counted per stream from its last write that Node could not pass on at once, given back when it
+ * drains or closes), or after STREAM_DRAIN_TIMEOUT_SECONDS without draining.
  */
 import type { Request, RequestHandler, Response } from 'express';
 import type { PresenceFeed } from './presence-feed.ts';
 import type { UserStatus } from '../../lib/store/pulse-store.ts';
 import { assertMayWrite, principalOf, type Principal } from '../edge/auth.ts';
 import { HttpError } from '../edge/errors.ts';
+import { readWeight, type Admission } from '../edge/admission.ts';
 import type { HeldPresence } from './held-presence.ts';
 import { parseOptionalUserIdParam, parseWatchParam } from '../edge/validation.ts';
 
@@ -37,7 +46,22 @@ export interface StreamHubOptions {
   retryMs: number;
   drainTimeoutMs: number;
   maxBufferedBytes: number;
+  /** What all streams of the process may have waiting together (default: no limit). */
+  maxBufferedBytesTotal?: number;
 }
+
+/** Bytes waiting in the process for streams that are not keeping up, summed over the streams. */
+class BufferBudget {
+  used = 0;
+  constructor(readonly limit: number) {}
+}
+
+const STREAM_HEADERS = {
+  'Content-Type': 'text/event-stream; charset=utf-8',
+  // Never cached, never compressed or buffered by a proxy (nginx honours X-Accel-Buffering).
+  'Cache-Control': 'no-store, no-transform',
+  'X-Accel-Buffering': 'no',
+};
 
 /** The reconnection hint, spread +-50% so a restart does not bring every client back at once. */
 const jitteredRetry = (retryMs: number) => Math.round(retryMs * (0.5 + Math.random()));
@@ -63,22 +87,34 @@ class SseSession {
   private drainTimer: NodeJS.Timeout | undefined;
   private expiryTimer: NodeJS.Timeout | undefined;
   private ended = false;
+  /** What this stream counts in the budget: its buffer when a write last found it full, else 0. */
+  private counted = 0;
   closeReason: StreamCloseReason = 'client_closed';
 
   constructor(
     private readonly res: Response,
     private readonly options: StreamHubOptions,
+    private readonly budget: BufferBudget,
   ) {}
 
   /** Writes raw SSE text; a client that does not keep up is disconnected. */
   write(text: string): void {
     if (this.ended) return;
     // Judged on what is still waiting from earlier writes, so one large snapshot is fine.
-    if (this.res.writableLength > this.options.maxBufferedBytes) {
+    const waiting = this.res.writableLength;
+    // Past the high-water mark the stream is not keeping up and this write would count: cut it if
+    // the process's budget cannot take it. Nothing waiting: one large snapshot is fine.
+    const wouldCount = waiting > 0 && waiting + text.length > this.res.writableHighWaterMark;
+    if (
+      waiting > this.options.maxBufferedBytes ||
+      (wouldCount && this.budget.used - this.counted + waiting + text.length > this.budget.limit)
+    ) {
       this.destroy('slow_consumer');
       return;
     }
     const accepted = this.res.write(text);
+    // Below the socket's high-water mark a stream is keeping up: only a full buffer is counted.
+    this.count(accepted ? 0 : this.res.writableLength);
     if (!accepted && this.drainTimer === undefined) {
       this.drainTimer = setTimeout(
         () => this.destroy('slow_consumer'),
@@ -87,8 +123,14 @@ class SseSession {
       this.res.once('drain', () => {
         clearTimeout(this.drainTimer);
         this.drainTimer = undefined;
+        this.count(0);
       });
     }
+  }
+
+  private count(bytes: number): void {
+    this.budget.used += bytes - this.counted;
+    this.counted = bytes;
   }
 
   snapshot(rows: readonly UserStatus[]): void {
@@ -124,8 +166,9 @@ class SseSession {
     this.res.destroy();
   }
 
-  /** Timers off; called once the response has closed. */
+  /** Timers off and its bytes out of the budget; called once the response has closed. */
   dispose(): void {
+    this.count(0);
     this.ended = true;
     clearTimeout(this.drainTimer);
     clearTimeout(this.expiryTimer);
@@ -138,11 +181,19 @@ export class StreamHub {
   private admitted = 0;
   private keepAlive: NodeJS.Timeout | undefined;
   private closing = false;
+  private readonly budget: BufferBudget;
 
   constructor(
     readonly options: StreamHubOptions,
     private readonly observer: StreamObserver = {},
-  ) {}
+  ) {
+    this.budget = new BufferBudget(options.maxBufferedBytesTotal ?? Infinity);
+  }
+
+  /** Bytes waiting in the process for streams that are not keeping up (STREAM_MAX_BUFFERED_BYTES_TOTAL). */
+  get bufferedBytes(): number {
+    return this.budget.used;
+  }
 
   /** Streams admitted and not yet closed (including those still reading their snapshot). */
   get open(): number {
@@ -176,14 +227,9 @@ export class StreamHub {
 
   /** Starts the event stream on `res` (status, headers, retry hint). */
   start(res: Response): SseSession {
-    res.status(200).set({
-      'Content-Type': 'text/event-stream; charset=utf-8',
-      // Never cached, never compressed or buffered by a proxy (nginx honours X-Accel-Buffering).
-      'Cache-Control': 'no-store, no-transform',
-      'X-Accel-Buffering': 'no',
-    });
+    res.status(200).set(STREAM_HEADERS);
     res.flushHeaders();
-    const session = new SseSession(res, this.options);
+    const session = new SseSession(res, this.options, this.budget);
     session.write(`retry: ${jitteredRetry(this.options.retryMs)}\n\n`);
     this.sessions.add(session);
     this.keepAlive ??= setInterval(() => {
@@ -216,6 +262,7 @@ export interface StreamRouteDeps {
   hub: StreamHub;
   feed: PresenceFeed;
   held: HeldPresence;
+  admission: Pick<Admission, 'admit' | 'withinDeadline' | 'release' | 'refusedElsewhere'>;
   observer?: StreamObserver;
   config: { BATCH_MAX_IDS: number };
 }
@@ -232,6 +279,7 @@ export function createStreamRoute({
   hub,
   feed,
   held,
+  admission,
   observer = {},
   config,
 }: StreamRouteDeps): RequestHandler {
@@ -242,10 +290,36 @@ export function createStreamRoute({
     );
     const principal = principalOf(req);
     const holder = holderOf(principal, req);
-    const release = hub.admit();
+    // Express routes HEAD to GET handlers: answer the headers a stream would get, and do nothing.
+    if (req.method === 'HEAD') {
+      res.status(200).set(STREAM_HEADERS).end();
+      return;
+    }
+    // The snapshot is a read like POST /status/batch of the same ids, and weighs as much.
+    if (!admission.admit(res, readWeight(watch.length))) return;
+    let release: () => void;
+    try {
+      release = hub.admit();
+    } catch (error) {
+      // Counted and summarized with the other refusals, not one log line each.
+      if (error instanceof HttpError && error.code === 'too_many_streams') {
+        admission.refusedElsewhere(res, error.code);
+      }
+      throw error;
+    }
     // Whatever server-wide timeouts exist, a stream is meant to stay open.
     req.socket.setTimeout(0);
     req.socket.setNoDelay(true);
+
+    /** `work` within the request deadline; what it yields after giving up is undone by `undo`. */
+    const inTime = async <T>(work: Promise<T>, undo: (late: T) => void): Promise<T> => {
+      try {
+        return await admission.withinDeadline(res, work);
+      } catch (error) {
+        work.then(undo, () => undefined);
+        throw error;
+      }
+    };
 
     let gone = false;
     const cleanups: Array<() => void> = [release];
@@ -259,19 +333,24 @@ export function createStreamRoute({
 
     let session: SseSession | undefined;
     try {
-      if (holder !== undefined) cleanups.push(await held.hold(holder));
+      if (holder !== undefined) {
+        const holding = held.hold(holder);
+        cleanups.push(await inTime(holding, (releaseHold) => releaseHold()));
+      }
       if (gone) return cleanUp();
       // Only `close` is kept for the stream's lifetime: the snapshot is not held in memory.
-      const { snapshot, close } = await feed.subscribe(watch, (changes: readonly UserStatus[]) => {
+      const subscribing = feed.subscribe(watch, (changes: readonly UserStatus[]) => {
         session?.changes(changes);
         observer.onEvent?.('change', changes.length);
       });
+      const { snapshot, close } = await inTime(subscribing, (late) => late.close());
       cleanups.push(close);
       if (gone) return cleanUp();
       session = hub.start(res);
       const started = session;
       cleanups.push(() => hub.finish(started));
       session.snapshot(snapshot);
+      admission.release(res);
       observer.onEvent?.('snapshot', 1);
       session.endAt(principal.expiresAt);
     } catch (error) {

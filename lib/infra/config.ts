@@ -198,6 +198,8 @@ const authFields = {
   AUTH_JWT_ISSUER: optionalText,
   AUTH_JWT_AUDIENCE: optionalText,
   AUTH_CLOCK_TOLERANCE_SECONDS: integer(0, 300, 5),
+  /** Unset: any lifetime. Set: `iat` is required and `exp - iat` may not exceed it (401). */
+  AUTH_MAX_TOKEN_LIFETIME_SECONDS: optionalInteger(1, 366 * 86_400),
 };
 
 type AuthFields = z.output<ReturnType<typeof z.object<typeof authFields>>>;
@@ -221,6 +223,7 @@ function checkAuth(c: AuthFields, ctx: z.RefinementCtx): void {
       'AUTH_JWT_PUBLIC_KEY',
       'AUTH_JWT_ISSUER',
       'AUTH_JWT_AUDIENCE',
+      'AUTH_MAX_TOKEN_LIFETIME_SECONDS',
     ] as const;
     for (const name of jwtOnly) {
       if (c[name] !== undefined) {
@@ -248,6 +251,8 @@ const streamFields = {
   STREAM_DRAIN_TIMEOUT_SECONDS: integer(1, 600, 10),
   /** ... and at once when more than this many bytes wait in the process for it. */
   STREAM_MAX_BUFFERED_BYTES: integer(16_384, 64 * 1024 * 1024, 1024 * 1024),
+  /** ... and when the streams of the process together have more than this waiting. */
+  STREAM_MAX_BUFFERED_BYTES_TOTAL: integer(65_536, 16 * 1024 * 1024 * 1024, 64 * 1024 * 1024),
 };
 
 const apiSchema = z
@@ -284,6 +289,10 @@ const apiSchema = z
     // --- overload protection and slow clients (docs/overload.md) ---
     MAX_IN_FLIGHT_REQUESTS: integer(1, 100_000, 128),
     MAX_QUEUE_WAIT_MS: integer(1, 60_000, 500),
+    // An admitted request's body must have arrived this long after admission (408 body_timeout),
+    // and its answer be ready this long after it (503 deadline_exceeded).
+    REQUEST_BODY_TIMEOUT_MS: integer(100, 600_000, 2_000),
+    REQUEST_DEADLINE_MS: integer(100, 600_000, 5_000),
     HTTP_REQUEST_TIMEOUT_MS: integer(100, 3_600_000, 10_000),
     HTTP_HEADERS_TIMEOUT_MS: integer(100, 3_600_000, 5_000),
     HTTP_KEEP_ALIVE_TIMEOUT_MS: integer(100, 3_600_000, 5_000),
@@ -292,6 +301,10 @@ const apiSchema = z
     HTTP_MAX_CONNECTIONS: integer(1, 1_000_000, 11_000),
   })
   .superRefine(checkAuth)
+  .refine((c) => c.STREAM_MAX_BUFFERED_BYTES <= c.STREAM_MAX_BUFFERED_BYTES_TOTAL, {
+    path: ['STREAM_MAX_BUFFERED_BYTES_TOTAL'],
+    message: 'must not be below STREAM_MAX_BUFFERED_BYTES (one stream alone would exceed it)',
+  })
   .refine((c) => c.HTTP_HEADERS_TIMEOUT_MS <= c.HTTP_REQUEST_TIMEOUT_MS, {
     path: ['HTTP_HEADERS_TIMEOUT_MS'],
     message: 'must not be above HTTP_REQUEST_TIMEOUT_MS (the headers are part of the request)',

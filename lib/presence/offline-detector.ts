@@ -41,6 +41,11 @@ export interface OfflineDetectorOptions {
   /** This process's name in the lease table; defaults to host:pid:random. */
   holder?: string;
   router?: ShardRouter;
+  /**
+   * Awaited before the first expiry after a failed tick (the database coming back): the API
+   * writes its held users' heartbeats there.
+   */
+  beforeRecovery?: () => Promise<unknown>;
 }
 
 export interface DetectorTick {
@@ -75,6 +80,9 @@ export class OfflineDetector {
   private timer: NodeJS.Timeout | undefined;
   private running: Promise<void> | undefined;
   private stopped = false;
+  private failed = false;
+  /** No expiry before this time (ms): after an outage, held streams' beats land first. */
+  private graceUntil = 0;
   private readonly maxIds: number;
 
   constructor(
@@ -127,6 +135,7 @@ export class OfflineDetector {
       this.observer.onError?.(error);
       // Whatever was popped from the schedule is unknown now: start over from a fresh scan.
       this.cursor = undefined;
+      this.failed = true;
       return { leaseHeld: this.leaseHeld, expired: 0, checked: 0, statements: 0 };
     });
     this.running = run.then(() => undefined);
@@ -179,6 +188,14 @@ export class OfflineDetector {
       this.renewedAt = at;
     }
 
+    if (this.failed) {
+      // Back from a failure (an outage): every held stream of every API process beats within a
+      // third of the threshold, so none of them is expired for the outage itself.
+      await this.options.beforeRecovery?.();
+      this.graceUntil = Date.now() + this.thresholdMs / 3 + this.options.intervalMs;
+      this.failed = false;
+    }
+
     if (this.cursor === undefined) {
       // The cursor first, then the scan: an online event committed in between is in both, never
       // in neither.
@@ -204,7 +221,7 @@ export class OfflineDetector {
     // Users found still online go back after the loop, so none is looked at twice in one tick.
     const stillOnline: Array<{ userId: number; lastHb: number }> = [];
     const now = Date.now() + this.offsetMs;
-    for (;;) {
+    for (; Date.now() >= this.graceUntil; ) {
       const due = this.queue.popDue(now, this.maxIds);
       if (due.length === 0) break;
       const before = Date.now();

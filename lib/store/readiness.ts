@@ -15,12 +15,38 @@ const REQUIRED_TABLES = [
   'pulse_job_leases',
 ];
 
+/** SQLSTATE of a lock not granted within lock_timeout. */
+const LOCK_NOT_AVAILABLE = '55P03';
+
+/** How long the whole check may take: a probe that waits is itself the answer (not ready). */
+export const READINESS_TIMEOUT_MS = 2_000;
+
 /**
- * Ready when the database answers, every migration in migrations/ is applied, every table Pulse
- * uses exists (a table dropped or renamed after its migration ran is not ready either) and, on a
- * Citus database, every table keyed by user_id is distributed and co-located with `pulse`.
+ * Ready when the database answers within `timeoutMs`, every migration in migrations/ is applied,
+ * every table Pulse uses exists (a table dropped or renamed after its migration ran is not ready
+ * either), a heartbeat could take its lock on `pulse` within that time (a table locked by a
+ * migration or by hand answers SELECT 1 but makes every write wait) and, on a Citus database,
+ * every table keyed by user_id is distributed and co-located with `pulse`.
  */
-export async function checkReadiness<DB>(db: Kysely<DB>): Promise<Readiness> {
+export async function checkReadiness<DB>(
+  db: Kysely<DB>,
+  timeoutMs = READINESS_TIMEOUT_MS,
+): Promise<Readiness> {
+  let timer: NodeJS.Timeout | undefined;
+  const late = new Promise<Readiness>((resolve) => {
+    timer = setTimeout(
+      () => resolve({ ready: false, reason: `the database did not answer within ${timeoutMs} ms` }),
+      timeoutMs,
+    );
+  });
+  try {
+    return await Promise.race([check(db, timeoutMs), late]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+async function check<DB>(db: Kysely<DB>, timeoutMs: number): Promise<Readiness> {
   try {
     await sql`SELECT 1`.execute(db);
     const pending = (await createMigrator(db).getMigrations()).filter((m) => !m.executedAt);
@@ -36,6 +62,22 @@ export async function checkReadiness<DB>(db: Kysely<DB>): Promise<Readiness> {
       WHERE to_regclass(quote_ident(name)) IS NULL`.execute(db);
     if (rows.length > 0) {
       return { ready: false, reason: `tables missing: ${rows.map((r) => r.name).join(', ')}` };
+    }
+    // The lock every heartbeat takes, then given back at once: nothing is written.
+    const locked = await db.transaction().execute(async (trx) => {
+      // Half the time: the lock's own answer comes before the check as a whole gives up.
+      const lockTimeout = `${Math.max(1, Math.floor(timeoutMs / 2))}ms`;
+      await sql`SELECT set_config('lock_timeout', ${lockTimeout}, true)`.execute(trx);
+      try {
+        await sql`LOCK TABLE pulse IN ROW EXCLUSIVE MODE`.execute(trx);
+        return false;
+      } catch (error) {
+        if ((error as { code?: unknown }).code === LOCK_NOT_AVAILABLE) return true;
+        throw error;
+      }
+    });
+    if (locked) {
+      return { ready: false, reason: 'the pulse table is locked: heartbeats would wait' };
     }
     const misplaced = await findMisplacedTables(db);
     if (misplaced.length > 0) {
