@@ -12,6 +12,7 @@
  * outside the measured connection), so the new upsert also writes its events. Database CPU: the
  * backend's CPU time from /proc (the server must run on this machine), plus autovacuum.
  */
+import { writeFileSync } from 'node:fs';
 import os from 'node:os';
 import { CompiledQuery } from 'kysely';
 import { openDatabase } from '../lib/infra/db.ts';
@@ -84,6 +85,21 @@ async function main(): Promise<void> {
   };
   const before = median(results.before);
   const after = median(results.after);
+  writeFileSync(
+    process.env.BENCH_RESULTS ?? new URL('./results/heartbeat-log.json', import.meta.url),
+    `${JSON.stringify(
+      {
+        measuredAt: new Date().toISOString(),
+        machine: `${os.cpus().length} x ${os.cpus()[0]?.model ?? 'CPU'}`,
+        postgres: process.env.DATABASE_URL ? 'DATABASE_URL' : 'embedded',
+        sizes: { users, batch, roundSeconds, rounds, comingOnline },
+        dbCpuUsPerHeartbeat: { before: results.before, after: results.after },
+        median: { before, after, ratio: after / before },
+      },
+      null,
+      2,
+    )}\n`,
+  );
   console.log(`
 Heartbeat database CPU before and after the change log (${os.cpus().length} x ${os.cpus()[0]?.model ?? 'CPU'}, PostgreSQL: ${process.env.DATABASE_URL ? 'DATABASE_URL' : 'embedded'})
 ${users.toLocaleString('en-US')} users, batches of ${batch}, ${comingOnline * 100}% of each batch coming online, ${rounds} alternating rounds of ${roundSeconds} s
