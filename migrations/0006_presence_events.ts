@@ -77,7 +77,10 @@ export async function up(db: Kysely<any>): Promise<void> {
       'COLUMN pulse_events.reason',
       'heartbeat: a heartbeat (request or held stream) of a user not marked online; offline: POST /status/offline; threshold: the offline detector found last_hb older than the online threshold; sweep: the sweeper removed a row still marked online.',
     ],
-    ['COLUMN pulse_events.at', 'When the transition was logged (now() of the writing transaction).'],
+    [
+      'COLUMN pulse_events.at',
+      'When the transition was logged (now() of the writing transaction).',
+    ],
     [
       'COLUMN pulse_events.last_seen',
       'last_seen as a status read answers it right after the transition: the last heartbeat (null for offline/sweep when pulse_settings.last_seen_enabled is off).',
@@ -91,7 +94,10 @@ export async function up(db: Kysely<any>): Promise<void> {
       'Jobs that run once per database (offline-detector): which process holds each and until when. Renewed by the holder; an expired lease may be taken by any process.',
     ],
     ['COLUMN pulse_job_leases.job', 'The job name (offline-detector).'],
-    ['COLUMN pulse_job_leases.holder', 'The process holding it (host:pid:random); null when released.'],
+    [
+      'COLUMN pulse_job_leases.holder',
+      'The process holding it (host:pid:random); null when released.',
+    ],
     ['COLUMN pulse_job_leases.renewed_at', 'When the holder last took or renewed the lease.'],
     ['COLUMN pulse_job_leases.expires_at', 'The lease is free from this time on.'],
   ];

@@ -1,6 +1,10 @@
 import { parseArgs } from 'node:util';
 import { loadSweeperConfig } from '../lib/infra/config.ts';
-import { DEFAULT_STATEMENT_TIMEOUT_MS, isDatabaseUnavailable, openDatabase } from '../lib/infra/db.ts';
+import {
+  DEFAULT_STATEMENT_TIMEOUT_MS,
+  isDatabaseUnavailable,
+  openDatabase,
+} from '../lib/infra/db.ts';
 import { runMain } from '../lib/infra/entry.ts';
 import { checkStatementTimeout } from '../lib/infra/statement-timeout.ts';
 import { createProcessLogger, errorFields } from '../lib/infra/logger.ts';

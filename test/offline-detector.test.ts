@@ -102,7 +102,11 @@ describe('the offline detector', () => {
     expect(b.holdsLease).to.equal(false);
     await recordHeartbeats(database.db, [4]);
     await waitFor(async () => (await holder()) === 'b', 'b takes over', 8_000);
-    await waitFor(async () => (await offlineEvents(database.db)).length === 4, 'four offlines', 8_000);
+    await waitFor(
+      async () => (await offlineEvents(database.db)).length === 4,
+      'four offlines',
+      8_000,
+    );
     await b.tickOnce();
     const events = await offlineEvents(database.db);
     expect(ids(events)).to.deep.equal([1, 2, 3, 4]);
@@ -145,7 +149,9 @@ describe('change log retention', () => {
     expect(report.created).to.deep.equal([await partitionName(db, 7)]);
     expect(report.dropped).to.deep.equal([await partitionName(db, -5)]);
     expect(report.defaultRows).to.equal(0);
-    const { rows } = await sql<{ n: number }>`SELECT count(*)::int AS n FROM pulse_events`.execute(db);
+    const { rows } = await sql<{ n: number }>`SELECT count(*)::int AS n FROM pulse_events`.execute(
+      db,
+    );
     expect(rows[0]!.n, 'the event two days ago is kept').to.equal(1);
   });
 });
@@ -154,6 +160,8 @@ describe('change log retention', () => {
 async function partitionName(db: Executor, days: number): Promise<string> {
   const { rows } = await sql<{ name: string }>`
     SELECT 'pulse_events_' || to_char(date_trunc('day', now() AT TIME ZONE 'UTC')
-                                      + make_interval(days => ${days}), 'YYYYMMDD') AS name`.execute(db);
+                                      + make_interval(days => ${days}), 'YYYYMMDD') AS name`.execute(
+    db,
+  );
   return rows[0]!.name;
 }

@@ -57,7 +57,9 @@ describe('the presence change log', () => {
     expect(await next(), 'nobody left to take offline').to.deep.equal([]);
 
     // Past the threshold: the detector's statement logs it, once.
-    await sql`UPDATE pulse SET last_hb = now() - interval '60 seconds' WHERE user_id = 2`.execute(db);
+    await sql`UPDATE pulse SET last_hb = now() - interval '60 seconds' WHERE user_id = 2`.execute(
+      db,
+    );
     const first = await expireDue(db, [2, 3]);
     expect(first.expired.map((u) => u.userId)).to.deep.equal([2]);
     expect(first.live.map((u) => u.userId)).to.deep.equal([3]);
@@ -65,14 +67,20 @@ describe('the presence change log', () => {
     expect(await next()).to.deep.equal(['2 offline threshold']);
 
     // The sweeper logs an offline only for a row still marked online (the detector lagged).
-    await sql`UPDATE pulse SET last_hb = now() - interval '60 seconds' WHERE user_id = 3`.execute(db);
-    expect(await sweepExpiredRange(db, { after: '0', upTo: '100', olderThanSeconds: 30 })).to.equal(2);
+    await sql`UPDATE pulse SET last_hb = now() - interval '60 seconds' WHERE user_id = 3`.execute(
+      db,
+    );
+    expect(await sweepExpiredRange(db, { after: '0', upTo: '100', olderThanSeconds: 30 })).to.equal(
+      2,
+    );
     expect(await next()).to.deep.equal(['3 offline sweep']);
 
     await recordHeartbeats(db, [2]);
     const back = await readEventsSince(db, cursor);
     expect(brief(back.events)).to.deep.equal(['2 online heartbeat']);
-    const { rows } = await sql<{ last_hb: Date }>`SELECT last_hb FROM pulse WHERE user_id = 2`.execute(db);
+    const { rows } = await sql<{
+      last_hb: Date;
+    }>`SELECT last_hb FROM pulse WHERE user_id = 2`.execute(db);
     expect(back.events[0]!.lastSeen?.toISOString()).to.equal(rows[0]!.last_hb.toISOString());
   });
 
@@ -153,7 +161,9 @@ describe('the presence change log', () => {
       transitions += mine.length;
       // online, offline, online, ...: never the same twice in a row.
       mine.forEach((event, i) =>
-        expect(event.online, `user ${user} event ${i}: ${JSON.stringify(mine)}`).to.equal(i % 2 === 0),
+        expect(event.online, `user ${user} event ${i}: ${JSON.stringify(mine)}`).to.equal(
+          i % 2 === 0,
+        ),
       );
       const lastOnline = mine.at(-1)?.online ?? false;
       expect(lastOnline, `user ${user}: last event vs pulse.online_since`).to.equal(

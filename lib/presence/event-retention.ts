@@ -51,7 +51,10 @@ export class EventRetention {
           }
         })
         .catch((error: unknown) =>
-          this.logger.warn({ err: errorFields(error) }, 'change log partitions not kept; next run retries'),
+          this.logger.warn(
+            { err: errorFields(error) },
+            'change log partitions not kept; next run retries',
+          ),
         );
     };
     run();

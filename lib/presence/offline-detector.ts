@@ -131,13 +131,15 @@ export class OfflineDetector {
    */
   tickOnce(): Promise<DetectorTick> {
     const previous = this.running ?? Promise.resolve();
-    const run = previous.then(() => this.tick()).catch((error: unknown) => {
-      this.observer.onError?.(error);
-      // Whatever was popped from the schedule is unknown now: start over from a fresh scan.
-      this.cursor = undefined;
-      this.failed = true;
-      return { leaseHeld: this.leaseHeld, expired: 0, checked: 0, statements: 0 };
-    });
+    const run = previous
+      .then(() => this.tick())
+      .catch((error: unknown) => {
+        this.observer.onError?.(error);
+        // Whatever was popped from the schedule is unknown now: start over from a fresh scan.
+        this.cursor = undefined;
+        this.failed = true;
+        return { leaseHeld: this.leaseHeld, expired: 0, checked: 0, statements: 0 };
+      });
     this.running = run.then(() => undefined);
     return run;
   }
@@ -221,7 +223,7 @@ export class OfflineDetector {
     // Users found still online go back after the loop, so none is looked at twice in one tick.
     const stillOnline: Array<{ userId: number; lastHb: number }> = [];
     const now = Date.now() + this.offsetMs;
-    for (; Date.now() >= this.graceUntil; ) {
+    for (; Date.now() >= this.graceUntil;) {
       const due = this.queue.popDue(now, this.maxIds);
       if (due.length === 0) break;
       const before = Date.now();

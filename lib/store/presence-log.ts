@@ -190,7 +190,8 @@ async function expireGroup(db: Executor, ids: number[]): Promise<ExpiryResult> {
       FROM cand c LEFT JOIN gone g ON g.user_id = c.user_id
     ) r ON true`.execute(db);
   const first = rows[0];
-  if (!first || first.threshold === null) throw new Error('pulse_settings has no row: run npm run migrate');
+  if (!first || first.threshold === null)
+    throw new Error('pulse_settings has no row: run npm run migrate');
   const result: ExpiryResult = {
     thresholdSeconds: first.threshold,
     dbNow: first.now.getTime(),
