@@ -132,7 +132,9 @@ async function main(): Promise<void> {
     }, 5_000);
 
     for (const apiCount of apiCounts) {
-      results.push(await phase(bench.url, apiCount, online, leaving, driver.db));
+      const result = await phase(bench.url, apiCount, online, leaving, driver.db);
+      console.error(`bench:stream: ${JSON.stringify(result)}`);
+      results.push(result);
     }
   } finally {
     clearInterval(refresher);
@@ -223,15 +225,27 @@ async function phase(
       else latencies[t.kind].push(Date.now() - t.at);
     };
 
-    const open = (index: number) =>
+    const open = (index: number): Promise<void> => {
+      const watch = sample(watchable, watchCount);
+      for (const id of watch) watchers.set(id, (watchers.get(id) ?? 0) + 1);
+      return connect(index, watch, 0);
+    };
+    const connect = (index: number, watch: number[], attempt: number): Promise<void> =>
       new Promise<void>((resolve, reject) => {
-        const watch = sample(watchable, watchCount);
-        for (const id of watch) watchers.set(id, (watchers.get(id) ?? 0) + 1);
         const api = apis[index % apis.length]!;
         const req = http.get(
           `${api.url}/status/stream?watch=${watch.join(',')}`,
           { agent },
           (res) => {
+            if (res.statusCode === 503 && attempt < 5) {
+              // Refused under load (admission, Retry-After): come back as a client would.
+              res.resume();
+              setTimeout(
+                () => void connect(index, watch, attempt + 1).then(resolve, reject),
+                1_000,
+              );
+              return;
+            }
             if (res.statusCode !== 200) {
               reject(new Error(`stream ${index}: status ${res.statusCode}`));
               res.resume();
