@@ -237,8 +237,8 @@ async function phase(
           `${api.url}/status/stream?watch=${watch.join(',')}`,
           { agent },
           (res) => {
-            if (res.statusCode === 503 && attempt < 5) {
-              // Refused under load (admission, Retry-After): come back as a client would.
+            if ((res.statusCode === 503 || res.statusCode === 408) && attempt < 5) {
+              // Refused or timed out under load: come back as a client would.
               res.resume();
               setTimeout(
                 () => void connect(index, watch, attempt + 1).then(resolve, reject),
@@ -328,6 +328,7 @@ async function phase(
         const t: Transition = { online: true, kind: 'online', at: Date.now() };
         transitions.set(id, t);
         online.add(id);
+        leaving.delete(id); // left in an earlier phase, back now: its client beats again
         expected += watchers.get(id) ?? 0;
         return t;
       });
