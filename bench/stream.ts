@@ -77,6 +77,11 @@ interface Transition {
   at: number;
 }
 
+/** The driver's refresh of the online users in flight (the clients' heartbeats). */
+interface Refreshing {
+  current: Promise<void>;
+}
+
 interface PhaseResult {
   apis: number;
   streams: number;
@@ -123,16 +128,17 @@ async function main(): Promise<void> {
       await recordHeartbeats(driver.db, ids.slice(i, i + 10_000));
     }
     const leaving = new Set<number>();
+    const refreshing: Refreshing = { current: Promise.resolve() };
     // The online users' clients: a heartbeat every 5 s (a plain UPDATE: they are marked already).
     refresher = setInterval(() => {
       const fresh = [...online].filter((id) => !leaving.has(id));
-      void bench.query(`UPDATE pulse SET last_hb = now() WHERE user_id = ANY($1::bigint[])`, [
-        fresh,
-      ]);
+      refreshing.current = bench
+        .query(`UPDATE pulse SET last_hb = now() WHERE user_id = ANY($1::bigint[])`, [fresh])
+        .then(() => undefined);
     }, 5_000);
 
     for (const apiCount of apiCounts) {
-      const result = await phase(bench.url, apiCount, online, leaving, driver.db);
+      const result = await phase(bench.url, apiCount, online, leaving, refreshing, driver.db);
       console.error(`bench:stream: ${JSON.stringify(result)}`);
       results.push(result);
     }
@@ -180,6 +186,7 @@ async function phase(
   apiCount: number,
   online: Set<number>,
   leaving: Set<number>,
+  refreshing: Refreshing,
   db: Parameters<typeof recordHeartbeats>[0],
 ): Promise<PhaseResult> {
   console.error(`bench:stream: phase with ${apiCount} API processes`);
@@ -345,6 +352,8 @@ async function phase(
       for (const t of off) t.at = Date.now();
       // They stop beating: offline when their last heartbeat passes the threshold.
       for (const id of expiring) leaving.add(id);
+      // A refresh already under way may still beat them once: their last heartbeat is after it.
+      await refreshing.current;
       const { rows } = await sql<{ user_id: string; crossing: number }>`
         SELECT user_id,
                extract(epoch FROM last_hb + make_interval(secs => ${thresholdSeconds}))::float8 * 1000
