@@ -13,7 +13,7 @@ import {
   GroupCommitHeartbeatWriter,
   type HeartbeatWriter,
 } from './write/heartbeat-writer.ts';
-import { PresenceFeed } from './stream/presence-feed.ts';
+import { PresenceFeed, type ChangeFeed } from './stream/presence-feed.ts';
 import { HeldPresence, LiveOnlineThreshold } from './stream/held-presence.ts';
 import { createApiMetrics } from './metrics.ts';
 import { CallerLimits, createCallerLimitMetrics } from './edge/caller-limits.ts';
@@ -21,13 +21,19 @@ import { StreamHub } from './stream/status-stream.ts';
 import { createStreamMetrics } from './stream/stream-metrics.ts';
 import { CoalescingStatusReader, DirectStatusReader } from './read/status-reader.ts';
 import { LiveVisibilityRule } from './read/visibility-rule.ts';
+import { OfflineDetector } from '../lib/presence/offline-detector.ts';
+import { createDetectorMetrics } from '../lib/presence/detector-metrics.ts';
+import { LogPresenceFeed } from './stream/log-feed.ts';
 
 export interface Api {
   app: Express;
   heartbeats: HeartbeatWriter;
   registry: Registry;
   admission: Admission;
-  /** The live streams: close() ends them all with a retry hint and stops polling and beating. */
+  /**
+   * The live streams: close() ends them all with a retry hint and stops reading the change log,
+   * beating, and the offline detector (which gives its lease up).
+   */
   streams: { hub: StreamHub; close(): Promise<void> };
 }
 
@@ -112,15 +118,28 @@ export function assembleApi(
     chunkIds: config.HEARTBEAT_FLUSH_MAX_IDS,
     onBeatError: unlessOutage('held heartbeat not written'),
   });
-  const feed = new PresenceFeed(
-    database.db,
-    {
-      intervalMs: config.STREAM_POLL_INTERVAL_MS,
-      beforeRecovery: () => held.beatNow(),
-      rule: visibilityRule,
-    },
-    { ...streamMetrics.feedObserver, onPollError: unlessOutage('change detection failed') },
-  );
+  const feedObserver = {
+    ...streamMetrics.feedObserver,
+    onPollError: unlessOutage('change detection failed'),
+  };
+  // STREAM_CHANGE_SOURCE: re-read the watched ids (applies the visibility rule and privacy to
+  // every change), or tail the change log (cost follows the changes; see docs/stream.md).
+  const feed: ChangeFeed =
+    config.STREAM_CHANGE_SOURCE === 'log'
+      ? new LogPresenceFeed(
+          database.db,
+          { intervalMs: config.STREAM_POLL_INTERVAL_MS, rule: visibilityRule },
+          feedObserver,
+        )
+      : new PresenceFeed(
+          database.db,
+          {
+            intervalMs: config.STREAM_POLL_INTERVAL_MS,
+            beforeRecovery: () => held.beatNow(),
+            rule: visibilityRule,
+          },
+          feedObserver,
+        );
   const hub = new StreamHub(
     {
       maxOpen: config.STREAM_MAX_OPEN,
@@ -154,12 +173,34 @@ export function assembleApi(
     callerLimits,
     stream: { hub, feed, held, observer: streamMetrics.streamObserver },
   });
+  // Offline by threshold is logged by one detector per database; this process competes for it.
+  const detectorMetrics = createDetectorMetrics(registry);
+  const detector = config.OFFLINE_DETECTOR
+    ? new OfflineDetector(
+        database.db,
+        {
+          intervalMs: config.OFFLINE_DETECTOR_INTERVAL_MS,
+          leaseTtlSeconds: config.OFFLINE_DETECTOR_LEASE_TTL_SECONDS,
+          router: shardRouter,
+          // After an outage, this process's held users are written before anyone is expired.
+          beforeRecovery: () => held.beatNow(),
+        },
+        {
+          ...detectorMetrics.observer,
+          onError: unlessOutage('offline detection failed'),
+        },
+      )
+    : undefined;
+  if (detector) {
+    detectorMetrics.watch(detector);
+    detector.start();
+  }
   const streams = {
     hub,
     async close() {
       hub.close();
       held.close();
-      await feed.close();
+      await Promise.all([feed.close(), detector?.stop()]);
     },
   };
   return { app, heartbeats, registry, admission, streams };

@@ -23,6 +23,56 @@ export interface CapacityInputs {
   dbServerCores: number;
   /** Memory of that server in GB: the table and its key should stay in memory. */
   dbServerMemoryGb: number;
+  /** Users holding a live stream (GET /status/stream) at the busiest moment (0: none). */
+  streams?: number;
+  /** pulse_settings.online_threshold_seconds (the offline detector looks at each online user once per threshold). */
+  threshold?: number;
+}
+
+/** What `npm run bench:stream` wrote (bench/results/stream.json): the change log's costs. */
+export interface StreamFigures {
+  measuredAt: string;
+  machine: string;
+  sizes: { streamCount: number; onlineCount: number };
+  phases: Array<{
+    apis: number;
+    streams: number;
+    dbCores: number;
+    apiCores: number;
+    apiRssMb: number;
+    logReadsPerSecond: number;
+    detectorCheckedPerSecond: number;
+  }>;
+}
+
+/** Streams one API process holds (STREAM_MAX_OPEN's default). */
+const STREAMS_PER_PROCESS = 10_000;
+/** Reads of the change log per second: each API process (STREAM_POLL_INTERVAL_MS 500) and the detector (250). */
+const LOG_READS_PER_PROCESS = 2;
+const LOG_READS_DETECTOR = 4;
+
+/**
+ * The change log's constants from two phases of bench:stream (fewer and more API processes, the
+ * same streams and online users): the database CPU one more log read costs, and what is left per
+ * user the detector looks at.
+ */
+export function streamConstants(figures: StreamFigures): {
+  dbUsPerLogRead: number;
+  dbUsPerDetectorCheck: number;
+  apiUsPerStreamSecond: number;
+  apiMbPerStream: number;
+} {
+  const [few, many] = [...figures.phases].sort((a, b) => a.apis - b.apis);
+  if (!few || !many || few.apis === many.apis) throw new Error('stream.json needs two phases');
+  const perRead =
+    Math.max(0, many.dbCores - few.dbCores) / (many.logReadsPerSecond - few.logReadsPerSecond);
+  const detector = Math.max(0, few.dbCores - few.logReadsPerSecond * perRead);
+  return {
+    dbUsPerLogRead: perRead * 1e6,
+    dbUsPerDetectorCheck: (detector / few.detectorCheckedPerSecond) * 1e6,
+    apiUsPerStreamSecond: (few.apiCores / few.streams) * 1e6,
+    apiMbPerStream: (few.apiRssMb * few.apis) / few.streams,
+  };
 }
 
 /** Citus figures from the Citus benchmark (issue 15), when it has written them. */
@@ -132,6 +182,7 @@ export function capacity(
   inputs: CapacityInputs,
   results: ScaleResults,
   citus?: CitusFigures,
+  stream?: StreamFigures,
 ): CapacityReport {
   const { constants: k } = constantsFrom(results);
   const { users, online, interval, gatewayShare, session, utilisation } = inputs;
@@ -220,6 +271,78 @@ export function capacity(
       formula: 'rows swept per second × sweep walk time',
     },
   ];
+  if (stream) {
+    const sc = streamConstants(stream);
+    const where = `bench:stream, ${stream.sizes.streamCount.toLocaleString('en-US')} streams, ${stream.sizes.onlineCount.toLocaleString('en-US')} online`;
+    k.dbUsPerLogRead = {
+      name: 'PostgreSQL CPU per change log read',
+      value: sc.dbUsPerLogRead,
+      unit: 'µs',
+      source: where,
+    };
+    k.dbUsPerDetectorCheck = {
+      name: 'PostgreSQL CPU per user the offline detector looks at',
+      value: sc.dbUsPerDetectorCheck,
+      unit: 'µs',
+      source: where,
+    };
+    k.apiUsPerStreamSecond = {
+      name: 'API CPU per open stream and second (changes flowing)',
+      value: sc.apiUsPerStreamSecond,
+      unit: 'µs',
+      source: where,
+    };
+    k.apiMbPerStream = {
+      name: 'API memory per open stream (RSS, all included)',
+      value: sc.apiMbPerStream,
+      unit: 'MB',
+      source: where,
+    };
+    const streams = inputs.streams ?? 0;
+    const threshold = inputs.threshold ?? 20;
+    const streamProcesses = ceil(streams / STREAMS_PER_PROCESS);
+    const detectorCores = ((rows / threshold) * sc.dbUsPerDetectorCheck) / 1e6;
+    const readCores =
+      ((streamProcesses * LOG_READS_PER_PROCESS + LOG_READS_DETECTOR) * sc.dbUsPerLogRead) / 1e6;
+    lines.push(
+      {
+        quantity: 'PostgreSQL cores: offline detector',
+        value: detectorCores,
+        unit: 'cores',
+        formula: 'rows / threshold × µs per detector check / 1e6',
+      },
+      {
+        quantity: 'API processes holding streams',
+        value: streamProcesses,
+        unit: 'processes',
+        formula: `ceil(streams / ${STREAMS_PER_PROCESS.toLocaleString('en-US')})`,
+      },
+      {
+        quantity: 'PostgreSQL cores: change log reads',
+        value: readCores,
+        unit: 'cores',
+        formula: `(stream processes × ${LOG_READS_PER_PROCESS} + ${LOG_READS_DETECTOR}) reads/s × µs per read / 1e6`,
+      },
+      {
+        quantity: 'API cores for streams',
+        value: (streams * sc.apiUsPerStreamSecond) / 1e6,
+        unit: 'cores',
+        formula: 'streams × API µs per stream and second / 1e6',
+      },
+      {
+        quantity: 'API memory for streams',
+        value: (streams * sc.apiMbPerStream) / 1000,
+        unit: 'GB',
+        formula: 'streams × MB per stream / 1000',
+      },
+      {
+        quantity: 'change log events per day',
+        value: ((2 * rows) / session) * 86_400,
+        unit: 'rows',
+        formula: '2 × rows / session × 86,400 (an online and an offline per session)',
+      },
+    );
+  }
   // Cores needed grow linearly with users: scale until the server's cores (at the target) are used.
   const maxUsersByCpu = (users * inputs.dbServerCores * utilisation) / dbCoresTotal;
   const maxUsersByMemory = (inputs.dbServerMemoryGb * 1e9) / k.bytesPerRow!.value / online;

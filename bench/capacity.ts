@@ -6,13 +6,22 @@
  * arriving in gateway batches of 1,000; --session [1800] average online session in seconds;
  * --utilisation [0.6] CPU share planned at peak; --db-server-cores [64] and
  * --db-server-memory-gb [512] the largest single PostgreSQL server you would run;
- * --results [bench/results/scale.json]; --citus [bench/results/citus.json]; --json.
+ * --streams [0] users holding a live stream and --threshold [20] the online threshold (with
+ * --stream [bench/results/stream.json], from npm run bench:stream: the change log, the offline
+ * detector, stream processes); --results [bench/results/scale.json]; --citus
+ * [bench/results/citus.json]; --json.
  */
 import { existsSync, readFileSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
-import { capacity, type CapacityInputs, type CitusFigures, type Line } from './capacity-model.ts';
+import {
+  capacity,
+  type CapacityInputs,
+  type CitusFigures,
+  type Line,
+  type StreamFigures,
+} from './capacity-model.ts';
 import type { ScaleResults } from './scale.ts';
 
 const root = fileURLToPath(new URL('..', import.meta.url));
@@ -28,6 +37,9 @@ const { values } = parseArgs({
     'db-server-memory-gb': { type: 'string', default: '512' },
     results: { type: 'string', default: path.join(root, 'bench/results/scale.json') },
     citus: { type: 'string', default: path.join(root, 'bench/results/citus.json') },
+    stream: { type: 'string', default: path.join(root, 'bench/results/stream.json') },
+    streams: { type: 'string', default: '0' },
+    threshold: { type: 'string', default: '20' },
     json: { type: 'boolean', default: false },
   },
 });
@@ -51,12 +63,17 @@ const inputs: CapacityInputs = {
   utilisation: number('utilisation', 0.05, 1),
   dbServerCores: number('db-server-cores', 1, 10_000),
   dbServerMemoryGb: number('db-server-memory-gb', 1, 1e6),
+  streams: number('streams', 0, 1e12),
+  threshold: number('threshold', 1, 86_400),
 };
 const results = JSON.parse(readFileSync(values.results, 'utf8')) as ScaleResults;
 const citus = existsSync(values.citus)
   ? (JSON.parse(readFileSync(values.citus, 'utf8')) as CitusFigures)
   : undefined;
-const report = capacity(inputs, results, citus);
+const stream = existsSync(values.stream)
+  ? (JSON.parse(readFileSync(values.stream, 'utf8')) as StreamFigures)
+  : undefined;
+const report = capacity(inputs, results, citus, stream);
 
 if (values.json) {
   console.log(JSON.stringify(report, null, 2));

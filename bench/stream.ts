@@ -1,39 +1,50 @@
 /**
- * npm run bench:stream: the live stream at scale, in one run on this machine.
+ * npm run bench:stream: what finding and delivering presence changes costs the database, with the
+ * change log, at the issue's sizes, for 2 and then 4 API processes in one run.
  *
  *   flock /tmp/pulse-bench.lock npm run bench:stream
- *   BENCH_STREAMS=10000 BENCH_WATCH=100 BENCH_USERS=20000 BENCH_CHANGES=2000 BENCH_ROUNDS=6
+ *   BENCH_APIS=2,4 BENCH_STREAMS=4000 BENCH_WATCH=100 BENCH_USERS=1000000 BENCH_ONLINE=100000
+ *   BENCH_CHANGES=300 BENCH_ROUNDS=6
  *
- * One compiled API process holds BENCH_STREAMS open streams, each watching BENCH_WATCH ids drawn
- * from BENCH_USERS users and holding the presence of its own user. Every 10 s, BENCH_CHANGES of the
- * watched users change state: half come online (a committed upsert, as any replica would write),
- * half go offline by crossing the threshold (their last heartbeat is set so that it expires 1 s
- * later, by the database clock). Online users are kept fresh by the driver meanwhile, as their
- * clients would. Measured: delivery latency (commit or threshold crossing to the event at the
- * client), events delivered against expected, change-detection and held-presence statements per
- * second (from the API's /metrics), API RSS and CPU.
+ * `pulse` holds BENCH_USERS users, BENCH_ONLINE of them online and kept fresh by the driver (a
+ * heartbeat every 5 s, as their clients would). For each entry of BENCH_APIS, that many compiled
+ * API processes share BENCH_STREAMS streams (each watching BENCH_WATCH ids drawn from the online
+ * users and from those about to come online). Every 10 s, BENCH_CHANGES watched users change: a
+ * third come online (the heartbeat upsert), a third go offline explicitly (POST /status/offline's
+ * statement), a third stop beating and go offline by the threshold (logged by the offline
+ * detector one of the APIs holds). The driver's statements run on its own connections.
+ *
+ * Measured per phase: the CPU of the database backends serving the API processes (reading the
+ * change log, the offline detector, anything else they run; not the driver's writes), per second
+ * of measuring, from /proc (the database must run on this machine); delivery latency (commit, or
+ * threshold crossing, to the event at the client); events delivered, unexpected, twice.
  */
 import http from 'node:http';
 import os from 'node:os';
-import { readFileSync } from 'node:fs';
+import { readFileSync, writeFileSync } from 'node:fs';
 import { execSync } from 'node:child_process';
-import { openBenchDatabase, startApi, type ApiProcess } from './support.ts';
+import { sql } from 'kysely';
+import { openDatabase } from '../lib/infra/db.ts';
+import { createLogger } from '../lib/infra/logger.ts';
+import { recordHeartbeats, setOffline } from '../lib/store/pulse-store.ts';
+import { fillTable, openBenchDatabase, startApi, type ApiProcess } from './support.ts';
 
-const streamCount = Number(process.env.BENCH_STREAMS ?? 10_000);
+const apiCounts = (process.env.BENCH_APIS ?? '2,4').split(',').map(Number);
+const streamCount = Number(process.env.BENCH_STREAMS ?? 4_000);
 const watchCount = Number(process.env.BENCH_WATCH ?? 100);
-const users = Number(process.env.BENCH_USERS ?? 20_000);
-const changesPerRound = Number(process.env.BENCH_CHANGES ?? 2_000);
+const users = Number(process.env.BENCH_USERS ?? 1_000_000);
+const onlineCount = Number(process.env.BENCH_ONLINE ?? 100_000);
+const changesPerRound = Number(process.env.BENCH_CHANGES ?? 300);
 const rounds = Number(process.env.BENCH_ROUNDS ?? 6);
 const roundMs = 10_000;
-const pollMs = Number(process.env.BENCH_POLL_INTERVAL_MS ?? 1_000);
 const thresholdSeconds = 20;
-const HOLDER_BASE = 1_000_000;
+const resultsFile = process.env.BENCH_RESULTS ?? new URL('./results/stream.json', import.meta.url);
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 const fmt = (n: number, digits = 0) =>
   n.toLocaleString('en-US', { maximumFractionDigits: digits, minimumFractionDigits: digits });
 
-function sample<T>(from: T[], count: number): T[] {
+function sample<T>(from: readonly T[], count: number): T[] {
   const copy = [...from];
   for (let i = 0; i < count && i < copy.length; i += 1) {
     const j = i + Math.floor(Math.random() * (copy.length - i));
@@ -42,104 +53,209 @@ function sample<T>(from: T[], count: number): T[] {
   return copy.slice(0, count);
 }
 
-function percentile(sorted: number[], p: number): number {
+function percentile(values: number[], p: number): number {
+  const sorted = [...values].sort((a, b) => a - b);
   if (sorted.length === 0) return NaN;
   return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))]!;
 }
 
-/** Sums every sample of a metric whose labels include `labels` in Prometheus text. */
-function metric(text: string, name: string, labels = ''): number {
-  let sum = 0;
-  for (const line of text.split('\n')) {
-    if (!line.startsWith(name)) continue;
-    const match = /^(\w+)(\{[^}]*\})? (\S+)$/.exec(line);
-    if (match?.[1] !== name || !(match[2] ?? '').includes(labels)) continue;
-    sum += Number(match[3]);
+/** CPU seconds (user + system) of a process, or undefined once it is gone. */
+function cpuOf(pid: number): number | undefined {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    return (Number(fields[11]) + Number(fields[12])) / 100;
+  } catch {
+    return undefined;
   }
-  return sum;
 }
 
-function cpuSeconds(pid: number): number {
-  const fields = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]!.split(' ');
-  return (Number(fields[11]) + Number(fields[12])) / 100; // clock ticks (CLK_TCK = 100);
-}
-
+type Kind = 'online' | 'offline' | 'threshold';
 interface Transition {
   online: boolean;
+  kind: Kind;
   at: number;
+}
+
+/** The driver's refresh of the online users in flight (the clients' heartbeats). */
+interface Refreshing {
+  current: Promise<void>;
+}
+
+interface PhaseResult {
+  apis: number;
+  streams: number;
+  measuredSeconds: number;
+  dbCores: number;
+  apiCores: number;
+  apiRssMb: number;
+  logReadsPerSecond: number;
+  detectorStatementsPerSecond: number;
+  detectorCheckedPerSecond: number;
+  p99Ms: Record<Kind, number>;
+  p50Ms: Record<Kind, number>;
+  delivered: number;
+  expected: number;
+  unexpected: number;
+  twice: number;
 }
 
 async function main(): Promise<void> {
   const limit = Number(execSync('ulimit -n', { shell: '/bin/bash' }).toString().trim());
-  console.error(`bench:stream: ulimit -n = ${limit}`);
   if (limit < streamCount + 1_000) {
     throw new Error(`ulimit -n is ${limit}: raise it above ${streamCount + 1_000} first`);
   }
-
-  const db = await openBenchDatabase('pulse_bench_stream');
-  let api: ApiProcess | undefined;
-  const agent = new http.Agent({ keepAlive: false, maxSockets: Infinity });
-  const requests: http.ClientRequest[] = [];
+  const bench = await openBenchDatabase('pulse_bench_stream');
+  const driver = openDatabase({
+    connectionString: bench.url,
+    poolMax: 4,
+    applicationName: 'pulse-bench-driver',
+    logger: createLogger('pulse-bench', 'warn'),
+  });
+  const results: PhaseResult[] = [];
   let refresher: NodeJS.Timeout | undefined;
   try {
+    console.error(`bench:stream: ${fmt(users)} users, ${fmt(onlineCount)} online`);
+    await fillTable(bench, users, 3_600);
     const online = new Set(
       sample(
         Array.from({ length: users }, (_, i) => i + 1),
-        users / 2,
+        onlineCount,
       ),
     );
-    await db.query(`INSERT INTO pulse (user_id, last_hb) SELECT unnest($1::bigint[]), now()`, [
-      [...online],
-    ]);
-    // Online users stay online through the driver's own heartbeats, as their clients would.
+    const ids = [...online];
+    for (let i = 0; i < ids.length; i += 10_000) {
+      await recordHeartbeats(driver.db, ids.slice(i, i + 10_000));
+    }
     const leaving = new Set<number>();
+    const refreshing: Refreshing = { current: Promise.resolve() };
+    // The online users' clients: a heartbeat every 5 s (a plain UPDATE: they are marked already).
     refresher = setInterval(() => {
-      const ids = [...online].filter((id) => !leaving.has(id));
-      void db.query(`UPDATE pulse SET last_hb = now() WHERE user_id = ANY($1::bigint[])`, [ids]);
+      const fresh = [...online].filter((id) => !leaving.has(id));
+      refreshing.current = bench
+        .query(`UPDATE pulse SET last_hb = now() WHERE user_id = ANY($1::bigint[])`, [fresh])
+        .then(() => undefined);
     }, 5_000);
-    api = await startApi(db.url, {
-      STREAM_MAX_OPEN: String(streamCount + 100),
-      STREAM_POLL_INTERVAL_MS: String(pollMs),
-      ONLINE_THRESHOLD_SECONDS: String(thresholdSeconds),
-      PG_POOL_MAX: '10',
-    });
-    const port = new URL(api.url).port;
 
-    // What each stream watches, and who watches each user (expected deliveries).
+    for (const apiCount of apiCounts) {
+      const result = await phase(bench.url, apiCount, online, leaving, refreshing, driver.db);
+      console.error(`bench:stream: ${JSON.stringify(result)}`);
+      results.push(result);
+    }
+  } finally {
+    clearInterval(refresher);
+    await driver.close();
+    await bench.close();
+  }
+
+  const [first, ...others] = results;
+  console.log(`
+Pulse stream benchmark (change log): ${fmt(streamCount)} streams x ${watchCount} watched ids, ${fmt(users)} users (${fmt(onlineCount)} online), ${fmt(changesPerRound)} changes every 10 s (a third each: online, explicit offline, offline by threshold), ${rounds} rounds per phase
+${os.cpus().length} x ${os.cpus()[0]?.model ?? 'CPU'}, Node ${process.version}; PostgreSQL: ${process.env.DATABASE_URL ? 'DATABASE_URL' : 'embedded'}; APIs, PostgreSQL and the clients share the machine
+ONLINE_THRESHOLD_SECONDS=${thresholdSeconds}, default STREAM_POLL_INTERVAL_MS and OFFLINE_DETECTOR_INTERVAL_MS
+
+| measure | ${results.map((r) => `${r.apis} APIs`).join(' | ')} | target |
+|---|${results.map(() => '---|').join('')}---|
+| database CPU serving the APIs (log reads, detector) | ${results.map((r) => `${fmt(r.dbCores, 4)} cores`).join(' | ')} | <= 0.05; ${others.map((r) => `${r.apis}/${first!.apis} APIs: x${fmt(r.dbCores / first!.dbCores, 2)}`).join(', ')} (<= 1.3) |
+| log reads/s; detector statements/s; users checked/s | ${results.map((r) => `${fmt(r.logReadsPerSecond, 1)}; ${fmt(r.detectorStatementsPerSecond, 1)}; ${fmt(r.detectorCheckedPerSecond)}`).join(' | ')} | |
+| p99 online / explicit offline (from commit) | ${results.map((r) => `${fmt(r.p99Ms.online)} / ${fmt(r.p99Ms.offline)} ms`).join(' | ')} | <= 1,500 ms |
+| p99 offline by threshold (from the crossing) | ${results.map((r) => `${fmt(r.p99Ms.threshold)} ms`).join(' | ')} | <= 1,500 ms |
+| p50 online / offline / threshold | ${results.map((r) => `${fmt(r.p50Ms.online)} / ${fmt(r.p50Ms.offline)} / ${fmt(r.p50Ms.threshold)} ms`).join(' | ')} | |
+| events delivered / expected (unexpected, twice) | ${results.map((r) => `${fmt(r.delivered)} / ${fmt(r.expected)} (${r.unexpected}, ${r.twice})`).join(' | ')} | all, 0, 0 |
+| API CPU (all processes); RSS per process | ${results.map((r) => `${fmt(r.apiCores, 3)} cores; ${fmt(r.apiRssMb)} MB`).join(' | ')} | |
+`);
+  writeFileSync(
+    resultsFile,
+    `${JSON.stringify(
+      {
+        measuredAt: new Date().toISOString(),
+        machine: `${os.cpus().length} x ${os.cpus()[0]?.model ?? 'CPU'}`,
+        node: process.version,
+        postgres: process.env.DATABASE_URL ? 'DATABASE_URL' : 'embedded',
+        sizes: { streamCount, watchCount, users, onlineCount, changesPerRound, rounds },
+        phases: results,
+      },
+      null,
+      2,
+    )}\n`,
+  );
+}
+
+async function phase(
+  url: string,
+  apiCount: number,
+  online: Set<number>,
+  leaving: Set<number>,
+  refreshing: Refreshing,
+  db: Parameters<typeof recordHeartbeats>[0],
+): Promise<PhaseResult> {
+  console.error(`bench:stream: phase with ${apiCount} API processes`);
+  const apis: ApiProcess[] = [];
+  const agent = new http.Agent({ keepAlive: false, maxSockets: Infinity });
+  const requests: http.ClientRequest[] = [];
+  try {
+    for (let i = 0; i < apiCount; i += 1) {
+      apis.push(
+        await startApi(url, {
+          STREAM_MAX_OPEN: String(streamCount + 100),
+          ONLINE_THRESHOLD_SECONDS: String(thresholdSeconds),
+          PG_POOL_MAX: '10',
+          // What this benchmark measures: streams fed by the change log.
+          STREAM_CHANGE_SOURCE: 'log',
+          STREAM_POLL_INTERVAL_MS: '500',
+        }),
+      );
+    }
+    // Watched ids: online users, and offline ones that may come online.
+    const offlinePool = sample(
+      Array.from({ length: users }, (_, i) => i + 1).filter((id) => !online.has(id)),
+      onlineCount,
+    );
+    const watchable = [...online, ...offlinePool];
     const watchers = new Map<number, number>();
     const transitions = new Map<number, Transition>();
-    const latencies: number[] = [];
-    const onLatencies: number[] = [];
-    const offLatencies: number[] = [];
+    const seen = new Map<string, number>();
+    const latencies: Record<Kind, number[]> = { online: [], offline: [], threshold: [] };
     let measuring = false;
     let unexpected = 0;
+    let twice = 0;
     let expected = 0;
-    let ended = 0;
 
-    const onChange = (userId: number, isOnline: boolean) => {
+    const onChange = (stream: number, userId: number, isOnline: boolean) => {
       if (!measuring) return;
       const t = transitions.get(userId);
-      if (t && t.online === isOnline) {
-        latencies.push(Date.now() - t.at);
-        (isOnline ? onLatencies : offLatencies).push(Date.now() - t.at);
-      } else unexpected += 1;
+      if (!t || t.online !== isOnline) {
+        unexpected += 1;
+        return;
+      }
+      const key = `${stream}:${userId}:${t.kind}:${t.online}`;
+      const count = (seen.get(key) ?? 0) + 1;
+      seen.set(key, count);
+      if (count > 1) twice += 1;
+      else latencies[t.kind].push(Date.now() - t.at);
     };
 
-    const open = (index: number) =>
+    const open = (index: number): Promise<void> => {
+      const watch = sample(watchable, watchCount);
+      for (const id of watch) watchers.set(id, (watchers.get(id) ?? 0) + 1);
+      return connect(index, watch, 0);
+    };
+    const connect = (index: number, watch: number[], attempt: number): Promise<void> =>
       new Promise<void>((resolve, reject) => {
-        const watch = sample(
-          Array.from({ length: users }, (_, i) => i + 1),
-          watchCount,
-        );
-        for (const id of watch) watchers.set(id, (watchers.get(id) ?? 0) + 1);
+        const api = apis[index % apis.length]!;
         const req = http.get(
-          {
-            host: '127.0.0.1',
-            port,
-            agent,
-            path: `/status/stream?watch=${watch.join(',')}&user_id=${HOLDER_BASE + index}`,
-          },
+          `${api.url}/status/stream?watch=${watch.join(',')}`,
+          { agent },
           (res) => {
+            if ((res.statusCode === 503 || res.statusCode === 408) && attempt < 5) {
+              // Refused or timed out under load: come back as a client would.
+              res.resume();
+              setTimeout(
+                () => void connect(index, watch, attempt + 1).then(resolve, reject),
+                1_000,
+              );
+              return;
+            }
             if (res.statusCode !== 200) {
               reject(new Error(`stream ${index}: status ${res.statusCode}`));
               res.resume();
@@ -147,171 +263,152 @@ async function main(): Promise<void> {
             }
             res.setEncoding('utf8');
             let buffer = '';
-            let first = true;
             res.on('data', (chunk: string) => {
               buffer += chunk;
               let end: number;
               while ((end = buffer.indexOf('\n\n')) >= 0) {
                 const block = buffer.slice(0, end);
                 buffer = buffer.slice(end + 2);
-                if (block.startsWith('event: snapshot')) {
-                  if (first) resolve();
-                  first = false;
-                } else if (block.startsWith('event: change')) {
+                if (block.startsWith('event: snapshot')) resolve();
+                else if (block.startsWith('event: change')) {
                   const row = JSON.parse(block.slice(block.indexOf('data: ') + 6)) as {
                     user_id: number;
                     is_online: boolean;
                   };
-                  onChange(row.user_id, row.is_online);
+                  onChange(index, row.user_id, row.is_online);
                 }
               }
             });
-            res.on('end', () => (ended += 1));
             res.on('error', () => undefined);
           },
         );
         req.on('error', reject);
         requests.push(req);
       });
-
-    console.error(`bench:stream: opening ${streamCount} streams`);
-    const opening = Date.now();
     let next = 0;
     await Promise.all(
-      Array.from({ length: 100 }, async () => {
+      Array.from({ length: 50 }, async () => {
         while (next < streamCount) await open(next++);
       }),
     );
-    const openSeconds = (Date.now() - opening) / 1000;
-    const openRssMb = api.rssMb();
-    console.error(`bench:stream: ${streamCount} streams open in ${fmt(openSeconds, 1)} s`);
-
     await sleep(3_000);
-    const metricsBefore = await (await fetch(`${api.url}/metrics`)).text();
-    const cpuBefore = cpuSeconds(api.pid);
-    let peakRssMb = api.rssMb();
-    const rss = setInterval(() => (peakRssMb = Math.max(peakRssMb, api!.rssMb())), 500);
-    // Where the memory is at the highest RSS seen by a scrape (V8's heap, or memory outside it).
-    let heapAtPeak = { rssMb: 0, totalMb: 0, usedMb: 0, newSpaceMb: 0, externalMb: 0 };
-    const heapSampler = setInterval(() => {
-      void fetch(`${api!.url}/metrics`)
-        .then((answer) => answer.text())
-        .then((text) => {
-          const rssMb = api!.rssMb();
-          if (rssMb <= heapAtPeak.rssMb) return;
-          const mb = (name: string, labels = '') => metric(text, name, labels) / 1048576;
-          heapAtPeak = {
-            rssMb,
-            totalMb: mb('nodejs_heap_size_total_bytes'),
-            usedMb: mb('nodejs_heap_size_used_bytes'),
-            newSpaceMb: mb('nodejs_heap_space_size_total_bytes', 'space="new"'),
-            externalMb: mb('nodejs_external_memory_bytes'),
-          };
-        })
-        .catch(() => undefined);
-    }, 1_000);
-    const started = Date.now();
+
+    // The database backends of the API processes (by application_name), sampled as they come.
+    const backendCpu = new Map<number, { first: number; last: number }>();
+    const sampleBackends = async () => {
+      const { rows } = await sql<{ pid: number }>`
+        SELECT pid FROM pg_stat_activity
+        WHERE datname = current_database() AND application_name = 'pulse-api'`.execute(db);
+      for (const { pid } of rows) {
+        const cpu = cpuOf(pid);
+        if (cpu === undefined) continue;
+        const known = backendCpu.get(pid);
+        if (known) known.last = cpu;
+        else backendCpu.set(pid, { first: measuring ? 0 : cpu, last: cpu });
+      }
+    };
+    await sampleBackends();
+    const metricsText = async () =>
+      (await Promise.all(apis.map(async (a) => (await fetch(`${a.url}/metrics`)).text()))).join(
+        '\n',
+      );
+    const metricSum = (text: string, name: string) =>
+      text
+        .split('\n')
+        .filter((line) => line.startsWith(`${name} `) || line.startsWith(`${name}{`))
+        .reduce((sum, line) => sum + Number(line.split(' ').at(-1)), 0);
+    const before = await metricsText();
+    const apiCpuBefore = apis.reduce((sum, a) => sum + a.cpuSeconds(), 0);
+    const sampler = setInterval(() => void sampleBackends().catch(() => undefined), 500);
     measuring = true;
+    const started = Date.now();
 
     for (let round = 0; round < rounds; round += 1) {
       const roundStart = Date.now();
-      const offline = Array.from({ length: users }, (_, i) => i + 1).filter(
-        (id) => !online.has(id),
-      );
-      const comingOn = sample(offline, changesPerRound / 2);
-      const goingOff = sample([...online], changesPerRound / 2);
-      await db.query(
-        `INSERT INTO pulse (user_id, last_hb) SELECT unnest($1::bigint[]), now()
-         ON CONFLICT (user_id) DO UPDATE SET last_hb = EXCLUDED.last_hb`,
-        [comingOn],
-      );
-      const committed = Date.now();
-      for (const id of comingOn) {
-        transitions.set(id, { online: true, at: committed });
+      const third = Math.floor(changesPerRound / 3);
+      const offlineNow = offlinePool.filter((id) => !online.has(id));
+      const comingOn = sample(offlineNow, third);
+      const stable = [...online].filter((id) => !leaving.has(id));
+      const picked = sample(stable, 2 * third);
+      const goingOff = picked.slice(0, third);
+      const expiring = picked.slice(third);
+
+      // Known before the statement (an event may beat the driver back), timed from its commit.
+      const on = comingOn.map((id) => {
+        const t: Transition = { online: true, kind: 'online', at: Date.now() };
+        transitions.set(id, t);
         online.add(id);
+        leaving.delete(id); // left in an earlier phase, back now: its client beats again
         expected += watchers.get(id) ?? 0;
-      }
-      for (const id of goingOff) leaving.add(id);
-      const { rows } = await db.query<{ user_id: string; crossing_ms: number }>(
-        `UPDATE pulse SET last_hb = now() - make_interval(secs => $2 - 1)
-         WHERE user_id = ANY($1::bigint[])
-         RETURNING user_id, extract(epoch FROM last_hb + make_interval(secs => $2)) * 1000 AS crossing_ms`,
-        [goingOff, thresholdSeconds],
-      );
-      for (const row of rows) {
-        const id = Number(row.user_id);
-        transitions.set(id, { online: false, at: Number(row.crossing_ms) });
+        return t;
+      });
+      await recordHeartbeats(db, comingOn);
+      for (const t of on) t.at = Date.now();
+      const off = goingOff.map((id) => {
+        const t: Transition = { online: false, kind: 'offline', at: Date.now() };
+        transitions.set(id, t);
         online.delete(id);
         expected += watchers.get(id) ?? 0;
+        return t;
+      });
+      await setOffline(db, goingOff);
+      for (const t of off) t.at = Date.now();
+      // They stop beating: offline when their last heartbeat passes the threshold.
+      for (const id of expiring) leaving.add(id);
+      // A refresh already under way may still beat them once: their last heartbeat is after it.
+      await refreshing.current;
+      const { rows } = await sql<{ user_id: string; crossing: number }>`
+        SELECT user_id,
+               extract(epoch FROM last_hb + make_interval(secs => ${thresholdSeconds}))::float8 * 1000
+                 AS crossing
+        FROM pulse WHERE user_id = ANY(${expiring}::bigint[])`.execute(db);
+      for (const row of rows) {
+        const id = Number(row.user_id);
+        transitions.set(id, { online: false, kind: 'threshold', at: Number(row.crossing) });
+        expected += watchers.get(id) ?? 0;
+        setTimeout(() => online.delete(id), Number(row.crossing) - Date.now()).unref();
       }
       await sleep(roundMs - (Date.now() - roundStart));
-      for (const id of goingOff) leaving.delete(id);
     }
-    await sleep(2_000); // the last round's events
+    // The last threshold crossings come one threshold after the last round, then their events.
+    await sleep(thresholdSeconds * 1000 + 3_000);
+    await sampleBackends();
     measuring = false;
+    clearInterval(sampler);
     const seconds = (Date.now() - started) / 1000;
-    const cpu = (cpuSeconds(api.pid) - cpuBefore) / seconds;
-    clearInterval(rss);
-    clearInterval(heapSampler);
-    clearInterval(refresher);
-    const metricsAfter = await (await fetch(`${api.url}/metrics`)).text();
-    const delta = (name: string, labels = '') =>
-      metric(metricsAfter, name, labels) - metric(metricsBefore, name, labels);
-
-    const detect = delta(
-      'pulse_change_detection_statement_duration_seconds_count',
-      'kind="detect"',
-    );
-    const describe = delta(
-      'pulse_change_detection_statement_duration_seconds_count',
-      'kind="describe"',
-    );
-    const detectSeconds = delta(
-      'pulse_change_detection_statement_duration_seconds_sum',
-      'kind="detect"',
-    );
-    const heldStatements = delta('pulse_heartbeat_flush_ids_count');
-    const heldIds = delta('pulse_heartbeat_flush_ids_sum');
-    const distinct = metric(metricsAfter, 'pulse_stream_watched_ids');
-    const sorted = [...latencies].sort((a, b) => a - b);
-    const p99 = percentile(sorted, 99);
-    const target = pollMs + 500;
-
-    console.log(`
-Pulse stream benchmark: ${fmt(streamCount)} streams x ${watchCount} watched ids from ${fmt(users)} users, ${fmt(changesPerRound)} changes every 10 s, ${rounds} rounds (${fmt(seconds, 0)} s measured)
-${os.cpus().length} x ${os.cpus()[0]?.model ?? 'CPU'}, Node ${process.version}; PostgreSQL: ${process.env.DATABASE_URL ? 'DATABASE_URL' : 'embedded'}; API, PostgreSQL and the ${fmt(streamCount)} clients share the machine
-STREAM_POLL_INTERVAL_MS=${pollMs}, ONLINE_THRESHOLD_SECONDS=${thresholdSeconds}, ulimit -n ${limit}
-
-| measure | value | target or reference |
-|---|---|---|
-| streams opened (each: held first beat + snapshot) | ${fmt(streamCount)} in ${fmt(openSeconds, 1)} s | |
-| delivery latency p50 / p99 / max | ${fmt(percentile(sorted, 50))} / ${fmt(p99)} / ${fmt(sorted.at(-1) ?? NaN)} ms | p99 <= interval + 500 ms = ${target} ms: ${p99 <= target ? 'met' : 'MISSED'} |
-| p99 online by commit / offline by threshold crossing | ${fmt(
-      percentile(
-        onLatencies.sort((a, b) => a - b),
-        99,
-      ),
-    )} / ${fmt(
-      percentile(
-        offLatencies.sort((a, b) => a - b),
-        99,
-      ),
-    )} ms | |
-| change events delivered / expected | ${fmt(latencies.length)} / ${fmt(expected)} (${unexpected} unexpected) | all, none unexpected |
-| change-detection statements/s (detect + describe) | ${fmt(detect / seconds, 1)} + ${fmt(describe / seconds, 1)} | distinct ids / 1,000 / interval = ${fmt(distinct)} / 1,000 / ${pollMs / 1000} s = ${fmt(Math.ceil(distinct / 1000) / (pollMs / 1000), 1)} |
-| mean detect statement | ${fmt((1000 * detectSeconds) / Math.max(1, detect), 1)} ms | |
-| held-presence statements/s | ${fmt(heldStatements / seconds, 2)} (${fmt(heldIds / seconds)} ids/s) | ceil(${fmt(streamCount)} streams / 2,000 ids per statement) / ${fmt(thresholdSeconds / 3, 1)} s = ${fmt(Math.ceil(streamCount / 2000) / (thresholdSeconds / 3), 2)} |
-| API RSS with every stream open / peak while measuring | ${fmt(openRssMb)} / ${fmt(peakRssMb)} MB | < 400 MB: ${peakRssMb < 400 ? 'met' : 'MISSED'} |
-| V8 heap at the highest RSS a scrape saw (${fmt(heapAtPeak.rssMb)} MB): allocated / in use / of it young generation; external | ${fmt(heapAtPeak.totalMb)} / ${fmt(heapAtPeak.usedMb)} / ${fmt(heapAtPeak.newSpaceMb)} MB; ${fmt(heapAtPeak.externalMb)} MB | |
-| API CPU | ${fmt(cpu * 100)}% of one core | |
-| streams ended early | ${ended} | 0 |
-`);
+    const after = await metricsText();
+    const delta = (name: string) => metricSum(after, name) - metricSum(before, name);
+    let dbSeconds = 0;
+    for (const { first, last } of backendCpu.values()) dbSeconds += last - first;
+    const delivered = Object.values(latencies).reduce((sum, l) => sum + l.length, 0);
+    const kinds: Kind[] = ['online', 'offline', 'threshold'];
+    return {
+      apis: apiCount,
+      streams: streamCount,
+      measuredSeconds: Math.round(seconds),
+      dbCores: dbSeconds / seconds,
+      apiCores: (apis.reduce((sum, a) => sum + a.cpuSeconds(), 0) - apiCpuBefore) / seconds,
+      apiRssMb: Math.max(...apis.map((a) => a.rssMb())),
+      logReadsPerSecond: delta('pulse_change_detection_statement_duration_seconds_count') / seconds,
+      detectorStatementsPerSecond: delta('pulse_offline_detector_statements_total') / seconds,
+      detectorCheckedPerSecond: delta('pulse_offline_detector_checked_total') / seconds,
+      p99Ms: Object.fromEntries(kinds.map((k) => [k, percentile(latencies[k], 99)])) as Record<
+        Kind,
+        number
+      >,
+      p50Ms: Object.fromEntries(kinds.map((k) => [k, percentile(latencies[k], 50)])) as Record<
+        Kind,
+        number
+      >,
+      delivered,
+      expected,
+      unexpected,
+      twice,
+    };
   } finally {
-    clearInterval(refresher);
     for (const req of requests) req.destroy();
     agent.destroy();
-    await api?.stop();
-    await db.close();
+    for (const api of apis) await api.stop();
   }
 }
 

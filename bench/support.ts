@@ -110,7 +110,8 @@ const apiEntry = fileURLToPath(new URL('../dist/api/main.js', import.meta.url));
 export async function startApi(
   databaseUrl: string,
   env: Record<string, string>,
-  nodeArgs: string[] = [apiEntry],
+  // --expose-gc as the API is run (npm run api, Dockerfile): heap release after a flood needs it.
+  nodeArgs: string[] = ['--expose-gc', apiEntry],
 ): Promise<ApiProcess> {
   const port = await freePort();
   const child: ChildProcess = spawn(process.execPath, nodeArgs, {

@@ -3,8 +3,9 @@
  * npm run migrate -- down    undo the last applied migration
  * npm run migrate -- status  list applied and pending migrations
  *
- * After migrating, writes ONLINE_THRESHOLD_SECONDS, LAST_SEEN_ENABLED and LAST_SEEN_RETENTION_DAYS
- * into pulse_settings when they are set (the rules the API and the sweeper read live).
+ * After migrating, writes ONLINE_THRESHOLD_SECONDS, LAST_SEEN_ENABLED, LAST_SEEN_RETENTION_DAYS and
+ * EVENT_RETENTION_DAYS into pulse_settings when they are set (the rules the API and the sweeper
+ * read live).
  *
  * Safe to run from several pods at once: Kysely's Migrator serializes runs with a lock.
  */
@@ -62,11 +63,12 @@ runMain(async () => {
         onlineThresholdSeconds: config.ONLINE_THRESHOLD_SECONDS,
         lastSeenEnabled: config.LAST_SEEN_ENABLED,
         lastSeenRetentionDays: config.LAST_SEEN_RETENTION_DAYS,
+        eventRetentionDays: config.EVENT_RETENTION_DAYS,
       });
       if (changed.length > 0) {
         const s = await readPresenceSettings(database.db);
         console.log(
-          `pulse_settings updated: online_threshold_seconds=${s.onlineThresholdSeconds} last_seen_enabled=${s.lastSeenEnabled} last_seen_retention_days=${s.lastSeenRetentionDays}`,
+          `pulse_settings updated: online_threshold_seconds=${s.onlineThresholdSeconds} last_seen_enabled=${s.lastSeenEnabled} last_seen_retention_days=${s.lastSeenRetentionDays} event_retention_days=${s.eventRetentionDays}`,
         );
       }
     }

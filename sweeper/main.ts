@@ -1,15 +1,22 @@
 import { parseArgs } from 'node:util';
 import { loadSweeperConfig } from '../lib/infra/config.ts';
-import { DEFAULT_STATEMENT_TIMEOUT_MS, openDatabase } from '../lib/infra/db.ts';
+import {
+  DEFAULT_STATEMENT_TIMEOUT_MS,
+  isDatabaseUnavailable,
+  openDatabase,
+} from '../lib/infra/db.ts';
 import { runMain } from '../lib/infra/entry.ts';
 import { checkStatementTimeout } from '../lib/infra/statement-timeout.ts';
-import { createProcessLogger } from '../lib/infra/logger.ts';
+import { createProcessLogger, errorFields } from '../lib/infra/logger.ts';
 import { createRegistry } from '../lib/infra/metrics.ts';
 import { checkSharedSettings } from '../lib/store/shared-settings-check.ts';
 import { GracefulShutdown } from '../lib/infra/shutdown.ts';
 import { createSweeperMetrics } from './metrics.ts';
 import { startOpsServer } from '../http/ops-server.ts';
 import { Sweeper } from './sweeper.ts';
+import { OfflineDetector } from '../lib/presence/offline-detector.ts';
+import { createDetectorMetrics } from '../lib/presence/detector-metrics.ts';
+import { EventRetention } from '../lib/presence/event-retention.ts';
 
 /**
  * npm run sweeper              sweep on SWEEP_SCHEDULE until SIGTERM/SIGINT
@@ -66,10 +73,37 @@ runMain(async () => {
     host: config.METRICS_HOST,
     port: config.METRICS_PORT,
   });
-  // Steps run in reverse: the sweeper stops, then the probes, then the pool.
+  // Steps run in reverse: the jobs stop, then the probes, then the pool.
   shutdown.add('ops server', () => ops.stop());
   shutdown.add('sweeper', () => sweeper.stop());
   sweeper.start();
+  const retention = new EventRetention(database.db, logger, {
+    intervalMs: 3_600_000,
+    aheadDays: 7,
+  });
+  shutdown.add('change log retention', () => retention.stop());
+  retention.start();
+  if (config.OFFLINE_DETECTOR) {
+    const detectorMetrics = createDetectorMetrics(registry);
+    const detector = new OfflineDetector(
+      database.db,
+      {
+        intervalMs: config.OFFLINE_DETECTOR_INTERVAL_MS,
+        leaseTtlSeconds: config.OFFLINE_DETECTOR_LEASE_TTL_SECONDS,
+      },
+      {
+        ...detectorMetrics.observer,
+        // An unavailable database is the outage log's to report (lib/infra/outage-log.ts).
+        onError: (error) => {
+          if (!isDatabaseUnavailable(error))
+            logger.warn({ err: errorFields(error) }, 'offline detection failed');
+        },
+      },
+    );
+    detectorMetrics.watch(detector);
+    shutdown.add('offline detector', () => detector.stop());
+    detector.start();
+  }
   logger.info(
     {
       ...sweeperOptions,

@@ -93,6 +93,7 @@ describe('the house: folders with one job each', () => {
     ['lib/infra/', ['lib/infra/']],
     ['lib/citus/', ['lib/infra/', 'lib/citus/']],
     ['lib/store/', ['lib/infra/', 'lib/citus/', 'lib/store/']],
+    ['lib/presence/', ['lib/infra/', 'lib/citus/', 'lib/store/', 'lib/presence/']],
     ['api/edge/', ['lib/', 'http/error-catalogue.ts', 'api/edge/']],
     ['api/write/', ['lib/', 'api/edge/', 'api/write/']],
     ['api/read/', ['lib/', 'api/edge/', 'api/read/']],

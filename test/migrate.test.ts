@@ -44,6 +44,7 @@ describe('migrate CLI', function () {
     expect(columns.rows).to.deep.equal([
       { column_name: 'user_id', data_type: 'bigint', is_nullable: 'NO' },
       { column_name: 'last_hb', data_type: 'timestamp with time zone', is_nullable: 'NO' },
+      { column_name: 'online_since', data_type: 'timestamp with time zone', is_nullable: 'YES' },
     ]);
     expect((await migrate(url)).stdout).to.match(/already up to date/);
 
@@ -52,6 +53,18 @@ describe('migrate CLI', function () {
     expect(
       (await queryOnce(url, `SELECT to_regclass('pulse_privacy') AS t`)).rows[0],
     ).to.deep.equal({ t: null });
+    expect((await migrate(url, ['down'])).stdout).to.match(/reverted 0006_presence_events/);
+    expect(
+      (
+        await queryOnce(
+          url,
+          `SELECT to_regclass('pulse_events') AS e, to_regclass('pulse_job_leases') AS l,
+                  (SELECT count(*)::int FROM information_schema.columns
+                   WHERE table_name = 'pulse' AND column_name = 'online_since') AS c`,
+        )
+      ).rows[0],
+    ).to.deep.equal({ e: null, l: null, c: 0 });
+
     expect((await migrate(url, ['down'])).stdout).to.match(/reverted 0005_distribute_by_user_id/);
     expect((await migrate(url, ['down'])).stdout).to.match(/reverted 0004_last_seen/);
     expect(
@@ -95,6 +108,7 @@ describe('migrate CLI', function () {
       { name: '0003_presence_settings' },
       { name: '0004_last_seen' },
       { name: '0005_distribute_by_user_id' },
+      { name: '0006_presence_events' },
       { name: '0007_privacy_and_visibility' },
     ]);
   });

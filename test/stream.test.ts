@@ -5,6 +5,7 @@ import { Writable } from 'node:stream';
 import { expect } from 'chai';
 import { sql } from 'kysely';
 import { createLogger } from '../lib/infra/logger.ts';
+import { recordHeartbeats, setOffline } from '../lib/store/pulse-store.ts';
 import { freePort } from '../dev/embedded-postgres.ts';
 import { startTestApp, type TestApp } from './support/app.ts';
 import { createTestDatabase, type TestDatabase } from './support/database.ts';
@@ -277,11 +278,10 @@ describe('GET /status/stream', () => {
       while (!(await closedBySlowness())) {
         if (Date.now() > deadline) throw new Error('the stalled stream was never disconnected');
         online = !online;
-        await sql`DELETE FROM pulse`.execute(database.db);
-        if (online) {
-          await sql`INSERT INTO pulse (user_id, last_hb)
-            SELECT g, now() FROM generate_series(1, 2000) g`.execute(database.db);
-        }
+        // Through the write path: only what the store writes reaches the change log.
+        const all = Array.from({ length: 2000 }, (_, i) => i + 1);
+        if (online) await recordHeartbeats(database.db, all);
+        else await setOffline(database.db, all);
         await sleep(50);
       }
     } finally {

@@ -84,6 +84,18 @@ export interface FeedSubscription {
   readonly close: () => void;
 }
 
+/** What the stream needs of a change feed: the polling one here, or the log's (log-feed.ts). */
+export interface ChangeFeed {
+  /** Distinct ids watched by the streams of this process. */
+  readonly watchedIds: number;
+  subscribe(
+    userIds: readonly number[],
+    deliver: Deliver,
+    viewer?: number | null,
+  ): Promise<FeedSubscription>;
+  close(): Promise<void>;
+}
+
 type Phase = 'snapshot' | 'pending' | 'live' | 'closed';
 
 /** Streams given their changes before the feed lets the event loop run (and sockets flush). */

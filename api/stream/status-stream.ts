@@ -23,7 +23,7 @@
  * drains or closes), or after STREAM_DRAIN_TIMEOUT_SECONDS without draining.
  */
 import type { Request, RequestHandler, Response } from 'express';
-import type { PresenceFeed } from './presence-feed.ts';
+import type { ChangeFeed } from './presence-feed.ts';
 import type { UserStatus } from '../../lib/store/pulse-store.ts';
 import { assertMayWrite, principalOf, type Principal } from '../edge/auth.ts';
 import { HttpError } from '../edge/errors.ts';
@@ -261,7 +261,7 @@ export class StreamHub {
 
 export interface StreamRouteDeps {
   hub: StreamHub;
-  feed: PresenceFeed;
+  feed: ChangeFeed;
   held: HeldPresence;
   admission: Pick<Admission, 'admit' | 'withinDeadline' | 'release' | 'refusedElsewhere'>;
   observer?: StreamObserver;

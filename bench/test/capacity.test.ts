@@ -1,7 +1,13 @@
 import { spawnSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { expect } from 'chai';
-import { capacity, type CapacityInputs, type CitusFigures } from '../capacity-model.ts';
+import {
+  capacity,
+  streamConstants,
+  type CapacityInputs,
+  type CitusFigures,
+  type StreamFigures,
+} from '../capacity-model.ts';
 import type { ScaleResults } from '../scale.ts';
 
 const results = JSON.parse(
@@ -113,5 +119,63 @@ describe('capacity model (bench/capacity-model.ts on the committed bench/results
     const bad = run(['--online', '2']);
     expect(bad.status).to.equal(2);
     expect(bad.stderr).to.include('--online must be a number from');
+  });
+});
+
+describe('capacity model: streams and the change log (bench/results/stream.json)', () => {
+  const figures: StreamFigures = {
+    measuredAt: '2026-12-05T00:00:00Z',
+    machine: 'test',
+    sizes: { streamCount: 4000, onlineCount: 100_000 },
+    phases: [
+      {
+        apis: 4,
+        streams: 4000,
+        dbCores: 0.05,
+        apiCores: 0.12,
+        apiRssMb: 200,
+        logReadsPerSecond: 12,
+        detectorCheckedPerSecond: 5000,
+      },
+      {
+        apis: 2,
+        streams: 4000,
+        dbCores: 0.04,
+        apiCores: 0.08,
+        apiRssMb: 300,
+        logReadsPerSecond: 8,
+        detectorCheckedPerSecond: 5000,
+      },
+    ],
+  };
+
+  it('splits the database CPU into log reads and detector checks from the two phases', () => {
+    const k = streamConstants(figures);
+    expect(k.dbUsPerLogRead).to.be.closeTo(((0.05 - 0.04) / 4) * 1e6, 1e-6);
+    expect(k.dbUsPerDetectorCheck).to.be.closeTo(((0.04 - 8 * 0.0025) / 5000) * 1e6, 1e-6);
+    expect(k.apiMbPerStream).to.be.closeTo((300 * 2) / 4000, 1e-9);
+  });
+
+  it('adds the detector, the log reads and the stream processes', () => {
+    const report = capacity(
+      { ...inputs, streams: 25_000, threshold: 20 },
+      results,
+      undefined,
+      figures,
+    );
+    const line = (quantity: string) => report.lines.find((l) => l.quantity === quantity)!.value;
+    const k = streamConstants(figures);
+    expect(line('PostgreSQL cores: offline detector')).to.be.closeTo(
+      ((1e8 / 20) * k.dbUsPerDetectorCheck) / 1e6,
+      1e-9,
+    );
+    expect(line('API processes holding streams')).to.equal(3);
+    expect(line('PostgreSQL cores: change log reads')).to.be.closeTo(
+      ((3 * 2 + 4) * k.dbUsPerLogRead) / 1e6,
+      1e-9,
+    );
+    expect(capacity(inputs, results).lines.some((l) => l.quantity.includes('detector'))).to.equal(
+      false,
+    );
   });
 });

@@ -16,7 +16,12 @@ import { sql, type Kysely } from 'kysely';
  * not exist (yet) is skipped, so a migration that adds a companion table only has to add its name
  * here; `npm run migrate` then distributes it.
  */
-export const USER_KEYED_TABLES = ['pulse', 'pulse_last_seen', 'pulse_privacy'] as const;
+export const USER_KEYED_TABLES = [
+  'pulse',
+  'pulse_last_seen',
+  'pulse_events',
+  'pulse_privacy',
+] as const;
 
 const ANCHOR = USER_KEYED_TABLES[0];
 

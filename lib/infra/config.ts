@@ -71,6 +71,7 @@ const presenceSettings = {
     .stringbool({ truthy: ['true', '1', 'yes', 'on'], falsy: ['false', '0', 'no', 'off'] })
     .optional(),
   LAST_SEEN_RETENTION_DAYS: optionalInteger(1, 36_500),
+  EVENT_RETENTION_DAYS: optionalInteger(1, 3_650),
 };
 
 // Log format: readable lines at a terminal, JSON lines everywhere else (lib/infra/logger.ts).
@@ -111,6 +112,16 @@ const corsOrigins = z
     }
     return Object.freeze(origins);
   });
+
+// --- The offline detector (lib/presence/offline-detector.ts): one per database, under a lease;
+// any API or sweeper process with it on may hold it.
+const detectorFields = {
+  OFFLINE_DETECTOR: boolean(true),
+  /** Time between the holder's ticks: how late past the threshold an offline is logged, at most. */
+  OFFLINE_DETECTOR_INTERVAL_MS: integer(50, 10_000, 250),
+  /** A crashed holder delays offline detection at most this long (then another takes over). */
+  OFFLINE_DETECTOR_LEASE_TTL_SECONDS: integer(2, 3_600, 10),
+};
 
 const common = {
   DATABASE_URL: databaseUrl,
@@ -285,7 +296,12 @@ const streamFields = {
   STREAM_MAX_OPEN: integer(0, 1_000_000, 10_000),
   /** Open streams per caller (token sub) per process, 429 above; 0: no limit. */
   STREAM_MAX_OPEN_PER_CALLER: integer(0, 1_000_000, 16),
-  /** How often the watched ids of all streams of a process are re-read (change detection). */
+  /**
+   * Where streams find changes: `poll` re-reads the watched ids (the visibility rule and privacy
+   * apply to every change), `log` tails pulse_events (cost follows the changes; docs/stream.md).
+   */
+  STREAM_CHANGE_SOURCE: z.enum(['poll', 'log'], { error: 'must be poll or log' }).default('poll'),
+  /** How often the watched ids are re-read (poll) or the change log is read (log). */
   STREAM_POLL_INTERVAL_MS: integer(50, 60_000, 1_000),
   /** A keep-alive comment at least this often (the contract promises at most 15 s of silence). */
   STREAM_KEEPALIVE_SECONDS: integer(1, 15, 15),
@@ -326,6 +342,7 @@ const apiSchema = z
       .optional(),
     METRICS_HOST: z.string().trim().min(1, 'must not be empty').default('127.0.0.1'),
     ...streamFields,
+    ...detectorFields,
     // --- browser clients: cross-origin access and the demo page (client/) ---
     CORS_ORIGINS: corsOrigins,
     DEMO_PAGE: boolean(true),
@@ -372,6 +389,7 @@ const sweeperSchema = z
     SWEEP_BATCH_SIZE: integer(1, 1_000_000, 10_000),
     SWEEP_LEASE_TTL_SECONDS: integer(1, 3_600, 30),
     SWEEP_BATCH_PAUSE_MS: integer(0, 60_000, 0),
+    ...detectorFields,
     METRICS_PORT: integer(0, 65_535, 9464),
     METRICS_HOST: z.string().trim().min(1, 'must not be empty').default('127.0.0.1'),
   })

@@ -20,26 +20,19 @@ export function normalizeUserIds(userIds: Iterable<number>): number[] {
 
 /**
  * The heartbeat upsert for a list of ids (one parameter, a bigint array), valid on Citus as the
- * file header says. Built with Kysely, but its SQL is compiled only once per Kysely instance and
- * then run with each flush's ids: compiling the same statement for every flush was measurable on
- * the single-heartbeat path (docs/request-cost.md).
+ * file header says, and the change log's online transitions in the same statement: a user whose
+ * row is new or not marked online (`online_since` null) gets `online_since = now()`, and exactly
+ * those rows (`online_since = last_hb`: set by this statement) get an `online` event. Built once
+ * per Kysely instance and then run with each flush's ids: compiling the same statement for every
+ * flush was measurable on the single-heartbeat path (docs/request-cost.md).
  */
 const upsertSql = new WeakMap<Executor, string>();
 function heartbeatUpsertSql(db: Executor): string {
   let text = upsertSql.get(db);
   if (text === undefined) {
-    const compiled = db
-      .insertInto('pulse')
-      .columns(['user_id', 'last_hb'])
-      .expression(
-        db
-          .selectFrom(sql<{ id: string }>`unnest(${[]}::bigint[])`.as('hb'))
-          .select([sql<number>`hb`.as('user_id'), sql<Date>`now()`.as('last_hb')]),
-      )
-      .onConflict((oc) =>
-        oc.column('user_id').doUpdateSet({ last_hb: (eb) => eb.ref('excluded.last_hb') }),
-      )
-      .compile();
+    const compiled = heartbeatUpsert(
+      sql`SELECT hb, now(), now() FROM unnest(${[]}::bigint[]) AS hb`,
+    ).compile(db);
     if (compiled.parameters.length !== 1) throw new Error('the heartbeat upsert takes one array');
     text = compiled.sql;
     upsertSql.set(db, text);
@@ -48,8 +41,23 @@ function heartbeatUpsertSql(db: Executor): string {
 }
 
 /**
- * Marks every given user as seen now (by the database clock). One statement; with a `router` on
- * Citus, one statement per shard instead (see below, and lib/citus/shard-routing.ts).
+ * `rows` yields (user_id, now(), now()). The ON CONFLICT clause uses only columns, EXCLUDED.* and
+ * coalesce (Citus). The events' `at` and `last_seen` are the heartbeat time itself.
+ */
+const heartbeatUpsert = (rows: ReturnType<typeof sql>) => sql`
+  WITH up AS (
+    INSERT INTO pulse AS p (user_id, last_hb, online_since) ${rows}
+    ON CONFLICT (user_id) DO UPDATE
+      SET last_hb = EXCLUDED.last_hb, online_since = coalesce(p.online_since, EXCLUDED.online_since)
+    RETURNING user_id, last_hb, online_since
+  )
+  INSERT INTO pulse_events (user_id, online, reason, at, last_seen)
+  SELECT user_id, true, 'heartbeat', last_hb, last_hb FROM up WHERE online_since = last_hb`;
+
+/**
+ * Marks every given user as seen now (by the database clock), logging the online transitions.
+ * One statement; with a `router` on Citus, one statement per shard instead (see below, and
+ * lib/citus/shard-routing.ts).
  */
 export async function recordHeartbeats(
   db: Executor,
@@ -69,13 +77,9 @@ export async function recordHeartbeats(
   // Each statement touches one shard in sorted id order, so concurrent writers cannot deadlock.
   await Promise.all(
     groups.map((group) =>
-      db
-        .insertInto('pulse')
-        .values(group.map((id) => ({ user_id: id, last_hb: sql<Date>`now()` })))
-        .onConflict((oc) =>
-          oc.column('user_id').doUpdateSet({ last_hb: (eb) => eb.ref('excluded.last_hb') }),
-        )
-        .execute(),
+      heartbeatUpsert(
+        sql`VALUES ${sql.join(group.map((id) => sql`(${id}::bigint, now(), now())`))}`,
+      ).execute(db),
     ),
   );
 }
@@ -328,6 +332,8 @@ export interface PresenceSettings {
   onlineThresholdSeconds: number;
   lastSeenEnabled: boolean;
   lastSeenRetentionDays: number;
+  /** pulse_events partitions older than this many days are dropped (lib/store/presence-log.ts). */
+  eventRetentionDays: number;
 }
 
 /**
@@ -340,7 +346,12 @@ export async function readPresenceSettings(
 ): Promise<PresenceSettings> {
   let query = db
     .selectFrom('pulse_settings')
-    .select(['online_threshold_seconds', 'last_seen_enabled', 'last_seen_retention_days'])
+    .select([
+      'online_threshold_seconds',
+      'last_seen_enabled',
+      'last_seen_retention_days',
+      'event_retention_days',
+    ])
     .where('id', '=', sql<number>`1`);
   if (options.forShare) query = query.forShare();
   const row = await query.executeTakeFirst();
@@ -349,6 +360,7 @@ export async function readPresenceSettings(
     onlineThresholdSeconds: row.online_threshold_seconds,
     lastSeenEnabled: row.last_seen_enabled,
     lastSeenRetentionDays: row.last_seen_retention_days,
+    eventRetentionDays: row.event_retention_days,
   };
 }
 
@@ -361,6 +373,7 @@ export async function updatePresenceSettings(
     online_threshold_seconds: changes.onlineThresholdSeconds,
     last_seen_enabled: changes.lastSeenEnabled,
     last_seen_retention_days: changes.lastSeenRetentionDays,
+    event_retention_days: changes.eventRetentionDays,
   };
   const set = Object.fromEntries(Object.entries(columns).filter(([, v]) => v !== undefined));
   if (Object.keys(set).length === 0) return [];
@@ -380,31 +393,45 @@ export async function updatePresenceSettings(
 }
 
 /*
- * Deleting presence rows and keeping their last heartbeat in pulse_last_seen is one statement: a
- * data-modifying CTE (DELETE ... RETURNING) feeding the upsert, so nothing is lost between the two
- * and heartbeats pay nothing. The upsert's guard compares columns only (valid on Citus).
+ * Deleting presence rows, keeping their last heartbeat in pulse_last_seen and logging the offline
+ * of those still marked online is one statement: a data-modifying CTE (DELETE ... RETURNING)
+ * feeding both inserts, so nothing is lost between them and heartbeats pay nothing. The upsert's
+ * guard compares columns only (valid on Citus). `gone` must return user_id, last_hb, online_since.
  */
-const recordLastSeenFrom = (gone: string) => sql`
-  INSERT INTO pulse_last_seen (user_id, last_seen)
-  SELECT user_id, last_hb FROM ${sql.table(gone)}
-  ON CONFLICT (user_id) DO UPDATE SET last_seen = EXCLUDED.last_seen
-    WHERE pulse_last_seen.last_seen < EXCLUDED.last_seen`;
+const removeAndLog = (
+  gone: ReturnType<typeof sql>,
+  reason: 'offline' | 'sweep',
+  lastSeenEnabled: ReturnType<typeof sql>,
+) => sql`
+  WITH gone AS (${gone}),
+  logged AS (
+    INSERT INTO pulse_events (user_id, online, reason, last_seen)
+    SELECT user_id, false, ${reason}, CASE WHEN ${lastSeenEnabled} THEN last_hb END
+    FROM gone WHERE online_since IS NOT NULL
+  ),
+  recorded AS (
+    INSERT INTO pulse_last_seen (user_id, last_seen)
+    SELECT user_id, last_hb FROM gone WHERE ${lastSeenEnabled}
+    ON CONFLICT (user_id) DO UPDATE SET last_seen = EXCLUDED.last_seen
+      WHERE pulse_last_seen.last_seen < EXCLUDED.last_seen
+  )
+  SELECT count(*)::int AS deleted FROM gone`;
+
+const lastSeenSetting = sql`(SELECT last_seen_enabled FROM pulse_settings WHERE id = 1)`;
 
 /**
- * Explicit offline: removes the users' presence rows and, when last seen is on, records their
- * last heartbeat, in one statement. Unknown ids are ignored.
+ * Explicit offline: removes the users' presence rows, logs `offline` for those marked online and,
+ * when last seen is on, records their last heartbeat, in one statement. Unknown ids are ignored.
  */
 export async function setOffline(db: Executor, userIds: readonly number[]): Promise<void> {
   const ids = normalizeUserIds(userIds);
   if (ids.length === 0) return;
-  await sql`
-    WITH gone AS (
-      DELETE FROM pulse WHERE user_id = ANY(${ids}::bigint[]) RETURNING user_id, last_hb
-    ), recordable AS (
-      SELECT user_id, last_hb FROM gone
-      WHERE (SELECT last_seen_enabled FROM pulse_settings WHERE id = 1)
-    )
-    ${recordLastSeenFrom('recordable')}`.execute(db);
+  await removeAndLog(
+    sql`DELETE FROM pulse WHERE user_id = ANY(${ids}::bigint[])
+        RETURNING user_id, last_hb, online_since`,
+    'offline',
+    lastSeenSetting,
+  ).execute(db);
 }
 
 export interface SweepBatchResult {
@@ -464,19 +491,15 @@ export async function sweepExpiredRange(
 ): Promise<number> {
   const settings = await readPresenceSettings(db, { forShare: true });
   const olderThan = Math.max(options.olderThanSeconds, settings.onlineThresholdSeconds);
-  const expired = sql`
-    DELETE FROM pulse
-    WHERE user_id > ${options.after}::bigint AND user_id <= ${options.upTo}::bigint
-      AND last_hb < now() - make_interval(secs => ${olderThan})`;
-  if (!settings.lastSeenEnabled) {
-    const result = await sql`${expired}`.execute(db);
-    return Number(result.numAffectedRows ?? 0);
-  }
-  const { rows } = await sql<{ deleted: number }>`
-    WITH gone AS (${expired} RETURNING user_id, last_hb),
-    recorded AS (${recordLastSeenFrom('gone')})
-    SELECT count(*)::int AS deleted FROM gone`.execute(db);
-  return rows[0]?.deleted ?? 0;
+  const { rows } = await removeAndLog(
+    sql`DELETE FROM pulse
+        WHERE user_id > ${options.after}::bigint AND user_id <= ${options.upTo}::bigint
+          AND last_hb < now() - make_interval(secs => ${olderThan})
+        RETURNING user_id, last_hb, online_since`,
+    'sweep',
+    sql.lit(settings.lastSeenEnabled),
+  ).execute(db);
+  return (rows[0] as { deleted: number } | undefined)?.deleted ?? 0;
 }
 
 export interface UserIdSpace {

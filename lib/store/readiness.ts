@@ -6,7 +6,14 @@ import { createMigrator } from './migrator.ts';
 export type Readiness = { ready: true } | { ready: false; reason: string };
 
 /** Every table the API and the sweeper read or write (lib/store/schema.ts). */
-const REQUIRED_TABLES = ['pulse', 'pulse_sweeper_lease', 'pulse_settings', 'pulse_last_seen'];
+const REQUIRED_TABLES = [
+  'pulse',
+  'pulse_sweeper_lease',
+  'pulse_settings',
+  'pulse_last_seen',
+  'pulse_events',
+  'pulse_job_leases',
+];
 
 /** SQLSTATE of a lock not granted within lock_timeout. */
 const LOCK_NOT_AVAILABLE = '55P03';

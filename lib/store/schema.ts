@@ -5,6 +5,8 @@ export interface PulseTable {
   /** bigint: pg returns it as a string, Pulse writes JS numbers (at most 2^53 - 1). */
   user_id: ColumnType<string, number, never>;
   last_hb: ColumnType<Date, Date | undefined, Date>;
+  /** Non-null exactly while the change log's last transition of this user is `online`. */
+  online_since: ColumnType<Date | null, Date | null | undefined, Date | null>;
 }
 
 /** The sweepers' lease: at most one row (id = 1), see lib/store/sweep-lease.ts. */
@@ -21,6 +23,7 @@ export interface PulseSettingsTable {
   online_threshold_seconds: number;
   last_seen_enabled: boolean;
   last_seen_retention_days: number;
+  event_retention_days: number;
   updated_at: ColumnType<Date, never, Date>;
 }
 
@@ -28,6 +31,26 @@ export interface PulseSettingsTable {
 export interface PulseLastSeenTable {
   user_id: ColumnType<string, number, never>;
   last_seen: Date;
+}
+
+/** The presence change log (partitioned by day on `at`), see lib/store/presence-log.ts. */
+export interface PulseEventsTable {
+  seq: ColumnType<string, never, never>;
+  user_id: ColumnType<string, number, never>;
+  online: boolean;
+  reason: 'heartbeat' | 'offline' | 'threshold' | 'sweep';
+  at: ColumnType<Date, Date | undefined, never>;
+  last_seen: Date | null;
+  /** xid8, as text. */
+  tx: ColumnType<string, never, never>;
+}
+
+/** Once-per-database jobs (the offline detector), see lib/store/job-lease.ts. */
+export interface JobLeasesTable {
+  job: string;
+  holder: string | null;
+  renewed_at: ColumnType<Date, Date | undefined, Date>;
+  expires_at: Date;
 }
 
 /** Each user's own presence privacy (migration 0007): invisible mode, hidden last seen. */
@@ -44,5 +67,7 @@ export interface Database {
   pulse_sweeper_lease: SweeperLeaseTable;
   pulse_settings: PulseSettingsTable;
   pulse_last_seen: PulseLastSeenTable;
+  pulse_events: PulseEventsTable;
+  pulse_job_leases: JobLeasesTable;
   pulse_privacy: PulsePrivacyTable;
 }

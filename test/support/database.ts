@@ -93,9 +93,22 @@ export async function createTestDatabase(): Promise<TestDatabase> {
       await adminQuery(serverUrl(), `DROP DATABASE IF EXISTS ${name} WITH (FORCE)`);
     },
     async putRow(userId, ageSeconds) {
-      await sql`INSERT INTO pulse (user_id, last_hb)
-        VALUES (${userId}, now() - make_interval(secs => ${ageSeconds}))
-        ON CONFLICT (user_id) DO UPDATE SET last_hb = EXCLUDED.last_hb`.execute(db);
+      // As a heartbeat that many seconds ago would: a row not marked online and young enough is
+      // marked and logged online (lib/store/pulse-store.ts); an older one is left to the detector.
+      await sql`WITH up AS (
+          INSERT INTO pulse AS p (user_id, last_hb, online_since)
+          SELECT ${userId}, now() - make_interval(secs => ${ageSeconds}),
+                 CASE WHEN ${ageSeconds}::float8 < online_threshold_seconds
+                      THEN now() - make_interval(secs => ${ageSeconds}) END
+          FROM pulse_settings WHERE id = 1
+          ON CONFLICT (user_id) DO UPDATE
+            SET last_hb = EXCLUDED.last_hb, online_since = coalesce(p.online_since, EXCLUDED.online_since)
+          RETURNING user_id, last_hb, online_since
+        )
+        INSERT INTO pulse_events (user_id, online, reason, at, last_seen)
+        SELECT user_id, true, 'heartbeat', last_hb, last_hb FROM up WHERE online_since = last_hb`.execute(
+        db,
+      );
     },
     async userIds() {
       const rows = await db.selectFrom('pulse').select('user_id').orderBy('user_id').execute();

@@ -1,0 +1,282 @@
+/**
+ * Change delivery for the live stream (GET /status/stream): the online/offline transitions of
+ * watched users, as the change log in PostgreSQL (`pulse_events`) records them, whichever API
+ * replica, detector or sweeper wrote them.
+ *
+ * Design: each process tails the log and fans out in memory.
+ * - Every `intervalMs` while any stream is open, one statement reads the events committed since
+ *   the previous read (`readEventsSince`: by snapshot, so a transaction that commits late is never
+ *   skipped). Cost: one statement per interval plus the transitions themselves, whatever the
+ *   number of streams or watched ids; nothing at all without a stream.
+ * - The process keeps who watches which id; each event goes to its watchers as the status row a
+ *   batch read would give right after it (`statusRow`). A user who comes online and goes offline
+ *   between two reads gets both events, in order.
+ * - No LISTEN: the read is the ground truth and works through PgBouncer in transaction mode;
+ *   NOTIFY would put a database-wide lock on every transition's commit.
+ *
+ * A new stream's snapshot is read with `readStatuses` after its ids are registered and after the
+ * process has a cursor, so every later transition is in a read still to come. Until the first read
+ * that started after its snapshot, it collects the last event per id; that read sends it the
+ * difference between its snapshot and those events (what was already in the snapshot is not sent
+ * again), after which it gets every event. So a stream never misses a change nor gets one that
+ * contradicts what it was told.
+ */
+import { currentEventCursor, readEventsSince } from '../../lib/store/presence-log.ts';
+import type { VisibilityRule } from '../read/visibility-rule.ts';
+import {
+  normalizeUserIds,
+  readStatuses,
+  statusRow,
+  type Executor,
+  type UserStatus,
+} from '../../lib/store/pulse-store.ts';
+
+export interface PresenceFeedOptions {
+  /** Time between two reads of the log (bounds delivery latency). */
+  intervalMs: number;
+  /** Whether the operator's visibility rule exists (api/read/visibility-rule.ts); absent: never. */
+  rule?: VisibilityRule;
+}
+
+export interface PresenceFeedObserver {
+  /** Every statement the feed runs (`detect`: one read of the log). */
+  onStatement?(info: { kind: 'detect'; seconds: number; ok: boolean }): void;
+  /** A read failed; the next one retries from the same cursor (nothing is lost). */
+  onPollError?(error: unknown): void;
+}
+
+/** Receives the changes of one read for one subscriber, in one call. */
+export type Deliver = (changes: readonly UserStatus[]) => void;
+
+export interface FeedSubscription {
+  /** The statuses of the watched ids when the subscription started (as POST /status/batch). */
+  readonly snapshot: UserStatus[];
+  /** Stops deliveries; idempotent (a plain function: it may be passed around on its own). */
+  readonly close: () => void;
+}
+
+type Phase = 'snapshot' | 'pending' | 'live' | 'closed';
+
+/** Streams given their changes before the feed lets the event loop run (and sockets flush). */
+const DELIVERY_SLICE = 500;
+
+class Subscriber {
+  phase: Phase = 'snapshot';
+  /** What the snapshot said, until the subscriber goes live (then dropped). */
+  told: Map<number, boolean> | undefined;
+  /** The last event per id since it registered, until it goes live (then dropped). */
+  latest: Map<number, UserStatus> | undefined = new Map<number, UserStatus>();
+  /** Goes live in the first read whose sequence number is above this. */
+  liveAfterRead = Infinity;
+
+  constructor(
+    readonly ids: readonly number[],
+    readonly deliver: Deliver,
+  ) {}
+}
+
+export class LogPresenceFeed {
+  /**
+   * Who watches each id. Arrays, not Sets: at 10,000 streams x 100 ids this index holds a million
+   * entries, and a Set's hash table costs about 3x an array's slot per entry. Removal scans one
+   * id's watchers, a few dozen on average.
+   */
+  private readonly watchers = new Map<number, Subscriber[]>();
+  private readonly notLive = new Set<Subscriber>();
+  /** The snapshot of the last read; undefined while nobody watches. */
+  private cursor: string | undefined;
+  private cursorTaking: Promise<void> | undefined;
+  /** Bumped when the cursor is dropped: a read in flight then changes nothing. */
+  private generation = 0;
+  private readSeq = 0;
+  private timer: NodeJS.Timeout | undefined;
+  private running: Promise<void> | undefined;
+  private closed = false;
+
+  constructor(
+    private readonly db: Executor,
+    private readonly options: PresenceFeedOptions,
+    private readonly observer: PresenceFeedObserver = {},
+  ) {}
+
+  /** Distinct ids watched by the streams of this process. */
+  get watchedIds(): number {
+    return this.watchers.size;
+  }
+
+  /** Registers `userIds` (duplicates allowed, answered as given) and reads their snapshot. */
+  /**
+   * `viewer` (the caller's user id, null for a caller that is not a user) sees the snapshot as the
+   * visibility rule lets it; the changes after it are not filtered by the rule yet (docs/stream.md).
+   */
+  async subscribe(
+    userIds: readonly number[],
+    deliver: Deliver,
+    viewer?: number | null,
+  ): Promise<FeedSubscription> {
+    if (this.closed) throw new Error('the presence feed is closed');
+    const subscriber = new Subscriber(normalizeUserIds(userIds), deliver);
+    for (const id of subscriber.ids) {
+      const watching = this.watchers.get(id);
+      if (watching) watching.push(subscriber);
+      else this.watchers.set(id, [subscriber]);
+    }
+    this.notLive.add(subscriber);
+    let snapshot: UserStatus[];
+    try {
+      await this.takeCursor();
+      this.schedule(this.options.intervalMs);
+      const ruled = viewer !== undefined && (await (this.options.rule?.current() ?? false));
+      snapshot = await readStatuses(this.db, userIds, ruled ? { viewer } : undefined);
+    } catch (error) {
+      this.remove(subscriber);
+      throw error;
+    }
+    if (subscriber.phase === 'snapshot') {
+      subscriber.told = new Map(snapshot.map((row) => [row.user_id, row.is_online]));
+      subscriber.phase = 'pending';
+      // A read in flight may have started before the snapshot: only a later one may reconcile.
+      subscriber.liveAfterRead = this.readSeq;
+      if (subscriber.ids.length === 0) this.goLive(subscriber);
+    }
+    return { snapshot, close: () => this.remove(subscriber) };
+  }
+
+  /** Stops reading; waits for a read in flight. Idempotent. */
+  async close(): Promise<void> {
+    this.closed = true;
+    clearTimeout(this.timer);
+    this.timer = undefined;
+    await this.running;
+  }
+
+  /** Makes sure a cursor exists: every event committed after it will be read. */
+  private async takeCursor(): Promise<void> {
+    while (this.cursor === undefined) {
+      if (this.cursorTaking === undefined) {
+        const generation = this.generation;
+        this.cursorTaking = this.timed(() => currentEventCursor(this.db))
+          .then((cursor) => {
+            if (generation === this.generation) this.cursor = cursor;
+          })
+          .finally(() => {
+            this.cursorTaking = undefined;
+          });
+      }
+      await this.cursorTaking;
+    }
+  }
+
+  private goLive(subscriber: Subscriber): void {
+    subscriber.phase = 'live';
+    subscriber.told = undefined;
+    subscriber.latest = undefined;
+    this.notLive.delete(subscriber);
+  }
+
+  private remove(subscriber: Subscriber): void {
+    if (subscriber.phase === 'closed') return;
+    subscriber.phase = 'closed';
+    this.notLive.delete(subscriber);
+    for (const id of subscriber.ids) {
+      const watching = this.watchers.get(id);
+      if (!watching) continue;
+      const at = watching.indexOf(subscriber);
+      if (at < 0) continue;
+      // Order among one id's watchers does not matter: the last one takes the freed slot.
+      const last = watching.pop()!;
+      if (at < watching.length) watching[at] = last;
+      if (watching.length === 0) this.watchers.delete(id);
+    }
+    if (this.watchers.size === 0 && this.notLive.size === 0) {
+      // Nobody watches: stop reading, and do not read the idle time's events later.
+      this.cursor = undefined;
+      this.generation += 1;
+    }
+  }
+
+  private schedule(delayMs: number): void {
+    if (this.closed || this.timer !== undefined || this.running !== undefined) return;
+    if (this.cursor === undefined) return;
+    this.timer = setTimeout(() => {
+      this.timer = undefined;
+      const started = performance.now();
+      this.running = this.read()
+        .catch((error: unknown) => this.observer.onPollError?.(error))
+        .finally(() => {
+          this.running = undefined;
+          // Reads never overlap: a slow one delays the next instead of piling up.
+          this.schedule(Math.max(0, this.options.intervalMs - (performance.now() - started)));
+        });
+    }, delayMs);
+    // The feed alone never keeps a process alive (the HTTP server does).
+    this.timer.unref();
+  }
+
+  private async timed<T>(run: () => Promise<T>): Promise<T> {
+    const started = performance.now();
+    let ok = false;
+    try {
+      const result = await run();
+      ok = true;
+      return result;
+    } finally {
+      this.observer.onStatement?.({
+        kind: 'detect',
+        seconds: (performance.now() - started) / 1000,
+        ok,
+      });
+    }
+  }
+
+  private async read(): Promise<void> {
+    const cursor = this.cursor;
+    if (cursor === undefined) return;
+    const generation = this.generation;
+    const seq = ++this.readSeq;
+    const { snapshot, events } = await this.timed(() => readEventsSince(this.db, cursor));
+    if (generation !== this.generation) return;
+    this.cursor = snapshot;
+
+    const outbox = new Map<Subscriber, UserStatus[]>();
+    const send = (subscriber: Subscriber, row: UserStatus) => {
+      const list = outbox.get(subscriber);
+      if (list) list.push(row);
+      else outbox.set(subscriber, [row]);
+    };
+    for (const event of events) {
+      const watching = this.watchers.get(event.userId);
+      if (!watching) continue;
+      // One row object per event, shared by every watcher (serialized once: status-stream.ts).
+      const row = statusRow(event.userId, { online: event.online, lastSeen: event.lastSeen });
+      for (const subscriber of watching) {
+        if (subscriber.phase === 'live') send(subscriber, row);
+        else subscriber.latest?.set(event.userId, row);
+      }
+    }
+    for (const subscriber of this.notLive) {
+      if (subscriber.phase !== 'pending' || subscriber.liveAfterRead >= seq) continue;
+      for (const [id, row] of subscriber.latest ?? []) {
+        if (row.is_online !== subscriber.told?.get(id)) send(subscriber, row);
+      }
+      this.goLive(subscriber);
+    }
+
+    let delivered = 0;
+    for (const [subscriber, changes] of outbox) {
+      outbox.delete(subscriber);
+      if (subscriber.phase !== 'live') continue;
+      try {
+        subscriber.deliver(changes);
+      } catch (error) {
+        // One broken subscriber must not cost the others their changes.
+        this.observer.onPollError?.(error);
+      }
+      // Node sends what a response writes only once the current task ends (it corks the socket
+      // until the next tick). Delivering to 10,000 streams in one go held every stream's events
+      // in memory at once, long enough for V8 to promote them, and kept the event loop from
+      // anything else meanwhile: yield between slices instead.
+      if (++delivered % DELIVERY_SLICE === 0) await new Promise((resolve) => setImmediate(resolve));
+    }
+  }
+}

@@ -1,0 +1,57 @@
+import { Counter, Gauge, type Registry } from 'prom-client';
+import type { OfflineDetector, OfflineDetectorObserver } from './offline-detector.ts';
+
+/** The offline detector's metrics, for whichever process (API or sweeper) runs one. */
+export function createDetectorMetrics(registry: Registry): {
+  observer: Required<Pick<OfflineDetectorObserver, 'onTick'>>;
+  watch(detector: OfflineDetector): void;
+} {
+  const registers = [registry];
+  let read = { held: () => 0, scheduled: () => 0 };
+  new Gauge({
+    name: 'pulse_offline_detector_lease_held',
+    help: '1 while this process holds the offline detector lease (one per database), else 0',
+    registers,
+    collect() {
+      this.set(read.held());
+    },
+  });
+  new Gauge({
+    name: 'pulse_offline_detector_scheduled_users',
+    help: 'Users marked online whose expiry the detector of this process is watching',
+    registers,
+    collect() {
+      this.set(read.scheduled());
+    },
+  });
+  const expired = new Counter({
+    name: 'pulse_offline_detector_expired_total',
+    help: 'Users this process took offline by the threshold (one threshold event each)',
+    registers,
+  });
+  const checked = new Counter({
+    name: 'pulse_offline_detector_checked_total',
+    help: 'Users this process looked at because they were due to expire',
+    registers,
+  });
+  const statements = new Counter({
+    name: 'pulse_offline_detector_statements_total',
+    help: 'Expiry statements run by the detector of this process',
+    registers,
+  });
+  return {
+    observer: {
+      onTick(tick) {
+        expired.inc(tick.expired);
+        checked.inc(tick.checked);
+        statements.inc(tick.statements);
+      },
+    },
+    watch(detector) {
+      read = {
+        held: () => (detector.holdsLease ? 1 : 0),
+        scheduled: () => detector.scheduled,
+      };
+    },
+  };
+}
