@@ -2,7 +2,7 @@ import { expect } from 'chai';
 import { PresenceFeed, type FeedSubscription } from '../api/stream/presence-feed.ts';
 import { recordHeartbeats, setOffline, type UserStatus } from '../lib/store/pulse-store.ts';
 import { createTestDatabase, type TestDatabase } from './support/database.ts';
-import { waitFor } from './support/wait.ts';
+import { waitFor } from './support/entry-points.ts';
 
 describe('PresenceFeed: the index of who watches which id', () => {
   let database: TestDatabase;
@@ -38,7 +38,7 @@ describe('PresenceFeed: the index of who watches which id', () => {
     expect(feed.watchedIds, 'id 3 had no other watcher').to.equal(2);
     first.subscription.close();
     await recordHeartbeats(database.db, [1, 2, 3]);
-    await waitFor(() => last.received.length === 2, 'both changes on the remaining stream');
+    await waitFor('both changes on the remaining stream', () => last.received.length === 2);
 
     expect(onlineIds(last.received).sort()).to.deep.equal([1, 2]);
     expect(first.received, 'a closed subscriber').to.deep.equal([]);
@@ -53,9 +53,8 @@ describe('PresenceFeed: the index of who watches which id', () => {
     const subscribers = await Promise.all(Array.from({ length: 1_201 }, () => subscribe([11])));
     await new Promise((resolve) => setTimeout(resolve, 200));
     await recordHeartbeats(database.db, [11]);
-    await waitFor(
-      () => subscribers.every(({ received }) => received.length >= 1),
-      'the change on every stream',
+    await waitFor('the change on every stream', () =>
+      subscribers.every(({ received }) => received.length >= 1),
     );
     // One more poll: nothing is delivered twice.
     await new Promise((resolve) => setTimeout(resolve, 150));
@@ -73,7 +72,7 @@ describe('PresenceFeed: the index of who watches which id', () => {
     const again = await subscribe([7]);
     await new Promise((resolve) => setTimeout(resolve, 200));
     await recordHeartbeats(database.db, [7]);
-    await waitFor(() => again.received.length === 1, 'the change of id 7');
+    await waitFor('the change of id 7', () => again.received.length === 1);
     expect(onlineIds(again.received)).to.deep.equal([7]);
     again.subscription.close();
   });
