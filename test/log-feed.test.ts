@@ -4,7 +4,7 @@ import { recordHeartbeats, setOffline, type UserStatus } from '../lib/store/puls
 import { openDatabase } from '../lib/infra/db.ts';
 import { createTestDatabase, silentLogger, type TestDatabase } from './support/database.ts';
 import { startTcpProxy } from './support/tcp-proxy.ts';
-import { waitFor } from './support/wait.ts';
+import { waitFor } from './support/entry-points.ts';
 
 describe('LogPresenceFeed: the index of who watches which id', () => {
   let database: TestDatabase;
@@ -40,7 +40,7 @@ describe('LogPresenceFeed: the index of who watches which id', () => {
     expect(feed.watchedIds, 'id 3 had no other watcher').to.equal(2);
     first.subscription.close();
     await recordHeartbeats(database.db, [1, 2, 3]);
-    await waitFor(() => last.received.length === 2, 'both changes on the remaining stream');
+    await waitFor('both changes on the remaining stream', () => last.received.length === 2);
 
     expect(onlineIds(last.received).sort()).to.deep.equal([1, 2]);
     expect(first.received, 'a closed subscriber').to.deep.equal([]);
@@ -55,9 +55,8 @@ describe('LogPresenceFeed: the index of who watches which id', () => {
     const subscribers = await Promise.all(Array.from({ length: 1_201 }, () => subscribe([11])));
     await new Promise((resolve) => setTimeout(resolve, 200));
     await recordHeartbeats(database.db, [11]);
-    await waitFor(
-      () => subscribers.every(({ received }) => received.length >= 1),
-      'the change on every stream',
+    await waitFor('the change on every stream', () =>
+      subscribers.every(({ received }) => received.length >= 1),
     );
     // One more poll: nothing is delivered twice.
     await new Promise((resolve) => setTimeout(resolve, 150));
@@ -75,7 +74,7 @@ describe('LogPresenceFeed: the index of who watches which id', () => {
     const again = await subscribe([7]);
     await new Promise((resolve) => setTimeout(resolve, 200));
     await recordHeartbeats(database.db, [7]);
-    await waitFor(() => again.received.length === 1, 'the change of id 7');
+    await waitFor('the change of id 7', () => again.received.length === 1);
     expect(onlineIds(again.received)).to.deep.equal([7]);
     again.subscription.close();
   });
@@ -97,12 +96,12 @@ describe('LogPresenceFeed: reading the change log', () => {
       const received: UserStatus[] = [];
       await feed.subscribe([21], (rows) => received.push(...rows));
       await recordHeartbeats(database.db, [21]); // goes live with this one (not in its snapshot)
-      await waitFor(() => received.length === 1, 'the first online');
+      await waitFor('the first online', () => received.length === 1);
       await recordHeartbeats(database.db, [21]); // already online: nothing
       await setOffline(database.db, [21]);
       await recordHeartbeats(database.db, [21]);
       await setOffline(database.db, [21]);
-      await waitFor(() => received.length === 4, 'the three transitions after it');
+      await waitFor('the three transitions after it', () => received.length === 4);
       await new Promise((resolve) => setTimeout(resolve, 700)); // two more reads: nothing more
       expect(changes(received)).to.deep.equal([
         '21 online',
@@ -137,16 +136,18 @@ describe('LogPresenceFeed: reading the change log', () => {
       const received: UserStatus[] = [];
       await feed.subscribe([31, 32], (rows) => received.push(...rows));
       await recordHeartbeats(database.db, [31]);
-      await waitFor(() => received.length === 1, 'the change before the outage');
+      await waitFor('the change before the outage', () => received.length === 1);
 
       proxy.refuse();
       proxy.dropConnections();
-      await waitFor(() => errors.length >= 2, 'reads failing');
+      await waitFor('reads failing', () => errors.length >= 2);
       // Written on a connection of the test's own while the feed cannot read.
       await recordHeartbeats(database.db, [32]);
       await setOffline(database.db, [31]);
       proxy.accept();
-      await waitFor(() => received.length === 3, 'the changes made during the outage', 10_000);
+      await waitFor('the changes made during the outage', () => received.length === 3, {
+        timeoutMs: 10_000,
+      });
       await new Promise((resolve) => setTimeout(resolve, 400)); // a few more reads
       expect(changes(received)).to.deep.equal(['31 online', '32 online', '31 offline']);
     } finally {

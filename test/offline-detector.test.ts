@@ -9,7 +9,7 @@ import {
   type Executor,
 } from '../lib/store/pulse-store.ts';
 import { createTestDatabase, silentLogger, type TestDatabase } from './support/database.ts';
-import { waitFor } from './support/wait.ts';
+import { waitFor } from './support/entry-points.ts';
 
 interface Offline {
   user_id: string;
@@ -49,11 +49,11 @@ describe('the offline detector', () => {
   it('logs each threshold crossing once, when it is due, and leaves users who keep beating', async () => {
     const a = detector('a');
     a.start();
-    await waitFor(() => a.holdsLease, 'the lease');
+    await waitFor('the lease', () => a.holdsLease);
     await recordHeartbeats(database.db, [1, 2, 3]);
     const beating = setInterval(() => void recordHeartbeats(database.db, [3]), 200);
     try {
-      await waitFor(async () => (await offlineEvents(database.db)).length >= 2, 'two offlines');
+      await waitFor('two offlines', async () => (await offlineEvents(database.db)).length >= 2);
       // A few more ticks: nothing is logged twice, and user 3 stays online.
       const ticks = (await a.tickOnce()).leaseHeld && (await a.tickOnce()).leaseHeld;
       expect(ticks).to.equal(true);
@@ -73,16 +73,16 @@ describe('the offline detector', () => {
   it('a new detector rebuilds its schedule from pulse: nothing missed, nothing twice', async () => {
     const first = detector('first');
     first.start();
-    await waitFor(() => first.holdsLease, 'the lease');
+    await waitFor('the lease', () => first.holdsLease);
     await recordHeartbeats(database.db, [1, 2]);
-    await waitFor(async () => (await offlineEvents(database.db)).length === 2, 'two offlines');
+    await waitFor('two offlines', async () => (await offlineEvents(database.db)).length === 2);
     await first.stop();
 
     // Users come online while no detector runs; the next one finds them in pulse.
     await recordHeartbeats(database.db, [3, 4, 5]);
     const second = detector('second');
     second.start();
-    await waitFor(async () => (await offlineEvents(database.db)).length === 5, 'five offlines');
+    await waitFor('five offlines', async () => (await offlineEvents(database.db)).length === 5);
     await second.tickOnce();
     expect(ids(await offlineEvents(database.db))).to.deep.equal([1, 2, 3, 4, 5]);
   });
@@ -91,22 +91,20 @@ describe('the offline detector', () => {
     const a = detector('a');
     const b = detector('b');
     a.start();
-    await waitFor(() => a.holdsLease, 'a holds the lease');
+    await waitFor('a holds the lease', () => a.holdsLease);
     b.start();
     const holder = async () => (await readJobLease(database.db, OFFLINE_DETECTOR_JOB))?.holder;
     expect(await holder()).to.equal('a');
     await recordHeartbeats(database.db, [1, 2, 3]);
-    await waitFor(() => a.scheduled === 3, 'a schedules the three users');
+    await waitFor('a schedules the three users', () => a.scheduled === 3);
 
     await a.stop({ release: false }); // a crash: the lease stays until it expires
     expect(b.holdsLease).to.equal(false);
     await recordHeartbeats(database.db, [4]);
-    await waitFor(async () => (await holder()) === 'b', 'b takes over', 8_000);
-    await waitFor(
-      async () => (await offlineEvents(database.db)).length === 4,
-      'four offlines',
-      8_000,
-    );
+    await waitFor('b takes over', async () => (await holder()) === 'b', { timeoutMs: 8_000 });
+    await waitFor('four offlines', async () => (await offlineEvents(database.db)).length === 4, {
+      timeoutMs: 8_000,
+    });
     await b.tickOnce();
     const events = await offlineEvents(database.db);
     expect(ids(events)).to.deep.equal([1, 2, 3, 4]);
