@@ -58,7 +58,10 @@ async function slowSocket(baseUrl: string, length: number, everyMs: number) {
   const drip = setInterval(() => {
     if (!socket.destroyed) socket.write(' ');
   }, everyMs);
-  const closed = once(socket, 'close').then(() => clearInterval(drip));
+  // 'close' comes after 'error' too (a reset): once() would reject on the error instead.
+  const closed = new Promise<void>((resolve) => socket.once('close', () => resolve())).then(() =>
+    clearInterval(drip),
+  );
   return {
     received: () => received,
     closed,

@@ -188,8 +188,10 @@ export function createAdmission(options: AdmissionOptions): Admission {
       options.onShed?.('body_timeout');
       const socket = req.socket;
       if (!socket.destroyed) {
-        socket.write(BODY_TIMEOUT_RESPONSE);
-        socket.destroy();
+        // end(), not destroy(): a socket destroyed with unread bytes resets the connection, and the
+        // client may lose the answer. A client that does not close in a second is cut.
+        socket.end(BODY_TIMEOUT_RESPONSE);
+        setTimeout(() => socket.destroy(), 1_000).unref();
       }
     }
     for (const waiter of waiting) {
