@@ -145,7 +145,8 @@ describe('behind PgBouncer in transaction mode', function () {
         statementTimeoutMs: DEFAULT_STATEMENT_TIMEOUT_MS,
       }),
     };
-    app = await startTestApp(pooled);
+    // No offline detector here: its UPDATE would wait on the lock below beside the heartbeat's.
+    app = await startTestApp(pooled, { OFFLINE_DETECTOR: 'false' });
   });
   after(async () => {
     await app?.close();
