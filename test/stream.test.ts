@@ -8,6 +8,8 @@ import { createLogger } from '../lib/infra/logger.ts';
 import { recordHeartbeats, setOffline } from '../lib/store/pulse-store.ts';
 import { freePort } from '../dev/embedded-postgres.ts';
 import { startTestApp, type TestApp } from './support/app.ts';
+import { waitFor } from './support/entry-points.ts';
+import { metricValue } from './support/metrics.ts';
 import { createTestDatabase, type TestDatabase } from './support/database.ts';
 import { expectError } from './support/http.ts';
 import { SseStream } from './support/sse.ts';
@@ -19,7 +21,20 @@ interface Status {
   last_seen: string | null;
 }
 
-const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+/**
+ * Lets real time pass when time is what a test is about (outlasting a threshold or a timeout, or
+ * pacing a loop): never to wait for something to happen (waitFor does that).
+ */
+const waitOut = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+
+/** Change-detection statements the app has run so far (its own progress counter, on /metrics). */
+async function polls(app: TestApp): Promise<number> {
+  const text = await (await app.get('/metrics')).text();
+  return metricValue(
+    text,
+    'pulse_change_detection_statement_duration_seconds_count{kind="detect",outcome="ok"}',
+  );
+}
 
 /** A small threshold and a fast poll keep these tests in seconds. */
 const FAST = {
@@ -122,7 +137,9 @@ describe('GET /status/stream', () => {
         event: 'change',
         data: { user_id: 7, is_online: !wasOnline, last_seen: await seen(7) },
       });
-      await sleep(2_100); // two more polls: nothing more may come
+      // Two more polls (the feed's own counter): nothing more may come.
+      const after = (await polls(app)) + 2;
+      await waitFor('two more polls', async () => (await polls(app)) >= after);
       expect(stream.unread).to.deep.equal([]);
       stream.close();
     }
@@ -165,7 +182,7 @@ describe('GET /status/stream', () => {
     while (Date.now() < until) {
       const age = await database.ageOf(50);
       expect(age, 'seconds since the last held heartbeat').to.be.below(2);
-      await sleep(250);
+      await waitOut(250);
     }
     expect(watcher.unread).to.deep.equal([]);
 
@@ -186,11 +203,16 @@ describe('GET /status/stream', () => {
     await first.next();
     await second.next();
     first.close();
-    await sleep(2_500); // more than a threshold: the second stream still holds the user
+    await waitOut(2_500); // more than a threshold: the second stream still holds the user
     expect(await database.ageOf(60)).to.be.below(2);
     second.close();
-    await sleep(3_000);
-    expect(await database.ageOf(60)).to.be.above(2);
+    await waitFor(
+      'the row to age past the threshold',
+      async () => (await database.ageOf(60))! > 2,
+      {
+        timeoutMs: 10_000,
+      },
+    );
   });
 
   it('answers bad parameters with the usual JSON errors before any stream starts', async () => {
@@ -241,7 +263,7 @@ describe('GET /status/stream', () => {
         const stream = await open(app, '?watch=1');
         if (stream.response.status === 200) return stream;
         await stream.response.arrayBuffer().catch(() => undefined);
-        await sleep(50);
+        await waitOut(50);
       }
       throw new Error('no slot came free after a stream closed');
     })();
@@ -282,7 +304,7 @@ describe('GET /status/stream', () => {
         const all = Array.from({ length: 2000 }, (_, i) => i + 1);
         if (online) await recordHeartbeats(database.db, all);
         else await setOffline(database.db, all);
-        await sleep(50);
+        await waitOut(50);
       }
     } finally {
       stalled.destroy();
@@ -296,7 +318,7 @@ describe('GET /status/stream', () => {
     app.server.timeout = 300; // a socket idle this long would be destroyed
     const stream = await open(app, '?watch=1');
     await stream.next();
-    await sleep(2_500);
+    await waitOut(2_500);
     expect(stream.isEnded).to.equal(false);
     await app.post('/status/update', { user_id: 1 });
     expect((await stream.next()).data).to.deep.equal({
@@ -318,7 +340,7 @@ describe('GET /status/stream', () => {
     const second = await open(app, '?watch=2');
     await first.next();
     await second.next();
-    await sleep(2_000);
+    await waitOut(2_000);
     expect(first.isEnded).to.equal(false);
     expect(second.isEnded).to.equal(false);
     // Two streams are open, and still the one request slot is free.
@@ -433,7 +455,7 @@ describe('the API process with open streams', () => {
     const base = `http://127.0.0.1:${port}`;
     for (let i = 0; !(await fetch(`${base}/healthz`).catch(() => undefined))?.ok; i += 1) {
       if (i > 300) throw new Error('the API did not start');
-      await sleep(50);
+      await waitOut(50);
     }
     const streams = await Promise.all(
       ['?watch=1', '?watch=1,2&user_id=3', '?user_id=4'].map((q) =>
