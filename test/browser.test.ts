@@ -163,7 +163,9 @@ describe('in a real browser (Chromium): the demo page and the client library', f
     }
   });
 
-  it('shows a user offline within 2 s when their only tab closes', async () => {
+  // About 1 s on a quiet machine (a poll interval plus the offline request); the window is wider
+  // because the suite runs in parallel on two cores.
+  it('shows a user offline within 3 s when their only tab closes', async () => {
     const alice = await openDemo(await newBrowser(), '?user=4');
     const carol = await openDemo(await newBrowser(), '?user=5');
     await alice.waitForSelector(cell(5, 'online'), { timeout: 5_000 });
@@ -172,9 +174,9 @@ describe('in a real browser (Chromium): the demo page and the client library', f
     requestLines.length = 0;
     const closedAt = Date.now();
     await carol.close({ runBeforeUnload: true });
-    await alice.waitForSelector(cell(5, 'offline'), { timeout: 2_000 });
+    await alice.waitForSelector(cell(5, 'offline'), { timeout: 3_000 });
     const elapsed = Date.now() - closedAt;
-    expect(elapsed).to.be.below(2_000);
+    expect(elapsed).to.be.below(3_000);
     expect(await database.ageOf(5)).to.equal(undefined);
     expect(offlineRequests()).to.have.length(1);
   });
