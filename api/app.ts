@@ -22,6 +22,7 @@ import { demoRoutes, serviceIndex } from './demo.ts';
 import { createEdge } from './edge/edge.ts';
 import { errorHandler, notFound } from './edge/errors.ts';
 import type { HeartbeatWriter } from './write/heartbeat-writer.ts';
+import type { DeferredOffline } from './write/deferred-offline.ts';
 import type { OnlineThreshold } from './stream/held-presence.ts';
 import { openApiDocument } from './openapi.ts';
 import type { StatusReader } from './read/status-reader.ts';
@@ -32,6 +33,7 @@ import { privacyRoutes } from './write/privacy.ts';
 import {
   parseBatchBody,
   parseHeartbeatBody,
+  parseGraceParam,
   parseUserIdParam,
   requireJson,
 } from './edge/validation.ts';
@@ -39,6 +41,8 @@ import {
 export interface AppDeps {
   db: Executor;
   heartbeats: HeartbeatWriter;
+  /** Offline after a grace (`POST /status/offline?grace_ms=`). */
+  deferredOffline: DeferredOffline;
   statuses: StatusReader;
   logger: Logger;
   registry: Registry;
@@ -97,6 +101,7 @@ export { statusRow };
 export function buildApp({
   db,
   heartbeats,
+  deferredOffline,
   statuses,
   logger,
   registry,
@@ -172,6 +177,14 @@ export function buildApp({
     requireJson(req);
     const { userIds, many } = parseHeartbeatBody(req.body, config.BATCH_MAX_IDS);
     assertMayWrite(principalOf(req), userIds);
+    const graceMs = parseGraceParam(req.query.grace_ms);
+    if (graceMs > 0) {
+      // A page going away: offline unless the user beats again within the grace (a reload).
+      deferredOffline.schedule(userIds, graceMs);
+      res.status(202);
+      res.json(many ? { status: 'accepted', accepted: userIds.length } : { status: 'accepted' });
+      return;
+    }
     await inTime(res, setOffline(db, userIds));
     res.json(many ? { status: 'success', accepted: userIds.length } : { status: 'success' });
   });

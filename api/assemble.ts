@@ -24,6 +24,7 @@ import { LiveVisibilityRule } from './read/visibility-rule.ts';
 import { OfflineDetector } from '../lib/presence/offline-detector.ts';
 import { createDetectorMetrics } from '../lib/presence/detector-metrics.ts';
 import { LogPresenceFeed } from './stream/log-feed.ts';
+import { DeferredOffline } from './write/deferred-offline.ts';
 
 export interface Api {
   app: Express;
@@ -160,10 +161,12 @@ export function assembleApi(
     onRefused: callerLimitMetrics.onRefused,
   });
   callerLimitMetrics.watch(callerLimits);
+  const deferredOffline = new DeferredOffline(database.db, unlessOutage('deferred offline failed'));
   const app = buildApp({
     onlineThreshold: threshold,
     db: database.db,
     heartbeats,
+    deferredOffline,
     statuses,
     logger,
     config,
@@ -200,7 +203,8 @@ export function assembleApi(
     async close() {
       hub.close();
       held.close();
-      await Promise.all([feed.close(), detector?.stop()]);
+      // Pending offlines are applied now, each to users quiet since it was asked.
+      await Promise.all([feed.close(), detector?.stop(), deferredOffline.close()]);
     },
   };
   return { app, heartbeats, registry, admission, streams };

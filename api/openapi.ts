@@ -121,11 +121,33 @@ export const openApiDocument = {
         ...secured,
         summary:
           'Explicit offline: the users are offline for every reader at once and every watcher gets a change (a later heartbeat brings them back)',
+        parameters: [
+          {
+            name: 'grace_ms',
+            in: 'query',
+            required: false,
+            description:
+              'Offline after this many ms unless the user sends a heartbeat meanwhile (what a page sends as it goes away: a reload opens a stream, which beats, and cancels it). Answered 202 at once. 0 or absent: at once.',
+            schema: { type: 'integer', minimum: 0, maximum: 10000 },
+          },
+        ],
         requestBody: {
           required: true,
           content: json({ oneOf: [ref('UserRef'), { type: 'array', items: ref('UserRef') }] }),
         },
         responses: {
+          '202': {
+            description: 'With grace_ms: the users go offline after it unless they beat meanwhile',
+            content: json({
+              type: 'object',
+              required: ['status'],
+              additionalProperties: false,
+              properties: {
+                status: { const: 'accepted' },
+                accepted: { type: 'integer', minimum: 0 },
+              },
+            }),
+          },
           '200': {
             description: 'Committed: the users are offline',
             content: json({

@@ -36,7 +36,7 @@ export const errorCatalogue = {
   invalid_request: {
     status: 400,
     message: 'send the token either in the Authorization header or as access_token, not both',
-    when: '`GET /status/stream` with a token both in the header and as `access_token`',
+    when: '`GET /status/stream` with a token both in the header and as `access_token`; `POST /status/offline` with a `grace_ms` that is not an integer from 0 to 10000',
   },
   request_aborted: {
     status: 400,

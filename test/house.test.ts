@@ -13,6 +13,7 @@ import { expect } from 'chai';
 import { Registry } from 'prom-client';
 import { buildApp } from '../api/app.ts';
 import { DirectHeartbeatWriter } from '../api/write/heartbeat-writer.ts';
+import { DeferredOffline } from '../api/write/deferred-offline.ts';
 import { DirectStatusReader, type StatusReader } from '../api/read/status-reader.ts';
 import { loadApiConfig } from '../lib/infra/config.ts';
 import { listen } from '../http/server.ts';
@@ -177,6 +178,7 @@ describe('POST /status/batch reads through the status reader', () => {
     const app = buildApp({
       db: database.db,
       heartbeats,
+      deferredOffline: new DeferredOffline(database.db, () => undefined),
       statuses,
       logger: silentLogger,
       registry: new Registry(),

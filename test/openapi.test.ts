@@ -142,6 +142,7 @@ describe('OpenAPI contract', () => {
     await check('GET', '/openapi.json');
     await check('GET', '/status/%E0%A4%A');
     await check('POST', '/status/offline', JSON.stringify({ user_id: 2 }));
+    await check('POST', '/status/offline?grace_ms=100', JSON.stringify({ user_id: 2 }));
     await check('POST', '/status/offline', JSON.stringify([{ user_id: 3 }]));
     await check('POST', '/status/offline', JSON.stringify({ user_id: -1 }));
     await check(

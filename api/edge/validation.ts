@@ -138,3 +138,19 @@ export function parsePrivacyBody(body: unknown): {
     hideLastSeen: result.data.hide_last_seen,
   };
 }
+
+/** The longest grace an offline may ask for (`?grace_ms=`): a page reload takes well under it. */
+export const MAX_OFFLINE_GRACE_MS = 10_000;
+
+/** `grace_ms` of POST /status/offline: absent is 0 (at once), else 0 to MAX_OFFLINE_GRACE_MS. */
+export function parseGraceParam(raw: unknown): number {
+  if (raw === undefined) return 0;
+  const value = typeof raw === 'string' && /^\d{1,5}$/.test(raw) ? Number(raw) : NaN;
+  if (!(value <= MAX_OFFLINE_GRACE_MS)) {
+    throw new HttpError(
+      'invalid_request',
+      `grace_ms must be an integer from 0 to ${MAX_OFFLINE_GRACE_MS}`,
+    );
+  }
+  return value;
+}

@@ -1,6 +1,9 @@
 /** The API's plain requests (heartbeat, offline, batch) and the caller's credentials. */
 import { PulseError } from './types.ts';
 
+/** How long the server waits before an offline sent by a page going away takes effect. */
+export const UNLOAD_OFFLINE_GRACE_MS = 1_500;
+
 /** The bearer token: given once, or fetched through getToken and fetched again after a 401. */
 export class Credentials {
   private cached: string | undefined;
@@ -132,7 +135,9 @@ export class PulseApi {
    * start synchronously, so it uses the token already known.
    */
   offlineOnUnload(userId: number): void {
-    this.fetchImpl(this.base + '/status/offline', {
+    // With a grace: a page cannot tell a close from a reload, and a reloaded page's stream beats
+    // before the grace is over, which cancels the offline on the server.
+    this.fetchImpl(`${this.base}/status/offline?grace_ms=${UNLOAD_OFFLINE_GRACE_MS}`, {
       method: 'POST',
       keepalive: true,
       headers: headersFor(this.credentials.current, true),

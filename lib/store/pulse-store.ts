@@ -423,11 +423,20 @@ const lastSeenSetting = sql`(SELECT last_seen_enabled FROM pulse_settings WHERE 
  * Explicit offline: removes the users' presence rows, logs `offline` for those marked online and,
  * when last seen is on, records their last heartbeat, in one statement. Unknown ids are ignored.
  */
-export async function setOffline(db: Executor, userIds: readonly number[]): Promise<void> {
+export async function setOffline(
+  db: Executor,
+  userIds: readonly number[],
+  /** Only users with no heartbeat in the last `quietMs` (a deferred offline: docs/api.md). */
+  quietMs?: number,
+): Promise<void> {
   const ids = normalizeUserIds(userIds);
   if (ids.length === 0) return;
+  const quiet =
+    quietMs === undefined
+      ? sql``
+      : sql`AND last_hb <= now() - make_interval(secs => ${quietMs / 1000}::float8)`;
   await removeAndLog(
-    sql`DELETE FROM pulse WHERE user_id = ANY(${ids}::bigint[])
+    sql`DELETE FROM pulse WHERE user_id = ANY(${ids}::bigint[]) ${quiet}
         RETURNING user_id, last_hb, online_since`,
     'offline',
     lastSeenSetting,

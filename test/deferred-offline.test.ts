@@ -1,0 +1,71 @@
+import { expect } from 'chai';
+import { startTestApp, type TestApp } from './support/app.ts';
+import { createTestDatabase, type TestDatabase } from './support/database.ts';
+import { waitFor } from './support/entry-points.ts';
+import { expectError } from './support/http.ts';
+
+/** POST /status/offline?grace_ms=: what a page going away sends (a reload cancels it). */
+describe('offline after a grace', () => {
+  let database: TestDatabase;
+  let app: TestApp;
+  const online = async (id: number) =>
+    ((await (await app.get(`/status/${id}`)).json()) as { is_online: boolean }).is_online;
+
+  before(async () => {
+    database = await createTestDatabase();
+    app = await startTestApp(database);
+  });
+  after(async () => {
+    await app.close();
+    await database.drop();
+  });
+
+  it('answers 202 at once, and takes the user offline once the grace is over', async () => {
+    await app.post('/status/update', { user_id: 1 });
+    const answer = await app.post('/status/offline?grace_ms=400', { user_id: 1 });
+    expect(answer.status).to.equal(202);
+    expect(await answer.json()).to.deep.equal({ status: 'accepted' });
+    expect(await online(1), 'during the grace').to.equal(true);
+    await waitFor('user 1 offline', async () => !(await online(1)));
+    expect(await database.ageOf(1)).to.equal(undefined);
+  });
+
+  it('is cancelled by a heartbeat during the grace (a reloaded page), even from another process', async () => {
+    const other = await startTestApp(database);
+    try {
+      await app.post('/status/update', [{ user_id: 2 }, { user_id: 3 }]);
+      const answer = await app.post('/status/offline?grace_ms=600', [
+        { user_id: 2 },
+        { user_id: 3 },
+      ]);
+      expect(await answer.json()).to.deep.equal({ status: 'accepted', accepted: 2 });
+      await other.post('/status/update', { user_id: 2 }); // user 2 came back; user 3 did not
+      await waitFor('user 3 offline', async () => !(await online(3)));
+      expect(await online(2)).to.equal(true);
+      expect(await database.ageOf(2)).to.be.below(5);
+    } finally {
+      await other.close();
+    }
+  });
+
+  it('applies what is pending when the process stops, to users quiet since it was asked', async () => {
+    const stopping = await startTestApp(database);
+    await stopping.post('/status/update', { user_id: 4 });
+    expect((await stopping.post('/status/offline?grace_ms=10000', { user_id: 4 })).status).to.equal(
+      202,
+    );
+    await stopping.close();
+    expect(await database.ageOf(4)).to.equal(undefined);
+  });
+
+  it('refuses a grace that is not an integer from 0 to 10000', async () => {
+    for (const grace of ['abc', '-1', '10001', '1.5']) {
+      await expectError(
+        await app.post(`/status/offline?grace_ms=${grace}`, { user_id: 5 }),
+        400,
+        'invalid_request',
+      );
+    }
+    expect((await app.post('/status/offline?grace_ms=0', { user_id: 5 })).status).to.equal(200);
+  });
+});
