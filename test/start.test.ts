@@ -95,7 +95,8 @@ describe('npm start (the all-in-one stack)', function () {
       await waitFor('the heartbeat to wait for the lock', async () => {
         const { rows } = await queryOnce<{ n: number }>(
           databaseUrl,
-          `SELECT count(*)::int AS n FROM pg_stat_activity WHERE wait_event_type = 'Lock'`,
+          `SELECT count(*)::int AS n FROM pg_stat_activity
+           WHERE datname = current_database() AND wait_event_type = 'Lock'`,
         );
         return (rows[0]?.n ?? 0) > 0;
       });

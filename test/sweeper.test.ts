@@ -587,9 +587,8 @@ describe('sweeper', function () {
           async () => {
             const { rows } = await sql<{ n: string }>`
             SELECT count(*) AS n FROM pg_stat_activity
-            WHERE application_name = 'pulse-sweeper' AND wait_event_type = 'Lock'`.execute(
-              database.db,
-            );
+            WHERE datname = current_database() AND application_name = 'pulse-sweeper'
+              AND wait_event_type = 'Lock'`.execute(database.db);
             return Number(rows[0]?.n) > 0;
           },
           { timeoutMs: 30_000, whileRunning: proc },
