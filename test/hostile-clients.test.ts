@@ -7,12 +7,13 @@ import { once } from 'node:events';
 import { connect, type Socket } from 'node:net';
 import { Writable } from 'node:stream';
 import { expect } from 'chai';
+import { captureLog } from './support/log-capture.ts';
 import { sql } from 'kysely';
 import type { Response as ExpressResponse } from 'express';
 import { redactAccessToken } from '../api/edge/auth.ts';
 import { StreamHub, type StreamCloseReason } from '../api/stream/status-stream.ts';
 import { openDatabase, type DatabaseHandle } from '../lib/infra/db.ts';
-import { createLogger } from '../lib/infra/logger.ts';
+import type { Logger } from '../lib/infra/logger.ts';
 import { updatePresenceSettings, type UserStatus } from '../lib/store/pulse-store.ts';
 import { startTestApp, type TestApp } from './support/app.ts';
 import { createTestDatabase, lockPulse, type TestDatabase } from './support/database.ts';
@@ -27,21 +28,6 @@ interface LogLine {
   msg: string;
   reason?: string;
   req?: { url: string };
-}
-
-function captureLog(level = 'info') {
-  const raw: string[] = [];
-  const lines: LogLine[] = [];
-  const sink = new Writable({
-    write(chunk: Buffer, _encoding, done) {
-      for (const line of chunk.toString().split('\n').filter(Boolean)) {
-        raw.push(line);
-        lines.push(JSON.parse(line) as LogLine);
-      }
-      done();
-    },
-  });
-  return { raw, lines, logger: createLogger('pulse-api', level, sink) };
 }
 
 /** A client announcing `length` bytes of body and sending one byte every `everyMs`. */
@@ -79,7 +65,7 @@ describe('hostile clients', function () {
   const apps: TestApp[] = [];
   const streams: SseStream[] = [];
 
-  async function start(env: Record<string, string> = {}, logger?: ReturnType<typeof createLogger>) {
+  async function start(env: Record<string, string> = {}, logger?: Logger) {
     const app = await startTestApp(database, env, logger);
     apps.push(app);
     return app;
@@ -112,7 +98,7 @@ describe('hostile clients', function () {
 
     it('never reaches the log when a stream is opened with an encoded parameter name', async () => {
       const secret = randomSecret();
-      const { raw, logger } = captureLog('trace');
+      const { raw, logger } = captureLog<LogLine>('trace');
       const app = await start(jwtEnv(secret), logger);
       const token = await hs256(secret).user(8);
       for (const name of ['access%5Ftoken', '%61ccess_token']) {
@@ -255,7 +241,7 @@ describe('hostile clients', function () {
 
   describe('refusals in the log', () => {
     it('logs too_many_streams through the overload summary, never one error line each', async () => {
-      const { lines, logger } = captureLog();
+      const { lines, logger } = captureLog<LogLine>();
       const app = await start({ STREAM_MAX_OPEN: '1' }, logger);
       const stream = await open(app, '?watch=1');
       await stream.next();
@@ -345,7 +331,7 @@ describe('held presence across a database outage longer than the threshold', fun
   let proxy: TcpProxy;
   let behindProxy: DatabaseHandle;
   let app: TestApp;
-  const log = captureLog();
+  const log = captureLog<LogLine>();
 
   before(async () => {
     database = await createTestDatabase();

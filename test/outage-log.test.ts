@@ -1,13 +1,12 @@
 import { chmodSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { Writable } from 'node:stream';
 import { expect } from 'chai';
+import { captureLog } from './support/log-capture.ts';
 import { waitFor } from './support/entry-points.ts';
 import { sql } from 'kysely';
 import { freePort, startEmbeddedPostgres, type EmbeddedServer } from '../dev/embedded-postgres.ts';
 import { openDatabase, type DatabaseHandle } from '../lib/infra/db.ts';
-import { createLogger } from '../lib/infra/logger.ts';
 import { migrateToLatest } from '../lib/store/migrator.ts';
 import { startTestApp, type TestApp } from './support/app.ts';
 import { createTestDatabase, serverUrl, type TestDatabase } from './support/database.ts';
@@ -23,22 +22,6 @@ interface LogLine {
 
 const APPLICATION_NAME = 'pulse-outage-log-test';
 const SUMMARY_INTERVAL_MS = 300;
-
-/** A logger whose every line is kept, raw and parsed. */
-function captureLog() {
-  const raw: string[] = [];
-  const lines: LogLine[] = [];
-  const sink = new Writable({
-    write(chunk: Buffer, _encoding, done) {
-      for (const line of chunk.toString().split('\n').filter(Boolean)) {
-        raw.push(line);
-        lines.push(JSON.parse(line) as LogLine);
-      }
-      done();
-    },
-  });
-  return { raw, lines, logger: createLogger('pulse-api', 'info', sink) };
-}
 
 /**
  * Besides one access line per request (and overload lines, should a request be refused): one
@@ -80,7 +63,7 @@ describe('a restart as the API sees it (sessions ended, connections refused at a
     database = await createTestDatabase();
     const target = new URL(database.url);
     proxy = await startTcpProxy({ targetHost: target.hostname, targetPort: Number(target.port) });
-    const log = captureLog();
+    const log = captureLog<LogLine>();
     ({ raw, lines } = log);
     const logger = log.logger;
     const url = proxy.rewriteUrl(database.url);
@@ -167,7 +150,7 @@ describe('a real PostgreSQL restart under load: the log', function () {
   let server: EmbeddedServer | undefined;
   let handle: DatabaseHandle | undefined;
   let app: TestApp | undefined;
-  const { raw, lines, logger } = captureLog();
+  const { raw, lines, logger } = captureLog<LogLine>();
 
   before(async () => {
     dataParent = mkdtempSync(path.join(tmpdir(), 'pulse-restart-'));
