@@ -13,7 +13,8 @@ import {
   GroupCommitHeartbeatWriter,
   type HeartbeatWriter,
 } from './write/heartbeat-writer.ts';
-import { PresenceFeed, type ChangeFeed } from './stream/presence-feed.ts';
+import { PollPresenceFeed } from './stream/poll-feed.ts';
+import type { ChangeFeed } from './stream/change-feed.ts';
 import { HeldPresence, LiveOnlineThreshold } from './stream/held-presence.ts';
 import { createApiMetrics } from './metrics.ts';
 import { CallerLimits, createCallerLimitMetrics } from './edge/caller-limits.ts';
@@ -123,8 +124,8 @@ export function assembleApi(
     ...streamMetrics.feedObserver,
     onPollError: unlessOutage('change detection failed'),
   };
-  // STREAM_CHANGE_SOURCE: re-read the watched ids (applies the visibility rule and privacy to
-  // every change), or tail the change log (cost follows the changes; see docs/stream.md).
+  // STREAM_CHANGE_SOURCE: tail the change log (cost follows the changes), or the fallback that
+  // re-reads the watched ids every interval (docs/stream.md).
   const feed: ChangeFeed =
     config.STREAM_CHANGE_SOURCE === 'log'
       ? new LogPresenceFeed(
@@ -132,7 +133,7 @@ export function assembleApi(
           { intervalMs: config.STREAM_POLL_INTERVAL_MS, rule: visibilityRule },
           feedObserver,
         )
-      : new PresenceFeed(
+      : new PollPresenceFeed(
           database.db,
           {
             intervalMs: config.STREAM_POLL_INTERVAL_MS,

@@ -4,7 +4,7 @@
  */
 import { StreamHub } from '../api/stream/status-stream.ts';
 import { HeldPresence } from '../api/stream/held-presence.ts';
-import { PresenceFeed } from '../api/stream/presence-feed.ts';
+import { LogPresenceFeed } from '../api/stream/log-feed.ts';
 import { existsSync, readdirSync, readFileSync, statSync } from 'node:fs';
 import { createAdmission } from '../api/edge/admission.ts';
 import path from 'node:path';
@@ -193,7 +193,7 @@ describe('POST /status/batch reads through the status reader', () => {
           drainTimeoutMs: 1000,
           maxBufferedBytes: 1024,
         }),
-        feed: new PresenceFeed(database.db, { intervalMs: 1000 }),
+        feed: new LogPresenceFeed(database.db, { intervalMs: 1000 }),
         held: new HeldPresence(heartbeats, {
           threshold: { seconds: 3, current: () => Promise.resolve(3) },
           chunkIds: 1000,

@@ -6,7 +6,7 @@ import { createTestDatabase, silentLogger, type TestDatabase } from './support/d
 import { startTcpProxy } from './support/tcp-proxy.ts';
 import { waitFor } from './support/entry-points.ts';
 
-// The index of watchers is tested for both feeds in presence-feed.test.ts.
+// The index of watchers is tested for both feeds in change-feed.test.ts.
 describe('LogPresenceFeed: reading the change log', () => {
   let database: TestDatabase;
   before(async () => {

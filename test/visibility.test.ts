@@ -27,6 +27,14 @@ async function installFriendsRule(database: TestDatabase): Promise<void> {
       UNION ALL
       SELECT t FROM unnest(targets) AS t WHERE viewer IS NULL
     $$`.execute(database.db);
+  // Live streams learn that the rule's answer changed from the application's own trigger.
+  await sql`CREATE FUNCTION friends_changed() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+      PERFORM pulse_visibility_changed(ARRAY[OLD.friend_id, NEW.friend_id]);
+      RETURN NULL;
+    END $$`.execute(database.db);
+  await sql`CREATE TRIGGER friends_changed AFTER INSERT OR UPDATE OR DELETE ON friends
+    FOR EACH ROW EXECUTE FUNCTION friends_changed()`.execute(database.db);
 }
 
 const befriend = (database: TestDatabase, a: number, b: number) =>
@@ -95,6 +103,7 @@ describe('who may see whom: the visibility rule and privacy', () => {
     after(async () => {
       await sql`DROP FUNCTION pulse_visible_users(bigint, bigint[])`.execute(database.db);
       await sql`DROP TABLE friends`.execute(database.db);
+      await sql`DROP FUNCTION friends_changed()`.execute(database.db);
     });
 
     it('hides non-friends in GET and batch answers exactly like unknown users; a caller sees themselves; a gateway sees what the rule gives it', async () => {
@@ -127,7 +136,7 @@ describe('who may see whom: the visibility rule and privacy', () => {
       expect(all[2]!.last_seen).to.be.a('string');
     });
 
-    it("a stream's snapshot and events obey the rule: unfriended stops appearing online within a poll, befriended appears", async () => {
+    it("a stream's snapshot and events obey the rule: unfriended stops appearing online within one read of the log, befriended appears", async () => {
       app = await startTestApp(database, jwtEnv(secret, { STREAM_POLL_INTERVAL_MS: '100' }));
       await befriend(database, 1, 2);
       await database.putRow(2, 1);
@@ -160,6 +169,40 @@ describe('who may see whom: the visibility rule and privacy', () => {
       } finally {
         clearInterval(hb);
       }
+    });
+    it('never tells a watcher the comings and goings of a user it may not see, and shows them once it may', async () => {
+      app = await startTestApp(database, jwtEnv(secret, { STREAM_POLL_INTERVAL_MS: '100' }));
+      await befriend(database, 1, 2);
+      expect((await privacy(2, { invisible: true })).status).to.equal(200);
+      const stream = await SseStream.open(`${app.baseUrl}/status/stream?watch=2,3`, tokens[1]);
+      streams.push(stream);
+      expect((await stream.next<Status[]>()).data.map(fields)).to.deep.equal([UNKNOWN, UNKNOWN]);
+
+      const offline = (id: number) =>
+        fetch(`${app.baseUrl}/status/offline`, {
+          method: 'POST',
+          headers: { 'content-type': 'application/json', ...tokens[id] },
+          body: JSON.stringify({ user_id: id }),
+        });
+      // 2 is invisible, 3 is no friend of 1: online, offline, online again, all in the log.
+      for (const id of [2, 3]) await database.putRow(id, 0);
+      await new Promise((resolve) => setTimeout(resolve, 300));
+      for (const id of [2, 3]) expect((await offline(id)).status).to.equal(200);
+      await new Promise((resolve) => setTimeout(resolve, 300));
+      for (const id of [2, 3]) await database.putRow(id, 0);
+      const { rows } = await sql<{ n: number }>`
+        SELECT count(*)::int AS n FROM pulse_events WHERE user_id IN (2, 3)`.execute(database.db);
+      expect(rows[0]!.n).to.equal(6);
+      await new Promise((resolve) => setTimeout(resolve, 500));
+      expect(stream.unread).to.deep.equal([]);
+
+      await privacy(2, { invisible: false });
+      const shown = await stream.next<Status>();
+      expect(shown.data).to.deep.include({ user_id: 2, is_online: true });
+      await befriend(database, 1, 3);
+      expect((await stream.next<Status>()).data).to.deep.include({ user_id: 3, is_online: true });
+      await new Promise((resolve) => setTimeout(resolve, 300));
+      expect(stream.unread).to.deep.equal([]);
     });
   });
 

@@ -11,6 +11,15 @@
  * - The process keeps who watches which id; each event goes to its watchers as the status row a
  *   batch read would give right after it (`statusRow`). A user who comes online and goes offline
  *   between two reads gets both events, in order.
+ * - Who may see whom: the user's privacy (invisible mode, hidden last seen) applies to everyone,
+ *   the operator's rule (pulse_visible_users) per viewer. A watcher is told a user it may not see
+ *   as offline (hidden by the rule: no last seen either), exactly like an offline user. Each
+ *   subscriber keeps the ids it was told offline while the log says online (`hidden`, sparse), so
+ *   it is told a change only when what it may see changes. The rule runs only for the online
+ *   transitions of a read, one statement per RULE_CHUNK_PAIRS (viewer, user) pairs. A change of
+ *   audience with no transition (a user turning invisible, the application's
+ *   pulse_visibility_changed after an unfriending) comes through pulse_visibility_changes, read
+ *   by the same statement: the watchers of that user are told again what they may see.
  * - No LISTEN: the read is the ground truth and works through PgBouncer in transaction mode;
  *   NOTIFY would put a database-wide lock on every transition's commit.
  *
@@ -21,15 +30,22 @@
  * again), after which it gets every event. So a stream never misses a change nor gets one that
  * contradicts what it was told.
  */
-import { currentEventCursor, readEventsSince } from '../../lib/store/presence-log.ts';
-import type { VisibilityRule } from '../read/visibility-rule.ts';
 import {
+  currentEventCursor,
+  readFeedSince,
+  type WatchedChange,
+} from '../../lib/store/presence-log.ts';
+import {
+  findVisiblePairs,
   normalizeUserIds,
-  readStatuses,
+  readWatchedPresence,
   statusRow,
+  UNKNOWN_PRESENCE,
   type Executor,
   type UserStatus,
 } from '../../lib/store/pulse-store.ts';
+import type { VisibilityRule } from '../read/visibility-rule.ts';
+import { hiddenRow, type ChangeFeed, type Deliver, type FeedSubscription } from './change-feed.ts';
 
 export interface PresenceFeedOptions {
   /** Time between two reads of the log (bounds delivery latency). */
@@ -39,21 +55,14 @@ export interface PresenceFeedOptions {
 }
 
 export interface PresenceFeedObserver {
-  /** Every statement the feed runs (`detect`: one read of the log). */
-  onStatement?(info: { kind: 'detect'; seconds: number; ok: boolean }): void;
+  /** Every statement the feed runs (`detect`: one read of the log; `visibility`: the rule). */
+  onStatement?(info: { kind: 'detect' | 'visibility'; seconds: number; ok: boolean }): void;
   /** A read failed; the next one retries from the same cursor (nothing is lost). */
   onPollError?(error: unknown): void;
 }
 
-/** Receives the changes of one read for one subscriber, in one call. */
-export type Deliver = (changes: readonly UserStatus[]) => void;
-
-export interface FeedSubscription {
-  /** The statuses of the watched ids when the subscription started (as POST /status/batch). */
-  readonly snapshot: UserStatus[];
-  /** Stops deliveries; idempotent (a plain function: it may be passed around on its own). */
-  readonly close: () => void;
-}
+/** (viewer, user) pairs per statement of the operator's rule. */
+const RULE_CHUNK_PAIRS = 10_000;
 
 type Phase = 'snapshot' | 'pending' | 'live' | 'closed';
 
@@ -64,18 +73,34 @@ class Subscriber {
   phase: Phase = 'snapshot';
   /** What the snapshot said, until the subscriber goes live (then dropped). */
   told: Map<number, boolean> | undefined;
-  /** The last event per id since it registered, until it goes live (then dropped). */
-  latest: Map<number, UserStatus> | undefined = new Map<number, UserStatus>();
+  /** The last change per id since it registered, until it goes live (then dropped). */
+  latest: Map<number, WatchedChange> | undefined = new Map<number, WatchedChange>();
   /** Goes live in the first read whose sequence number is above this. */
   liveAfterRead = Infinity;
+  /** Ids it was told offline while the log says online (invisible, or hidden by the rule). */
+  hidden: Set<number> | undefined;
 
   constructor(
     readonly ids: readonly number[],
     readonly deliver: Deliver,
+    /** Who watches, for the rule: a user id, null (not a user), undefined (not subject to it). */
+    readonly viewer: number | null | undefined,
   ) {}
+
+  hide(userId: number, hidden: boolean): void {
+    if (hidden) (this.hidden ??= new Set()).add(userId);
+    else this.hidden?.delete(userId);
+  }
 }
 
-export class LogPresenceFeed {
+/** Whether the rule must be asked about `change` for `subscriber`: an online, visible-to-all user. */
+const asksRule = (subscriber: Subscriber, change: WatchedChange): boolean =>
+  subscriber.viewer !== undefined &&
+  subscriber.viewer !== change.userId &&
+  change.online &&
+  !change.invisible;
+
+export class LogPresenceFeed implements ChangeFeed {
   /**
    * Who watches each id. Arrays, not Sets: at 10,000 streams x 100 ids this index holds a million
    * entries, and a Set's hash table costs about 3x an array's slot per entry. Removal scans one
@@ -104,18 +129,13 @@ export class LogPresenceFeed {
     return this.watchers.size;
   }
 
-  /** Registers `userIds` (duplicates allowed, answered as given) and reads their snapshot. */
-  /**
-   * `viewer` (the caller's user id, null for a caller that is not a user) sees the snapshot as the
-   * visibility rule lets it; the changes after it are not filtered by the rule yet (docs/stream.md).
-   */
   async subscribe(
     userIds: readonly number[],
     deliver: Deliver,
     viewer?: number | null,
   ): Promise<FeedSubscription> {
     if (this.closed) throw new Error('the presence feed is closed');
-    const subscriber = new Subscriber(normalizeUserIds(userIds), deliver);
+    const subscriber = new Subscriber(normalizeUserIds(userIds), deliver, viewer);
     for (const id of subscriber.ids) {
       const watching = this.watchers.get(id);
       if (watching) watching.push(subscriber);
@@ -127,7 +147,13 @@ export class LogPresenceFeed {
       await this.takeCursor();
       this.schedule(this.options.intervalMs);
       const ruled = viewer !== undefined && (await (this.options.rule?.current() ?? false));
-      snapshot = await readStatuses(this.db, userIds, ruled ? { viewer } : undefined);
+      const found = await readWatchedPresence(this.db, userIds, ruled ? { viewer } : undefined);
+      snapshot = userIds.map((id) => {
+        const presence = found.get(id);
+        if (presence === undefined) return statusRow(id, UNKNOWN_PRESENCE);
+        subscriber.hide(id, presence.marked && (presence.invisible || !presence.visible));
+        return presence.visible ? statusRow(id, presence) : hiddenRow(id);
+      });
     } catch (error) {
       this.remove(subscriber);
       throw error;
@@ -155,7 +181,7 @@ export class LogPresenceFeed {
     while (this.cursor === undefined) {
       if (this.cursorTaking === undefined) {
         const generation = this.generation;
-        this.cursorTaking = this.timed(() => currentEventCursor(this.db))
+        this.cursorTaking = this.timed('detect', () => currentEventCursor(this.db))
           .then((cursor) => {
             if (generation === this.generation) this.cursor = cursor;
           })
@@ -213,7 +239,7 @@ export class LogPresenceFeed {
     this.timer.unref();
   }
 
-  private async timed<T>(run: () => Promise<T>): Promise<T> {
+  private async timed<T>(kind: 'detect' | 'visibility', run: () => Promise<T>): Promise<T> {
     const started = performance.now();
     let ok = false;
     try {
@@ -222,7 +248,7 @@ export class LogPresenceFeed {
       return result;
     } finally {
       this.observer.onStatement?.({
-        kind: 'detect',
+        kind,
         seconds: (performance.now() - started) / 1000,
         ok,
       });
@@ -234,9 +260,18 @@ export class LogPresenceFeed {
     if (cursor === undefined) return;
     const generation = this.generation;
     const seq = ++this.readSeq;
-    const { snapshot, events } = await this.timed(() => readEventsSince(this.db, cursor));
+    const { snapshot, changes } = await this.timed('detect', () => readFeedSince(this.db, cursor));
     if (generation !== this.generation) return;
     this.cursor = snapshot;
+
+    // Who goes live in this read: they reconcile their snapshot with the changes seen meanwhile.
+    const goingLive: Subscriber[] = [];
+    for (const subscriber of this.notLive) {
+      if (subscriber.phase === 'pending' && subscriber.liveAfterRead < seq)
+        goingLive.push(subscriber);
+    }
+    const watched = changes.filter((change) => this.watchers.has(change.userId));
+    const visible = await this.askRule(watched, goingLive);
 
     const outbox = new Map<Subscriber, UserStatus[]>();
     const send = (subscriber: Subscriber, row: UserStatus) => {
@@ -244,30 +279,46 @@ export class LogPresenceFeed {
       if (list) list.push(row);
       else outbox.set(subscriber, [row]);
     };
-    for (const event of events) {
-      const watching = this.watchers.get(event.userId);
-      if (!watching) continue;
-      // One row object per event, shared by every watcher (serialized once: status-stream.ts).
-      const row = statusRow(event.userId, { online: event.online, lastSeen: event.lastSeen });
-      for (const subscriber of watching) {
-        if (subscriber.phase === 'live') send(subscriber, row);
-        else subscriber.latest?.set(event.userId, row);
+    for (const change of watched) {
+      // One row object per change, shared by the watchers who may see it (serialized once).
+      const shown = statusRow(change.userId, {
+        online: change.online && !change.invisible,
+        lastSeen: change.shownLastSeen,
+      });
+      for (const subscriber of this.watchers.get(change.userId) ?? []) {
+        if (subscriber.phase !== 'live') {
+          subscriber.latest?.set(change.userId, change);
+          continue;
+        }
+        const told = subscriber.hidden?.has(change.userId)
+          ? false
+          : change.audienceOnly
+            ? change.online
+            : !change.online;
+        const row = this.rowFor(subscriber, change, shown, visible);
+        if (row.is_online !== told) send(subscriber, row);
+        subscriber.hide(change.userId, change.online && !row.is_online);
       }
     }
-    for (const subscriber of this.notLive) {
-      if (subscriber.phase !== 'pending' || subscriber.liveAfterRead >= seq) continue;
-      for (const [id, row] of subscriber.latest ?? []) {
+    for (const subscriber of goingLive) {
+      for (const [id, change] of subscriber.latest ?? []) {
+        const shown = statusRow(id, {
+          online: change.online && !change.invisible,
+          lastSeen: change.shownLastSeen,
+        });
+        const row = this.rowFor(subscriber, change, shown, visible);
         if (row.is_online !== subscriber.told?.get(id)) send(subscriber, row);
+        subscriber.hide(id, change.online && !row.is_online);
       }
       this.goLive(subscriber);
     }
 
     let delivered = 0;
-    for (const [subscriber, changes] of outbox) {
+    for (const [subscriber, rows] of outbox) {
       outbox.delete(subscriber);
       if (subscriber.phase !== 'live') continue;
       try {
-        subscriber.deliver(changes);
+        subscriber.deliver(rows);
       } catch (error) {
         // One broken subscriber must not cost the others their changes.
         this.observer.onPollError?.(error);
@@ -278,5 +329,63 @@ export class LogPresenceFeed {
       // anything else meanwhile: yield between slices instead.
       if (++delivered % DELIVERY_SLICE === 0) await new Promise((resolve) => setImmediate(resolve));
     }
+  }
+
+  /** What `subscriber` is told of `change`: as everyone sees it, or hidden by the rule. */
+  private rowFor(
+    subscriber: Subscriber,
+    change: WatchedChange,
+    shown: UserStatus,
+    visible: Map<number | null, Set<number>> | undefined,
+  ): UserStatus {
+    if (visible === undefined || !asksRule(subscriber, change)) return shown;
+    return visible.get(subscriber.viewer!)?.has(change.userId) ? shown : hiddenRow(change.userId);
+  }
+
+  /**
+   * The operator's rule over the (viewer, user) pairs this read needs: the online changes' live
+   * watchers and the changes seen by the subscribers going live. Undefined while no rule exists.
+   */
+  private async askRule(
+    changes: readonly WatchedChange[],
+    goingLive: readonly Subscriber[],
+  ): Promise<Map<number | null, Set<number>> | undefined> {
+    if (!(await (this.options.rule?.current() ?? false))) return undefined;
+    const pairs = new Map<number | null, Set<number>>();
+    const ask = (subscriber: Subscriber, change: WatchedChange) => {
+      if (!asksRule(subscriber, change)) return;
+      let targets = pairs.get(subscriber.viewer!);
+      if (targets === undefined) pairs.set(subscriber.viewer!, (targets = new Set()));
+      targets.add(change.userId);
+    };
+    for (const change of changes) {
+      for (const subscriber of this.watchers.get(change.userId) ?? []) {
+        if (subscriber.phase === 'live') ask(subscriber, change);
+      }
+    }
+    for (const subscriber of goingLive) {
+      for (const change of subscriber.latest?.values() ?? []) ask(subscriber, change);
+    }
+    const viewers: Array<number | null> = [];
+    const targets: number[] = [];
+    for (const [viewer, ids] of pairs) {
+      for (const id of ids) {
+        viewers.push(viewer);
+        targets.push(id);
+      }
+    }
+    const visible = new Map<number | null, Set<number>>();
+    for (let start = 0; start < targets.length; start += RULE_CHUNK_PAIRS) {
+      const end = start + RULE_CHUNK_PAIRS;
+      const found = await this.timed('visibility', () =>
+        findVisiblePairs(this.db, viewers.slice(start, end), targets.slice(start, end)),
+      );
+      for (const [viewer, ids] of found) {
+        const set = visible.get(viewer);
+        if (set === undefined) visible.set(viewer, ids);
+        else for (const id of ids) set.add(id);
+      }
+    }
+    return visible;
   }
 }

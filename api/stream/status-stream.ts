@@ -1,6 +1,6 @@
 /**
  * GET /status/stream: Server-Sent Events that push the online/offline changes of watched users and
- * keep the caller online while open. Change detection lives in api/stream/presence-feed.ts, held presence
+ * keep the caller online while open. Change delivery lives in api/stream/log-feed.ts (or poll-feed.ts), held presence
  * in api/stream/held-presence.ts; this file is the HTTP side only.
  *
  * The SSE framing is written here rather than with better-sse: it is a few lines, and Pulse needs
@@ -23,7 +23,7 @@
  * drains or closes), or after STREAM_DRAIN_TIMEOUT_SECONDS without draining.
  */
 import type { Request, RequestHandler, Response } from 'express';
-import type { ChangeFeed } from './presence-feed.ts';
+import type { ChangeFeed } from './change-feed.ts';
 import type { UserStatus } from '../../lib/store/pulse-store.ts';
 import { assertMayWrite, principalOf, type Principal } from '../edge/auth.ts';
 import { HttpError } from '../edge/errors.ts';

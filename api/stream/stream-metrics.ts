@@ -1,5 +1,5 @@
 import { Counter, Gauge, Histogram, type Registry } from 'prom-client';
-import type { PresenceFeedObserver } from './presence-feed.ts';
+import type { PresenceFeedObserver } from './poll-feed.ts';
 import type { HeldPresence } from './held-presence.ts';
 import type { StreamHub, StreamObserver } from './status-stream.ts';
 

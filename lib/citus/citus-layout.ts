@@ -21,6 +21,7 @@ export const USER_KEYED_TABLES = [
   'pulse_last_seen',
   'pulse_events',
   'pulse_privacy',
+  'pulse_visibility_changes',
 ] as const;
 
 const ANCHOR = USER_KEYED_TABLES[0];

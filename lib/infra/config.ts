@@ -297,10 +297,10 @@ const streamFields = {
   /** Open streams per caller (token sub) per process, 429 above; 0: no limit. */
   STREAM_MAX_OPEN_PER_CALLER: integer(0, 1_000_000, 16),
   /**
-   * Where streams find changes: `poll` re-reads the watched ids (the visibility rule and privacy
-   * apply to every change), `log` tails pulse_events (cost follows the changes; docs/stream.md).
+   * Where streams find changes: `log` tails pulse_events (cost follows the changes), `poll`
+   * re-reads the watched ids every interval (the fallback; docs/stream.md).
    */
-  STREAM_CHANGE_SOURCE: z.enum(['poll', 'log'], { error: 'must be poll or log' }).default('poll'),
+  STREAM_CHANGE_SOURCE: z.enum(['poll', 'log'], { error: 'must be poll or log' }).default('log'),
   /** How often the watched ids are re-read (poll) or the change log is read (log). */
   STREAM_POLL_INTERVAL_MS: integer(50, 60_000, 1_000),
   /** A keep-alive comment at least this often (the contract promises at most 15 s of silence). */

@@ -1,6 +1,7 @@
 /**
  * Keeps the change log's daily partitions: creates them ahead, drops those past
- * pulse_settings.event_retention_days. Runs at start and then every `intervalMs` (the sweeper
+ * pulse_settings.event_retention_days; and deletes the audience changes (pulse_visibility_changes)
+ * older than an hour, long read by every stream. Runs at start and then every `intervalMs` (the sweeper
  * process runs it). Every step is idempotent, so two processes running it at once cost a failed
  * CREATE at worst, retried at the next run.
  */
@@ -8,6 +9,7 @@ import type { Logger } from '../infra/logger.ts';
 import { errorFields } from '../infra/logger.ts';
 import {
   countDefaultPartitionEvents,
+  deleteOldVisibilityChanges,
   dropExpiredEventPartitions,
   ensureEventPartitions,
 } from '../store/presence-log.ts';
@@ -18,6 +20,8 @@ export interface EventRetentionReport {
   dropped: string[];
   /** Rows in the default partition: non-zero means partitions were not created in time. */
   defaultRows: number;
+  /** pulse_visibility_changes rows deleted. */
+  visibilityChangesDeleted: number;
 }
 
 export class EventRetention {
@@ -34,7 +38,8 @@ export class EventRetention {
     const created = await ensureEventPartitions(this.db, this.options.aheadDays);
     const dropped = await dropExpiredEventPartitions(this.db);
     const defaultRows = await countDefaultPartitionEvents(this.db);
-    return { created, dropped, defaultRows };
+    const visibilityChangesDeleted = await deleteOldVisibilityChanges(this.db);
+    return { created, dropped, defaultRows, visibilityChangesDeleted };
   }
 
   start(): void {

@@ -50,11 +50,7 @@ export async function currentEventCursor(db: Executor): Promise<string> {
  * transaction mode (no session state).
  */
 export async function readEventsSince(db: Executor, cursor: string): Promise<EventRead> {
-  // pg_snapshot's text form is xmin:xmax:xip,... The bounds go in as constants: an InitPlan's
-  // array is not used for the index, and each read would scan the partitions.
-  const [, xmax, xipList] = cursor.split(':');
-  if (xmax === undefined || xipList === undefined) throw new Error(`not a snapshot: ${cursor}`);
-  const xip = xipList === '' ? [] : xipList.split(',');
+  const { xmax, xip } = snapshotBounds(cursor);
   const { rows } = await sql<{
     snapshot: string;
     seq: string | null;
@@ -83,6 +79,99 @@ export async function readEventsSince(db: Executor, cursor: string): Promise<Eve
     });
   }
   return { snapshot: rows[0]!.snapshot, events };
+}
+
+/**
+ * pg_snapshot's text form is xmin:xmax:xip,... The bounds go into statements as constants: an
+ * InitPlan's array is not used for the index, and each read would scan the partitions.
+ */
+function snapshotBounds(cursor: string): { xmax: string; xip: string[] } {
+  const [, xmax, xipList] = cursor.split(':');
+  if (xmax === undefined || xipList === undefined) throw new Error(`not a snapshot: ${cursor}`);
+  return { xmax, xip: xipList === '' ? [] : xipList.split(',') };
+}
+
+/**
+ * One change a live stream must look at: a transition (pulse_events) or a change of who may see
+ * the user (pulse_visibility_changes), with the user's privacy as of the read.
+ */
+export interface WatchedChange {
+  userId: number;
+  /** False: a transition. True: the user's audience changed, their presence did not. */
+  audienceOnly: boolean;
+  /** Online by the log after this change (for an audience change: as of the read). */
+  online: boolean;
+  /** Invisible mode as of the read: everyone is told offline. */
+  invisible: boolean;
+  /** last_seen as readers are shown it (privacy applied) right after the change. */
+  shownLastSeen: Date | null;
+}
+
+export interface FeedRead {
+  /** The snapshot of this read: the next read's cursor. */
+  snapshot: string;
+  /** Transitions in log order, then audience changes (one per user). */
+  changes: WatchedChange[];
+}
+
+/**
+ * What live streams read each interval: the transitions and the audience changes committed after
+ * `cursor`, by the same snapshot rule as readEventsSince, in one statement. Audience changes come
+ * last: they carry the user's state as of the read, which is the state after the read's
+ * transitions.
+ */
+export async function readFeedSince(db: Executor, cursor: string): Promise<FeedRead> {
+  const { xmax, xip } = snapshotBounds(cursor);
+  const { rows } = await sql<{
+    snapshot: string;
+    user_id: string | null;
+    audience_only: boolean | null;
+    online: boolean | null;
+    invisible: boolean | null;
+    shown_last_seen: Date | null;
+  }>`
+    WITH cur AS (SELECT pg_current_snapshot() AS s)
+    SELECT cur.s::text AS snapshot, c.user_id, c.audience_only, c.online,
+           coalesce(pr.invisible, false) AS invisible,
+           CASE WHEN pr.hide_last_seen THEN NULL
+                WHEN pr.invisible THEN least(c.last_seen, pr.invisible_since)
+                ELSE c.last_seen END AS shown_last_seen
+    FROM cur LEFT JOIN LATERAL (
+      SELECT seq, user_id, online, last_seen, false AS audience_only FROM pulse_events
+      WHERE (tx >= ${xmax}::xid8 OR tx = ANY(${xip}::xid8[]))
+        AND pg_visible_in_snapshot(tx, cur.s)
+      UNION ALL
+      SELECT DISTINCT ON (v.user_id) NULL, v.user_id, p.online_since IS NOT NULL,
+             coalesce(p.last_hb, ls.last_seen), true
+      FROM pulse_visibility_changes v
+      LEFT JOIN pulse p ON p.user_id = v.user_id
+      LEFT JOIN pulse_last_seen ls ON ls.user_id = v.user_id
+      WHERE (v.tx >= ${xmax}::xid8 OR v.tx = ANY(${xip}::xid8[]))
+        AND pg_visible_in_snapshot(v.tx, cur.s)
+    ) c ON true
+    LEFT JOIN pulse_privacy pr ON pr.user_id = c.user_id
+    ORDER BY c.audience_only, c.seq`.execute(db);
+  const changes: WatchedChange[] = [];
+  for (const row of rows) {
+    if (row.user_id === null) continue;
+    changes.push({
+      userId: Number(row.user_id),
+      audienceOnly: row.audience_only!,
+      online: row.online!,
+      invisible: row.invisible!,
+      shownLastSeen: row.shown_last_seen,
+    });
+  }
+  return { snapshot: rows[0]!.snapshot, changes };
+}
+
+/** Deletes the audience changes older than an hour (every stream read them long ago). */
+export async function deleteOldVisibilityChanges(db: Executor): Promise<number> {
+  const result = await db
+    .deleteFrom('pulse_visibility_changes')
+    .where('at', '<', sql<Date>`now() - interval '1 hour'`)
+    .executeTakeFirst();
+  return Number(result.numDeletedRows);
 }
 
 export interface MarkedOnline {

@@ -193,6 +193,73 @@ export async function readPresence(
   return found;
 }
 
+/** What a live stream's snapshot needs to know of one watched user (readWatchedPresence). */
+export interface WatchedPresence extends Presence {
+  /** Online by the change log (pulse.online_since set): what the stream's later events follow. */
+  marked: boolean;
+  /** Invisible mode: `online` is already false for it. */
+  invisible: boolean;
+  /** False when the operator's rule hides the user from the viewer. */
+  visible: boolean;
+}
+
+/**
+ * A stream's snapshot in one statement: each known user's presence as readPresence gives it
+ * (privacy applied), and what the feed needs to follow them afterwards: their state in the log,
+ * whether they are invisible and, with `viewer` (only while the rule exists), whether the rule
+ * lets the viewer see them. Users Pulse knows nothing of are absent.
+ */
+export async function readWatchedPresence(
+  db: Executor,
+  userIds: readonly number[],
+  visibility?: Visibility,
+): Promise<Map<number, WatchedPresence>> {
+  const ids = normalizeUserIds(userIds);
+  const found = new Map<number, WatchedPresence>();
+  if (ids.length === 0) return found;
+  const visible =
+    visibility === undefined
+      ? sql<boolean>`true`
+      : sql<boolean>`(u.user_id = ${visibility.viewer}::bigint
+          OR u.user_id IN (SELECT pulse_visible_users(${visibility.viewer}::bigint, ${ids}::bigint[])))`;
+  const { rows } = await sql<{
+    user_id: string;
+    last_seen: Date | null;
+    online: boolean;
+    live: boolean;
+    marked: boolean;
+    invisible: boolean;
+    visible: boolean;
+  }>`
+    WITH u AS (
+      SELECT user_id, last_hb AS last_seen, ${isOnline('last_hb')} AS online, true AS live,
+             online_since IS NOT NULL AS marked
+      FROM pulse WHERE user_id = ANY(${ids}::bigint[])
+      UNION ALL
+      SELECT user_id, last_seen, false, false, false
+      FROM pulse_last_seen WHERE user_id = ANY(${ids}::bigint[])
+    )
+    SELECT u.user_id,
+           CASE WHEN pr.hide_last_seen THEN NULL
+                WHEN pr.invisible THEN least(u.last_seen, pr.invisible_since)
+                ELSE u.last_seen END AS last_seen,
+           u.online AND NOT coalesce(pr.invisible, false) AS online,
+           u.live, u.marked, coalesce(pr.invisible, false) AS invisible, ${visible} AS visible
+    FROM u LEFT JOIN pulse_privacy pr ON pr.user_id = u.user_id`.execute(db);
+  for (const row of rows) {
+    const id = Number(row.user_id);
+    if (!row.live && found.has(id)) continue; // a live row wins over an older last-seen entry
+    found.set(id, {
+      online: row.online,
+      lastSeen: row.last_seen,
+      marked: row.marked,
+      invisible: row.invisible,
+      visible: row.visible,
+    });
+  }
+  return found;
+}
+
 /**
  * Which of the given (viewer, target) pairs the operator's rule lets the viewer see, in one
  * statement: the rule runs once per distinct viewer, over that viewer's targets. Returns, per
@@ -249,7 +316,13 @@ export async function writePrivacy(
 ): Promise<PrivacySettings> {
   const invisible = changes.invisible ?? null;
   const hide = changes.hideLastSeen ?? null;
+  // Turning invisible or visible while online changes what watchers may see with no transition:
+  // a pulse_visibility_changes row, in the same statement, tells the live streams.
   const { rows } = await sql<{ invisible: boolean; hide_last_seen: boolean }>`
+    WITH before AS (
+      SELECT invisible FROM pulse_privacy WHERE user_id = ${userId}::bigint
+    ),
+    written AS (
     INSERT INTO pulse_privacy AS pr (user_id, invisible, hide_last_seen, invisible_since, updated_at)
     VALUES (${userId}::bigint, coalesce(${invisible}::boolean, false),
             coalesce(${hide}::boolean, false),
@@ -262,7 +335,16 @@ export async function writePrivacy(
         WHEN pr.invisible THEN pr.invisible_since
         ELSE EXCLUDED.invisible_since END,
       updated_at = EXCLUDED.updated_at
-    RETURNING invisible, hide_last_seen`.execute(db);
+    RETURNING invisible, hide_last_seen
+    ),
+    told AS (
+      INSERT INTO pulse_visibility_changes (user_id, reason)
+      SELECT ${userId}::bigint, 'privacy' FROM written
+      WHERE written.invisible IS DISTINCT FROM coalesce((SELECT invisible FROM before), false)
+        AND EXISTS (SELECT 1 FROM pulse
+                    WHERE user_id = ${userId}::bigint AND online_since IS NOT NULL)
+    )
+    SELECT invisible, hide_last_seen FROM written`.execute(db);
   const row = rows[0]!;
   return { invisible: row.invisible, hideLastSeen: row.hide_last_seen };
 }
@@ -270,7 +352,7 @@ export async function writePrivacy(
 /**
  * The subset of `userIds` online by the shared rule and not invisible (readPresence without last
  * seen, and without the operator's visibility rule, which the stream applies per viewer). Also the
- * stream's change-detection statement (api/stream/presence-feed.ts): a primary-key lookup per id, valid on
+ * stream's change-detection statement (api/stream/poll-feed.ts): a primary-key lookup per id, valid on
  * a Citus-distributed `pulse`. With a `router` on Citus, one statement per shard, each with only
  * that shard's ids (see lib/citus/shard-routing.ts); otherwise, and always on plain PostgreSQL, one
  * statement.

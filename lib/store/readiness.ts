@@ -13,6 +13,8 @@ const REQUIRED_TABLES = [
   'pulse_last_seen',
   'pulse_events',
   'pulse_job_leases',
+  'pulse_privacy',
+  'pulse_visibility_changes',
 ];
 
 /** SQLSTATE of a lock not granted within lock_timeout. */

@@ -62,6 +62,14 @@ export interface PulsePrivacyTable {
   updated_at: ColumnType<Date, Date | undefined, Date>;
 }
 
+/** Users whose audience changed with no transition (migration 0008), read by live streams. */
+export interface PulseVisibilityChangesTable {
+  user_id: ColumnType<string, number, never>;
+  reason: 'privacy' | 'rule';
+  at: ColumnType<Date, Date | undefined, never>;
+  tx: ColumnType<string, never, never>;
+}
+
 export interface Database {
   pulse: PulseTable;
   pulse_sweeper_lease: SweeperLeaseTable;
@@ -70,4 +78,5 @@ export interface Database {
   pulse_events: PulseEventsTable;
   pulse_job_leases: JobLeasesTable;
   pulse_privacy: PulsePrivacyTable;
+  pulse_visibility_changes: PulseVisibilityChangesTable;
 }

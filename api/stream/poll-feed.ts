@@ -1,6 +1,9 @@
 /**
- * Change detection for the live stream (GET /status/stream): which watched users went online or
- * offline, by the database clock, whichever API replica wrote the heartbeat.
+ * The polling fallback of the live stream's change feed (STREAM_CHANGE_SOURCE=poll; the default is
+ * the change log, log-feed.ts): which watched users went online or offline, by the database clock,
+ * whichever API replica wrote the heartbeat. Its cost grows with the distinct watched ids of each
+ * process, not with the changes; kept for databases where the log cannot be read by snapshot
+ * (docs/stream.md).
  *
  * Design: multiplexed polling (Hasura's subscriptions), no LISTEN/NOTIFY.
  * - Every stream of this process registers the ids it watches here. Every `intervalMs`, one poll
@@ -44,6 +47,7 @@ import {
   type UserStatus,
 } from '../../lib/store/pulse-store.ts';
 import type { VisibilityRule } from '../read/visibility-rule.ts';
+import { hiddenRow, type ChangeFeed, type Deliver, type FeedSubscription } from './change-feed.ts';
 
 export interface PresenceFeedOptions {
   intervalMs: number;
@@ -74,28 +78,6 @@ export interface PresenceFeedObserver {
   onPollError?(error: unknown): void;
 }
 
-/** Receives the changes of one poll for one subscriber, in one call. */
-export type Deliver = (changes: readonly UserStatus[]) => void;
-
-export interface FeedSubscription {
-  /** The statuses of the watched ids when the subscription started (as POST /status/batch). */
-  readonly snapshot: UserStatus[];
-  /** Stops deliveries; idempotent (a plain function: it may be passed around on its own). */
-  readonly close: () => void;
-}
-
-/** What the stream needs of a change feed: the polling one here, or the log's (log-feed.ts). */
-export interface ChangeFeed {
-  /** Distinct ids watched by the streams of this process. */
-  readonly watchedIds: number;
-  subscribe(
-    userIds: readonly number[],
-    deliver: Deliver,
-    viewer?: number | null,
-  ): Promise<FeedSubscription>;
-  close(): Promise<void>;
-}
-
 type Phase = 'snapshot' | 'pending' | 'live' | 'closed';
 
 /** Streams given their changes before the feed lets the event loop run (and sockets flush). */
@@ -103,13 +85,6 @@ const DELIVERY_SLICE = 500;
 
 /** (viewer, watched id) pairs per visibility statement. */
 const RULE_CHUNK_PAIRS = 10_000;
-
-/** What a viewer is told of a user the rule hides: an offline user Pulse knows nothing of. */
-const hiddenRow = (userId: number): UserStatus => ({
-  user_id: userId,
-  is_online: false,
-  last_seen: null,
-});
 
 class Subscriber {
   phase: Phase = 'snapshot';
@@ -128,7 +103,7 @@ class Subscriber {
   ) {}
 }
 
-export class PresenceFeed {
+export class PollPresenceFeed implements ChangeFeed {
   /**
    * Who watches each id. Arrays, not Sets: at 10,000 streams x 100 ids this index holds a million
    * entries, and a Set's hash table costs about 3x an array's slot per entry. Removal scans one

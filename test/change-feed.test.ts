@@ -1,16 +1,13 @@
 import { expect } from 'chai';
 import { LogPresenceFeed } from '../api/stream/log-feed.ts';
-import {
-  PresenceFeed,
-  type ChangeFeed,
-  type FeedSubscription,
-} from '../api/stream/presence-feed.ts';
+import type { ChangeFeed, FeedSubscription } from '../api/stream/change-feed.ts';
+import { PollPresenceFeed } from '../api/stream/poll-feed.ts';
 import { recordHeartbeats, setOffline, type UserStatus } from '../lib/store/pulse-store.ts';
 import { createTestDatabase, type TestDatabase } from './support/database.ts';
 import { waitFor } from './support/entry-points.ts';
 
 // The polling feed and the change log's feed keep the same index of watchers: one set of tests.
-for (const Feed of [PresenceFeed, LogPresenceFeed]) {
+for (const Feed of [PollPresenceFeed, LogPresenceFeed]) {
   describe(`${Feed.name}: the index of who watches which id`, () => {
     let database: TestDatabase;
     let feed: ChangeFeed;
