@@ -139,6 +139,10 @@ describe('change log retention', () => {
       );
     }
     await sql`DROP TABLE ${sql.id(await partitionName(db, 7))}`.execute(db);
+    await sql`INSERT INTO pulse_visibility_changes (user_id, reason, at)
+      VALUES (1, 'privacy', now() - interval '61 minutes'), (2, 'rule', now() - interval '59 minutes')`.execute(
+      db,
+    );
 
     const report = await new EventRetention(db, silentLogger, {
       intervalMs: 3_600_000,
@@ -151,6 +155,10 @@ describe('change log retention', () => {
       db,
     );
     expect(rows[0]!.n, 'the event two days ago is kept').to.equal(1);
+    expect(report.visibilityChangesDeleted, 'audience changes over an hour old').to.equal(1);
+    const kept = await sql<{ user_id: string }>`
+      SELECT user_id FROM pulse_visibility_changes`.execute(db);
+    expect(kept.rows.map((r) => Number(r.user_id))).to.deep.equal([2]);
   });
 });
 

@@ -34,6 +34,7 @@ describe('the schema explains itself', () => {
       'pulse_privacy',
       'pulse_settings',
       'pulse_sweeper_lease',
+      'pulse_visibility_changes',
     ]);
     const missing = rows
       .filter((r) => !r.comment?.trim())

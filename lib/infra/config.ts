@@ -302,7 +302,7 @@ const streamFields = {
    */
   STREAM_CHANGE_SOURCE: z.enum(['poll', 'log'], { error: 'must be poll or log' }).default('log'),
   /** How often the watched ids are re-read (poll) or the change log is read (log). */
-  STREAM_POLL_INTERVAL_MS: integer(50, 60_000, 1_000),
+  STREAM_POLL_INTERVAL_MS: integer(50, 60_000, 500),
   /** A keep-alive comment at least this often (the contract promises at most 15 s of silence). */
   STREAM_KEEPALIVE_SECONDS: integer(1, 15, 15),
   /** The reconnection delay hinted in `retry:`; each stream gets it with +-50% jitter. */
