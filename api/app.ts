@@ -216,6 +216,8 @@ export function buildApp({
     admit,
     async (req: Request<{ userId: string }>, res: Response) => {
       const userId = parseUserIdParam(req.params.userId);
+      // One id of the caller's read budget: a loop of single reads is a batch read spread out.
+      callerLimits?.chargeRead(principalOf(req).caller, 1);
       res.json(statusRow(userId, await inTime(res, statuses.read(userId, viewerOf(req)))));
     },
   );

@@ -319,6 +319,10 @@ export const openApiDocument = {
           },
           '400': error('`invalid_user_id`, or `invalid_path` for broken percent-encoding'),
           '401': unauthenticated,
+          '429': callerLimit(
+            'too_many_reads_per_caller',
+            'READ_IDS_PER_SECOND_PER_CALLER (one id per request)',
+          ),
           '503': unavailable,
         },
       },

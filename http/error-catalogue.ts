@@ -71,7 +71,7 @@ export const errorCatalogue = {
   too_many_reads_per_caller: {
     status: 429,
     message: 'this caller has read too many ids, retry later',
-    when: '`POST /status/batch` or a stream snapshot: the caller (token `sub`) has used its `READ_IDS_PER_SECOND_PER_CALLER` budget; with `Retry-After`',
+    when: '`POST /status/batch`, `GET /status/{id}` (one id) or a stream snapshot: the caller (token `sub`) has used its `READ_IDS_PER_SECOND_PER_CALLER` budget; with `Retry-After`',
   },
   not_found: {
     status: 404,
