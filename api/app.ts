@@ -185,7 +185,12 @@ export function buildApp({
       res.json(many ? { status: 'accepted', accepted: userIds.length } : { status: 'accepted' });
       return;
     }
-    await inTime(res, setOffline(db, userIds));
+    // Offline is final until a newer heartbeat: this process's earlier beats of these users are
+    // dropped from the queue or, already being written, commit before the DELETE runs.
+    await inTime(
+      res,
+      heartbeats.withdraw(userIds).then(() => setOffline(db, userIds)),
+    );
     res.json(many ? { status: 'success', accepted: userIds.length } : { status: 'success' });
   });
 
