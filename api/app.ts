@@ -20,7 +20,8 @@ import { createCors } from './edge/cors.ts';
 import type { CallerLimits } from './edge/caller-limits.ts';
 import { demoRoutes, serviceIndex } from './demo.ts';
 import { createEdge } from './edge/edge.ts';
-import { errorHandler, notFound } from './edge/errors.ts';
+import { createErrorHandler, notFound } from './edge/errors.ts';
+import type { SettingsMissingLog } from './read/settings-missing-log.ts';
 import type { HeartbeatWriter } from './write/heartbeat-writer.ts';
 import type { DeferredOffline } from './write/deferred-offline.ts';
 import type { OnlineThreshold } from './stream/held-presence.ts';
@@ -53,6 +54,8 @@ export interface AppDeps {
   stream: Omit<StreamRouteDeps, 'config' | 'admission' | 'callerLimits'>;
   /** Per-caller stream and read limits (api/edge/caller-limits.ts); absent: none. */
   callerLimits?: CallerLimits | undefined;
+  /** Told of each read refused for a missing pulse_settings row; absent: nothing logged. */
+  settingsMissingLog?: SettingsMissingLog | undefined;
   /**
    * The database's online threshold in force (api/stream/held-presence.ts): heartbeat answers carry it in
    * `Pulse-Online-Threshold-Seconds`, so a client's fallback heartbeat loop can follow the server.
@@ -111,6 +114,7 @@ export function buildApp({
   config,
   onlineThreshold,
   callerLimits,
+  settingsMissingLog,
 }: AppDeps): Express {
   // The header follows pulse_settings (read again at most once a second while answers ask).
   const thresholdHeader = () =>
@@ -244,6 +248,10 @@ export function buildApp({
     app.use(demo.router);
   }
   app.use(notFound);
-  app.use(errorHandler);
+  app.use(
+    createErrorHandler((error) => {
+      if (error.code === 'settings_missing') settingsMissingLog?.refused();
+    }),
+  );
   return app;
 }

@@ -9,7 +9,7 @@ const retryAfter = {
 };
 const unavailable = {
   description:
-    "Not written or not answered: the identity provider's keys cannot be fetched (`auth_unavailable`, AUTH_JWKS_URL), the process is overloaded (`overloaded`), the answer was not ready REQUEST_DEADLINE_MS after admission (`deadline_exceeded`), the database is unavailable (`database_unavailable`), the heartbeat queue is full (`queue_full`), the write failed (`write_failed`) or the server is stopping (`shutting_down`). Retry after `Retry-After` seconds.",
+    "Not written or not answered: the identity provider's keys cannot be fetched (`auth_unavailable`, AUTH_JWKS_URL), the process is overloaded (`overloaded`), the answer was not ready REQUEST_DEADLINE_MS after admission (`deadline_exceeded`), the database is unavailable (`database_unavailable`), the shared settings row is missing (`settings_missing`, reads), the heartbeat queue is full (`queue_full`), the write failed (`write_failed`) or the server is stopping (`shutting_down`). Retry after `Retry-After` seconds.",
   headers: retryAfter,
   content: json(ref('Error')),
 };
