@@ -19,7 +19,8 @@ import os from 'node:os';
 import { randomBytes } from 'node:crypto';
 import { SignJWT } from 'jose';
 import { Kysely, PostgresDialect, type CompiledQuery } from 'kysely';
-import pg from 'pg';
+import { openDatabase } from '../lib/infra/db.ts';
+import { createLogger } from '../lib/infra/logger.ts';
 import type { Database } from '../lib/store/schema.ts';
 import { readPresence } from '../lib/store/pulse-store.ts';
 import { watchBackends } from './process-cpu.ts';
@@ -174,23 +175,29 @@ async function measure(
  * (readPresence, captured from Kysely's log rather than copied), with or without the rule.
  */
 async function explainBatch(viewer: Viewer, installed: boolean): Promise<string[]> {
-  const pool = new pg.Pool({ connectionString: bench!.url, max: 1 });
+  const handle = openDatabase({
+    connectionString: bench!.url,
+    poolMax: 1,
+    applicationName: 'pulse-bench-explain',
+    logger: createLogger('pulse-bench', 'warn'),
+  });
   let captured: CompiledQuery | undefined;
+  // A second Kysely on the same pool, whose log hands over the statement it compiled.
   const db = new Kysely<Database>({
-    dialect: new PostgresDialect({ pool }),
+    dialect: new PostgresDialect({ pool: handle.pool }),
     log: (event) => {
       captured ??= event.query;
     },
   });
   try {
     await readPresence(db, viewer.ids, undefined, installed ? { viewer: viewer.id } : undefined);
-    const { rows } = await pool.query<{ 'QUERY PLAN': string }>(
+    const { rows } = await handle.pool.query<{ 'QUERY PLAN': string }>(
       `EXPLAIN (ANALYZE, BUFFERS) ${captured!.sql}`,
       [...captured!.parameters],
     );
     return shortPlan(rows);
   } finally {
-    await db.destroy();
+    await handle.close();
   }
 }
 
