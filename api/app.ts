@@ -20,7 +20,8 @@ import { createCors } from './edge/cors.ts';
 import type { CallerLimits } from './edge/caller-limits.ts';
 import { demoRoutes, serviceIndex } from './demo.ts';
 import { createEdge } from './edge/edge.ts';
-import { errorHandler, notFound } from './edge/errors.ts';
+import { createErrorHandler, notFound } from './edge/errors.ts';
+import type { SettingsMissingLog } from './read/settings-missing-log.ts';
 import type { HeartbeatWriter } from './write/heartbeat-writer.ts';
 import type { DeferredOffline } from './write/deferred-offline.ts';
 import type { OnlineThreshold } from './stream/held-presence.ts';
@@ -53,6 +54,8 @@ export interface AppDeps {
   stream: Omit<StreamRouteDeps, 'config' | 'admission' | 'callerLimits'>;
   /** Per-caller stream and read limits (api/edge/caller-limits.ts); absent: none. */
   callerLimits?: CallerLimits | undefined;
+  /** Told of each read refused for a missing pulse_settings row; absent: nothing logged. */
+  settingsMissingLog?: SettingsMissingLog | undefined;
   /**
    * The database's online threshold in force (api/stream/held-presence.ts): heartbeat answers carry it in
    * `Pulse-Online-Threshold-Seconds`, so a client's fallback heartbeat loop can follow the server.
@@ -111,6 +114,7 @@ export function buildApp({
   config,
   onlineThreshold,
   callerLimits,
+  settingsMissingLog,
 }: AppDeps): Express {
   // The header follows pulse_settings (read again at most once a second while answers ask).
   const thresholdHeader = () =>
@@ -185,7 +189,12 @@ export function buildApp({
       res.json(many ? { status: 'accepted', accepted: userIds.length } : { status: 'accepted' });
       return;
     }
-    await inTime(res, setOffline(db, userIds));
+    // Offline is final until a newer heartbeat: this process's earlier beats of these users are
+    // dropped from the queue or, already being written, commit before the DELETE runs.
+    await inTime(
+      res,
+      heartbeats.withdraw(userIds).then(() => setOffline(db, userIds)),
+    );
     res.json(many ? { status: 'success', accepted: userIds.length } : { status: 'success' });
   });
 
@@ -216,6 +225,8 @@ export function buildApp({
     admit,
     async (req: Request<{ userId: string }>, res: Response) => {
       const userId = parseUserIdParam(req.params.userId);
+      // One id of the caller's read budget: a loop of single reads is a batch read spread out.
+      callerLimits?.chargeRead(principalOf(req).caller, 1);
       res.json(statusRow(userId, await inTime(res, statuses.read(userId, viewerOf(req)))));
     },
   );
@@ -237,6 +248,10 @@ export function buildApp({
     app.use(demo.router);
   }
   app.use(notFound);
-  app.use(errorHandler);
+  app.use(
+    createErrorHandler((error) => {
+      if (error.code === 'settings_missing') settingsMissingLog?.refused();
+    }),
+  );
   return app;
 }

@@ -22,6 +22,8 @@ import { StreamHub } from './stream/status-stream.ts';
 import { createStreamMetrics } from './stream/stream-metrics.ts';
 import { CoalescingStatusReader, DirectStatusReader } from './read/status-reader.ts';
 import { LiveVisibilityRule } from './read/visibility-rule.ts';
+import { SettingsMissingLog } from './read/settings-missing-log.ts';
+import { SettingsMissingError } from '../lib/store/pulse-store.ts';
 import { OfflineDetector } from '../lib/presence/offline-detector.ts';
 import { createDetectorMetrics } from '../lib/presence/detector-metrics.ts';
 import { LogPresenceFeed } from './stream/log-feed.ts';
@@ -112,8 +114,12 @@ export function assembleApi(
   const threshold = new LiveOnlineThreshold(database.db, heldThresholdSeconds);
   // A database that cannot be reached is told by its outage log (lib/infra/outage-log.ts), once and then
   // as a count: these two repeat every beat and every poll, so they log only other failures.
+  const settingsMissingLog = new SettingsMissingLog(logger);
   const unlessOutage = (message: string) => (error: unknown) => {
-    if (!isDatabaseUnavailable(error)) logger.warn({ err: errorFields(error, 0, false) }, message);
+    if (error instanceof SettingsMissingError) settingsMissingLog.refused();
+    else if (!isDatabaseUnavailable(error)) {
+      logger.warn({ err: errorFields(error, 0, false) }, message);
+    }
   };
   const held = new HeldPresence(heartbeats, {
     threshold,
@@ -168,6 +174,7 @@ export function assembleApi(
     db: database.db,
     heartbeats,
     deferredOffline,
+    settingsMissingLog,
     statuses,
     logger,
     config,

@@ -9,7 +9,7 @@ const retryAfter = {
 };
 const unavailable = {
   description:
-    "Not written or not answered: the identity provider's keys cannot be fetched (`auth_unavailable`, AUTH_JWKS_URL), the process is overloaded (`overloaded`), the answer was not ready REQUEST_DEADLINE_MS after admission (`deadline_exceeded`), the database is unavailable (`database_unavailable`), the heartbeat queue is full (`queue_full`), the write failed (`write_failed`) or the server is stopping (`shutting_down`). Retry after `Retry-After` seconds.",
+    "Not written or not answered: the identity provider's keys cannot be fetched (`auth_unavailable`, AUTH_JWKS_URL), the process is overloaded (`overloaded`), the answer was not ready REQUEST_DEADLINE_MS after admission (`deadline_exceeded`), the database is unavailable (`database_unavailable`), the shared settings row is missing (`settings_missing`, reads), the heartbeat queue is full (`queue_full`), the write failed (`write_failed`) or the server is stopping (`shutting_down`). Retry after `Retry-After` seconds.",
   headers: retryAfter,
   content: json(ref('Error')),
 };
@@ -177,7 +177,7 @@ export const openApiDocument = {
         summary:
           'Server-Sent Events: a snapshot of the watched users, then one change per online/offline transition; keeps the caller online while open',
         description:
-          'Events: `snapshot` (data: the array POST /status/batch returns for `watch`), then `change` (data: one Status: user_id, is_online, last_seen) per transition, by the database clock, whichever replica wrote. A `retry:` hint (ms) comes first and again when the server ends the stream (shutdown, token expiry); a keep-alive comment at least every 15 s. A reconnecting client gets a fresh snapshot (no replay). Held presence: with AUTH_MODE=jwt the token `sub` (or `user_id` with the gateway scope), with AUTH_MODE=none `user_id`, is kept online while the stream is open; without either the stream only watches.',
+          'Events: `snapshot` (data: the array POST /status/batch returns for `watch`), then `change` (data: one Status: user_id, is_online, last_seen) per transition, by the database clock, whichever replica wrote. A `retry:` hint (ms) comes first and again when the server ends the stream (shutdown, token expiry); a keep-alive comment at least every 15 s. A reconnecting client gets a fresh snapshot (no replay). Held presence, only with `hold=true`: `user_id` if given (with AUTH_MODE=jwt only the token `sub` or with the gateway scope), else the token `sub`, is kept online while the stream is open; without `hold=true` the stream only watches, whatever the token.',
         parameters: [
           {
             name: 'watch',
@@ -187,10 +187,19 @@ export const openApiDocument = {
             schema: { type: 'string', pattern: '^([1-9][0-9]{0,15}(,[1-9][0-9]{0,15})*)?$' },
           },
           {
+            name: 'hold',
+            in: 'query',
+            required: false,
+            description:
+              '`true`: hold presence while the stream is open (`user_id`, else the token `sub`; 400 `invalid_request` when there is neither). `false` or absent: only watch',
+            schema: { type: 'string', enum: ['true', 'false'] },
+          },
+          {
             name: 'user_id',
             in: 'query',
             required: false,
-            description: 'Whose presence the stream holds (AUTH_MODE=none, or a gateway token)',
+            description:
+              'Whose presence a `hold=true` stream holds (AUTH_MODE=none, or a gateway token); without `hold=true`, 400 `invalid_request`',
             schema: { type: 'string', pattern: '^[1-9][0-9]{0,15}$' },
           },
           {
@@ -319,6 +328,10 @@ export const openApiDocument = {
           },
           '400': error('`invalid_user_id`, or `invalid_path` for broken percent-encoding'),
           '401': unauthenticated,
+          '429': callerLimit(
+            'too_many_reads_per_caller',
+            'READ_IDS_PER_SECOND_PER_CALLER (one id per request)',
+          ),
           '503': unavailable,
         },
       },

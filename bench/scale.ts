@@ -402,7 +402,7 @@ async function measureStreams(
               () => 1 + Math.floor(Math.random() * watchedUsers),
             );
             const req = http.get(
-              `${api.url}/status/stream?user_id=${STREAM_HOLDER_BASE + i}&watch=${ids.join(',')}`,
+              `${api.url}/status/stream?hold=true&user_id=${STREAM_HOLDER_BASE + i}&watch=${ids.join(',')}`,
               { agent },
               (res) => {
                 if (res.statusCode !== 200) reject(new Error(`stream refused: ${res.statusCode}`));

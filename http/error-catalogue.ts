@@ -71,7 +71,7 @@ export const errorCatalogue = {
   too_many_reads_per_caller: {
     status: 429,
     message: 'this caller has read too many ids, retry later',
-    when: '`POST /status/batch` or a stream snapshot: the caller (token `sub`) has used its `READ_IDS_PER_SECOND_PER_CALLER` budget; with `Retry-After`',
+    when: '`POST /status/batch`, `GET /status/{id}` (one id) or a stream snapshot: the caller (token `sub`) has used its `READ_IDS_PER_SECOND_PER_CALLER` budget; with `Retry-After`',
   },
   not_found: {
     status: 404,
@@ -102,6 +102,12 @@ export const errorCatalogue = {
     status: 503,
     message: 'the database is unavailable, retry later',
     when: 'PostgreSQL cannot be reached; the process stays up and recovers by itself',
+  },
+  settings_missing: {
+    status: 503,
+    message:
+      'the shared settings row is missing: nobody can be told online until npm run migrate restores it',
+    when: 'a read (`GET /status/{id}`, `POST /status/batch`, a stream snapshot) while `pulse_settings` has no row: without its threshold every user would read offline, so the read is refused; `/readyz` is not ready meanwhile and the API logs it (at most once a minute)',
   },
   overloaded: {
     status: 503,
@@ -136,7 +142,7 @@ export const errorCatalogue = {
   not_ready: {
     status: 503,
     message: 'not ready',
-    when: 'from `/readyz` only: database down or not answering within 2 s, `pulse` locked against writes, or migrations pending',
+    when: 'from `/readyz` only: database down or not answering within 2 s, `pulse` locked against writes, migrations pending, a table or the `pulse_settings` row missing',
   },
   client_not_built: {
     status: 503,

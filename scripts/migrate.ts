@@ -18,6 +18,7 @@ import { createProcessLogger } from '../lib/infra/logger.ts';
 import { createMigrator, migrateToLatest, throwIfFailed } from '../lib/store/migrator.ts';
 import {
   readPresenceSettings,
+  restoreSettingsRow,
   setPulseTableUnlogged,
   updatePresenceSettings,
 } from '../lib/store/pulse-store.ts';
@@ -51,6 +52,10 @@ runMain(async () => {
     } else {
       const applied = await migrateToLatest(database.db);
       console.log(applied.length ? `applied ${applied.join(', ')}` : 'already up to date');
+      // Deleted by hand, the row would leave every reader refused (503 settings_missing).
+      if (await restoreSettingsRow(database.db)) {
+        console.log('pulse_settings had no row: restored with its defaults');
+      }
       // On Citus: a table listed in lib/citus/citus-layout.ts that is still local (the citus extension
       // was created after the migrations ran, or a newer migration added a companion table).
       const distributed = await distributeUserKeyedTables(database.db);

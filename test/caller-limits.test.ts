@@ -105,6 +105,31 @@ describe('fair limits per caller', () => {
     );
   });
 
+  it('counts a single GET /status/{id} as one id of the same budget', async () => {
+    // A budget of 2 ids (the bucket holds BATCH_MAX_IDS) refilling at 1 a second: of five
+    // concurrent single reads, at most two (three if a second passed) can be answered.
+    const tight = await startTestApp(
+      database,
+      jwtEnv(secret, { READ_IDS_PER_SECOND_PER_CALLER: '1', BATCH_MAX_IDS: '2' }),
+    );
+    try {
+      const reader = bearer(await minter.user(5));
+      const answers = await Promise.all(
+        Array.from({ length: 5 }, () => tight.get('/status/7', reader)),
+      );
+      const refused = answers.filter((answer) => answer.status === 429);
+      expect(refused.length, 'refused single reads').to.be.within(2, 3);
+      expect(answers.filter((answer) => answer.status === 200)).to.have.length(5 - refused.length);
+      const body = (await refused[0]!.json()) as { error: { code: string } };
+      expect(body.error.code).to.equal('too_many_reads_per_caller');
+      expect(refused[0]!.headers.get('retry-after')).to.equal('1');
+      // Another caller's budget is its own.
+      expect((await tight.get('/status/7', bearer(await minter.user(6)))).status).to.equal(200);
+    } finally {
+      await tight.close();
+    }
+  });
+
   it('does not apply with AUTH_MODE=none (no caller to tell apart)', async () => {
     const open = await startTestApp(database, { STREAM_MAX_OPEN_PER_CALLER: '1' });
     const local: SseStream[] = [];

@@ -131,7 +131,7 @@ describe('client library in Node, against the real API', function () {
     expect(await isOnline(11)).to.equal(true);
     expect(
       log.map((r) => `${r.method} ${new URL(r.url).pathname}${new URL(r.url).search}`),
-    ).to.deep.equal(['GET /status/stream?user_id=11']);
+    ).to.deep.equal(['GET /status/stream?hold=true&user_id=11']);
   });
 
   it('watches: the current state first, then each transition; isOnline follows', async () => {
@@ -312,6 +312,24 @@ describe('client library in Node, against the real API', function () {
       expect(await database.ageOf(71)).to.be.within(0, 2);
       await pulse.stop({ offline: true });
       expect(await database.ageOf(71)).to.equal(undefined);
+    } finally {
+      await Promise.all(clients.splice(0).map((pulse) => pulse.stop()));
+      await secured.close();
+    }
+  });
+
+  it("with a user's token, watching holds nothing; start() holds the token's user", async () => {
+    const secret = randomSecret();
+    const secured = await startTestApp(database, jwtEnv(secret, API_ENV));
+    try {
+      const token = await hs256(secret).sign({ claims: { sub: '73' } });
+      const pulse = client({ token }, secured);
+      const seen: PresenceChange[] = [];
+      pulse.watch([74], (change) => seen.push(change));
+      await waitFor('the watch-only stream', () => pulse.status === 'live' && seen.length === 1);
+      expect(await database.ageOf(73), 'a watching token holds no one').to.equal(undefined);
+      pulse.start();
+      await waitFor('held presence', async () => (await database.ageOf(73)) !== undefined);
     } finally {
       await Promise.all(clients.splice(0).map((pulse) => pulse.stop()));
       await secured.close();

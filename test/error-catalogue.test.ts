@@ -22,6 +22,7 @@ import { listen } from '../http/server.ts';
 import { loadApiConfig } from '../lib/infra/config.ts';
 import { openDatabase } from '../lib/infra/db.ts';
 import { apiDoc, withErrorTable } from '../scripts/error-table.ts';
+import { restoreSettingsRow } from '../lib/store/pulse-store.ts';
 import { startTestApp, type TestApp } from './support/app.ts';
 import {
   createTestDatabase,
@@ -212,6 +213,16 @@ describe('the error catalogue: every code, as the contract says', () => {
     await expectCode(broken.post('/status/update', { user_id: 1 }), 'write_failed');
     await expectCode(broken.get('/readyz'), 'not_ready');
     await expectCode(broken.get('/status/1'), 'internal_error');
+
+    // The settings row deleted by hand: no threshold, so no read can be answered truthfully.
+    const unset = await start();
+    await database.putRow(1, 0);
+    await sql`DELETE FROM pulse_settings`.execute(database.db);
+    try {
+      await expectCode(unset.get('/status/1'), 'settings_missing');
+    } finally {
+      await restoreSettingsRow(database.db);
+    }
 
     // Nothing listens on this port: every statement fails to connect.
     const url = `postgres://postgres@127.0.0.1:${await freePort()}/postgres`;

@@ -175,6 +175,24 @@ describe('group commit', () => {
     expect((refused as HeartbeatRejected).reason).to.equal('shutting_down');
   });
 
+  it('withdraw() drops only the given users from the queue and answers requests left with nothing', async () => {
+    const heartbeats = writer({ maxDelayMs: 60_000 });
+    // A batch whose only id is withdrawn has nothing left to write: its request is answered.
+    const alone = heartbeats.record([2]);
+    await heartbeats.withdraw([2]);
+    await alone;
+    expect(heartbeats.queuedIds).to.equal(0);
+
+    const one = heartbeats.record([1]);
+    const twoAndThree = heartbeats.record([2, 3, 2]);
+    expect(heartbeats.queuedIds).to.equal(3);
+    await heartbeats.withdraw([2]);
+    expect(heartbeats.queuedIds).to.equal(2);
+    await heartbeats.close();
+    await Promise.all([one, twoAndThree]);
+    expect(await database.userIds()).to.deep.equal([1, 3]);
+  });
+
   describe('DirectHeartbeatWriter (HEARTBEAT_GROUP_COMMIT=false)', () => {
     it('close() waits for the writes in flight, then refuses new heartbeats', async () => {
       const heartbeats = new DirectHeartbeatWriter(database.db);

@@ -216,7 +216,11 @@ describe('hostile clients', function () {
       try {
         const held = [101, 102].map((id) => app.post('/status/update', { user_id: id }));
         await waitFor('two heartbeats in flight', () => app.admission.inFlight === 2);
-        await expectError(await app.get('/status/stream?watch=1&user_id=7'), 503, 'overloaded');
+        await expectError(
+          await app.get('/status/stream?watch=1&hold=true&user_id=7'),
+          503,
+          'overloaded',
+        );
         await release();
         for (const answer of await Promise.all(held)) expect(answer.status).to.equal(200);
       } finally {
@@ -227,13 +231,13 @@ describe('hostile clients', function () {
 
     it('HEAD holds no one and reads nothing', async () => {
       const app = await start();
-      const head = await fetch(`${app.baseUrl}/status/stream?watch=1&user_id=9`, {
+      const head = await fetch(`${app.baseUrl}/status/stream?watch=1&hold=true&user_id=9`, {
         method: 'HEAD',
       });
       expect(head.status).to.equal(200);
       expect(head.headers.get('content-type')).to.match(/^text\/event-stream/);
       // A GET holding user 10 shows the difference: HEAD wrote nothing for 9.
-      const stream = await open(app, '?watch=1&user_id=10');
+      const stream = await open(app, '?watch=1&hold=true&user_id=10');
       await stream.next();
       expect(await database.userIds()).to.deep.equal([10]);
     });
@@ -290,7 +294,7 @@ describe('hostile clients', function () {
   describe('held presence', () => {
     it('follows a threshold lowered at run time without flapping', async () => {
       const app = await start({ STREAM_POLL_INTERVAL_MS: '100' });
-      const stream = await open(app, '?watch=1&user_id=7');
+      const stream = await open(app, '?watch=1&hold=true&user_id=7');
       await stream.next();
       await updatePresenceSettings(database.db, { onlineThresholdSeconds: 2 });
       // The beats follow within a tick: two consecutive beats less than 1.5 s apart by the
@@ -359,7 +363,7 @@ describe('held presence across a database outage longer than the threshold', fun
   });
 
   it('beats as the database comes back, so watchers see no flap and the log holds only the outage summary', async () => {
-    const holder = await SseStream.open(`${app.baseUrl}/status/stream?watch=1&user_id=7`);
+    const holder = await SseStream.open(`${app.baseUrl}/status/stream?watch=1&hold=true&user_id=7`);
     await holder.next();
     const watcher = await SseStream.open(`${app.baseUrl}/status/stream?watch=7`);
     try {

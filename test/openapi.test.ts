@@ -151,13 +151,13 @@ describe('OpenAPI contract', () => {
       JSON.stringify([1, 2, 3, 4].map((id) => ({ user_id: id }))),
     );
     await check('POST', '/status/offline', 'x', 'text/plain');
-    await check('GET', '/status/stream?watch=1,2&user_id=1');
+    await check('GET', '/status/stream?watch=1,2&hold=true&user_id=1');
     await check('GET', '/status/stream?watch=1,x');
     await check('GET', '/status/stream?watch=1,2,3,4');
-    await check('GET', '/status/stream?watch=1&user_id=1', undefined, undefined, {
+    await check('GET', '/status/stream?watch=1&hold=true&user_id=1', undefined, undefined, {
       target: limitedApp,
     });
-    await check('GET', '/status/stream?watch=1&user_id=1', undefined, undefined, {
+    await check('GET', '/status/stream?watch=1&hold=true&user_id=1', undefined, undefined, {
       target: limitedApp,
     });
   });
@@ -191,7 +191,10 @@ describe('OpenAPI contract', () => {
       target,
       headers: user,
     });
-    await check('GET', '/status/stream?user_id=6', undefined, undefined, { target, headers: user });
+    await check('GET', '/status/stream?hold=true&user_id=6', undefined, undefined, {
+      target,
+      headers: user,
+    });
     await check('GET', '/status/stream', undefined, undefined, { target });
     await check('POST', '/status/offline', JSON.stringify({ user_id: 6 }), 'application/json', {
       target,

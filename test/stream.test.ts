@@ -170,7 +170,7 @@ describe('GET /status/stream', () => {
       { user_id: 50, is_online: false, last_seen: null },
     ]);
 
-    const holder = await open(a, '?user_id=50');
+    const holder = await open(a, '?hold=true&user_id=50');
     expect((await holder.next()).data).to.deep.equal([]);
     const online = await watcher.next<Status>();
     expect(online).to.deep.include({ event: 'change' });
@@ -198,8 +198,8 @@ describe('GET /status/stream', () => {
 
   it('holds one row for a user with several streams, and stops when the last one closes', async () => {
     const app = await start();
-    const first = await open(app, '?user_id=60');
-    const second = await open(app, '?user_id=60');
+    const first = await open(app, '?hold=true&user_id=60');
+    const second = await open(app, '?hold=true&user_id=60');
     await first.next();
     await second.next();
     first.close();
@@ -221,8 +221,21 @@ describe('GET /status/stream', () => {
     await expectError(await app.get('/status/stream?watch=0'), 400, 'invalid_user_id');
     await expectError(await app.get('/status/stream?watch=1,,2'), 400, 'invalid_user_id');
     await expectError(await app.get('/status/stream?watch=1,2,3,4'), 413, 'too_many_ids');
-    await expectError(await app.get('/status/stream?user_id=abc'), 400, 'invalid_user_id');
-    await expectError(await app.get('/status/stream?user_id=1&user_id=2'), 400, 'invalid_user_id');
+    await expectError(
+      await app.get('/status/stream?hold=true&user_id=abc'),
+      400,
+      'invalid_user_id',
+    );
+    await expectError(
+      await app.get('/status/stream?hold=true&user_id=1&user_id=2'),
+      400,
+      'invalid_user_id',
+    );
+    // Holding is asked for explicitly, and only in a way that can be done.
+    for (const query of ['hold=yes', 'hold=1', 'hold=true&hold=true', 'user_id=1', 'hold=true']) {
+      await expectError(await app.get(`/status/stream?${query}`), 400, 'invalid_request');
+    }
+    expect(await database.ageOf(1)).to.equal(undefined);
     const stream = await open(app, '?watch=1&watch=2');
     expect((await stream.next<Status[]>()).data.map((s) => s.user_id)).to.deep.equal([1, 2]);
   });
@@ -356,7 +369,7 @@ describe('GET /status/stream', () => {
   it('ends every open stream with a retry hint when the server shuts down', async () => {
     const app = await start();
     const first = await open(app, '?watch=1');
-    const second = await open(app, '?user_id=2');
+    const second = await open(app, '?hold=true&user_id=2');
     await first.next();
     await second.next();
     const retriesBefore = first.retries.length;
@@ -387,16 +400,22 @@ describe('GET /status/stream', () => {
         'invalid_request',
       );
       await expectError(
-        await app.get(`/status/stream?user_id=32&access_token=${token}`),
+        await app.get(`/status/stream?hold=true&user_id=32&access_token=${token}`),
         403,
         'forbidden',
       );
       // The query token works on the stream only.
       await expectError(await app.get(`/status/31?access_token=${token}`), 401, 'unauthorized');
 
-      const viaHeader = await open(app, '?watch=32', bearer(token));
+      // Watching is not presence: without hold=true the token's sub is not held.
+      const watchOnly = await open(app, '?watch=32', bearer(token));
+      expect((await watchOnly.next()).event).to.equal('snapshot');
+      expect(await database.ageOf(31)).to.equal(undefined);
+      watchOnly.close();
+
+      const viaHeader = await open(app, '?watch=32&hold=true', bearer(token));
       expect((await viaHeader.next()).event).to.equal('snapshot');
-      expect(await database.ageOf(31)).to.be.below(2); // the stream holds its sub online
+      expect(await database.ageOf(31)).to.be.below(2); // asked to, the stream holds its sub online
 
       const viaQuery = await open(app, `?watch=31&access_token=${token}`);
       const [held] = (await viaQuery.next<Status[]>()).data;
@@ -404,7 +423,7 @@ describe('GET /status/stream', () => {
       expect(held!.last_seen).to.be.a('string'); // held beats move it
 
       const gateway = await tokens.gateway();
-      const forOther = await open(app, `?user_id=33&access_token=${gateway}`);
+      const forOther = await open(app, `?hold=true&user_id=33&access_token=${gateway}`);
       await forOther.next();
       expect(await database.ageOf(33)).to.be.below(2);
 
@@ -458,7 +477,7 @@ describe('the API process with open streams', () => {
       await waitOut(50);
     }
     const streams = await Promise.all(
-      ['?watch=1', '?watch=1,2&user_id=3', '?user_id=4'].map((q) =>
+      ['?watch=1', '?watch=1,2&hold=true&user_id=3', '?hold=true&user_id=4'].map((q) =>
         SseStream.open(`${base}/status/stream${q}`),
       ),
     );
@@ -503,7 +522,7 @@ describe('stream logs', () => {
         'invalid_token',
       );
       await expectError(
-        await app.get(`/status/stream?access_token=${token}&user_id=9`),
+        await app.get(`/status/stream?access_token=${token}&hold=true&user_id=9`),
         403,
         'forbidden',
       );

@@ -185,14 +185,20 @@ describe('who may see whom: the visibility rule and privacy', () => {
           body: JSON.stringify({ user_id: id }),
         });
       // 2 is invisible, 3 is no friend of 1: online, offline, online again, all in the log.
+      const logged = async () =>
+        (
+          await sql<{ n: number }>`
+            SELECT count(*)::int AS n FROM pulse_events WHERE user_id IN (2, 3)`.execute(
+            database.db,
+          )
+        ).rows[0]!.n;
+      const before = await logged();
       for (const id of [2, 3]) await database.putRow(id, 0);
       await new Promise((resolve) => setTimeout(resolve, 300));
       for (const id of [2, 3]) expect((await offline(id)).status).to.equal(200);
       await new Promise((resolve) => setTimeout(resolve, 300));
       for (const id of [2, 3]) await database.putRow(id, 0);
-      const { rows } = await sql<{ n: number }>`
-        SELECT count(*)::int AS n FROM pulse_events WHERE user_id IN (2, 3)`.execute(database.db);
-      expect(rows[0]!.n).to.equal(6);
+      expect((await logged()) - before).to.equal(6);
       await new Promise((resolve) => setTimeout(resolve, 500));
       expect(stream.unread).to.deep.equal([]);
 

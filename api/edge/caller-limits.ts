@@ -1,7 +1,7 @@
 /**
  * Fair limits per caller (AUTH_MODE=jwt): one token may hold at most STREAM_MAX_OPEN_PER_CALLER
  * open streams of this process, and read at most READ_IDS_PER_SECOND_PER_CALLER ids a second
- * through POST /status/batch and stream snapshots. Without these, one valid token could take every
+ * through POST /status/batch, GET /status/{id} (one id) and stream snapshots. Without these, one valid token could take every
  * stream slot (STREAM_MAX_OPEN) or the whole read budget, and admission control, which protects the
  * process rather than its callers, would refuse everyone else. Refusals are 429 with Retry-After.
  *

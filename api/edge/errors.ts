@@ -1,6 +1,7 @@
 import type { ErrorRequestHandler, RequestHandler } from 'express';
 import { requestLoggerOf } from './request-log.ts';
 import { isDatabaseUnavailable } from '../../lib/infra/db.ts';
+import { SettingsMissingError } from '../../lib/store/pulse-store.ts';
 import {
   errorBody,
   errorCatalogue,
@@ -41,6 +42,9 @@ export function toHttpError(error: unknown): HttpError {
     return new HttpError('database_unavailable', undefined, { 'Retry-After': '1' });
   }
   if (error instanceof HttpError) return error;
+  if (error instanceof SettingsMissingError) {
+    return new HttpError('settings_missing', undefined, { 'Retry-After': '5' });
+  }
   // A path with broken percent-encoding (the router fails to decode a parameter).
   if (error instanceof URIError) return new HttpError('invalid_path');
   const type = (error as { type?: unknown } | null)?.type;
@@ -62,20 +66,28 @@ const quietCodes = new Set<ErrorCode>([
   'deadline_exceeded',
   'auth_unavailable', // logged once by the key source (api/edge/jwks.ts)
   'client_not_built', // said once at start (api/app.ts)
+  'settings_missing', // said at most once a minute (api/read/settings-missing-log.ts)
 ]);
 
-export const errorHandler: ErrorRequestHandler = (error: unknown, req, res, next) => {
-  if (res.headersSent) {
-    next(error);
-    return;
-  }
-  const httpError = toHttpError(error);
-  // Client mistakes and refusals (overload, shutdown) are ordinary; an unavailable database is
-  // logged by the database's outage log (first cause, then a count), not once per request; anything
-  // else is logged once, with its cause (message and code: lib/infra/logger.ts).
-  if (httpError.status >= 500 && !quietCodes.has(httpError.code)) {
-    requestLoggerOf(req).error({ err: error }, httpError.message);
-  }
-  res.status(httpError.status).set(httpError.headers);
-  res.json(errorBody(httpError.code, httpError.message));
-};
+/** The central error handler; `onAnswer` sees each error answered (the logs that count them). */
+export const createErrorHandler =
+  (onAnswer: (error: HttpError) => void = () => undefined): ErrorRequestHandler =>
+  (error: unknown, req, res, next) => {
+    if (res.headersSent) {
+      next(error);
+      return;
+    }
+    const httpError = toHttpError(error);
+    onAnswer(httpError);
+    // Client mistakes and refusals (overload, shutdown) are ordinary; an unavailable database is
+    // logged by the database's outage log (first cause, then a count), not once per request; anything
+    // else is logged once, with its cause (message and code: lib/infra/logger.ts).
+    if (httpError.status >= 500 && !quietCodes.has(httpError.code)) {
+      requestLoggerOf(req).error({ err: error }, httpError.message);
+    }
+    res.status(httpError.status).set(httpError.headers);
+    res.json(errorBody(httpError.code, httpError.message));
+  };
+
+/** The handler with no observer (tests that build a bare app). */
+export const errorHandler: ErrorRequestHandler = createErrorHandler();

@@ -102,7 +102,17 @@ export function parseWatchParam(raw: unknown, maxIds: number): number[] {
   return items.map((item) => parseUserIdParam(item.trim()));
 }
 
-/** The stream's `user_id` query parameter: whose presence the stream holds. */
+/**
+ * The stream's `hold` query parameter: `true` asks the stream to hold presence, `false` or absent
+ * only watches. Watching is not presence: a token alone never holds anyone (issue 22).
+ */
+export function parseHoldParam(raw: unknown): boolean {
+  if (raw === undefined || raw === 'false') return false;
+  if (raw === 'true') return true;
+  throw new HttpError('invalid_request', 'hold must be true or false, given once');
+}
+
+/** The stream's `user_id` query parameter: whose presence a stream with hold=true holds. */
 export function parseOptionalUserIdParam(raw: unknown): number | undefined {
   if (raw === undefined) return undefined;
   if (typeof raw !== 'string') {

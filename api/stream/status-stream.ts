@@ -1,6 +1,7 @@
 /**
- * GET /status/stream: Server-Sent Events that push the online/offline changes of watched users and
- * keep the caller online while open. Change delivery lives in api/stream/log-feed.ts (or poll-feed.ts), held presence
+ * GET /status/stream: Server-Sent Events that push the online/offline changes of watched users and,
+ * when asked with hold=true, keep the caller online while open. Change delivery lives in
+ * api/stream/log-feed.ts (or poll-feed.ts), held presence
  * in api/stream/held-presence.ts; this file is the HTTP side only.
  *
  * The SSE framing is written here rather than with better-sse: it is a few lines, and Pulse needs
@@ -30,7 +31,7 @@ import { HttpError } from '../edge/errors.ts';
 import { readWeight, type Admission } from '../edge/admission.ts';
 import type { HeldPresence } from './held-presence.ts';
 import type { CallerLimits } from '../edge/caller-limits.ts';
-import { parseOptionalUserIdParam, parseWatchParam } from '../edge/validation.ts';
+import { parseHoldParam, parseOptionalUserIdParam, parseWatchParam } from '../edge/validation.ts';
 
 export type StreamCloseReason =
   'client_closed' | 'slow_consumer' | 'token_expired' | 'shutting_down';
@@ -270,10 +271,29 @@ export interface StreamRouteDeps {
   callerLimits?: CallerLimits | undefined;
 }
 
-/** Whose presence the stream holds: `user_id` if given (and allowed), else the token's `sub`. */
+/**
+ * Whose presence the stream holds: nobody unless asked with hold=true, then `user_id` if given
+ * (and allowed), else the token's `sub`. A caller that asks for what cannot be done is told (400),
+ * rather than left with a stream that silently holds nothing.
+ */
 function holderOf(principal: Principal, req: Request): number | undefined {
-  const requested = parseOptionalUserIdParam((req.query as Record<string, unknown>).user_id);
-  if (requested === undefined) return principal.userId;
+  const query = req.query as Record<string, unknown>;
+  const hold = parseHoldParam(query.hold);
+  const requested = parseOptionalUserIdParam(query.user_id);
+  if (!hold) {
+    if (requested === undefined) return undefined;
+    throw new HttpError(
+      'invalid_request',
+      'user_id names whose presence the stream holds: add hold=true, or leave user_id out to only watch',
+    );
+  }
+  if (requested === undefined) {
+    if (principal.userId !== undefined) return principal.userId;
+    throw new HttpError(
+      'invalid_request',
+      'hold=true needs a user to hold: user_id, or a token whose sub is a user id',
+    );
+  }
   assertMayWrite(principal, [requested]);
   return requested;
 }

@@ -24,6 +24,13 @@ function writeFailed(cause: unknown): HeartbeatRejected {
 export interface HeartbeatWriter {
   /** Resolves once every id is committed to the database; rejects if it was not. */
   record(userIds: readonly number[]): Promise<void>;
+  /**
+   * Before an explicit offline of `userIds` is written: drops their heartbeats still queued (they
+   * came before the offline, which wins; their requests are answered as written) and resolves once
+   * no statement holding an earlier heartbeat of theirs is still running, so the offline's DELETE
+   * is ordered after it and no earlier beat can bring them back. Never rejects.
+   */
+  withdraw(userIds: readonly number[]): Promise<void>;
   /** Refuses new heartbeats, writes every queued one, waits for flushes in flight. Idempotent. */
   close(): Promise<void>;
   /** Ids waiting for a flush (for metrics and tests). */
@@ -48,6 +55,16 @@ function notify(observer: FlushObserver, info: FlushInfo, logger: Logger | undef
   }
 }
 
+/** Settles when every write in `writes` whose ids include one of `userIds` has settled. */
+function writesOf(
+  writes: ReadonlyMap<Promise<unknown>, readonly number[]>,
+  userIds: readonly number[],
+): Promise<void> {
+  const wanted = new Set(userIds);
+  const holding = [...writes].filter(([, ids]) => ids.some((id) => wanted.has(id)));
+  return Promise.allSettled(holding.map(([write]) => write)).then(() => undefined);
+}
+
 /** One request's ids without repeats: `[7, 7, 7]` is one heartbeat of user 7. */
 function distinct(userIds: readonly number[]): readonly number[] {
   return userIds.length > 1 ? [...new Set(userIds)] : userIds;
@@ -56,7 +73,8 @@ function distinct(userIds: readonly number[]): readonly number[] {
 /** One statement and one commit per request: the simple mode, kept for comparison and debugging. */
 export class DirectHeartbeatWriter implements HeartbeatWriter {
   private closed = false;
-  private readonly inFlight = new Set<Promise<unknown>>();
+  /** Each statement running, with its ids (for withdraw). */
+  private readonly inFlight = new Map<Promise<unknown>, readonly number[]>();
   readonly queuedIds = 0;
 
   oldestQueuedMs(): number {
@@ -76,7 +94,7 @@ export class DirectHeartbeatWriter implements HeartbeatWriter {
     const userIds = distinct(requested);
     const started = performance.now();
     const write = recordHeartbeats(this.db, userIds, this.shardRouter);
-    this.inFlight.add(write);
+    this.inFlight.set(write, userIds);
     let ok = false;
     try {
       await write;
@@ -93,9 +111,13 @@ export class DirectHeartbeatWriter implements HeartbeatWriter {
     }
   }
 
+  withdraw(userIds: readonly number[]): Promise<void> {
+    return writesOf(this.inFlight, userIds);
+  }
+
   async close(): Promise<void> {
     this.closed = true;
-    await Promise.allSettled([...this.inFlight]);
+    await Promise.allSettled([...this.inFlight.keys()]);
   }
 }
 
@@ -158,6 +180,8 @@ export class GroupCommitHeartbeatWriter implements HeartbeatWriter {
   private delayElapsed = false;
   private closed = false;
   private readonly idle = new Set<() => void>();
+  /** Each batch being written (its `done`, settled either way), with its ids (for withdraw). */
+  private readonly flushing = new Map<Promise<unknown>, readonly number[]>();
 
   constructor(
     private readonly db: Executor,
@@ -208,6 +232,25 @@ export class GroupCommitHeartbeatWriter implements HeartbeatWriter {
     return batch.done;
   }
 
+  withdraw(userIds: readonly number[]): Promise<void> {
+    // A scan of the queue: offlines are rare next to heartbeats, and the queue is bounded.
+    const gone = new Set(userIds);
+    for (const batch of [...this.queue]) {
+      const kept = batch.ids.filter((id) => !gone.has(id));
+      if (kept.length === batch.ids.length) continue;
+      this.queued -= batch.ids.length - kept.length;
+      batch.ids = kept;
+      if (kept.length === 0) {
+        // Nothing of it is left to write: its requests are answered now.
+        this.queue.splice(this.queue.indexOf(batch), 1);
+        batch.resolve();
+      }
+    }
+    if (this.queued === 0) this.resetDelay();
+    this.schedule();
+    return writesOf(this.flushing, userIds);
+  }
+
   async close(): Promise<void> {
     this.closed = true;
     this.delayElapsed = true;
@@ -239,19 +282,24 @@ export class GroupCommitHeartbeatWriter implements HeartbeatWriter {
   private takeBatch(): Batch {
     const batch = this.queue.shift()!;
     this.queued -= batch.ids.length;
-    if (this.queued === 0) {
-      clearTimeout(this.timer);
-      this.timer = undefined;
-      this.delayElapsed = false;
-    }
+    if (this.queued === 0) this.resetDelay();
     return batch;
+  }
+
+  /** Nothing queued: the next heartbeat starts a new delay. */
+  private resetDelay(): void {
+    clearTimeout(this.timer);
+    this.timer = undefined;
+    this.delayElapsed = false;
   }
 
   private flush(batch: Batch): void {
     this.running += 1;
+    this.flushing.set(batch.done, batch.ids);
     const started = performance.now();
     const settle = (ok: boolean, error?: unknown) => {
       this.running -= 1;
+      this.flushing.delete(batch.done);
       if (ok) batch.resolve();
       else batch.reject(error);
       notify(

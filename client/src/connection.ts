@@ -214,8 +214,10 @@ export class PresenceConnection {
     if (desired.watch.size > 0) {
       query.push(`watch=${[...desired.watch].sort((a, b) => a - b).join(',')}`);
     }
-    if (desired.hold && this.options.userId !== undefined) {
-      query.push(`user_id=${this.options.userId}`);
+    // Only start() holds presence: a stream that merely watches asks for nothing more.
+    if (desired.hold) {
+      query.push('hold=true');
+      if (this.options.userId !== undefined) query.push(`user_id=${this.options.userId}`);
     }
     return `${this.options.api.base}/status/stream${query.length ? `?${query.join('&')}` : ''}`;
   }

@@ -97,6 +97,29 @@ export const onlineSince = sql<Date>`(now() - (SELECT make_interval(secs => s.on
 /** `column > onlineSince`: true when the heartbeat time in `column` counts as online. */
 export const isOnline = (column: string) => sql<boolean>`(${sql.ref(column)} > ${onlineSince})`;
 
+/**
+ * The shared settings row (pulse_settings id = 1) is gone: the online rule has no threshold, and
+ * `isOnline` is NULL for every row. Reads refuse with this rather than call everyone offline.
+ */
+export class SettingsMissingError extends Error {
+  constructor() {
+    super('pulse_settings has no row (id = 1): run npm run migrate to restore it');
+    this.name = 'SettingsMissingError';
+  }
+}
+
+/**
+ * Puts the settings row back with its defaults if it was deleted (npm run migrate); true when it
+ * had to. Every column of pulse_settings has a default (migrations 0003, 0004, 0006).
+ */
+export async function restoreSettingsRow(db: Executor): Promise<boolean> {
+  const { rows } = await sql`
+    INSERT INTO pulse_settings (id) VALUES (1) ON CONFLICT (id) DO NOTHING RETURNING id`.execute(
+    db,
+  );
+  return rows.length > 0;
+}
+
 /** What Pulse knows about one user: online by the shared rule, and when they were last seen. */
 export interface Presence {
   online: boolean;
@@ -185,6 +208,10 @@ export async function readPresence(
     }),
   );
   const rows = perGroup.flat();
+  // Online is NULL, not false, only when the threshold is missing (its privacy aside).
+  if (rows.some((row) => row.live && (row.online as boolean | null) === null)) {
+    throw new SettingsMissingError();
+  }
   // A live row wins over an older last-seen entry of a user who came back.
   for (const row of rows) {
     const id = Number(row.user_id);
@@ -246,6 +273,10 @@ export async function readWatchedPresence(
            u.online AND NOT coalesce(pr.invisible, false) AS online,
            u.live, u.marked, coalesce(pr.invisible, false) AS invisible, ${visible} AS visible
     FROM u LEFT JOIN pulse_privacy pr ON pr.user_id = u.user_id`.execute(db);
+  // Online is NULL, not false, only when the threshold is missing (see readPresence).
+  if (rows.some((row) => row.live && (row.online as boolean | null) === null)) {
+    throw new SettingsMissingError();
+  }
   for (const row of rows) {
     const id = Number(row.user_id);
     if (!row.live && found.has(id)) continue; // a live row wins over an older last-seen entry
@@ -369,9 +400,10 @@ export async function findOnlineUserIds(
     groups.map((group) =>
       db
         .selectFrom('pulse')
-        .select('user_id')
+        .select(['user_id', isOnline('last_hb').as('online')])
         .where(sql<boolean>`user_id = ANY(${group}::bigint[])`)
-        .where(isOnline('last_hb'))
+        // NOT FALSE: rows whose rule is NULL (no settings row) come back, and are refused below.
+        .where(sql<boolean>`${isOnline('last_hb')} IS NOT FALSE`)
         // Invisible users read as offline to everyone (pulse_privacy).
         .where(
           sql<boolean>`NOT EXISTS (SELECT 1 FROM pulse_privacy pr WHERE pr.user_id = pulse.user_id AND pr.invisible)`,
@@ -379,7 +411,9 @@ export async function findOnlineUserIds(
         .execute(),
     ),
   );
-  return new Set(found.flat().map((row) => Number(row.user_id)));
+  const rows = found.flat();
+  if (rows.some((row) => (row.online as boolean | null) === null)) throw new SettingsMissingError();
+  return new Set(rows.map((row) => Number(row.user_id)));
 }
 
 /** What every status answer says about one user: GET /status/{id}, POST /status/batch, the stream. */

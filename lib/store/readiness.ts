@@ -2,6 +2,7 @@ import { sql, type Kysely } from 'kysely';
 import { findMisplacedTables } from '../citus/citus-layout.ts';
 import { isDatabaseUnavailable } from '../infra/db.ts';
 import { createMigrator } from './migrator.ts';
+import { SettingsMissingError } from './pulse-store.ts';
 
 export type Readiness = { ready: true } | { ready: false; reason: string };
 
@@ -26,7 +27,8 @@ export const READINESS_TIMEOUT_MS = 2_000;
 /**
  * Ready when the database answers within `timeoutMs`, every migration in migrations/ is applied,
  * every table Pulse uses exists (a table dropped or renamed after its migration ran is not ready
- * either), a heartbeat could take its lock on `pulse` within that time (a table locked by a
+ * either), the shared settings row exists (without it nobody can be told online), a heartbeat could
+ * take its lock on `pulse` within that time (a table locked by a
  * migration or by hand answers SELECT 1 but makes every write wait) and, on a Citus database,
  * every table keyed by user_id is distributed and co-located with `pulse`.
  */
@@ -64,6 +66,10 @@ async function check<DB>(db: Kysely<DB>, timeoutMs: number): Promise<Readiness> 
       WHERE to_regclass(quote_ident(name)) IS NULL`.execute(db);
     if (rows.length > 0) {
       return { ready: false, reason: `tables missing: ${rows.map((r) => r.name).join(', ')}` };
+    }
+    const settings = await sql`SELECT 1 FROM pulse_settings WHERE id = 1`.execute(db);
+    if (settings.rows.length === 0) {
+      return { ready: false, reason: new SettingsMissingError().message };
     }
     // The lock every heartbeat takes, then given back at once: nothing is written.
     const locked = await db.transaction().execute(async (trx) => {
