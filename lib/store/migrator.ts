@@ -6,11 +6,12 @@ import {
   FileMigrationProvider,
   Migrator,
   sql,
+  type Migration,
+  type MigrationProvider,
   type MigrationResultSet,
   type Kysely,
 } from 'kysely';
-
-import { distributeUserKeyedTables, shareSmallTables } from '../citus/citus-layout.ts';
+import { distributeUserKeyedTables, hasCitus, shareSmallTables } from '../citus/citus-layout.ts';
 
 /** migrations/ at the top of the tree (in the source tree and in dist/ alike). */
 const migrationFolder = fileURLToPath(new URL('../../migrations', import.meta.url));
@@ -26,11 +27,38 @@ export async function createMigrator(db: Kysely<any>): Promise<Migrator> {
     db,
   );
   const schema = rows[0]?.schema ?? undefined;
+  const files = new FileMigrationProvider({ fs, path, migrationFolder });
   return new Migrator({
     db,
-    provider: new FileMigrationProvider({ fs, path, migrationFolder }),
+    provider: (await hasCitus(db)) ? new SequentialOnCitus(files) : files,
     ...(schema === undefined ? {} : { migrationTableSchema: schema }),
   });
+}
+
+/**
+ * Kysely runs all pending migrations in one transaction. On Citus, a statement that touches
+ * several shards runs over parallel connections, and after that the transaction can no longer
+ * propagate DDL such as CREATE FUNCTION ("there was a parallel operation on a distributed table
+ * in the transaction"). Each migration therefore starts by switching the transaction to Citus's
+ * sequential mode (one connection per worker), before any of them touched a shard.
+ */
+class SequentialOnCitus implements MigrationProvider {
+  constructor(private readonly files: MigrationProvider) {}
+
+  async getMigrations(): Promise<Record<string, Migration>> {
+    const sequential = (step: Migration['up']): Migration['up'] => async (db) => {
+      await sql`SET LOCAL citus.multi_shard_modify_mode TO 'sequential'`.execute(db);
+      await step(db);
+    };
+    const wrapped: Record<string, Migration> = {};
+    for (const [name, migration] of Object.entries(await this.files.getMigrations())) {
+      wrapped[name] = {
+        up: sequential(migration.up),
+        ...(migration.down === undefined ? {} : { down: sequential(migration.down) }),
+      };
+    }
+    return wrapped;
+  }
 }
 
 /** Raises the migrator's own error (it carries the cause) when a run failed. */

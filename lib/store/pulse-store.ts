@@ -57,31 +57,71 @@ const heartbeatUpsert = (rows: ReturnType<typeof sql>) => sql`
 /**
  * Marks every given user as seen now (by the database clock), logging the online transitions.
  * One statement; with a `router` on Citus, one statement per shard instead (see below, and
- * lib/citus/shard-routing.ts).
+ * lib/citus/shard-routing.ts). Rejects when any id was not written.
  */
 export async function recordHeartbeats(
   db: Executor,
   userIds: Iterable<number>,
   router?: ShardRouter,
 ): Promise<void> {
+  const partial = await recordHeartbeatsByShard(db, userIds, router);
+  if (partial) throw partial.error;
+}
+
+/** Ids whose shard statement failed while the others committed, with the first failure. */
+export interface PartialWrite {
+  failedIds: ReadonlySet<number>;
+  error: unknown;
+}
+
+/**
+ * recordHeartbeats, telling a partial write apart: on Citus each shard's statement commits or
+ * fails on its own (a worker down fails only its shards), and the answer names the ids not
+ * written. Resolves undefined when every id was written; rejects when none was.
+ */
+export async function recordHeartbeatsByShard(
+  db: Executor,
+  userIds: Iterable<number>,
+  router?: ShardRouter,
+): Promise<PartialWrite | undefined> {
   const ids = normalizeUserIds(userIds);
-  if (ids.length === 0) return;
+  if (ids.length === 0) return undefined;
   const groups = router ? await router.group(ids) : null;
   if (groups === null) {
     await db.executeQuery(CompiledQuery.raw(heartbeatUpsertSql(db), [ids]));
-    return;
+    return undefined;
   }
   // Citus: an INSERT ... SELECT is run through the coordinator (its rows are pulled there, then
   // pushed to the shards in a second step), while a multi-row VALUES whose ids all live on one
   // shard is routed there as it is (docs/citus.md).
   // Each statement touches one shard in sorted id order, so concurrent writers cannot deadlock.
-  await Promise.all(
+  const outcomes = await Promise.allSettled(
     groups.map((group) =>
       heartbeatUpsert(
         sql`VALUES ${sql.join(group.map((id) => sql`(${id}::bigint, now(), now())`))}`,
       ).execute(db),
     ),
   );
+  return partialWrite(groups, outcomes);
+}
+
+/** undefined when every group was written; throws the first error when none was. */
+function partialWrite(
+  groups: readonly number[][],
+  outcomes: readonly PromiseSettledResult<unknown>[],
+): PartialWrite | undefined {
+  let error: unknown;
+  let failed = 0;
+  const failedIds = new Set<number>();
+  outcomes.forEach((outcome, index) => {
+    if (outcome.status === 'fulfilled') return;
+    if (failed === 0) error = outcome.reason;
+    failed += 1;
+    for (const id of groups[index]!) failedIds.add(id);
+  });
+  if (failed === 0) return undefined;
+  if (failed === outcomes.length) throw error;
+  return { failedIds, error };
 }
 
 /**
