@@ -46,10 +46,12 @@ class SequentialOnCitus implements MigrationProvider {
   constructor(private readonly files: MigrationProvider) {}
 
   async getMigrations(): Promise<Record<string, Migration>> {
-    const sequential = (step: Migration['up']): Migration['up'] => async (db) => {
-      await sql`SET LOCAL citus.multi_shard_modify_mode TO 'sequential'`.execute(db);
-      await step(db);
-    };
+    const sequential =
+      (step: Migration['up']): Migration['up'] =>
+      async (db) => {
+        await sql`SET LOCAL citus.multi_shard_modify_mode TO 'sequential'`.execute(db);
+        await step(db);
+      };
     const wrapped: Record<string, Migration> = {};
     for (const [name, migration] of Object.entries(await this.files.getMigrations())) {
       wrapped[name] = {
