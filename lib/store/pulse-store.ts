@@ -124,6 +124,14 @@ function partialWrite(
   return { failedIds, error };
 }
 
+/** `'{1,2,3}'::bigint[]` for ids that are integers (checked: this is SQL text). */
+function bigintArrayLiteral(ids: readonly number[]) {
+  for (const id of ids) {
+    if (!Number.isSafeInteger(id)) throw new TypeError(`not a user id: ${id}`);
+  }
+  return sql.raw(`'{${ids.join(',')}}'::bigint[]`);
+}
+
 /**
  * THE online rule, for every query Pulse runs (API reads, stream change detection, the sweeper's
  * guard): a user is online when `last_hb > onlineSince`, i.e. within
@@ -195,9 +203,14 @@ export async function readPresence(
   const found = new Map<number, Presence>();
   if (ids.length === 0) return found;
   // On Citus, one statement per shard (pulse and its companions are co-located): see findOnlineUserIds.
-  const groups = (router && (await router.group(ids))) ?? [ids];
+  const routed = router ? await router.group(ids) : null;
+  const groups = routed ?? [ids];
   const perGroup = await Promise.all(
     groups.map(async (group) => {
+      // On Citus the ids go in as a literal, and the online rule (which reads the settings
+      // reference table) applies after the UNION: otherwise Citus plans this statement for every
+      // shard, and a worker down fails reads of users on the others.
+      const idList = routed ? bigintArrayLiteral(group) : sql`${group}::bigint[]`;
       // The rule runs once per statement over all its ids (a set, not a call per id), so a rule
       // joining a friends table is one index range scan of the viewer's friends.
       const visible =
@@ -212,12 +225,12 @@ export async function readPresence(
         live: boolean;
       }>`
         WITH u AS (
-          SELECT user_id, last_seen, online, live FROM (
-            SELECT user_id, last_hb AS last_seen, ${isOnline('last_hb')} AS online, true AS live
-            FROM pulse WHERE user_id = ANY(${group}::bigint[])
+          SELECT user_id, last_seen, live AND ${isOnline('last_seen')} AS online, live FROM (
+            SELECT user_id, last_hb AS last_seen, true AS live
+            FROM pulse WHERE user_id = ANY(${idList})
             UNION ALL
-            SELECT user_id, last_seen, false, false
-            FROM pulse_last_seen WHERE user_id = ANY(${group}::bigint[])
+            SELECT user_id, last_seen, false
+            FROM pulse_last_seen WHERE user_id = ANY(${idList})
           ) known ${visible}
         )
         ${privateView}`.execute(db);
