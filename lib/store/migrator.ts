@@ -54,9 +54,10 @@ class SequentialOnCitus implements MigrationProvider {
       };
     const wrapped: Record<string, Migration> = {};
     for (const [name, migration] of Object.entries(await this.files.getMigrations())) {
+      const down = migration.down?.bind(migration);
       wrapped[name] = {
-        up: sequential(migration.up),
-        ...(migration.down === undefined ? {} : { down: sequential(migration.down) }),
+        up: sequential(migration.up.bind(migration)),
+        ...(down === undefined ? {} : { down: sequential(down) }),
       };
     }
     return wrapped;
