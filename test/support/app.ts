@@ -7,7 +7,7 @@ import { httpLimitsOf, listen, type RunningServer } from '../../http/server.ts';
 import { updatePresenceSettings } from '../../lib/store/pulse-store.ts';
 import type { Logger } from '../../lib/infra/logger.ts';
 import { silentLogger } from './database.ts';
-import { whichCitusNode } from '../../lib/citus/citus-node.ts';
+import { checkCitusNode } from '../../lib/citus/citus-node.ts';
 
 export interface TestApp {
   baseUrl: string;
@@ -34,7 +34,7 @@ export async function startTestApp(
   await updatePresenceSettings(database.db, {
     onlineThresholdSeconds: config.ONLINE_THRESHOLD_SECONDS,
   });
-  const citusNode = await whichCitusNode(database.db);
+  const citusNode = await checkCitusNode(database.db, logger);
   const { app, heartbeats, admission, streams } = assembleApi(database, config, logger, {
     citusNode,
   });
