@@ -28,6 +28,8 @@ import { OfflineDetector } from '../lib/presence/offline-detector.ts';
 import { createDetectorMetrics } from '../lib/presence/detector-metrics.ts';
 import { LogPresenceFeed } from './stream/log-feed.ts';
 import { DeferredOffline } from './write/deferred-offline.ts';
+import { chooseChangeSources } from './stream/change-source.ts';
+import type { CitusNode } from '../lib/citus/citus-node.ts';
 
 export interface Api {
   app: Express;
@@ -52,6 +54,8 @@ export interface AssembleOptions {
    * (checked against the database at start), else the migration's default.
    */
   onlineThresholdSeconds?: number | undefined;
+  /** The kind of node DATABASE_URL names (lib/citus/citus-node.ts); plain PostgreSQL if unset. */
+  citusNode?: CitusNode;
 }
 
 /** Wires the API's parts together; the entry point and the tests share this. */
@@ -65,6 +69,11 @@ export function assembleApi(
     options.onlineThresholdSeconds ??
     config.ONLINE_THRESHOLD_SECONDS ??
     DEFAULT_ONLINE_THRESHOLD_SECONDS;
+  const sources = chooseChangeSources(
+    config.STREAM_CHANGE_SOURCE,
+    config.OFFLINE_DETECTOR,
+    options.citusNode ?? 'plain',
+  );
   const registry = createRegistry(database.pool);
   const metrics = createApiMetrics(registry);
   // One per process: caches where Citus keeps each user (nothing to do on plain PostgreSQL).
@@ -133,7 +142,7 @@ export function assembleApi(
   // STREAM_CHANGE_SOURCE: tail the change log (cost follows the changes), or the fallback that
   // re-reads the watched ids every interval (docs/stream.md).
   const feed: ChangeFeed =
-    config.STREAM_CHANGE_SOURCE === 'log'
+    sources.stream === 'log'
       ? new LogPresenceFeed(
           database.db,
           { intervalMs: config.STREAM_POLL_INTERVAL_MS, rule: visibilityRule },
@@ -186,7 +195,7 @@ export function assembleApi(
   });
   // Offline by threshold is logged by one detector per database; this process competes for it.
   const detectorMetrics = createDetectorMetrics(registry);
-  const detector = config.OFFLINE_DETECTOR
+  const detector = sources.offlineDetector
     ? new OfflineDetector(
         database.db,
         {

@@ -8,6 +8,7 @@ import { httpLimitsOf, listen } from '../http/server.ts';
 import { checkSharedSettings } from '../lib/store/shared-settings-check.ts';
 import { GracefulShutdown } from '../lib/infra/shutdown.ts';
 import { assembleApi } from './assemble.ts';
+import { checkCitusNode } from '../lib/citus/citus-node.ts';
 
 runMain(async () => {
   const config = loadApiConfig(process.env);
@@ -32,9 +33,11 @@ runMain(async () => {
   void checkStatementTimeout(database.db, DEFAULT_STATEMENT_TIMEOUT_MS, logger);
   // The database's online threshold (undefined when it cannot be read yet): held presence's beats.
   const onlineThresholdSeconds = await checkSharedSettings(database.db, config, logger);
+  const citusNode = await checkCitusNode(database.db, logger);
 
   const { app, heartbeats, registry, admission, streams } = assembleApi(database, config, logger, {
     onlineThresholdSeconds,
+    citusNode,
   });
   shutdown.add('heartbeat queue', () => heartbeats.close());
 

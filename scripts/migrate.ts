@@ -10,12 +10,11 @@
  * Safe to run from several pods at once: Kysely's Migrator serializes runs with a lock.
  */
 import { parseArgs } from 'node:util';
-import { distributeUserKeyedTables } from '../lib/citus/citus-layout.ts';
 import { loadMigrateConfig } from '../lib/infra/config.ts';
 import { openDatabase } from '../lib/infra/db.ts';
 import { runMain } from '../lib/infra/entry.ts';
 import { createProcessLogger } from '../lib/infra/logger.ts';
-import { createMigrator, migrateToLatest, throwIfFailed } from '../lib/store/migrator.ts';
+import { createMigrator, runMigrations, throwIfFailed } from '../lib/store/migrator.ts';
 import {
   readPresenceSettings,
   restoreSettingsRow,
@@ -38,7 +37,7 @@ runMain(async () => {
     logger,
   });
   try {
-    const migrator = createMigrator(database.db);
+    const migrator = await createMigrator(database.db);
     if (command === 'status') {
       for (const m of await migrator.getMigrations()) {
         const state = m.executedAt ? `applied ${m.executedAt.toISOString()}` : 'pending';
@@ -50,16 +49,15 @@ runMain(async () => {
       const undone = resultSet.results?.map((r) => r.migrationName) ?? [];
       console.log(undone.length ? `reverted ${undone.join(', ')}` : 'nothing to revert');
     } else {
-      const applied = await migrateToLatest(database.db);
+      const { applied, distributed, shared } = await runMigrations(database.db);
       console.log(applied.length ? `applied ${applied.join(', ')}` : 'already up to date');
       // Deleted by hand, the row would leave every reader refused (503 settings_missing).
       if (await restoreSettingsRow(database.db)) {
         console.log('pulse_settings had no row: restored with its defaults');
       }
-      // On Citus: a table listed in lib/citus/citus-layout.ts that is still local (the citus extension
-      // was created after the migrations ran, or a newer migration added a companion table).
-      const distributed = await distributeUserKeyedTables(database.db);
+      // On Citus: tables listed in lib/citus/citus-layout.ts that were not placed yet.
       if (distributed.length > 0) console.log(`distributed by user_id: ${distributed.join(', ')}`);
+      if (shared.length > 0) console.log(`reference tables: ${shared.join(', ')}`);
       const unlogged = config.PULSE_TABLE_UNLOGGED;
       if (unlogged !== undefined && (await setPulseTableUnlogged(database.db, unlogged))) {
         console.log(`table pulse is now ${unlogged ? 'UNLOGGED' : 'LOGGED'}`);

@@ -15,6 +15,7 @@ import { createSweeperMetrics } from './metrics.ts';
 import { startOpsServer } from '../http/ops-server.ts';
 import { Sweeper } from './sweeper.ts';
 import { OfflineDetector } from '../lib/presence/offline-detector.ts';
+import { checkCitusNode, type CitusNode } from '../lib/citus/citus-node.ts';
 import { createDetectorMetrics } from '../lib/presence/detector-metrics.ts';
 import { EventRetention } from '../lib/presence/event-retention.ts';
 
@@ -40,8 +41,10 @@ runMain(async () => {
     logger,
     statementTimeoutMs: DEFAULT_STATEMENT_TIMEOUT_MS,
   });
+  let citusNode: CitusNode;
   try {
     await checkSharedSettings(database.db, config, logger);
+    citusNode = await checkCitusNode(database.db, logger);
   } catch (error) {
     await database.close();
     throw error;
@@ -77,13 +80,24 @@ runMain(async () => {
   shutdown.add('ops server', () => ops.stop());
   shutdown.add('sweeper', () => sweeper.stop());
   sweeper.start();
-  const retention = new EventRetention(database.db, logger, {
-    intervalMs: 3_600_000,
-    aheadDays: 7,
-  });
-  shutdown.add('change log retention', () => retention.stop());
-  retention.start();
-  if (config.OFFLINE_DETECTOR) {
+  // Creating and dropping pulse_events partitions is DDL on a distributed table: on Citus only
+  // the coordinator may run it. Sweeping works on any node.
+  if (citusNode === 'worker') {
+    logger.warn(
+      { code: 'retention_needs_coordinator' },
+      'connected to a Citus worker: sweeping runs here, change log retention (pulse_events partitions) does not; run one sweeper against the coordinator',
+    );
+  } else {
+    const retention = new EventRetention(database.db, logger, {
+      intervalMs: 3_600_000,
+      aheadDays: 7,
+    });
+    shutdown.add('change log retention', () => retention.stop());
+    retention.start();
+  }
+  // The detector follows the change log, which cannot be read by snapshot on Citus
+  // (api/stream/change-source.ts).
+  if (config.OFFLINE_DETECTOR && citusNode === 'plain') {
     const detectorMetrics = createDetectorMetrics(registry);
     const detector = new OfflineDetector(
       database.db,

@@ -125,19 +125,27 @@ export class CoalescingStatusReader implements StatusReader {
 
   private query(lookups: Array<[number, Waiter[]]>, visibility: Visibility | undefined): void {
     this.onQuery(lookups.length);
-    readPresence(
-      this.db,
-      lookups.map(([id]) => id),
-      this.shardRouter,
-      visibility,
-    ).then(
-      (found) => {
-        for (const [id, waiters] of lookups)
-          for (const waiter of waiters) waiter.resolve(found.get(id) ?? UNKNOWN_PRESENCE);
+    const waitersOf = new Map(lookups);
+    const answer = (ids: readonly number[]) =>
+      readPresence(this.db, ids, undefined, visibility).then(
+        (found) => {
+          for (const id of ids)
+            for (const waiter of waitersOf.get(id)!)
+              waiter.resolve(found.get(id) ?? UNKNOWN_PRESENCE);
+        },
+        (error: unknown) => {
+          for (const id of ids) for (const waiter of waitersOf.get(id)!) waiter.reject(error);
+        },
+      );
+    // On Citus one statement per shard, each answering only its own lookups: a worker that is
+    // down fails the lookups of its shards, not the whole batch.
+    const ids = lookups.map(([id]) => id);
+    const grouping = this.shardRouter ? this.shardRouter.group(ids) : Promise.resolve(null);
+    grouping.then(
+      (groups) => {
+        for (const group of groups ?? [ids]) void answer(group);
       },
-      (error: unknown) => {
-        for (const [, waiters] of lookups) for (const waiter of waiters) waiter.reject(error);
-      },
+      () => void answer(ids),
     );
   }
 }

@@ -1,5 +1,10 @@
 import { errorFields, type Logger } from '../../lib/infra/logger.ts';
-import { recordHeartbeats, type Executor } from '../../lib/store/pulse-store.ts';
+import {
+  recordHeartbeats,
+  recordHeartbeatsByShard,
+  type Executor,
+  type PartialWrite,
+} from '../../lib/store/pulse-store.ts';
 import type { ShardRouter } from '../../lib/citus/shard-routing.ts';
 import { HttpError } from '../edge/errors.ts';
 
@@ -142,22 +147,40 @@ interface Batch {
   requests: number;
   /** When its first request arrived (performance.now()). */
   queuedAt: number;
-  done: Promise<void>;
-  resolve(): void;
+  /**
+   * Set when the batch was opened while writes are split by shard (Citus): its flush may then
+   * write some shards and fail others, and each request looks up its own ids in the failed ones.
+   */
+  splitByShard: boolean;
+  /** Resolves with the ids not written (a partial write, splitByShard only) or undefined. */
+  done: Promise<PartialWrite | undefined>;
+  resolve(partial?: PartialWrite): void;
   reject(error: unknown): void;
 }
 
-function newBatch(): Batch {
-  let resolve!: () => void;
+function newBatch(splitByShard: boolean): Batch {
+  let resolve!: (partial?: PartialWrite) => void;
   let reject!: (error: unknown) => void;
-  const done = new Promise<void>((res, rej) => {
+  const done = new Promise<PartialWrite | undefined>((res, rej) => {
     resolve = res;
     reject = rej;
   });
   // Every request of the batch awaits `done`; this keeps a failed flush with no request left
   // (impossible today) from becoming an unhandled rejection.
   done.catch(() => undefined);
-  return { ids: [], requests: 0, queuedAt: performance.now(), done, resolve, reject };
+  return { ids: [], requests: 0, queuedAt: performance.now(), splitByShard, done, resolve, reject };
+}
+
+/** Rejects a request of a partially written batch when any of its ids was not written. */
+function ownOutcome(
+  done: Promise<PartialWrite | undefined>,
+  userIds: readonly number[],
+): Promise<void> {
+  return done.then((partial) => {
+    if (partial !== undefined && userIds.some((id) => partial.failedIds.has(id))) {
+      throw writeFailed(partial.error);
+    }
+  });
 }
 
 /**
@@ -170,6 +193,9 @@ function newBatch(): Batch {
  * least one request, however large); a request that does not fit starts the next batch. A batch
  * is flushed once it is full or maxDelayMs after the first queued heartbeat, at most
  * maxConcurrentFlushes at a time.
+ *
+ * On Citus a flush is one statement per shard, each committing on its own: a worker that is down
+ * fails only the requests with an id on its shards, and the others are answered as written.
  */
 export class GroupCommitHeartbeatWriter implements HeartbeatWriter {
   /** Batches waiting for a flush, oldest first; only the last one takes more requests. */
@@ -222,14 +248,17 @@ export class GroupCommitHeartbeatWriter implements HeartbeatWriter {
       batch === undefined ||
       (batch.ids.length > 0 && batch.ids.length + userIds.length > this.options.maxBatchIds)
     ) {
-      batch = newBatch();
+      batch = newBatch(this.shardRouter?.routesByShard === true);
       this.queue.push(batch);
     }
     for (const id of userIds) batch.ids.push(id);
     batch.requests += 1;
     this.queued += userIds.length;
     this.schedule();
-    return batch.done;
+    // Plain PostgreSQL: one statement, so the batch's promise is every request's answer as is.
+    return batch.splitByShard
+      ? ownOutcome(batch.done, userIds)
+      : (batch.done as Promise<unknown> as Promise<void>);
   }
 
   withdraw(userIds: readonly number[]): Promise<void> {
@@ -297,10 +326,10 @@ export class GroupCommitHeartbeatWriter implements HeartbeatWriter {
     this.running += 1;
     this.flushing.set(batch.done, batch.ids);
     const started = performance.now();
-    const settle = (ok: boolean, error?: unknown) => {
+    const settle = (ok: boolean, error?: unknown, partial?: PartialWrite) => {
       this.running -= 1;
       this.flushing.delete(batch.done);
-      if (ok) batch.resolve();
+      if (ok) batch.resolve(partial);
       else batch.reject(error);
       notify(
         this.observer,
@@ -308,14 +337,19 @@ export class GroupCommitHeartbeatWriter implements HeartbeatWriter {
           ids: batch.ids.length,
           requests: batch.requests,
           seconds: (performance.now() - started) / 1000,
-          ok,
+          ok: ok && partial === undefined,
         },
         this.logger,
       );
       this.schedule();
     };
-    recordHeartbeats(this.db, batch.ids, this.shardRouter).then(
-      () => settle(true),
+    recordHeartbeatsByShard(this.db, batch.ids, this.shardRouter).then(
+      (partial) => {
+        if (partial === undefined) settle(true);
+        // Its requests do not look up their ids (the shards were not known when it opened).
+        else if (!batch.splitByShard) settle(false, writeFailed(partial.error));
+        else settle(true, undefined, partial);
+      },
       (error: unknown) => settle(false, writeFailed(error)),
     );
   }

@@ -3,8 +3,9 @@
  *
  * Every table keyed by `user_id` is hash-distributed by `user_id` and co-located with `pulse`
  * (shard n of each holds the same users, so statements joining them by user stay on one shard).
- * The sweeper's lease stays a plain table on the coordinator: it has one row and is only ever
- * read and written by the coordinator's sessions.
+ * The small shared tables (settings, leases, the migrator's own) are reference tables: a copy on
+ * every node, so any node can serve every statement, and a statement on a distributed table
+ * that reads the settings row stays routed to one shard.
  *
  * On plain PostgreSQL (no `citus` extension in the database) every function here is a no-op, so
  * migrations, readiness and the stores run unchanged there.
@@ -25,6 +26,22 @@ export const USER_KEYED_TABLES = [
 ] as const;
 
 const ANCHOR = USER_KEYED_TABLES[0];
+
+/**
+ * Small tables every node must read and write: reference tables on Citus. The migrator's own
+ * tables are listed too, so readiness can check the migrations from a worker. A table that does
+ * not exist (yet) is skipped.
+ */
+export const SHARED_TABLES = [
+  'pulse_settings',
+  'pulse_sweeper_lease',
+  'pulse_job_leases',
+  'kysely_migration',
+  'kysely_migration_lock',
+] as const;
+
+/** Kysely creates these at the first migration run, inside no migration of ours. */
+export const MIGRATOR_TABLES = ['kysely_migration', 'kysely_migration_lock'] as const;
 
 // eslint-disable-next-line @typescript-eslint/no-explicit-any -- used by migrations on any schema
 type AnyDb = Kysely<any>;
@@ -110,6 +127,63 @@ export async function undistributeUserKeyedTables(db: AnyDb): Promise<string[]> 
     undistributed.push(table.name);
   }
   return undistributed;
+}
+
+/** Each listed shared table that exists, and whether it is already a reference table. */
+async function readSharedLayout(
+  db: AnyDb,
+  tables: readonly string[],
+): Promise<Array<{ name: string; reference: boolean }>> {
+  const { rows } = await sql<{ name: string; reference: boolean }>`
+    SELECT t.name, coalesce(p.partmethod = 'n' AND p.repmodel = 't', false) AS reference
+    FROM unnest(${[...tables]}::text[]) WITH ORDINALITY AS t(name, position)
+    LEFT JOIN pg_dist_partition p ON p.logicalrelid = to_regclass(t.name)
+    WHERE to_regclass(t.name) IS NOT NULL
+    ORDER BY t.position`.execute(db);
+  return rows;
+}
+
+/** The listed shared tables that exist and are not reference tables. Empty on plain PostgreSQL. */
+export async function findUnsharedTables(
+  db: AnyDb,
+  tables: readonly string[] = SHARED_TABLES,
+): Promise<string[]> {
+  if (!(await hasCitus(db))) return [];
+  const layout = await readSharedLayout(db, tables);
+  return layout.filter((t) => !t.reference).map((t) => `${t.name} is not a reference table`);
+}
+
+/**
+ * Makes every listed shared table that exists a reference table (a copy on every node).
+ * Idempotent; a no-op on plain PostgreSQL. Returns the tables it changed.
+ */
+export async function shareSmallTables(
+  db: AnyDb,
+  tables: readonly string[] = SHARED_TABLES,
+): Promise<string[]> {
+  if (!(await hasCitus(db))) return [];
+  const changed: string[] = [];
+  for (const table of await readSharedLayout(db, tables)) {
+    if (table.reference) continue;
+    await sql`SELECT create_reference_table(${table.name}::regclass)`.execute(db);
+    changed.push(table.name);
+  }
+  return changed;
+}
+
+/** Turns every listed reference table back into a local table on the coordinator. */
+export async function unshareSmallTables(
+  db: AnyDb,
+  tables: readonly string[] = SHARED_TABLES,
+): Promise<string[]> {
+  if (!(await hasCitus(db))) return [];
+  const changed: string[] = [];
+  for (const table of await readSharedLayout(db, tables)) {
+    if (!table.reference) continue;
+    await sql`SELECT undistribute_table(${table.name}::regclass)`.execute(db);
+    changed.push(table.name);
+  }
+  return changed;
 }
 
 /** True when `table` is a Citus distributed table in this database (false on plain PostgreSQL). */

@@ -128,6 +128,14 @@ export class ShardRouter {
   }
 
   /**
+   * Whether the last ranges read put the table on several shards: statements over many ids are
+   * then split by shard. Synchronous (no catalog read); false until the first group().
+   */
+  get routesByShard(): boolean {
+    return this.ranges.length > 1;
+  }
+
+  /**
    * `ids` split by shard, or null when the table is not distributed (plain PostgreSQL: run the
    * one statement as usual).
    */

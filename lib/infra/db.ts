@@ -121,6 +121,13 @@ const connectionErrorCodes = new Set([
 ]);
 
 /**
+ * Citus reports most failures to reach a worker as SQLSTATE 08006, but a connection lost inside a
+ * transaction as XX000 (internal error) with one of these messages: a worker down, not a bug.
+ */
+const citusNodeUnreachable =
+  /failure on connection marked as essential|could not connect to any active placements/;
+
+/**
  * True when an error means "the database cannot be reached or is not accepting work right now"
  * (as opposed to a bug in a statement), so callers answer 503 and retry later. Follows `cause`.
  */
@@ -135,5 +142,9 @@ export function isDatabaseUnavailable(error: unknown): boolean {
   }
   const lostConnection =
     /Connection terminated|timeout exceeded when trying to connect|Client has encountered a connection error|connection is closed|Query read timeout/i;
-  return lostConnection.test(error.message) || isDatabaseUnavailable(error.cause);
+  return (
+    lostConnection.test(error.message) ||
+    citusNodeUnreachable.test(error.message) ||
+    isDatabaseUnavailable(error.cause)
+  );
 }

@@ -57,31 +57,79 @@ const heartbeatUpsert = (rows: ReturnType<typeof sql>) => sql`
 /**
  * Marks every given user as seen now (by the database clock), logging the online transitions.
  * One statement; with a `router` on Citus, one statement per shard instead (see below, and
- * lib/citus/shard-routing.ts).
+ * lib/citus/shard-routing.ts). Rejects when any id was not written.
  */
 export async function recordHeartbeats(
   db: Executor,
   userIds: Iterable<number>,
   router?: ShardRouter,
 ): Promise<void> {
+  const partial = await recordHeartbeatsByShard(db, userIds, router);
+  if (partial) throw partial.error;
+}
+
+/** Ids whose shard statement failed while the others committed, with the first failure. */
+export interface PartialWrite {
+  failedIds: ReadonlySet<number>;
+  error: unknown;
+}
+
+/**
+ * recordHeartbeats, telling a partial write apart: on Citus each shard's statement commits or
+ * fails on its own (a worker down fails only its shards), and the answer names the ids not
+ * written. Resolves undefined when every id was written; rejects when none was.
+ */
+export async function recordHeartbeatsByShard(
+  db: Executor,
+  userIds: Iterable<number>,
+  router?: ShardRouter,
+): Promise<PartialWrite | undefined> {
   const ids = normalizeUserIds(userIds);
-  if (ids.length === 0) return;
+  if (ids.length === 0) return undefined;
   const groups = router ? await router.group(ids) : null;
   if (groups === null) {
     await db.executeQuery(CompiledQuery.raw(heartbeatUpsertSql(db), [ids]));
-    return;
+    return undefined;
   }
   // Citus: an INSERT ... SELECT is run through the coordinator (its rows are pulled there, then
   // pushed to the shards in a second step), while a multi-row VALUES whose ids all live on one
   // shard is routed there as it is (docs/citus.md).
   // Each statement touches one shard in sorted id order, so concurrent writers cannot deadlock.
-  await Promise.all(
+  const outcomes = await Promise.allSettled(
     groups.map((group) =>
       heartbeatUpsert(
         sql`VALUES ${sql.join(group.map((id) => sql`(${id}::bigint, now(), now())`))}`,
       ).execute(db),
     ),
   );
+  return partialWrite(groups, outcomes);
+}
+
+/** undefined when every group was written; throws the first error when none was. */
+function partialWrite(
+  groups: readonly number[][],
+  outcomes: readonly PromiseSettledResult<unknown>[],
+): PartialWrite | undefined {
+  let error: unknown;
+  let failed = 0;
+  const failedIds = new Set<number>();
+  outcomes.forEach((outcome, index) => {
+    if (outcome.status === 'fulfilled') return;
+    if (failed === 0) error = outcome.reason;
+    failed += 1;
+    for (const id of groups[index]!) failedIds.add(id);
+  });
+  if (failed === 0) return undefined;
+  if (failed === outcomes.length) throw error;
+  return { failedIds, error };
+}
+
+/** `'{1,2,3}'::bigint[]` for ids that are integers (checked: this is SQL text). */
+function bigintArrayLiteral(ids: readonly number[]) {
+  for (const id of ids) {
+    if (!Number.isSafeInteger(id)) throw new TypeError(`not a user id: ${id}`);
+  }
+  return sql.raw(`'{${ids.join(',')}}'::bigint[]`);
 }
 
 /**
@@ -178,9 +226,14 @@ export async function readPresence(
   const found = new Map<number, Presence>();
   if (ids.length === 0) return found;
   // On Citus, one statement per shard (pulse and its companions are co-located): see findOnlineUserIds.
-  const groups = (router && (await router.group(ids))) ?? [ids];
+  const routed = router ? await router.group(ids) : null;
+  const groups = routed ?? [ids];
   const perGroup = await Promise.all(
     groups.map(async (group) => {
+      // On Citus the ids go in as a literal, and the online rule (which reads the settings
+      // reference table) applies after the UNION: otherwise Citus plans this statement for every
+      // shard, and a worker down fails reads of users on the others.
+      const idList = routed ? bigintArrayLiteral(group) : sql`${group}::bigint[]`;
       // The rule runs once per statement over all its ids (a set, not a call per id), so a rule
       // joining a friends table is one index range scan of the viewer's friends.
       const visible =
@@ -195,12 +248,12 @@ export async function readPresence(
         live: boolean;
       }>`
         WITH u AS (
-          SELECT user_id, last_seen, online, live FROM (
-            SELECT user_id, last_hb AS last_seen, ${isOnline('last_hb')} AS online, true AS live
-            FROM pulse WHERE user_id = ANY(${group}::bigint[])
+          SELECT user_id, last_seen, live AND ${isOnline('last_seen')} AS online, live FROM (
+            SELECT user_id, last_hb AS last_seen, true AS live
+            FROM pulse WHERE user_id = ANY(${idList})
             UNION ALL
-            SELECT user_id, last_seen, false, false
-            FROM pulse_last_seen WHERE user_id = ANY(${group}::bigint[])
+            SELECT user_id, last_seen, false
+            FROM pulse_last_seen WHERE user_id = ANY(${idList})
           ) known ${visible}
         )
         ${privateView}`.execute(db);

@@ -1,5 +1,5 @@
 import { sql, type Kysely } from 'kysely';
-import { findMisplacedTables } from '../citus/citus-layout.ts';
+import { findMisplacedTables, findUnsharedTables } from '../citus/citus-layout.ts';
 import { isDatabaseUnavailable } from '../infra/db.ts';
 import { createMigrator } from './migrator.ts';
 import { SettingsMissingError } from './pulse-store.ts';
@@ -30,7 +30,8 @@ export const READINESS_TIMEOUT_MS = 2_000;
  * either), the shared settings row exists (without it nobody can be told online), a heartbeat could
  * take its lock on `pulse` within that time (a table locked by a
  * migration or by hand answers SELECT 1 but makes every write wait) and, on a Citus database,
- * every table keyed by user_id is distributed and co-located with `pulse`.
+ * every table keyed by user_id is distributed and co-located with `pulse` and every shared table
+ * is a reference table (so the check answers the same on any node).
  */
 export async function checkReadiness<DB>(
   db: Kysely<DB>,
@@ -53,7 +54,7 @@ export async function checkReadiness<DB>(
 async function check<DB>(db: Kysely<DB>, timeoutMs: number): Promise<Readiness> {
   try {
     await sql`SELECT 1`.execute(db);
-    const pending = (await createMigrator(db).getMigrations()).filter((m) => !m.executedAt);
+    const pending = (await (await createMigrator(db)).getMigrations()).filter((m) => !m.executedAt);
     if (pending.length > 0) {
       return {
         ready: false,
@@ -87,7 +88,7 @@ async function check<DB>(db: Kysely<DB>, timeoutMs: number): Promise<Readiness> 
     if (locked) {
       return { ready: false, reason: 'the pulse table is locked: heartbeats would wait' };
     }
-    const misplaced = await findMisplacedTables(db);
+    const misplaced = [...(await findMisplacedTables(db)), ...(await findUnsharedTables(db))];
     if (misplaced.length > 0) {
       return { ready: false, reason: `${misplaced.join('; ')} (run npm run migrate)` };
     }

@@ -7,6 +7,7 @@ import { httpLimitsOf, listen, type RunningServer } from '../../http/server.ts';
 import { updatePresenceSettings } from '../../lib/store/pulse-store.ts';
 import type { Logger } from '../../lib/infra/logger.ts';
 import { silentLogger } from './database.ts';
+import { checkCitusNode } from '../../lib/citus/citus-node.ts';
 
 export interface TestApp {
   baseUrl: string;
@@ -33,7 +34,10 @@ export async function startTestApp(
   await updatePresenceSettings(database.db, {
     onlineThresholdSeconds: config.ONLINE_THRESHOLD_SECONDS,
   });
-  const { app, heartbeats, admission, streams } = assembleApi(database, config, logger);
+  const citusNode = await checkCitusNode(database.db, logger);
+  const { app, heartbeats, admission, streams } = assembleApi(database, config, logger, {
+    citusNode,
+  });
   const server = await listen(app, port, '127.0.0.1', httpLimitsOf(config));
   const baseUrl = `http://127.0.0.1:${server.port}`;
   return {
