@@ -46,6 +46,27 @@ describe('group commit', () => {
     await heartbeats.close();
   });
 
+  it("logs a held presence's online transitions as held, and a client's own heartbeat in the same batch as heartbeat", async () => {
+    const flushes: number[] = [];
+    const heartbeats = writer({ maxDelayMs: 50 }, flushes);
+    await Promise.all([
+      heartbeats.record([1, 2]),
+      heartbeats.record([2, 3], { held: true }),
+      heartbeats.record([4], { held: true }),
+      heartbeats.record([4]),
+    ]);
+    expect(flushes, 'one batch').to.deep.equal([6]);
+    const { rows } = await sql<{ user_id: string; reason: string }>`
+      SELECT user_id, reason FROM pulse_events ORDER BY user_id`.execute(database.db);
+    expect(rows.map((r) => [Number(r.user_id), r.reason])).to.deep.equal([
+      [1, 'heartbeat'],
+      [2, 'heartbeat'],
+      [3, 'held'],
+      [4, 'heartbeat'],
+    ]);
+    await heartbeats.close();
+  });
+
   it('answers a request only after its row is committed', async () => {
     const heartbeats = writer({ maxDelayMs: 1 });
     await heartbeats.record([7]);

@@ -49,6 +49,7 @@ describe('migrate CLI', function () {
     expect((await migrate(url)).stdout).to.match(/already up to date/);
 
     // Each down undoes one migration, newest first, until nothing is left.
+    expect((await migrate(url, ['down'])).stdout).to.match(/reverted 0011_held_reason/);
     // 0010 changes nothing on plain PostgreSQL (Citus only), and is undone all the same.
     expect((await migrate(url, ['down'])).stdout).to.match(
       /reverted 0010_shared_tables_on_every_node/,
@@ -120,6 +121,7 @@ describe('migrate CLI', function () {
       { name: '0007_privacy_and_visibility' },
       { name: '0008_visibility_changes' },
       { name: '0010_shared_tables_on_every_node' },
+      { name: '0011_held_reason' },
     ]);
   });
 

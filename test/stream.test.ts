@@ -194,6 +194,13 @@ describe('GET /status/stream', () => {
     });
     // About one threshold after the stream closed: the last held beat was at most a third ago.
     expect((Date.now() - closed) / 1000).to.be.within(1.0, 3.5);
+    // The change log says why: the stream's held presence brought the user online.
+    const { rows } = await sql<{ online: boolean; reason: string }>`
+      SELECT online, reason FROM pulse_events WHERE user_id = 50 ORDER BY seq`.execute(database.db);
+    expect(rows).to.deep.equal([
+      { online: true, reason: 'held' },
+      { online: false, reason: 'threshold' },
+    ]);
   });
 
   it('holds one row for a user with several streams, and stops when the last one closes', async () => {

@@ -109,7 +109,7 @@ export class HeldPresence {
       if (this.held.size === 0) this.stopTimer();
     };
     try {
-      await this.writer.record([userId]);
+      await this.writer.record([userId], { held: true });
     } catch (error) {
       release();
       throw error;
@@ -167,7 +167,7 @@ export class HeldPresence {
     const ids = [...this.held.keys()];
     const writes: Promise<void>[] = [];
     for (let i = 0; i < ids.length; i += this.options.chunkIds) {
-      writes.push(this.writer.record(ids.slice(i, i + this.options.chunkIds)));
+      writes.push(this.writer.record(ids.slice(i, i + this.options.chunkIds), { held: true }));
     }
     const failures = (await Promise.allSettled(writes)).filter((r) => r.status === 'rejected');
     this.failing = failures.length > 0;

@@ -27,8 +27,11 @@ function writeFailed(cause: unknown): HeartbeatRejected {
 }
 
 export interface HeartbeatWriter {
-  /** Resolves once every id is committed to the database; rejects if it was not. */
-  record(userIds: readonly number[]): Promise<void>;
+  /**
+   * Resolves once every id is committed to the database; rejects if it was not. `held`: the beat
+   * of a stream's held presence (its online transitions are logged as `held`).
+   */
+  record(userIds: readonly number[], options?: RecordOptions): Promise<void>;
   /**
    * Before an explicit offline of `userIds` is written: drops their heartbeats still queued (they
    * came before the offline, which wins; their requests are answered as written) and resolves once
@@ -42,6 +45,10 @@ export interface HeartbeatWriter {
   readonly queuedIds: number;
   /** How long the oldest heartbeat still waiting for a flush has waited, in ms (0: none waits). */
   oldestQueuedMs(): number;
+}
+
+export interface RecordOptions {
+  held?: boolean;
 }
 
 export interface FlushObserver {
@@ -94,11 +101,11 @@ export class DirectHeartbeatWriter implements HeartbeatWriter {
     private readonly shardRouter?: ShardRouter,
   ) {}
 
-  async record(requested: readonly number[]): Promise<void> {
+  async record(requested: readonly number[], options: RecordOptions = {}): Promise<void> {
     if (this.closed) throw new HeartbeatRejected('shutting_down', 'the server is shutting down');
     const userIds = distinct(requested);
     const started = performance.now();
-    const write = recordHeartbeats(this.db, userIds, this.shardRouter);
+    const write = recordHeartbeats(this.db, userIds, this.shardRouter, options.held ? userIds : []);
     this.inFlight.set(write, userIds);
     let ok = false;
     try {
@@ -147,6 +154,8 @@ interface Batch {
   requests: number;
   /** When its first request arrived (performance.now()). */
   queuedAt: number;
+  /** Ids queued only by held presence (a request's heartbeat of the same user wins). */
+  held: Set<number> | undefined;
   /**
    * Set when the batch was opened while writes are split by shard (Citus): its flush may then
    * write some shards and fail others, and each request looks up its own ids in the failed ones.
@@ -168,7 +177,16 @@ function newBatch(splitByShard: boolean): Batch {
   // Every request of the batch awaits `done`; this keeps a failed flush with no request left
   // (impossible today) from becoming an unhandled rejection.
   done.catch(() => undefined);
-  return { ids: [], requests: 0, queuedAt: performance.now(), splitByShard, done, resolve, reject };
+  return {
+    ids: [],
+    requests: 0,
+    queuedAt: performance.now(),
+    held: undefined,
+    splitByShard,
+    done,
+    resolve,
+    reject,
+  };
 }
 
 /** Rejects a request of a partially written batch when any of its ids was not written. */
@@ -231,7 +249,7 @@ export class GroupCommitHeartbeatWriter implements HeartbeatWriter {
     return oldest === undefined ? 0 : performance.now() - oldest.queuedAt;
   }
 
-  record(requested: readonly number[]): Promise<void> {
+  record(requested: readonly number[], options: RecordOptions = {}): Promise<void> {
     const userIds = distinct(requested);
     if (this.closed) {
       return Promise.reject(new HeartbeatRejected('shutting_down', 'the server is shutting down'));
@@ -250,6 +268,14 @@ export class GroupCommitHeartbeatWriter implements HeartbeatWriter {
     ) {
       batch = newBatch(this.shardRouter?.routesByShard === true);
       this.queue.push(batch);
+    }
+    if (options.held) {
+      // Held beats come once per process every third of the threshold: a scan is cheap here.
+      const byRequests = new Set(batch.ids.filter((id) => !batch.held?.has(id)));
+      batch.held ??= new Set();
+      for (const id of userIds) if (!byRequests.has(id)) batch.held.add(id);
+    } else if (batch.held !== undefined) {
+      for (const id of userIds) batch.held.delete(id);
     }
     for (const id of userIds) batch.ids.push(id);
     batch.requests += 1;
@@ -343,7 +369,8 @@ export class GroupCommitHeartbeatWriter implements HeartbeatWriter {
       );
       this.schedule();
     };
-    recordHeartbeatsByShard(this.db, batch.ids, this.shardRouter).then(
+    const heldIds = batch.held === undefined ? [] : [...batch.held];
+    recordHeartbeatsByShard(this.db, batch.ids, this.shardRouter, heldIds).then(
       (partial) => {
         if (partial === undefined) settle(true);
         // Its requests do not look up their ids (the shards were not known when it opened).

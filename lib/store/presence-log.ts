@@ -17,7 +17,7 @@ import { sql } from 'kysely';
 import type { ShardRouter } from '../citus/shard-routing.ts';
 import { normalizeUserIds, type Executor } from './pulse-store.ts';
 
-export type EventReason = 'heartbeat' | 'offline' | 'threshold' | 'sweep';
+export type EventReason = 'heartbeat' | 'held' | 'offline' | 'threshold' | 'sweep';
 
 export interface PresenceEvent {
   /** Insertion order (bigint as a string); per user, the order of the transitions. */

@@ -32,8 +32,9 @@ function heartbeatUpsertSql(db: Executor): string {
   if (text === undefined) {
     const compiled = heartbeatUpsert(
       sql`SELECT hb, now(), now() FROM unnest(${[]}::bigint[]) AS hb`,
+      [],
     ).compile(db);
-    if (compiled.parameters.length !== 1) throw new Error('the heartbeat upsert takes one array');
+    if (compiled.parameters.length !== 2) throw new Error('the heartbeat upsert takes two arrays');
     text = compiled.sql;
     upsertSql.set(db, text);
   }
@@ -42,9 +43,11 @@ function heartbeatUpsertSql(db: Executor): string {
 
 /**
  * `rows` yields (user_id, now(), now()). The ON CONFLICT clause uses only columns, EXCLUDED.* and
- * coalesce (Citus). The events' `at` and `last_seen` are the heartbeat time itself.
+ * coalesce (Citus). The events' `at` and `last_seen` are the heartbeat time itself; their reason
+ * is `held` for the ids in `heldIds` (a stream's held presence), else `heartbeat`. The array is
+ * only looked at for the transitions, a few rows per flush.
  */
-const heartbeatUpsert = (rows: ReturnType<typeof sql>) => sql`
+const heartbeatUpsert = (rows: ReturnType<typeof sql>, heldIds: readonly number[]) => sql`
   WITH up AS (
     INSERT INTO pulse AS p (user_id, last_hb, online_since) ${rows}
     ON CONFLICT (user_id) DO UPDATE
@@ -52,7 +55,10 @@ const heartbeatUpsert = (rows: ReturnType<typeof sql>) => sql`
     RETURNING user_id, last_hb, online_since
   )
   INSERT INTO pulse_events (user_id, online, reason, at, last_seen)
-  SELECT user_id, true, 'heartbeat', last_hb, last_hb FROM up WHERE online_since = last_hb`;
+  SELECT user_id, true,
+         CASE WHEN user_id = ANY(${heldIds}::bigint[]) THEN 'held' ELSE 'heartbeat' END,
+         last_hb, last_hb
+  FROM up WHERE online_since = last_hb`;
 
 /**
  * Marks every given user as seen now (by the database clock), logging the online transitions.
@@ -63,8 +69,10 @@ export async function recordHeartbeats(
   db: Executor,
   userIds: Iterable<number>,
   router?: ShardRouter,
+  /** Those of `userIds` beaten by a stream's held presence: their online events say `held`. */
+  heldIds: readonly number[] = [],
 ): Promise<void> {
-  const partial = await recordHeartbeatsByShard(db, userIds, router);
+  const partial = await recordHeartbeatsByShard(db, userIds, router, heldIds);
   if (partial) throw partial.error;
 }
 
@@ -83,12 +91,13 @@ export async function recordHeartbeatsByShard(
   db: Executor,
   userIds: Iterable<number>,
   router?: ShardRouter,
+  heldIds: readonly number[] = [],
 ): Promise<PartialWrite | undefined> {
   const ids = normalizeUserIds(userIds);
   if (ids.length === 0) return undefined;
   const groups = router ? await router.group(ids) : null;
   if (groups === null) {
-    await db.executeQuery(CompiledQuery.raw(heartbeatUpsertSql(db), [ids]));
+    await db.executeQuery(CompiledQuery.raw(heartbeatUpsertSql(db), [ids, heldIds]));
     return undefined;
   }
   // Citus: an INSERT ... SELECT is run through the coordinator (its rows are pulled there, then
@@ -99,6 +108,7 @@ export async function recordHeartbeatsByShard(
     groups.map((group) =>
       heartbeatUpsert(
         sql`VALUES ${sql.join(group.map((id) => sql`(${id}::bigint, now(), now())`))}`,
+        heldIds,
       ).execute(db),
     ),
   );

@@ -38,7 +38,7 @@ export interface PulseEventsTable {
   seq: ColumnType<string, never, never>;
   user_id: ColumnType<string, number, never>;
   online: boolean;
-  reason: 'heartbeat' | 'offline' | 'threshold' | 'sweep';
+  reason: 'heartbeat' | 'held' | 'offline' | 'threshold' | 'sweep';
   at: ColumnType<Date, Date | undefined, never>;
   last_seen: Date | null;
   /** xid8, as text. */
