@@ -97,10 +97,7 @@ export async function up(db: Kysely<any>): Promise<void> {
       'COLUMN pulse_webhooks.secret',
       'Signing secret, whsec_ + base64 of at least 24 random bytes (whsec_$(openssl rand -base64 32)). Never logged or echoed by Pulse.',
     ],
-    [
-      'COLUMN pulse_webhooks.transitions',
-      'Which transitions to deliver: online, offline or both.',
-    ],
+    ['COLUMN pulse_webhooks.transitions', 'Which transitions to deliver: online, offline or both.'],
     [
       'COLUMN pulse_webhooks.reasons',
       'Optional filter on pulse_events.reason (heartbeat, offline, threshold, sweep); null: every reason.',

@@ -71,10 +71,7 @@ export async function listEnabledEndpoints(
 }
 
 /** The endpoint as it is now (the operator may change it with SQL at any time). */
-export async function loadEndpoint(
-  db: Executor,
-  id: number,
-): Promise<WebhookEndpoint | undefined> {
+export async function loadEndpoint(db: Executor, id: number): Promise<WebhookEndpoint | undefined> {
   const row = await db
     .selectFrom('pulse_webhooks')
     .select(['id', 'name', 'url', 'secret', 'transitions', 'reasons', 'enabled', 'cursor'])

@@ -32,7 +32,6 @@ for (const [network, prefix] of [
 for (const [network, prefix] of [
   ['::', 128],
   ['::1', 128],
-  ['::ffff:0:0', 96], // IPv4-mapped: judged by the IPv4 rule below
   ['64:ff9b::', 96],
   ['100::', 64],
   ['2001:db8::', 32],
