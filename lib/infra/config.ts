@@ -429,7 +429,7 @@ const webhooksSchema = z
     WEBHOOKS_RESPONSE_MAX_BYTES: integer(0, 16 * 1024 * 1024, 64 * 1024),
     /** Full-jitter backoff: the n-th retry waits a random time below min(max, base * 2^(n-1)). */
     WEBHOOKS_RETRY_BASE_MS: integer(1, 600_000, 1_000),
-    WEBHOOKS_RETRY_MAX_DELAY_MS: integer(1, 86_400_000, 600_000),
+    WEBHOOKS_RETRY_MAX_DELAY_MS: integer(1, 86_400_000, 60_000),
     /** A batch failing this long since its first attempt is parked (pulse_webhook_parked). */
     WEBHOOKS_RETRY_FOR_SECONDS: integer(1, 30 * 86_400, 86_400),
     WEBHOOKS_LEASE_TTL_SECONDS: integer(2, 3_600, 30),
