@@ -136,7 +136,17 @@ describe('the house: folders with one job each', () => {
   });
 
   it('one pool factory: only lib/infra/db.ts creates a pg.Pool (app, tests and benchmarks alike)', () => {
-    const creators = ['api', 'sweeper', 'webhooks', 'lib', 'http', 'scripts', 'dev', 'test', 'bench']
+    const creators = [
+      'api',
+      'sweeper',
+      'webhooks',
+      'lib',
+      'http',
+      'scripts',
+      'dev',
+      'test',
+      'bench',
+    ]
       .flatMap(sourceFiles)
       .filter((file) =>
         /new\s+pg\.Pool\s*\(|new\s+Pool\s*\(/.test(readFileSync(path.join(root, file), 'utf8')),

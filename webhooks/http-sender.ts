@@ -3,7 +3,7 @@
  * on the response body read, redirects never followed (a 3xx is a failed attempt), and the
  * address rule (lib/webhooks/target-rule.ts) applied to the address actually connected to.
  */
-import { lookup as dnsLookup, type LookupAddress, type LookupOptions } from 'node:dns';
+import { lookup as dnsLookup, type LookupAddress } from 'node:dns';
 import http from 'node:http';
 import https from 'node:https';
 import type { LookupFunction } from 'node:net';
@@ -25,9 +25,8 @@ class Timeout extends Error {}
 /** A resolver that refuses names resolving to a non-public address (all of them are checked). */
 function guardedLookup(allowPrivate: boolean): LookupFunction {
   return (hostname, options, callback) => {
-    dnsLookup(hostname, { ...(options as LookupOptions), all: true }, (error, addresses) => {
+    dnsLookup(hostname, { ...options, all: true }, (error, list) => {
       if (error) return callback(error, '', 0);
-      const list = addresses as LookupAddress[];
       const refused = list.find((a) => !allowPrivate && isPrivateAddress(a.address));
       if (refused) {
         return callback(
@@ -36,7 +35,8 @@ function guardedLookup(allowPrivate: boolean): LookupFunction {
           0,
         );
       }
-      if ((options as LookupOptions).all) return (callback as never as AllCallback)(null, list);
+      // Node asks for every address (all: true) when it tries them in turn (autoSelectFamily).
+      if (options.all) return (callback as never as AllCallback)(null, list);
       const first = list[0]!;
       callback(null, first.address, first.family);
     });
