@@ -49,6 +49,16 @@ describe('migrate CLI', function () {
     expect((await migrate(url)).stdout).to.match(/already up to date/);
 
     // Each down undoes one migration, newest first, until nothing is left.
+    expect((await migrate(url, ['down'])).stdout).to.match(/reverted 0009_webhooks/);
+    expect(
+      (
+        await queryOnce(
+          url,
+          `SELECT to_regclass('pulse_webhooks') AS w, to_regclass('pulse_webhook_batches') AS b,
+                  to_regclass('pulse_webhook_parked') AS p`,
+        )
+      ).rows[0],
+    ).to.deep.equal({ w: null, b: null, p: null });
     expect((await migrate(url, ['down'])).stdout).to.match(/reverted 0007_privacy_and_visibility/);
     expect(
       (await queryOnce(url, `SELECT to_regclass('pulse_privacy') AS t`)).rows[0],
@@ -110,6 +120,7 @@ describe('migrate CLI', function () {
       { name: '0005_distribute_by_user_id' },
       { name: '0006_presence_events' },
       { name: '0007_privacy_and_visibility' },
+      { name: '0009_webhooks' },
     ]);
   });
 
