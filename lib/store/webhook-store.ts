@@ -8,7 +8,7 @@
  * delivered, so a crash at any point re-sends the same batch with the same webhook-id; two
  * deliverers that both believe they hold an endpoint's lease can never cut the same events twice.
  */
-import { sql } from 'kysely';
+import { sql, type RawBuilder } from 'kysely';
 import type { Executor } from './pulse-store.ts';
 
 /**
@@ -86,9 +86,15 @@ export async function loadEndpoint(db: Executor, id: number): Promise<WebhookEnd
 }
 
 /** The endpoint's oldest pending batch, if any. */
-export async function headBatch(
+export function headBatch(db: Executor, endpointId: number): Promise<PendingBatch | undefined> {
+  return firstPending(db, endpointId, sql``, '');
+}
+
+async function firstPending(
   db: Executor,
   endpointId: number,
+  before: RawBuilder<unknown>,
+  except: string,
 ): Promise<PendingBatch | undefined> {
   const { rows } = await sql<{
     id: string;
@@ -97,10 +103,11 @@ export async function headBatch(
     attempts: number;
     due_in_ms: number;
   }>`
+    ${before}
     SELECT id, events, created_at, attempts,
            greatest(0, extract(epoch FROM next_attempt_at - now()) * 1000)::float8 AS due_in_ms
     FROM pulse_webhook_batches
-    WHERE endpoint_id = ${endpointId}
+    WHERE endpoint_id = ${endpointId} AND id <> ${except}
     ORDER BY position
     LIMIT 1`.execute(db);
   const row = rows[0];
@@ -155,9 +162,22 @@ export async function cutBatches(
   });
 }
 
-/** The receiver took the batch: it is done. */
-export async function recordDelivered(db: Executor, id: string): Promise<void> {
-  await db.deleteFrom('pulse_webhook_batches').where('id', '=', id).execute();
+/**
+ * The receiver took the batch: deletes it and returns the endpoint's next pending batch, in one
+ * round trip (a backlog drains batch after batch).
+ */
+export async function recordDelivered(
+  db: Executor,
+  endpointId: number,
+  id: string,
+): Promise<PendingBatch | undefined> {
+  // The SELECT runs on the statement's snapshot, which still sees the deleted row: skip it.
+  return firstPending(
+    db,
+    endpointId,
+    sql`WITH done AS (DELETE FROM pulse_webhook_batches WHERE id = ${id})`,
+    id,
+  );
 }
 
 export interface FailedAttempt {

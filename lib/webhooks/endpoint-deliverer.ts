@@ -27,6 +27,7 @@ import {
   recordFailure,
   TRANSITION_REASONS,
   type Backlog,
+  type PendingBatch,
   type WebhookEndpoint,
   type WebhookEvent,
 } from '../store/webhook-store.ts';
@@ -74,6 +75,8 @@ export const webhookJob = (endpointId: number) => `webhook:${endpointId}`;
 const ERROR_PAUSE_MS = 1_000;
 /** With nothing to cut, the cursor is still written this often (so reads stay short). */
 const IDLE_CURSOR_WRITE_MS = 5_000;
+/** While batches go out back to back, the endpoint's row is read again at most this often. */
+const ENDPOINT_REREAD_MS = 1_000;
 
 export class EndpointDeliverer {
   readonly holder: string;
@@ -82,6 +85,9 @@ export class EndpointDeliverer {
   private lastRead = { at: 0, full: true };
   private lastCursorWriteAt = 0;
   private lastBacklogAt = 0;
+  private endpointRead: { endpoint: WebhookEndpoint; at: number } | undefined;
+  /** The next pending batch, as returned with the last delivery (null: none; undefined: unknown). */
+  private next: PendingBatch | null | undefined;
   private timer: NodeJS.Timeout | undefined;
   private running: Promise<number> | undefined;
   private stopped = true;
@@ -130,6 +136,7 @@ export class EndpointDeliverer {
     const run = previous
       .then(() => this.tick())
       .catch((error: unknown) => {
+        this.next = undefined;
         this.observer.onError?.(this.endpoint, error);
         return ERROR_PAUSE_MS;
       });
@@ -165,16 +172,20 @@ export class EndpointDeliverer {
         this.options.leaseTtlSeconds,
       );
       this.setLease(held);
-      if (!held) return this.renewEveryMs;
+      if (!held) {
+        this.next = undefined;
+        return this.renewEveryMs;
+      }
       this.renewedAt = at;
     }
-    const endpoint = await loadEndpoint(this.db, this.endpoint.id);
+    const endpoint = await this.readEndpoint();
     if (!endpoint?.enabled) return this.renewEveryMs;
     if (Date.now() - this.lastBacklogAt >= this.options.backlogIntervalMs) {
       this.lastBacklogAt = Date.now();
       this.observer.onBacklog?.(this.endpoint, await readBacklog(this.db, endpoint));
     }
-    const head = await headBatch(this.db, endpoint.id);
+    const head = this.next === undefined ? await headBatch(this.db, endpoint.id) : this.next;
+    this.next = undefined;
     if (head) {
       if (head.dueInMs > 0) return Math.min(head.dueInMs, this.renewEveryMs);
       return this.deliver(endpoint, head);
@@ -182,10 +193,17 @@ export class EndpointDeliverer {
     return this.cut(endpoint);
   }
 
-  private async deliver(
-    endpoint: WebhookEndpoint,
-    head: NonNullable<Awaited<ReturnType<typeof headBatch>>>,
-  ): Promise<number> {
+  /** The endpoint's row: read again unless batches are going out back to back. */
+  private async readEndpoint(): Promise<WebhookEndpoint | undefined> {
+    const cached = this.endpointRead;
+    if (this.next !== undefined && cached && Date.now() - cached.at < ENDPOINT_REREAD_MS)
+      return cached.endpoint;
+    const endpoint = await loadEndpoint(this.db, this.endpoint.id);
+    this.endpointRead = endpoint && { endpoint, at: Date.now() };
+    return endpoint;
+  }
+
+  private async deliver(endpoint: WebhookEndpoint, head: PendingBatch): Promise<number> {
     const body = batchBody(head.events, head.createdAt);
     const started = performance.now();
     const result = await this.send(
@@ -194,7 +212,7 @@ export class EndpointDeliverer {
     );
     this.observer.onAttempt?.(this.endpoint, result, performance.now() - started, head.events);
     if (result.outcome === 'delivered') {
-      await recordDelivered(this.db, head.id);
+      this.next = (await recordDelivered(this.db, endpoint.id, head.id)) ?? null;
       return 0;
     }
     const delayMs = retryDelayMs(
