@@ -8,7 +8,7 @@
  * delivered, so a crash at any point re-sends the same batch with the same webhook-id; two
  * deliverers that both believe they hold an endpoint's lease can never cut the same events twice.
  */
-import { sql, type RawBuilder } from 'kysely';
+import { sql } from 'kysely';
 import type { Executor } from './pulse-store.ts';
 
 /**
@@ -85,17 +85,17 @@ export async function loadEndpoint(db: Executor, id: number): Promise<WebhookEnd
   };
 }
 
-/** The endpoint's oldest pending batch, if any. */
-export function headBatch(db: Executor, endpointId: number): Promise<PendingBatch | undefined> {
-  return firstPending(db, endpointId, sql``, '');
-}
-
-async function firstPending(
+/**
+ * Deletes the batches in `delivered` (the receiver took them) and returns the endpoint's next
+ * pending batches, oldest first, up to `limit`: one round trip for a group of deliveries.
+ */
+export async function takePending(
   db: Executor,
   endpointId: number,
-  before: RawBuilder<unknown>,
-  except: string,
-): Promise<PendingBatch | undefined> {
+  delivered: readonly string[],
+  limit: number,
+): Promise<PendingBatch[]> {
+  // The SELECT runs on the statement's snapshot, which still sees the deleted rows: skip them.
   const { rows } = await sql<{
     id: string;
     events: WebhookEvent[];
@@ -103,24 +103,21 @@ async function firstPending(
     attempts: number;
     due_in_ms: number;
   }>`
-    ${before}
+    WITH done AS (DELETE FROM pulse_webhook_batches WHERE id = ANY(${delivered}::text[]))
     SELECT id, events, created_at, attempts,
            greatest(0, extract(epoch FROM next_attempt_at - now()) * 1000)::float8 AS due_in_ms
     FROM pulse_webhook_batches
-    WHERE endpoint_id = ${endpointId} AND id <> ${except}
+    WHERE endpoint_id = ${endpointId} AND id <> ALL(${delivered}::text[])
     ORDER BY position
-    LIMIT 1`.execute(db);
-  const row = rows[0];
-  return (
-    row && {
-      id: row.id,
-      endpointId,
-      events: row.events,
-      createdAt: row.created_at,
-      attempts: row.attempts,
-      dueInMs: row.due_in_ms,
-    }
-  );
+    LIMIT ${limit}`.execute(db);
+  return rows.map((row) => ({
+    id: row.id,
+    endpointId,
+    events: row.events,
+    createdAt: row.created_at,
+    attempts: row.attempts,
+    dueInMs: row.due_in_ms,
+  }));
 }
 
 /**
@@ -160,24 +157,6 @@ export async function cutBatches(
     }
     return true;
   });
-}
-
-/**
- * The receiver took the batch: deletes it and returns the endpoint's next pending batch, in one
- * round trip (a backlog drains batch after batch).
- */
-export async function recordDelivered(
-  db: Executor,
-  endpointId: number,
-  id: string,
-): Promise<PendingBatch | undefined> {
-  // The SELECT runs on the statement's snapshot, which still sees the deleted row: skip it.
-  return firstPending(
-    db,
-    endpointId,
-    sql`WITH done AS (DELETE FROM pulse_webhook_batches WHERE id = ${id})`,
-    id,
-  );
 }
 
 export interface FailedAttempt {

@@ -20,11 +20,10 @@ import { readEventsSince } from '../store/presence-log.ts';
 import type { Executor } from '../store/pulse-store.ts';
 import {
   cutBatches,
-  headBatch,
   loadEndpoint,
   readBacklog,
-  recordDelivered,
   recordFailure,
+  takePending,
   TRANSITION_REASONS,
   type Backlog,
   type PendingBatch,
@@ -77,6 +76,11 @@ const ERROR_PAUSE_MS = 1_000;
 const IDLE_CURSOR_WRITE_MS = 5_000;
 /** While batches go out back to back, the endpoint's row is read again at most this often. */
 const ENDPOINT_REREAD_MS = 1_000;
+/**
+ * Pending batches fetched at once. The delivered ones are deleted with the next fetch, so a crash
+ * sends up to this many again (same ids, in order): the price of one round trip per group.
+ */
+const GROUP = 8;
 
 export class EndpointDeliverer {
   readonly holder: string;
@@ -86,8 +90,10 @@ export class EndpointDeliverer {
   private lastCursorWriteAt = 0;
   private lastBacklogAt = 0;
   private endpointRead: { endpoint: WebhookEndpoint; at: number } | undefined;
-  /** The next pending batch, as returned with the last delivery (null: none; undefined: unknown). */
-  private next: PendingBatch | null | undefined;
+  /** Pending batches fetched and not yet sent, oldest first (undefined: fetch again). */
+  private queue: PendingBatch[] | undefined;
+  /** Delivered batches not yet deleted (deleted with the next fetch). */
+  private delivered: string[] = [];
   private timer: NodeJS.Timeout | undefined;
   private running: Promise<number> | undefined;
   private stopped = true;
@@ -122,6 +128,8 @@ export class EndpointDeliverer {
     clearTimeout(this.timer);
     this.abort.abort();
     await this.running;
+    if (this.delivered.length > 0)
+      await this.takePending(this.endpoint.id, 0).catch(() => undefined);
     if (this.leaseHeld && options.release !== false) {
       await releaseJobLease(this.db, webhookJob(this.endpoint.id), this.holder).catch(
         () => undefined,
@@ -136,7 +144,7 @@ export class EndpointDeliverer {
     const run = previous
       .then(() => this.tick())
       .catch((error: unknown) => {
-        this.next = undefined;
+        this.queue = undefined;
         this.observer.onError?.(this.endpoint, error);
         return ERROR_PAUSE_MS;
       });
@@ -173,7 +181,7 @@ export class EndpointDeliverer {
       );
       this.setLease(held);
       if (!held) {
-        this.next = undefined;
+        this.queue = undefined;
         return this.renewEveryMs;
       }
       this.renewedAt = at;
@@ -184,19 +192,23 @@ export class EndpointDeliverer {
       this.lastBacklogAt = Date.now();
       this.observer.onBacklog?.(this.endpoint, await readBacklog(this.db, endpoint));
     }
-    const head = this.next === undefined ? await headBatch(this.db, endpoint.id) : this.next;
-    this.next = undefined;
+    this.queue ??= await this.takePending(endpoint.id);
+    const head = this.queue[0];
     if (head) {
-      if (head.dueInMs > 0) return Math.min(head.dueInMs, this.renewEveryMs);
+      if (head.dueInMs > 0) {
+        this.queue = undefined;
+        return Math.min(head.dueInMs, this.renewEveryMs);
+      }
       return this.deliver(endpoint, head);
     }
+    this.queue = undefined;
     return this.cut(endpoint);
   }
 
   /** The endpoint's row: read again unless batches are going out back to back. */
   private async readEndpoint(): Promise<WebhookEndpoint | undefined> {
     const cached = this.endpointRead;
-    if (this.next !== undefined && cached && Date.now() - cached.at < ENDPOINT_REREAD_MS)
+    if (this.queue?.length && cached && Date.now() - cached.at < ENDPOINT_REREAD_MS)
       return cached.endpoint;
     const endpoint = await loadEndpoint(this.db, this.endpoint.id);
     this.endpointRead = endpoint && { endpoint, at: Date.now() };
@@ -211,10 +223,14 @@ export class EndpointDeliverer {
       this.abort.signal,
     );
     this.observer.onAttempt?.(this.endpoint, result, performance.now() - started, head.events);
+    this.queue!.shift();
     if (result.outcome === 'delivered') {
-      this.next = (await recordDelivered(this.db, endpoint.id, head.id)) ?? null;
+      this.delivered.push(head.id);
+      if (this.queue!.length === 0) this.queue = undefined;
       return 0;
     }
+    this.queue = undefined;
+    if (this.delivered.length > 0) await this.takePending(endpoint.id, 0);
     const delayMs = retryDelayMs(
       head.attempts + 1,
       this.options.backoff,
@@ -231,6 +247,13 @@ export class EndpointDeliverer {
       return 0;
     }
     return Math.min(delayMs, this.renewEveryMs);
+  }
+
+  /** Deletes the delivered batches and fetches the next pending ones, in one statement. */
+  private async takePending(endpointId: number, limit = GROUP): Promise<PendingBatch[]> {
+    const pending = await takePending(this.db, endpointId, this.delivered, limit);
+    this.delivered = [];
+    return pending;
   }
 
   /** Reads the log past the cursor and cuts what the endpoint wants into batches. */
