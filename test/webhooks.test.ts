@@ -84,6 +84,12 @@ async function loggedSeqs(db: Executor): Promise<string[]> {
   return rows.map((r) => r.seq);
 }
 
+async function pendingBatches(db: Executor): Promise<number> {
+  const { rows } = await sql<{ n: number }>`
+    SELECT count(*)::int AS n FROM pulse_webhook_batches`.execute(db);
+  return rows[0]!.n;
+}
+
 function deliveredSeqs(receiver: TestReceiver): string[] {
   return receiver.delivered().flatMap((r) => r.events.map((e) => e.seq));
 }
@@ -221,6 +227,24 @@ describe('webhooks: delivery to a real receiver', function () {
     await waitForAllDelivered(database.db, receiver);
     expect(receiver.delivered()[0]!.id).to.equal([...ids][0]);
     await expectCompleteDelivery(database.db, receiver);
+  });
+
+  it('goes on cutting the log into batches while the receiver fails, and sends them in order after', async () => {
+    await addEndpoint(database.db, receiver.url);
+    receiver.behave({ kind: 'fail', status: 503 });
+    startFleet({ cutWhilePendingMs: 100, backoff: { baseMs: 500, maxMs: 500 } });
+    for (const online of [true, false, true]) {
+      const batchesBefore = await pendingBatches(database.db);
+      await logTransitions(database.db, [1, 2, 3], online);
+      await waitFor('the new transitions cut into a batch', async () => {
+        return (await pendingBatches(database.db)) > batchesBefore;
+      });
+    }
+    expect(new Set(receiver.requests.map((r) => r.id)).size, 'ids tried').to.equal(1);
+    receiver.behave({ kind: 'ok' });
+    await waitForAllDelivered(database.db, receiver);
+    await expectCompleteDelivery(database.db, receiver);
+    expect(receiver.delivered()).to.have.length(3);
   });
 
   it('honours Retry-After on a 429', async () => {

@@ -1,9 +1,5 @@
 import { loadWebhooksConfig } from '../lib/infra/config.ts';
-import {
-  DEFAULT_STATEMENT_TIMEOUT_MS,
-  isDatabaseUnavailable,
-  openDatabase,
-} from '../lib/infra/db.ts';
+import { isDatabaseUnavailable, openDatabase } from '../lib/infra/db.ts';
 import { runMain } from '../lib/infra/entry.ts';
 import { createProcessLogger, errorFields } from '../lib/infra/logger.ts';
 import { createRegistry } from '../lib/infra/metrics.ts';
@@ -14,6 +10,8 @@ import { startOpsServer } from '../http/ops-server.ts';
 import { createHttpSender } from './http-sender.ts';
 import { createWebhookMetrics } from './metrics.ts';
 
+const DELIVERER_STATEMENT_TIMEOUT_MS = 120_000;
+
 /** npm run webhooks: delivers the change log to every enabled endpoint until SIGTERM/SIGINT. */
 runMain(async () => {
   const config = loadWebhooksConfig(process.env);
@@ -23,7 +21,8 @@ runMain(async () => {
     poolMax: config.PG_POOL_MAX,
     applicationName: 'pulse-webhooks',
     logger,
-    statementTimeoutMs: DEFAULT_STATEMENT_TIMEOUT_MS,
+    // Longer than the API's: a deliverer back from a long stop reads its backlog in one statement.
+    statementTimeoutMs: DELIVERER_STATEMENT_TIMEOUT_MS,
   });
   const registry = createRegistry(database.pool);
   const metrics = createWebhookMetrics(registry);

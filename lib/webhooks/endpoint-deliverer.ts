@@ -8,10 +8,9 @@
  * request and deleted only after a 2xx, and cutting moves the cursor with a compare-and-set. A
  * crash or a lost lease can therefore only repeat a request, with the same webhook-id.
  *
- * While the head batch fails, nothing new is cut: the backlog stays in the log, and once the
- * receiver is back it is cut into full batches (WEBHOOKS_BATCH_MAX_EVENTS), which drains it far
- * faster than it built up. The log keeps events for event_retention_days, which must stay above
- * WEBHOOKS_RETRY_FOR_SECONDS.
+ * While the head batch fails, the log is still cut every few seconds, into batches that wait
+ * behind it: once the receiver is back, the backlog goes out in full batches
+ * (WEBHOOKS_BATCH_MAX_EVENTS), with no big read of the log in the way.
  */
 import { randomBytes } from 'node:crypto';
 import { hostname } from 'node:os';
@@ -46,6 +45,8 @@ export interface DelivererOptions {
   backlogIntervalMs: number;
   /** This process's name in the lease table; defaults to host:pid:random. */
   holder?: string;
+  /** While batches wait, the log is still cut this often (default CUT_WHILE_PENDING_MS). */
+  cutWhilePendingMs?: number;
 }
 
 export interface EndpointRef {
@@ -81,6 +82,11 @@ const ENDPOINT_REREAD_MS = 1_000;
  * sends up to this many again (same ids, in order): the price of one round trip per group.
  */
 const GROUP = 8;
+/**
+ * While batches wait (a failing or slow receiver), the log is still cut this often, so no read
+ * ever has to cover a whole outage: each covers a few seconds, and the batches come out full.
+ */
+const CUT_WHILE_PENDING_MS = 5_000;
 
 export class EndpointDeliverer {
   readonly holder: string;
@@ -195,9 +201,16 @@ export class EndpointDeliverer {
     this.queue ??= await this.takePending(endpoint.id);
     const head = this.queue[0];
     if (head) {
+      const sinceRead = Date.now() - this.lastRead.at;
+      const cutEvery = this.options.cutWhilePendingMs ?? CUT_WHILE_PENDING_MS;
+      if (sinceRead >= cutEvery) {
+        this.queue = undefined;
+        await this.cut(endpoint);
+        return 0;
+      }
       if (head.dueInMs > 0) {
         this.queue = undefined;
-        return Math.min(head.dueInMs, this.renewEveryMs);
+        return Math.min(head.dueInMs, this.renewEveryMs, cutEvery - sinceRead);
       }
       return this.deliver(endpoint, head);
     }
