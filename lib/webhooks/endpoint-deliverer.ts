@@ -292,6 +292,7 @@ export class EndpointDeliverer {
       batches.push(events.slice(i, i + this.options.batchMaxEvents));
     await cutBatches(this.db, endpoint.id, endpoint.cursor, read.snapshot, batches);
     this.lastCursorWriteAt = Date.now();
+    this.endpointRead = undefined; // its cursor moved
     return batches.length > 0 ? 0 : this.options.batchWaitMs;
   }
 }
