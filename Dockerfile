@@ -7,6 +7,7 @@ RUN npm ci --ignore-scripts
 COPY tsconfig.json tsconfig.build.json ./
 COPY api ./api
 COPY sweeper ./sweeper
+COPY webhooks ./webhooks
 COPY lib ./lib
 COPY http ./http
 COPY migrations ./migrations

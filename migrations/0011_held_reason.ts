@@ -11,8 +11,10 @@ const REASONS_NOW = ['heartbeat', 'held', 'offline', 'threshold', 'sweep'];
 
 async function allowReasons(db: Kysely<any>, reasons: string[]): Promise<void> {
   const list = sql.join(reasons.map((reason) => sql.lit(reason)));
-  await sql`ALTER TABLE pulse_events DROP CONSTRAINT pulse_events_reason_check,
-    ADD CONSTRAINT pulse_events_reason_check CHECK (reason IN (${list})) NOT VALID`.execute(db);
+  // Two statements: Citus refuses ADD CONSTRAINT with other subcommands (one transaction anyway).
+  await sql`ALTER TABLE pulse_events DROP CONSTRAINT pulse_events_reason_check`.execute(db);
+  await sql`ALTER TABLE pulse_events ADD CONSTRAINT pulse_events_reason_check
+    CHECK (reason IN (${list})) NOT VALID`.execute(db);
   await sql`ALTER TABLE pulse_events VALIDATE CONSTRAINT pulse_events_reason_check`.execute(db);
 }
 

@@ -81,7 +81,7 @@ describe('the house: folders with one job each', () => {
         file,
       ).to.equal(true);
     }
-    for (const folder of ['sweeper', 'http']) {
+    for (const folder of ['sweeper', 'webhooks', 'http']) {
       for (const file of sourceFiles(folder)) {
         expect(foldersImportedBy(file), file).not.to.include('api');
       }
@@ -95,12 +95,14 @@ describe('the house: folders with one job each', () => {
     ['lib/citus/', ['lib/infra/', 'lib/citus/']],
     ['lib/store/', ['lib/infra/', 'lib/citus/', 'lib/store/']],
     ['lib/presence/', ['lib/infra/', 'lib/citus/', 'lib/store/', 'lib/presence/']],
+    ['lib/webhooks/', ['lib/infra/', 'lib/store/', 'lib/webhooks/']],
     ['api/edge/', ['lib/', 'http/error-catalogue.ts', 'api/edge/']],
     ['api/write/', ['lib/', 'api/edge/', 'api/write/']],
     ['api/read/', ['lib/', 'api/edge/', 'api/read/']],
     ['api/stream/', ['lib/', 'api/edge/', 'api/write/', 'api/read/', 'api/stream/']],
     ['http/', ['lib/', 'http/']],
     ['sweeper/', ['lib/', 'http/', 'sweeper/']],
+    ['webhooks/', ['lib/', 'http/', 'webhooks/']],
   ];
   /** Type-only imports that cross a rule on purpose: the Database type belongs to the store. */
   const typeOnlyExceptions = new Set(['lib/infra/db.ts -> lib/store/schema.ts']);
@@ -126,7 +128,7 @@ describe('the house: folders with one job each', () => {
   });
 
   it('every folder of the service has a README saying what lives there', () => {
-    const folders = ['http', 'sweeper', 'dev', 'migrations', 'client', 'bench'];
+    const folders = ['http', 'sweeper', 'webhooks', 'dev', 'migrations', 'client', 'bench'];
     for (const folder of ['api', 'lib']) folders.push(folder, ...subfolders(folder));
     for (const dir of folders) {
       expect(existsSync(path.join(root, dir, 'README.md')), `${dir}/README.md`).to.equal(true);
@@ -134,7 +136,17 @@ describe('the house: folders with one job each', () => {
   });
 
   it('one pool factory: only lib/infra/db.ts creates a pg.Pool (app, tests and benchmarks alike)', () => {
-    const creators = ['api', 'sweeper', 'lib', 'http', 'scripts', 'dev', 'test', 'bench']
+    const creators = [
+      'api',
+      'sweeper',
+      'webhooks',
+      'lib',
+      'http',
+      'scripts',
+      'dev',
+      'test',
+      'bench',
+    ]
       .flatMap(sourceFiles)
       .filter((file) =>
         /new\s+pg\.Pool\s*\(|new\s+Pool\s*\(/.test(readFileSync(path.join(root, file), 'utf8')),

@@ -54,6 +54,16 @@ describe('migrate CLI', function () {
     expect((await migrate(url, ['down'])).stdout).to.match(
       /reverted 0010_shared_tables_on_every_node/,
     );
+    expect((await migrate(url, ['down'])).stdout).to.match(/reverted 0009_webhooks/);
+    expect(
+      (
+        await queryOnce(
+          url,
+          `SELECT to_regclass('pulse_webhooks') AS w, to_regclass('pulse_webhook_batches') AS b,
+                  to_regclass('pulse_webhook_parked') AS p`,
+        )
+      ).rows[0],
+    ).to.deep.equal({ w: null, b: null, p: null });
     expect((await migrate(url, ['down'])).stdout).to.match(/reverted 0008_visibility_changes/);
     expect(
       (await queryOnce(url, `SELECT to_regclass('pulse_visibility_changes') AS t`)).rows[0],
@@ -120,6 +130,7 @@ describe('migrate CLI', function () {
       { name: '0006_presence_events' },
       { name: '0007_privacy_and_visibility' },
       { name: '0008_visibility_changes' },
+      { name: '0009_webhooks' },
       { name: '0010_shared_tables_on_every_node' },
       { name: '0011_held_reason' },
     ]);

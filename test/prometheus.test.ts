@@ -15,7 +15,14 @@ import { expect } from 'chai';
 import { waitFor } from './support/entry-points.ts';
 import { freePort } from '../dev/embedded-postgres.ts';
 import { serverUrl } from './support/database.ts';
-import { adminQuery, TEMPLATE_DB_VAR, uniqueName, withDatabase } from './support/server.ts';
+import {
+  adminQuery,
+  queryOnce,
+  TEMPLATE_DB_VAR,
+  uniqueName,
+  withDatabase,
+} from './support/server.ts';
+import { startReceiver, type TestReceiver } from './support/webhook-receiver.ts';
 
 const root = fileURLToPath(new URL('..', import.meta.url));
 const dashboardFile = path.join(root, 'ops/grafana/pulse-dashboard.json');
@@ -58,6 +65,7 @@ describe('dashboard and alerts on a real Prometheus', function () {
   let scratch: string;
   let database: string;
   let prometheusUrl: string;
+  let receiver: TestReceiver;
 
   const spawnChild = (command: string, args: string[], env: Record<string, string> = {}) => {
     const child = spawn(command, args, {
@@ -91,11 +99,20 @@ describe('dashboard and alerts on a real Prometheus', function () {
       LOG_LEVEL: 'silent',
       SWEEP_SCHEDULE: '* * * * * *',
     };
-    const [apiPort, sweeperPort, prometheusPort] = [
+    const [apiPort, sweeperPort, webhooksPort, prometheusPort] = [
+      await freePort(),
       await freePort(),
       await freePort(),
       await freePort(),
     ];
+    // A webhook endpoint with a real receiver, so the deliverer's series exist.
+    const secret = `whsec_${Buffer.alloc(32, 7).toString('base64')}`;
+    receiver = await startReceiver(secret);
+    await queryOnce(
+      env.DATABASE_URL,
+      `INSERT INTO pulse_webhooks (name, url, secret) VALUES ('backend', $1, $2)`,
+      [receiver.url, secret],
+    );
     spawnChild(process.execPath, ['--import', 'tsx', 'api/main.ts'], {
       ...env,
       PORT: String(apiPort),
@@ -103,6 +120,12 @@ describe('dashboard and alerts on a real Prometheus', function () {
     spawnChild(process.execPath, ['--import', 'tsx', 'sweeper/main.ts'], {
       ...env,
       METRICS_PORT: String(sweeperPort),
+    });
+    spawnChild(process.execPath, ['--import', 'tsx', 'webhooks/main.ts'], {
+      ...env,
+      METRICS_PORT: String(webhooksPort),
+      WEBHOOKS_ALLOW_PRIVATE_TARGETS: 'true',
+      WEBHOOKS_BACKLOG_INTERVAL_MS: '200',
     });
     writeFileSync(
       path.join(scratch, 'prometheus.yml'),
@@ -114,6 +137,10 @@ describe('dashboard and alerts on a real Prometheus', function () {
           {
             job_name: 'pulse-sweeper',
             static_configs: [{ targets: [`127.0.0.1:${sweeperPort}`] }],
+          },
+          {
+            job_name: 'pulse-webhooks',
+            static_configs: [{ targets: [`127.0.0.1:${webhooksPort}`] }],
           },
         ],
       }),
@@ -156,12 +183,12 @@ describe('dashboard and alerts on a real Prometheus', function () {
     ]) {
       await response.arrayBuffer();
     }
-    // Both targets scraped after the traffic, and a sweep has reported.
+    // Every target scraped after the traffic, a sweep has reported, webhooks were delivered.
     await waitFor(
-      'both targets up',
+      'every target up',
       async () => {
-        const up = await query('sum(up{job=~"pulse-api|pulse-sweeper"})');
-        return up.data?.result[0]?.value[1] === '2' ? true : undefined;
+        const up = await query('sum(up{job=~"pulse-api|pulse-sweeper|pulse-webhooks"})');
+        return up.data?.result[0]?.value[1] === '3' ? true : undefined;
       },
       { timeoutMs: 30_000, intervalMs: 200 },
     );
@@ -173,9 +200,18 @@ describe('dashboard and alerts on a real Prometheus', function () {
       },
       { timeoutMs: 30_000, intervalMs: 200 },
     );
+    await waitFor(
+      'a webhook delivery in Prometheus',
+      async () => {
+        const delivered = await query('pulse_webhook_events_delivered_total > 0');
+        return delivered.data?.result.length ? true : undefined;
+      },
+      { timeoutMs: 30_000, intervalMs: 200 },
+    );
   });
 
   after(async () => {
+    await receiver?.close();
     for (const child of children) {
       if (child.exitCode === null && child.signalCode === null) {
         child.kill('SIGTERM');
@@ -186,7 +222,7 @@ describe('dashboard and alerts on a real Prometheus', function () {
     rmSync(scratch, { recursive: true, force: true });
   });
 
-  it('finds every series the dashboard draws in Prometheus, scraped from the API and the sweeper', async () => {
+  it('finds every series the dashboard draws in Prometheus, scraped from the API, the sweeper and the deliverer', async () => {
     const dashboard = JSON.parse(readFileSync(dashboardFile, 'utf8')) as { panels: Panel[] };
     const names = new Set(dashboardQueries(dashboard).flatMap(({ expr }) => metricNames(expr)));
     expect(names.size).to.be.greaterThan(15);
@@ -236,6 +272,8 @@ describe('dashboard and alerts on a real Prometheus', function () {
       'PulseHeartbeat503Rate',
       'PulseErrorRate',
       'PulseStreamsNearLimit',
+      'PulseWebhookBacklogOld',
+      'PulseWebhookParked',
     ]);
     for (const rule of rules)
       expect(rule.health, `${rule.name}: ${rule.lastError ?? ''}`).to.equal('ok');
@@ -243,7 +281,7 @@ describe('dashboard and alerts on a real Prometheus', function () {
 
   it('passes promtool check rules and the rules unit tests', () => {
     const check = execFileSync('promtool', ['check', 'rules', rulesFile], { encoding: 'utf8' });
-    expect(check).to.match(/SUCCESS: 6 rules found/);
+    expect(check).to.match(/SUCCESS: 10 rules found/);
     const unit = execFileSync('promtool', ['test', 'rules', rulesTestFile], { encoding: 'utf8' });
     expect(unit).to.include('SUCCESS');
   });

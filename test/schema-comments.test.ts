@@ -35,6 +35,9 @@ describe('the schema explains itself', () => {
       'pulse_settings',
       'pulse_sweeper_lease',
       'pulse_visibility_changes',
+      'pulse_webhook_batches',
+      'pulse_webhook_parked',
+      'pulse_webhooks',
     ]);
     const missing = rows
       .filter((r) => !r.comment?.trim())

@@ -417,6 +417,50 @@ const sweeperSchema = z
     }
   });
 
+// --- The webhook deliverer (npm run webhooks, docs/webhooks.md) ---
+const webhooksSchema = z
+  .object({
+    ...common,
+    PG_POOL_MAX: integer(1, 1000, 4),
+    /** Events in one request at most. */
+    WEBHOOKS_BATCH_MAX_EVENTS: integer(1, 10_000, 1000),
+    /** After a read that did not fill a batch, the next read of the log waits this long. */
+    WEBHOOKS_BATCH_WAIT_MS: integer(10, 60_000, 200),
+    WEBHOOKS_TIMEOUT_MS: integer(100, 120_000, 10_000),
+    WEBHOOKS_RESPONSE_MAX_BYTES: integer(0, 16 * 1024 * 1024, 64 * 1024),
+    /** Full-jitter backoff: the n-th retry waits a random time below min(max, base * 2^(n-1)). */
+    WEBHOOKS_RETRY_BASE_MS: integer(1, 600_000, 1_000),
+    WEBHOOKS_RETRY_MAX_DELAY_MS: integer(1, 86_400_000, 60_000),
+    /** A batch failing this long since its first attempt is parked (pulse_webhook_parked). */
+    WEBHOOKS_RETRY_FOR_SECONDS: integer(1, 30 * 86_400, 86_400),
+    WEBHOOKS_LEASE_TTL_SECONDS: integer(2, 3_600, 30),
+    /** http:// and non-public addresses (loopback, private, link-local) as targets. */
+    WEBHOOKS_ALLOW_PRIVATE_TARGETS: boolean(false),
+    /** How often the endpoint list is read again (endpoints added or disabled with SQL). */
+    WEBHOOKS_REFRESH_MS: integer(100, 3_600_000, 5_000),
+    /** How often the backlog gauges are measured (a count over the log past each cursor). */
+    WEBHOOKS_BACKLOG_INTERVAL_MS: integer(100, 3_600_000, 5_000),
+    METRICS_PORT: integer(0, 65_535, 9466),
+    METRICS_HOST: z.string().trim().min(1, 'must not be empty').default('127.0.0.1'),
+  })
+  .superRefine((c, ctx) => {
+    // The lease is renewed between requests, every third of its TTL: a request must fit in the rest.
+    if (c.WEBHOOKS_TIMEOUT_MS * 3 > c.WEBHOOKS_LEASE_TTL_SECONDS * 1000) {
+      ctx.addIssue({
+        code: 'custom',
+        path: ['WEBHOOKS_TIMEOUT_MS'],
+        message: `must be at most a third of WEBHOOKS_LEASE_TTL_SECONDS (${c.WEBHOOKS_LEASE_TTL_SECONDS} s): the endpoint's lease would lapse during a request`,
+      });
+    }
+    if (c.WEBHOOKS_RETRY_BASE_MS > c.WEBHOOKS_RETRY_MAX_DELAY_MS) {
+      ctx.addIssue({
+        code: 'custom',
+        path: ['WEBHOOKS_RETRY_BASE_MS'],
+        message: `must not be above WEBHOOKS_RETRY_MAX_DELAY_MS (${c.WEBHOOKS_RETRY_MAX_DELAY_MS})`,
+      });
+    }
+  });
+
 const migrateSchema = z.object({
   DATABASE_URL: databaseUrl,
   LOG_LEVEL: logLevel,
@@ -465,6 +509,10 @@ export type ApiConfig = z.output<typeof apiSchema>;
 
 export type SweeperConfig = z.output<typeof sweeperSchema>;
 export type MigrateConfig = z.output<typeof migrateSchema>;
+export type WebhooksConfig = z.output<typeof webhooksSchema>;
+
+export const loadWebhooksConfig = (env: Env): Readonly<WebhooksConfig> =>
+  parse(webhooksSchema, env);
 
 export function loadApiConfig(env: Env): Readonly<ApiConfig> {
   const config = parse(apiSchema, env);

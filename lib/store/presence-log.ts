@@ -27,6 +27,8 @@ export interface PresenceEvent {
   reason: EventReason;
   /** last_seen as a status read answers it right after the transition. */
   lastSeen: Date | null;
+  /** When the transition was logged (now() of the writing transaction). */
+  at: Date;
 }
 
 export interface EventRead {
@@ -58,11 +60,12 @@ export async function readEventsSince(db: Executor, cursor: string): Promise<Eve
     online: boolean | null;
     reason: EventReason | null;
     last_seen: Date | null;
+    at: Date | null;
   }>`
     WITH cur AS (SELECT pg_current_snapshot() AS s)
-    SELECT cur.s::text AS snapshot, e.seq, e.user_id, e.online, e.reason, e.last_seen
+    SELECT cur.s::text AS snapshot, e.seq, e.user_id, e.online, e.reason, e.last_seen, e.at
     FROM cur LEFT JOIN LATERAL (
-      SELECT seq, user_id, online, reason, last_seen FROM pulse_events
+      SELECT seq, user_id, online, reason, last_seen, at FROM pulse_events
       WHERE (tx >= ${xmax}::xid8 OR tx = ANY(${xip}::xid8[]))
         AND pg_visible_in_snapshot(tx, cur.s)
     ) e ON true
@@ -76,6 +79,7 @@ export async function readEventsSince(db: Executor, cursor: string): Promise<Eve
       online: row.online!,
       reason: row.reason!,
       lastSeen: row.last_seen,
+      at: row.at!,
     });
   }
   return { snapshot: rows[0]!.snapshot, events };

@@ -70,6 +70,42 @@ export interface PulseVisibilityChangesTable {
   tx: ColumnType<string, never, never>;
 }
 
+/** Webhook endpoints, managed with SQL by the operator (migration 0009, docs/webhooks.md). */
+export interface WebhooksTable {
+  id: ColumnType<number, number | undefined, never>;
+  name: string;
+  url: string;
+  secret: string;
+  transitions: ColumnType<string[], string[] | undefined, string[]>;
+  reasons: ColumnType<string[] | null, string[] | null | undefined, string[] | null>;
+  enabled: ColumnType<boolean, boolean | undefined, boolean>;
+  /** pg_snapshot as text: the log is cut into batches up to here. */
+  cursor: ColumnType<string, string | undefined, string>;
+  created_at: ColumnType<Date, Date | undefined, never>;
+}
+
+/** A batch cut from the log for one endpoint: pending (or, in pulse_webhook_parked, parked). */
+export interface WebhookBatchesTable {
+  endpoint_id: number;
+  id: string;
+  position: ColumnType<string, string | undefined, never>;
+  first_seq: ColumnType<string, string, never>;
+  last_seq: ColumnType<string, string, never>;
+  event_count: number;
+  oldest_at: Date;
+  events: ColumnType<unknown[], string, never>;
+  created_at: ColumnType<Date, Date | undefined, never>;
+  attempts: ColumnType<number, number | undefined, number>;
+  first_attempt_at: ColumnType<Date | null, Date | null | undefined, Date | null>;
+  next_attempt_at: ColumnType<Date, Date | undefined, Date>;
+  last_status: ColumnType<number | null, number | null | undefined, number | null>;
+  last_error: ColumnType<string | null, string | null | undefined, string | null>;
+}
+
+export interface WebhookParkedTable extends WebhookBatchesTable {
+  parked_at: ColumnType<Date, Date | undefined, never>;
+}
+
 export interface Database {
   pulse: PulseTable;
   pulse_sweeper_lease: SweeperLeaseTable;
@@ -79,4 +115,7 @@ export interface Database {
   pulse_job_leases: JobLeasesTable;
   pulse_privacy: PulsePrivacyTable;
   pulse_visibility_changes: PulseVisibilityChangesTable;
+  pulse_webhooks: WebhooksTable;
+  pulse_webhook_batches: WebhookBatchesTable;
+  pulse_webhook_parked: WebhookParkedTable;
 }

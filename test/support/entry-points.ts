@@ -26,6 +26,7 @@ const repoRoot = fileURLToPath(new URL('../..', import.meta.url));
 export const ENTRY_POINTS = {
   api: 'api/main.ts',
   sweeper: 'sweeper/main.ts',
+  webhooks: 'webhooks/main.ts',
   migrate: 'scripts/migrate.ts',
   start: 'dev/start.ts',
 } as const;
@@ -267,6 +268,19 @@ export async function startSweeper(
   const opsUrl = `http://127.0.0.1:${port}`;
   await sweeper.waitForHttp(`${opsUrl}/healthz`, { timeoutMs: 45_000 });
   return { sweeper, opsUrl };
+}
+
+/** The webhook deliverer with its ops server on a free port, answering /healthz. */
+export async function startWebhooks(
+  env: Record<string, string | undefined>,
+): Promise<{ webhooks: EntryPointProcess; opsUrl: string }> {
+  const port = await freePort();
+  const webhooks = startEntryPoint('webhooks', {
+    env: { METRICS_HOST: '127.0.0.1', ...env, METRICS_PORT: String(port) },
+  });
+  const opsUrl = `http://127.0.0.1:${port}`;
+  await webhooks.waitForHttp(`${opsUrl}/healthz`, { timeoutMs: 45_000 });
+  return { webhooks, opsUrl };
 }
 
 /** The process and every descendant (npm start's children live in their own process groups). */
