@@ -1,4 +1,5 @@
-import { loadWebhooksConfig } from '../lib/infra/config.ts';
+import { checkCitusNode } from '../lib/citus/citus-node.ts';
+import { ConfigError, loadWebhooksConfig } from '../lib/infra/config.ts';
 import { isDatabaseUnavailable, openDatabase } from '../lib/infra/db.ts';
 import { runMain } from '../lib/infra/entry.ts';
 import { createProcessLogger, errorFields } from '../lib/infra/logger.ts';
@@ -24,6 +25,14 @@ runMain(async () => {
     // Longer than the API's: a deliverer back from a long stop reads its backlog in one statement.
     statementTimeoutMs: DELIVERER_STATEMENT_TIMEOUT_MS,
   });
+  // The deliverer tails the change log by transaction snapshot, which is per node on Citus
+  // (api/stream/change-source.ts): it would skip transitions there.
+  if ((await checkCitusNode(database.db, logger)) !== 'plain') {
+    await database.close();
+    throw new ConfigError([
+      'webhooks do not run on Citus yet: the change log is read by transaction snapshot, and snapshots are per node (docs/citus.md, "The change log")',
+    ]);
+  }
   const registry = createRegistry(database.pool);
   const metrics = createWebhookMetrics(registry);
   const sender = createHttpSender({

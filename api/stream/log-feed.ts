@@ -16,7 +16,7 @@
  *   as offline (hidden by the rule: no last seen either), exactly like an offline user. Each
  *   subscriber keeps the ids it was told offline while the log says online (`hidden`, sparse), so
  *   it is told a change only when what it may see changes. The rule runs only for the online
- *   transitions of a read, one statement per RULE_CHUNK_PAIRS (viewer, user) pairs. A change of
+ *   transitions of a read, one statement per 10,000 (viewer, user) pairs. A change of
  *   audience with no transition (a user turning invisible, the application's
  *   pulse_visibility_changed after an unfriending) comes through pulse_visibility_changes, read
  *   by the same statement: the watchers of that user are told again what they may see.
@@ -36,7 +36,6 @@ import {
   type WatchedChange,
 } from '../../lib/store/presence-log.ts';
 import {
-  findVisiblePairs,
   normalizeUserIds,
   readWatchedPresence,
   statusRow,
@@ -45,7 +44,14 @@ import {
   type UserStatus,
 } from '../../lib/store/pulse-store.ts';
 import type { VisibilityRule } from '../read/visibility-rule.ts';
-import { hiddenRow, type ChangeFeed, type Deliver, type FeedSubscription } from './change-feed.ts';
+import {
+  findVisibleInChunks,
+  hiddenRow,
+  type ChangeFeed,
+  type Deliver,
+  type FeedSubscription,
+} from './change-feed.ts';
+import { WatcherIndex } from './watcher-index.ts';
 
 export interface PresenceFeedOptions {
   /** Time between two reads of the log (bounds delivery latency). */
@@ -60,9 +66,6 @@ export interface PresenceFeedObserver {
   /** A read failed; the next one retries from the same cursor (nothing is lost). */
   onPollError?(error: unknown): void;
 }
-
-/** (viewer, user) pairs per statement of the operator's rule. */
-const RULE_CHUNK_PAIRS = 10_000;
 
 type Phase = 'snapshot' | 'pending' | 'live' | 'closed';
 
@@ -101,12 +104,7 @@ const asksRule = (subscriber: Subscriber, change: WatchedChange): boolean =>
   !change.invisible;
 
 export class LogPresenceFeed implements ChangeFeed {
-  /**
-   * Who watches each id. Arrays, not Sets: at 10,000 streams x 100 ids this index holds a million
-   * entries, and a Set's hash table costs about 3x an array's slot per entry. Removal scans one
-   * id's watchers, a few dozen on average.
-   */
-  private readonly watchers = new Map<number, Subscriber[]>();
+  private readonly watchers = new WatcherIndex<Subscriber>();
   private readonly notLive = new Set<Subscriber>();
   /** The snapshot of the last read; undefined while nobody watches. */
   private cursor: string | undefined;
@@ -136,11 +134,7 @@ export class LogPresenceFeed implements ChangeFeed {
   ): Promise<FeedSubscription> {
     if (this.closed) throw new Error('the presence feed is closed');
     const subscriber = new Subscriber(normalizeUserIds(userIds), deliver, viewer);
-    for (const id of subscriber.ids) {
-      const watching = this.watchers.get(id);
-      if (watching) watching.push(subscriber);
-      else this.watchers.set(id, [subscriber]);
-    }
+    this.watchers.add(subscriber, subscriber.ids);
     this.notLive.add(subscriber);
     let snapshot: UserStatus[];
     try {
@@ -204,16 +198,7 @@ export class LogPresenceFeed implements ChangeFeed {
     if (subscriber.phase === 'closed') return;
     subscriber.phase = 'closed';
     this.notLive.delete(subscriber);
-    for (const id of subscriber.ids) {
-      const watching = this.watchers.get(id);
-      if (!watching) continue;
-      const at = watching.indexOf(subscriber);
-      if (at < 0) continue;
-      // Order among one id's watchers does not matter: the last one takes the freed slot.
-      const last = watching.pop()!;
-      if (at < watching.length) watching[at] = last;
-      if (watching.length === 0) this.watchers.delete(id);
-    }
+    this.watchers.remove(subscriber, subscriber.ids);
     if (this.watchers.size === 0 && this.notLive.size === 0) {
       // Nobody watches: stop reading, and do not read the idle time's events later.
       this.cursor = undefined;
@@ -285,7 +270,7 @@ export class LogPresenceFeed implements ChangeFeed {
         online: change.online && !change.invisible,
         lastSeen: change.shownLastSeen,
       });
-      for (const subscriber of this.watchers.get(change.userId) ?? []) {
+      for (const subscriber of this.watchers.of(change.userId)) {
         if (subscriber.phase !== 'live') {
           subscriber.latest?.set(change.userId, change);
           continue;
@@ -359,33 +344,13 @@ export class LogPresenceFeed implements ChangeFeed {
       targets.add(change.userId);
     };
     for (const change of changes) {
-      for (const subscriber of this.watchers.get(change.userId) ?? []) {
+      for (const subscriber of this.watchers.of(change.userId)) {
         if (subscriber.phase === 'live') ask(subscriber, change);
       }
     }
     for (const subscriber of goingLive) {
       for (const change of subscriber.latest?.values() ?? []) ask(subscriber, change);
     }
-    const viewers: Array<number | null> = [];
-    const targets: number[] = [];
-    for (const [viewer, ids] of pairs) {
-      for (const id of ids) {
-        viewers.push(viewer);
-        targets.push(id);
-      }
-    }
-    const visible = new Map<number | null, Set<number>>();
-    for (let start = 0; start < targets.length; start += RULE_CHUNK_PAIRS) {
-      const end = start + RULE_CHUNK_PAIRS;
-      const found = await this.timed('visibility', () =>
-        findVisiblePairs(this.db, viewers.slice(start, end), targets.slice(start, end)),
-      );
-      for (const [viewer, ids] of found) {
-        const set = visible.get(viewer);
-        if (set === undefined) visible.set(viewer, ids);
-        else for (const id of ids) set.add(id);
-      }
-    }
-    return visible;
+    return findVisibleInChunks(this.db, pairs, (run) => this.timed('visibility', run));
   }
 }

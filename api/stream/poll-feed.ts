@@ -32,7 +32,7 @@
  * (pulse_visible_users), while it exists, is per viewer: each subscriber keeps the set of its
  * watched ids that are online but hidden from its viewer (`hidden`), re-evaluated every poll, after
  * the rows are described, for every subscriber's online (or just-gone-offline) watched ids in one
- * statement per RULE_CHUNK_PAIRS pairs (the rule runs once per distinct viewer). A subscriber is
+ * statement per 10,000 pairs (the rule runs once per distinct viewer). A subscriber is
  * told what its viewer may see: a hidden user as `{is_online: false, last_seen: null}`, exactly
  * like an unknown offline user; a user hidden, then visible again (or the reverse) is a change. So
  * a user removed from a friends list stops appearing online within one poll, and the same holds
@@ -40,14 +40,20 @@
  */
 import {
   findOnlineUserIds,
-  findVisiblePairs,
   normalizeUserIds,
   readStatuses,
   type Executor,
   type UserStatus,
 } from '../../lib/store/pulse-store.ts';
 import type { VisibilityRule } from '../read/visibility-rule.ts';
-import { hiddenRow, type ChangeFeed, type Deliver, type FeedSubscription } from './change-feed.ts';
+import {
+  findVisibleInChunks,
+  hiddenRow,
+  type ChangeFeed,
+  type Deliver,
+  type FeedSubscription,
+} from './change-feed.ts';
+import { WatcherIndex } from './watcher-index.ts';
 
 export interface PresenceFeedOptions {
   intervalMs: number;
@@ -83,9 +89,6 @@ type Phase = 'snapshot' | 'pending' | 'live' | 'closed';
 /** Streams given their changes before the feed lets the event loop run (and sockets flush). */
 const DELIVERY_SLICE = 500;
 
-/** (viewer, watched id) pairs per visibility statement. */
-const RULE_CHUNK_PAIRS = 10_000;
-
 class Subscriber {
   phase: Phase = 'snapshot';
   /** Watched ids online but hidden from `viewer` by the rule, as of the last poll; undefined: none. */
@@ -104,12 +107,7 @@ class Subscriber {
 }
 
 export class PollPresenceFeed implements ChangeFeed {
-  /**
-   * Who watches each id. Arrays, not Sets: at 10,000 streams x 100 ids this index holds a million
-   * entries, and a Set's hash table costs about 3x an array's slot per entry. Removal scans one
-   * id's watchers, a few dozen on average.
-   */
-  private readonly watchers = new Map<number, Subscriber[]>();
+  private readonly watchers = new WatcherIndex<Subscriber>();
   private readonly state = new Map<number, boolean>();
   private readonly pending = new Set<Subscriber>();
   /** Live subscribers with a non-empty `hidden` set. */
@@ -147,11 +145,7 @@ export class PollPresenceFeed implements ChangeFeed {
   ): Promise<FeedSubscription> {
     if (this.closed) throw new Error('the presence feed is closed');
     const subscriber = new Subscriber(normalizeUserIds(userIds), deliver, viewer);
-    for (const id of subscriber.ids) {
-      const watching = this.watchers.get(id);
-      if (watching) watching.push(subscriber);
-      else this.watchers.set(id, [subscriber]);
-    }
+    this.watchers.add(subscriber, subscriber.ids);
     this.schedule(this.options.intervalMs);
     let snapshot: UserStatus[];
     try {
@@ -192,19 +186,7 @@ export class PollPresenceFeed implements ChangeFeed {
     subscriber.phase = 'closed';
     this.pending.delete(subscriber);
     this.hiding.delete(subscriber);
-    for (const id of subscriber.ids) {
-      const watching = this.watchers.get(id);
-      if (!watching) continue;
-      const at = watching.indexOf(subscriber);
-      if (at < 0) continue;
-      // Order among one id's watchers does not matter: the last one takes the freed slot.
-      const last = watching.pop()!;
-      if (at < watching.length) watching[at] = last;
-      if (watching.length === 0) {
-        this.watchers.delete(id);
-        this.state.delete(id);
-      }
-    }
+    this.watchers.remove(subscriber, subscriber.ids, (id) => this.state.delete(id));
   }
 
   private schedule(delayMs: number): void {
@@ -268,15 +250,16 @@ export class PollPresenceFeed implements ChangeFeed {
 
   private liveSubscribers(): Subscriber[] {
     const live = new Set<Subscriber>();
-    for (const watching of this.watchers.values())
-      for (const subscriber of watching) if (subscriber.phase === 'live') live.add(subscriber);
+    for (const id of this.watchers.ids())
+      for (const subscriber of this.watchers.of(id))
+        if (subscriber.phase === 'live') live.add(subscriber);
     return [...live];
   }
 
   /**
    * The operator's rule, for each subscriber with a viewer: which of its watched ids that are
    * online (or went offline this poll, so that going offline is not told with a last seen) its
-   * viewer may not see. One statement per RULE_CHUNK_PAIRS distinct (viewer, id) pairs.
+   * viewer may not see. One statement per 10,000 distinct (viewer, id) pairs.
    */
   private async hiddenFor(
     subscribers: readonly Subscriber[],
@@ -295,26 +278,9 @@ export class PollPresenceFeed implements ChangeFeed {
         targets.add(id);
       }
     }
-    const viewers: Array<number | null> = [];
-    const targets: number[] = [];
-    for (const [viewer, ids] of pairs) {
-      for (const id of ids) {
-        viewers.push(viewer);
-        targets.push(id);
-      }
-    }
-    const visible = new Map<number | null, Set<number>>();
-    for (let start = 0; start < targets.length; start += RULE_CHUNK_PAIRS) {
-      const end = start + RULE_CHUNK_PAIRS;
-      const found = await this.timed('visibility', () =>
-        findVisiblePairs(this.db, viewers.slice(start, end), targets.slice(start, end)),
-      );
-      for (const [viewer, ids] of found) {
-        const set = visible.get(viewer);
-        if (set === undefined) visible.set(viewer, ids);
-        else for (const id of ids) set.add(id);
-      }
-    }
+    const visible = await findVisibleInChunks(this.db, pairs, (run) =>
+      this.timed('visibility', run),
+    );
     const hidden = new Map<Subscriber, Set<number>>();
     for (const subscriber of subscribers) {
       const viewer = subscriber.viewer;
@@ -339,7 +305,7 @@ export class PollPresenceFeed implements ChangeFeed {
   private async poll(): Promise<void> {
     const seq = ++this.pollSeq;
     const eligible = [...this.pending].filter((s) => s.liveAfterPoll < seq);
-    const ids = [...this.watchers.keys()].sort((a, b) => a - b);
+    const ids = [...this.watchers.ids()].sort((a, b) => a - b);
     const ruled = await this.ruleInForce();
 
     const online = new Set<number>();
@@ -394,7 +360,7 @@ export class PollPresenceFeed implements ChangeFeed {
     // Shared transitions, told to each watcher as its viewer may see them.
     for (const [id, wasOnline] of changed) {
       const isOnline = this.state.get(id) === true;
-      for (const subscriber of this.watchers.get(id) ?? []) {
+      for (const subscriber of this.watchers.of(id)) {
         if (subscriber.phase !== 'live') continue;
         const hidden = hiddenNow.get(subscriber);
         const shownBefore = wasOnline && !subscriber.hidden?.has(id);
