@@ -130,10 +130,12 @@ export function assembleApi(
       logger.warn({ err: errorFields(error, 0, false) }, message);
     }
   };
+  const deferredOffline = new DeferredOffline(database.db, unlessOutage('deferred offline failed'));
   const held = new HeldPresence(heartbeats, {
     threshold,
     chunkIds: config.HEARTBEAT_FLUSH_MAX_IDS,
     onBeatError: unlessOutage('held heartbeat not written'),
+    leaving: (userId) => deferredOffline.isLeaving(userId),
   });
   const feedObserver = {
     ...streamMetrics.feedObserver,
@@ -177,7 +179,6 @@ export function assembleApi(
     onRefused: callerLimitMetrics.onRefused,
   });
   callerLimitMetrics.watch(callerLimits);
-  const deferredOffline = new DeferredOffline(database.db, unlessOutage('deferred offline failed'));
   const app = buildApp({
     onlineThreshold: threshold,
     db: database.db,

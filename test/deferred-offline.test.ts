@@ -3,6 +3,7 @@ import { startTestApp, type TestApp } from './support/app.ts';
 import { createTestDatabase, type TestDatabase } from './support/database.ts';
 import { waitFor } from './support/entry-points.ts';
 import { expectError } from './support/http.ts';
+import { SseStream } from './support/sse.ts';
 
 /** POST /status/offline?grace_ms=: what a page going away sends (a reload cancels it). */
 describe('offline after a grace', () => {
@@ -45,6 +46,38 @@ describe('offline after a grace', () => {
       expect(await database.ageOf(2)).to.be.below(5);
     } finally {
       await other.close();
+    }
+  });
+
+  it("is not cancelled by the held beats of the leaving page's own stream, and a new stream's first beat still cancels it", async () => {
+    // Threshold 3 s: a held stream beats every second, so a 2.5 s grace sees at least two beats.
+    const holding = await startTestApp(database, { ONLINE_THRESHOLD_SECONDS: '3' });
+    const open = () => SseStream.open(`${holding.baseUrl}/status/stream?hold=true&user_id=7`);
+    try {
+      const leavingPage = await open();
+      await leavingPage.next();
+      const asked = await holding.post('/status/offline?grace_ms=2500', { user_id: 7 });
+      expect(asked.status).to.equal(202);
+      await waitFor(
+        'user 7 offline although its stream is still open',
+        async () => (await database.ageOf(7)) === undefined,
+      );
+      leavingPage.close();
+
+      // A reload: the new page's stream beats at once, which cancels the offline.
+      const before = await open();
+      await before.next();
+      expect((await holding.post('/status/offline?grace_ms=1500', { user_id: 7 })).status).to.equal(
+        202,
+      );
+      before.close();
+      const reloaded = await open();
+      await reloaded.next();
+      await new Promise((resolve) => setTimeout(resolve, 2_000));
+      expect(await database.ageOf(7), 'back after the reload').to.be.a('number');
+      reloaded.close();
+    } finally {
+      await holding.close();
     }
   });
 

@@ -67,6 +67,12 @@ export interface HeldPresenceOptions {
   onBeatError(error: unknown): void;
   /** Longest time between two checks of whether a beat is due (default 1 s). */
   maxTickMs?: number;
+  /**
+   * Users the timer must not beat for now: those leaving with a grace (POST /status/offline?
+   * grace_ms), whose closing stream would otherwise cancel their own offline. A new hold()
+   * still beats at once (a reload comes back).
+   */
+  leaving?: (userId: number) => boolean;
 }
 
 /** Time between beats for a threshold: two beats per window at least, so one late beat is fine. */
@@ -164,7 +170,8 @@ export class HeldPresence {
 
   private async beat(): Promise<void> {
     const started = performance.now();
-    const ids = [...this.held.keys()];
+    const leaving = this.options.leaving;
+    const ids = [...this.held.keys()].filter((id) => leaving === undefined || !leaving(id));
     const writes: Promise<void>[] = [];
     for (let i = 0; i < ids.length; i += this.options.chunkIds) {
       writes.push(this.writer.record(ids.slice(i, i + this.options.chunkIds), { held: true }));

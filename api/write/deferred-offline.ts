@@ -14,6 +14,8 @@ interface Pending {
 
 export class DeferredOffline {
   private readonly pending = new Set<Pending>();
+  /** How many pending offlines name each user. */
+  private readonly leavingUsers = new Map<number, number>();
   private closed = false;
 
   constructor(
@@ -30,6 +32,12 @@ export class DeferredOffline {
       timer: setTimeout(() => void this.apply(entry), graceMs),
     };
     this.pending.add(entry);
+    for (const id of userIds) this.leavingUsers.set(id, (this.leavingUsers.get(id) ?? 0) + 1);
+  }
+
+  /** Whether an offline of this user is waiting for its grace to pass. */
+  isLeaving(userId: number): boolean {
+    return this.leavingUsers.has(userId);
   }
 
   /** Applies every pending offline now, each to the users quiet since it was asked. */
@@ -41,6 +49,11 @@ export class DeferredOffline {
   private async apply(entry: Pending): Promise<void> {
     if (!this.pending.delete(entry)) return;
     clearTimeout(entry.timer);
+    for (const id of entry.userIds) {
+      const left = (this.leavingUsers.get(id) ?? 1) - 1;
+      if (left > 0) this.leavingUsers.set(id, left);
+      else this.leavingUsers.delete(id);
+    }
     try {
       await setOffline(this.db, entry.userIds, performance.now() - entry.askedAt);
     } catch (error) {
