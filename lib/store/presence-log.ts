@@ -15,7 +15,7 @@
  */
 import { sql } from 'kysely';
 import type { ShardRouter } from '../citus/shard-routing.ts';
-import { normalizeUserIds, type Executor } from './pulse-store.ts';
+import { normalizeUserIds, privacyLastSeen, type Executor } from './pulse-store.ts';
 
 export type EventReason = 'heartbeat' | 'held' | 'offline' | 'threshold' | 'sweep';
 
@@ -137,9 +137,7 @@ export async function readFeedSince(db: Executor, cursor: string): Promise<FeedR
     WITH cur AS (SELECT pg_current_snapshot() AS s)
     SELECT cur.s::text AS snapshot, c.user_id, c.audience_only, c.online,
            coalesce(pr.invisible, false) AS invisible,
-           CASE WHEN pr.hide_last_seen THEN NULL
-                WHEN pr.invisible THEN least(c.last_seen, pr.invisible_since)
-                ELSE c.last_seen END AS shown_last_seen
+           ${privacyLastSeen('c.last_seen')} AS shown_last_seen
     FROM cur LEFT JOIN LATERAL (
       SELECT seq, user_id, online, last_seen, false AS audience_only FROM pulse_events
       WHERE (tx >= ${xmax}::xid8 OR tx = ANY(${xip}::xid8[]))

@@ -207,17 +207,36 @@ export async function visibilityRuleInstalled(db: Executor): Promise<boolean> {
 }
 
 /**
+ * A user's last seen (`column`) as their privacy (pulse_privacy joined as `pr`) lets readers see
+ * it: null when hidden, no later than invisible_since when invisible. Every reader uses this one.
+ */
+export const privacyLastSeen = (column: string) => sql<Date | null>`
+  CASE WHEN pr.hide_last_seen THEN NULL
+       WHEN pr.invisible THEN least(${sql.ref(column)}, pr.invisible_since)
+       ELSE ${sql.ref(column)} END`;
+
+/** Online (`column`) as readers see it: an invisible user (`pr`) reads as offline. */
+const privacyOnline = (column: string) =>
+  sql<boolean>`(${sql.ref(column)} AND NOT coalesce(pr.invisible, false))`;
+
+/**
  * Each user's privacy applied to what readers see: invisible reads as offline with no last seen
  * after invisible_since, hidden last seen as null. `u` holds user_id, last_seen, online, live.
  */
 const privateView = sql`
-  SELECT u.user_id,
-         CASE WHEN pr.hide_last_seen THEN NULL
-              WHEN pr.invisible THEN least(u.last_seen, pr.invisible_since)
-              ELSE u.last_seen END AS last_seen,
-         u.online AND NOT coalesce(pr.invisible, false) AS online,
-         u.live
+  SELECT u.user_id, ${privacyLastSeen('u.last_seen')} AS last_seen,
+         ${privacyOnline('u.online')} AS online, u.live
   FROM u LEFT JOIN pulse_privacy pr ON pr.user_id = u.user_id`;
+
+/**
+ * Online is NULL, not false, only when the threshold is missing (the settings row was deleted):
+ * refuse rather than call everyone offline. `live`: a row of `pulse` (not of pulse_last_seen).
+ */
+function refuseWithoutThreshold(rows: ReadonlyArray<{ live: boolean; online: boolean }>): void {
+  if (rows.some((row) => row.live && (row.online as boolean | null) === null)) {
+    throw new SettingsMissingError();
+  }
+}
 
 /**
  * Presence of each given user, in one statement (one round trip): their `pulse` row if any,
@@ -271,10 +290,7 @@ export async function readPresence(
     }),
   );
   const rows = perGroup.flat();
-  // Online is NULL, not false, only when the threshold is missing (its privacy aside).
-  if (rows.some((row) => row.live && (row.online as boolean | null) === null)) {
-    throw new SettingsMissingError();
-  }
+  refuseWithoutThreshold(rows);
   // A live row wins over an older last-seen entry of a user who came back.
   for (const row of rows) {
     const id = Number(row.user_id);
@@ -329,17 +345,10 @@ export async function readWatchedPresence(
       SELECT user_id, last_seen, false, false, false
       FROM pulse_last_seen WHERE user_id = ANY(${ids}::bigint[])
     )
-    SELECT u.user_id,
-           CASE WHEN pr.hide_last_seen THEN NULL
-                WHEN pr.invisible THEN least(u.last_seen, pr.invisible_since)
-                ELSE u.last_seen END AS last_seen,
-           u.online AND NOT coalesce(pr.invisible, false) AS online,
-           u.live, u.marked, coalesce(pr.invisible, false) AS invisible, ${visible} AS visible
+    SELECT u.user_id, ${privacyLastSeen('u.last_seen')} AS last_seen,
+           ${privacyOnline('u.online')} AS online, u.live, u.marked, coalesce(pr.invisible, false) AS invisible, ${visible} AS visible
     FROM u LEFT JOIN pulse_privacy pr ON pr.user_id = u.user_id`.execute(db);
-  // Online is NULL, not false, only when the threshold is missing (see readPresence).
-  if (rows.some((row) => row.live && (row.online as boolean | null) === null)) {
-    throw new SettingsMissingError();
-  }
+  refuseWithoutThreshold(rows);
   for (const row of rows) {
     const id = Number(row.user_id);
     if (!row.live && found.has(id)) continue; // a live row wins over an older last-seen entry
