@@ -96,6 +96,13 @@ class Subscriber {
   }
 }
 
+/** What everyone may see of `change`: its user's privacy applied (invisible reads offline). */
+const shownRow = (change: WatchedChange): UserStatus =>
+  statusRow(change.userId, {
+    online: change.online && !change.invisible,
+    lastSeen: change.shownLastSeen,
+  });
+
 /** Whether the rule must be asked about `change` for `subscriber`: an online, visible-to-all user. */
 const asksRule = (subscriber: Subscriber, change: WatchedChange): boolean =>
   subscriber.viewer !== undefined &&
@@ -266,10 +273,7 @@ export class LogPresenceFeed implements ChangeFeed {
     };
     for (const change of watched) {
       // One row object per change, shared by the watchers who may see it (serialized once).
-      const shown = statusRow(change.userId, {
-        online: change.online && !change.invisible,
-        lastSeen: change.shownLastSeen,
-      });
+      const shown = shownRow(change);
       for (const subscriber of this.watchers.of(change.userId)) {
         if (subscriber.phase !== 'live') {
           subscriber.latest?.set(change.userId, change);
@@ -287,11 +291,7 @@ export class LogPresenceFeed implements ChangeFeed {
     }
     for (const subscriber of goingLive) {
       for (const [id, change] of subscriber.latest ?? []) {
-        const shown = statusRow(id, {
-          online: change.online && !change.invisible,
-          lastSeen: change.shownLastSeen,
-        });
-        const row = this.rowFor(subscriber, change, shown, visible);
+        const row = this.rowFor(subscriber, change, shownRow(change), visible);
         if (row.is_online !== subscriber.told?.get(id)) send(subscriber, row);
         subscriber.hide(id, change.online && !row.is_online);
       }
