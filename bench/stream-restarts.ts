@@ -17,13 +17,20 @@ import http from 'node:http';
 import os from 'node:os';
 import { mkdtempSync, chmodSync, rmSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
-import { execSync } from 'node:child_process';
 import { sql } from 'kysely';
 import { freePort, startEmbeddedPostgres, type EmbeddedServer } from '../dev/embedded-postgres.ts';
 import { openDatabase } from '../lib/infra/db.ts';
 import { createLogger } from '../lib/infra/logger.ts';
 import { recordHeartbeats, setOffline } from '../lib/store/pulse-store.ts';
-import { fillTable, openBenchDatabase, startApi, type ApiProcess } from './support.ts';
+import {
+  fillTable,
+  openBenchDatabase,
+  requireOpenFiles,
+  sample,
+  sleep,
+  startApi,
+  type ApiProcess,
+} from './support.ts';
 
 const streamCount = Number(process.env.BENCH_STREAMS ?? 1_000);
 const watchCount = Number(process.env.BENCH_WATCH ?? 50);
@@ -37,17 +44,6 @@ const restartApiAtRound = 2;
 const restartDatabaseAtRound = 5;
 const resultsFile =
   process.env.BENCH_RESULTS ?? new URL('./results/stream-restarts.json', import.meta.url);
-
-const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
-
-function sample<T>(from: readonly T[], count: number): T[] {
-  const copy = [...from];
-  for (let i = 0; i < count && i < copy.length; i += 1) {
-    const j = i + Math.floor(Math.random() * (copy.length - i));
-    [copy[i], copy[j]] = [copy[j]!, copy[i]!];
-  }
-  return copy.slice(0, count);
-}
 
 /** One client's stream: its view of the watched ids, kept across reconnections. */
 interface Watcher {
@@ -66,10 +62,7 @@ interface Counts {
 }
 
 async function main(): Promise<void> {
-  const limit = Number(execSync('ulimit -n', { shell: '/bin/bash' }).toString().trim());
-  if (limit < streamCount + 1_000) {
-    throw new Error(`ulimit -n is ${limit}: raise it above ${streamCount + 1_000} first`);
-  }
+  requireOpenFiles(streamCount + 1_000);
   const parent = mkdtempSync(path.join(os.tmpdir(), 'pulse-bench-restarts-'));
   chmodSync(parent, 0o755); // the server runs as the unprivileged postgres user
   const port = await freePort();

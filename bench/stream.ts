@@ -22,12 +22,19 @@
 import http from 'node:http';
 import os from 'node:os';
 import { readFileSync, writeFileSync } from 'node:fs';
-import { execSync } from 'node:child_process';
 import { sql } from 'kysely';
 import { openDatabase } from '../lib/infra/db.ts';
 import { createLogger } from '../lib/infra/logger.ts';
 import { recordHeartbeats, setOffline } from '../lib/store/pulse-store.ts';
-import { fillTable, openBenchDatabase, startApi, type ApiProcess } from './support.ts';
+import {
+  fillTable,
+  openBenchDatabase,
+  requireOpenFiles,
+  sample,
+  sleep,
+  startApi,
+  type ApiProcess,
+} from './support.ts';
 
 const apiCounts = (process.env.BENCH_APIS ?? '2,4').split(',').map(Number);
 const streamCount = Number(process.env.BENCH_STREAMS ?? 4_000);
@@ -40,18 +47,8 @@ const roundMs = 10_000;
 const thresholdSeconds = 20;
 const resultsFile = process.env.BENCH_RESULTS ?? new URL('./results/stream.json', import.meta.url);
 
-const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 const fmt = (n: number, digits = 0) =>
   n.toLocaleString('en-US', { maximumFractionDigits: digits, minimumFractionDigits: digits });
-
-function sample<T>(from: readonly T[], count: number): T[] {
-  const copy = [...from];
-  for (let i = 0; i < count && i < copy.length; i += 1) {
-    const j = i + Math.floor(Math.random() * (copy.length - i));
-    [copy[i], copy[j]] = [copy[j]!, copy[i]!];
-  }
-  return copy.slice(0, count);
-}
 
 function percentile(values: number[], p: number): number {
   const sorted = [...values].sort((a, b) => a - b);
@@ -101,10 +98,7 @@ interface PhaseResult {
 }
 
 async function main(): Promise<void> {
-  const limit = Number(execSync('ulimit -n', { shell: '/bin/bash' }).toString().trim());
-  if (limit < streamCount + 1_000) {
-    throw new Error(`ulimit -n is ${limit}: raise it above ${streamCount + 1_000} first`);
-  }
+  requireOpenFiles(streamCount + 1_000);
   const bench = await openBenchDatabase('pulse_bench_stream');
   const driver = openDatabase({
     connectionString: bench.url,

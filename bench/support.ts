@@ -1,5 +1,5 @@
 /** What the benchmarks share: a database to fill, the API as a child process, an autocannon run. */
-import { spawn, type ChildProcess } from 'node:child_process';
+import { execSync, spawn, type ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
 import { readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
@@ -245,6 +245,24 @@ export const startBareExpress = (server: 'express' | 'pulse' = 'express'): Promi
   startApi('', { BARE_SERVER: server }, ['--import', 'tsx', bareExpress]);
 
 export const randomUserId = (rows: number): number => 1 + Math.floor(Math.random() * rows);
+
+export const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+
+/** `count` distinct items of `from`, drawn at random (a partial Fisher-Yates shuffle). */
+export function sample<T>(from: readonly T[], count: number): T[] {
+  const copy = [...from];
+  for (let i = 0; i < count && i < copy.length; i += 1) {
+    const j = i + Math.floor(Math.random() * (copy.length - i));
+    [copy[i], copy[j]] = [copy[j]!, copy[i]!];
+  }
+  return copy.slice(0, count);
+}
+
+/** Fails unless this process may open `needed` files (streams hold a socket each). */
+export function requireOpenFiles(needed: number): void {
+  const limit = Number(execSync('ulimit -n', { shell: '/bin/bash' }).toString().trim());
+  if (limit < needed) throw new Error(`ulimit -n is ${limit}: raise it above ${needed} first`);
+}
 
 /** `count` requests, each built by `build` (with its own random ids). */
 export const prepare = (count: number, build: () => BenchRequest): BenchRequest[] =>

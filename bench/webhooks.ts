@@ -28,7 +28,7 @@ import os from 'node:os';
 import { fileURLToPath } from 'node:url';
 import { Webhook } from 'standardwebhooks';
 import { freePort } from '../dev/embedded-postgres.ts';
-import { openBenchDatabase, type BenchDatabase } from './support.ts';
+import { openBenchDatabase, sleep, type BenchDatabase } from './support.ts';
 
 const env = (name: string, fallback: number) => Number(process.env[name] ?? fallback);
 const sizes = {
@@ -42,7 +42,6 @@ const sizes = {
 };
 const root = fileURLToPath(new URL('..', import.meta.url));
 const secret = `whsec_${randomBytes(32).toString('base64')}`;
-const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 const forSeconds = (seconds: number) => {
   const end = Date.now() + seconds * 1000;
   return () => Date.now() >= end;
