@@ -1,7 +1,11 @@
 import type { Express } from 'express';
 import type { Registry } from 'prom-client';
 import type { ApiConfig } from '../lib/infra/config.ts';
-import { isDatabaseUnavailable, type DatabaseHandle } from '../lib/infra/db.ts';
+import {
+  DEFAULT_STATEMENT_TIMEOUT_MS,
+  isDatabaseUnavailable,
+  type DatabaseHandle,
+} from '../lib/infra/db.ts';
 import { exposedCollector, heapGrowthRelease, noHeapRelease } from './edge/heap-release.ts';
 import { errorFields, type Logger } from '../lib/infra/logger.ts';
 import { createRegistry } from '../lib/infra/metrics.ts';
@@ -26,9 +30,9 @@ import { SettingsMissingLog } from './read/settings-missing-log.ts';
 import { SettingsMissingError } from '../lib/store/pulse-store.ts';
 import { OfflineDetector } from '../lib/presence/offline-detector.ts';
 import { createDetectorMetrics } from '../lib/presence/detector-metrics.ts';
+import { openChangeLog } from '../lib/store/node-change-log.ts';
 import { LogPresenceFeed } from './stream/log-feed.ts';
 import { DeferredOffline } from './write/deferred-offline.ts';
-import { chooseChangeSources } from './stream/change-source.ts';
 import type { CitusNode } from '../lib/citus/citus-node.ts';
 
 export interface Api {
@@ -69,11 +73,12 @@ export function assembleApi(
     options.onlineThresholdSeconds ??
     config.ONLINE_THRESHOLD_SECONDS ??
     DEFAULT_ONLINE_THRESHOLD_SECONDS;
-  const sources = chooseChangeSources(
-    config.STREAM_CHANGE_SOURCE,
-    config.OFFLINE_DETECTOR,
-    options.citusNode ?? 'plain',
-  );
+  // Read by the feed and the detector; on Citus node by node, over connections of its own.
+  const changeLog = openChangeLog(database, options.citusNode ?? 'plain', {
+    connectionString: config.DATABASE_URL,
+    logger,
+    statementTimeoutMs: DEFAULT_STATEMENT_TIMEOUT_MS,
+  });
   const registry = createRegistry(database.pool);
   const metrics = createApiMetrics(registry);
   // One per process: caches where Citus keeps each user (nothing to do on plain PostgreSQL).
@@ -144,10 +149,10 @@ export function assembleApi(
   // STREAM_CHANGE_SOURCE: tail the change log (cost follows the changes), or the fallback that
   // re-reads the watched ids every interval (docs/stream.md).
   const feed: ChangeFeed =
-    sources.stream === 'log'
+    config.STREAM_CHANGE_SOURCE === 'log'
       ? new LogPresenceFeed(
           database.db,
-          { intervalMs: config.STREAM_POLL_INTERVAL_MS, rule: visibilityRule },
+          { intervalMs: config.STREAM_POLL_INTERVAL_MS, rule: visibilityRule, log: changeLog },
           feedObserver,
         )
       : new PollPresenceFeed(
@@ -196,13 +201,14 @@ export function assembleApi(
   });
   // Offline by threshold is logged by one detector per database; this process competes for it.
   const detectorMetrics = createDetectorMetrics(registry);
-  const detector = sources.offlineDetector
+  const detector = config.OFFLINE_DETECTOR
     ? new OfflineDetector(
         database.db,
         {
           intervalMs: config.OFFLINE_DETECTOR_INTERVAL_MS,
           leaseTtlSeconds: config.OFFLINE_DETECTOR_LEASE_TTL_SECONDS,
           router: shardRouter,
+          log: changeLog,
           // After an outage, this process's held users are written before anyone is expired.
           beforeRecovery: () => held.beatNow(),
         },
@@ -223,6 +229,7 @@ export function assembleApi(
       held.close();
       // Pending offlines are applied now, each to users quiet since it was asked.
       await Promise.all([feed.close(), detector?.stop(), deferredOffline.close()]);
+      await changeLog.close();
     },
   };
   return { app, heartbeats, registry, admission, streams };

@@ -18,6 +18,8 @@ import { OfflineDetector } from '../lib/presence/offline-detector.ts';
 import { checkCitusNode, type CitusNode } from '../lib/citus/citus-node.ts';
 import { createDetectorMetrics } from '../lib/presence/detector-metrics.ts';
 import { EventRetention } from '../lib/presence/event-retention.ts';
+import { openChangeLog } from '../lib/store/node-change-log.ts';
+import { ShardRouter } from '../lib/citus/shard-routing.ts';
 
 /**
  * npm run sweeper              sweep on SWEEP_SCHEDULE until SIGTERM/SIGINT
@@ -95,15 +97,22 @@ runMain(async () => {
     shutdown.add('change log retention', () => retention.stop());
     retention.start();
   }
-  // The detector follows the change log, which cannot be read by snapshot on Citus
-  // (api/stream/change-source.ts).
-  if (config.OFFLINE_DETECTOR && citusNode === 'plain') {
+  // On Citus the detector reads the log node by node (lib/store/node-change-log.ts).
+  if (config.OFFLINE_DETECTOR) {
     const detectorMetrics = createDetectorMetrics(registry);
+    const changeLog = openChangeLog(database, citusNode, {
+      connectionString: config.DATABASE_URL,
+      logger,
+      statementTimeoutMs: DEFAULT_STATEMENT_TIMEOUT_MS,
+    });
+    shutdown.add('change log connections', () => changeLog.close());
     const detector = new OfflineDetector(
       database.db,
       {
         intervalMs: config.OFFLINE_DETECTOR_INTERVAL_MS,
         leaseTtlSeconds: config.OFFLINE_DETECTOR_LEASE_TTL_SECONDS,
+        router: new ShardRouter(database.db),
+        log: changeLog,
       },
       {
         ...detectorMetrics.observer,

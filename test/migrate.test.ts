@@ -1,6 +1,7 @@
 import { expect } from 'chai';
 import { serverUrl } from './support/database.ts';
 import { runEntryPoint, type FinishedRun } from './support/entry-points.ts';
+import { MIGRATION_NAMES, migrationsNewerThan } from './support/migrations.ts';
 import { adminQuery, freePort, queryOnce, uniqueName, withDatabase } from './support/server.ts';
 
 function migrate(
@@ -49,7 +50,9 @@ describe('migrate CLI', function () {
     expect((await migrate(url)).stdout).to.match(/already up to date/);
 
     // Each down undoes one migration, newest first, until nothing is left.
-    expect((await migrate(url, ['down'])).stdout).to.match(/reverted 0011_held_reason/);
+    for (const newer of [...migrationsNewerThan('0011_held_reason'), '0011_held_reason']) {
+      expect((await migrate(url, ['down'])).stdout).to.include(`reverted ${newer}`);
+    }
     // 0010 changes nothing on plain PostgreSQL (Citus only), and is undone all the same.
     expect((await migrate(url, ['down'])).stdout).to.match(
       /reverted 0010_shared_tables_on_every_node/,
@@ -121,19 +124,7 @@ describe('migrate CLI', function () {
     for (const run of runs) expect(run.code, run.stderr).to.equal(0);
     expect(runs.filter((r) => /applied 0001_create_pulse/.test(r.stdout))).to.have.length(1);
     const applied = await queryOnce(url, 'SELECT name FROM kysely_migration ORDER BY name');
-    expect(applied.rows).to.deep.equal([
-      { name: '0001_create_pulse' },
-      { name: '0002_sweeper_lease' },
-      { name: '0003_presence_settings' },
-      { name: '0004_last_seen' },
-      { name: '0005_distribute_by_user_id' },
-      { name: '0006_presence_events' },
-      { name: '0007_privacy_and_visibility' },
-      { name: '0008_visibility_changes' },
-      { name: '0009_webhooks' },
-      { name: '0010_shared_tables_on_every_node' },
-      { name: '0011_held_reason' },
-    ]);
+    expect(applied.rows).to.deep.equal(MIGRATION_NAMES.map((name) => ({ name })));
   });
 
   it('switches the table to UNLOGGED and back with PULSE_TABLE_UNLOGGED', async () => {

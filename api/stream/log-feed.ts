@@ -31,8 +31,8 @@
  * contradicts what it was told.
  */
 import {
-  currentEventCursor,
-  readFeedSince,
+  changeLogOf,
+  type ChangeLogReader,
   type WatchedChange,
 } from '../../lib/store/presence-log.ts';
 import {
@@ -58,12 +58,17 @@ export interface PresenceFeedOptions {
   intervalMs: number;
   /** Whether the operator's visibility rule exists (api/read/visibility-rule.ts); absent: never. */
   rule?: VisibilityRule;
+  /** How the log is read: node by node on Citus (lib/store/node-change-log.ts); else through `db`. */
+  log?: ChangeLogReader;
 }
 
 export interface PresenceFeedObserver {
   /** Every statement the feed runs (`detect`: one read of the log; `visibility`: the rule). */
   onStatement?(info: { kind: 'detect' | 'visibility'; seconds: number; ok: boolean }): void;
-  /** A read failed; the next one retries from the same cursor (nothing is lost). */
+  /**
+   * A read failed; the next one retries from the same cursor (nothing is lost). On Citus also a
+   * node a read could not reach, while the others' changes were delivered.
+   */
   onPollError?(error: unknown): void;
 }
 
@@ -122,12 +127,15 @@ export class LogPresenceFeed implements ChangeFeed {
   private timer: NodeJS.Timeout | undefined;
   private running: Promise<void> | undefined;
   private closed = false;
+  private readonly log: ChangeLogReader;
 
   constructor(
     private readonly db: Executor,
     private readonly options: PresenceFeedOptions,
     private readonly observer: PresenceFeedObserver = {},
-  ) {}
+  ) {
+    this.log = options.log ?? changeLogOf(db);
+  }
 
   /** Distinct ids watched by the streams of this process. */
   get watchedIds(): number {
@@ -182,7 +190,7 @@ export class LogPresenceFeed implements ChangeFeed {
     while (this.cursor === undefined) {
       if (this.cursorTaking === undefined) {
         const generation = this.generation;
-        this.cursorTaking = this.timed('detect', () => currentEventCursor(this.db))
+        this.cursorTaking = this.timed('detect', () => this.log.currentCursor())
           .then((cursor) => {
             if (generation === this.generation) this.cursor = cursor;
           })
@@ -252,9 +260,12 @@ export class LogPresenceFeed implements ChangeFeed {
     if (cursor === undefined) return;
     const generation = this.generation;
     const seq = ++this.readSeq;
-    const { snapshot, changes } = await this.timed('detect', () => readFeedSince(this.db, cursor));
+    const { snapshot, changes, failures } = await this.timed('detect', () =>
+      this.log.readFeed(cursor),
+    );
     if (generation !== this.generation) return;
     this.cursor = snapshot;
+    for (const failure of failures ?? []) this.observer.onPollError?.(failure);
 
     // Who goes live in this read: they reconcile their snapshot with the changes seen meanwhile.
     const goingLive: Subscriber[] = [];

@@ -298,10 +298,10 @@ const streamFields = {
   STREAM_MAX_OPEN_PER_CALLER: integer(0, 1_000_000, 16),
   /**
    * Where streams find changes: `log` tails pulse_events (cost follows the changes), `poll`
-   * re-reads the watched ids every interval (the fallback; docs/stream.md). Unset: `log`, except
-   * on Citus, where only `poll` works (api/stream/change-source.ts).
+   * re-reads the watched ids every interval (the fallback; docs/stream.md). On Citus the log is
+   * read node by node (lib/store/node-change-log.ts).
    */
-  STREAM_CHANGE_SOURCE: z.enum(['poll', 'log'], { error: 'must be poll or log' }).optional(),
+  STREAM_CHANGE_SOURCE: z.enum(['poll', 'log'], { error: 'must be poll or log' }).default('log'),
   /** How often the watched ids are re-read (poll) or the change log is read (log). */
   STREAM_POLL_INTERVAL_MS: integer(50, 60_000, 500),
   /** A keep-alive comment at least this often (the contract promises at most 15 s of silence). */

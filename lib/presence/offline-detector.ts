@@ -20,10 +20,10 @@ import { hostname } from 'node:os';
 import type { ShardRouter } from '../citus/shard-routing.ts';
 import { releaseJobLease, tryAcquireJobLease } from '../store/job-lease.ts';
 import {
-  currentEventCursor,
+  changeLogOf,
   expireDue,
-  readEventsSince,
   scanMarkedOnline,
+  type ChangeLogReader,
   type DetectorClock,
 } from '../store/presence-log.ts';
 import type { Executor } from '../store/pulse-store.ts';
@@ -41,6 +41,8 @@ export interface OfflineDetectorOptions {
   /** This process's name in the lease table; defaults to host:pid:random. */
   holder?: string;
   router?: ShardRouter;
+  /** How the log is read: node by node on Citus (lib/store/node-change-log.ts); else through `db`. */
+  log?: ChangeLogReader;
   /**
    * Awaited before the first expiry after a failed tick (the database coming back): the API
    * writes its held users' heartbeats there.
@@ -84,6 +86,7 @@ export class OfflineDetector {
   /** No expiry before this time (ms): after an outage, held streams' beats land first. */
   private graceUntil = 0;
   private readonly maxIds: number;
+  private readonly log: ChangeLogReader;
 
   constructor(
     private readonly db: Executor,
@@ -93,6 +96,7 @@ export class OfflineDetector {
     this.holder =
       options.holder ?? `${hostname()}:${process.pid}:${randomBytes(3).toString('hex')}`;
     this.maxIds = options.maxIdsPerStatement ?? 1000;
+    this.log = options.log ?? changeLogOf(db);
   }
 
   /** Users this detector is watching for expiry (0 unless it holds the lease). */
@@ -201,7 +205,7 @@ export class OfflineDetector {
     if (this.cursor === undefined) {
       // The cursor first, then the scan: an online event committed in between is in both, never
       // in neither.
-      const cursor = await currentEventCursor(this.db);
+      const cursor = await this.log.currentCursor();
       const before = Date.now();
       const scan = await scanMarkedOnline(this.db);
       this.queue.clear();
@@ -209,7 +213,9 @@ export class OfflineDetector {
       for (const user of scan.users) this.queue.set(user.userId, user.lastHb);
       this.cursor = cursor;
     } else {
-      const read = await readEventsSince(this.db, this.cursor);
+      const read = await this.log.readEvents(this.cursor);
+      // A node not read this time (Citus) is read from where it stopped by a later tick.
+      for (const failure of read.failures ?? []) this.observer.onError?.(failure);
       for (const event of read.events) {
         if (event.online && event.lastSeen) this.queue.set(event.userId, event.lastSeen.getTime());
         else if (!event.online) this.queue.delete(event.userId);

@@ -36,6 +36,11 @@ export interface EventRead {
   snapshot: string;
   /** The rows that became visible since the cursor, in seq order. */
   events: PresenceEvent[];
+  /**
+   * Citus: why a node could not be read. Its rows are read, in order, by a later read from the
+   * returned cursor, which keeps that node's part as it was.
+   */
+  failures?: unknown[];
 }
 
 /** A cursor to start reading from: everything committed before now is behind it. */
@@ -46,13 +51,64 @@ export async function currentEventCursor(db: Executor): Promise<string> {
 }
 
 /**
+ * Where a read of the log looks: the tables themselves or, on Citus, one co-located shard of
+ * each (lib/store/node-change-log.ts), by name.
+ */
+export interface LogTables {
+  events: string;
+  visibility: string;
+  pulse: string;
+  lastSeen: string;
+  privacy: string;
+}
+
+export const WHOLE_LOG: LogTables = {
+  events: 'pulse_events',
+  visibility: 'pulse_visibility_changes',
+  pulse: 'pulse',
+  lastSeen: 'pulse_last_seen',
+  privacy: 'pulse_privacy',
+};
+
+/**
+ * What one statement reads: the log's tables (plain PostgreSQL) or the shards one Citus node
+ * holds, and then only the rows whose `tx` is that node's (`tx_node`, migration 0014).
+ */
+export interface LogScope {
+  tables: readonly LogTables[];
+  node?: number;
+}
+
+const WHOLE_SCOPE: LogScope = { tables: [WHOLE_LOG] };
+
+/** The snapshot rule for one table's rows (alias `alias`), against `cur.s`. */
+function newSinceCursor(alias: string, cursor: string, node: number | undefined) {
+  const { xmax, xip } = snapshotBounds(cursor);
+  const tx = sql.ref(`${alias}.tx`);
+  return sql`(${tx} >= ${xmax}::xid8 OR ${tx} = ANY(${xip}::xid8[]))
+    AND pg_visible_in_snapshot(${tx}, cur.s)
+    ${node === undefined ? sql`` : sql`AND ${sql.ref(`${alias}.tx_node`)} = ${node}::int`}`;
+}
+
+/** All of `scope`'s parts, one per table (or shard), as one UNION ALL. */
+function acrossScope(scope: LogScope, part: (tables: LogTables) => ReturnType<typeof sql>) {
+  return sql.join(
+    scope.tables.map((tables) => sql`(${part(tables)})`),
+    sql` UNION ALL `,
+  );
+}
+
+/**
  * The events committed after `cursor` (a snapshot from this function or currentEventCursor) and
  * before this statement started, with the new cursor. One statement: its snapshot is the one
  * pg_current_snapshot() returns, so the rows read and the cursor agree. Works behind PgBouncer in
  * transaction mode (no session state).
  */
-export async function readEventsSince(db: Executor, cursor: string): Promise<EventRead> {
-  const { xmax, xip } = snapshotBounds(cursor);
+export async function readEventsSince(
+  db: Executor,
+  cursor: string,
+  scope: LogScope = WHOLE_SCOPE,
+): Promise<EventRead> {
   const { rows } = await sql<{
     snapshot: string;
     seq: string | null;
@@ -64,11 +120,12 @@ export async function readEventsSince(db: Executor, cursor: string): Promise<Eve
   }>`
     WITH cur AS (SELECT pg_current_snapshot() AS s)
     SELECT cur.s::text AS snapshot, e.seq, e.user_id, e.online, e.reason, e.last_seen, e.at
-    FROM cur LEFT JOIN LATERAL (
-      SELECT seq, user_id, online, reason, last_seen, at FROM pulse_events
-      WHERE (tx >= ${xmax}::xid8 OR tx = ANY(${xip}::xid8[]))
-        AND pg_visible_in_snapshot(tx, cur.s)
-    ) e ON true
+    FROM cur LEFT JOIN LATERAL (${acrossScope(
+      scope,
+      (t) => sql`
+      SELECT seq, user_id, online, reason, last_seen, at FROM ${sql.table(t.events)} e
+      WHERE ${newSinceCursor('e', cursor, scope.node)}`,
+    )}) e ON true
     ORDER BY e.seq`.execute(db);
   const events: PresenceEvent[] = [];
   for (const row of rows) {
@@ -116,6 +173,8 @@ export interface FeedRead {
   snapshot: string;
   /** Transitions in log order, then audience changes (one per user). */
   changes: WatchedChange[];
+  /** As EventRead.failures. */
+  failures?: unknown[];
 }
 
 /**
@@ -124,8 +183,11 @@ export interface FeedRead {
  * last: they carry the user's state as of the read, which is the state after the read's
  * transitions.
  */
-export async function readFeedSince(db: Executor, cursor: string): Promise<FeedRead> {
-  const { xmax, xip } = snapshotBounds(cursor);
+export async function readFeedSince(
+  db: Executor,
+  cursor: string,
+  scope: LogScope = WHOLE_SCOPE,
+): Promise<FeedRead> {
   const { rows } = await sql<{
     snapshot: string;
     user_id: string | null;
@@ -135,23 +197,27 @@ export async function readFeedSince(db: Executor, cursor: string): Promise<FeedR
     shown_last_seen: Date | null;
   }>`
     WITH cur AS (SELECT pg_current_snapshot() AS s)
-    SELECT cur.s::text AS snapshot, c.user_id, c.audience_only, c.online,
-           coalesce(pr.invisible, false) AS invisible,
-           ${privacyLastSeen('c.last_seen')} AS shown_last_seen
-    FROM cur LEFT JOIN LATERAL (
-      SELECT seq, user_id, online, last_seen, false AS audience_only FROM pulse_events
-      WHERE (tx >= ${xmax}::xid8 OR tx = ANY(${xip}::xid8[]))
-        AND pg_visible_in_snapshot(tx, cur.s)
-      UNION ALL
-      SELECT DISTINCT ON (v.user_id) NULL, v.user_id, p.online_since IS NOT NULL,
-             coalesce(p.last_hb, ls.last_seen), true
-      FROM pulse_visibility_changes v
-      LEFT JOIN pulse p ON p.user_id = v.user_id
-      LEFT JOIN pulse_last_seen ls ON ls.user_id = v.user_id
-      WHERE (v.tx >= ${xmax}::xid8 OR v.tx = ANY(${xip}::xid8[]))
-        AND pg_visible_in_snapshot(v.tx, cur.s)
-    ) c ON true
-    LEFT JOIN pulse_privacy pr ON pr.user_id = c.user_id
+    SELECT cur.s::text AS snapshot, c.user_id, c.audience_only, c.online, c.invisible,
+           c.shown_last_seen
+    FROM cur LEFT JOIN LATERAL (${acrossScope(
+      scope,
+      (t) => sql`
+      SELECT c.seq, c.user_id, c.audience_only, c.online,
+             coalesce(pr.invisible, false) AS invisible,
+             ${privacyLastSeen('c.last_seen')} AS shown_last_seen
+      FROM (
+        SELECT seq, user_id, online, last_seen, false AS audience_only FROM ${sql.table(t.events)} e
+        WHERE ${newSinceCursor('e', cursor, scope.node)}
+        UNION ALL
+        SELECT DISTINCT ON (v.user_id) NULL, v.user_id, p.online_since IS NOT NULL,
+               coalesce(p.last_hb, ls.last_seen), true
+        FROM ${sql.table(t.visibility)} v
+        LEFT JOIN ${sql.table(t.pulse)} p ON p.user_id = v.user_id
+        LEFT JOIN ${sql.table(t.lastSeen)} ls ON ls.user_id = v.user_id
+        WHERE ${newSinceCursor('v', cursor, scope.node)}
+      ) c
+      LEFT JOIN ${sql.table(t.privacy)} pr ON pr.user_id = c.user_id`,
+    )}) c ON true
     ORDER BY c.audience_only, c.seq`.execute(db);
   const changes: WatchedChange[] = [];
   for (const row of rows) {
@@ -165,6 +231,30 @@ export async function readFeedSince(db: Executor, cursor: string): Promise<FeedR
     });
   }
   return { snapshot: rows[0]!.snapshot, changes };
+}
+
+/**
+ * How live streams and the offline detector read the log: by one snapshot of the database
+ * (plain PostgreSQL, changeLogOf), or node by node on Citus (lib/store/node-change-log.ts). A
+ * cursor is opaque to callers: they only hand back what a read returned.
+ */
+export interface ChangeLogReader {
+  /** A cursor to start reading from: everything committed before now is behind it. */
+  currentCursor(): Promise<string>;
+  readEvents(cursor: string): Promise<EventRead>;
+  readFeed(cursor: string): Promise<FeedRead>;
+  /** Ends connections of its own, if any (its owner calls it, after the feed and detector stop). */
+  close(): Promise<void>;
+}
+
+/** The change log of one PostgreSQL database, read through `db`. */
+export function changeLogOf(db: Executor): ChangeLogReader {
+  return {
+    currentCursor: () => currentEventCursor(db),
+    readEvents: (cursor) => readEventsSince(db, cursor),
+    readFeed: (cursor) => readFeedSince(db, cursor),
+    close: () => Promise.resolve(),
+  };
 }
 
 /** Deletes the audience changes older than an hour (every stream read them long ago). */
