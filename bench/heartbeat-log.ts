@@ -14,11 +14,7 @@
  */
 import { writeFileSync } from 'node:fs';
 import os from 'node:os';
-import { CompiledQuery } from 'kysely';
-import { openDatabase } from '../lib/infra/db.ts';
-import { createLogger } from '../lib/infra/logger.ts';
-import { recordHeartbeats } from '../lib/store/pulse-store.ts';
-import { watchBackends } from './process-cpu.ts';
+import { measureLogPrice } from './change-log-price.ts';
 import { fillTable, openBenchDatabase } from './support.ts';
 
 const users = Number(process.env.BENCH_USERS ?? 1_000_000);
@@ -27,64 +23,23 @@ const roundSeconds = Number(process.env.BENCH_ROUND_SECONDS ?? 5);
 const rounds = Number(process.env.BENCH_ROUNDS ?? 7);
 const comingOnline = Number(process.env.BENCH_COMING_ONLINE ?? 0.01);
 
-const OLD_UPSERT = `INSERT INTO pulse (user_id, last_hb) SELECT hb, now() FROM unnest($1::bigint[]) AS hb
-  ON CONFLICT (user_id) DO UPDATE SET last_hb = EXCLUDED.last_hb`;
-
-const randomIds = () => {
-  const ids = new Set<number>();
-  while (ids.size < batch) ids.add(1 + Math.floor(Math.random() * users));
-  return [...ids];
-};
-
 async function main(): Promise<void> {
   const bench = await openBenchDatabase('pulse_bench_heartbeat_log');
-  const logger = createLogger('pulse-bench', 'warn');
-  const open = (name: string) =>
-    openDatabase({ connectionString: bench.url, poolMax: 1, applicationName: name, logger });
-  const variants = { before: open('pulse-hb-before'), after: open('pulse-hb-after') };
-  const results = { before: [] as number[], after: [] as number[] };
+  let price;
   try {
     await fillTable(bench, users, 0);
-    await bench.query('UPDATE pulse SET online_since = last_hb');
-    await bench.query('VACUUM ANALYZE pulse');
-    for (let round = 0; round < rounds; round += 1) {
-      for (const name of ['before', 'after'] as const) {
-        const watch = watchBackends(bench, `pulse-hb-${name}`);
-        const { db } = variants[name];
-        await watch.start();
-        const until = Date.now() + roundSeconds * 1000;
-        let heartbeats = 0;
-        while (Date.now() < until) {
-          const ids = randomIds();
-          // On average a BENCH_COMING_ONLINE share of the heartbeats, whole users per batch.
-          const back = ids.slice(0, Math.floor(ids.length * comingOnline + Math.random()));
-          if (back.length > 0) {
-            await bench.query(
-              'UPDATE pulse SET online_since = NULL WHERE user_id = ANY($1::bigint[])',
-              [back],
-            );
-          }
-          if (name === 'before') await db.executeQuery(CompiledQuery.raw(OLD_UPSERT, [ids]));
-          else await recordHeartbeats(db, ids);
-          heartbeats += ids.length;
-        }
-        const cpu = await watch.stop();
-        if (!cpu.local) throw new Error('database CPU needs the PostgreSQL server on this machine');
-        results[name].push(((cpu.backendsSeconds + cpu.autovacuumSeconds) * 1e6) / heartbeats);
-      }
-    }
+    price = await measureLogPrice(bench, {
+      randomUserId: () => 1 + Math.floor(Math.random() * users),
+      batch,
+      roundSeconds,
+      rounds,
+      comingOnline,
+    });
   } finally {
-    await variants.before.close();
-    await variants.after.close();
     await bench.close();
   }
-  // The median round: this machine is shared, and one disturbed round should not decide.
-  const median = (values: number[]) => {
-    const sorted = [...values].sort((a, b) => a - b);
-    return sorted[Math.floor(sorted.length / 2)]!;
-  };
-  const before = median(results.before);
-  const after = median(results.after);
+  const results = price.dbCpuUsPerHeartbeat;
+  const { before, after } = price.median;
   writeFileSync(
     process.env.BENCH_RESULTS ?? new URL('./results/heartbeat-log.json', import.meta.url),
     `${JSON.stringify(

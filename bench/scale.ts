@@ -7,7 +7,8 @@
  *
  * Flags: --rows (comma-separated table sizes, ascending), --seconds (per load scenario, 5),
  * --redis-keys (Option B keys, 1e6; 0 skips Option B), --streams (open live streams, 2000; 0
- * skips them), --out (the JSON file).
+ * skips them), --log-price-rounds (the change log's price on the first size: alternating rounds
+ * of the heartbeat upsert before the log and today's, 5; 0 skips it), --out (the JSON file).
  * Env: DATABASE_URL (a server on this machine: a scratch database is created and dropped there;
  * unset: an embedded PostgreSQL), REDIS_URL (redis://127.0.0.1:6379).
  *
@@ -30,6 +31,7 @@ import autocannon from 'autocannon';
 import { openDatabase } from '../lib/infra/db.ts';
 import { createLogger } from '../lib/infra/logger.ts';
 import { Sweeper } from '../sweeper/sweeper.ts';
+import { measureLogPrice, type LogPrice } from './change-log-price.ts';
 import { measureOptionB, type OptionBResult } from './option-b-redis.ts';
 import { processCpuSeconds, watchBackends } from './process-cpu.ts';
 import { openBenchDatabase, startApi, type ApiProcess, type BenchDatabase } from './support.ts';
@@ -113,6 +115,12 @@ export interface ScaleResults {
   optionB: OptionBResult | { skipped: string };
   /** What open live streams (GET /status/stream) cost while nothing changes. */
   stream: StreamCost | { skipped: string };
+  /**
+   * What the change log costs a group-commit flush: the upsert before the log and today's, in
+   * alternating rounds on the first size's table (bench/change-log-price.ts). Optional: results
+   * written before it existed lack it.
+   */
+  changeLogPrice?: LogPrice | { skipped: string };
 }
 
 export interface StreamCost {
@@ -456,14 +464,20 @@ async function measureStreams(
   );
 }
 
-function estimateSeconds(sizes: number[], seconds: number, redisKeys: number): number {
+function estimateSeconds(
+  sizes: number[],
+  seconds: number,
+  redisKeys: number,
+  logPriceRounds: number,
+): number {
   const perScenario = seconds + 1 + 5; // warm-up and API start/stop
   const largest = sizes.at(-1) ?? 0;
   const fillAndSweep = largest / 50_000 + sizes.reduce((a, n) => a + n / 100_000, 0);
   const redis = redisKeys > 0 ? redisKeys / 30_000 + 3 * seconds + 45 : 0;
   const streams = 3 * seconds + 45;
+  const logPrice = 2 * logPriceRounds * seconds + (sizes[0] ?? 0) / 50_000;
   return Math.round(
-    fillAndSweep + sizes.length * 4 * perScenario + perScenario + redis + streams + 10,
+    fillAndSweep + sizes.length * 4 * perScenario + perScenario + redis + streams + logPrice + 10,
   );
 }
 
@@ -479,6 +493,7 @@ async function main(): Promise<void> {
       seconds: { type: 'string', default: '5' },
       'redis-keys': { type: 'string', default: '1e6' },
       streams: { type: 'string', default: '2000' },
+      'log-price-rounds': { type: 'string', default: '5' },
       out: { type: 'string', default: path.join(root, 'bench/results/scale.json') },
     },
   });
@@ -491,8 +506,12 @@ async function main(): Promise<void> {
   if (!(Number.isInteger(streamCount) && streamCount >= 0 && streamCount <= 10_000)) {
     throw new Error('--streams must be an integer from 0 to 10,000');
   }
+  const logPriceRounds = Number(values['log-price-rounds']);
+  if (!(Number.isInteger(logPriceRounds) && logPriceRounds >= 0 && logPriceRounds <= 50)) {
+    throw new Error('--log-price-rounds must be an integer from 0 to 50');
+  }
   const loadAtStart = loadavg()[0] ?? 0;
-  const estimate = estimateSeconds(sizes, seconds, redisKeys);
+  const estimate = estimateSeconds(sizes, seconds, redisKeys, logPriceRounds);
   log(
     `sizes ${sizes.join(', ')} rows, ${seconds} s per scenario, Option B with ${redisKeys} keys: ` +
       `about ${Math.ceil(estimate / 60)} minutes on a 2-core machine; it stops itself after ${Math.ceil((2 * estimate) / 60)}`,
@@ -537,6 +556,7 @@ async function main(): Promise<void> {
   stopOnTimeout.db = db;
   const results: SizeResult[] = [];
   let stream: ScaleResults['stream'] = { skipped: '--streams 0' };
+  let changeLogPrice: ScaleResults['changeLogPrice'] = { skipped: '--log-price-rounds 0' };
   let server: { version: string; settings: Record<string, string> };
   try {
     const { rows: settings } = await db.query<{
@@ -556,7 +576,18 @@ async function main(): Promise<void> {
         settings.map((s) => [s.name, `${s.setting}${s.unit ? ` (${s.unit})` : ''}`]),
       ),
     };
-    for (const rows of sizes) results.push(await measureSize(db, rows, seconds));
+    for (const rows of sizes) {
+      results.push(await measureSize(db, rows, seconds));
+      if (rows !== sizes[0] || logPriceRounds === 0) continue;
+      log(`${rows} rows: the change log's price, ${logPriceRounds} rounds before and after`);
+      changeLogPrice = await measureLogPrice(db, {
+        randomUserId: () => freshId(rows),
+        batch: 50,
+        roundSeconds: seconds,
+        rounds: logPriceRounds,
+        comingOnline: 0.01,
+      });
+    }
     if (streamCount > 0) {
       log(`${streamCount} open streams, each watching 100 of 20,000 users`);
       stream = await measureStreams(db, streamCount, 3 * seconds);
@@ -585,7 +616,7 @@ async function main(): Promise<void> {
   const memoryGb = Math.round(totalmem() / 2 ** 30);
   const output: ScaleResults = {
     schema: 1,
-    command: `npm run bench:scale -- --rows ${values.rows} --seconds ${seconds} --redis-keys ${values['redis-keys']} --streams ${values.streams}`,
+    command: `npm run bench:scale -- --rows ${values.rows} --seconds ${seconds} --redis-keys ${values['redis-keys']} --streams ${values.streams} --log-price-rounds ${logPriceRounds}`,
     measuredAt: new Date().toISOString(),
     durationSeconds: Math.round((performance.now() - started) / 1000),
     machine: {
@@ -612,6 +643,7 @@ async function main(): Promise<void> {
     sizes: results,
     optionB,
     stream,
+    changeLogPrice,
   };
   mkdirSync(path.dirname(values.out), { recursive: true });
   writeFileSync(values.out, `${JSON.stringify(output, null, 2)}\n`);
