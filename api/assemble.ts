@@ -28,7 +28,7 @@ import { CoalescingStatusReader, DirectStatusReader } from './read/status-reader
 import { LiveVisibilityRule } from './read/visibility-rule.ts';
 import { SettingsMissingLog } from './read/settings-missing-log.ts';
 import { SettingsMissingError } from '../lib/store/pulse-store.ts';
-import { OfflineDetector } from '../lib/presence/offline-detector.ts';
+import { createOfflineDetection } from '../lib/presence/group-detectors.ts';
 import { createDetectorMetrics } from '../lib/presence/detector-metrics.ts';
 import { openChangeLog } from '../lib/store/node-change-log.ts';
 import { LogPresenceFeed } from './stream/log-feed.ts';
@@ -199,16 +199,17 @@ export function assembleApi(
     callerLimits,
     stream: { hub, feed, held, observer: streamMetrics.streamObserver },
   });
-  // Offline by threshold is logged by one detector per database; this process competes for it.
+  // Offline by threshold is logged by one detector per database (per node group on Citus); this
+  // process competes for it.
   const detectorMetrics = createDetectorMetrics(registry);
   const detector = config.OFFLINE_DETECTOR
-    ? new OfflineDetector(
+    ? createOfflineDetection(
         database.db,
+        changeLog,
         {
           intervalMs: config.OFFLINE_DETECTOR_INTERVAL_MS,
           leaseTtlSeconds: config.OFFLINE_DETECTOR_LEASE_TTL_SECONDS,
           router: shardRouter,
-          log: changeLog,
           // After an outage, this process's held users are written before anyone is expired.
           beforeRecovery: () => held.beatNow(),
         },

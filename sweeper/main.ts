@@ -14,7 +14,7 @@ import { GracefulShutdown } from '../lib/infra/shutdown.ts';
 import { createSweeperMetrics } from './metrics.ts';
 import { startOpsServer } from '../http/ops-server.ts';
 import { Sweeper } from './sweeper.ts';
-import { OfflineDetector } from '../lib/presence/offline-detector.ts';
+import { createOfflineDetection } from '../lib/presence/group-detectors.ts';
 import { checkCitusNode, type CitusNode } from '../lib/citus/citus-node.ts';
 import { createDetectorMetrics } from '../lib/presence/detector-metrics.ts';
 import { EventRetention } from '../lib/presence/event-retention.ts';
@@ -97,7 +97,7 @@ runMain(async () => {
     shutdown.add('change log retention', () => retention.stop());
     retention.start();
   }
-  // On Citus the detector reads the log node by node (lib/store/node-change-log.ts).
+  // On Citus one detector per node group, each reading its node's log (lib/presence/group-detectors.ts).
   if (config.OFFLINE_DETECTOR) {
     const detectorMetrics = createDetectorMetrics(registry);
     const changeLog = openChangeLog(database, citusNode, {
@@ -106,13 +106,13 @@ runMain(async () => {
       statementTimeoutMs: DEFAULT_STATEMENT_TIMEOUT_MS,
     });
     shutdown.add('change log connections', () => changeLog.close());
-    const detector = new OfflineDetector(
+    const detector = createOfflineDetection(
       database.db,
+      changeLog,
       {
         intervalMs: config.OFFLINE_DETECTOR_INTERVAL_MS,
         leaseTtlSeconds: config.OFFLINE_DETECTOR_LEASE_TTL_SECONDS,
         router: new ShardRouter(database.db),
-        log: changeLog,
       },
       {
         ...detectorMetrics.observer,

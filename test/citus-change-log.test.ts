@@ -6,8 +6,13 @@
  */
 import { expect } from 'chai';
 import { sql } from 'kysely';
+import { GroupDetectors, ownerOf } from '../lib/presence/group-detectors.ts';
 import { NodeChangeLog } from '../lib/store/node-change-log.ts';
-import type { Executor } from '../lib/store/pulse-store.ts';
+import {
+  recordHeartbeats,
+  updatePresenceSettings,
+  type Executor,
+} from '../lib/store/pulse-store.ts';
 import { startTestApp, type TestApp } from './support/app.ts';
 import {
   citusUrl,
@@ -28,6 +33,20 @@ import { startTcpProxy } from './support/tcp-proxy.ts';
 const logEvent = (db: Executor, userId: number) =>
   sql`INSERT INTO pulse_events (user_id, online, reason, last_seen)
       VALUES (${userId}::bigint, true, 'heartbeat', now())`.execute(db);
+
+const options = (db: CitusSchema) => ({
+  connectionString: db.url,
+  logger: silentLogger,
+  applicationName: 'pulse-test-log',
+});
+
+async function until(check: () => boolean | Promise<boolean>, ms = 10_000): Promise<void> {
+  const deadline = Date.now() + ms;
+  while (!(await check())) {
+    if (Date.now() > deadline) throw new Error(`not within ${ms} ms`);
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
+}
 
 const usersOf = (read: { events: Array<{ userId: number }> }) =>
   read.events.map((event) => event.userId).sort((a, b) => a - b);
@@ -55,11 +74,7 @@ const usersOf = (read: { events: Array<{ userId: number }> }) =>
     });
 
     it('reads every row once, across nodes, out-of-order commits, a two-phase commit and writes planned on a worker', async () => {
-      const log = new NodeChangeLog(db.db, {
-        connectionString: db.url,
-        logger: silentLogger,
-        applicationName: 'pulse-test-log',
-      });
+      const log = new NodeChangeLog(db.db, options(db));
       const [worker] = await workers(db);
       const viaWorker = openOn(onNode(db.url, worker!), 'pulse-test-worker-writer');
       try {
@@ -139,15 +154,57 @@ const usersOf = (read: { events: Array<{ userId: number }> }) =>
       }
     });
 
+    it('runs one offline detector per node group, split over processes; a killed one is taken over, each user expired once', async () => {
+      await updatePresenceSettings(db.db, { onlineThresholdSeconds: 2 });
+      const groups = [...(await new NodeChangeLog(db.db, options(db)).groupsHoldingLog()).keys()];
+      expect(groups).to.have.length(2);
+      // Two process names that rendezvous hashing gives one group each.
+      let names: [string, string] = ['p0', 'p1'];
+      for (let i = 1; ownerOf(groups[0]!, names) === ownerOf(groups[1]!, names); i += 1) {
+        names = ['p0', `p${i + 1}`];
+      }
+      const logs = names.map(() => new NodeChangeLog(db.db, options(db)));
+      const detectors = names.map(
+        (holder, i) =>
+          new GroupDetectors(db.db, logs[i]!, { intervalMs: 100, leaseTtlSeconds: 2, holder }),
+      );
+      try {
+        for (const detector of detectors) detector.start();
+        await until(() => detectors.every((d) => d.groups.length === 1 && d.leasesHeld === 1));
+        expect([...detectors[0]!.groups, ...detectors[1]!.groups].sort()).to.deep.equal(groups);
+        await recordHeartbeats(db.db, [a[0]!, b[0]!]);
+        // The second process dies holding its lease: the first takes its group once both expire.
+        await detectors[1]!.stop({ release: false });
+        await until(async () => {
+          const [row] = await db.query<{ n: number }>(
+            `SELECT count(*)::int AS n FROM pulse_events WHERE reason = 'threshold'`,
+          );
+          return row!.n === 2;
+        }, 20_000);
+        expect(detectors[0]!.groups).to.deep.equal(groups);
+        await new Promise((resolve) => setTimeout(resolve, 1_000));
+        const logged = await db.query<{ user_id: string; reason: string }>(
+          `SELECT user_id::text, reason FROM pulse_events ORDER BY user_id, seq`,
+        );
+        expect(logged.map((row) => [Number(row.user_id), row.reason])).to.deep.equal(
+          [a[0]!, b[0]!]
+            .sort((x, y) => x - y)
+            .flatMap((id) => [
+              [id, 'heartbeat'],
+              [id, 'threshold'],
+            ]),
+        );
+      } finally {
+        for (const detector of detectors) await detector.stop();
+        for (const log of logs) await log.close();
+      }
+    });
+
     it('a worker that cannot be reached holds back only its own rows, which come once it is back', async () => {
       const [, victim] = await workers(db);
       const proxy = await startTcpProxy({ targetHost: victim!.host, targetPort: victim!.port });
       await db.query(`SELECT citus_update_node(${victim!.nodeId}, '${proxy.host}', ${proxy.port})`);
-      const log = new NodeChangeLog(db.db, {
-        connectionString: db.url,
-        logger: silentLogger,
-        applicationName: 'pulse-test-log',
-      });
+      const log = new NodeChangeLog(db.db, options(db));
       try {
         const cursor = await log.currentCursor();
         await logEvent(db.db, a[0]!);

@@ -1,16 +1,22 @@
 import { Counter, Gauge, type Registry } from 'prom-client';
-import type { OfflineDetector, OfflineDetectorObserver } from './offline-detector.ts';
+import type { OfflineDetectorObserver } from './offline-detector.ts';
+
+/** An offline detector, or the per-group detectors of a process on Citus (group-detectors.ts). */
+export interface DetectorState {
+  readonly leasesHeld: number;
+  readonly scheduled: number;
+}
 
 /** The offline detector's metrics, for whichever process (API or sweeper) runs one. */
 export function createDetectorMetrics(registry: Registry): {
   observer: Required<Pick<OfflineDetectorObserver, 'onTick'>>;
-  watch(detector: OfflineDetector): void;
+  watch(detector: DetectorState): void;
 } {
   const registers = [registry];
   let read = { held: () => 0, scheduled: () => 0 };
   new Gauge({
     name: 'pulse_offline_detector_lease_held',
-    help: '1 while this process holds the offline detector lease (one per database), else 0',
+    help: 'Offline detector leases this process holds (one per database; on Citus one per node group)',
     registers,
     collect() {
       this.set(read.held());
@@ -49,7 +55,7 @@ export function createDetectorMetrics(registry: Registry): {
     },
     watch(detector) {
       read = {
-        held: () => (detector.holdsLease ? 1 : 0),
+        held: () => detector.leasesHeld,
         scheduled: () => detector.scheduled,
       };
     },

@@ -10,7 +10,8 @@
  * online user costs one primary-key probe per threshold, whatever the heartbeat rate.
  *
  * One detector per database runs, under a lease (`pulse_job_leases`, job `offline-detector`);
- * any API or sweeper process may hold it. The lease saves work, correctness does not depend on it:
+ * any API or sweeper process may hold it. On Citus, one per node group instead, each with its
+ * node's log, its node's scan and a lease of its own (group-detectors.ts). The lease saves work, correctness does not depend on it:
  * the unmarking UPDATE only matches rows still marked, so two detectors never log a transition
  * twice, and a new holder rebuilds its schedule from `pulse` itself, so nothing is missed across a
  * restart or a take-over (transitions due meanwhile are logged late, at most the lease TTL).
@@ -22,14 +23,20 @@ import { releaseJobLease, tryAcquireJobLease } from '../store/job-lease.ts';
 import {
   changeLogOf,
   expireDue,
+  readDetectorClock,
   scanMarkedOnline,
   type ChangeLogReader,
   type DetectorClock,
+  type MarkedOnline,
 } from '../store/presence-log.ts';
 import type { Executor } from '../store/pulse-store.ts';
 import { DueQueue } from './due-queue.ts';
 
 export const OFFLINE_DETECTOR_JOB = 'offline-detector';
+
+/** A process's name in the lease table: host:pid:random. */
+export const newHolderName = (): string =>
+  `${hostname()}:${process.pid}:${randomBytes(3).toString('hex')}`;
 
 export interface OfflineDetectorOptions {
   /** Time between two ticks of the holder (bounds how late a threshold crossing is logged). */
@@ -43,6 +50,10 @@ export interface OfflineDetectorOptions {
   router?: ShardRouter;
   /** How the log is read: node by node on Citus (lib/store/node-change-log.ts); else through `db`. */
   log?: ChangeLogReader;
+  /** The lease's name: `offline-detector`, or one per node group on Citus (group-detectors.ts). */
+  job?: string;
+  /** Users marked online, read on start or take-over; all of `pulse` by default. */
+  scan?: () => Promise<MarkedOnline[]>;
   /**
    * Awaited before the first expiry after a failed tick (the database coming back): the API
    * writes its held users' heartbeats there.
@@ -87,16 +98,17 @@ export class OfflineDetector {
   private graceUntil = 0;
   private readonly maxIds: number;
   private readonly log: ChangeLogReader;
+  readonly job: string;
 
   constructor(
     private readonly db: Executor,
     private readonly options: OfflineDetectorOptions,
     private readonly observer: OfflineDetectorObserver = {},
   ) {
-    this.holder =
-      options.holder ?? `${hostname()}:${process.pid}:${randomBytes(3).toString('hex')}`;
+    this.holder = options.holder ?? newHolderName();
     this.maxIds = options.maxIdsPerStatement ?? 1000;
     this.log = options.log ?? changeLogOf(db);
+    this.job = options.job ?? OFFLINE_DETECTOR_JOB;
   }
 
   /** Users this detector is watching for expiry (0 unless it holds the lease). */
@@ -106,6 +118,11 @@ export class OfflineDetector {
 
   get holdsLease(): boolean {
     return this.leaseHeld;
+  }
+
+  /** 1 while it holds its lease, else 0 (as GroupDetectors counts its groups'). */
+  get leasesHeld(): number {
+    return this.leaseHeld ? 1 : 0;
   }
 
   /** Ticks until stop(): every intervalMs while holding the lease, else every TTL / 3. */
@@ -124,7 +141,7 @@ export class OfflineDetector {
     this.timer = undefined;
     await this.running;
     if (this.leaseHeld && options.release !== false) {
-      await releaseJobLease(this.db, OFFLINE_DETECTOR_JOB, this.holder).catch(() => undefined);
+      await releaseJobLease(this.db, this.job, this.holder).catch(() => undefined);
     }
     this.drop();
   }
@@ -182,7 +199,7 @@ export class OfflineDetector {
     const ttl = this.options.leaseTtlSeconds;
     if (!this.leaseHeld || Date.now() - this.renewedAt >= (ttl * 1000) / 3) {
       const at = Date.now();
-      const held = await tryAcquireJobLease(this.db, OFFLINE_DETECTOR_JOB, this.holder, ttl);
+      const held = await tryAcquireJobLease(this.db, this.job, this.holder, ttl);
       if (!held) {
         this.drop();
         const tick = { leaseHeld: false, expired: 0, checked: 0, statements: 0 };
@@ -207,7 +224,9 @@ export class OfflineDetector {
       // in neither.
       const cursor = await this.log.currentCursor();
       const before = Date.now();
-      const scan = await scanMarkedOnline(this.db);
+      const scan = this.options.scan
+        ? { ...(await readDetectorClock(this.db)), users: await this.options.scan() }
+        : await scanMarkedOnline(this.db);
       this.queue.clear();
       this.observeClock(scan, before);
       for (const user of scan.users) this.queue.set(user.userId, user.lastHb);

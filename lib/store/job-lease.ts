@@ -52,3 +52,28 @@ export async function readJobLease(
     .executeTakeFirst();
   return row && { holder: row.holder, expiresAt: row.expires_at };
 }
+
+/**
+ * The holders of the unexpired leases whose job starts with `prefix`, sorted: the live members of
+ * a group of processes that each renew a lease of their own (lib/presence/group-detectors.ts).
+ */
+export async function listLiveHolders(db: Executor, prefix: string): Promise<string[]> {
+  const rows = await db
+    .selectFrom('pulse_job_leases')
+    .select('holder')
+    .where('job', 'like', `${prefix}%`)
+    .where('expires_at', '>', sql<Date>`now()`)
+    .where('holder', 'is not', null)
+    .orderBy('holder')
+    .execute();
+  return rows.map((row) => row.holder!);
+}
+
+/** Deletes the leases whose job starts with `prefix` and that expired over an hour ago. */
+export async function deleteLongExpiredLeases(db: Executor, prefix: string): Promise<void> {
+  await db
+    .deleteFrom('pulse_job_leases')
+    .where('job', 'like', `${prefix}%`)
+    .where('expires_at', '<', sql<Date>`now() - interval '1 hour'`)
+    .execute();
+}

@@ -30,6 +30,7 @@ import {
   type FeedRead,
   type LogScope,
   type LogTables,
+  type MarkedOnline,
 } from './presence-log.ts';
 import type { Executor } from './pulse-store.ts';
 
@@ -65,17 +66,79 @@ export function openChangeLog(
   return new NodeChangeLog(database.db, { ...options, applicationName: 'pulse-change-log' });
 }
 
-export class NodeChangeLog implements ChangeLogReader {
-  private readonly pools = new Map<number, DatabaseHandle>();
-  private nodes: CitusNodeAddress[] = [];
-  private nodesReadAt = -Infinity;
-  private closed = false;
+/** What a reader and the views it hands out (forGroup) share: connections and the node list. */
+interface SharedNodes {
+  pools: Map<number, DatabaseHandle>;
+  nodes: CitusNodeAddress[];
+  nodesReadAt: number;
+  closed: boolean;
+}
 
+export class NodeChangeLog implements ChangeLogReader {
   constructor(
     /** Any Citus node, for the node list. */
     private readonly db: Executor,
     private readonly options: NodeChangeLogOptions,
+    /** Only this node group's rows (a view from forGroup); every node's when undefined. */
+    private readonly only?: number,
+    private readonly shared: SharedNodes = {
+      pools: new Map(),
+      nodes: [],
+      nodesReadAt: -Infinity,
+      closed: false,
+    },
   ) {}
+
+  /**
+   * The log of one node group: what that group's offline detector reads (one detector per group
+   * on Citus, lib/presence/group-detectors.ts). Shares this reader's connections; closing it
+   * closes nothing.
+   */
+  forGroup(group: number): ChangeLogReader & { scanMarkedOnline(): Promise<MarkedOnline[]> } {
+    const view = new NodeChangeLog(this.db, this.options, group, this.shared);
+    return {
+      currentCursor: () => view.currentCursor(),
+      readEvents: (cursor) => view.readEvents(cursor),
+      readFeed: (cursor) => view.readFeed(cursor),
+      scanMarkedOnline: () => view.scanMarkedOnline(),
+      close: () => Promise.resolve(),
+    };
+  }
+
+  /**
+   * The node groups holding shards of the log, each with its shard ids (joined: a change means
+   * shards moved, and that group's detector must rescan).
+   */
+  async groupsHoldingLog(): Promise<Map<number, string>> {
+    const { rows } = await sql<{ group: number; shards: string }>`
+      SELECT p.groupid AS group, string_agg(p.shardid::text, ',' ORDER BY p.shardid) AS shards
+      FROM pg_dist_placement p JOIN pg_dist_shard s ON s.shardid = p.shardid
+      WHERE s.logicalrelid = 'pulse_events'::regclass
+      GROUP BY p.groupid ORDER BY p.groupid`.execute(this.db);
+    return new Map(rows.map((row) => [row.group, row.shards]));
+  }
+
+  /** Users marked online on this view's node (its own shards of `pulse`), with their last_hb. */
+  private async scanMarkedOnline(): Promise<MarkedOnline[]> {
+    const [node] = await this.nodeList();
+    if (node === undefined) return [];
+    return this.pool(node)
+      .db.transaction()
+      .setIsolationLevel('repeatable read')
+      .setAccessMode('read only')
+      .execute(async (trx) => {
+        const scope = await localScope(trx);
+        if (scope.tables.length === 0) return [];
+        const { rows } = await sql<{ user_id: string; last_hb: Date }>`${sql.join(
+          scope.tables.map(
+            (t) =>
+              sql`SELECT user_id, last_hb FROM ${sql.table(t.pulse)} WHERE online_since IS NOT NULL`,
+          ),
+          sql` UNION ALL `,
+        )}`.execute(trx);
+        return rows.map((row) => ({ userId: Number(row.user_id), lastHb: row.last_hb.getTime() }));
+      });
+  }
 
   /** Every node's snapshot: rejects if a node cannot be reached (nothing may be missed). */
   async currentCursor(): Promise<string> {
@@ -109,9 +172,9 @@ export class NodeChangeLog implements ChangeLogReader {
   }
 
   async close(): Promise<void> {
-    this.closed = true;
-    await Promise.all([...this.pools.values()].map((pool) => pool.close()));
-    this.pools.clear();
+    this.shared.closed = true;
+    await Promise.all([...this.shared.pools.values()].map((pool) => pool.close()));
+    this.shared.pools.clear();
   }
 
   /**
@@ -154,21 +217,26 @@ export class NodeChangeLog implements ChangeLogReader {
     return { cursor: JSON.stringify(next), parts, failures };
   }
 
+  /** The nodes this reader reads (every active primary, or this view's one). */
   private async nodeList(): Promise<CitusNodeAddress[]> {
     const refreshMs = this.options.nodeListRefreshMs ?? 30_000;
-    if (performance.now() - this.nodesReadAt < refreshMs) return this.nodes;
-    const { rows } = await sql<{ group: number; host: string; port: number }>`
-      SELECT groupid AS group, nodename AS host, nodeport AS port
-      FROM pg_dist_node WHERE isactive AND noderole = 'primary'
-      ORDER BY groupid`.execute(this.db);
-    this.nodes = rows;
-    this.nodesReadAt = performance.now();
-    return rows;
+    const shared = this.shared;
+    if (performance.now() - shared.nodesReadAt >= refreshMs) {
+      const { rows } = await sql<{ group: number; host: string; port: number }>`
+        SELECT groupid AS group, nodename AS host, nodeport AS port
+        FROM pg_dist_node WHERE isactive AND noderole = 'primary'
+        ORDER BY groupid`.execute(this.db);
+      shared.nodes = rows;
+      shared.nodesReadAt = performance.now();
+    }
+    return this.only === undefined
+      ? shared.nodes
+      : shared.nodes.filter((node) => node.group === this.only);
   }
 
   private pool(node: CitusNodeAddress): DatabaseHandle {
-    if (this.closed) throw new Error('the change log reader is closed');
-    let handle = this.pools.get(node.group);
+    if (this.shared.closed) throw new Error('the change log reader is closed');
+    let handle = this.shared.pools.get(node.group);
     if (handle === undefined) {
       handle = openDatabase({
         connectionString: nodeUrl(this.options.connectionString, node),
@@ -179,7 +247,7 @@ export class NodeChangeLog implements ChangeLogReader {
           ? {}
           : { statementTimeoutMs: this.options.statementTimeoutMs }),
       });
-      this.pools.set(node.group, handle);
+      this.shared.pools.set(node.group, handle);
     }
     return handle;
   }
