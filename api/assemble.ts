@@ -74,10 +74,11 @@ export function assembleApi(
     config.OFFLINE_DETECTOR,
     options.citusNode ?? 'plain',
   );
-  const registry = createRegistry(database.pool);
+  const registry = createRegistry(database.connections);
   const metrics = createApiMetrics(registry);
-  // One per process: caches where Citus keeps each user (nothing to do on plain PostgreSQL).
-  const shardRouter = new ShardRouter(database.db);
+  // One per process: caches where Citus keeps each user, and which node holds them when
+  // DATABASE_URL lists several (nothing to do on plain PostgreSQL).
+  const shardRouter = new ShardRouter(database.db, 'pulse', undefined, database.nodes);
   const heartbeats: HeartbeatWriter = config.HEARTBEAT_GROUP_COMMIT
     ? new GroupCommitHeartbeatWriter(
         database.db,
@@ -182,6 +183,7 @@ export function assembleApi(
   const app = buildApp({
     onlineThreshold: threshold,
     db: database.db,
+    databaseNodes: database.nodes,
     heartbeats,
     deferredOffline,
     settingsMissingLog,

@@ -18,6 +18,7 @@ import { OfflineDetector } from '../lib/presence/offline-detector.ts';
 import { checkCitusNode, type CitusNode } from '../lib/citus/citus-node.ts';
 import { createDetectorMetrics } from '../lib/presence/detector-metrics.ts';
 import { EventRetention } from '../lib/presence/event-retention.ts';
+import { firstNodeUrl } from '../lib/infra/database-url.ts';
 
 /**
  * npm run sweeper              sweep on SWEEP_SCHEDULE until SIGTERM/SIGINT
@@ -35,7 +36,8 @@ runMain(async () => {
     batchPauseMs: config.SWEEP_BATCH_PAUSE_MS,
   };
   const database = openDatabase({
-    connectionString: config.DATABASE_URL,
+    // DATABASE_URL may list several Citus nodes: this process uses the first (docs/citus.md).
+    connectionString: firstNodeUrl(config.DATABASE_URL),
     poolMax: config.PG_POOL_MAX,
     applicationName: 'pulse-sweeper',
     logger,
