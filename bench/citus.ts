@@ -15,6 +15,8 @@
  *
  * BENCH_WORKER_STOP and BENCH_WORKER_START: shell commands that stop and start the worker whose
  * port replaces `{port}`; unset, the worker-down scenario is skipped (and says so in the JSON).
+ * BENCH_WORKERS_OPTIONS: server settings added to the API's connections to the workers, e.g.
+ * `-c citus.enable_local_execution=off` (docs/citus.md, "Measured").
  *
  * CITUS_URL: a database on a Citus coordinator with the `citus` extension and its workers added
  * (docs/citus.md); DATABASE_URL: a plain PostgreSQL server, ideally from the same binaries and
@@ -227,6 +229,15 @@ function onNodes(url: string, nodes: readonly Server[]): string {
   return `${parsed.protocol}//${auth}@${hosts}${parsed.pathname}${parsed.search}`;
 }
 
+/** `url` with `extra` appended to its `options` parameter. */
+function withOptions(url: string, extra: string | undefined): string {
+  if (!extra) return url;
+  const parsed = new URL(url);
+  const options = parsed.searchParams.get('options');
+  parsed.searchParams.set('options', options ? `${options} ${extra}` : extra);
+  return parsed.toString();
+}
+
 const run = promisify(exec);
 
 /** Connects to `url` until it answers (a worker starting again), at most `seconds`. */
@@ -371,7 +382,9 @@ try {
     citus: await serversOf('citus', citusUrl),
   };
   const workers = servers.citus.filter((s) => s.role === 'worker');
-  const workersUrl = onNodes(citusDb.url, workers);
+  // BENCH_WORKERS_OPTIONS: server settings for the API's pools on the workers (`-c name=value`).
+  const workersOptions = process.env.BENCH_WORKERS_OPTIONS;
+  const workersUrl = onNodes(withOptions(citusDb.url, workersOptions), workers);
   const apiUrl: Record<Kind, string> = {
     plain: plainDb.url,
     coordinator: citusDb.url,
@@ -509,7 +522,8 @@ const result = {
   /** API settings given to this run through the environment (defaults otherwise). */
   apiEnvironment: Object.fromEntries(
     Object.entries(process.env).filter(
-      ([name]) => name.startsWith('HEARTBEAT_') || name === 'PG_POOL_MAX',
+      ([name]) =>
+        name.startsWith('HEARTBEAT_') || name === 'PG_POOL_MAX' || name === 'BENCH_WORKERS_OPTIONS',
     ),
   ),
   servers: describe,

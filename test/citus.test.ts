@@ -638,7 +638,7 @@ async function userIds(db: CitusSchema): Promise<number[]> {
         const [one, two] = await workers(db);
         const handle = openOnNodes(onNodes(db.url, [one!, two!]), 'pulse-test-nodes');
         // Citus's own connections to worker two go through a proxy, which then refuses them: only
-        // the API's direct pool to worker two can still reach its shards.
+        // the API's direct pool to worker two can still write its shards (run locally there).
         const proxy = await startTcpProxy({ targetHost: two!.host, targetPort: two!.port });
         let app: TestApp | undefined;
         try {
@@ -653,6 +653,7 @@ async function userIds(db: CitusSchema): Promise<number[]> {
           for (const group of (await router.group(candidates)) ?? []) {
             const holder = onOne.includes(group[0]!) ? handle.nodes[0] : handle.nodes[1];
             expect(router.executorFor(group)).to.equal(holder!.db);
+            expect(router.executorFor(group, 'read')).to.equal(holder!.readDb);
           }
 
           await throughProxy(db, two!, proxy);
@@ -667,19 +668,15 @@ async function userIds(db: CitusSchema): Promise<number[]> {
           expect(singles.map((r) => r.status)).to.deep.equal(Array(40).fill(200));
           const gateway = await app.post('/status/update', asUsers(users));
           expect(gateway.status, await gateway.text()).to.equal(200);
-          const batch = await app.post('/status/batch', asUsers(users));
+          // Reads go through Citus's executor (the read pool turns local execution off): users on
+          // worker one are read; reading worker two would need Citus's connection to it, cut here.
+          const batch = await app.post('/status/batch', asUsers(onOne.slice(0, 20)));
           expect(batch.status, 'batch read').to.equal(200);
           const answers = (await batch.json()) as Array<{ is_online: boolean }>;
-          expect(answers.map((s) => s.is_online)).to.deep.equal(Array(40).fill(true));
-          expect(await (await app.get(`/status/${onTwo[0]}`)).json()).to.deep.include({
-            is_online: true,
-          });
-          // Through the coordinator, the same read needs Citus's connection to worker two.
-          const viaCoordinator = await db.db
-            .selectFrom('pulse')
-            .select('user_id')
-            .where('user_id', '=', String(onTwo[0]!))
-            .execute()
+          expect(answers.map((s) => s.is_online)).to.deep.equal(Array(20).fill(true));
+          expect((await app.get(`/status/${onTwo[0]}`)).status).to.equal(503);
+          // Through the coordinator, even a write needs Citus's connection to worker two.
+          const viaCoordinator = await recordHeartbeats(db.db, [onTwo[0]!])
             .then(
               () => 'answered',
               (error: Error) => error.message,

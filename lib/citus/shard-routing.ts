@@ -133,7 +133,7 @@ export class ShardRouter {
   /** Each node's group, once read (it never changes for a node). */
   private readonly groupOfNode = new Map<DatabaseNode, number>();
   /** The node (of `nodes`) holding each group's placements. */
-  private nodeOfGroup = new Map<number, NodeDb>();
+  private nodeOfGroup = new Map<number, DatabaseNode>();
 
   constructor(
     // eslint-disable-next-line @typescript-eslint/no-explicit-any -- reads catalogs only
@@ -166,17 +166,19 @@ export class ShardRouter {
       const group = groups[i];
       if (group !== null && group !== undefined) this.groupOfNode.set(node, group);
     });
-    this.nodeOfGroup = new Map([...this.groupOfNode].map(([node, group]) => [group, node.db]));
+    this.nodeOfGroup = new Map([...this.groupOfNode].map(([node, group]) => [group, node]));
   }
 
   /**
    * The node to run a statement over `group` (ids of one shard, as group() made them) on: the
    * one holding that shard, when this process has a pool there; undefined otherwise (any node).
+   * `read`: its pool for reads that return rows (lib/infra/db.ts says why), if it has one.
    */
-  executorFor(group: readonly number[]): NodeDb | undefined {
+  executorFor(group: readonly number[], purpose: 'write' | 'read' = 'write'): NodeDb | undefined {
     if (this.nodeOfGroup.size === 0 || group.length === 0) return undefined;
     const range = this.ranges[rangeIndexOf(this.ranges, citusHashOfBigint(group[0]!))];
-    return range?.groupId == null ? undefined : this.nodeOfGroup.get(range.groupId);
+    const node = range?.groupId == null ? undefined : this.nodeOfGroup.get(range.groupId);
+    return purpose === 'read' ? (node?.readDb ?? node?.db) : node?.db;
   }
 
   /**

@@ -17,6 +17,11 @@ export interface DatabaseNode {
   /** `host:port`, as DATABASE_URL names it. */
   name: string;
   db: Kysely<Database>;
+  /**
+   * With several Citus nodes listed: a second pool on the node whose sessions have
+   * `citus.enable_local_execution` off, for reads that return rows (see openDatabaseNodes).
+   */
+  readDb?: Kysely<Database>;
 }
 
 export interface DatabaseHandle {
@@ -152,6 +157,14 @@ function openNode(options: DatabaseOptions): OpenedNode {
   return { handle, connect: () => reportingPool.connect() as Promise<pg.PoolClient> };
 }
 
+/** `url` with `option` (`-c name=value`) added to its `options` parameter (sent at connect). */
+function withServerOption(url: string, option: string): string {
+  const parsed = new URL(url);
+  const options = parsed.searchParams.get('options');
+  parsed.searchParams.set('options', options ? `${options} ${option}` : option);
+  return parsed.toString();
+}
+
 /** After a node refused a connection, others are tried first for this long. */
 const NODE_RETRY_MS = 1_000;
 
@@ -163,6 +176,12 @@ const NODE_RETRY_MS = 1_000;
  * refused one (its statement goes to the next node: nothing was sent yet). A transaction keeps
  * its one connection, so it stays on one node. Statements that belong to one shard go to the
  * node holding it through `nodes` (lib/citus/shard-routing.ts).
+ *
+ * Each node has a second pool (`readDb`, `poolMax` too) for routed reads: Citus runs a statement
+ * for a shard of its own node in the session itself ("local execution"), which is what makes
+ * heartbeats cheap there, but returns rows from it at about half the speed of the same statement
+ * through its executor's connection (a status read of 250 ids: twice the time and worker CPU,
+ * measured; docs/citus.md). Sessions of the read pool turn local execution off.
  */
 export function openDatabaseNodes(options: DatabaseOptions): DatabaseHandle {
   const urls = databaseNodeUrls(options.connectionString);
@@ -172,6 +191,13 @@ export function openDatabaseNodes(options: DatabaseOptions): DatabaseHandle {
       ...options,
       connectionString: url,
       logger: options.logger.child({ node: nodeName(url) }),
+    }),
+  );
+  const readers = urls.map((url) =>
+    openNode({
+      ...options,
+      connectionString: withServerOption(url, '-c citus.enable_local_execution=off'),
+      logger: options.logger.child({ node: nodeName(url), pool: 'read' }),
     }),
   );
   const failedAt = opened.map(() => -Infinity);
@@ -213,7 +239,7 @@ export function openDatabaseNodes(options: DatabaseOptions): DatabaseHandle {
       else if (isDatabaseUnavailable(event.error)) outage.failed(event.error);
     },
   });
-  const pools = opened.map((node) => node.handle.pool);
+  const pools = [...opened, ...readers].map((node) => node.handle.pool);
   const sum = (count: (pool: pg.Pool) => number) => pools.reduce((n, p) => n + count(p), 0);
   let closing: Promise<void> | undefined;
   return {
@@ -230,12 +256,12 @@ export function openDatabaseNodes(options: DatabaseOptions): DatabaseHandle {
         return sum((p) => p.waitingCount);
       },
     },
-    nodes: opened.map((node) => node.handle.nodes[0]!),
-    poolWaitMs: () => Math.max(...opened.map((node) => node.handle.poolWaitMs())),
+    nodes: opened.map((node, i) => ({ ...node.handle.nodes[0]!, readDb: readers[i]!.handle.db })),
+    poolWaitMs: () => Math.max(...[...opened, ...readers].map((node) => node.handle.poolWaitMs())),
     close: () =>
       (closing ??= db
         .destroy()
-        .then(() => Promise.all(opened.map((node) => node.handle.close())))
+        .then(() => Promise.all([...opened, ...readers].map((node) => node.handle.close())))
         .then(() => undefined)
         .finally(() => outage.close())),
   };

@@ -290,7 +290,7 @@ export async function readPresence(
             FROM pulse_last_seen WHERE user_id = ANY(${idList})
           ) known ${visible}
         )
-        ${privateView(privacy)}`.execute(routed ? (router!.executorFor(group) ?? db) : db);
+        ${privateView(privacy)}`.execute(routed ? (router!.executorFor(group, 'read') ?? db) : db);
       return rows;
     }),
   );
@@ -475,7 +475,7 @@ export async function findOnlineUserIds(
   const groups = (router && (await router.group(ids))) ?? [ids];
   const found = await Promise.all(
     groups.map((group) =>
-      (router?.executorFor(group) ?? db)
+      (router?.executorFor(group, 'read') ?? db)
         .selectFrom('pulse')
         .select(['user_id', isOnline('last_hb').as('online')])
         .where(sql<boolean>`user_id = ANY(${group}::bigint[])`)
