@@ -676,11 +676,10 @@ async function userIds(db: CitusSchema): Promise<number[]> {
           expect(answers.map((s) => s.is_online)).to.deep.equal(Array(20).fill(true));
           expect((await app.get(`/status/${onTwo[0]}`)).status).to.equal(503);
           // Through the coordinator, even a write needs Citus's connection to worker two.
-          const viaCoordinator = await recordHeartbeats(db.db, [onTwo[0]!])
-            .then(
-              () => 'answered',
-              (error: Error) => error.message,
-            );
+          const viaCoordinator = await recordHeartbeats(db.db, [onTwo[0]!]).then(
+            () => 'answered',
+            (error: Error) => error.message,
+          );
           expect(viaCoordinator).to.match(/connection|remote node/);
         } finally {
           proxy.accept();
