@@ -41,6 +41,8 @@ import {
 
 export interface AppDeps {
   db: Executor;
+  /** The pools per node when DATABASE_URL lists several Citus nodes: /readyz checks each. */
+  databaseNodes?: ReadonlyArray<{ name: string; db: Executor }> | undefined;
   heartbeats: HeartbeatWriter;
   /** Offline after a grace (`POST /status/offline?grace_ms=`). */
   deferredOffline: DeferredOffline;
@@ -103,6 +105,7 @@ export { statusRow };
 /** Builds the HTTP app without listening: the entry point and the tests both call this. */
 export function buildApp({
   db,
+  databaseNodes,
   heartbeats,
   deferredOffline,
   statuses,
@@ -235,7 +238,13 @@ export function buildApp({
 
   // Probes, metrics, the contract and the demo are public. Mounted after the /status routes, which
   // then match without walking these layers first (the single-heartbeat path is the hot one).
-  app.use(opsRoutes({ db, registry: config.METRICS_PORT === undefined ? registry : undefined }));
+  app.use(
+    opsRoutes({
+      db,
+      nodes: databaseNodes,
+      registry: config.METRICS_PORT === undefined ? registry : undefined,
+    }),
+  );
   app.get('/openapi.json', (_req, res) => {
     res.json(openApiDocument);
   });

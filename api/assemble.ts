@@ -31,6 +31,7 @@ import { SettingsMissingError } from '../lib/store/pulse-store.ts';
 import { createOfflineDetection } from '../lib/presence/group-detectors.ts';
 import { createDetectorMetrics } from '../lib/presence/detector-metrics.ts';
 import { openChangeLog } from '../lib/store/node-change-log.ts';
+import { firstNodeUrl } from '../lib/infra/database-url.ts';
 import { LogPresenceFeed } from './stream/log-feed.ts';
 import { DeferredOffline } from './write/deferred-offline.ts';
 import type { CitusNode } from '../lib/citus/citus-node.ts';
@@ -75,14 +76,16 @@ export function assembleApi(
     DEFAULT_ONLINE_THRESHOLD_SECONDS;
   // Read by the feed and the detector; on Citus node by node, over connections of its own.
   const changeLog = openChangeLog(database, options.citusNode ?? 'plain', {
-    connectionString: config.DATABASE_URL,
+    // One node's URL: the others are found in pg_dist_node (DATABASE_URL may list several).
+    connectionString: firstNodeUrl(config.DATABASE_URL),
     logger,
     statementTimeoutMs: DEFAULT_STATEMENT_TIMEOUT_MS,
   });
-  const registry = createRegistry(database.pool);
+  const registry = createRegistry(database.connections);
   const metrics = createApiMetrics(registry);
-  // One per process: caches where Citus keeps each user (nothing to do on plain PostgreSQL).
-  const shardRouter = new ShardRouter(database.db);
+  // One per process: caches where Citus keeps each user, and which node holds them when
+  // DATABASE_URL lists several (nothing to do on plain PostgreSQL).
+  const shardRouter = new ShardRouter(database.db, 'pulse', undefined, database.nodes);
   const heartbeats: HeartbeatWriter = config.HEARTBEAT_GROUP_COMMIT
     ? new GroupCommitHeartbeatWriter(
         database.db,
@@ -187,6 +190,7 @@ export function assembleApi(
   const app = buildApp({
     onlineThreshold: threshold,
     db: database.db,
+    databaseNodes: database.nodes,
     heartbeats,
     deferredOffline,
     settingsMissingLog,

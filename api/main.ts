@@ -1,5 +1,5 @@
 import { loadApiConfig } from '../lib/infra/config.ts';
-import { DEFAULT_STATEMENT_TIMEOUT_MS, openDatabase } from '../lib/infra/db.ts';
+import { DEFAULT_STATEMENT_TIMEOUT_MS, openDatabaseNodes } from '../lib/infra/db.ts';
 import { runMain } from '../lib/infra/entry.ts';
 import { checkStatementTimeout } from '../lib/infra/statement-timeout.ts';
 import { createProcessLogger } from '../lib/infra/logger.ts';
@@ -22,7 +22,8 @@ runMain(async () => {
   const shutdown = new GracefulShutdown(logger, config.SHUTDOWN_TIMEOUT_SECONDS);
   shutdown.listen();
 
-  const database = openDatabase({
+  // A pool per node when DATABASE_URL lists several Citus nodes (docs/citus.md).
+  const database = openDatabaseNodes({
     connectionString: config.DATABASE_URL,
     poolMax: config.PG_POOL_MAX,
     applicationName: 'pulse-api',
@@ -45,6 +46,7 @@ runMain(async () => {
   if (config.METRICS_PORT !== undefined) {
     const ops = await startOpsServer({
       db: database.db,
+      nodes: database.nodes,
       registry,
       host: config.METRICS_HOST,
       port: config.METRICS_PORT,

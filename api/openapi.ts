@@ -387,7 +387,23 @@ export const openApiDocument = {
             content: json({
               type: 'object',
               required: ['status'],
-              properties: { status: { const: 'ready' } },
+              properties: {
+                status: { const: 'ready' },
+                nodes: {
+                  description:
+                    'Only when DATABASE_URL lists several Citus nodes: each node (`host:port`) and its readiness. The API is ready while at least one node is.',
+                  type: 'array',
+                  items: {
+                    type: 'object',
+                    required: ['node', 'status'],
+                    properties: {
+                      node: { type: 'string' },
+                      status: { enum: ['ready', 'not_ready'] },
+                      reason: { type: 'string' },
+                    },
+                  },
+                },
+              },
             }),
           },
           '431': headersTooLarge,

@@ -78,6 +78,8 @@ export function streamConstants(figures: StreamFigures): {
 /** Citus figures from the Citus benchmark (issue 15), when it has written them. */
 export interface CitusFigures {
   machine: { label: string };
+  /** Where the API's statements went when these were measured ('workers': a pool per worker). */
+  apiConnectedTo?: 'coordinator' | 'workers';
   /** Coordinator CPU per heartbeat (µs), by write path. */
   coordinatorCpuUsPerHeartbeat: { groupCommit: number; gatewayBatch: number };
   /** Worker CPU per heartbeat (µs), summed over the workers, by write path. */
@@ -370,7 +372,10 @@ export function capacity(
       machine: citus.machine.label,
       lines: [
         {
-          quantity: 'Citus coordinator cores',
+          quantity:
+            citus.apiConnectedTo === 'workers'
+              ? 'Citus coordinator cores (API on the workers)'
+              : 'Citus coordinator cores',
           value: coordinator / utilisation,
           unit: 'cores',
           formula: 'heartbeats/s × coordinator µs / 1e6 / utilisation',

@@ -1,11 +1,22 @@
 /**
- * npm run bench:citus: the same API on plain PostgreSQL and on Citus, side by side in one run, and
- * the database CPU each spends per heartbeat, split into coordinator and workers on Citus. Writes
- * bench/results/citus.json, which `npm run capacity` reads (docs/capacity.md).
+ * npm run bench:citus: the same API on plain PostgreSQL, on Citus through the coordinator, and on
+ * Citus with a pool per worker (DATABASE_URL listing the workers, docs/citus.md), side by side in
+ * one run (each scenario runs on the three in turn), and the database CPU each spends per
+ * heartbeat, split into coordinator and workers on Citus. Then, with the API on the workers, the
+ * last worker is stopped under single-heartbeat load: how many heartbeats of users on the other
+ * worker are still accepted, and whether any answer is a 500. Writes bench/results/citus.json,
+ * which `npm run capacity` reads (docs/capacity.md).
  *
- *   CITUS_URL=postgres://postgres@127.0.0.1:55431/pulse_citus \
- *   DATABASE_URL=postgres://postgres@127.0.0.1:55434/postgres \
+ *   CITUS_URL=postgres://postgres@127.0.0.1:9700/pulse_citus \
+ *   DATABASE_URL=postgres://postgres@127.0.0.1:5432/postgres \
+ *   BENCH_WORKER_STOP='su postgres -c "pg_ctl -D /data/{port} -w stop -m fast"' \
+ *   BENCH_WORKER_START='su postgres -c "pg_ctl -D /data/{port} -l /data/{port}.log -w start"' \
  *   BENCH_ROWS=1000000 BENCH_DURATION_SECONDS=10 npm run bench:citus
+ *
+ * BENCH_WORKER_STOP and BENCH_WORKER_START: shell commands that stop and start the worker whose
+ * port replaces `{port}`; unset, the worker-down scenario is skipped (and says so in the JSON).
+ * BENCH_WORKERS_OPTIONS: server settings added to the API's connections to the workers, e.g.
+ * `-c citus.enable_local_execution=off` (docs/citus.md, "Measured").
  *
  * CITUS_URL: a database on a Citus coordinator with the `citus` extension and its workers added
  * (docs/citus.md); DATABASE_URL: a plain PostgreSQL server, ideally from the same binaries and
@@ -13,9 +24,11 @@
  * each server (postmaster and all its children: backends, WAL writer, checkpointer, Citus
  * daemons), so it includes commit and WAL work that pg_stat_statements does not count.
  */
+import { exec } from 'node:child_process';
 import { readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import { promisify } from 'node:util';
 import { fileURLToPath } from 'node:url';
 import pg from 'pg';
 import { processCpuSeconds } from './process-cpu.ts';
@@ -25,6 +38,7 @@ import {
   prepare,
   randomUserId,
   runLoad,
+  sleep,
   startApi,
   type BenchDatabase,
   type BenchRequest,
@@ -105,6 +119,8 @@ interface Server {
   role: 'plain' | 'coordinator' | 'worker';
   name: string;
   postmasterPid: number;
+  host: string;
+  port: number;
 }
 
 async function serversOf(kind: 'plain' | 'citus', url: string): Promise<Server[]> {
@@ -112,12 +128,14 @@ async function serversOf(kind: 'plain' | 'citus', url: string): Promise<Server[]
     role: kind === 'plain' ? 'plain' : 'coordinator',
     name: new URL(url).port,
     postmasterPid: await postmasterOf(url),
+    host: new URL(url).hostname,
+    port: Number(new URL(url).port || 5432),
   };
   if (kind === 'plain') return [own];
   const client = new pg.Client({ connectionString: url });
   await client.connect();
   try {
-    const { rows: workers } = await client.query<{ node_name: string; node_port: number }>(
+    const { rows: workers } = await client.query<{ node_name: string; node_port: string }>(
       'SELECT node_name, node_port FROM citus_get_active_worker_nodes() ORDER BY node_port',
     );
     const servers = [own];
@@ -129,6 +147,8 @@ async function serversOf(kind: 'plain' | 'citus', url: string): Promise<Server[]
         role: 'worker',
         name: String(worker.node_port),
         postmasterPid: await postmasterOf(workerUrl.toString()),
+        host: worker.node_name,
+        port: Number(worker.node_port),
       });
     }
     return servers;
@@ -181,8 +201,8 @@ interface Measured {
   cpuUsPerId: Record<string, number>;
 }
 
-async function measure(db: BenchDatabase, servers: Server[], scenario: Scenario) {
-  const api = await startApi(db.url, { BATCH_MAX_IDS: String(ID_LIST) });
+async function measure(apiDatabaseUrl: string, servers: Server[], scenario: Scenario) {
+  const api = await startApi(apiDatabaseUrl, { BATCH_MAX_IDS: String(ID_LIST) });
   try {
     const base = { url: api.url, requests: scenario.requests, connections: scenario.connections };
     await runLoad({ ...base, durationSeconds: WARM_UP_SECONDS });
@@ -201,21 +221,181 @@ async function measure(db: BenchDatabase, servers: Server[], scenario: Scenario)
   }
 }
 
+/** `url` (one host) naming every given node instead, in libpq's multi-host form (DATABASE_URL). */
+function onNodes(url: string, nodes: readonly Server[]): string {
+  const parsed = new URL(url);
+  const auth = parsed.password ? `${parsed.username}:${parsed.password}` : parsed.username;
+  const hosts = nodes.map((n) => `${n.host}:${n.port}`).join(',');
+  return `${parsed.protocol}//${auth}@${hosts}${parsed.pathname}${parsed.search}`;
+}
+
+/** `url` with `extra` appended to its `options` parameter. */
+function withOptions(url: string, extra: string | undefined): string {
+  if (!extra) return url;
+  const parsed = new URL(url);
+  const options = parsed.searchParams.get('options');
+  parsed.searchParams.set('options', options ? `${options} ${extra}` : extra);
+  return parsed.toString();
+}
+
+const run = promisify(exec);
+
+/** Connects to `url` until it answers (a worker starting again), at most `seconds`. */
+async function waitForServer(url: string, seconds: number): Promise<void> {
+  const until = Date.now() + seconds * 1000;
+  for (;;) {
+    const client = new pg.Client({ connectionString: url });
+    try {
+      await client.connect();
+      await client.query('SELECT 1');
+      return;
+    } catch (error) {
+      if (Date.now() > until) throw error;
+      await sleep(200);
+    } finally {
+      await client.end().catch(() => undefined);
+    }
+  }
+}
+
+interface Tally {
+  sent: number;
+  accepted: number;
+  status503: number;
+  status500: number;
+  otherStatus: number;
+  failed: number;
+}
+
+const tally = (): Tally => ({
+  sent: 0,
+  accepted: 0,
+  status503: 0,
+  status500: 0,
+  otherStatus: 0,
+  failed: 0,
+});
+
+/**
+ * With the API on the workers, single heartbeats of users on each worker (`connections` loops,
+ * users at random), the last worker stopped under that load and started again afterwards.
+ */
+async function workerDown(
+  db: BenchDatabase,
+  workersUrl: string,
+  workers: Server[],
+  commands: { stop: string; start: string },
+) {
+  const victim = workers[workers.length - 1]!;
+  const sampleIds = Array.from({ length: 20_000 }, () => randomUserId(rows));
+  const { rows: placed } = await db.query<{ id: string; port: number }>(
+    `SELECT id::text, n.nodeport AS port FROM unnest($1::bigint[]) id
+     JOIN pg_dist_placement pl ON pl.shardid = get_shard_id_for_distribution_column('pulse', id)
+     JOIN pg_dist_node n ON n.groupid = pl.groupid`,
+    [sampleIds],
+  );
+  const users = placed.map((r) => ({ id: Number(r.id), healthy: r.port !== victim.port }));
+  const api = await startApi(workersUrl, { BATCH_MAX_IDS: String(ID_LIST) });
+  const phases = { before: { healthy: tally(), victim: tally() } };
+  let down = { healthy: tally(), victim: tally() };
+  let current = phases.before;
+  let stopping = false;
+  const loop = async () => {
+    while (!stopping) {
+      const user = users[Math.floor(Math.random() * users.length)]!;
+      const counts = user.healthy ? current.healthy : current.victim;
+      counts.sent += 1;
+      try {
+        const response = await fetch(`${api.url}/status/update`, {
+          method: 'POST',
+          headers: { 'content-type': 'application/json' },
+          body: JSON.stringify({ user_id: user.id }),
+        });
+        await response.arrayBuffer();
+        if (response.status === 200) counts.accepted += 1;
+        else if (response.status === 503) counts.status503 += 1;
+        else if (response.status === 500) counts.status500 += 1;
+        else counts.otherStatus += 1;
+      } catch {
+        counts.failed += 1;
+      }
+    }
+  };
+  const victimUrl = new URL(workersUrl.replace(/@[^/]*\//, `@${victim.host}:${victim.port}/`));
+  let stoppedAfterMs = NaN;
+  let restartedAfterMs = NaN;
+  try {
+    const loops = Array.from({ length: 32 }, () => loop());
+    await sleep(WARM_UP_SECONDS * 1000);
+    phases.before = { healthy: tally(), victim: tally() };
+    current = phases.before;
+    await sleep(5_000);
+    down = { healthy: tally(), victim: tally() };
+    current = down;
+    const stopAt = performance.now();
+    console.error(`bench:citus: stopping the worker on :${victim.port} under load`);
+    await run(commands.stop.replaceAll('{port}', String(victim.port)));
+    stoppedAfterMs = Math.round(performance.now() - stopAt);
+    await sleep(durationSeconds * 1000);
+    stopping = true;
+    await Promise.all(loops);
+  } finally {
+    stopping = true;
+    await api.stop();
+    const startAt = performance.now();
+    await run(commands.start.replaceAll('{port}', String(victim.port)));
+    await waitForServer(victimUrl.toString(), 60);
+    restartedAfterMs = Math.round(performance.now() - startAt);
+  }
+  const ratio = (t: Tally) => round(t.accepted / Math.max(1, t.sent), 3);
+  const all = [phases.before.healthy, phases.before.victim, down.healthy, down.victim];
+  return {
+    stoppedWorker: `:${victim.port}`,
+    command: 'BENCH_WORKER_STOP under load, BENCH_WORKER_START afterwards',
+    stopCommandMs: stoppedAfterMs,
+    restartMs: restartedAfterMs,
+    windowSeconds: durationSeconds,
+    before: { healthyAcceptedShare: ratio(phases.before.healthy), ...phases.before },
+    down: {
+      healthyAcceptedShare: ratio(down.healthy),
+      healthyAcceptedPerSecond: round(down.healthy.accepted / durationSeconds),
+      healthyAcceptedPerSecondBefore: round(phases.before.healthy.accepted / 5),
+      ...down,
+    },
+    responses500: all.reduce((n, t) => n + t.status500, 0),
+  };
+}
+const round = (n: number, digits = 1) => Math.round(n * 10 ** digits) / 10 ** digits;
 const started = Date.now();
 console.error(
-  `bench:citus: ${rows} rows, ${scenarios.length} scenarios x ${durationSeconds + WARM_UP_SECONDS} s on each of plain and Citus, plus filling: a few minutes`,
+  `bench:citus: ${rows} rows, ${scenarios.length} scenarios x ${durationSeconds + WARM_UP_SECONDS} s on each of plain, Citus through the coordinator and Citus through the workers, a worker stopped, plus filling: several minutes`,
 );
-const results: Record<'plain' | 'citus', Record<string, Measured>> = { plain: {}, citus: {} };
+type Kind = 'plain' | 'coordinator' | 'workers';
+const results: Record<Kind, Record<string, Measured>> = { plain: {}, coordinator: {}, workers: {} };
 const describe: Record<string, unknown> = {};
-for (const [kind, url] of [
-  ['plain', plainUrl],
-  ['citus', citusUrl],
-] as const) {
-  const db = await openBenchDatabase('pulse_bench_citus', url);
-  try {
+const plainDb = await openBenchDatabase('pulse_bench_citus', plainUrl);
+const citusDb = await openBenchDatabase('pulse_bench_citus', citusUrl);
+let workerDownResult: Awaited<ReturnType<typeof workerDown>> | { skipped: string };
+try {
+  const servers: Record<'plain' | 'citus', Server[]> = {
+    plain: await serversOf('plain', plainUrl),
+    citus: await serversOf('citus', citusUrl),
+  };
+  const workers = servers.citus.filter((s) => s.role === 'worker');
+  // BENCH_WORKERS_OPTIONS: server settings for the API's pools on the workers (`-c name=value`).
+  const workersOptions = process.env.BENCH_WORKERS_OPTIONS;
+  const workersUrl = onNodes(withOptions(citusDb.url, workersOptions), workers);
+  const apiUrl: Record<Kind, string> = {
+    plain: plainDb.url,
+    coordinator: citusDb.url,
+    workers: workersUrl,
+  };
+  for (const [kind, db] of [
+    ['plain', plainDb],
+    ['citus', citusDb],
+  ] as const) {
     console.error(`bench:citus: ${kind}, filling ${rows} rows`);
     await fillTable(db, rows);
-    const servers = await serversOf(kind, url);
     const { rows: info } = await db.query<{
       version: string;
       citus: string | null;
@@ -231,18 +411,28 @@ for (const [kind, url] of [
               current_setting('synchronous_commit') AS synchronous_commit,
               current_setting('shared_buffers') AS shared_buffers`,
     );
-    describe[kind] = { ...info[0], servers: servers.map((s) => `${s.role} :${s.name}`) };
-    for (const scenario of scenarios) {
-      console.error(`bench:citus: ${kind}, ${scenario.name}`);
-      results[kind][scenario.name] = await measure(db, servers, scenario);
-    }
-  } finally {
-    await db.close();
+    describe[kind] = { ...info[0], servers: servers[kind].map((s) => `${s.role} :${s.name}`) };
   }
+  // Each scenario on the three in turn: the ratios compare runs seconds apart.
+  for (const scenario of scenarios) {
+    for (const kind of ['plain', 'coordinator', 'workers'] as const) {
+      console.error(`bench:citus: ${scenario.name}, ${kind}`);
+      const watched = kind === 'plain' ? servers.plain : servers.citus;
+      results[kind][scenario.name] = await measure(apiUrl[kind], watched, scenario);
+    }
+  }
+  const stop = process.env.BENCH_WORKER_STOP;
+  const start = process.env.BENCH_WORKER_START;
+  workerDownResult =
+    stop && start && workers.length >= 2
+      ? await workerDown(citusDb, workersUrl, workers, { stop, start })
+      : { skipped: 'BENCH_WORKER_STOP and BENCH_WORKER_START unset, or fewer than two workers' };
+} finally {
+  await plainDb.close();
+  await citusDb.close();
 }
 
-const round = (n: number, digits = 1) => Math.round(n * 10 ** digits) / 10 ** digits;
-const { plain, citus } = results;
+const { plain, coordinator, workers } = results;
 const perScenario = (r: Record<string, Measured>) =>
   Object.fromEntries(
     Object.entries(r).map(([name, m]) => [
@@ -259,9 +449,65 @@ const perScenario = (r: Record<string, Measured>) =>
       },
     ]),
   );
-const cpu = (scenario: string, role: string) => round(citus[scenario]!.cpuUsPerId[role] ?? NaN);
+const cpu = (of: Record<string, Measured>, scenario: string, role: string) =>
+  round(of[scenario]!.cpuUsPerId[role] ?? NaN);
+const cpuPerHeartbeat = (of: Record<string, Measured>, role: string) => ({
+  groupCommit: cpu(of, 'single', role),
+  gatewayBatch: cpu(of, 'gateway', role),
+});
+const ratio = (a: number, b: number) => round(a / b, 2);
+const overPlain = (of: Record<string, Measured>) => ({
+  batchP50: ratio(of.batch!.load.p50, plain.batch!.load.p50),
+  batchP99: ratio(of.batch!.load.p99, plain.batch!.load.p99),
+  gatewayThroughput: ratio(
+    of.gateway!.load.requestsPerSecond,
+    plain.gateway!.load.requestsPerSecond,
+  ),
+  singleThroughput: ratio(of.single!.load.requestsPerSecond, plain.single!.load.requestsPerSecond),
+});
+const coordinatorShare = round(
+  (workers.single!.cpuUsPerId.coordinator ?? NaN) /
+    (coordinator.single!.cpuUsPerId.coordinator ?? NaN),
+  3,
+);
+const singleOverCoordinator = ratio(
+  workers.single!.load.requestsPerSecond,
+  coordinator.single!.load.requestsPerSecond,
+);
+const workersOverPlain = overPlain(workers);
+const targets = {
+  coordinatorCpuPerSingleHeartbeat: {
+    target:
+      'API on the workers: at most 0.10 of the coordinator CPU per single heartbeat spent with the API on the coordinator',
+    value: coordinatorShare,
+    met: coordinatorShare <= 0.1,
+  },
+  singleThroughputWorkersOverCoordinator: {
+    target: 'API on the workers: single heartbeats/s at least those through the coordinator',
+    value: singleOverCoordinator,
+    met: singleOverCoordinator >= 1,
+  },
+  workerDown:
+    'skipped' in workerDownResult
+      ? { target: 'one of two workers stopped', skipped: workerDownResult.skipped }
+      : {
+          target:
+            'one of two workers stopped under load: at least 0.90 of single heartbeats of users on the other worker accepted, no 500',
+          healthyAcceptedShare: workerDownResult.down.healthyAcceptedShare,
+          responses500: workerDownResult.responses500,
+          met:
+            workerDownResult.down.healthyAcceptedShare >= 0.9 &&
+            workerDownResult.responses500 === 0,
+        },
+  batchReadOverPlain: {
+    target: 'API on the workers: POST /status/batch p50 and p99 within 1.5x of plain PostgreSQL',
+    p50: workersOverPlain.batchP50,
+    p99: workersOverPlain.batchP99,
+    met: workersOverPlain.batchP50 <= 1.5 && workersOverPlain.batchP99 <= 1.5,
+  },
+};
 const result = {
-  schema: 1,
+  schema: 2,
   command: 'npm run bench:citus',
   measuredAt: new Date().toISOString(),
   durationSeconds: Math.round((Date.now() - started) / 1000),
@@ -275,37 +521,32 @@ const result = {
   runSecondsPerScenario: durationSeconds,
   /** API settings given to this run through the environment (defaults otherwise). */
   apiEnvironment: Object.fromEntries(
-    Object.entries(process.env).filter(([name]) => name.startsWith('HEARTBEAT_')),
+    Object.entries(process.env).filter(
+      ([name]) =>
+        name.startsWith('HEARTBEAT_') || name === 'PG_POOL_MAX' || name === 'BENCH_WORKERS_OPTIONS',
+    ),
   ),
   servers: describe,
-  /** Database CPU per heartbeat (µs), what `npm run capacity` reads. */
-  coordinatorCpuUsPerHeartbeat: {
-    groupCommit: cpu('single', 'coordinator'),
-    gatewayBatch: cpu('gateway', 'coordinator'),
+  /** What `npm run capacity` reads: the API connected to the workers (a pool per worker). */
+  apiConnectedTo: 'workers',
+  /** Database CPU per heartbeat (µs), the API on the workers. */
+  coordinatorCpuUsPerHeartbeat: cpuPerHeartbeat(workers, 'coordinator'),
+  workerCpuUsPerHeartbeat: cpuPerHeartbeat(workers, 'workers'),
+  /** The same with the API connected to the coordinator only. */
+  throughCoordinator: {
+    coordinatorCpuUsPerHeartbeat: cpuPerHeartbeat(coordinator, 'coordinator'),
+    workerCpuUsPerHeartbeat: cpuPerHeartbeat(coordinator, 'workers'),
   },
-  workerCpuUsPerHeartbeat: {
-    groupCommit: cpu('single', 'workers'),
-    gatewayBatch: cpu('gateway', 'workers'),
-  },
-  plainCpuUsPerHeartbeat: {
-    groupCommit: round(plain.single!.cpuUsPerId.plain ?? NaN),
-    gatewayBatch: round(plain.gateway!.cpuUsPerId.plain ?? NaN),
-  },
-  citusOverPlain: {
-    batchP50: round(citus.batch!.load.p50 / plain.batch!.load.p50, 2),
-    batchP99: round(citus.batch!.load.p99 / plain.batch!.load.p99, 2),
-    gatewayThroughput: round(
-      citus.gateway!.load.requestsPerSecond / plain.gateway!.load.requestsPerSecond,
-      2,
-    ),
-    singleThroughput: round(
-      citus.single!.load.requestsPerSecond / plain.single!.load.requestsPerSecond,
-      2,
-    ),
-  },
+  plainCpuUsPerHeartbeat: cpuPerHeartbeat(plain, 'plain'),
+  targets,
+  /** Citus with the API on the workers over plain PostgreSQL. */
+  citusOverPlain: workersOverPlain,
+  coordinatorOverPlain: overPlain(coordinator),
   plain: perScenario(plain),
-  citus: perScenario(citus),
+  coordinator: perScenario(coordinator),
+  workers: perScenario(workers),
+  workerDown: workerDownResult,
 };
 writeFileSync(output, `${JSON.stringify(result, null, 2)}\n`);
-console.log(JSON.stringify({ citusOverPlain: result.citusOverPlain }, null, 2));
+console.log(JSON.stringify({ targets, citusOverPlain: result.citusOverPlain }, null, 2));
 console.log(`wrote ${path.relative(process.cwd(), output)}`);

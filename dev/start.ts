@@ -15,6 +15,7 @@ import { migrateToLatest } from '../lib/store/migrator.ts';
 import { updatePresenceSettings } from '../lib/store/pulse-store.ts';
 import { redactConnectionString } from '../lib/infra/redact.ts';
 import { Supervisor } from './supervisor.ts';
+import { firstNodeUrl } from '../lib/infra/database-url.ts';
 
 function startChild(
   script: string,
@@ -67,7 +68,8 @@ runMain(async () => {
     const config = loadApiConfig(env);
 
     const database = openDatabase({
-      connectionString: databaseUrl,
+      // Several Citus nodes listed: migrations go to the first, as npm run migrate does.
+      connectionString: firstNodeUrl(databaseUrl),
       poolMax: 1,
       applicationName: 'pulse-start',
       logger: createLogger('pulse-start', config.LOG_LEVEL),

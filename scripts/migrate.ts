@@ -21,6 +21,7 @@ import {
   setPulseTableUnlogged,
   updatePresenceSettings,
 } from '../lib/store/pulse-store.ts';
+import { firstNodeUrl } from '../lib/infra/database-url.ts';
 
 runMain(async () => {
   const { positionals } = parseArgs({ allowPositionals: true });
@@ -31,7 +32,8 @@ runMain(async () => {
   const config = loadMigrateConfig(process.env);
   const logger = createProcessLogger('pulse-migrate', config.LOG_LEVEL, config.LOG_FORMAT);
   const database = openDatabase({
-    connectionString: config.DATABASE_URL,
+    // DATABASE_URL may list several Citus nodes: this process uses the first (docs/citus.md).
+    connectionString: firstNodeUrl(config.DATABASE_URL),
     poolMax: 2,
     applicationName: 'pulse-migrate',
     logger,

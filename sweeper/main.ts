@@ -20,6 +20,7 @@ import { createDetectorMetrics } from '../lib/presence/detector-metrics.ts';
 import { EventRetention } from '../lib/presence/event-retention.ts';
 import { openChangeLog } from '../lib/store/node-change-log.ts';
 import { ShardRouter } from '../lib/citus/shard-routing.ts';
+import { firstNodeUrl } from '../lib/infra/database-url.ts';
 
 /**
  * npm run sweeper              sweep on SWEEP_SCHEDULE until SIGTERM/SIGINT
@@ -37,7 +38,8 @@ runMain(async () => {
     batchPauseMs: config.SWEEP_BATCH_PAUSE_MS,
   };
   const database = openDatabase({
-    connectionString: config.DATABASE_URL,
+    // DATABASE_URL may list several Citus nodes: this process uses the first (docs/citus.md).
+    connectionString: firstNodeUrl(config.DATABASE_URL),
     poolMax: config.PG_POOL_MAX,
     applicationName: 'pulse-sweeper',
     logger,
@@ -101,7 +103,7 @@ runMain(async () => {
   if (config.OFFLINE_DETECTOR) {
     const detectorMetrics = createDetectorMetrics(registry);
     const changeLog = openChangeLog(database, citusNode, {
-      connectionString: config.DATABASE_URL,
+      connectionString: firstNodeUrl(config.DATABASE_URL),
       logger,
       statementTimeoutMs: DEFAULT_STATEMENT_TIMEOUT_MS,
     });

@@ -11,7 +11,7 @@ import { spawn } from 'node:child_process';
 import { expect } from 'chai';
 import { sql } from 'kysely';
 import { USER_KEYED_TABLES } from '../lib/citus/citus-layout.ts';
-import { openDatabase, type DatabaseHandle } from '../lib/infra/db.ts';
+import { openDatabase, openDatabaseNodes, type DatabaseHandle } from '../lib/infra/db.ts';
 import { migrateToLatest } from '../lib/store/migrator.ts';
 import {
   findOnlineUserIds,
@@ -164,6 +164,49 @@ function onNode(url: string, node: { host: string; port: number }): string {
   parsed.port = String(node.port);
   return parsed.toString();
 }
+
+/** `url` naming several nodes in libpq's multi-host form, as DATABASE_URL may. */
+function onNodes(url: string, nodes: ReadonlyArray<{ host: string; port: number }>): string {
+  const parsed = new URL(url);
+  const hosts = nodes.map((node) => `${node.host}:${node.port}`).join(',');
+  return `${parsed.protocol}//${parsed.username}@${hosts}${parsed.pathname}${parsed.search}`;
+}
+
+/** The API's database on several nodes: a pool per node (lib/infra/db.ts). */
+function openOnNodes(url: string, applicationName: string): DatabaseHandle & { url: string } {
+  return {
+    ...openDatabaseNodes({
+      connectionString: url,
+      poolMax: 8,
+      applicationName,
+      logger: silentLogger,
+    }),
+    url,
+  };
+}
+
+/** Points Citus's own connections to `worker` at `proxy` (on every node) and waits until synced. */
+async function throughProxy(
+  db: CitusSchema,
+  worker: WorkerNode,
+  proxy: { host: string; port: number },
+): Promise<void> {
+  await db.query(`SELECT citus_update_node(${worker.nodeId}, '${proxy.host}', ${proxy.port})`);
+  await waitForMetadataSync(db);
+}
+
+/** Undoes throughProxy. */
+async function direct(db: CitusSchema, worker: WorkerNode): Promise<void> {
+  await adminQuery(
+    citusUrl!,
+    `SELECT citus_update_node(${worker.nodeId}, '${worker.host}', ${worker.port})`,
+  );
+  // The workers learn the address back from the maintenance daemon: wait for it, as DDL (the
+  // schema's DROP) needs every node in sync.
+  await waitForMetadataSync(db);
+}
+
+const asUsers = (ids: readonly number[]) => ids.map((id) => ({ user_id: id }));
 
 function openOn(url: string, applicationName: string): DatabaseHandle & { url: string } {
   return {
@@ -321,6 +364,30 @@ async function userIds(db: CitusSchema): Promise<number[]> {
         expect((await migrate(db.url)).out).to.match(
           /distributed by user_id: pulse_last_seen, pulse_privacy/,
         );
+        expect(await checkReadiness(db.db)).to.deep.equal({ ready: true });
+      });
+
+      it('put pulse, undistributed alone, back with its companions, whatever shard count is in force', async () => {
+        await migrateToLatest(db.db);
+        await db.query(`SELECT undistribute_table('pulse')`);
+        expect(await checkReadiness(db.db)).to.deep.include({ ready: false });
+        // Another shard count in force now: the database's default group would be another one.
+        const other = db.shardCount * 2;
+        const withCount = new URL(db.url);
+        withCount.searchParams.set(
+          'options',
+          `${withCount.searchParams.get('options')} -c citus.shard_count=${other}`,
+        );
+        const run = await migrate(withCount.toString());
+        expect(run.out).to.match(/distributed by user_id: pulse$/m);
+        const placed = await layout(db);
+        const pulse = placed.find((t) => t.table === 'pulse');
+        expect(pulse).to.include({ method: 'h', shards: db.shardCount });
+        for (const table of ['pulse_last_seen', 'pulse_events', 'pulse_privacy']) {
+          expect(placed.find((t) => t.table === table)?.colocation, table).to.equal(
+            pulse?.colocation,
+          );
+        }
         expect(await checkReadiness(db.db)).to.deep.equal({ ready: true });
       });
 
@@ -565,6 +632,62 @@ async function userIds(db: CitusSchema): Promise<number[]> {
         }
       });
 
+      it('with a pool per worker, sends each shard statement to the node holding the shard', async () => {
+        const [one, two] = await workers(db);
+        const handle = openOnNodes(onNodes(db.url, [one!, two!]), 'pulse-test-nodes');
+        // Citus's own connections to worker two go through a proxy, which then refuses them: only
+        // the API's direct pool to worker two can still write its shards (run locally there).
+        const proxy = await startTcpProxy({ targetHost: two!.host, targetPort: two!.port });
+        let app: TestApp | undefined;
+        try {
+          expect(handle.nodes.map((n) => n.name)).to.deep.equal([
+            `${one!.host}:${one!.port}`,
+            `${two!.host}:${two!.port}`,
+          ]);
+          const candidates = Array.from({ length: 400 }, (_, i) => i + 1);
+          const onOne = await idsOnWorker(db, candidates, one!);
+          const onTwo = await idsOnWorker(db, candidates, two!);
+          const router = new ShardRouter(handle.db, 'pulse', undefined, handle.nodes);
+          for (const group of (await router.group(candidates)) ?? []) {
+            const holder = onOne.includes(group[0]!) ? handle.nodes[0] : handle.nodes[1];
+            expect(router.executorFor(group)).to.equal(holder!.db);
+            expect(router.executorFor(group, 'read')).to.equal(holder!.readDb);
+          }
+
+          await throughProxy(db, two!, proxy);
+          proxy.refuse();
+          proxy.dropConnections();
+          app = await startTestApp(handle);
+          const a = app;
+          const users = [...onOne.slice(0, 20), ...onTwo.slice(0, 20)];
+          const singles = await Promise.all(
+            users.map((id) => a.post('/status/update', { user_id: id })),
+          );
+          expect(singles.map((r) => r.status)).to.deep.equal(Array(40).fill(200));
+          const gateway = await app.post('/status/update', asUsers(users));
+          expect(gateway.status, await gateway.text()).to.equal(200);
+          // Reads go through Citus's executor (the read pool turns local execution off): users on
+          // worker one are read; reading worker two would need Citus's connection to it, cut here.
+          const batch = await app.post('/status/batch', asUsers(onOne.slice(0, 20)));
+          expect(batch.status, 'batch read').to.equal(200);
+          const answers = (await batch.json()) as Array<{ is_online: boolean }>;
+          expect(answers.map((s) => s.is_online)).to.deep.equal(Array(20).fill(true));
+          expect((await app.get(`/status/${onTwo[0]}`)).status).to.equal(503);
+          // Through the coordinator, even a write needs Citus's connection to worker two.
+          const viaCoordinator = await recordHeartbeats(db.db, [onTwo[0]!]).then(
+            () => 'answered',
+            (error: Error) => error.message,
+          );
+          expect(viaCoordinator).to.match(/connection|remote node/);
+        } finally {
+          proxy.accept();
+          await app?.close();
+          await handle.close();
+          await direct(db, two!);
+          await proxy.close();
+        }
+      });
+
       it('sweeps through a worker while a sweeper on the coordinator competes: each expired row once', async () => {
         await sql`INSERT INTO pulse (user_id, last_hb)
           SELECT i, CASE WHEN i % 2 = 1 THEN now() - interval '2 minutes' ELSE now() END
@@ -651,8 +774,14 @@ async function userIds(db: CitusSchema): Promise<number[]> {
           ]);
           expect(gatewayMixed.status).to.equal(503);
 
-          // Reads of users on the healthy worker still fail while a worker is down (the status
-          // read reaches every shard on Citus; see docs/citus.md): not covered yet.
+          // Reads of users on the healthy worker are answered; of the others, 503.
+          const readUp = await app.post('/status/batch', asUsers(up.slice(0, 50)));
+          expect(readUp.status, await readUp.clone().text()).to.equal(200);
+          expect(((await readUp.json()) as unknown[]).length).to.equal(50);
+          expect((await app.get(`/status/${up[0]}`)).status).to.equal(200);
+          const readDown = await app.post('/status/batch', asUsers(down.slice(0, 5)));
+          expect(readDown.status).to.equal(503);
+          expect((await app.get(`/status/${down[0]}`)).status).to.equal(503);
         } finally {
           proxy.accept();
           await adminQuery(
@@ -663,6 +792,80 @@ async function userIds(db: CitusSchema): Promise<number[]> {
           // (the schema's DROP) needs every node in sync.
           await waitForMetadataSync(db);
           await app?.close();
+          await proxy.close();
+        }
+      });
+
+      it('with a pool per worker: users on the healthy worker are written and read, the others get 503, readiness names the node', async () => {
+        const [healthy, victim] = await workers(db);
+        const proxy = await startTcpProxy({ targetHost: victim!.host, targetPort: victim!.port });
+        // Citus and the API both reach the victim through the proxy, as if it went down.
+        const handle = openOnNodes(
+          onNodes(db.url, [healthy!, { host: proxy.host, port: proxy.port }]),
+          'pulse-test-nodes',
+        );
+        let app: TestApp | undefined;
+        try {
+          await throughProxy(db, victim!, proxy);
+          app = await startTestApp(handle);
+          const candidates = Array.from({ length: 400 }, (_, i) => i + 1);
+          const up = await idsOnWorker(db, candidates, healthy!);
+          const down = await idsOnWorker(db, candidates, victim!);
+          for (const id of [up[0]!, down[0]!]) {
+            const before = await app.post('/status/update', { user_id: id });
+            expect(before.status, await before.text()).to.equal(200);
+          }
+          expect(await (await app.get('/readyz')).json()).to.deep.equal({
+            status: 'ready',
+            nodes: [
+              { node: `${healthy!.host}:${healthy!.port}`, status: 'ready' },
+              { node: `${proxy.host}:${proxy.port}`, status: 'ready' },
+            ],
+          });
+
+          proxy.refuse();
+          proxy.dropConnections();
+          const a = app;
+          const singles = await Promise.all(
+            [...up.slice(0, 50), ...down.slice(0, 50)].map((id) =>
+              a.post('/status/update', { user_id: id }),
+            ),
+          );
+          const statuses = singles.map((r) => r.status);
+          expect(statuses.slice(0, 50), 'users on the healthy worker').to.deep.equal(
+            Array(50).fill(200),
+          );
+          expect(statuses.slice(50), 'users on the stopped worker').to.deep.equal(
+            Array(50).fill(503),
+          );
+          expect(singles[50]!.headers.get('retry-after')).to.equal('1');
+          const gatewayUp = await app.post('/status/update', asUsers(up.slice(50, 100)));
+          expect(gatewayUp.status, await gatewayUp.text()).to.equal(200);
+          const readUp = await app.post('/status/batch', asUsers(up.slice(0, 100)));
+          expect(readUp.status, await readUp.clone().text()).to.equal(200);
+          const answers = (await readUp.json()) as Array<{ is_online: boolean }>;
+          expect(answers.map((s) => s.is_online)).to.deep.equal(Array(100).fill(true));
+          expect((await app.get(`/status/${up[1]}`)).status).to.equal(200);
+          expect((await app.get(`/status/${down[1]}`)).status).to.equal(503);
+
+          const ready = await app.get('/readyz');
+          expect(ready.status, await ready.clone().text()).to.equal(200);
+          expect(await ready.json()).to.deep.equal({
+            status: 'ready',
+            nodes: [
+              { node: `${healthy!.host}:${healthy!.port}`, status: 'ready' },
+              {
+                node: `${proxy.host}:${proxy.port}`,
+                status: 'not_ready',
+                reason: 'database unavailable',
+              },
+            ],
+          });
+        } finally {
+          proxy.accept();
+          await app?.close();
+          await handle.close();
+          await direct(db, victim!);
           await proxy.close();
         }
       });

@@ -10,6 +10,7 @@ import { WebhookFleet } from '../lib/webhooks/webhook-fleet.ts';
 import { startOpsServer } from '../http/ops-server.ts';
 import { createHttpSender } from './http-sender.ts';
 import { createWebhookMetrics } from './metrics.ts';
+import { firstNodeUrl } from '../lib/infra/database-url.ts';
 
 const DELIVERER_STATEMENT_TIMEOUT_MS = 120_000;
 
@@ -18,7 +19,8 @@ runMain(async () => {
   const config = loadWebhooksConfig(process.env);
   const logger = createProcessLogger('pulse-webhooks', config.LOG_LEVEL, config.LOG_FORMAT);
   const database = openDatabase({
-    connectionString: config.DATABASE_URL,
+    // DATABASE_URL may list several Citus nodes: this process uses the first (docs/citus.md).
+    connectionString: firstNodeUrl(config.DATABASE_URL),
     poolMax: config.PG_POOL_MAX,
     applicationName: 'pulse-webhooks',
     logger,

@@ -126,8 +126,9 @@ export class CoalescingStatusReader implements StatusReader {
   private query(lookups: Array<[number, Waiter[]]>, visibility: Visibility | undefined): void {
     this.onQuery(lookups.length);
     const waitersOf = new Map(lookups);
+    // With the router, readPresence runs each group on the node holding its shard.
     const answer = (ids: readonly number[]) =>
-      readPresence(this.db, ids, undefined, visibility).then(
+      readPresence(this.db, ids, this.shardRouter, visibility).then(
         (found) => {
           for (const id of ids)
             for (const waiter of waitersOf.get(id)!)

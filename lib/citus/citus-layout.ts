@@ -104,9 +104,15 @@ export async function findMisplacedTables(db: AnyDb): Promise<string[]> {
 export async function distributeUserKeyedTables(db: AnyDb): Promise<string[]> {
   if (!(await hasCitus(db))) return [];
   const distributed: string[] = [];
-  for (const table of await readLayout(db)) {
+  const layout = await readLayout(db);
+  // `pulse` made local again alone joins its companions still distributed (their shard count and
+  // group), not the database's default group, which may be another one.
+  const companion = layout.find(
+    (t) => t.name !== ANCHOR && t.method === 'h' && t.distributionColumn === 'user_id',
+  );
+  for (const table of layout) {
     if (table.method !== null) continue;
-    const colocateWith = table.name === ANCHOR ? 'default' : ANCHOR;
+    const colocateWith = table.name === ANCHOR ? (companion?.name ?? 'default') : ANCHOR;
     await sql`SELECT create_distributed_table(${table.name}::regclass, 'user_id',
       colocate_with => ${colocateWith})`.execute(db);
     distributed.push(table.name);

@@ -13,16 +13,27 @@
  * cached for `refreshMs`. A stale cache (shards split or moved meanwhile) only costs speed, never
  * correctness: every statement still filters by its ids, and Citus routes it to wherever they are.
  *
+ * When the process has a pool on several nodes (DATABASE_URL lists them, lib/infra/db.ts), the
+ * router also knows which node holds each shard's placement (pg_dist_placement, and each node's
+ * own group in pg_dist_local_group): `executorFor(group)` sends a shard's statement there, where
+ * Citus runs it locally with no hop. A node not known yet, or not in the list, leaves the
+ * statement to the rotation over all nodes; Citus routes it wherever the shard is.
+ *
  * On plain PostgreSQL (no `citus` extension, or the table is not distributed) there are no groups:
  * callers run exactly the statement they always ran.
  */
 import { sql, type Kysely } from 'kysely';
+import type { DatabaseNode } from '../infra/db.ts';
+
+type NodeDb = DatabaseNode['db'];
 
 /** One hash range of a shard, as in pg_dist_shard (inclusive bounds, int32). */
 export interface ShardRange {
   shardId: string;
   min: number;
   max: number;
+  /** The node group (pg_dist_placement.groupid) of the shard's active placement, if read. */
+  groupId?: number | null;
 }
 
 const rotl = (x: number, k: number) => ((x << k) | (x >>> (32 - k))) >>> 0;
@@ -90,12 +101,25 @@ export async function readShardRanges<DB>(db: Kysely<DB>, table: string): Promis
   const { rows: citus } = await sql<{ present: boolean }>`
     SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citus') AS present`.execute(db);
   if (!citus[0]?.present) return [];
-  const { rows } = await sql<{ shardId: string; min: number; max: number }>`
-    SELECT s.shardid::text AS "shardId", s.shardminvalue::int AS min, s.shardmaxvalue::int AS max
+  const { rows } = await sql<{ shardId: string; min: number; max: number; groupId: number | null }>`
+    SELECT s.shardid::text AS "shardId", s.shardminvalue::int AS min, s.shardmaxvalue::int AS max,
+           (SELECT min(pl.groupid) FROM pg_dist_placement pl
+            WHERE pl.shardid = s.shardid AND pl.shardstate = 1) AS "groupId"
     FROM pg_dist_shard s JOIN pg_dist_partition p USING (logicalrelid)
     WHERE s.logicalrelid = to_regclass(${table}) AND p.partmethod = 'h'
     ORDER BY min`.execute(db);
   return rows;
+}
+
+/** The node group of the node `db` is connected to (0: the coordinator); null if unreadable. */
+async function localGroupId(db: NodeDb): Promise<number | null> {
+  try {
+    const { rows } = await sql<{ groupId: number }>`
+      SELECT groupid AS "groupId" FROM pg_dist_local_group`.execute(db);
+    return rows[0]?.groupId ?? null;
+  } catch {
+    return null;
+  }
 }
 
 /**
@@ -106,25 +130,55 @@ export class ShardRouter {
   private ranges: ShardRange[] = [];
   private loadedAt = -Infinity;
   private loading: Promise<ShardRange[]> | undefined;
+  /** Each node's group, once read (it never changes for a node). */
+  private readonly groupOfNode = new Map<DatabaseNode, number>();
+  /** The node (of `nodes`) holding each group's placements. */
+  private nodeOfGroup = new Map<number, DatabaseNode>();
 
   constructor(
     // eslint-disable-next-line @typescript-eslint/no-explicit-any -- reads catalogs only
     private readonly db: Kysely<any>,
     private readonly table = 'pulse',
     private readonly refreshMs = 60_000,
+    /** The process's pools per node: with several, shard statements go where the shard is. */
+    private readonly nodes: readonly DatabaseNode[] = [],
   ) {}
 
   /** The cached ranges, re-read when older than refreshMs (a failed read keeps the old ones). */
   async shardRanges(): Promise<readonly ShardRange[]> {
     if (performance.now() - this.loadedAt < this.refreshMs) return this.ranges;
     this.loading ??= readShardRanges(this.db, this.table)
-      .then((ranges) => {
+      .then(async (ranges) => {
+        if (ranges.length > 0 && this.nodes.length > 1) await this.learnNodeGroups();
         this.ranges = ranges;
         this.loadedAt = performance.now();
         return ranges;
       })
       .finally(() => (this.loading = undefined));
     return this.loading;
+  }
+
+  /** Asks each node not known yet for its group; a node that does not answer is asked next time. */
+  private async learnNodeGroups(): Promise<void> {
+    const unknown = this.nodes.filter((node) => !this.groupOfNode.has(node));
+    const groups = await Promise.all(unknown.map((node) => localGroupId(node.db)));
+    unknown.forEach((node, i) => {
+      const group = groups[i];
+      if (group !== null && group !== undefined) this.groupOfNode.set(node, group);
+    });
+    this.nodeOfGroup = new Map([...this.groupOfNode].map(([node, group]) => [group, node]));
+  }
+
+  /**
+   * The node to run a statement over `group` (ids of one shard, as group() made them) on: the
+   * one holding that shard, when this process has a pool there; undefined otherwise (any node).
+   * `read`: its pool for reads that return rows (lib/infra/db.ts says why), if it has one.
+   */
+  executorFor(group: readonly number[], purpose: 'write' | 'read' = 'write'): NodeDb | undefined {
+    if (this.nodeOfGroup.size === 0 || group.length === 0) return undefined;
+    const range = this.ranges[rangeIndexOf(this.ranges, citusHashOfBigint(group[0]!))];
+    const node = range?.groupId == null ? undefined : this.nodeOfGroup.get(range.groupId);
+    return purpose === 'read' ? (node?.readDb ?? node?.db) : node?.db;
   }
 
   /**

@@ -2,6 +2,7 @@ import { createPublicKey, type KeyObject } from 'node:crypto';
 import { isIPv4, isIPv6 } from 'node:net';
 import cron from 'node-cron';
 import { z } from 'zod';
+import { databaseNodeUrls, DatabaseUrlError } from './database-url.ts';
 import { redactConnectionString } from './redact.ts';
 
 /** Thrown when the environment does not describe a valid configuration. */
@@ -28,16 +29,21 @@ const boolean = (fallback: boolean) =>
     .stringbool({ truthy: ['true', '1', 'yes', 'on'], falsy: ['false', '0', 'no', 'off'] })
     .default(fallback);
 
+/**
+ * One server, or several Citus nodes in libpq's multi-host form (lib/infra/database-url.ts): the
+ * API spreads its statements over them; the other processes use the first.
+ */
 const databaseUrl = z
   .string({ error: 'is required (for example postgres://user:password@127.0.0.1:5432/pulse)' })
   .trim()
-  .refine((value) => {
+  .superRefine((value, ctx) => {
     try {
-      return ['postgres:', 'postgresql:'].includes(new URL(value).protocol);
-    } catch {
-      return false;
+      databaseNodeUrls(value);
+    } catch (error) {
+      const problems = error instanceof DatabaseUrlError ? error.problems : [String(error)];
+      for (const message of problems) ctx.addIssue({ code: 'custom', message });
     }
-  }, 'must be a postgres:// or postgresql:// URL');
+  });
 
 const logLevel = z
   .enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'])

@@ -1,11 +1,11 @@
-import type pg from 'pg';
+import type { PoolCounts } from './db.ts';
 import { collectDefaultMetrics, Gauge, Registry } from 'prom-client';
 
 /**
  * A process's metrics registry: Node's default process metrics and the pg pool's connections.
  * Everything is read from memory at scrape time; nothing here costs a database round trip.
  */
-export function createRegistry(pool: pg.Pool): Registry {
+export function createRegistry(pool: PoolCounts): Registry {
   const registry = new Registry();
   collectDefaultMetrics({ register: registry });
   new Gauge({

@@ -109,7 +109,7 @@ export async function recordHeartbeatsByShard(
       heartbeatUpsert(
         sql`VALUES ${sql.join(group.map((id) => sql`(${id}::bigint, now(), now())`))}`,
         heldIds,
-      ).execute(db),
+      ).execute(router!.executorFor(group) ?? db),
     ),
   );
   return partialWrite(groups, outcomes);
@@ -222,11 +222,12 @@ const privacyOnline = (column: string) =>
 /**
  * Each user's privacy applied to what readers see: invisible reads as offline with no last seen
  * after invisible_since, hidden last seen as null. `u` holds user_id, last_seen, online, live.
+ * `privacy`: pulse_privacy, or only the rows of the statement's ids (Citus, see readPresence).
  */
-const privateView = sql`
+const privateView = (privacy = sql`pulse_privacy`) => sql`
   SELECT u.user_id, ${privacyLastSeen('u.last_seen')} AS last_seen,
          ${privacyOnline('u.online')} AS online, u.live
-  FROM u LEFT JOIN pulse_privacy pr ON pr.user_id = u.user_id`;
+  FROM u LEFT JOIN ${privacy} pr ON pr.user_id = u.user_id`;
 
 /**
  * Online is NULL, not false, only when the threshold is missing (the settings row was deleted):
@@ -259,10 +260,14 @@ export async function readPresence(
   const groups = routed ?? [ids];
   const perGroup = await Promise.all(
     groups.map(async (group) => {
-      // On Citus the ids go in as a literal, and the online rule (which reads the settings
-      // reference table) applies after the UNION: otherwise Citus plans this statement for every
-      // shard, and a worker down fails reads of users on the others.
+      // On Citus the ids go in as a literal, the online rule (which reads the settings reference
+      // table) applies after the UNION, and pulse_privacy is filtered by the same ids (Citus does
+      // not carry the ids through the UNION to the join): otherwise Citus plans this statement
+      // for every shard, and a worker down fails reads of users on the others.
       const idList = routed ? bigintArrayLiteral(group) : sql`${group}::bigint[]`;
+      const privacy = routed
+        ? sql`(SELECT * FROM pulse_privacy WHERE user_id = ANY(${idList}))`
+        : undefined;
       // The rule runs once per statement over all its ids (a set, not a call per id), so a rule
       // joining a friends table is one index range scan of the viewer's friends.
       const visible =
@@ -285,7 +290,7 @@ export async function readPresence(
             FROM pulse_last_seen WHERE user_id = ANY(${idList})
           ) known ${visible}
         )
-        ${privateView}`.execute(db);
+        ${privateView(privacy)}`.execute(routed ? (router!.executorFor(group, 'read') ?? db) : db);
       return rows;
     }),
   );
@@ -470,7 +475,7 @@ export async function findOnlineUserIds(
   const groups = (router && (await router.group(ids))) ?? [ids];
   const found = await Promise.all(
     groups.map((group) =>
-      db
+      (router?.executorFor(group, 'read') ?? db)
         .selectFrom('pulse')
         .select(['user_id', isOnline('last_hb').as('online')])
         .where(sql<boolean>`user_id = ANY(${group}::bigint[])`)

@@ -51,6 +51,27 @@ export async function checkReadiness<DB>(
   }
 }
 
+/** One node's readiness, named `host:port` as DATABASE_URL lists it. */
+export type NodeReadiness = { node: string } & Readiness;
+
+/**
+ * Readiness of a process whose DATABASE_URL lists several Citus nodes: checkReadiness on each, at
+ * once. Ready while at least one node is: statements go to the nodes that answer and a worker
+ * down fails only the users on its shards, so taking every API out of service for it would turn
+ * one node's failure into an outage. Each node's state is in `nodes`.
+ */
+export async function checkNodesReadiness<DB>(
+  nodes: ReadonlyArray<{ name: string; db: Kysely<DB> }>,
+  timeoutMs = READINESS_TIMEOUT_MS,
+): Promise<Readiness & { nodes: NodeReadiness[] }> {
+  const each = await Promise.all(
+    nodes.map(async (node) => ({ node: node.name, ...(await checkReadiness(node.db, timeoutMs)) })),
+  );
+  if (each.some((n) => n.ready)) return { ready: true, nodes: each };
+  const reason = each.map((n) => `${n.node}: ${n.ready ? 'ready' : n.reason}`).join('; ');
+  return { ready: false, reason, nodes: each };
+}
+
 async function check<DB>(db: Kysely<DB>, timeoutMs: number): Promise<Readiness> {
   try {
     await sql`SELECT 1`.execute(db);
@@ -76,7 +97,10 @@ async function check<DB>(db: Kysely<DB>, timeoutMs: number): Promise<Readiness> 
     const locked = await db.transaction().execute(async (trx) => {
       // Half the time: the lock's own answer comes before the check as a whole gives up.
       const lockTimeout = `${Math.max(1, Math.floor(timeoutMs / 2))}ms`;
-      await sql`SELECT set_config('lock_timeout', ${lockTimeout}, true)`.execute(trx);
+      // On Citus, LOCK TABLE on a distributed table is sent to every node: one worker down would
+      // make every node unready. The probe stays on this node (a placeholder setting elsewhere).
+      await sql`SELECT set_config('lock_timeout', ${lockTimeout}, true),
+                       set_config('citus.enable_ddl_propagation', 'off', true)`.execute(trx);
       try {
         await sql`LOCK TABLE pulse IN ROW EXCLUSIVE MODE`.execute(trx);
         return false;
