@@ -7,11 +7,10 @@
  * Each test works in a schema of its own in that database (Citus metadata is per database, so a
  * fresh database would need its workers added again), and drops it afterwards.
  */
-import { spawn } from 'node:child_process';
 import { expect } from 'chai';
 import { sql } from 'kysely';
 import { USER_KEYED_TABLES } from '../lib/citus/citus-layout.ts';
-import { openDatabase, openDatabaseNodes, type DatabaseHandle } from '../lib/infra/db.ts';
+import { openDatabase, type DatabaseHandle } from '../lib/infra/db.ts';
 import { migrateToLatest } from '../lib/store/migrator.ts';
 import {
   findOnlineUserIds,
@@ -32,73 +31,28 @@ import {
 import { KeyRangeWalk, openSweepWalk } from '../sweeper/sweep-walk.ts';
 import { Sweeper, type SweepReport } from '../sweeper/sweeper.ts';
 import { startTestApp, type TestApp } from './support/app.ts';
+import {
+  citusUrl,
+  createSchema,
+  direct,
+  idsOnWorker,
+  migrate,
+  onNode,
+  onNodes,
+  openOn,
+  openOnNodes,
+  throughProxy,
+  waitForMetadataSync,
+  workers,
+  type CitusSchema,
+} from './support/citus.ts';
 import { MIGRATION_NAMES, migrationsNewerThan } from './support/migrations.ts';
 import { SseStream } from './support/sse.ts';
 import { startTcpProxy } from './support/tcp-proxy.ts';
 import { silentLogger } from './support/database.ts';
-import { adminQuery, uniqueName } from './support/server.ts';
+import { adminQuery } from './support/server.ts';
 
-const citusUrl = process.env.CITUS_URL;
 const OLDER_THAN = 30;
-
-interface CitusSchema extends DatabaseHandle {
-  /** A connection URL whose search_path is this schema. */
-  url: string;
-  schema: string;
-  /** citus.shard_count in force for this database (32 unless the operator chose otherwise). */
-  shardCount: number;
-  query<R>(text: string): Promise<R[]>;
-  drop(): Promise<void>;
-}
-
-function inSchema(url: string, schema: string): string {
-  const parsed = new URL(url);
-  parsed.searchParams.set('options', `-c search_path=${schema}`);
-  return parsed.toString();
-}
-
-async function createSchema(): Promise<CitusSchema> {
-  const schema = uniqueName('pulse_citus');
-  await adminQuery(citusUrl!, `CREATE SCHEMA ${schema}`);
-  const url = inSchema(citusUrl!, schema);
-  const handle = openDatabase({
-    connectionString: url,
-    poolMax: 8,
-    applicationName: 'pulse-test-citus',
-    logger: silentLogger,
-  });
-  const { rows } = await sql<{
-    shards: string;
-  }>`SELECT current_setting('citus.shard_count') AS shards`.execute(handle.db);
-  return {
-    ...handle,
-    url,
-    schema,
-    shardCount: Number(rows[0]!.shards),
-    async query<R>(text: string) {
-      return (await sql.raw<R>(text).execute(handle.db)).rows;
-    },
-    async drop() {
-      await handle.close();
-      await adminQuery(citusUrl!, `DROP SCHEMA IF EXISTS ${schema} CASCADE`);
-    },
-  };
-}
-
-function migrate(
-  databaseUrl: string,
-  args: string[] = [],
-): Promise<{ code: number | null; out: string }> {
-  return new Promise((resolve) => {
-    const child = spawn(process.execPath, ['--import', 'tsx', 'scripts/migrate.ts', ...args], {
-      env: { PATH: process.env.PATH, DATABASE_URL: databaseUrl, LOG_LEVEL: 'silent' },
-    });
-    let out = '';
-    child.stdout.on('data', (chunk: Buffer) => (out += chunk.toString()));
-    child.stderr.on('data', (chunk: Buffer) => (out += chunk.toString()));
-    child.on('exit', (code) => resolve({ code, out }));
-  });
-}
 
 interface Placement {
   table: string;
@@ -144,101 +98,20 @@ const migratedLayout = (shards: number) => [
   { table: 'pulse_webhooks', method: null, shards: 0 },
 ];
 
-interface WorkerNode {
-  nodeId: number;
-  host: string;
-  port: number;
-}
-
-/** The active primary workers, in node id order. */
-async function workers(db: CitusSchema): Promise<WorkerNode[]> {
-  return db.query<WorkerNode>(`
-    SELECT nodeid AS "nodeId", nodename AS host, nodeport AS port FROM pg_dist_node
-    WHERE groupid > 0 AND noderole = 'primary' AND isactive ORDER BY nodeid`);
-}
-
-/** `url` pointed at another node (the same database, user and options). */
-function onNode(url: string, node: { host: string; port: number }): string {
-  const parsed = new URL(url);
-  parsed.hostname = node.host;
-  parsed.port = String(node.port);
-  return parsed.toString();
-}
-
-/** `url` naming several nodes in libpq's multi-host form, as DATABASE_URL may. */
-function onNodes(url: string, nodes: ReadonlyArray<{ host: string; port: number }>): string {
-  const parsed = new URL(url);
-  const hosts = nodes.map((node) => `${node.host}:${node.port}`).join(',');
-  return `${parsed.protocol}//${parsed.username}@${hosts}${parsed.pathname}${parsed.search}`;
-}
-
-/** The API's database on several nodes: a pool per node (lib/infra/db.ts). */
-function openOnNodes(url: string, applicationName: string): DatabaseHandle & { url: string } {
-  return {
-    ...openDatabaseNodes({
-      connectionString: url,
-      poolMax: 8,
-      applicationName,
-      logger: silentLogger,
-    }),
-    url,
-  };
-}
-
-/** Points Citus's own connections to `worker` at `proxy` (on every node) and waits until synced. */
-async function throughProxy(
-  db: CitusSchema,
-  worker: WorkerNode,
-  proxy: { host: string; port: number },
-): Promise<void> {
-  await db.query(`SELECT citus_update_node(${worker.nodeId}, '${proxy.host}', ${proxy.port})`);
-  await waitForMetadataSync(db);
-}
-
-/** Undoes throughProxy. */
-async function direct(db: CitusSchema, worker: WorkerNode): Promise<void> {
-  await adminQuery(
-    citusUrl!,
-    `SELECT citus_update_node(${worker.nodeId}, '${worker.host}', ${worker.port})`,
+/** 50 single heartbeats of users on the healthy worker: 200; of the stopped one's: 503. */
+async function expectHeartbeatsSplit(app: TestApp, up: number[], down: number[]): Promise<void> {
+  const singles = await Promise.all(
+    [...up.slice(0, 50), ...down.slice(0, 50)].map((id) =>
+      app.post('/status/update', { user_id: id }),
+    ),
   );
-  // The workers learn the address back from the maintenance daemon: wait for it, as DDL (the
-  // schema's DROP) needs every node in sync.
-  await waitForMetadataSync(db);
+  const statuses = singles.map((r) => r.status);
+  expect(statuses.slice(0, 50), 'users on the healthy worker').to.deep.equal(Array(50).fill(200));
+  expect(statuses.slice(50), 'users on the stopped worker').to.deep.equal(Array(50).fill(503));
+  expect(singles[50]!.headers.get('retry-after')).to.equal('1');
 }
 
 const asUsers = (ids: readonly number[]) => ids.map((id) => ({ user_id: id }));
-
-function openOn(url: string, applicationName: string): DatabaseHandle & { url: string } {
-  return {
-    ...openDatabase({ connectionString: url, poolMax: 8, applicationName, logger: silentLogger }),
-    url,
-  };
-}
-
-/** Ids from `candidates` whose shard has its placement on `worker`. */
-async function idsOnWorker(
-  db: CitusSchema,
-  candidates: readonly number[],
-  worker: WorkerNode,
-): Promise<number[]> {
-  const rows = await db.query<{ id: string }>(`
-    SELECT id::text FROM unnest(ARRAY[${candidates.join(',')}]::bigint[]) id
-    JOIN pg_dist_placement pl ON pl.shardid = get_shard_id_for_distribution_column('pulse', id)
-    JOIN pg_dist_node n ON n.groupid = pl.groupid
-    WHERE n.nodeid = ${worker.nodeId} ORDER BY id`);
-  return rows.map((r) => Number(r.id));
-}
-
-async function waitForMetadataSync(db: CitusSchema): Promise<void> {
-  for (let i = 0; i < 600; i += 1) {
-    const [row] = await db.query<{ synced: boolean }>(
-      `SELECT bool_and(metadatasynced) AS synced FROM pg_dist_node WHERE hasmetadata`,
-    );
-    if (row?.synced) return;
-    await new Promise((resolve) => setTimeout(resolve, 100));
-  }
-  throw new Error('Citus metadata did not sync to the workers within 60 s');
-}
 
 async function putRows(db: CitusSchema, first: number, last: number, ageSeconds: number) {
   await sql`INSERT INTO pulse (user_id, last_hb)
@@ -748,20 +621,7 @@ async function userIds(db: CitusSchema): Promise<number[]> {
 
           proxy.refuse();
           proxy.dropConnections();
-          const a = app;
-          const singles = await Promise.all(
-            [...up.slice(0, 50), ...down.slice(0, 50)].map((id) =>
-              a.post('/status/update', { user_id: id }),
-            ),
-          );
-          const statuses = singles.map((r) => r.status);
-          expect(statuses.slice(0, 50), 'users on the healthy worker').to.deep.equal(
-            Array(50).fill(200),
-          );
-          expect(statuses.slice(50), 'users on the stopped worker').to.deep.equal(
-            Array(50).fill(503),
-          );
-          expect(singles[50]!.headers.get('retry-after')).to.equal('1');
+          await expectHeartbeatsSplit(app, up, down);
 
           const gatewayUp = await app.post(
             '/status/update',
@@ -825,20 +685,7 @@ async function userIds(db: CitusSchema): Promise<number[]> {
 
           proxy.refuse();
           proxy.dropConnections();
-          const a = app;
-          const singles = await Promise.all(
-            [...up.slice(0, 50), ...down.slice(0, 50)].map((id) =>
-              a.post('/status/update', { user_id: id }),
-            ),
-          );
-          const statuses = singles.map((r) => r.status);
-          expect(statuses.slice(0, 50), 'users on the healthy worker').to.deep.equal(
-            Array(50).fill(200),
-          );
-          expect(statuses.slice(50), 'users on the stopped worker').to.deep.equal(
-            Array(50).fill(503),
-          );
-          expect(singles[50]!.headers.get('retry-after')).to.equal('1');
+          await expectHeartbeatsSplit(app, up, down);
           const gatewayUp = await app.post('/status/update', asUsers(up.slice(50, 100)));
           expect(gatewayUp.status, await gatewayUp.text()).to.equal(200);
           const readUp = await app.post('/status/batch', asUsers(up.slice(0, 100)));

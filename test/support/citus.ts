@@ -1,10 +1,10 @@
 /**
- * A Citus coordinator for tests (CITUS_URL): a schema of its own per test, the migrate step, and
- * the workers and where ids live.
+ * A Citus coordinator for tests (CITUS_URL): a schema of its own per test, the migrate step, the
+ * workers, where ids live, and connections to one node or several.
  */
 import { spawn } from 'node:child_process';
 import { sql } from 'kysely';
-import { openDatabase, type DatabaseHandle } from '../../lib/infra/db.ts';
+import { openDatabase, openDatabaseNodes, type DatabaseHandle } from '../../lib/infra/db.ts';
 import { nodeUrl } from '../../lib/store/node-change-log.ts';
 import { silentLogger } from './database.ts';
 import { adminQuery, uniqueName } from './server.ts';
@@ -85,6 +85,50 @@ export async function workers(db: CitusSchema): Promise<WorkerNode[]> {
 
 /** `url` pointed at another node (the same database, user and options). */
 export const onNode = nodeUrl;
+
+/** `url` naming several nodes in libpq's multi-host form, as DATABASE_URL may. */
+export function onNodes(url: string, nodes: ReadonlyArray<{ host: string; port: number }>): string {
+  const parsed = new URL(url);
+  const hosts = nodes.map((node) => `${node.host}:${node.port}`).join(',');
+  return `${parsed.protocol}//${parsed.username}@${hosts}${parsed.pathname}${parsed.search}`;
+}
+
+/** The API's database on several nodes: a pool per node (lib/infra/db.ts). */
+export function openOnNodes(
+  url: string,
+  applicationName: string,
+): DatabaseHandle & { url: string } {
+  return {
+    ...openDatabaseNodes({
+      connectionString: url,
+      poolMax: 8,
+      applicationName,
+      logger: silentLogger,
+    }),
+    url,
+  };
+}
+
+/** Points Citus's own connections to `worker` at `proxy` (on every node) and waits until synced. */
+export async function throughProxy(
+  db: CitusSchema,
+  worker: WorkerNode,
+  proxy: { host: string; port: number },
+): Promise<void> {
+  await db.query(`SELECT citus_update_node(${worker.nodeId}, '${proxy.host}', ${proxy.port})`);
+  await waitForMetadataSync(db);
+}
+
+/** Undoes throughProxy. */
+export async function direct(db: CitusSchema, worker: WorkerNode): Promise<void> {
+  await adminQuery(
+    citusUrl!,
+    `SELECT citus_update_node(${worker.nodeId}, '${worker.host}', ${worker.port})`,
+  );
+  // The workers learn the address back from the maintenance daemon: wait for it, as DDL (the
+  // schema's DROP) needs every node in sync.
+  await waitForMetadataSync(db);
+}
 
 export function openOn(url: string, applicationName: string): DatabaseHandle & { url: string } {
   return {
