@@ -15,7 +15,14 @@
  */
 import { sql } from 'kysely';
 import type { ShardRouter } from '../citus/shard-routing.ts';
-import { normalizeUserIds, privacyLastSeen, type Executor } from './pulse-store.ts';
+import {
+  deviceColumns,
+  deviceSummary,
+  normalizeUserIds,
+  privacyLastSeen,
+  type DeviceSummary,
+  type Executor,
+} from './pulse-store.ts';
 
 export type EventReason = 'heartbeat' | 'held' | 'offline' | 'threshold' | 'sweep';
 
@@ -109,6 +116,8 @@ export interface WatchedChange {
   invisible: boolean;
   /** last_seen as readers are shown it (privacy applied) right after the change. */
   shownLastSeen: Date | null;
+  /** The user's devices as of the read (online changes only; none for an offline one). */
+  devices: DeviceSummary;
 }
 
 export interface FeedRead {
@@ -133,11 +142,13 @@ export async function readFeedSince(db: Executor, cursor: string): Promise<FeedR
     online: boolean | null;
     invisible: boolean | null;
     shown_last_seen: Date | null;
+    device_count: number | null;
+    device_kinds: string[] | null;
   }>`
     WITH cur AS (SELECT pg_current_snapshot() AS s)
     SELECT cur.s::text AS snapshot, c.user_id, c.audience_only, c.online,
            coalesce(pr.invisible, false) AS invisible,
-           ${privacyLastSeen('c.last_seen')} AS shown_last_seen
+           ${privacyLastSeen('c.last_seen')} AS shown_last_seen, ${deviceColumns('dp')}
     FROM cur LEFT JOIN LATERAL (
       SELECT seq, user_id, online, last_seen, false AS audience_only FROM pulse_events
       WHERE (tx >= ${xmax}::xid8 OR tx = ANY(${xip}::xid8[]))
@@ -152,6 +163,8 @@ export async function readFeedSince(db: Executor, cursor: string): Promise<FeedR
         AND pg_visible_in_snapshot(v.tx, cur.s)
     ) c ON true
     LEFT JOIN pulse_privacy pr ON pr.user_id = c.user_id
+    -- Devices only for online changes: one primary-key probe each, transitions being few.
+    LEFT JOIN pulse dp ON c.online AND dp.user_id = c.user_id
     ORDER BY c.audience_only, c.seq`.execute(db);
   const changes: WatchedChange[] = [];
   for (const row of rows) {
@@ -162,6 +175,7 @@ export async function readFeedSince(db: Executor, cursor: string): Promise<FeedR
       online: row.online!,
       invisible: row.invisible!,
       shownLastSeen: row.shown_last_seen,
+      devices: deviceSummary(row.online!, row.device_count, row.device_kinds),
     });
   }
   return { snapshot: rows[0]!.snapshot, changes };
