@@ -325,7 +325,7 @@ export function createStreamRoute({
     );
     const principal = principalOf(req);
     const holder = holderOf(principal, req);
-    const device = parseDeviceParams(req.query as Record<string, unknown>);
+    const device = parseDeviceParams(req.query);
     // Express routes HEAD to GET handlers: answer the headers a stream would get, and do nothing.
     if (req.method === 'HEAD') {
       res.status(200).set(STREAM_HEADERS).end();

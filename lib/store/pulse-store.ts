@@ -19,7 +19,12 @@ export function normalizeUserIds(userIds: Iterable<number>): number[] {
 }
 
 /** The kinds a device may say it is (pulse_device_kind), sorted as answers list them. */
-export const DEVICE_KINDS = ['desktop', 'mobile', 'other', 'web'] as const satisfies readonly DeviceKind[];
+export const DEVICE_KINDS = [
+  'desktop',
+  'mobile',
+  'other',
+  'web',
+] as const satisfies readonly DeviceKind[];
 export type { DeviceKind };
 
 /**
@@ -58,7 +63,7 @@ function heartbeatRounds(userIds: Iterable<number>, devices?: DeviceTags): Heart
     const kind = devices.kinds[index] ?? null;
     index += 1;
     let of = byUser.get(id);
-    if (of === undefined) byUser.set(id, (of = new Map()));
+    if (of === undefined) byUser.set(id, (of = new Map<string | null, DeviceKind | null>()));
     of.delete(device);
     of.set(device, kind);
   }
@@ -227,7 +232,8 @@ export async function recordHeartbeatsByShard(
   for (const round of heartbeatRounds(userIds, devices)) {
     const failed = await writeRound(db, round, router, heldIds);
     if (failed === undefined) continue;
-    if (partial === undefined) partial = { failedIds: new Set(failed.failedIds), error: failed.error };
+    if (partial === undefined)
+      partial = { failedIds: new Set(failed.failedIds), error: failed.error };
     else for (const id of failed.failedIds) (partial.failedIds as Set<number>).add(id);
   }
   return partial;
