@@ -40,11 +40,11 @@ export async function up(db: Kysely<any>): Promise<void> {
     ],
     [
       'COLUMN pulse.device_kind',
-      'Kind of the device of the newest heartbeat (web, mobile, desktop, other), NULL when not given or while the user is on several devices.',
+      'Kind of the device of the newest heartbeat (web, mobile, desktop, other), NULL when not given.',
     ],
     [
       'TABLE pulse_devices',
-      "Devices of users on two or more devices at once: one row per (user, device), written only while the user's pulse row says several devices (pulse.device_key IS NULL). A device is fresh when last_hb > now() - pulse_settings.online_threshold_seconds; the user is online while any is. Rows go when the user is back to one device, when a device goes offline explicitly, and by the sweeper once stale. Co-located with pulse (distributed by user_id on Citus).",
+      "Devices of users on two or more devices at once: one row per (user, device), written only while the user's pulse row says several devices (pulse.device_key IS NULL). A device is fresh when last_hb > now() - pulse_settings.online_threshold_seconds; the user is online while any is. Rows go when a device goes offline explicitly (a user left with one device is back to one pulse row), and by the sweeper once stale (which also takes users left with one device back to one row). Co-located with pulse (distributed by user_id on Citus).",
     ],
     ['COLUMN pulse_devices.user_id', 'The user (pulse.user_id).'],
     [

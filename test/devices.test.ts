@@ -148,13 +148,21 @@ describe('one user, many devices', function () {
       expect(await database.ageOf(4)).to.equal(undefined);
     });
 
-    it('sweeps stale device rows', async () => {
+    it('sweeps stale device rows, and takes a user left with one device back to one row', async () => {
       await beat(database.db, 5, 'a', 'web');
       await beat(database.db, 5, 'b', 'web');
       await sql`UPDATE pulse_devices SET last_hb = now() - interval '2 minutes'
                 WHERE user_id = 5 AND device_id = 'b'`.execute(database.db);
-      expect(await sweepStaleDevices(database.db, { olderThanSeconds: 30 })).to.equal(1);
-      expect((await deviceRows(5)).map((row) => row.device_id)).to.deep.equal([null]);
+      // b goes; a is left alone, so user 5 is back to one row: a's row goes too.
+      expect(await sweepStaleDevices(database.db, { olderThanSeconds: 30 })).to.equal(2);
+      expect(await deviceRows(5)).to.deep.equal([]);
+      const { rows } = await sql<{ device_kind: string; key_set: boolean }>`
+        SELECT device_kind, device_key IS NOT NULL AS key_set FROM pulse WHERE user_id = 5`.execute(
+        database.db,
+      );
+      expect(rows).to.deep.equal([{ device_kind: 'web', key_set: true }]);
+      await beat(database.db, 5, 'a', 'web');
+      expect(await deviceRows(5)).to.deep.equal([]);
     });
   });
 

@@ -146,6 +146,7 @@ describe('migrate CLI', function () {
       { name: '0009_webhooks' },
       { name: '0010_shared_tables_on_every_node' },
       { name: '0011_held_reason' },
+      { name: '0012_devices' },
     ]);
   });
 

@@ -82,51 +82,45 @@ function heartbeatRounds(userIds: Iterable<number>, devices?: DeviceTags): Heart
 }
 
 /**
- * The heartbeat statement for a list of (user, device, kind) rows (three array parameters, or a
- * VALUES list on Citus), valid on Citus as the file header says, with the change log's online
- * transitions in the same statement: a user whose row is new or not marked online (`online_since`
- * null) gets `online_since = now()`, and exactly those rows (`online_since = last_hb`: set by this
- * statement) get an `online` event. Built once per Kysely instance and then run with each flush's
- * rows: compiling the same statement for every flush was measurable on the single-heartbeat path
- * (docs/request-cost.md).
- */
-const upsertSql = new WeakMap<Executor, string>();
-function heartbeatUpsertSql(db: Executor): string {
-  let text = upsertSql.get(db);
-  if (text === undefined) {
-    const compiled = heartbeatUpsert(
-      sql`unnest(${[]}::bigint[], ${[]}::text[], ${[]}::text[])`,
-      [],
-    ).compile(db);
-    if (compiled.parameters.length !== 4) throw new Error('the heartbeat upsert takes four arrays');
-    text = compiled.sql;
-    upsertSql.set(db, text);
-  }
-  return text;
-}
-
-/**
  * Devices (issue 22). `pulse` keeps one row per user: last_hb is the newest beat of any device,
  * device_key the device of that beat (hashtext of its id, 0 for none named) while the user is on
  * one device, NULL while on several; then pulse_devices holds a row per device.
  *
- * `rows` yields (user_id, device_id, device_kind), one row per user. The first upsert is the
- * whole statement for almost every beat: a new user, or the device the row already names (its
- * WHERE compares columns only, valid on Citus). The rows it leaves alone (another device, or a
- * user on several) are locked by it and decided on in the CTEs after it, which see the row as it
- * is (FOR UPDATE waits for and reads a concurrent writer's version):
- * - `replace`: the row's device is stale (or the same): the beating device is the user's one now;
- * - `second`: the row's device is fresh: the user is on two devices, both go to pulse_devices;
- * - `more`: on several devices, others still fresh: this device's row in pulse_devices;
- * - `alone`: on several devices, no other fresh: back to one device, pulse_devices rows go.
- * The events' `at` and `last_seen` are the heartbeat time itself; their reason is `held` for the
- * ids in `heldIds` (a stream's held presence), else `heartbeat`.
+ * A flush is one statement, `heartbeatUpsert`, for almost every beat: a new user, or the device
+ * the row already names (its WHERE compares columns only, valid on Citus). Only when that
+ * statement left some rows alone (another device beating, or a user on several) does a second
+ * statement, `deviceSwitch`, decide for those.
  */
-const heartbeatUpsert = (rows: ReturnType<typeof sql>, heldIds: readonly number[]) => sql`
-  WITH input AS (
-    SELECT i.user_id, i.device_id, i.device_kind::pulse_device_kind AS device_kind,
-           coalesce(hashtext(i.device_id), 0) AS device_key
-    FROM ${rows} AS i(user_id, device_id, device_kind)
+
+/**
+ * The first statement: the upsert of (user_id, device_id, device_kind) rows (`rows`: arrays, or a
+ * VALUES list on Citus, one row per user). It writes the row of a new user, of the device the row
+ * names, and of a user on several devices (then that device's pulse_devices row too, as the row
+ * says: device_key NULL). It leaves alone (locked) the rows naming another device. With the change
+ * log's online transitions in the same
+ * statement: a user whose row is new or not marked online (`online_since` null) gets
+ * `online_since = now()`, and exactly those rows (`online_since = last_hb`: set by this
+ * statement) get an `online` event, reason `held` for the ids in `heldIds` (a stream's held
+ * presence), else `heartbeat`; `at` and `last_seen` are the heartbeat time. Answers null when it
+ * wrote every row, else the ids it wrote (`count`: how many rows it was given).
+ * `devices: false`: the rows are (user_id) only, none named (today's requests).
+ */
+const heartbeatUpsert = (
+  rows: ReturnType<typeof sql>,
+  heldIds: readonly number[],
+  count: number,
+  devices: boolean,
+) => sql`
+  WITH input AS NOT MATERIALIZED (
+    ${
+      devices
+        ? sql`SELECT i.user_id, coalesce(hashtext(i.device_id), 0) AS device_key,
+                     i.device_kind::pulse_device_kind AS device_kind, i.device_id
+              FROM ${rows} AS i(user_id, device_id, device_kind)`
+        : sql`SELECT i.user_id, 0 AS device_key, NULL::pulse_device_kind AS device_kind,
+                     NULL::text AS device_id
+              FROM ${rows} AS i(user_id)`
+    }
   ),
   up AS (
     INSERT INTO pulse AS p (user_id, last_hb, online_since, device_key, device_kind)
@@ -134,20 +128,74 @@ const heartbeatUpsert = (rows: ReturnType<typeof sql>, heldIds: readonly number[
     ON CONFLICT (user_id) DO UPDATE
       SET last_hb = EXCLUDED.last_hb, online_since = coalesce(p.online_since, EXCLUDED.online_since),
           device_kind = EXCLUDED.device_kind
-      WHERE p.device_key = EXCLUDED.device_key
-    RETURNING user_id, last_hb, online_since
+      WHERE p.device_key = EXCLUDED.device_key OR p.device_key IS NULL
+    RETURNING user_id, last_hb, online_since, device_key IS NULL AS several
   ),
-  rest AS (
-    SELECT * FROM input WHERE user_id NOT IN (SELECT user_id FROM up)
+  devices AS (
+    INSERT INTO pulse_devices AS d (user_id, device_key, last_hb, device_kind, device_id)
+    SELECT user_id, device_key, now(), device_kind, device_id FROM input
+    WHERE user_id = ANY(ARRAY(SELECT user_id FROM up WHERE several))
+    ON CONFLICT (user_id, device_key) DO UPDATE
+      SET last_hb = EXCLUDED.last_hb, device_kind = EXCLUDED.device_kind,
+          device_id = coalesce(EXCLUDED.device_id, d.device_id)
+  ),
+  logged AS (
+    INSERT INTO pulse_events (user_id, online, reason, at, last_seen)
+    SELECT user_id, true,
+           CASE WHEN user_id = ANY(${heldIds}::bigint[]) THEN 'held' ELSE 'heartbeat' END,
+           last_hb, last_hb
+    FROM up WHERE online_since = last_hb
+  )
+  SELECT CASE WHEN (SELECT count(*) FROM up) < ${count}::int
+              THEN ARRAY(SELECT user_id::text FROM up) END AS beaten`;
+
+/** heartbeatUpsert as text, built once per Kysely instance and per form (see below). */
+const upsertSql = new WeakMap<Executor, { plain: string; devices: string }>();
+function heartbeatUpsertSql(db: Executor): { plain: string; devices: string } {
+  let text = upsertSql.get(db);
+  if (text === undefined) {
+    // Compiled once, then run with each flush's arrays: compiling the same statement for every
+    // flush was measurable on the single-heartbeat path (docs/request-cost.md).
+    const plain = heartbeatUpsert(sql`unnest(${[]}::bigint[])`, [], 0, false).compile(db);
+    const devices = heartbeatUpsert(
+      sql`unnest(${[]}::bigint[], ${[]}::text[], ${[]}::text[])`,
+      [],
+      0,
+      true,
+    ).compile(db);
+    if (plain.parameters.length !== 3 || devices.parameters.length !== 5) {
+      throw new Error('the heartbeat upsert changed its parameters');
+    }
+    text = { plain: plain.sql, devices: devices.sql };
+    upsertSql.set(db, text);
+  }
+  return text;
+}
+
+/**
+ * The second statement, for the rows the first left alone: another device than the row's (or a
+ * concurrent writer changed it meanwhile). It reads each row FOR UPDATE (so a concurrent writer's
+ * version), then:
+ * - `replace`: the row's device is stale (or gone, or the same): the beating device is the user's one;
+ * - `second`: the row's device is fresh: the user is on two devices, both go to pulse_devices;
+ * - `more`: on several devices, others still fresh: this device's row in pulse_devices;
+ * - `alone`: on several devices, no other fresh: back to one device, pulse_devices rows go.
+ * Online transitions are logged as by the first.
+ */
+const deviceSwitch = (rows: ReturnType<typeof sql>, heldIds: readonly number[]) => sql`
+  WITH input AS (
+    SELECT i.user_id, i.device_id, i.device_kind::pulse_device_kind AS device_kind,
+           coalesce(hashtext(i.device_id), 0) AS device_key
+    FROM ${rows} AS i(user_id, device_id, device_kind)
   ),
   prev AS (
     SELECT p.user_id, p.device_key, p.device_kind, p.last_hb, p.last_hb > ${onlineSince} AS fresh
-    FROM pulse p WHERE p.user_id = ANY(ARRAY(SELECT user_id FROM rest))
+    FROM pulse p WHERE p.user_id = ANY(ARRAY(SELECT user_id FROM input))
     FOR UPDATE OF p
   ),
   others AS (
     SELECT d.user_id, count(*) AS n
-    FROM pulse_devices d JOIN rest r ON r.user_id = d.user_id
+    FROM pulse_devices d JOIN input r ON r.user_id = d.user_id
     WHERE d.user_id = ANY(ARRAY(SELECT user_id FROM prev WHERE device_key IS NULL))
       AND d.device_key <> r.device_key AND d.last_hb > ${onlineSince}
     GROUP BY d.user_id
@@ -155,16 +203,16 @@ const heartbeatUpsert = (rows: ReturnType<typeof sql>, heldIds: readonly number[
   decide AS (
     SELECT r.user_id, r.device_id, r.device_kind, r.device_key,
            p.device_key AS prev_key, p.device_kind AS prev_kind, p.last_hb AS prev_hb,
-           CASE WHEN p.device_key IS NULL THEN CASE WHEN o.n IS NULL THEN 'alone' ELSE 'more' END
+           CASE WHEN p.user_id IS NULL THEN 'replace'
+                WHEN p.device_key IS NULL THEN CASE WHEN o.n IS NULL THEN 'alone' ELSE 'more' END
                 WHEN p.fresh AND p.device_key <> r.device_key THEN 'second'
                 ELSE 'replace' END AS step
-    FROM rest r JOIN prev p USING (user_id) LEFT JOIN others o USING (user_id)
+    FROM input r LEFT JOIN prev p USING (user_id) LEFT JOIN others o USING (user_id)
   ),
-  up2 AS (
+  up AS (
     INSERT INTO pulse AS p (user_id, last_hb, online_since, device_key, device_kind)
-    SELECT user_id, now(), now(),
-           CASE WHEN step IN ('alone', 'replace') THEN device_key END,
-           CASE WHEN step IN ('alone', 'replace') THEN device_kind END
+    SELECT user_id, now(), now(), CASE WHEN step IN ('alone', 'replace') THEN device_key END,
+           device_kind
     FROM decide
     ON CONFLICT (user_id) DO UPDATE
       SET last_hb = EXCLUDED.last_hb, online_since = coalesce(p.online_since, EXCLUDED.online_since),
@@ -189,13 +237,13 @@ const heartbeatUpsert = (rows: ReturnType<typeof sql>, heldIds: readonly number[
   SELECT user_id, true,
          CASE WHEN user_id = ANY(${heldIds}::bigint[]) THEN 'held' ELSE 'heartbeat' END,
          last_hb, last_hb
-  FROM (SELECT * FROM up UNION ALL SELECT * FROM up2) beaten WHERE online_since = last_hb`;
+  FROM up WHERE online_since = last_hb`;
 
 /**
  * Marks every given user as seen now (by the database clock), logging the online transitions.
- * One statement (per device of a user beating from several in one call); with a `router` on
- * Citus, one statement per shard instead (see below, and lib/citus/shard-routing.ts). Rejects
- * when any id was not written.
+ * One statement (per device of a user beating from several in one call, plus one for device
+ * switches); with a `router` on Citus, one statement per shard instead (see below, and
+ * lib/citus/shard-routing.ts). Rejects when any id was not written.
  */
 export async function recordHeartbeats(
   db: Executor,
@@ -230,7 +278,7 @@ export async function recordHeartbeatsByShard(
 ): Promise<PartialWrite | undefined> {
   let partial: PartialWrite | undefined;
   for (const round of heartbeatRounds(userIds, devices)) {
-    const failed = await writeRound(db, round, router, heldIds);
+    const failed = await writeRound(db, round, router, heldIds, devices !== undefined);
     if (failed === undefined) continue;
     if (partial === undefined)
       partial = { failedIds: new Set(failed.failedIds), error: failed.error };
@@ -239,18 +287,40 @@ export async function recordHeartbeatsByShard(
   return partial;
 }
 
+/** The rows of `round` at `indexes` as a VALUES list (Citus: routed to the shard as it is). */
+function valuesOf(round: HeartbeatRound, indexes: readonly number[], named: boolean) {
+  return sql`(VALUES ${sql.join(
+    indexes.map((index) =>
+      named
+        ? sql`(${round.ids[index]}::bigint, ${round.deviceIds[index]}::text, ${round.kinds[index]}::text)`
+        : sql`(${round.ids[index]}::bigint)`,
+    ),
+  )})`;
+}
+
+/** One round (each user once): the upsert, then the device switches it left, if any. */
 async function writeRound(
   db: Executor,
   round: HeartbeatRound,
   router: ShardRouter | undefined,
   heldIds: readonly number[],
+  named: boolean,
 ): Promise<PartialWrite | undefined> {
   const { ids } = round;
   const groups = router ? await router.group(ids) : null;
   if (groups === null) {
-    await db.executeQuery(
-      CompiledQuery.raw(heartbeatUpsertSql(db), [ids, round.deviceIds, round.kinds, heldIds]),
+    const text = heartbeatUpsertSql(db);
+    const { rows } = await db.executeQuery<{ beaten: string[] | null }>(
+      named
+        ? CompiledQuery.raw(text.devices, [ids, round.deviceIds, round.kinds, heldIds, ids.length])
+        : CompiledQuery.raw(text.plain, [ids, heldIds, ids.length]),
     );
+    const left = leftAlone(
+      round,
+      rows[0]?.beaten ?? null,
+      ids.map((_, index) => index),
+    );
+    if (left.length > 0) await deviceSwitch(valuesOf(round, left, true), heldIds).execute(db);
     return undefined;
   }
   // Citus: an INSERT ... SELECT is run through the coordinator (its rows are pulled there, then
@@ -259,19 +329,30 @@ async function writeRound(
   // Each statement touches one shard in sorted id order, so concurrent writers cannot deadlock.
   const at = new Map(ids.map((id, index) => [id, index]));
   const outcomes = await Promise.allSettled(
-    groups.map((group) =>
-      heartbeatUpsert(
-        sql`(VALUES ${sql.join(
-          group.map((id) => {
-            const index = at.get(id)!;
-            return sql`(${id}::bigint, ${round.deviceIds[index]}::text, ${round.kinds[index]}::text)`;
-          }),
-        )})`,
+    groups.map(async (group) => {
+      const indexes = group.map((id) => at.get(id)!);
+      const { rows } = await heartbeatUpsert(
+        valuesOf(round, indexes, named),
         heldIds,
-      ).execute(db),
-    ),
+        indexes.length,
+        named,
+      ).execute(db);
+      const left = leftAlone(round, (rows[0] as { beaten: string[] | null }).beaten, indexes);
+      if (left.length > 0) await deviceSwitch(valuesOf(round, left, true), heldIds).execute(db);
+    }),
   );
   return partialWrite(groups, outcomes);
+}
+
+/** The indexes (of `indexes`) whose user the upsert did not write: `beaten` null is all written. */
+function leftAlone(
+  round: HeartbeatRound,
+  beaten: readonly string[] | null,
+  indexes: readonly number[],
+): number[] {
+  if (beaten === null) return [];
+  const written = new Set(beaten.map(Number));
+  return indexes.filter((index) => !written.has(round.ids[index]!));
 }
 
 /** undefined when every group was written; throws the first error when none was. */
@@ -1023,9 +1104,11 @@ export async function sweepExpiredRange(
 
 /**
  * Deletes the pulse_devices rows older than the greater of `olderThanSeconds` and the online
- * threshold (stale devices of users who left without a word), in one time-predicate DELETE (valid
- * on Citus, where it runs on every shard). The table holds only users on several devices, so
- * without an index on last_hb this reads a small table once per sweep. Returns how many it deleted.
+ * threshold (stale devices of users who left without a word), and takes the users left with one
+ * device back to one row (pulse.device_key set, their pulse_devices row gone): heartbeats of a
+ * user on several devices write two rows, of a user on one, one. One statement, by time (valid on
+ * Citus, where it runs on every shard); the table holds only users on several devices, so
+ * without an index on last_hb this reads a small table once per sweep. Returns the rows deleted.
  */
 export async function sweepStaleDevices(
   db: Executor,
@@ -1033,11 +1116,31 @@ export async function sweepStaleDevices(
 ): Promise<number> {
   const settings = await readPresenceSettings(db, { forShare: true });
   const olderThan = Math.max(options.olderThanSeconds, settings.onlineThresholdSeconds);
-  const result = await db
-    .deleteFrom('pulse_devices')
-    .where('last_hb', '<', sql<Date>`now() - make_interval(secs => ${olderThan})`)
-    .executeTakeFirst();
-  return Number(result.numDeletedRows);
+  const cutoff = sql`now() - make_interval(secs => ${olderThan})`;
+  const { rows } = await sql<{ deleted: number }>`
+    WITH stale AS (
+      DELETE FROM pulse_devices WHERE last_hb < ${cutoff} RETURNING user_id
+    ),
+    lone AS (
+      SELECT user_id, min(device_key) AS device_key, min(device_kind) AS device_kind
+      FROM pulse_devices WHERE last_hb >= ${cutoff}
+      GROUP BY user_id HAVING count(*) = 1
+    ),
+    single AS (
+      UPDATE pulse p SET device_key = l.device_key, device_kind = l.device_kind
+      FROM lone l
+      WHERE p.user_id = ANY(ARRAY(SELECT user_id FROM lone)) AND p.user_id = l.user_id
+        AND p.device_key IS NULL
+      RETURNING p.user_id
+    ),
+    merged AS (
+      DELETE FROM pulse_devices WHERE user_id = ANY(ARRAY(SELECT user_id FROM single))
+      RETURNING user_id
+    )
+    SELECT (SELECT count(*) FROM stale)::int + (SELECT count(*) FROM merged)::int AS deleted`.execute(
+    db,
+  );
+  return rows[0]?.deleted ?? 0;
 }
 
 export interface UserIdSpace {
