@@ -2,7 +2,7 @@ import { sql, type Kysely } from 'kysely';
 
 /*
  * One user, many devices (issue 22). `pulse` stays one row per user: it gains the device of the
- * newest beat as a 4-byte key (hashtext of the client's device id, 0 for requests naming none,
+ * newest beat as a 4-byte key (a 32-bit hash of the client's device id, 0 for requests naming none,
  * NULL while the user is on several devices) and its kind (an enum: 4 bytes, read as text). The
  * device ids themselves, and every device of a user on two or more at once, live in the
  * co-located pulse_devices, written only while a user has several fresh devices.
@@ -36,7 +36,7 @@ export async function up(db: Kysely<any>): Promise<void> {
     ],
     [
       'COLUMN pulse.device_key',
-      "The device of the newest heartbeat: hashtext(device_id) of the client's device id, 0 for a request naming no device, NULL while the user is on several devices at once (then see pulse_devices). last_hb is always the newest beat of any device.",
+      "The device of the newest heartbeat: a 32-bit hash (FNV-1a, as a signed integer) of the client's device id, 0 for a request naming no device, NULL while the user is on several devices at once (then see pulse_devices). last_hb is always the newest beat of any device.",
     ],
     [
       'COLUMN pulse.device_kind',
@@ -49,7 +49,7 @@ export async function up(db: Kysely<any>): Promise<void> {
     ['COLUMN pulse_devices.user_id', 'The user (pulse.user_id).'],
     [
       'COLUMN pulse_devices.device_key',
-      'hashtext(device_id), 0 for requests naming no device: the key pulse.device_key compares with.',
+      'The 32-bit hash (FNV-1a, signed) of device_id, 0 for requests naming no device: the key pulse.device_key compares with.',
     ],
     [
       'COLUMN pulse_devices.last_hb',

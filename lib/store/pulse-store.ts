@@ -44,6 +44,28 @@ interface HeartbeatRound {
 }
 
 /**
+ * The key `pulse.device_key` and `pulse_devices.device_key` hold for a device id: its 32-bit
+ * FNV-1a hash as a signed integer (4 bytes in every `pulse` row, where the id itself would take
+ * up to 65), 0 for none named. Computed here, so the heartbeat statement hashes nothing. Two
+ * devices of one user with the same key (a chance of 1 in 2^32) count as one.
+ */
+export function deviceKey(deviceId: string | null): number {
+  if (deviceId === null) return 0;
+  let hash = 0x811c9dc5;
+  for (let i = 0; i < deviceId.length; i += 1) {
+    hash ^= deviceId.charCodeAt(i);
+    hash = Math.imul(hash, 0x01000193);
+  }
+  return hash | 0 || 1;
+}
+
+/** A kind as its position in pulse_device_kind (1-based; 0: none), for an int2 array parameter. */
+const kindCode = (kind: DeviceKind | null) => (kind === null ? 0 : DEVICE_KINDS.indexOf(kind) + 1);
+/** The kind of a code, in SQL: out of the array's bounds (0) is NULL. */
+const kindOf = (code: ReturnType<typeof sql>) =>
+  sql`(ARRAY['desktop', 'mobile', 'other', 'web']::pulse_device_kind[])[${code}]`;
+
+/**
  * The heartbeats of a flush as statements: one per (user, device), the last kind given winning. A
  * statement may touch a user's row once (ON CONFLICT), so a user beating from several devices in
  * one flush (one API process holding two of their streams) gets a statement per device: the first
@@ -83,7 +105,7 @@ function heartbeatRounds(userIds: Iterable<number>, devices?: DeviceTags): Heart
 
 /**
  * Devices (issue 22). `pulse` keeps one row per user: last_hb is the newest beat of any device,
- * device_key the device of that beat (hashtext of its id, 0 for none named) while the user is on
+ * device_key the device of that beat (deviceKey: a hash of its id, 0 for none named) while on
  * one device, NULL while on several; then pulse_devices holds a row per device.
  *
  * A flush is one statement, `heartbeatUpsert`, for almost every beat: a new user, or the device
@@ -95,14 +117,15 @@ function heartbeatRounds(userIds: Iterable<number>, devices?: DeviceTags): Heart
 /**
  * The first statement: the upsert of (user_id, device_id, device_kind) rows (`rows`: arrays, or a
  * VALUES list on Citus, one row per user). It writes the row of a new user, of the device the row
- * names, and of a user on several devices (then that device's pulse_devices row too, as the row
- * says: device_key NULL). It leaves alone (locked) the rows naming another device. With the change
+ * names, and of a user on several devices (device_key NULL: severalBeat then writes that device's
+ * pulse_devices row). It leaves alone (locked) the rows naming another device. With the change
  * log's online transitions in the same
  * statement: a user whose row is new or not marked online (`online_since` null) gets
  * `online_since = now()`, and exactly those rows (`online_since = last_hb`: set by this
  * statement) get an `online` event, reason `held` for the ids in `heldIds` (a stream's held
- * presence), else `heartbeat`; `at` and `last_seen` are the heartbeat time. Answers null when it
- * wrote every row, else the ids it wrote (`count`: how many rows it was given).
+ * presence), else `heartbeat`; `at` and `last_seen` are the heartbeat time. Answers `beaten` null
+ * when it wrote every row, else the ids it wrote (`count`: how many rows it was given), and the
+ * ids on several devices.
  * `devices: false`: the rows are (user_id) only, none named (today's requests).
  */
 const heartbeatUpsert = (
@@ -111,33 +134,19 @@ const heartbeatUpsert = (
   count: number,
   devices: boolean,
 ) => sql`
-  WITH input AS NOT MATERIALIZED (
+  WITH up AS (
+    INSERT INTO pulse AS p (user_id, last_hb, online_since${devices ? sql`, device_key, device_kind` : sql``})
     ${
       devices
-        ? sql`SELECT i.user_id, coalesce(hashtext(i.device_id), 0) AS device_key,
-                     i.device_kind::pulse_device_kind AS device_kind, i.device_id
-              FROM ${rows} AS i(user_id, device_id, device_kind)`
-        : sql`SELECT i.user_id, 0 AS device_key, NULL::pulse_device_kind AS device_kind,
-                     NULL::text AS device_id
-              FROM ${rows} AS i(user_id)`
+        ? sql`SELECT i.user_id, now(), now(), i.device_key, ${kindOf(sql`i.kind`)}
+              FROM ${rows} AS i(user_id, device_key, kind)`
+        : sql`SELECT i.user_id, now(), now() FROM ${rows} AS i(user_id)`
     }
-  ),
-  up AS (
-    INSERT INTO pulse AS p (user_id, last_hb, online_since, device_key, device_kind)
-    SELECT user_id, now(), now(), device_key, device_kind FROM input
     ON CONFLICT (user_id) DO UPDATE
       SET last_hb = EXCLUDED.last_hb, online_since = coalesce(p.online_since, EXCLUDED.online_since),
           device_kind = EXCLUDED.device_kind
       WHERE p.device_key = EXCLUDED.device_key OR p.device_key IS NULL
     RETURNING user_id, last_hb, online_since, device_key IS NULL AS several
-  ),
-  devices AS (
-    INSERT INTO pulse_devices AS d (user_id, device_key, last_hb, device_kind, device_id)
-    SELECT user_id, device_key, now(), device_kind, device_id FROM input
-    WHERE user_id = ANY(ARRAY(SELECT user_id FROM up WHERE several))
-    ON CONFLICT (user_id, device_key) DO UPDATE
-      SET last_hb = EXCLUDED.last_hb, device_kind = EXCLUDED.device_kind,
-          device_id = coalesce(EXCLUDED.device_id, d.device_id)
   ),
   logged AS (
     INSERT INTO pulse_events (user_id, online, reason, at, last_seen)
@@ -146,8 +155,33 @@ const heartbeatUpsert = (
            last_hb, last_hb
     FROM up WHERE online_since = last_hb
   )
-  SELECT CASE WHEN (SELECT count(*) FROM up) < ${count}::int
-              THEN ARRAY(SELECT user_id::text FROM up) END AS beaten`;
+  SELECT CASE WHEN count(*) < ${count}::int THEN coalesce(array_agg(user_id::text), '{}') END AS beaten,
+         array_agg(user_id::text) FILTER (WHERE several) AS several
+  FROM up`;
+
+/**
+ * After the upsert, for the users it found on several devices: this device's row in
+ * pulse_devices (its last beat, kind and id), so readers count it fresh.
+ */
+const severalBeat = (rows: ReturnType<typeof sql>) => sql`
+  INSERT INTO pulse_devices AS d (user_id, device_key, last_hb, device_kind, device_id)
+  SELECT i.user_id, i.device_key, now(), ${kindOf(sql`i.kind`)}, i.device_id
+  FROM ${rows} AS i(user_id, device_key, kind, device_id)
+  ON CONFLICT (user_id, device_key) DO UPDATE
+    SET last_hb = EXCLUDED.last_hb, device_kind = EXCLUDED.device_kind,
+        device_id = coalesce(EXCLUDED.device_id, d.device_id)`;
+
+const severalSql = new WeakMap<Executor, string>();
+function severalBeatSql(db: Executor): string {
+  let text = severalSql.get(db);
+  if (text === undefined) {
+    text = severalBeat(
+      sql`unnest(${[]}::bigint[], ${[]}::int4[], ${[]}::int2[], ${[]}::text[])`,
+    ).compile(db).sql;
+    severalSql.set(db, text);
+  }
+  return text;
+}
 
 /** heartbeatUpsert as text, built once per Kysely instance and per form (see below). */
 const upsertSql = new WeakMap<Executor, { plain: string; devices: string }>();
@@ -158,7 +192,7 @@ function heartbeatUpsertSql(db: Executor): { plain: string; devices: string } {
     // flush was measurable on the single-heartbeat path (docs/request-cost.md).
     const plain = heartbeatUpsert(sql`unnest(${[]}::bigint[])`, [], 0, false).compile(db);
     const devices = heartbeatUpsert(
-      sql`unnest(${[]}::bigint[], ${[]}::text[], ${[]}::text[])`,
+      sql`unnest(${[]}::bigint[], ${[]}::int4[], ${[]}::int2[])`,
       [],
       0,
       true,
@@ -184,9 +218,8 @@ function heartbeatUpsertSql(db: Executor): { plain: string; devices: string } {
  */
 const deviceSwitch = (rows: ReturnType<typeof sql>, heldIds: readonly number[]) => sql`
   WITH input AS (
-    SELECT i.user_id, i.device_id, i.device_kind::pulse_device_kind AS device_kind,
-           coalesce(hashtext(i.device_id), 0) AS device_key
-    FROM ${rows} AS i(user_id, device_id, device_kind)
+    SELECT i.user_id, i.device_id, ${kindOf(sql`i.kind`)} AS device_kind, i.device_key
+    FROM ${rows} AS i(user_id, device_key, kind, device_id)
   ),
   prev AS (
     SELECT p.user_id, p.device_key, p.device_kind, p.last_hb, p.last_hb > ${onlineSince} AS fresh
@@ -287,15 +320,59 @@ export async function recordHeartbeatsByShard(
   return partial;
 }
 
-/** The rows of `round` at `indexes` as a VALUES list (Citus: routed to the shard as it is). */
-function valuesOf(round: HeartbeatRound, indexes: readonly number[], named: boolean) {
+/**
+ * The rows of `round` at `indexes` as a VALUES list (Citus: routed to the shard as it is):
+ * (user_id), or with `named` (user_id, device_key, kind code), or with `ids` also the device id.
+ */
+function valuesOf(round: HeartbeatRound, indexes: readonly number[], named: boolean, ids = false) {
   return sql`(VALUES ${sql.join(
-    indexes.map((index) =>
-      named
-        ? sql`(${round.ids[index]}::bigint, ${round.deviceIds[index]}::text, ${round.kinds[index]}::text)`
-        : sql`(${round.ids[index]}::bigint)`,
-    ),
+    indexes.map((index) => {
+      if (!named) return sql`(${round.ids[index]}::bigint)`;
+      const key = deviceKey(round.deviceIds[index] ?? null);
+      const kind = kindCode(round.kinds[index] ?? null);
+      return ids
+        ? sql`(${round.ids[index]}::bigint, ${key}::int4, ${kind}::int2, ${round.deviceIds[index]}::text)`
+        : sql`(${round.ids[index]}::bigint, ${key}::int4, ${kind}::int2)`;
+    }),
   )})`;
+}
+
+/** What the upsert answers: the ids it wrote when not all, and those on several devices. */
+interface UpsertAnswer {
+  beaten: string[] | null;
+  several: string[] | null;
+}
+
+/** The statements after the upsert, for the users it left alone or found on several devices. */
+async function afterUpsert(
+  db: Executor,
+  round: HeartbeatRound,
+  indexes: readonly number[],
+  answer: UpsertAnswer | undefined,
+  heldIds: readonly number[],
+  routed: boolean,
+): Promise<void> {
+  const several = answer?.several ?? null;
+  if (several !== null) {
+    const on = new Set(several.map(Number));
+    const rows = indexes.filter((index) => on.has(round.ids[index]!));
+    if (routed) {
+      await severalBeat(valuesOf(round, rows, true, true)).execute(db);
+    } else {
+      // Plain PostgreSQL: four arrays, the statement text built once (as the upsert's).
+      const devices = rows.map((index) => round.deviceIds[index] ?? null);
+      await db.executeQuery(
+        CompiledQuery.raw(severalBeatSql(db), [
+          rows.map((index) => round.ids[index]),
+          devices.map(deviceKey),
+          rows.map((index) => kindCode(round.kinds[index] ?? null)),
+          devices,
+        ]),
+      );
+    }
+  }
+  const left = leftAlone(round, answer?.beaten ?? null, indexes);
+  if (left.length > 0) await deviceSwitch(valuesOf(round, left, true, true), heldIds).execute(db);
 }
 
 /** One round (each user once): the upsert, then the device switches it left, if any. */
@@ -310,17 +387,19 @@ async function writeRound(
   const groups = router ? await router.group(ids) : null;
   if (groups === null) {
     const text = heartbeatUpsertSql(db);
-    const { rows } = await db.executeQuery<{ beaten: string[] | null }>(
+    const { rows } = await db.executeQuery<UpsertAnswer>(
       named
-        ? CompiledQuery.raw(text.devices, [ids, round.deviceIds, round.kinds, heldIds, ids.length])
+        ? CompiledQuery.raw(text.devices, [
+            ids,
+            round.deviceIds.map(deviceKey),
+            round.kinds.map(kindCode),
+            heldIds,
+            ids.length,
+          ])
         : CompiledQuery.raw(text.plain, [ids, heldIds, ids.length]),
     );
-    const left = leftAlone(
-      round,
-      rows[0]?.beaten ?? null,
-      ids.map((_, index) => index),
-    );
-    if (left.length > 0) await deviceSwitch(valuesOf(round, left, true), heldIds).execute(db);
+    const all = ids.map((_, index) => index);
+    await afterUpsert(db, round, all, rows[0], heldIds, false);
     return undefined;
   }
   // Citus: an INSERT ... SELECT is run through the coordinator (its rows are pulled there, then
@@ -337,8 +416,7 @@ async function writeRound(
         indexes.length,
         named,
       ).execute(db);
-      const left = leftAlone(round, (rows[0] as { beaten: string[] | null }).beaten, indexes);
-      if (left.length > 0) await deviceSwitch(valuesOf(round, left, true), heldIds).execute(db);
+      await afterUpsert(db, round, indexes, rows[0] as UpsertAnswer | undefined, heldIds, true);
     }),
   );
   return partialWrite(groups, outcomes);
@@ -983,8 +1061,8 @@ const deviceOffline = (
     'offline',
     lastSeenSetting,
     sql`input AS (
-      SELECT i.user_id, coalesce(hashtext(i.device_id), 0) AS device_key
-      FROM unnest(${ids}::bigint[], ${deviceIds}::text[]) AS i(user_id, device_id)
+      SELECT i.user_id, i.device_key
+      FROM unnest(${ids}::bigint[], ${deviceIds.map(deviceKey)}::int4[]) AS i(user_id, device_key)
     ),
     prev AS (
       SELECT p.user_id, p.device_key, p.last_hb, p.last_hb > ${onlineSince} AS fresh

@@ -7,7 +7,7 @@ export interface PulseTable {
   last_hb: ColumnType<Date, Date | undefined, Date>;
   /** Non-null exactly while the change log's last transition of this user is `online`. */
   online_since: ColumnType<Date | null, Date | null | undefined, Date | null>;
-  /** hashtext(device_id) of the newest beat's device; 0: none named; null: several devices. */
+  /** deviceKey(device_id) of the newest beat's device; 0: none named; null: several devices. */
   device_key: ColumnType<number | null, number | null | undefined, number | null>;
   device_kind: ColumnType<DeviceKind | null, DeviceKind | null | undefined, DeviceKind | null>;
 }
