@@ -132,15 +132,29 @@ const heartbeatUpsert = (
   rows: ReturnType<typeof sql>,
   heldIds: readonly number[],
   count: number,
-  devices: boolean,
+  /**
+   * `plain`: rows of (user_id), no device named; `devices`: (user_id, device_key, kind code);
+   * `several`: also the device id, and the pulse_devices rows of users on several devices are
+   * written by this statement too (severalBeat's work, for flushes expected to have such users).
+   */
+  form: 'plain' | 'devices' | 'several',
 ) => sql`
-  WITH up AS (
-    INSERT INTO pulse AS p (user_id, last_hb, online_since${devices ? sql`, device_key, device_kind` : sql``})
+  WITH ${
+    form === 'several'
+      ? sql`input AS NOT MATERIALIZED (
+    SELECT * FROM ${rows} AS i(user_id, device_key, kind, device_id)
+  ),`
+      : sql``
+  }
+  up AS (
+    INSERT INTO pulse AS p (user_id, last_hb, online_since${form === 'plain' ? sql`` : sql`, device_key, device_kind`})
     ${
-      devices
-        ? sql`SELECT i.user_id, now(), now(), i.device_key, ${kindOf(sql`i.kind`)}
-              FROM ${rows} AS i(user_id, device_key, kind)`
-        : sql`SELECT i.user_id, now(), now() FROM ${rows} AS i(user_id)`
+      form === 'plain'
+        ? sql`SELECT i.user_id, now(), now() FROM ${rows} AS i(user_id)`
+        : form === 'devices'
+          ? sql`SELECT i.user_id, now(), now(), i.device_key, ${kindOf(sql`i.kind`)}
+                FROM ${rows} AS i(user_id, device_key, kind)`
+          : sql`SELECT user_id, now(), now(), device_key, ${kindOf(sql`kind`)} FROM input`
     }
     ON CONFLICT (user_id) DO UPDATE
       SET last_hb = EXCLUDED.last_hb, online_since = coalesce(p.online_since, EXCLUDED.online_since),
@@ -148,6 +162,18 @@ const heartbeatUpsert = (
       WHERE p.device_key = EXCLUDED.device_key OR p.device_key IS NULL
     RETURNING user_id, last_hb, online_since, device_key IS NULL AS several
   ),
+  ${
+    form === 'several'
+      ? sql`devices AS (
+    INSERT INTO pulse_devices AS d (user_id, device_key, last_hb, device_kind, device_id)
+    SELECT user_id, device_key, now(), ${kindOf(sql`kind`)}, device_id FROM input
+    WHERE user_id = ANY(ARRAY(SELECT user_id FROM up WHERE several))
+    ON CONFLICT (user_id, device_key) DO UPDATE
+      SET last_hb = EXCLUDED.last_hb, device_kind = EXCLUDED.device_kind,
+          device_id = coalesce(EXCLUDED.device_id, d.device_id)
+  ),`
+      : sql``
+  }
   logged AS (
     INSERT INTO pulse_events (user_id, online, reason, at, last_seen)
     SELECT user_id, true,
@@ -183,28 +209,58 @@ function severalBeatSql(db: Executor): string {
   return text;
 }
 
-/** heartbeatUpsert as text, built once per Kysely instance and per form (see below). */
-const upsertSql = new WeakMap<Executor, { plain: string; devices: string }>();
-function heartbeatUpsertSql(db: Executor): { plain: string; devices: string } {
+/** heartbeatUpsert as text per form, built once per Kysely instance. */
+const upsertSql = new WeakMap<Executor, Record<'plain' | 'devices' | 'several', string>>();
+function heartbeatUpsertSql(db: Executor): Record<'plain' | 'devices' | 'several', string> {
   let text = upsertSql.get(db);
   if (text === undefined) {
     // Compiled once, then run with each flush's arrays: compiling the same statement for every
     // flush was measurable on the single-heartbeat path (docs/request-cost.md).
-    const plain = heartbeatUpsert(sql`unnest(${[]}::bigint[])`, [], 0, false).compile(db);
-    const devices = heartbeatUpsert(
-      sql`unnest(${[]}::bigint[], ${[]}::int4[], ${[]}::int2[])`,
-      [],
-      0,
-      true,
-    ).compile(db);
-    if (plain.parameters.length !== 3 || devices.parameters.length !== 5) {
+    const compile = (rows: ReturnType<typeof sql>, form: 'plain' | 'devices' | 'several') =>
+      heartbeatUpsert(rows, [], 0, form).compile(db);
+    const plain = compile(sql`unnest(${[]}::bigint[])`, 'plain');
+    const devices = compile(sql`unnest(${[]}::bigint[], ${[]}::int4[], ${[]}::int2[])`, 'devices');
+    const several = compile(
+      sql`unnest(${[]}::bigint[], ${[]}::int4[], ${[]}::int2[], ${[]}::text[])`,
+      'several',
+    );
+    if (
+      plain.parameters.length !== 3 ||
+      devices.parameters.length !== 5 ||
+      several.parameters.length !== 6
+    ) {
       throw new Error('the heartbeat upsert changed its parameters');
     }
-    text = { plain: plain.sql, devices: devices.sql };
+    text = { plain: plain.sql, devices: devices.sql, several: several.sql };
     upsertSql.set(db, text);
   }
   return text;
 }
+
+/**
+ * Users the upsert last found on several devices, per Kysely instance (per process): a flush with
+ * one of them runs the `several` form, one statement instead of two. A hint only: a wrong guess
+ * costs a statement, never a beat; it is forgotten whole past SEVERAL_HINT_MAX users.
+ */
+const onSeveral = new WeakMap<Executor, Set<number>>();
+const SEVERAL_HINT_MAX = 100_000;
+
+function learnSeveral(db: Executor, ids: readonly number[], several: readonly string[] | null) {
+  let known = onSeveral.get(db);
+  if (several === null && (known === undefined || known.size === 0)) return;
+  if (known === undefined) onSeveral.set(db, (known = new Set()));
+  if (known.size > SEVERAL_HINT_MAX) known.clear();
+  const now = new Set(several?.map(Number));
+  for (const id of ids) {
+    if (now.has(id)) known.add(id);
+    else known.delete(id);
+  }
+}
+
+const expectsSeveral = (db: Executor, ids: readonly number[]): boolean => {
+  const known = onSeveral.get(db);
+  return known !== undefined && known.size > 0 && ids.some((id) => known.has(id));
+};
 
 /**
  * The second statement, for the rows the first left alone: another device than the row's (or a
@@ -351,9 +407,11 @@ async function afterUpsert(
   answer: UpsertAnswer | undefined,
   heldIds: readonly number[],
   routed: boolean,
+  /** The upsert wrote their pulse_devices rows itself (its `several` form). */
+  devicesWritten = false,
 ): Promise<void> {
   const several = answer?.several ?? null;
-  if (several !== null) {
+  if (several !== null && !devicesWritten) {
     const on = new Set(several.map(Number));
     const rows = indexes.filter((index) => on.has(round.ids[index]!));
     if (routed) {
@@ -387,19 +445,19 @@ async function writeRound(
   const groups = router ? await router.group(ids) : null;
   if (groups === null) {
     const text = heartbeatUpsertSql(db);
+    const several = named && expectsSeveral(db, ids);
+    const keys = named ? round.deviceIds.map(deviceKey) : [];
+    const kinds = named ? round.kinds.map(kindCode) : [];
     const { rows } = await db.executeQuery<UpsertAnswer>(
-      named
-        ? CompiledQuery.raw(text.devices, [
-            ids,
-            round.deviceIds.map(deviceKey),
-            round.kinds.map(kindCode),
-            heldIds,
-            ids.length,
-          ])
-        : CompiledQuery.raw(text.plain, [ids, heldIds, ids.length]),
+      several
+        ? CompiledQuery.raw(text.several, [ids, keys, kinds, round.deviceIds, heldIds, ids.length])
+        : named
+          ? CompiledQuery.raw(text.devices, [ids, keys, kinds, heldIds, ids.length])
+          : CompiledQuery.raw(text.plain, [ids, heldIds, ids.length]),
     );
+    learnSeveral(db, ids, rows[0]?.several ?? null);
     const all = ids.map((_, index) => index);
-    await afterUpsert(db, round, all, rows[0], heldIds, false);
+    await afterUpsert(db, round, all, rows[0], heldIds, false, several);
     return undefined;
   }
   // Citus: an INSERT ... SELECT is run through the coordinator (its rows are pulled there, then
@@ -414,7 +472,7 @@ async function writeRound(
         valuesOf(round, indexes, named),
         heldIds,
         indexes.length,
-        named,
+        named ? 'devices' : 'plain',
       ).execute(db);
       await afterUpsert(db, round, indexes, rows[0] as UpsertAnswer | undefined, heldIds, true);
     }),
