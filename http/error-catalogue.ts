@@ -21,7 +21,7 @@ export const errorCatalogue = {
   invalid_device: {
     status: 400,
     message: 'the device is not valid',
-    when: '`device_id` not 1 to 64 characters of `A-Z a-z 0-9 . _ : -`, or `device_kind` not one of `web`, `mobile`, `desktop`, `other` (body, or the stream\'s query)',
+    when: "`device_id` not 1 to 64 characters of `A-Z a-z 0-9 . _ : -`, or `device_kind` not one of `web`, `mobile`, `desktop`, `other` (body, or the stream's query)",
   },
   invalid_body: {
     status: 400,

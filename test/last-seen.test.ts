@@ -32,8 +32,7 @@ async function putLastSeenDaysAgo(database: TestDatabase, n: number) {
   );
 }
 
-/** The devices summary of a user online on one device that named none, and of anyone offline. */
-const ONE_DEVICE = { count: 1, kinds: [] };
+/** The devices summary of anyone offline. */
 const NO_DEVICES = { count: 0, kinds: [] };
 
 describe('last seen', function () {

@@ -43,8 +43,7 @@ const befriend = (database: TestDatabase, a: number, b: number) =>
 const unfriend = (database: TestDatabase, a: number, b: number) =>
   sql`DELETE FROM friends WHERE user_id = ${a} AND friend_id = ${b}`.execute(database.db);
 
-/** The devices summary of a user online on one device that named none, and of anyone offline. */
-const ONE_DEVICE = { count: 1, kinds: [] };
+/** The devices summary of anyone offline. */
 const NO_DEVICES = { count: 0, kinds: [] };
 
 /** Without its user_id: what an answer says about a user, field by field (devices too). */
