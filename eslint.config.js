@@ -37,6 +37,8 @@ export default tseslint.config(
         location: 'readonly',
         history: 'readonly',
         URLSearchParams: 'readonly',
+        setInterval: 'readonly',
+        clearInterval: 'readonly',
       },
     },
   },

@@ -3,6 +3,7 @@ import type { Registry } from 'prom-client';
 import type { Logger } from '../lib/infra/logger.ts';
 import { opsRoutes } from '../http/ops-routes.ts';
 import {
+  setDevicesOffline,
   setOffline,
   statusRow,
   UNKNOWN_PRESENCE,
@@ -171,9 +172,9 @@ export function buildApp({
 
   app.post('/status/update', authenticate, admit, jsonBody, async (req, res) => {
     requireJson(req);
-    const { userIds, many } = parseHeartbeatBody(req.body, config.BATCH_MAX_IDS);
+    const { userIds, many, devices } = parseHeartbeatBody(req.body, config.BATCH_MAX_IDS);
     assertMayWrite(principalOf(req), userIds);
-    await inTime(res, heartbeats.record(userIds));
+    await inTime(res, heartbeats.record(userIds, devices && { devices }));
     const threshold = thresholdHeader();
     if (threshold !== undefined) res.setHeader(THRESHOLD_HEADER, threshold);
     if (many) res.json({ status: 'success', accepted: userIds.length });
@@ -182,22 +183,35 @@ export function buildApp({
 
   app.post('/status/offline', authenticate, admit, jsonBody, async (req, res) => {
     requireJson(req);
-    const { userIds, many } = parseHeartbeatBody(req.body, config.BATCH_MAX_IDS);
+    const { userIds, many, devices } = parseHeartbeatBody(req.body, config.BATCH_MAX_IDS);
     assertMayWrite(principalOf(req), userIds);
     const graceMs = parseGraceParam(req.query.grace_ms);
+    // Items naming a device end only that device; the others end the user on every device.
+    const everywhere = userIds.filter((_, index) => devices?.ids[index] == null);
+    const oneDevice = userIds.filter((_, index) => devices?.ids[index] != null);
+    const leaving = devices?.ids.filter((id): id is string => id !== null) ?? [];
     if (graceMs > 0) {
-      // A page going away: offline unless the user beats again within the grace (a reload).
-      deferredOffline.schedule(userIds, graceMs);
+      // A page going away: offline unless the user (device) beats again within the grace (a reload).
+      if (everywhere.length > 0) deferredOffline.schedule(everywhere, graceMs);
+      if (oneDevice.length > 0) deferredOffline.schedule(oneDevice, graceMs, leaving);
       res.status(202);
       res.json(many ? { status: 'accepted', accepted: userIds.length } : { status: 'accepted' });
       return;
     }
-    // Offline is final until a newer heartbeat: this process's earlier beats of these users are
-    // dropped from the queue or, already being written, commit before the DELETE runs.
-    await inTime(
-      res,
-      heartbeats.withdraw(userIds).then(() => setOffline(db, userIds)),
-    );
+    // Offline is final until a newer heartbeat: this process's earlier beats of these users (of
+    // these devices) are dropped from the queue or, already being written, commit before the
+    // DELETE runs.
+    const offline = async () => {
+      if (everywhere.length > 0) {
+        await heartbeats.withdraw(everywhere);
+        await setOffline(db, everywhere);
+      }
+      if (oneDevice.length > 0) {
+        await heartbeats.withdraw(oneDevice, leaving);
+        await setDevicesOffline(db, oneDevice, leaving);
+      }
+    };
+    await inTime(res, offline());
     res.json(many ? { status: 'success', accepted: userIds.length } : { status: 'success' });
   });
 

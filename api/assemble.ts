@@ -143,7 +143,7 @@ export function assembleApi(
     threshold,
     chunkIds: config.HEARTBEAT_FLUSH_MAX_IDS,
     onBeatError: unlessOutage('held heartbeat not written'),
-    leaving: (userId) => deferredOffline.isLeaving(userId),
+    leaving: (userId, deviceId) => deferredOffline.isLeaving(userId, deviceId),
   });
   const feedObserver = {
     ...streamMetrics.feedObserver,

@@ -19,7 +19,9 @@ const callerLimit = (code: string, limit: string) => ({
   headers: retryAfter,
   content: json(ref('Error')),
 });
-const badRequest = error('`invalid_user_id`, `invalid_body` or `invalid_json`');
+const badRequest = error(
+  '`invalid_user_id`, `invalid_device` (device_id or device_kind), `invalid_body` or `invalid_json`',
+);
 const tooLarge = error(
   '`too_many_ids` (more than BATCH_MAX_IDS) or `payload_too_large` (over BODY_LIMIT_BYTES)',
 );
@@ -203,6 +205,21 @@ export const openApiDocument = {
             schema: { type: 'string', pattern: '^[1-9][0-9]{0,15}$' },
           },
           {
+            name: 'device_id',
+            in: 'query',
+            required: false,
+            description:
+              'With `hold=true`: the device the stream holds presence from (an id the client keeps per device). The user is online while any of their devices is; without it, the unnamed device of requests naming none. Without `hold=true`, 400 `invalid_request`',
+            schema: ref('DeviceId'),
+          },
+          {
+            name: 'device_kind',
+            in: 'query',
+            required: false,
+            description: 'With `hold=true`: what kind of client the device is',
+            schema: ref('DeviceKind'),
+          },
+          {
             name: 'access_token',
             in: 'query',
             required: false,
@@ -238,7 +255,7 @@ export const openApiDocument = {
             },
           },
           '400': error(
-            '`invalid_user_id` (watch or user_id), or `invalid_request` (a token in both the header and the query)',
+            '`invalid_user_id` (watch or user_id), `invalid_device` (device_id or device_kind), or `invalid_request` (a token in both the header and the query, or a device without hold=true)',
           ),
           '401': unauthenticated,
           '403': forbidden,
@@ -458,11 +475,38 @@ export const openApiDocument = {
     },
     schemas: {
       UserId: { type: 'integer', minimum: 1, maximum: Number.MAX_SAFE_INTEGER },
+      DeviceId: {
+        type: 'string',
+        pattern: '^[A-Za-z0-9._:-]{1,64}$',
+        description:
+          'An opaque id the client keeps per device (a browser: shared by its tabs). Presence is per device, decided per user: online while any device is.',
+      },
+      DeviceKind: { type: 'string', enum: ['web', 'mobile', 'desktop', 'other'] },
+      DeviceSummary: {
+        type: 'object',
+        required: ['count', 'kinds'],
+        additionalProperties: false,
+        description:
+          'Where the user is online: their devices with a beat within the threshold, and the kinds those devices named (sorted, distinct). Count 0 and no kinds when offline, or hidden by privacy or the visibility rule. A change of devices with no online/offline transition sends no stream event.',
+        properties: {
+          count: { type: 'integer', minimum: 0 },
+          kinds: { type: 'array', items: ref('DeviceKind'), uniqueItems: true },
+        },
+      },
       UserRef: {
         type: 'object',
         required: ['user_id'],
         properties: {
           user_id: ref('UserId'),
+          device_id: {
+            ...ref('DeviceId'),
+            description:
+              'Heartbeat and offline: the device it comes from. An offline naming a device ends only that device (the user goes offline when no other device is fresh); without one it ends the user everywhere. Ignored by POST /status/batch.',
+          },
+          device_kind: {
+            ...ref('DeviceKind'),
+            description: 'Heartbeat: what kind of client the device is. Ignored elsewhere.',
+          },
           timestamp: {
             description: 'Accepted and ignored: last_hb always comes from the database clock',
           },
@@ -470,7 +514,7 @@ export const openApiDocument = {
       },
       Status: {
         type: 'object',
-        required: ['user_id', 'is_online', 'last_seen'],
+        required: ['user_id', 'is_online', 'last_seen', 'devices'],
         additionalProperties: false,
         properties: {
           user_id: ref('UserId'),
@@ -485,6 +529,7 @@ export const openApiDocument = {
             description:
               'When the user was last around, by the database clock (ISO 8601, UTC): their last heartbeat while Pulse holds a presence row (so for every online user), else the last heartbeat recorded when they went offline (sweep or explicit offline, kept for pulse_settings.last_seen_retention_days), else null (unknown, or last seen is off)',
           },
+          devices: ref('DeviceSummary'),
         },
       },
       Privacy: {

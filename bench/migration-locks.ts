@@ -1,19 +1,22 @@
 /**
- * The locks Pulse's presence-lifecycle migrations (0003, 0004) take on a populated `pulse`, and
- * how long: each migration's up() and down() runs in its own transaction on a table of
- * `--rows` rows (1,000,000 by default) while single heartbeats keep flowing; before COMMIT the
- * transaction lists the locks it holds on `pulse` (held until COMMIT, so the transaction's
- * duration is the longest any of them is held).
+ * The locks Pulse's migrations that touch a populated `pulse` take (0003, 0004, 0012), and how
+ * long: each migration's up() and down() runs in its own transaction on a table of `--rows` rows
+ * (1,000,000 by default) while single heartbeats keep flowing; before COMMIT the transaction lists
+ * the locks it holds on `pulse` (held until COMMIT, so the transaction's duration is the longest
+ * any of them is held). Written to bench/results/migration-locks.json.
  *
- *   flock /tmp/pulse-bench.lock npm run bench:migration-locks [-- --rows 1000000]
+ *   flock /tmp/pulse-bench.lock npm run bench:migration-locks [-- --rows 10000000]
  */
+import { writeFileSync } from 'node:fs';
+import os from 'node:os';
 import { parseArgs } from 'node:util';
-import { sql, type Kysely } from 'kysely';
+import { CompiledQuery, sql, type Kysely } from 'kysely';
 import { openDatabase } from '../lib/infra/db.ts';
 import { createLogger } from '../lib/infra/logger.ts';
 import { recordHeartbeats } from '../lib/store/pulse-store.ts';
 import * as settings from '../migrations/0003_presence_settings.ts';
 import * as lastSeen from '../migrations/0004_last_seen.ts';
+import * as devices from '../migrations/0012_devices.ts';
 import { fillTable, openBenchDatabase } from './support.ts';
 
 const { values } = parseArgs({ options: { rows: { type: 'string', default: '1000000' } } });
@@ -36,14 +39,31 @@ const heartbeats = openDatabase({
 // eslint-disable-next-line @typescript-eslint/no-explicit-any -- migrations take Kysely<any>
 type Step = (db: Kysely<any>) => Promise<void>;
 
-async function measure(name: string, step: Step) {
+/** The heartbeat of before 0012 (no device columns): valid while 0012 is undone and redone. */
+const HEARTBEAT_BEFORE_0012 = `
+  WITH up AS (
+    INSERT INTO pulse AS p (user_id, last_hb, online_since) SELECT hb, now(), now() FROM unnest($1::bigint[]) AS hb
+    ON CONFLICT (user_id) DO UPDATE
+      SET last_hb = EXCLUDED.last_hb, online_since = coalesce(p.online_since, EXCLUDED.online_since)
+    RETURNING user_id, last_hb, online_since
+  )
+  INSERT INTO pulse_events (user_id, online, reason, at, last_seen)
+  SELECT user_id, true, 'heartbeat', last_hb, last_hb FROM up WHERE online_since = last_hb`;
+
+const results: Array<Record<string, unknown>> = [];
+
+async function measure(name: string, step: Step, before0012 = false) {
   const latencies: number[] = [];
   let running = true;
   const load = (async () => {
     while (running) {
       const id = 1 + Math.floor(Math.random() * rows);
       const started = performance.now();
-      await recordHeartbeats(heartbeats.db, [id]);
+      if (before0012) {
+        await heartbeats.db.executeQuery(CompiledQuery.raw(HEARTBEAT_BEFORE_0012, [[id]]));
+      } else {
+        await recordHeartbeats(heartbeats.db, [id]);
+      }
       latencies.push(performance.now() - started);
     }
   })();
@@ -62,8 +82,17 @@ async function measure(name: string, step: Step) {
   await load;
   const sorted = latencies.sort((a, b) => a - b);
   const round = (n: number | undefined) => Math.round((n ?? NaN) * 10) / 10;
+  const held = [...new Set(locks)];
+  results.push({
+    step: name,
+    transactionMs: round(ms),
+    locksOnPulse: held,
+    heartbeatsMeanwhile: sorted.length,
+    heartbeatP99Ms: round(sorted[Math.floor(sorted.length * 0.99)]),
+    heartbeatMaxMs: round(sorted.at(-1)),
+  });
   console.log(
-    `${name}: transaction ${round(ms)} ms; locks on pulse: ${[...new Set(locks)].join(', ') || 'none'}; ` +
+    `${name}: transaction ${round(ms)} ms; locks on pulse: ${held.join(', ') || 'none'}; ` +
       `heartbeats meanwhile: ${sorted.length}, p99 ${round(sorted[Math.floor(sorted.length * 0.99)])} ms, max ${round(sorted.at(-1))} ms`,
   );
 }
@@ -71,10 +100,26 @@ async function measure(name: string, step: Step) {
 try {
   console.log(`filling pulse with ${rows} rows`);
   await fillTable(scratch, rows);
+  await measure('0012_devices down', devices.down, true);
+  await measure('0012_devices up', devices.up, true);
   await measure('0004_last_seen down', lastSeen.down);
   await measure('0003_presence_settings down', settings.down);
   await measure('0003_presence_settings up', settings.up);
   await measure('0004_last_seen up', lastSeen.up);
+  writeFileSync(
+    process.env.BENCH_RESULTS ?? new URL('./results/migration-locks.json', import.meta.url),
+    `${JSON.stringify(
+      {
+        measuredAt: new Date().toISOString(),
+        machine: `${os.cpus().length} x ${os.cpus()[0]?.model ?? 'CPU'}`,
+        postgres: process.env.DATABASE_URL ? 'DATABASE_URL' : 'embedded',
+        rows,
+        steps: results,
+      },
+      null,
+      2,
+    )}\n`,
+  );
 } finally {
   await migrating.close();
   await heartbeats.close();

@@ -18,6 +18,11 @@ export const errorCatalogue = {
     message: 'the user id is not valid',
     when: '`user_id` missing, not an integer, below 1 or above 2^53 - 1 (body, path or `watch`)',
   },
+  invalid_device: {
+    status: 400,
+    message: 'the device is not valid',
+    when: "`device_id` not 1 to 64 characters of `A-Z a-z 0-9 . _ : -`, or `device_kind` not one of `web`, `mobile`, `desktop`, `other` (body, or the stream's query)",
+  },
   invalid_body: {
     status: 400,
     message: 'the request body has the wrong shape',

@@ -5,6 +5,10 @@ import { expectError } from './support/http.ts';
 
 const MAX_ID = Number.MAX_SAFE_INTEGER;
 
+/** The devices summary of a user online on one device that named none, and of anyone offline. */
+const ONE_DEVICE = { count: 1, kinds: [] };
+const NO_DEVICES = { count: 0, kinds: [] };
+
 describe('API', () => {
   let database: TestDatabase;
   let app: TestApp;
@@ -83,11 +87,13 @@ describe('API', () => {
         user_id: 100,
         is_online: true,
         last_seen: lastSeen.get(100),
+        devices: ONE_DEVICE,
       });
       expect(await (await app.get('/status/101')).json()).to.deep.equal({
         user_id: 101,
         is_online: false,
         last_seen: lastSeen.get(101),
+        devices: NO_DEVICES,
       });
     });
 
@@ -98,6 +104,7 @@ describe('API', () => {
         user_id: 999999,
         is_online: false,
         last_seen: null,
+        devices: NO_DEVICES,
       });
     });
 
@@ -107,6 +114,7 @@ describe('API', () => {
         user_id: 102,
         is_online: true,
         last_seen: (await lastHeartbeats(database, [102])).get(102),
+        devices: ONE_DEVICE,
       });
     });
   });
@@ -124,10 +132,10 @@ describe('API', () => {
       expect(response.status).to.equal(200);
       const lastSeen = await lastHeartbeats(database, [200, 201]);
       expect(await response.json()).to.deep.equal([
-        { user_id: 201, is_online: false, last_seen: lastSeen.get(201) },
-        { user_id: 200, is_online: true, last_seen: lastSeen.get(200) },
-        { user_id: 202, is_online: false, last_seen: null },
-        { user_id: 200, is_online: true, last_seen: lastSeen.get(200) },
+        { user_id: 201, is_online: false, last_seen: lastSeen.get(201), devices: NO_DEVICES },
+        { user_id: 200, is_online: true, last_seen: lastSeen.get(200), devices: ONE_DEVICE },
+        { user_id: 202, is_online: false, last_seen: null, devices: NO_DEVICES },
+        { user_id: 200, is_online: true, last_seen: lastSeen.get(200), devices: ONE_DEVICE },
       ]);
     });
 

@@ -320,6 +320,7 @@ describe('authentication, AUTH_MODE=jwt with HS256', () => {
         user_id: 1,
         is_online: false,
         last_seen: (await lastHeartbeats(database, [1])).get(1),
+        devices: { count: 0, kinds: [] },
       });
       expect(response.headers.get('cache-control')).to.equal('no-store');
     });
@@ -334,8 +335,18 @@ describe('authentication, AUTH_MODE=jwt with HS256', () => {
       expect(response.status).to.equal(200);
       const lastSeen = await lastHeartbeats(database, [1, 7]);
       expect(await response.json()).to.deep.equal([
-        { user_id: 1, is_online: false, last_seen: lastSeen.get(1) },
-        { user_id: 7, is_online: false, last_seen: lastSeen.get(7) },
+        {
+          user_id: 1,
+          is_online: false,
+          last_seen: lastSeen.get(1),
+          devices: { count: 0, kinds: [] },
+        },
+        {
+          user_id: 7,
+          is_online: false,
+          last_seen: lastSeen.get(7),
+          devices: { count: 0, kinds: [] },
+        },
       ]);
     });
 

@@ -209,6 +209,55 @@ describe('in a real browser (Chromium): the demo page and the client library', f
     expect(await database.ageOf(7)).to.be.below(THRESHOLD_SECONDS);
   });
 
+  it('keeps a user online on two devices (two browsers) when one closes its page, and offline when the last does', async () => {
+    const alice = await openDemo(await newBrowser(), '?user=9');
+    const laptop = await openDemo(await newBrowser(), '?user=10');
+    const phone = await openDemo(await newBrowser(), '?user=10');
+    await laptop.waitForSelector('#status[data-status="live"]');
+    await phone.waitForSelector('#status[data-status="live"]');
+    await alice.waitForSelector(cell(10, 'online'), { timeout: 5_000 });
+    // Two browser profiles are two devices: each keeps its own device id in localStorage.
+    const ids = await Promise.all(
+      [laptop, phone].map((page) =>
+        page.evaluate<string>(`localStorage.getItem('pulse-device-id')`),
+      ),
+    );
+    expect(ids[0]).to.match(/^b-[a-z0-9]{16}$/);
+    expect(ids[1])
+      .to.match(/^b-[a-z0-9]{16}$/)
+      .and.not.equal(ids[0]);
+    await alice.waitForSelector(`${cell(10)} .devices[data-count="2"]`, { timeout: 5_000 });
+    expect(await alice.locator(`${cell(10)} .devices`).textContent()).to.equal('2 devices: web');
+
+    const states = await recordStates(alice, 10);
+    requestLines.length = 0;
+    await laptop.close({ runBeforeUnload: true });
+    await waitForRequestLine("the laptop's offline", '/status/offline', '"statusCode":202');
+    // The grace (1.5 s) and a poll pass: the phone keeps user 10 online, no change is shown.
+    await new Promise((resolve) => setTimeout(resolve, 3_500));
+    expect(await states(), 'states alice saw for user 10').to.deep.equal([]);
+    expect(await database.ageOf(10)).to.be.below(THRESHOLD_SECONDS);
+    await alice.waitForSelector(`${cell(10)} .devices[data-count="1"]`, { timeout: 5_000 });
+
+    await phone.close({ runBeforeUnload: true });
+    await alice.waitForSelector(cell(10, 'offline'), { timeout: 5_000 });
+    expect(await states()).to.deep.equal(['offline']);
+    expect(await database.ageOf(10)).to.equal(undefined);
+  });
+
+  it('opens a second device in the page: the user shows on two devices, and closing it leaves one', async () => {
+    const page = await openDemo(await newBrowser(), '?user=11');
+    await page.waitForSelector(cell(11, 'online'), { timeout: 5_000 });
+    await page.click('#second');
+    await page.waitForSelector(`${cell(11)} .devices[data-count="2"]`, { timeout: 5_000 });
+    expect(await page.locator(`${cell(11)} .devices`).textContent()).to.equal(
+      '2 devices: mobile, web',
+    );
+    await page.click('#second');
+    await page.waitForSelector(`${cell(11)} .devices[data-count="1"]`, { timeout: 5_000 });
+    expect(await page.locator(cell(11)).getAttribute('data-state')).to.equal('online');
+  });
+
   it('keeps an idle page on one stream for 40 s: no reconnect, no error, no fallback heartbeat', async function () {
     this.timeout(90_000);
     const context = await newBrowser();
@@ -229,7 +278,14 @@ describe('in a real browser (Chromium): the demo page and the client library', f
     })()`);
     // Past the client's 10 s snapshot watchdog and two of the server's 15 s keep-alives.
     await new Promise((resolve) => setTimeout(resolve, 40_000));
-    expect(requests, 'requests of the page').to.deep.equal(['GET /status/stream']);
+    // Besides the stream, only the demo's reads of where users are online (devices joining or
+    // leaving send no event): every 2 s, never a heartbeat or a second stream.
+    const reads = requests.filter((request) => request === 'POST /status/batch');
+    expect(
+      requests.filter((request) => request !== 'POST /status/batch'),
+      'requests of the page',
+    ).to.deep.equal(['GET /status/stream']);
+    expect(reads.length, 'device reads in 40 s').to.be.within(10, 21);
     expect(await page.evaluate<string[]>('window.seenStatuses'), 'status changes').to.deep.equal(
       [],
     );

@@ -85,6 +85,7 @@ const migratedLayout = (shards: number) => [
   { table: 'kysely_migration', method: 'n', shards: 1 },
   { table: 'kysely_migration_lock', method: 'n', shards: 1 },
   { table: 'pulse', method: 'h', shards },
+  { table: 'pulse_devices', method: 'h', shards },
   { table: 'pulse_events', method: 'h', shards },
   { table: 'pulse_job_leases', method: 'n', shards: 1 },
   { table: 'pulse_last_seen', method: 'h', shards },

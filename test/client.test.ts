@@ -131,7 +131,35 @@ describe('client library in Node, against the real API', function () {
     expect(await isOnline(11)).to.equal(true);
     expect(
       log.map((r) => `${r.method} ${new URL(r.url).pathname}${new URL(r.url).search}`),
-    ).to.deep.equal(['GET /status/stream?hold=true&user_id=11']);
+    ).to.deep.equal([
+      `GET /status/stream?hold=true&user_id=11&device_id=${pulse.deviceId}&device_kind=other`,
+    ]);
+    // One random device id per Node process, shared by its clients.
+    expect(pulse.deviceId).to.match(/^n-[a-z0-9]{16}$/);
+    expect(client({}).deviceId).to.equal(pulse.deviceId);
+  });
+
+  it('is one device of its user: stop({ offline: true }) ends only that device', async () => {
+    const watcher = client({});
+    const seen: PresenceChange[] = [];
+    watcher.watch([31], (change) => seen.push(change));
+    const phone = client({ userId: 31, deviceId: 'phone-31', deviceKind: 'mobile' });
+    const laptop = client({ userId: 31, deviceId: 'laptop-31', deviceKind: 'desktop' });
+    phone.start();
+    await waitFor('user 31 online', () => watcher.isOnline(31) === true);
+    laptop.start();
+    await waitFor('the laptop live', () => laptop.status === 'live');
+    const [both] = await watcher.read([31]);
+    expect(both!.devices).to.deep.equal({ count: 2, kinds: ['desktop', 'mobile'] });
+    await laptop.stop({ offline: true });
+    const [left] = await watcher.read([31]);
+    expect(left).to.deep.include({ is_online: true, devices: { count: 1, kinds: ['mobile'] } });
+    await phone.stop({ offline: true });
+    await waitFor('user 31 offline', () => watcher.isOnline(31) === false, { timeoutMs: 2_000 });
+    expect(seen.map((change) => change.is_online)).to.deep.equal([false, true, false]);
+    expect(seen[1]!.devices).to.deep.equal({ count: 1, kinds: ['mobile'] });
+    expect(() => client({ deviceId: 'no spaces' })).to.throw(TypeError, /deviceId/);
+    expect(() => client({ deviceKind: 'tv' as 'web' })).to.throw(TypeError, /deviceKind/);
   });
 
   it('watches: the current state first, then each transition; isOnline follows', async () => {
@@ -140,8 +168,8 @@ describe('client library in Node, against the real API', function () {
     const unwatch = watcher.watch([21, 22], (change) => seen.push(change));
     await waitFor('the first states', () => seen.length === 2);
     expect(seen).to.have.deep.members([
-      { user_id: 21, is_online: false },
-      { user_id: 22, is_online: false },
+      { user_id: 21, is_online: false, devices: { count: 0, kinds: [] } },
+      { user_id: 22, is_online: false, devices: { count: 0, kinds: [] } },
     ]);
     expect(watcher.isOnline(21)).to.equal(false);
     expect(watcher.isOnline(99)).to.equal(undefined);
@@ -170,7 +198,9 @@ describe('client library in Node, against the real API', function () {
     const again: PresenceChange[] = [];
     watcher.watch([22], (change) => again.push(change));
     await waitFor('the state on watching again', () => again.length === 1);
-    expect(again).to.deep.equal([{ user_id: 22, is_online: true }]);
+    expect(again).to.deep.equal([
+      { user_id: 22, is_online: true, devices: { count: 1, kinds: [] } },
+    ]);
   });
 
   it('stop({ offline: true }) ends presence at once; stop() leaves it to the threshold', async () => {

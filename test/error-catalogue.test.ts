@@ -78,6 +78,7 @@ describe('the error catalogue: every code, as the contract says', () => {
   it('answers each client mistake with its code', async () => {
     const app = await start({ BATCH_MAX_IDS: '3', BODY_LIMIT_BYTES: '1024' });
     await expectCode(app.post('/status/update', { user_id: 0 }), 'invalid_user_id');
+    await expectCode(app.post('/status/update', { user_id: 1, device_id: '' }), 'invalid_device');
     await expectCode(app.post('/status/batch', { user_id: 1 }), 'invalid_body');
     await expectCode(app.post('/status/update', '{'), 'invalid_json');
     await expectCode(app.get('/status/%E0%A4%A'), 'invalid_path');

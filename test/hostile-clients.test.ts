@@ -433,6 +433,7 @@ describe('stalled stream readers', () => {
       user_id: i + 1,
       is_online: true,
       last_seen: new Date(0).toISOString(),
+      devices: { count: 1, kinds: [] },
     }));
     for (let round = 0; round < 20; round += 1) {
       for (const session of sessions) session.snapshot(rows);

@@ -32,6 +32,9 @@ async function putLastSeenDaysAgo(database: TestDatabase, n: number) {
   );
 }
 
+/** The devices summary of anyone offline. */
+const NO_DEVICES = { count: 0, kinds: [] };
+
 describe('last seen', function () {
   this.timeout(30_000);
   let database: TestDatabase;
@@ -92,11 +95,12 @@ describe('last seen', function () {
         expect(await (await app.get('/status/7')).json()).to.deep.equal({
           ...online,
           is_online: false,
+          devices: { count: 0, kinds: [] },
         });
         const batch = await app.post('/status/batch', [{ user_id: 7 }, { user_id: 8 }]);
         expect(await batch.json()).to.deep.equal([
-          { ...online, is_online: false },
-          { user_id: 8, is_online: false, last_seen: null },
+          { ...online, is_online: false, devices: NO_DEVICES },
+          { user_id: 8, is_online: false, last_seen: null, devices: NO_DEVICES },
         ]);
       } finally {
         await app.close();

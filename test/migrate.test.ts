@@ -46,13 +46,27 @@ describe('migrate CLI', function () {
       { column_name: 'user_id', data_type: 'bigint', is_nullable: 'NO' },
       { column_name: 'last_hb', data_type: 'timestamp with time zone', is_nullable: 'NO' },
       { column_name: 'online_since', data_type: 'timestamp with time zone', is_nullable: 'YES' },
+      { column_name: 'device_key', data_type: 'integer', is_nullable: 'YES' },
+      { column_name: 'device_kind', data_type: 'USER-DEFINED', is_nullable: 'YES' },
     ]);
     expect((await migrate(url)).stdout).to.match(/already up to date/);
 
     // Each down undoes one migration, newest first, until nothing is left.
-    for (const newer of [...migrationsNewerThan('0011_held_reason'), '0011_held_reason']) {
+    for (const newer of migrationsNewerThan('0012_devices')) {
       expect((await migrate(url, ['down'])).stdout).to.include(`reverted ${newer}`);
     }
+    expect((await migrate(url, ['down'])).stdout).to.match(/reverted 0012_devices/);
+    expect(
+      (
+        await queryOnce(
+          url,
+          `SELECT to_regclass('pulse_devices') AS t,
+                  (SELECT count(*)::int FROM information_schema.columns
+                   WHERE table_name = 'pulse' AND column_name LIKE 'device%') AS c`,
+        )
+      ).rows[0],
+    ).to.deep.equal({ t: null, c: 0 });
+    expect((await migrate(url, ['down'])).stdout).to.match(/reverted 0011_held_reason/);
     // 0010 changes nothing on plain PostgreSQL (Citus only), and is undone all the same.
     expect((await migrate(url, ['down'])).stdout).to.match(
       /reverted 0010_shared_tables_on_every_node/,

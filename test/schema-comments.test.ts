@@ -27,6 +27,7 @@ describe('the schema explains itself', () => {
     const relations = new Set(rows.map((r) => r.relation));
     expect([...relations].sort()).to.deep.equal([
       'pulse',
+      'pulse_devices',
       'pulse_events',
       'pulse_job_leases',
       'pulse_last_seen',

@@ -10,6 +10,10 @@ import {
 } from './support/database.ts';
 import { startTcpProxy } from './support/tcp-proxy.ts';
 
+/** The devices summary of a user online on one device that named none, and of anyone offline. */
+const ONE_DEVICE = { count: 1, kinds: [] };
+const NO_DEVICES = { count: 0, kinds: [] };
+
 describe('coalesced status reads', () => {
   let database: TestDatabase;
   before(async () => {
@@ -75,11 +79,11 @@ describe('coalesced status reads', () => {
         );
         const lastSeen = await lastHeartbeats(database, [1, 2, 3]);
         expect(bodies).to.deep.equal([
-          { user_id: 1, is_online: true, last_seen: lastSeen.get(1) },
-          { user_id: 2, is_online: false, last_seen: lastSeen.get(2) },
-          { user_id: 3, is_online: true, last_seen: lastSeen.get(3) },
-          { user_id: 101, is_online: false, last_seen: null },
-          { user_id: 1, is_online: true, last_seen: lastSeen.get(1) },
+          { user_id: 1, is_online: true, last_seen: lastSeen.get(1), devices: ONE_DEVICE },
+          { user_id: 2, is_online: false, last_seen: lastSeen.get(2), devices: NO_DEVICES },
+          { user_id: 3, is_online: true, last_seen: lastSeen.get(3), devices: ONE_DEVICE },
+          { user_id: 101, is_online: false, last_seen: null, devices: NO_DEVICES },
+          { user_id: 1, is_online: true, last_seen: lastSeen.get(1), devices: ONE_DEVICE },
         ]);
       } finally {
         await app.close();

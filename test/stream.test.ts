@@ -44,6 +44,10 @@ const FAST = {
   HEARTBEAT_FLUSH_DELAY_MS: '1',
 };
 
+/** The devices summary of a user online on one device that named none, and of anyone offline. */
+const ONE_DEVICE = { count: 1, kinds: [] };
+const NO_DEVICES = { count: 0, kinds: [] };
+
 describe('GET /status/stream', () => {
   let database: TestDatabase;
   const apps: TestApp[] = [];
@@ -94,22 +98,22 @@ describe('GET /status/stream', () => {
     ).json();
     expect(snapshot).to.deep.equal({ event: 'snapshot', data: batch });
     expect(snapshot.data).to.deep.equal([
-      { user_id: 1, is_online: true, last_seen: await seen(1) },
-      { user_id: 2, is_online: false, last_seen: null },
-      { user_id: 2, is_online: false, last_seen: null },
+      { user_id: 1, is_online: true, last_seen: await seen(1), devices: ONE_DEVICE },
+      { user_id: 2, is_online: false, last_seen: null, devices: NO_DEVICES },
+      { user_id: 2, is_online: false, last_seen: null, devices: NO_DEVICES },
     ]);
     expect(stream.retries.length).to.be.greaterThan(0);
 
     await app.post('/status/update', { user_id: 2 });
     expect(await stream.next()).to.deep.equal({
       event: 'change',
-      data: { user_id: 2, is_online: true, last_seen: await seen(2) },
+      data: { user_id: 2, is_online: true, last_seen: await seen(2), devices: ONE_DEVICE },
     });
     await app.post('/status/update', { user_id: 2 }); // still online: no event
     await app.post('/status/offline', { user_id: 2 });
     expect(await stream.next()).to.deep.equal({
       event: 'change',
-      data: { user_id: 2, is_online: false, last_seen: await seen(2) },
+      data: { user_id: 2, is_online: false, last_seen: await seen(2), devices: NO_DEVICES },
     });
 
     // User 1 crosses the threshold without any request: offline by the database clock.
@@ -117,7 +121,7 @@ describe('GET /status/stream', () => {
     const crossing = Date.now() + 500;
     expect(await stream.next()).to.deep.equal({
       event: 'change',
-      data: { user_id: 1, is_online: false, last_seen: await seen(1) },
+      data: { user_id: 1, is_online: false, last_seen: await seen(1), devices: NO_DEVICES },
     });
     expect(Date.now()).to.be.at.least(crossing - 50);
     await stream.until(() => stream.comments.includes('keep-alive'), 'a keep-alive comment');
@@ -135,7 +139,12 @@ describe('GET /status/stream', () => {
       else await app.post('/status/update', { user_id: 7 });
       expect(await stream.next()).to.deep.equal({
         event: 'change',
-        data: { user_id: 7, is_online: !wasOnline, last_seen: await seen(7) },
+        data: {
+          user_id: 7,
+          is_online: !wasOnline,
+          last_seen: await seen(7),
+          devices: wasOnline ? NO_DEVICES : ONE_DEVICE,
+        },
       });
       // Two more polls (the feed's own counter): nothing more may come.
       const after = (await polls(app)) + 2;
@@ -153,12 +162,12 @@ describe('GET /status/stream', () => {
     await a.post('/status/update', [{ user_id: 11 }]);
     expect(await stream.next()).to.deep.equal({
       event: 'change',
-      data: { user_id: 11, is_online: true, last_seen: await seen(11) },
+      data: { user_id: 11, is_online: true, last_seen: await seen(11), devices: ONE_DEVICE },
     });
     await a.post('/status/offline', [{ user_id: 11 }, { user_id: 10 }]);
     expect(await stream.next()).to.deep.equal({
       event: 'change',
-      data: { user_id: 11, is_online: false, last_seen: await seen(11) },
+      data: { user_id: 11, is_online: false, last_seen: await seen(11), devices: NO_DEVICES },
     });
   });
 
@@ -167,7 +176,7 @@ describe('GET /status/stream', () => {
     const b = await start();
     const watcher = await open(b, '?watch=50');
     expect((await watcher.next()).data).to.deep.equal([
-      { user_id: 50, is_online: false, last_seen: null },
+      { user_id: 50, is_online: false, last_seen: null, devices: NO_DEVICES },
     ]);
 
     const holder = await open(a, '?hold=true&user_id=50');
@@ -190,7 +199,7 @@ describe('GET /status/stream', () => {
     const closed = Date.now();
     expect(await watcher.next(6_000)).to.deep.equal({
       event: 'change',
-      data: { user_id: 50, is_online: false, last_seen: await seen(50) },
+      data: { user_id: 50, is_online: false, last_seen: await seen(50), devices: NO_DEVICES },
     });
     // About one threshold after the stream closed: the last held beat was at most a third ago.
     expect((Date.now() - closed) / 1000).to.be.within(1.0, 3.5);
@@ -345,6 +354,7 @@ describe('GET /status/stream', () => {
       user_id: 1,
       is_online: true,
       last_seen: await seen(1),
+      devices: ONE_DEVICE,
     });
   });
 
@@ -370,6 +380,7 @@ describe('GET /status/stream', () => {
       user_id: 1,
       is_online: true,
       last_seen: await seen(1),
+      devices: ONE_DEVICE,
     });
   });
 

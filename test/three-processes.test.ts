@@ -3,6 +3,9 @@ import { serverUrl } from './support/database.ts';
 import { runEntryPoint, startApi, startSweeper, waitFor } from './support/entry-points.ts';
 import { adminQuery, queryOnce, uniqueName, withDatabase } from './support/server.ts';
 
+/** What an offline user's devices read. */
+const NO_DEVICES = { count: 0, kinds: [] };
+
 describe('migrate, api and sweeper as three processes', function () {
   this.timeout(90_000);
   let name: string;
@@ -60,7 +63,7 @@ describe('migrate, api and sweeper as three processes', function () {
       const seconds = await age();
       return seconds !== null && seconds > 2.2 ? seconds : undefined;
     });
-    expect(await status()).to.deep.equal({ ...online, is_online: false });
+    expect(await status()).to.deep.equal({ ...online, is_online: false, devices: NO_DEVICES });
     expect(ageWhenOffline, 'the sweeper should not have deleted it yet').to.be.below(6);
 
     await waitFor('the sweeper to delete the row', async () => (await age()) === null, {
@@ -68,7 +71,7 @@ describe('migrate, api and sweeper as three processes', function () {
       whileRunning: sweeper,
     });
     // Swept, and remembered: last seen is still the last heartbeat.
-    expect(await status()).to.deep.equal({ ...online, is_online: false });
+    expect(await status()).to.deep.equal({ ...online, is_online: false, devices: NO_DEVICES });
 
     expect(await Promise.all([api.stop(), sweeper.stop()])).to.deep.equal([
       { code: 0, signal: null },

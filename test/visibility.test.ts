@@ -14,6 +14,7 @@ interface Status {
   user_id: number;
   is_online: boolean;
   last_seen: string | null;
+  devices: { count: number; kinds: string[] };
 }
 
 /** The rule of docs/security.md: users see their friends; callers that are not users see all. */
@@ -42,9 +43,12 @@ const befriend = (database: TestDatabase, a: number, b: number) =>
 const unfriend = (database: TestDatabase, a: number, b: number) =>
   sql`DELETE FROM friends WHERE user_id = ${a} AND friend_id = ${b}`.execute(database.db);
 
-/** Without its user_id: what an answer says about a user, field by field. */
-const fields = ({ is_online, last_seen }: Status) => ({ is_online, last_seen });
-const UNKNOWN = { is_online: false, last_seen: null };
+/** The devices summary of anyone offline. */
+const NO_DEVICES = { count: 0, kinds: [] };
+
+/** Without its user_id: what an answer says about a user, field by field (devices too). */
+const fields = ({ is_online, last_seen, devices }: Status) => ({ is_online, last_seen, devices });
+const UNKNOWN = { is_online: false, last_seen: null, devices: NO_DEVICES };
 
 describe('who may see whom: the visibility rule and privacy', () => {
   let database: TestDatabase;
@@ -157,7 +161,7 @@ describe('who may see whom: the visibility rule and privacy', () => {
         const gone = await stream.next<Status>();
         expect(gone).to.deep.equal({
           event: 'change',
-          data: { user_id: 2, is_online: false, last_seen: null },
+          data: { user_id: 2, is_online: false, last_seen: null, devices: NO_DEVICES },
         });
 
         await befriend(database, 1, 3);
@@ -268,7 +272,7 @@ describe('who may see whom: the visibility rule and privacy', () => {
         await privacy(5, { invisible: true, hide_last_seen: true });
         expect(await stream.next<Status>()).to.deep.equal({
           event: 'change',
-          data: { user_id: 5, is_online: false, last_seen: null },
+          data: { user_id: 5, is_online: false, last_seen: null, devices: NO_DEVICES },
         });
       } finally {
         clearInterval(hb);

@@ -1,6 +1,7 @@
 import type { Request } from 'express';
 import { z } from 'zod';
 import { HttpError } from './errors.ts';
+import { DEVICE_KINDS, type DeviceKind } from '../../lib/store/pulse-store.ts';
 
 const userId = z
   .number({
@@ -11,12 +12,21 @@ const userId = z
   .min(1, 'user_id must be at least 1')
   .max(Number.MAX_SAFE_INTEGER, `user_id must be at most ${Number.MAX_SAFE_INTEGER}`);
 
+/** An opaque id the client keeps per device (issue 22). */
+export const DEVICE_ID_PATTERN = /^[A-Za-z0-9._:-]{1,64}$/;
+const DEVICE_ID_RULE = 'device_id must be 1 to 64 characters of A-Z a-z 0-9 . _ : -';
+const DEVICE_KIND_RULE = `device_kind must be one of ${DEVICE_KINDS.join(', ')}`;
+
+const deviceId = z.string({ error: DEVICE_ID_RULE }).regex(DEVICE_ID_PATTERN, DEVICE_ID_RULE);
+const deviceKind = z.enum(DEVICE_KINDS, { error: DEVICE_KIND_RULE });
+
 /**
- * A user reference. Unknown fields are ignored, on purpose and everywhere: clients may send
- * extra data such as `timestamp`, which never influences `last_hb` (the database clock does).
+ * A user reference, optionally naming the device it comes from. Unknown fields are ignored, on
+ * purpose and everywhere: clients may send extra data such as `timestamp`, which never influences
+ * `last_hb` (the database clock does).
  */
 const userRef = z.object(
-  { user_id: userId },
+  { user_id: userId, device_id: deviceId.optional(), device_kind: deviceKind.optional() },
   { error: 'each item must be an object with user_id' },
 );
 
@@ -26,9 +36,13 @@ const userRefList = z.array(userRef, {
 
 function fail(error: z.ZodError): never {
   const issue = error.issues[0];
-  const aboutUserId = issue?.path.at(-1) === 'user_id';
+  const field = issue?.path.at(-1);
   throw new HttpError(
-    aboutUserId ? 'invalid_user_id' : 'invalid_body',
+    field === 'user_id'
+      ? 'invalid_user_id'
+      : field === 'device_id' || field === 'device_kind'
+        ? 'invalid_device'
+        : 'invalid_body',
     // The message names its field already; only an item of an array needs saying which.
     issue
       ? `${typeof issue.path[0] === 'number' ? `item ${issue.path[0]}: ` : ''}${issue.message}`
@@ -53,15 +67,36 @@ function checkCount(count: number, max: number): void {
   }
 }
 
-/** `{"user_id": n}` (one user) or `[{"user_id": n}, ...]` (a gateway reporting many). */
-export function parseHeartbeatBody(
-  body: unknown,
-  maxIds: number,
-): { userIds: number[]; many: boolean } {
-  if (Array.isArray(body)) return { userIds: parseBatchBody(body, maxIds), many: true };
-  const result = userRef.safeParse(body);
+/** The devices a heartbeat or offline names, parallel to its user ids. */
+export interface NamedDevices {
+  ids: Array<string | null>;
+  kinds: Array<DeviceKind | null>;
+}
+
+export interface HeartbeatBody {
+  userIds: number[];
+  many: boolean;
+  /** Absent when no item names a device or a kind (the requests of before devices). */
+  devices: NamedDevices | undefined;
+}
+
+/**
+ * `{"user_id": n, "device_id"?: s, "device_kind"?: k}` (one user) or an array of those (a gateway
+ * reporting many).
+ */
+export function parseHeartbeatBody(body: unknown, maxIds: number): HeartbeatBody {
+  if (Array.isArray(body)) checkCount(body.length, maxIds);
+  const result = (Array.isArray(body) ? userRefList : userRef).safeParse(body);
   if (!result.success) fail(result.error);
-  return { userIds: [result.data.user_id], many: false };
+  const refs = Array.isArray(result.data) ? result.data : [result.data];
+  let devices: NamedDevices | undefined;
+  refs.forEach((ref, index) => {
+    if (ref.device_id === undefined && ref.device_kind === undefined) return;
+    devices ??= { ids: refs.map(() => null), kinds: refs.map(() => null) };
+    devices.ids[index] = ref.device_id ?? null;
+    devices.kinds[index] = ref.device_kind ?? null;
+  });
+  return { userIds: refs.map((ref) => ref.user_id), many: Array.isArray(body), devices };
 }
 
 /** `[{"user_id": n}, ...]`, in request order, duplicates kept. */
@@ -110,6 +145,21 @@ export function parseHoldParam(raw: unknown): boolean {
   if (raw === undefined || raw === 'false') return false;
   if (raw === 'true') return true;
   throw new HttpError('invalid_request', 'hold must be true or false, given once');
+}
+
+/** The stream's `device_id` and `device_kind` query parameters (each at most once). */
+export function parseDeviceParams(query: Record<string, unknown>): {
+  deviceId: string | undefined;
+  kind: DeviceKind | undefined;
+} {
+  const { device_id: id, device_kind: kind } = query;
+  if (id !== undefined && (typeof id !== 'string' || !DEVICE_ID_PATTERN.test(id))) {
+    throw new HttpError('invalid_device', `${DEVICE_ID_RULE}, given once`);
+  }
+  if (kind !== undefined && !(DEVICE_KINDS as readonly unknown[]).includes(kind)) {
+    throw new HttpError('invalid_device', `${DEVICE_KIND_RULE}, given once`);
+  }
+  return { deviceId: id, kind: kind as DeviceKind | undefined };
 }
 
 /** The stream's `user_id` query parameter: whose presence a stream with hold=true holds. */

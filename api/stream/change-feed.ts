@@ -2,7 +2,12 @@
  * What the live stream needs of a change feed: the change log's (log-feed.ts, the default) or the
  * polling fallback (poll-feed.ts, STREAM_CHANGE_SOURCE=poll).
  */
-import { findVisiblePairs, type Executor, type UserStatus } from '../../lib/store/pulse-store.ts';
+import {
+  findVisiblePairs,
+  NO_DEVICES,
+  type Executor,
+  type UserStatus,
+} from '../../lib/store/pulse-store.ts';
 
 /** Receives the changes of one read for one subscriber, in one call. */
 export type Deliver = (changes: readonly UserStatus[]) => void;
@@ -35,6 +40,7 @@ export const hiddenRow = (userId: number): UserStatus => ({
   user_id: userId,
   is_online: false,
   last_seen: null,
+  devices: NO_DEVICES,
 });
 
 /** (viewer, user) pairs per statement of the operator's rule. */

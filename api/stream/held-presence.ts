@@ -13,7 +13,11 @@
  * a failure (api/assemble.ts), so watchers of held users see no offline/online flap.
  */
 import type { HeartbeatWriter } from '../write/heartbeat-writer.ts';
-import { readPresenceSettings, type Executor } from '../../lib/store/pulse-store.ts';
+import {
+  readPresenceSettings,
+  type DeviceKind,
+  type Executor,
+} from '../../lib/store/pulse-store.ts';
 
 /** The online threshold in force, refreshed from pulse_settings. */
 export interface OnlineThreshold {
@@ -70,9 +74,24 @@ export interface HeldPresenceOptions {
   /**
    * Users the timer must not beat for now: those leaving with a grace (POST /status/offline?
    * grace_ms), whose closing stream would otherwise cancel their own offline. A new hold()
-   * still beats at once (a reload comes back).
+   * still beats at once (a reload comes back). `deviceId`: the device held (null: none named).
    */
-  leaving?: (userId: number) => boolean;
+  leaving?: (userId: number, deviceId: string | null) => boolean;
+}
+
+/** The device a stream holds presence from (issue 22): none named is the user's unnamed one. */
+export interface HeldDevice {
+  id: string | null;
+  kind: DeviceKind | null;
+}
+
+const NO_DEVICE: HeldDevice = { id: null, kind: null };
+
+interface Holding {
+  userId: number;
+  device: HeldDevice;
+  /** Open streams holding this (user, device). */
+  streams: number;
 }
 
 /** Time between beats for a threshold: two beats per window at least, so one late beat is fine. */
@@ -80,8 +99,8 @@ export const beatIntervalMs = (thresholdSeconds: number): number =>
   Math.max(100, Math.floor((thresholdSeconds * 1000) / 3));
 
 export class HeldPresence {
-  /** User id -> open streams holding it (a user with two tabs is beaten for once). */
-  private readonly held = new Map<number, number>();
+  /** (user, device) -> its streams (a user with two tabs of one device is beaten for once). */
+  private readonly held = new Map<string, Holding>();
   private timer: NodeJS.Timeout | undefined;
   private closed = false;
   /** When the last successful beat started (performance.now()). */
@@ -94,7 +113,7 @@ export class HeldPresence {
     private readonly options: HeldPresenceOptions,
   ) {}
 
-  /** Users held online by this process right now. */
+  /** Devices of users held online by this process right now. */
   get size(): number {
     return this.held.size;
   }
@@ -103,19 +122,24 @@ export class HeldPresence {
    * Holds `userId` online until the returned release function is called (idempotent). Writes a
    * first heartbeat at once and rejects, holding nothing, if it could not be written.
    */
-  async hold(userId: number): Promise<() => void> {
-    this.held.set(userId, (this.held.get(userId) ?? 0) + 1);
+  async hold(userId: number, device: HeldDevice = NO_DEVICE): Promise<() => void> {
+    const key = device.id === null ? String(userId) : `${userId}/${device.id}`;
+    const holding = this.held.get(key);
+    // The newest stream's kind wins (a client may correct it).
+    if (holding) holding.device = device;
+    else this.held.set(key, { userId, device, streams: 0 });
+    this.held.get(key)!.streams += 1;
     let released = false;
     const release = () => {
       if (released) return;
       released = true;
-      const count = (this.held.get(userId) ?? 1) - 1;
-      if (count > 0) this.held.set(userId, count);
-      else this.held.delete(userId);
+      const entry = this.held.get(key);
+      if (entry && entry.streams > 1) entry.streams -= 1;
+      else this.held.delete(key);
       if (this.held.size === 0) this.stopTimer();
     };
     try {
-      await this.writer.record([userId], { held: true });
+      await this.writer.record([userId], { held: true, devices: tagsOf([device]) });
     } catch (error) {
       release();
       throw error;
@@ -171,14 +195,29 @@ export class HeldPresence {
   private async beat(): Promise<void> {
     const started = performance.now();
     const leaving = this.options.leaving;
-    const ids = [...this.held.keys()].filter((id) => leaving === undefined || !leaving(id));
+    const beats = [...this.held.values()].filter(
+      (entry) => leaving === undefined || !leaving(entry.userId, entry.device.id),
+    );
     const writes: Promise<void>[] = [];
-    for (let i = 0; i < ids.length; i += this.options.chunkIds) {
-      writes.push(this.writer.record(ids.slice(i, i + this.options.chunkIds), { held: true }));
+    for (let i = 0; i < beats.length; i += this.options.chunkIds) {
+      const chunk = beats.slice(i, i + this.options.chunkIds);
+      const named = chunk.some((entry) => entry.device !== NO_DEVICE);
+      writes.push(
+        this.writer.record(
+          chunk.map((entry) => entry.userId),
+          { held: true, devices: named ? tagsOf(chunk.map((entry) => entry.device)) : undefined },
+        ),
+      );
     }
     const failures = (await Promise.allSettled(writes)).filter((r) => r.status === 'rejected');
     this.failing = failures.length > 0;
     if (this.failing) this.options.onBeatError(failures[0]!.reason);
     else this.lastBeatAt = started;
   }
+}
+
+/** The writer's device tags of `devices`; undefined when none is named (the plain statement). */
+function tagsOf(devices: readonly HeldDevice[]) {
+  if (devices.every((device) => device.id === null && device.kind === null)) return undefined;
+  return { ids: devices.map((device) => device.id), kinds: devices.map((device) => device.kind) };
 }

@@ -106,6 +106,7 @@ const shownRow = (change: WatchedChange): UserStatus =>
   statusRow(change.userId, {
     online: change.online && !change.invisible,
     lastSeen: change.shownLastSeen,
+    devices: change.devices,
   });
 
 /** Whether the rule must be asked about `change` for `subscriber`: an online, visible-to-all user. */

@@ -31,7 +31,12 @@ import { HttpError } from '../edge/errors.ts';
 import { readWeight, type Admission } from '../edge/admission.ts';
 import type { HeldPresence } from './held-presence.ts';
 import type { CallerLimits } from '../edge/caller-limits.ts';
-import { parseHoldParam, parseOptionalUserIdParam, parseWatchParam } from '../edge/validation.ts';
+import {
+  parseDeviceParams,
+  parseHoldParam,
+  parseOptionalUserIdParam,
+  parseWatchParam,
+} from '../edge/validation.ts';
 
 export type StreamCloseReason =
   'client_closed' | 'slow_consumer' | 'token_expired' | 'shutting_down';
@@ -281,6 +286,12 @@ function holderOf(principal: Principal, req: Request): number | undefined {
   const hold = parseHoldParam(query.hold);
   const requested = parseOptionalUserIdParam(query.user_id);
   if (!hold) {
+    if (query.device_id !== undefined || query.device_kind !== undefined) {
+      throw new HttpError(
+        'invalid_request',
+        'device_id and device_kind name the device whose presence the stream holds: add hold=true',
+      );
+    }
     if (requested === undefined) return undefined;
     throw new HttpError(
       'invalid_request',
@@ -314,6 +325,7 @@ export function createStreamRoute({
     );
     const principal = principalOf(req);
     const holder = holderOf(principal, req);
+    const device = parseDeviceParams(req.query);
     // Express routes HEAD to GET handlers: answer the headers a stream would get, and do nothing.
     if (req.method === 'HEAD') {
       res.status(200).set(STREAM_HEADERS).end();
@@ -362,7 +374,10 @@ export function createStreamRoute({
     let session: SseSession | undefined;
     try {
       if (holder !== undefined) {
-        const holding = held.hold(holder);
+        const holding = held.hold(holder, {
+          id: device.deviceId ?? null,
+          kind: device.kind ?? null,
+        });
         cleanups.push(await inTime(holding, (releaseHold) => releaseHold()));
       }
       if (gone) return cleanUp();

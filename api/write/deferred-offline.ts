@@ -4,18 +4,24 @@
  * unless they sent a heartbeat since (the reloaded page's stream beats at once), judged by the
  * database clock in the DELETE itself, so a beat through another API process cancels it too.
  */
-import { setOffline, type Executor } from '../../lib/store/pulse-store.ts';
+import { setDevicesOffline, setOffline, type Executor } from '../../lib/store/pulse-store.ts';
 
 interface Pending {
   userIds: readonly number[];
+  /** The device leaving, per user id (null: the unnamed one); undefined: every device. */
+  devices: ReadonlyArray<string | null> | undefined;
   askedAt: number;
   timer: NodeJS.Timeout;
 }
 
+/** What a pending offline names: a user on every device (`7`) or one device (`7/phone`). */
+const leavingKey = (userId: number, device: string | null | undefined) =>
+  device === undefined ? String(userId) : `${userId}/${device ?? ''}`;
+
 export class DeferredOffline {
   private readonly pending = new Set<Pending>();
-  /** How many pending offlines name each user. */
-  private readonly leavingUsers = new Map<number, number>();
+  /** How many pending offlines name each user (every device) or (user, device). */
+  private readonly leavingUsers = new Map<string, number>();
   private closed = false;
 
   constructor(
@@ -23,21 +29,39 @@ export class DeferredOffline {
     private readonly onError: (error: unknown) => void,
   ) {}
 
-  /** Takes the users offline after `graceMs` unless they beat meanwhile. */
-  schedule(userIds: readonly number[], graceMs: number): void {
+  /**
+   * Takes the users offline after `graceMs` unless they beat meanwhile; with `devices` (parallel
+   * to `userIds`), only those devices, unless they beat meanwhile.
+   */
+  schedule(
+    userIds: readonly number[],
+    graceMs: number,
+    devices?: ReadonlyArray<string | null>,
+  ): void {
     if (this.closed) throw new Error('deferred offline is closed');
     const entry: Pending = {
       userIds,
+      devices,
       askedAt: performance.now(),
       timer: setTimeout(() => void this.apply(entry), graceMs),
     };
     this.pending.add(entry);
-    for (const id of userIds) this.leavingUsers.set(id, (this.leavingUsers.get(id) ?? 0) + 1);
+    for (const key of this.keysOf(entry)) {
+      this.leavingUsers.set(key, (this.leavingUsers.get(key) ?? 0) + 1);
+    }
   }
 
-  /** Whether an offline of this user is waiting for its grace to pass. */
-  isLeaving(userId: number): boolean {
-    return this.leavingUsers.has(userId);
+  /** Whether an offline of this user, or of this device of theirs, waits for its grace to pass. */
+  isLeaving(userId: number, deviceId?: string | null): boolean {
+    if (this.leavingUsers.size === 0) return false;
+    return (
+      this.leavingUsers.has(leavingKey(userId, undefined)) ||
+      (deviceId !== undefined && this.leavingUsers.has(leavingKey(userId, deviceId)))
+    );
+  }
+
+  private keysOf(entry: Pending): string[] {
+    return entry.userIds.map((id, index) => leavingKey(id, entry.devices?.[index] ?? undefined));
   }
 
   /** Applies every pending offline now, each to the users quiet since it was asked. */
@@ -49,13 +73,15 @@ export class DeferredOffline {
   private async apply(entry: Pending): Promise<void> {
     if (!this.pending.delete(entry)) return;
     clearTimeout(entry.timer);
-    for (const id of entry.userIds) {
-      const left = (this.leavingUsers.get(id) ?? 1) - 1;
-      if (left > 0) this.leavingUsers.set(id, left);
-      else this.leavingUsers.delete(id);
+    for (const key of this.keysOf(entry)) {
+      const left = (this.leavingUsers.get(key) ?? 1) - 1;
+      if (left > 0) this.leavingUsers.set(key, left);
+      else this.leavingUsers.delete(key);
     }
+    const quietMs = performance.now() - entry.askedAt;
     try {
-      await setOffline(this.db, entry.userIds, performance.now() - entry.askedAt);
+      if (entry.devices === undefined) await setOffline(this.db, entry.userIds, quietMs);
+      else await setDevicesOffline(this.db, entry.userIds, entry.devices, quietMs);
     } catch (error) {
       this.onError(error);
     }

@@ -2,6 +2,8 @@ import { errorFields, type Logger } from '../../lib/infra/logger.ts';
 import {
   recordHeartbeats,
   recordHeartbeatsByShard,
+  type DeviceKind,
+  type DeviceTags,
   type Executor,
   type PartialWrite,
 } from '../../lib/store/pulse-store.ts';
@@ -36,9 +38,10 @@ export interface HeartbeatWriter {
    * Before an explicit offline of `userIds` is written: drops their heartbeats still queued (they
    * came before the offline, which wins; their requests are answered as written) and resolves once
    * no statement holding an earlier heartbeat of theirs is still running, so the offline's DELETE
-   * is ordered after it and no earlier beat can bring them back. Never rejects.
+   * is ordered after it and no earlier beat can bring them back. Never rejects. With `devices`
+   * (parallel to `userIds`), only the beats of those devices are dropped (a device leaving).
    */
-  withdraw(userIds: readonly number[]): Promise<void>;
+  withdraw(userIds: readonly number[], devices?: ReadonlyArray<string | null>): Promise<void>;
   /** Refuses new heartbeats, writes every queued one, waits for flushes in flight. Idempotent. */
   close(): Promise<void>;
   /** Ids waiting for a flush (for metrics and tests). */
@@ -49,6 +52,8 @@ export interface HeartbeatWriter {
 
 export interface RecordOptions {
   held?: boolean;
+  /** The device of each beat, parallel to the user ids; absent: none named. */
+  devices?: DeviceTags | undefined;
 }
 
 export interface FlushObserver {
@@ -82,6 +87,37 @@ function distinct(userIds: readonly number[]): readonly number[] {
   return userIds.length > 1 ? [...new Set(userIds)] : userIds;
 }
 
+/** A request's beats without repeats of a (user, device); the last kind given wins. */
+function distinctBeats(
+  userIds: readonly number[],
+  devices: DeviceTags | undefined,
+): { userIds: readonly number[]; devices: DeviceTags | undefined } {
+  if (devices === undefined) return { userIds: distinct(userIds), devices };
+  if (userIds.length === 1) return { userIds, devices };
+  const at = new Map<string, number>();
+  const ids: number[] = [];
+  const tags = { ids: [] as Array<string | null>, kinds: [] as Array<DeviceKind | null> };
+  userIds.forEach((id, index) => {
+    const device = devices.ids[index] ?? null;
+    const kind = devices.kinds[index] ?? null;
+    const key = beatKey(id, device);
+    const seen = at.get(key);
+    if (seen !== undefined) {
+      tags.kinds[seen] = kind;
+      return;
+    }
+    at.set(key, ids.length);
+    ids.push(id);
+    tags.ids.push(device);
+    tags.kinds.push(kind);
+  });
+  return { userIds: ids, devices: tags };
+}
+
+/** One key per (user, device): null is the user's unnamed device. */
+const beatKey = (userId: number, device: string | null) =>
+  device === null ? String(userId) : `${userId}/${device}`;
+
 /** One statement and one commit per request: the simple mode, kept for comparison and debugging. */
 export class DirectHeartbeatWriter implements HeartbeatWriter {
   private closed = false;
@@ -103,9 +139,15 @@ export class DirectHeartbeatWriter implements HeartbeatWriter {
 
   async record(requested: readonly number[], options: RecordOptions = {}): Promise<void> {
     if (this.closed) throw new HeartbeatRejected('shutting_down', 'the server is shutting down');
-    const userIds = distinct(requested);
+    const { userIds, devices } = distinctBeats(requested, options.devices);
     const started = performance.now();
-    const write = recordHeartbeats(this.db, userIds, this.shardRouter, options.held ? userIds : []);
+    const write = recordHeartbeats(
+      this.db,
+      userIds,
+      this.shardRouter,
+      options.held ? userIds : [],
+      devices,
+    );
     this.inFlight.set(write, userIds);
     let ok = false;
     try {
@@ -151,6 +193,8 @@ export interface GroupCommitOptions {
 interface Batch {
   /** The ids of its requests, each request's without repeats, in arrival order. */
   ids: number[];
+  /** The device of each id (parallel to `ids`), once a request named one; else undefined. */
+  devices: { ids: Array<string | null>; kinds: Array<DeviceKind | null> } | undefined;
   requests: number;
   /** When its first request arrived (performance.now()). */
   queuedAt: number;
@@ -179,6 +223,7 @@ function newBatch(splitByShard: boolean): Batch {
   done.catch(() => undefined);
   return {
     ids: [],
+    devices: undefined,
     requests: 0,
     queuedAt: performance.now(),
     held: undefined,
@@ -250,7 +295,7 @@ export class GroupCommitHeartbeatWriter implements HeartbeatWriter {
   }
 
   record(requested: readonly number[], options: RecordOptions = {}): Promise<void> {
-    const userIds = distinct(requested);
+    const { userIds, devices } = distinctBeats(requested, options.devices);
     if (this.closed) {
       return Promise.reject(new HeartbeatRejected('shutting_down', 'the server is shutting down'));
     }
@@ -277,6 +322,13 @@ export class GroupCommitHeartbeatWriter implements HeartbeatWriter {
     } else if (batch.held !== undefined) {
       for (const id of userIds) batch.held.delete(id);
     }
+    if (devices !== undefined || batch.devices !== undefined) {
+      batch.devices ??= { ids: batch.ids.map(() => null), kinds: batch.ids.map(() => null) };
+      for (let i = 0; i < userIds.length; i += 1) {
+        batch.devices.ids.push(devices?.ids[i] ?? null);
+        batch.devices.kinds.push(devices?.kinds[i] ?? null);
+      }
+    }
     for (const id of userIds) batch.ids.push(id);
     batch.requests += 1;
     this.queued += userIds.length;
@@ -287,14 +339,30 @@ export class GroupCommitHeartbeatWriter implements HeartbeatWriter {
       : (batch.done as Promise<unknown> as Promise<void>);
   }
 
-  withdraw(userIds: readonly number[]): Promise<void> {
+  withdraw(userIds: readonly number[], devices?: ReadonlyArray<string | null>): Promise<void> {
     // A scan of the queue: offlines are rare next to heartbeats, and the queue is bounded.
+    // Without devices the users leave on every device; with them, only those devices leave.
     const gone = new Set(userIds);
+    const goneDevices =
+      devices === undefined
+        ? undefined
+        : new Set(userIds.map((id, index) => beatKey(id, devices[index] ?? null)));
     for (const batch of [...this.queue]) {
-      const kept = batch.ids.filter((id) => !gone.has(id));
+      const leaves = (id: number, index: number) =>
+        goneDevices === undefined
+          ? gone.has(id)
+          : goneDevices.has(beatKey(id, batch.devices?.ids[index] ?? null));
+      const keep = batch.ids.map((id, index) => !leaves(id, index));
+      const kept = batch.ids.filter((_, index) => keep[index]);
       if (kept.length === batch.ids.length) continue;
       this.queued -= batch.ids.length - kept.length;
       batch.ids = kept;
+      if (batch.devices !== undefined) {
+        batch.devices = {
+          ids: batch.devices.ids.filter((_, index) => keep[index]),
+          kinds: batch.devices.kinds.filter((_, index) => keep[index]),
+        };
+      }
       if (kept.length === 0) {
         // Nothing of it is left to write: its requests are answered now.
         this.queue.splice(this.queue.indexOf(batch), 1);
@@ -370,7 +438,7 @@ export class GroupCommitHeartbeatWriter implements HeartbeatWriter {
       this.schedule();
     };
     const heldIds = batch.held === undefined ? [] : [...batch.held];
-    recordHeartbeatsByShard(this.db, batch.ids, this.shardRouter, heldIds).then(
+    recordHeartbeatsByShard(this.db, batch.ids, this.shardRouter, heldIds, batch.devices).then(
       (partial) => {
         if (partial === undefined) settle(true);
         // Its requests do not look up their ids (the shards were not known when it opened).

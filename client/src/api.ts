@@ -1,5 +1,11 @@
 /** The API's plain requests (heartbeat, offline, batch) and the caller's credentials. */
-import { PulseError } from './types.ts';
+import { PulseError, type DeviceKind, type DeviceSummary } from './types.ts';
+
+/** The device this client speaks for: sent with heartbeats, the held stream and offline. */
+export interface ClientDevice {
+  id: string;
+  kind: DeviceKind;
+}
 
 /** How long the server waits before an offline sent by a page going away takes effect. */
 export const UNLOAD_OFFLINE_GRACE_MS = 1_500;
@@ -85,6 +91,7 @@ export class PulseApi {
     url: string,
     readonly credentials: Credentials,
     private readonly fetchImpl: typeof fetch,
+    readonly device: ClientDevice,
   ) {
     this.base = url.replace(/\/+$/, '');
   }
@@ -117,16 +124,20 @@ export class PulseApi {
   async heartbeat(userId: number): Promise<number | undefined> {
     const response = await this.request('/status/update', {
       method: 'POST',
-      json: { user_id: userId },
+      json: { user_id: userId, device_id: this.device.id, device_kind: this.device.kind },
     });
     await this.expectOk(response);
     const threshold = Number(response.headers.get('pulse-online-threshold-seconds'));
     return Number.isFinite(threshold) && threshold > 0 ? threshold : undefined;
   }
 
+  /** This device goes offline (the user too, unless another device of theirs is online). */
   async offline(userId: number): Promise<void> {
     await this.expectOk(
-      await this.request('/status/offline', { method: 'POST', json: { user_id: userId } }),
+      await this.request('/status/offline', {
+        method: 'POST',
+        json: { user_id: userId, device_id: this.device.id },
+      }),
     );
   }
 
@@ -141,18 +152,24 @@ export class PulseApi {
       method: 'POST',
       keepalive: true,
       headers: headersFor(this.credentials.current, true),
-      body: JSON.stringify({ user_id: userId }),
+      body: JSON.stringify({ user_id: userId, device_id: this.device.id }),
     }).catch(() => {
       // The page is gone: nobody is left to tell.
     });
   }
 
-  async batch(userIds: readonly number[]): Promise<{ user_id: number; is_online: boolean }[]> {
+  async batch(
+    userIds: readonly number[],
+  ): Promise<{ user_id: number; is_online: boolean; devices?: DeviceSummary }[]> {
     const response = await this.request('/status/batch', {
       method: 'POST',
       json: userIds.map((id) => ({ user_id: id })),
     });
     if (!response.ok) throw await errorFrom(response);
-    return (await response.json()) as { user_id: number; is_online: boolean }[];
+    return (await response.json()) as {
+      user_id: number;
+      is_online: boolean;
+      devices?: DeviceSummary;
+    }[];
   }
 }

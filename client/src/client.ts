@@ -1,11 +1,13 @@
 import { Credentials, PulseApi } from './api.ts';
 import { DEFAULT_BACKOFF } from './backoff.ts';
 import type { ConnectionHandlers, ConnectionOptions } from './connection.ts';
-import { tabCoordination } from './platform.ts';
+import { defaultDeviceId, defaultDeviceKind, isDeviceId, tabCoordination } from './platform.ts';
 import { SharedTransport } from './tabs.ts';
 import { DirectTransport, type Transport } from './transport.ts';
 import type {
   ConnectionStatus,
+  DeviceKind,
+  DeviceSummary,
   PresenceChange,
   PulseClientOptions,
   PulseError,
@@ -13,6 +15,8 @@ import type {
 } from './types.ts';
 
 type Listener = (change: PresenceChange) => void;
+
+const DEVICE_KINDS: readonly DeviceKind[] = ['web', 'mobile', 'desktop', 'other'];
 
 /**
  * Presence for one user, and the live state of the users it watches.
@@ -32,6 +36,8 @@ export class PulseClient {
   private statusValue: ConnectionStatus = 'idle';
   private readonly userId: number | undefined;
   private readonly hasToken: boolean;
+  private readonly summaries = new Map<number, DeviceSummary>();
+  private readonly api: PulseApi;
 
   constructor(options: PulseClientOptions) {
     if (typeof options.url !== 'string' || options.url === '') {
@@ -43,6 +49,15 @@ export class PulseClient {
     ) {
       throw new TypeError('PulseClient: userId must be a whole number from 1');
     }
+    if (options.deviceId !== undefined && !isDeviceId(options.deviceId)) {
+      throw new TypeError('PulseClient: deviceId must be 1 to 64 of A-Z a-z 0-9 . _ : -');
+    }
+    if (
+      options.deviceKind !== undefined &&
+      !(DEVICE_KINDS as readonly string[]).includes(options.deviceKind)
+    ) {
+      throw new TypeError(`PulseClient: deviceKind must be one of ${DEVICE_KINDS.join(', ')}`);
+    }
     this.userId = options.userId;
     this.hasToken = options.token !== undefined || options.getToken !== undefined;
     const fetchImpl = options.fetch ?? globalThis.fetch.bind(globalThis);
@@ -50,7 +65,13 @@ export class PulseClient {
       options.url,
       new Credentials(options.token, options.getToken),
       fetchImpl,
+      {
+        id: options.deviceId ?? defaultDeviceId(),
+        kind: options.deviceKind ?? defaultDeviceKind(),
+      },
     );
+    this.deviceId = api.device.id;
+    this.api = api;
     const connectionOptions: ConnectionOptions = {
       api,
       userId: options.userId,
@@ -72,7 +93,8 @@ export class PulseClient {
     const tabs = options.shareAcrossTabs === false ? undefined : tabCoordination();
     this.transport = tabs
       ? new SharedTransport(
-          `${api.base}|${options.userId ?? 'token'}`,
+          // The tabs of one device share its stream; a client given another device id is another device.
+          `${api.base}|${options.userId ?? 'token'}|${api.device.id}`,
           tabs.locks,
           tabs.openChannel,
           connectionOptions,
@@ -80,6 +102,9 @@ export class PulseClient {
         )
       : new DirectTransport(connectionOptions, handlers);
   }
+
+  /** The device id this client sends (see PulseClientOptions.deviceId). */
+  readonly deviceId: string;
 
   /** What the connection is doing now. */
   get status(): ConnectionStatus {
@@ -121,7 +146,12 @@ export class PulseClient {
       for (const id of ids) {
         const online = this.states.get(id);
         if (online !== undefined && this.listeners.get(id)?.has(onChange)) {
-          onChange({ user_id: id, is_online: online });
+          const devices = this.summaries.get(id);
+          onChange(
+            devices === undefined
+              ? { user_id: id, is_online: online }
+              : { user_id: id, is_online: online, devices },
+          );
         }
       }
     });
@@ -141,6 +171,21 @@ export class PulseClient {
   /** The last known state of a watched user; undefined before the server told, or if unwatched. */
   isOnline(userId: number): boolean | undefined {
     return this.listeners.has(userId) ? this.states.get(userId) : undefined;
+  }
+
+  /**
+   * Where a watched user was online at their last transition (devices and kinds); undefined before
+   * the server told, or from a server without devices. A device joining or leaving while the user
+   * stays online is no transition: read() asks the server for the current summaries.
+   */
+  devicesOf(userId: number): DeviceSummary | undefined {
+    return this.listeners.has(userId) ? this.summaries.get(userId) : undefined;
+  }
+
+  /** The users' current statuses, devices included (one POST /status/batch). */
+  async read(userIds: readonly number[]): Promise<PresenceChange[]> {
+    this.assertRunning('read');
+    return this.api.batch(userIds);
   }
 
   /**
@@ -166,11 +211,13 @@ export class PulseClient {
    * not reconnect), so watching an id again starts from a known state; calls the listeners of
    * watched ids on real transitions only.
    */
-  private apply({ user_id, is_online }: PresenceChange): void {
+  private apply({ user_id, is_online, devices }: PresenceChange): void {
+    if (devices !== undefined) this.summaries.set(user_id, devices);
     if (this.states.get(user_id) === is_online) return;
     this.states.set(user_id, is_online);
     const listeners = this.listeners.get(user_id);
     if (!listeners) return;
-    for (const listener of [...listeners]) listener({ user_id, is_online });
+    const change = devices === undefined ? { user_id, is_online } : { user_id, is_online, devices };
+    for (const listener of [...listeners]) listener(change);
   }
 }

@@ -218,6 +218,8 @@ export class PresenceConnection {
     if (desired.hold) {
       query.push('hold=true');
       if (this.options.userId !== undefined) query.push(`user_id=${this.options.userId}`);
+      const { id, kind } = this.options.api.device;
+      query.push(`device_id=${encodeURIComponent(id)}`, `device_kind=${kind}`);
     }
     return `${this.options.api.base}/status/stream${query.length ? `?${query.join('&')}` : ''}`;
   }
@@ -393,7 +395,9 @@ export class PresenceConnection {
     const ids = [...this.desired.watch];
     if (ids.length > 0) {
       try {
-        this.handlers.onSnapshot(await this.options.api.batch(ids));
+        this.handlers.onSnapshot(
+          (await this.options.api.batch(ids)).filter(isChange).map(changeOf),
+        );
       } catch (error) {
         this.handlers.onError(asPulseError(error));
       }
@@ -421,10 +425,23 @@ function isChange(value: unknown): value is PresenceChange {
   );
 }
 
+/** The user, the state and (when the server sent it) the devices summary: nothing else. */
+function changeOf(value: PresenceChange): PresenceChange {
+  const devices = value.devices;
+  const valid =
+    typeof devices === 'object' &&
+    devices !== null &&
+    typeof devices.count === 'number' &&
+    Array.isArray(devices.kinds);
+  return valid
+    ? { user_id: value.user_id, is_online: value.is_online, devices }
+    : { user_id: value.user_id, is_online: value.is_online };
+}
+
 function parseStates(data: string): PresenceChange[] | undefined {
   try {
     const value: unknown = JSON.parse(data);
-    return Array.isArray(value) ? value.filter(isChange) : undefined;
+    return Array.isArray(value) ? value.filter(isChange).map(changeOf) : undefined;
   } catch {
     return undefined;
   }
@@ -433,7 +450,7 @@ function parseStates(data: string): PresenceChange[] | undefined {
 function parseChange(data: string): PresenceChange | undefined {
   try {
     const value: unknown = JSON.parse(data);
-    return isChange(value) ? value : undefined;
+    return isChange(value) ? changeOf(value) : undefined;
   } catch {
     return undefined;
   }

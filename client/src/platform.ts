@@ -53,6 +53,58 @@ interface BrowserGlobals {
 
 const globals = globalThis as unknown as BrowserGlobals;
 
+interface StorageLike {
+  getItem(key: string): string | null;
+  setItem(key: string, value: string): void;
+}
+
+/** Where the browser's device id is kept: shared by every tab of the origin. */
+const DEVICE_ID_KEY = 'pulse-device-id';
+const DEVICE_ID_PATTERN = /^[A-Za-z0-9._:-]{1,64}$/;
+
+/** A random id of `length` base-36 characters (getRandomValues: also in non-secure contexts). */
+function randomId(length = 16): string {
+  const bytes = new Uint8Array(length);
+  globalThis.crypto.getRandomValues(bytes);
+  return Array.from(bytes, (byte) => (byte % 36).toString(36)).join('');
+}
+
+/** This runtime's device when storage says nothing: one per page load, or per Node process. */
+let fallbackDeviceId: string | undefined;
+
+/**
+ * The device id of this browser (localStorage, so every tab of the origin says the same) or, in
+ * Node and when storage is unavailable (blocked, a sandboxed frame), one per page or process.
+ */
+export function defaultDeviceId(): string {
+  if (globals.document !== undefined) {
+    try {
+      const storage = (globalThis as unknown as { localStorage?: StorageLike }).localStorage;
+      if (storage) {
+        const kept = storage.getItem(DEVICE_ID_KEY);
+        if (kept !== null && DEVICE_ID_PATTERN.test(kept)) return kept;
+        const made = `b-${randomId()}`;
+        storage.setItem(DEVICE_ID_KEY, made);
+        if (storage.getItem(DEVICE_ID_KEY) === made) return made;
+      }
+    } catch {
+      // Storage is refused (privacy settings, an opaque origin): this page is its own device.
+    }
+    return (fallbackDeviceId ??= `p-${randomId()}`);
+  }
+  return (fallbackDeviceId ??= `n-${randomId()}`);
+}
+
+/** `web` in a page, `other` elsewhere (Node). */
+export function defaultDeviceKind(): 'web' | 'other' {
+  return globals.document === undefined ? 'other' : 'web';
+}
+
+/** Whether `id` is a device id the server accepts. */
+export function isDeviceId(id: unknown): id is string {
+  return typeof id === 'string' && DEVICE_ID_PATTERN.test(id);
+}
+
 /** Web Locks and BroadcastChannel in a page (not Node, where each client is on its own). */
 export function tabCoordination():
   { locks: LockManagerLike; openChannel: (name: string) => ChannelLike } | undefined {

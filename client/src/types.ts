@@ -1,7 +1,18 @@
+/** What kind of client a device is (the server keeps one of these per device). */
+export type DeviceKind = 'web' | 'mobile' | 'desktop' | 'other';
+
+/** Where a user is online: their fresh devices and the kinds those named (count 0 offline). */
+export interface DeviceSummary {
+  count: number;
+  kinds: DeviceKind[];
+}
+
 /** One transition of a watched user, as the stream's `change` event carries it. */
 export interface PresenceChange {
   user_id: number;
   is_online: boolean;
+  /** Where the user is online, as of the change (absent from a server without devices). */
+  devices?: DeviceSummary;
 }
 
 /** What the client is doing about the connection, for a status line in a UI. */
@@ -49,6 +60,15 @@ export interface PulseClientOptions {
    */
   userId?: number;
   /**
+   * This device's id (1-64 of A-Z a-z 0-9 . _ : -): the user is online while any of their devices
+   * is, and stop({ offline: true }) ends only this one. Default: in a browser, one id per browser
+   * profile kept in localStorage (shared by every tab of the origin; a random one per page when
+   * storage is unavailable); in Node, one random id per process.
+   */
+  deviceId?: string;
+  /** What kind of client this is: `web` in a browser, `other` in Node by default. */
+  deviceKind?: DeviceKind;
+  /**
    * The online threshold that paces the fallback heartbeat loop (half of it, with jitter). Unset:
    * the threshold the server announces on its heartbeat answers (Pulse-Online-Threshold-Seconds),
    * 20 until the first answer.
@@ -71,8 +91,9 @@ export interface PulseClientOptions {
 
 export interface StopOptions {
   /**
-   * Tell the server this user is offline now, so watchers see it in about a second instead of a
-   * threshold later. In a browser, only when no other tab of this user is still open.
+   * Tell the server this device is offline now: the user goes offline for watchers in about a
+   * second instead of a threshold later, unless another device of theirs is still online. In a
+   * browser, only when no other tab of this user is still open.
    */
   offline?: boolean;
 }

@@ -15,7 +15,14 @@
  */
 import { sql } from 'kysely';
 import type { ShardRouter } from '../citus/shard-routing.ts';
-import { normalizeUserIds, privacyLastSeen, type Executor } from './pulse-store.ts';
+import {
+  deviceColumns,
+  deviceSummary,
+  normalizeUserIds,
+  privacyLastSeen,
+  type DeviceSummary,
+  type Executor,
+} from './pulse-store.ts';
 
 export type EventReason = 'heartbeat' | 'held' | 'offline' | 'threshold' | 'sweep';
 
@@ -60,6 +67,9 @@ export interface LogTables {
   pulse: string;
   lastSeen: string;
   privacy: string;
+  devices: string;
+  /** The settings row's table (on Citus, the node's copy of the reference table). */
+  settings: string;
 }
 
 export const WHOLE_LOG: LogTables = {
@@ -68,6 +78,8 @@ export const WHOLE_LOG: LogTables = {
   pulse: 'pulse',
   lastSeen: 'pulse_last_seen',
   privacy: 'pulse_privacy',
+  devices: 'pulse_devices',
+  settings: 'pulse_settings',
 };
 
 /**
@@ -166,6 +178,8 @@ export interface WatchedChange {
   invisible: boolean;
   /** last_seen as readers are shown it (privacy applied) right after the change. */
   shownLastSeen: Date | null;
+  /** The user's devices as of the read (online changes only; none for an offline one). */
+  devices: DeviceSummary;
 }
 
 export interface FeedRead {
@@ -195,16 +209,19 @@ export async function readFeedSince(
     online: boolean | null;
     invisible: boolean | null;
     shown_last_seen: Date | null;
+    device_count: number | null;
+    device_kinds: string[] | null;
   }>`
     WITH cur AS (SELECT pg_current_snapshot() AS s)
     SELECT cur.s::text AS snapshot, c.user_id, c.audience_only, c.online, c.invisible,
-           c.shown_last_seen
+           c.shown_last_seen, c.device_count, c.device_kinds
     FROM cur LEFT JOIN LATERAL (${acrossScope(
       scope,
       (t) => sql`
       SELECT c.seq, c.user_id, c.audience_only, c.online,
              coalesce(pr.invisible, false) AS invisible,
-             ${privacyLastSeen('c.last_seen')} AS shown_last_seen
+             ${privacyLastSeen('c.last_seen')} AS shown_last_seen,
+             ${deviceColumns('dp', t)}
       FROM (
         SELECT seq, user_id, online, last_seen, false AS audience_only FROM ${sql.table(t.events)} e
         WHERE ${newSinceCursor('e', cursor, scope.node)}
@@ -216,7 +233,9 @@ export async function readFeedSince(
         LEFT JOIN ${sql.table(t.lastSeen)} ls ON ls.user_id = v.user_id
         WHERE ${newSinceCursor('v', cursor, scope.node)}
       ) c
-      LEFT JOIN ${sql.table(t.privacy)} pr ON pr.user_id = c.user_id`,
+      LEFT JOIN ${sql.table(t.privacy)} pr ON pr.user_id = c.user_id
+      -- Devices only for online changes: one primary-key probe each, transitions being few.
+      LEFT JOIN ${sql.table(t.pulse)} dp ON c.online AND dp.user_id = c.user_id`,
     )}) c ON true
     ORDER BY c.audience_only, c.seq`.execute(db);
   const changes: WatchedChange[] = [];
@@ -228,6 +247,7 @@ export async function readFeedSince(
       online: row.online!,
       invisible: row.invisible!,
       shownLastSeen: row.shown_last_seen,
+      devices: deviceSummary(row.online!, row.device_count, row.device_kinds),
     });
   }
   return { snapshot: rows[0]!.snapshot, changes };

@@ -7,7 +7,7 @@
  * co-located with pulse (by user_id); pulse_settings is a one-row reference table.
  */
 import { CompiledQuery, sql, type Kysely } from 'kysely';
-import type { Database } from './schema.ts';
+import type { Database, DeviceKind } from './schema.ts';
 import type { ShardRouter } from '../citus/shard-routing.ts';
 
 export type Executor = Kysely<Database>;
@@ -18,41 +18,309 @@ export function normalizeUserIds(userIds: Iterable<number>): number[] {
   return [...new Set(userIds)].sort((a, b) => a - b);
 }
 
+/** The kinds a device may say it is (pulse_device_kind), sorted as answers list them. */
+export const DEVICE_KINDS = [
+  'desktop',
+  'mobile',
+  'other',
+  'web',
+] as const satisfies readonly DeviceKind[];
+export type { DeviceKind };
+
 /**
- * The heartbeat upsert for a list of ids (one parameter, a bigint array), valid on Citus as the
- * file header says, and the change log's online transitions in the same statement: a user whose
- * row is new or not marked online (`online_since` null) gets `online_since = now()`, and exactly
- * those rows (`online_since = last_hb`: set by this statement) get an `online` event. Built once
- * per Kysely instance and then run with each flush's ids: compiling the same statement for every
- * flush was measurable on the single-heartbeat path (docs/request-cost.md).
+ * The devices of heartbeats, parallel to their user ids: `ids[i]` is the client's device id of the
+ * i-th user id (null: none named, the user's unnamed device), `kinds[i]` its kind (or null).
  */
-const upsertSql = new WeakMap<Executor, string>();
-function heartbeatUpsertSql(db: Executor): string {
+export interface DeviceTags {
+  ids: ReadonlyArray<string | null>;
+  kinds: ReadonlyArray<DeviceKind | null>;
+}
+
+/** One statement's heartbeats: each user once, sorted by id, with the device of its beat. */
+interface HeartbeatRound {
+  ids: number[];
+  deviceIds: Array<string | null>;
+  kinds: Array<DeviceKind | null>;
+}
+
+/**
+ * The key `pulse.device_key` and `pulse_devices.device_key` hold for a device id: its 32-bit
+ * FNV-1a hash as a signed integer (4 bytes in every `pulse` row, where the id itself would take
+ * up to 65), 0 for none named. Computed here, so the heartbeat statement hashes nothing. Two
+ * devices of one user with the same key (a chance of 1 in 2^32) count as one.
+ */
+export function deviceKey(deviceId: string | null): number {
+  if (deviceId === null) return 0;
+  let hash = 0x811c9dc5;
+  for (let i = 0; i < deviceId.length; i += 1) {
+    hash ^= deviceId.charCodeAt(i);
+    hash = Math.imul(hash, 0x01000193);
+  }
+  return hash | 0 || 1;
+}
+
+/** A kind as its position in pulse_device_kind (1-based; 0: none), for an int2 array parameter. */
+const kindCode = (kind: DeviceKind | null) => (kind === null ? 0 : DEVICE_KINDS.indexOf(kind) + 1);
+/** The kind of a code, in SQL: out of the array's bounds (0) is NULL. */
+const kindOf = (code: ReturnType<typeof sql>) =>
+  sql`(ARRAY['desktop', 'mobile', 'other', 'web']::pulse_device_kind[])[${code}]`;
+
+/**
+ * The heartbeats of a flush as statements: one per (user, device), the last kind given winning. A
+ * statement may touch a user's row once (ON CONFLICT), so a user beating from several devices in
+ * one flush (one API process holding two of their streams) gets a statement per device: the first
+ * device of every user in the first, the second in the second, ... Without devices: one statement.
+ */
+function heartbeatRounds(userIds: Iterable<number>, devices?: DeviceTags): HeartbeatRound[] {
+  if (devices === undefined) {
+    const ids = normalizeUserIds(userIds);
+    if (ids.length === 0) return [];
+    const none = ids.map(() => null);
+    return [{ ids, deviceIds: none, kinds: none }];
+  }
+  const byUser = new Map<number, Map<string | null, DeviceKind | null>>();
+  let index = 0;
+  for (const id of userIds) {
+    const device = devices.ids[index] ?? null;
+    const kind = devices.kinds[index] ?? null;
+    index += 1;
+    let of = byUser.get(id);
+    if (of === undefined) byUser.set(id, (of = new Map<string | null, DeviceKind | null>()));
+    of.delete(device);
+    of.set(device, kind);
+  }
+  const rounds: HeartbeatRound[] = [];
+  for (const id of [...byUser.keys()].sort((a, b) => a - b)) {
+    let round = 0;
+    for (const [device, kind] of byUser.get(id)!) {
+      const into = (rounds[round] ??= { ids: [], deviceIds: [], kinds: [] });
+      into.ids.push(id);
+      into.deviceIds.push(device);
+      into.kinds.push(kind);
+      round += 1;
+    }
+  }
+  return rounds;
+}
+
+/**
+ * Devices (issue 22). `pulse` keeps one row per user: last_hb is the newest beat of any device,
+ * device_key the device of that beat (deviceKey: a hash of its id, 0 for none named) while on
+ * one device, NULL while on several; then pulse_devices holds a row per device.
+ *
+ * A flush is one statement, `heartbeatUpsert`, for almost every beat: a new user, or the device
+ * the row already names (its WHERE compares columns only, valid on Citus). Only when that
+ * statement left some rows alone (another device beating, or a user on several) does a second
+ * statement, `deviceSwitch`, decide for those.
+ */
+
+/**
+ * The first statement: the upsert of (user_id, device_id, device_kind) rows (`rows`: arrays, or a
+ * VALUES list on Citus, one row per user). It writes the row of a new user, of the device the row
+ * names, and of a user on several devices (device_key NULL: severalBeat then writes that device's
+ * pulse_devices row). It leaves alone (locked) the rows naming another device. With the change
+ * log's online transitions in the same
+ * statement: a user whose row is new or not marked online (`online_since` null) gets
+ * `online_since = now()`, and exactly those rows (`online_since = last_hb`: set by this
+ * statement) get an `online` event, reason `held` for the ids in `heldIds` (a stream's held
+ * presence), else `heartbeat`; `at` and `last_seen` are the heartbeat time. Answers `beaten` null
+ * when it wrote every row, else the ids it wrote (`count`: how many rows it was given), and the
+ * ids on several devices.
+ * `devices: false`: the rows are (user_id) only, none named (today's requests).
+ */
+const heartbeatUpsert = (
+  rows: ReturnType<typeof sql>,
+  heldIds: readonly number[],
+  count: number,
+  /**
+   * `plain`: rows of (user_id), no device named; `devices`: (user_id, device_key, kind code);
+   * `several`: also the device id, and the pulse_devices rows of users on several devices are
+   * written by this statement too (severalBeat's work, for flushes expected to have such users).
+   */
+  form: 'plain' | 'devices' | 'several',
+) => sql`
+  WITH ${
+    form === 'several'
+      ? sql`input AS NOT MATERIALIZED (
+    SELECT * FROM ${rows} AS i(user_id, device_key, kind, device_id)
+  ),`
+      : sql``
+  }
+  up AS (
+    INSERT INTO pulse AS p (user_id, last_hb, online_since${form === 'plain' ? sql`` : sql`, device_key, device_kind`})
+    ${
+      form === 'plain'
+        ? sql`SELECT i.user_id, now(), now() FROM ${rows} AS i(user_id)`
+        : form === 'devices'
+          ? sql`SELECT i.user_id, now(), now(), i.device_key, ${kindOf(sql`i.kind`)}
+                FROM ${rows} AS i(user_id, device_key, kind)`
+          : sql`SELECT user_id, now(), now(), device_key, ${kindOf(sql`kind`)} FROM input`
+    }
+    ON CONFLICT (user_id) DO UPDATE
+      SET last_hb = EXCLUDED.last_hb, online_since = coalesce(p.online_since, EXCLUDED.online_since),
+          device_kind = EXCLUDED.device_kind
+      WHERE p.device_key = EXCLUDED.device_key OR p.device_key IS NULL
+    RETURNING user_id, last_hb, online_since, device_key IS NULL AS several
+  ),
+  ${
+    form === 'several'
+      ? sql`devices AS (
+    INSERT INTO pulse_devices AS d (user_id, device_key, last_hb, device_kind, device_id)
+    SELECT user_id, device_key, now(), ${kindOf(sql`kind`)}, device_id FROM input
+    WHERE user_id = ANY(ARRAY(SELECT user_id FROM up WHERE several))
+    ON CONFLICT (user_id, device_key) DO UPDATE
+      SET last_hb = EXCLUDED.last_hb, device_kind = EXCLUDED.device_kind,
+          device_id = coalesce(EXCLUDED.device_id, d.device_id)
+  ),`
+      : sql``
+  }
+  logged AS (
+    INSERT INTO pulse_events (user_id, online, reason, at, last_seen)
+    SELECT user_id, true,
+           CASE WHEN user_id = ANY(${heldIds}::bigint[]) THEN 'held' ELSE 'heartbeat' END,
+           last_hb, last_hb
+    FROM up WHERE online_since = last_hb
+  )
+  SELECT CASE WHEN count(*) < ${count}::int THEN coalesce(array_agg(user_id::text), '{}') END AS beaten,
+         array_agg(user_id::text) FILTER (WHERE several) AS several
+  FROM up`;
+
+/**
+ * After the upsert, for the users it found on several devices: this device's row in
+ * pulse_devices (its last beat, kind and id), so readers count it fresh.
+ */
+const severalBeat = (rows: ReturnType<typeof sql>) => sql`
+  INSERT INTO pulse_devices AS d (user_id, device_key, last_hb, device_kind, device_id)
+  SELECT i.user_id, i.device_key, now(), ${kindOf(sql`i.kind`)}, i.device_id
+  FROM ${rows} AS i(user_id, device_key, kind, device_id)
+  ON CONFLICT (user_id, device_key) DO UPDATE
+    SET last_hb = EXCLUDED.last_hb, device_kind = EXCLUDED.device_kind,
+        device_id = coalesce(EXCLUDED.device_id, d.device_id)`;
+
+const severalSql = new WeakMap<Executor, string>();
+function severalBeatSql(db: Executor): string {
+  let text = severalSql.get(db);
+  if (text === undefined) {
+    text = severalBeat(
+      sql`unnest(${[]}::bigint[], ${[]}::int4[], ${[]}::int2[], ${[]}::text[])`,
+    ).compile(db).sql;
+    severalSql.set(db, text);
+  }
+  return text;
+}
+
+/** heartbeatUpsert as text per form, built once per Kysely instance. */
+const upsertSql = new WeakMap<Executor, Record<'plain' | 'devices' | 'several', string>>();
+function heartbeatUpsertSql(db: Executor): Record<'plain' | 'devices' | 'several', string> {
   let text = upsertSql.get(db);
   if (text === undefined) {
-    const compiled = heartbeatUpsert(
-      sql`SELECT hb, now(), now() FROM unnest(${[]}::bigint[]) AS hb`,
-      [],
-    ).compile(db);
-    if (compiled.parameters.length !== 2) throw new Error('the heartbeat upsert takes two arrays');
-    text = compiled.sql;
+    // Compiled once, then run with each flush's arrays: compiling the same statement for every
+    // flush was measurable on the single-heartbeat path (docs/request-cost.md).
+    const compile = (rows: ReturnType<typeof sql>, form: 'plain' | 'devices' | 'several') =>
+      heartbeatUpsert(rows, [], 0, form).compile(db);
+    const plain = compile(sql`unnest(${[]}::bigint[])`, 'plain');
+    const devices = compile(sql`unnest(${[]}::bigint[], ${[]}::int4[], ${[]}::int2[])`, 'devices');
+    const several = compile(
+      sql`unnest(${[]}::bigint[], ${[]}::int4[], ${[]}::int2[], ${[]}::text[])`,
+      'several',
+    );
+    if (
+      plain.parameters.length !== 3 ||
+      devices.parameters.length !== 5 ||
+      several.parameters.length !== 6
+    ) {
+      throw new Error('the heartbeat upsert changed its parameters');
+    }
+    text = { plain: plain.sql, devices: devices.sql, several: several.sql };
     upsertSql.set(db, text);
   }
   return text;
 }
 
 /**
- * `rows` yields (user_id, now(), now()). The ON CONFLICT clause uses only columns, EXCLUDED.* and
- * coalesce (Citus). The events' `at` and `last_seen` are the heartbeat time itself; their reason
- * is `held` for the ids in `heldIds` (a stream's held presence), else `heartbeat`. The array is
- * only looked at for the transitions, a few rows per flush.
+ * Users the upsert last found on several devices, per Kysely instance (per process): a flush with
+ * one of them runs the `several` form, one statement instead of two. A hint only: a wrong guess
+ * costs a statement, never a beat; it is forgotten whole past SEVERAL_HINT_MAX users.
  */
-const heartbeatUpsert = (rows: ReturnType<typeof sql>, heldIds: readonly number[]) => sql`
-  WITH up AS (
-    INSERT INTO pulse AS p (user_id, last_hb, online_since) ${rows}
+const onSeveral = new WeakMap<Executor, Set<number>>();
+const SEVERAL_HINT_MAX = 100_000;
+
+function learnSeveral(db: Executor, ids: readonly number[], several: readonly string[] | null) {
+  let known = onSeveral.get(db);
+  if (several === null && (known === undefined || known.size === 0)) return;
+  if (known === undefined) onSeveral.set(db, (known = new Set()));
+  if (known.size > SEVERAL_HINT_MAX) known.clear();
+  const now = new Set(several?.map(Number));
+  for (const id of ids) {
+    if (now.has(id)) known.add(id);
+    else known.delete(id);
+  }
+}
+
+const expectsSeveral = (db: Executor, ids: readonly number[]): boolean => {
+  const known = onSeveral.get(db);
+  return known !== undefined && known.size > 0 && ids.some((id) => known.has(id));
+};
+
+/**
+ * The second statement, for the rows the first left alone: another device than the row's (or a
+ * concurrent writer changed it meanwhile). It reads each row FOR UPDATE (so a concurrent writer's
+ * version), then:
+ * - `replace`: the row's device is stale (or gone, or the same): the beating device is the user's one;
+ * - `second`: the row's device is fresh: the user is on two devices, both go to pulse_devices;
+ * - `more`: on several devices, others still fresh: this device's row in pulse_devices;
+ * - `alone`: on several devices, no other fresh: back to one device, pulse_devices rows go.
+ * Online transitions are logged as by the first.
+ */
+const deviceSwitch = (rows: ReturnType<typeof sql>, heldIds: readonly number[]) => sql`
+  WITH input AS (
+    SELECT i.user_id, i.device_id, ${kindOf(sql`i.kind`)} AS device_kind, i.device_key
+    FROM ${rows} AS i(user_id, device_key, kind, device_id)
+  ),
+  prev AS (
+    SELECT p.user_id, p.device_key, p.device_kind, p.last_hb, p.last_hb > ${onlineSince} AS fresh
+    FROM pulse p WHERE p.user_id = ANY(ARRAY(SELECT user_id FROM input))
+    FOR UPDATE OF p
+  ),
+  others AS (
+    SELECT d.user_id, count(*) AS n
+    FROM pulse_devices d JOIN input r ON r.user_id = d.user_id
+    WHERE d.user_id = ANY(ARRAY(SELECT user_id FROM prev WHERE device_key IS NULL))
+      AND d.device_key <> r.device_key AND d.last_hb > ${onlineSince}
+    GROUP BY d.user_id
+  ),
+  decide AS (
+    SELECT r.user_id, r.device_id, r.device_kind, r.device_key,
+           p.device_key AS prev_key, p.device_kind AS prev_kind, p.last_hb AS prev_hb,
+           CASE WHEN p.user_id IS NULL THEN 'replace'
+                WHEN p.device_key IS NULL THEN CASE WHEN o.n IS NULL THEN 'alone' ELSE 'more' END
+                WHEN p.fresh AND p.device_key <> r.device_key THEN 'second'
+                ELSE 'replace' END AS step
+    FROM input r LEFT JOIN prev p USING (user_id) LEFT JOIN others o USING (user_id)
+  ),
+  up AS (
+    INSERT INTO pulse AS p (user_id, last_hb, online_since, device_key, device_kind)
+    SELECT user_id, now(), now(), CASE WHEN step IN ('alone', 'replace') THEN device_key END,
+           device_kind
+    FROM decide
     ON CONFLICT (user_id) DO UPDATE
-      SET last_hb = EXCLUDED.last_hb, online_since = coalesce(p.online_since, EXCLUDED.online_since)
+      SET last_hb = EXCLUDED.last_hb, online_since = coalesce(p.online_since, EXCLUDED.online_since),
+          device_key = EXCLUDED.device_key, device_kind = EXCLUDED.device_kind
     RETURNING user_id, last_hb, online_since
+  ),
+  devices AS (
+    INSERT INTO pulse_devices AS d (user_id, device_key, last_hb, device_kind, device_id)
+    SELECT user_id, device_key, now(), device_kind, device_id FROM decide
+    WHERE step IN ('more', 'second')
+    UNION ALL
+    SELECT user_id, prev_key, prev_hb, prev_kind, NULL FROM decide WHERE step = 'second'
+    ON CONFLICT (user_id, device_key) DO UPDATE
+      SET last_hb = EXCLUDED.last_hb, device_kind = EXCLUDED.device_kind,
+          device_id = coalesce(EXCLUDED.device_id, d.device_id)
+  ),
+  alone AS (
+    DELETE FROM pulse_devices
+    WHERE user_id = ANY(ARRAY(SELECT user_id FROM decide WHERE step = 'alone'))
   )
   INSERT INTO pulse_events (user_id, online, reason, at, last_seen)
   SELECT user_id, true,
@@ -62,7 +330,8 @@ const heartbeatUpsert = (rows: ReturnType<typeof sql>, heldIds: readonly number[
 
 /**
  * Marks every given user as seen now (by the database clock), logging the online transitions.
- * One statement; with a `router` on Citus, one statement per shard instead (see below, and
+ * One statement (per device of a user beating from several in one call, plus one for device
+ * switches); with a `router` on Citus, one statement per shard instead (see below, and
  * lib/citus/shard-routing.ts). Rejects when any id was not written.
  */
 export async function recordHeartbeats(
@@ -71,8 +340,10 @@ export async function recordHeartbeats(
   router?: ShardRouter,
   /** Those of `userIds` beaten by a stream's held presence: their online events say `held`. */
   heldIds: readonly number[] = [],
+  /** The device of each beat, parallel to `userIds`; absent: none named. */
+  devices?: DeviceTags,
 ): Promise<void> {
-  const partial = await recordHeartbeatsByShard(db, userIds, router, heldIds);
+  const partial = await recordHeartbeatsByShard(db, userIds, router, heldIds, devices);
   if (partial) throw partial.error;
 }
 
@@ -92,27 +363,141 @@ export async function recordHeartbeatsByShard(
   userIds: Iterable<number>,
   router?: ShardRouter,
   heldIds: readonly number[] = [],
+  devices?: DeviceTags,
 ): Promise<PartialWrite | undefined> {
-  const ids = normalizeUserIds(userIds);
-  if (ids.length === 0) return undefined;
+  let partial: PartialWrite | undefined;
+  for (const round of heartbeatRounds(userIds, devices)) {
+    const failed = await writeRound(db, round, router, heldIds, devices !== undefined);
+    if (failed === undefined) continue;
+    if (partial === undefined)
+      partial = { failedIds: new Set(failed.failedIds), error: failed.error };
+    else for (const id of failed.failedIds) (partial.failedIds as Set<number>).add(id);
+  }
+  return partial;
+}
+
+/**
+ * The rows of `round` at `indexes` as a VALUES list (Citus: routed to the shard as it is):
+ * (user_id), or with `named` (user_id, device_key, kind code), or with `ids` also the device id.
+ */
+function valuesOf(round: HeartbeatRound, indexes: readonly number[], named: boolean, ids = false) {
+  return sql`(VALUES ${sql.join(
+    indexes.map((index) => {
+      if (!named) return sql`(${round.ids[index]}::bigint)`;
+      const key = deviceKey(round.deviceIds[index] ?? null);
+      const kind = kindCode(round.kinds[index] ?? null);
+      return ids
+        ? sql`(${round.ids[index]}::bigint, ${key}::int4, ${kind}::int2, ${round.deviceIds[index]}::text)`
+        : sql`(${round.ids[index]}::bigint, ${key}::int4, ${kind}::int2)`;
+    }),
+  )})`;
+}
+
+/** What the upsert answers: the ids it wrote when not all, and those on several devices. */
+interface UpsertAnswer {
+  beaten: string[] | null;
+  several: string[] | null;
+}
+
+/** The statements after the upsert, for the users it left alone or found on several devices. */
+async function afterUpsert(
+  db: Executor,
+  round: HeartbeatRound,
+  indexes: readonly number[],
+  answer: UpsertAnswer | undefined,
+  heldIds: readonly number[],
+  routed: boolean,
+  /** The upsert wrote their pulse_devices rows itself (its `several` form). */
+  devicesWritten = false,
+): Promise<void> {
+  const several = answer?.several ?? null;
+  if (several !== null && !devicesWritten) {
+    const on = new Set(several.map(Number));
+    const rows = indexes.filter((index) => on.has(round.ids[index]!));
+    if (routed) {
+      await severalBeat(valuesOf(round, rows, true, true)).execute(db);
+    } else {
+      // Plain PostgreSQL: four arrays, the statement text built once (as the upsert's).
+      const devices = rows.map((index) => round.deviceIds[index] ?? null);
+      await db.executeQuery(
+        CompiledQuery.raw(severalBeatSql(db), [
+          rows.map((index) => round.ids[index]),
+          devices.map(deviceKey),
+          rows.map((index) => kindCode(round.kinds[index] ?? null)),
+          devices,
+        ]),
+      );
+    }
+  }
+  const left = leftAlone(round, answer?.beaten ?? null, indexes);
+  if (left.length > 0) await deviceSwitch(valuesOf(round, left, true, true), heldIds).execute(db);
+}
+
+/** One round (each user once): the upsert, then the device switches it left, if any. */
+async function writeRound(
+  db: Executor,
+  round: HeartbeatRound,
+  router: ShardRouter | undefined,
+  heldIds: readonly number[],
+  named: boolean,
+): Promise<PartialWrite | undefined> {
+  const { ids } = round;
   const groups = router ? await router.group(ids) : null;
   if (groups === null) {
-    await db.executeQuery(CompiledQuery.raw(heartbeatUpsertSql(db), [ids, heldIds]));
+    const text = heartbeatUpsertSql(db);
+    const several = named && expectsSeveral(db, ids);
+    const keys = named ? round.deviceIds.map(deviceKey) : [];
+    const kinds = named ? round.kinds.map(kindCode) : [];
+    const { rows } = await db.executeQuery<UpsertAnswer>(
+      several
+        ? CompiledQuery.raw(text.several, [ids, keys, kinds, round.deviceIds, heldIds, ids.length])
+        : named
+          ? CompiledQuery.raw(text.devices, [ids, keys, kinds, heldIds, ids.length])
+          : CompiledQuery.raw(text.plain, [ids, heldIds, ids.length]),
+    );
+    learnSeveral(db, ids, rows[0]?.several ?? null);
+    const all = ids.map((_, index) => index);
+    await afterUpsert(db, round, all, rows[0], heldIds, false, several);
     return undefined;
   }
   // Citus: an INSERT ... SELECT is run through the coordinator (its rows are pulled there, then
   // pushed to the shards in a second step), while a multi-row VALUES whose ids all live on one
   // shard is routed there as it is (docs/citus.md).
   // Each statement touches one shard in sorted id order, so concurrent writers cannot deadlock.
+  const at = new Map(ids.map((id, index) => [id, index]));
   const outcomes = await Promise.allSettled(
-    groups.map((group) =>
-      heartbeatUpsert(
-        sql`VALUES ${sql.join(group.map((id) => sql`(${id}::bigint, now(), now())`))}`,
+    groups.map(async (group) => {
+      const indexes = group.map((id) => at.get(id)!);
+      // The node holding the shard, when DATABASE_URL lists several (lib/citus/shard-routing.ts).
+      const executor = router!.executorFor(group) ?? db;
+      const { rows } = await heartbeatUpsert(
+        valuesOf(round, indexes, named),
         heldIds,
-      ).execute(router!.executorFor(group) ?? db),
-    ),
+        indexes.length,
+        named ? 'devices' : 'plain',
+      ).execute(executor);
+      await afterUpsert(
+        executor,
+        round,
+        indexes,
+        rows[0] as UpsertAnswer | undefined,
+        heldIds,
+        true,
+      );
+    }),
   );
   return partialWrite(groups, outcomes);
+}
+
+/** The indexes (of `indexes`) whose user the upsert did not write: `beaten` null is all written. */
+function leftAlone(
+  round: HeartbeatRound,
+  beaten: readonly string[] | null,
+  indexes: readonly number[],
+): number[] {
+  if (beaten === null) return [];
+  const written = new Set(beaten.map(Number));
+  return indexes.filter((index) => !written.has(round.ids[index]!));
 }
 
 /** undefined when every group was written; throws the first error when none was. */
@@ -150,7 +535,12 @@ function bigintArrayLiteral(ids: readonly number[]) {
  * a change by `npm run migrate` or a DBA's UPDATE reaches every process at once. The view
  * `pulse_online` (migration 0003) is the same predicate for SQL readers.
  */
-export const onlineSince = sql<Date>`(now() - (SELECT make_interval(secs => s.online_threshold_seconds) FROM pulse_settings s WHERE s.id = 1))`;
+export const onlineSince = onlineSinceIn('pulse_settings');
+
+/** onlineSince with the settings row read from `settings` (on Citus, a node's own shard of it). */
+export function onlineSinceIn(settings: string) {
+  return sql<Date>`(now() - (SELECT make_interval(secs => s.online_threshold_seconds) FROM ${sql.table(settings)} s WHERE s.id = 1))`;
+}
 
 /** `column > onlineSince`: true when the heartbeat time in `column` counts as online. */
 export const isOnline = (column: string) => sql<boolean>`(${sql.ref(column)} > ${onlineSince})`;
@@ -178,14 +568,66 @@ export async function restoreSettingsRow(db: Executor): Promise<boolean> {
   return rows.length > 0;
 }
 
+/** Where a user is online: how many devices are fresh, and the kinds those named (sorted). */
+export interface DeviceSummary {
+  count: number;
+  kinds: DeviceKind[];
+}
+
+/** An offline user's, or one the reader may not see. */
+export const NO_DEVICES: DeviceSummary = Object.freeze({ count: 0, kinds: [] as DeviceKind[] });
+
 /** What Pulse knows about one user: online by the shared rule, and when they were last seen. */
 export interface Presence {
   online: boolean;
   /** Last heartbeat (online users and rows not yet swept), else pulse_last_seen, else null. */
   lastSeen: Date | null;
+  /** The user's fresh devices (read only for online users; zero when offline). */
+  devices: DeviceSummary;
 }
 
-export const UNKNOWN_PRESENCE: Presence = Object.freeze({ online: false, lastSeen: null });
+export const UNKNOWN_PRESENCE: Presence = Object.freeze({
+  online: false,
+  lastSeen: null,
+  devices: NO_DEVICES,
+});
+
+/**
+ * The device summary of the `pulse` row aliased `p`, as two columns (device_count, device_kinds):
+ * on one device, read from the row itself; on several (device_key NULL), the fresh devices in
+ * pulse_devices (a subquery evaluated only for such rows). Meant for online users: the reader
+ * answers NO_DEVICES for the others.
+ */
+export const deviceColumns = (
+  p: string,
+  /** Where the device rows and the settings row are: on Citus, one node's shards of them. */
+  tables = { devices: 'pulse_devices', settings: 'pulse_settings' },
+) => {
+  const key = sql.ref(`${p}.device_key`);
+  const kind = sql.ref(`${p}.device_kind`);
+  const user = sql.ref(`${p}.user_id`);
+  const devices = sql.table(tables.devices);
+  const since = tables.settings === 'pulse_settings' ? onlineSince : onlineSinceIn(tables.settings);
+  return sql`
+    CASE WHEN ${key} IS NOT NULL THEN 1
+         ELSE (SELECT count(*)::int FROM ${devices} pd
+               WHERE pd.user_id = ${user} AND pd.last_hb > ${since}) END AS device_count,
+    CASE WHEN ${key} IS NOT NULL THEN array_remove(ARRAY[${kind}::text], NULL)
+         ELSE ARRAY(SELECT DISTINCT pd.device_kind::text FROM ${devices} pd
+                    WHERE pd.user_id = ${user} AND pd.last_hb > ${since}
+                      AND pd.device_kind IS NOT NULL ORDER BY 1) END AS device_kinds`;
+};
+
+/** The summary from deviceColumns' two columns, for a user read as `online`. */
+export function deviceSummary(
+  online: boolean,
+  count: number | null | undefined,
+  kinds: readonly string[] | null | undefined,
+): DeviceSummary {
+  if (!online) return NO_DEVICES;
+  // Online means some device beat within the threshold: at least one, whatever the rows say.
+  return { count: Math.max(1, count ?? 0), kinds: [...(kinds ?? [])].sort() as DeviceKind[] };
+}
 
 /**
  * Who is asking, for the operator's visibility rule: `viewer` is the caller's user id, or null for
@@ -226,7 +668,7 @@ const privacyOnline = (column: string) =>
  */
 const privateView = (privacy = sql`pulse_privacy`) => sql`
   SELECT u.user_id, ${privacyLastSeen('u.last_seen')} AS last_seen,
-         ${privacyOnline('u.online')} AS online, u.live
+         ${privacyOnline('u.online')} AS online, u.live, u.device_count, u.device_kinds
   FROM u LEFT JOIN ${privacy} pr ON pr.user_id = u.user_id`;
 
 /**
@@ -280,13 +722,16 @@ export async function readPresence(
         last_seen: Date | null;
         online: boolean;
         live: boolean;
+        device_count: number;
+        device_kinds: string[];
       }>`
         WITH u AS (
-          SELECT user_id, last_seen, live AND ${isOnline('last_seen')} AS online, live FROM (
-            SELECT user_id, last_hb AS last_seen, true AS live
-            FROM pulse WHERE user_id = ANY(${idList})
+          SELECT user_id, last_seen, live AND ${isOnline('last_seen')} AS online, live,
+                 device_count, device_kinds FROM (
+            SELECT p.user_id, p.last_hb AS last_seen, true AS live, ${deviceColumns('p')}
+            FROM pulse p WHERE p.user_id = ANY(${idList})
             UNION ALL
-            SELECT user_id, last_seen, false
+            SELECT user_id, last_seen, false, 0, '{}'::text[]
             FROM pulse_last_seen WHERE user_id = ANY(${idList})
           ) known ${visible}
         )
@@ -299,7 +744,13 @@ export async function readPresence(
   // A live row wins over an older last-seen entry of a user who came back.
   for (const row of rows) {
     const id = Number(row.user_id);
-    if (row.live || !found.has(id)) found.set(id, { online: row.online, lastSeen: row.last_seen });
+    if (row.live || !found.has(id)) {
+      found.set(id, {
+        online: row.online,
+        lastSeen: row.last_seen,
+        devices: deviceSummary(row.online, row.device_count, row.device_kinds),
+      });
+    }
   }
   return found;
 }
@@ -341,17 +792,20 @@ export async function readWatchedPresence(
     marked: boolean;
     invisible: boolean;
     visible: boolean;
+    device_count: number;
+    device_kinds: string[];
   }>`
     WITH u AS (
-      SELECT user_id, last_hb AS last_seen, ${isOnline('last_hb')} AS online, true AS live,
-             online_since IS NOT NULL AS marked
-      FROM pulse WHERE user_id = ANY(${ids}::bigint[])
+      SELECT p.user_id, p.last_hb AS last_seen, ${isOnline('p.last_hb')} AS online, true AS live,
+             p.online_since IS NOT NULL AS marked, ${deviceColumns('p')}
+      FROM pulse p WHERE p.user_id = ANY(${ids}::bigint[])
       UNION ALL
-      SELECT user_id, last_seen, false, false, false
+      SELECT user_id, last_seen, false, false, false, 0, '{}'::text[]
       FROM pulse_last_seen WHERE user_id = ANY(${ids}::bigint[])
     )
     SELECT u.user_id, ${privacyLastSeen('u.last_seen')} AS last_seen,
-           ${privacyOnline('u.online')} AS online, u.live, u.marked, coalesce(pr.invisible, false) AS invisible, ${visible} AS visible
+           ${privacyOnline('u.online')} AS online, u.live, u.marked, coalesce(pr.invisible, false) AS invisible, ${visible} AS visible,
+           u.device_count, u.device_kinds
     FROM u LEFT JOIN pulse_privacy pr ON pr.user_id = u.user_id`.execute(db);
   refuseWithoutThreshold(rows);
   for (const row of rows) {
@@ -360,6 +814,7 @@ export async function readWatchedPresence(
     found.set(id, {
       online: row.online,
       lastSeen: row.last_seen,
+      devices: deviceSummary(row.online, row.device_count, row.device_kinds),
       marked: row.marked,
       invisible: row.invisible,
       visible: row.visible,
@@ -499,6 +954,8 @@ export interface UserStatus {
   is_online: boolean;
   /** ISO 8601, or null when Pulse has never seen the user (or forgot them). */
   last_seen: string | null;
+  /** Where the user is online: fresh devices and the kinds they named; count 0 when offline. */
+  devices: DeviceSummary;
 }
 
 /** The status row of one user, as every status answer carries it. */
@@ -507,6 +964,7 @@ export function statusRow(userId: number, presence: Presence): UserStatus {
     user_id: userId,
     is_online: presence.online,
     last_seen: presence.lastSeen?.toISOString() ?? null,
+    devices: presence.online ? presence.devices : NO_DEVICES,
   };
 }
 
@@ -595,8 +1053,10 @@ const removeAndLog = (
   gone: ReturnType<typeof sql>,
   reason: 'offline' | 'sweep',
   lastSeenEnabled: ReturnType<typeof sql>,
+  /** CTEs before `gone` (each followed by a comma). */
+  before: ReturnType<typeof sql> = sql``,
 ) => sql`
-  WITH gone AS (${gone}),
+  WITH ${before} gone AS (${gone}),
   logged AS (
     INSERT INTO pulse_events (user_id, online, reason, last_seen)
     SELECT user_id, false, ${reason}, CASE WHEN ${lastSeenEnabled} THEN last_hb END
@@ -628,13 +1088,112 @@ export async function setOffline(
     quietMs === undefined
       ? sql``
       : sql`AND last_hb <= now() - make_interval(secs => ${quietMs / 1000}::float8)`;
+  // The user leaves on every device: their pulse_devices rows go too.
   await removeAndLog(
     sql`DELETE FROM pulse WHERE user_id = ANY(${ids}::bigint[]) ${quiet}
         RETURNING user_id, last_hb, online_since`,
     'offline',
     lastSeenSetting,
+    sql`devices_gone AS (
+      DELETE FROM pulse_devices
+      WHERE user_id = ANY(${
+        quietMs === undefined
+          ? sql`${ids}::bigint[]`
+          : sql`ARRAY(SELECT user_id FROM pulse WHERE user_id = ANY(${ids}::bigint[]) ${quiet})`
+      })
+    ),`,
   ).execute(db);
 }
+
+/**
+ * Explicit offline of one device per user (`devices[i]` of `userIds[i]`; null: the unnamed
+ * device, that of requests naming none): only that device leaves. A user with another device
+ * still fresh stays online with no event (pulse.last_hb becomes the newest remaining device's
+ * beat, and a user left with one device is back to one row); a user with none goes offline as
+ * setOffline takes them, in the same statement. With `quietMs`, only devices that have not beaten
+ * in the last `quietMs` (a deferred offline). The rows are read FOR UPDATE, so a concurrent beat
+ * is either before (and seen) or after (and brings the device back).
+ */
+export async function setDevicesOffline(
+  db: Executor,
+  userIds: readonly number[],
+  devices: ReadonlyArray<string | null>,
+  quietMs?: number,
+): Promise<void> {
+  const rounds = heartbeatRounds(userIds, {
+    ids: devices,
+    kinds: devices.map(() => null),
+  });
+  for (const round of rounds) {
+    await deviceOffline(round.ids, round.deviceIds, quietMs).execute(db);
+  }
+}
+
+const deviceOffline = (
+  ids: readonly number[],
+  deviceIds: ReadonlyArray<string | null>,
+  quietMs: number | undefined,
+) => {
+  const quiet =
+    quietMs === undefined
+      ? sql<boolean>`true`
+      : sql<boolean>`(o.own_hb IS NULL OR o.own_hb <= now() - make_interval(secs => ${quietMs / 1000}::float8))`;
+  return removeAndLog(
+    sql`DELETE FROM pulse WHERE user_id = ANY(ARRAY(SELECT user_id FROM decide WHERE step = 'gone'))
+        RETURNING user_id, last_hb, online_since`,
+    'offline',
+    lastSeenSetting,
+    sql`input AS (
+      SELECT i.user_id, i.device_key
+      FROM unnest(${ids}::bigint[], ${deviceIds.map(deviceKey)}::int4[]) AS i(user_id, device_key)
+    ),
+    prev AS (
+      SELECT p.user_id, p.device_key, p.last_hb, p.last_hb > ${onlineSince} AS fresh
+      FROM pulse p WHERE p.user_id = ANY(${ids}::bigint[])
+      FOR UPDATE OF p
+    ),
+    own AS (
+      SELECT i.user_id, i.device_key, p.device_key AS prev_key, p.fresh AS prev_fresh,
+             CASE WHEN p.device_key IS NULL
+                  THEN (SELECT d.last_hb FROM pulse_devices d
+                        WHERE d.user_id = i.user_id AND d.device_key = i.device_key)
+                  WHEN p.device_key = i.device_key THEN p.last_hb END AS own_hb
+      FROM input i JOIN prev p USING (user_id)
+    ),
+    remaining AS (
+      SELECT d.user_id, count(*) AS n, max(d.last_hb) AS newest,
+             (array_agg(d.device_key ORDER BY d.last_hb DESC))[1] AS device_key,
+             (array_agg(d.device_kind ORDER BY d.last_hb DESC))[1] AS device_kind
+      FROM pulse_devices d JOIN own o USING (user_id)
+      WHERE d.user_id = ANY(ARRAY(SELECT user_id FROM own WHERE prev_key IS NULL))
+        AND d.device_key <> o.device_key AND d.last_hb > ${onlineSince}
+      GROUP BY d.user_id
+    ),
+    decide AS (
+      SELECT o.user_id, o.device_key, r.newest, r.device_key AS next_key, r.device_kind AS next_kind,
+             CASE WHEN NOT ${quiet} THEN 'stay'
+                  WHEN o.prev_key IS NULL
+                    THEN CASE WHEN r.n IS NULL THEN 'gone' WHEN r.n = 1 THEN 'alone' ELSE 'fewer' END
+                  WHEN o.prev_key = o.device_key OR NOT o.prev_fresh THEN 'gone'
+                  ELSE 'stay' END AS step
+      FROM own o LEFT JOIN remaining r USING (user_id)
+    ),
+    moved AS (
+      INSERT INTO pulse AS p (user_id, last_hb, device_key, device_kind)
+      SELECT user_id, newest, CASE WHEN step = 'alone' THEN next_key END,
+             CASE WHEN step = 'alone' THEN next_kind END
+      FROM decide WHERE step IN ('alone', 'fewer')
+      ON CONFLICT (user_id) DO UPDATE
+        SET last_hb = EXCLUDED.last_hb, device_key = EXCLUDED.device_key,
+            device_kind = EXCLUDED.device_kind
+    ),
+    dropped AS (
+      DELETE FROM pulse_devices d USING decide x
+      WHERE d.user_id = ANY(ARRAY(SELECT user_id FROM decide WHERE step <> 'stay'))
+        AND x.user_id = d.user_id AND (x.step IN ('gone', 'alone') OR d.device_key = x.device_key)
+    ),`,
+  );
+};
 
 export interface SweepBatchResult {
   /** Rows deleted by this batch. */
@@ -702,6 +1261,47 @@ export async function sweepExpiredRange(
     sql.lit(settings.lastSeenEnabled),
   ).execute(db);
   return (rows[0] as { deleted: number } | undefined)?.deleted ?? 0;
+}
+
+/**
+ * Deletes the pulse_devices rows older than the greater of `olderThanSeconds` and the online
+ * threshold (stale devices of users who left without a word), and takes the users left with one
+ * device back to one row (pulse.device_key set, their pulse_devices row gone): heartbeats of a
+ * user on several devices write two rows, of a user on one, one. One statement, by time (valid on
+ * Citus, where it runs on every shard); the table holds only users on several devices, so
+ * without an index on last_hb this reads a small table once per sweep. Returns the rows deleted.
+ */
+export async function sweepStaleDevices(
+  db: Executor,
+  options: { olderThanSeconds: number },
+): Promise<number> {
+  const settings = await readPresenceSettings(db, { forShare: true });
+  const olderThan = Math.max(options.olderThanSeconds, settings.onlineThresholdSeconds);
+  const cutoff = sql`now() - make_interval(secs => ${olderThan})`;
+  const { rows } = await sql<{ deleted: number }>`
+    WITH stale AS (
+      DELETE FROM pulse_devices WHERE last_hb < ${cutoff} RETURNING user_id
+    ),
+    lone AS (
+      SELECT user_id, min(device_key) AS device_key, min(device_kind) AS device_kind
+      FROM pulse_devices WHERE last_hb >= ${cutoff}
+      GROUP BY user_id HAVING count(*) = 1
+    ),
+    single AS (
+      UPDATE pulse p SET device_key = l.device_key, device_kind = l.device_kind
+      FROM lone l
+      WHERE p.user_id = ANY(ARRAY(SELECT user_id FROM lone)) AND p.user_id = l.user_id
+        AND p.device_key IS NULL
+      RETURNING p.user_id
+    ),
+    merged AS (
+      DELETE FROM pulse_devices WHERE user_id = ANY(ARRAY(SELECT user_id FROM single))
+      RETURNING user_id
+    )
+    SELECT (SELECT count(*) FROM stale)::int + (SELECT count(*) FROM merged)::int AS deleted`.execute(
+    db,
+  );
+  return rows[0]?.deleted ?? 0;
 }
 
 export interface UserIdSpace {

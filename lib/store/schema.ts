@@ -7,6 +7,21 @@ export interface PulseTable {
   last_hb: ColumnType<Date, Date | undefined, Date>;
   /** Non-null exactly while the change log's last transition of this user is `online`. */
   online_since: ColumnType<Date | null, Date | null | undefined, Date | null>;
+  /** deviceKey(device_id) of the newest beat's device; 0: none named; null: several devices. */
+  device_key: ColumnType<number | null, number | null | undefined, number | null>;
+  device_kind: ColumnType<DeviceKind | null, DeviceKind | null | undefined, DeviceKind | null>;
+}
+
+/** What kind of client a device is (pulse_device_kind). */
+export type DeviceKind = 'desktop' | 'mobile' | 'other' | 'web';
+
+/** Devices of users on two or more at once (migration 0012), see lib/store/pulse-store.ts. */
+export interface PulseDevicesTable {
+  user_id: ColumnType<string, number, never>;
+  device_key: number;
+  last_hb: Date;
+  device_kind: DeviceKind | null;
+  device_id: string | null;
 }
 
 /** The sweepers' lease: at most one row (id = 1), see lib/store/sweep-lease.ts. */
@@ -111,6 +126,7 @@ export interface Database {
   pulse_sweeper_lease: SweeperLeaseTable;
   pulse_settings: PulseSettingsTable;
   pulse_last_seen: PulseLastSeenTable;
+  pulse_devices: PulseDevicesTable;
   pulse_events: PulseEventsTable;
   pulse_job_leases: JobLeasesTable;
   pulse_privacy: PulsePrivacyTable;

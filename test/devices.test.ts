@@ -1,0 +1,347 @@
+/**
+ * One user, many devices (issue 22): online while any device is fresh, no flapping when one of
+ * them leaves, a devices summary in every status answer, and device ids validated.
+ */
+import { expect } from 'chai';
+import { sql } from 'kysely';
+import {
+  recordHeartbeats,
+  setDevicesOffline,
+  sweepStaleDevices,
+  type DeviceKind,
+} from '../lib/store/pulse-store.ts';
+import { startTestApp, type TestApp } from './support/app.ts';
+import { createTestDatabase, type TestDatabase } from './support/database.ts';
+import { waitFor } from './support/entry-points.ts';
+import { expectError } from './support/http.ts';
+import { SseStream } from './support/sse.ts';
+
+interface Status {
+  user_id: number;
+  is_online: boolean;
+  last_seen: string | null;
+  devices: { count: number; kinds: string[] };
+}
+
+const beat = (db: TestDatabase['db'], userId: number, device: string | null, kind?: DeviceKind) =>
+  recordHeartbeats(db, [userId], undefined, [], { ids: [device], kinds: [kind ?? null] });
+
+describe('one user, many devices', function () {
+  this.timeout(60_000);
+  let database: TestDatabase;
+  const apps: TestApp[] = [];
+  const streams: SseStream[] = [];
+
+  before(async () => {
+    database = await createTestDatabase();
+  });
+  afterEach(async () => {
+    for (const stream of streams.splice(0)) stream.close();
+    await Promise.all(apps.splice(0).map((app) => app.close()));
+  });
+  after(async () => {
+    await database.drop();
+  });
+
+  async function start(env: Record<string, string> = {}): Promise<TestApp> {
+    const app = await startTestApp(database, env);
+    apps.push(app);
+    return app;
+  }
+  async function open(app: TestApp, query: string): Promise<SseStream> {
+    const stream = await SseStream.open(`${app.baseUrl}/status/stream${query}`);
+    streams.push(stream);
+    expect(stream.response.status, query).to.equal(200);
+    return stream;
+  }
+  const statusOf = async (app: TestApp, userId: number) =>
+    (await (await app.get(`/status/${userId}`)).json()) as Status;
+  const events = async (userId: number) => {
+    const { rows } = await sql<{ online: boolean; reason: string }>`
+      SELECT online, reason FROM pulse_events WHERE user_id = ${userId} ORDER BY seq`.execute(
+      database.db,
+    );
+    return rows.map((row) => `${row.online ? 'online' : 'offline'}:${row.reason}`);
+  };
+  const deviceRows = async (userId: number) => {
+    const { rows } = await sql<{ device_id: string | null; device_kind: string | null }>`
+      SELECT device_id, device_kind FROM pulse_devices WHERE user_id = ${userId}
+      ORDER BY device_id`.execute(database.db);
+    return rows;
+  };
+
+  describe('the store', () => {
+    it('keeps one row for a user on one device, and writes pulse_devices only while on two', async () => {
+      await beat(database.db, 1, 'phone', 'mobile');
+      await beat(database.db, 1, 'phone', 'mobile');
+      expect(await deviceRows(1)).to.deep.equal([]);
+      await beat(database.db, 1, 'laptop', 'desktop');
+      expect(await deviceRows(1)).to.deep.equal([
+        // The first device's id is learnt at its next beat (pulse keeps only its key).
+        { device_id: 'laptop', device_kind: 'desktop' },
+        { device_id: null, device_kind: 'mobile' },
+      ]);
+      await beat(database.db, 1, 'phone', 'mobile');
+      expect(await deviceRows(1)).to.deep.equal([
+        { device_id: 'laptop', device_kind: 'desktop' },
+        { device_id: 'phone', device_kind: 'mobile' },
+      ]);
+      expect(await events(1)).to.deep.equal(['online:heartbeat']);
+
+      // One device leaves: no transition, back to one row.
+      await setDevicesOffline(database.db, [1], ['laptop']);
+      expect(await deviceRows(1)).to.deep.equal([]);
+      const { rows } = await sql<{ device_kind: string | null; key_set: boolean }>`
+        SELECT device_kind, device_key IS NOT NULL AS key_set FROM pulse WHERE user_id = 1`.execute(
+        database.db,
+      );
+      expect(rows).to.deep.equal([{ device_kind: 'mobile', key_set: true }]);
+      expect(await events(1)).to.deep.equal(['online:heartbeat']);
+
+      // The last one leaves: offline at once, logged.
+      await setDevicesOffline(database.db, [1], ['phone']);
+      expect(await database.ageOf(1)).to.equal(undefined);
+      expect(await events(1)).to.deep.equal(['online:heartbeat', 'offline:offline']);
+    });
+
+    it('takes a user offline when a device leaves and the other one is stale, and ignores an offline of a device that is not there', async () => {
+      await beat(database.db, 2, 'phone', 'mobile');
+      await setDevicesOffline(database.db, [2], ['tablet']);
+      expect(await database.ageOf(2)).to.be.a('number');
+      await beat(database.db, 2, 'laptop', 'desktop');
+      await sql`UPDATE pulse_devices SET last_hb = now() - interval '1 minute'
+                WHERE user_id = 2 AND device_kind = 'mobile'`.execute(database.db);
+      await setDevicesOffline(database.db, [2], ['laptop']);
+      expect(await database.ageOf(2)).to.equal(undefined);
+      expect(await deviceRows(2)).to.deep.equal([]);
+      expect(await events(2)).to.deep.equal(['online:heartbeat', 'offline:offline']);
+    });
+
+    it('keeps a user on several devices when one leaves, with last_hb the newest remaining beat', async () => {
+      await beat(database.db, 3, 'a', 'web');
+      await beat(database.db, 3, 'b', 'web');
+      await beat(database.db, 3, 'c', 'mobile');
+      await sql`UPDATE pulse_devices SET last_hb = now() - interval '5 seconds'
+                WHERE user_id = 3 AND device_id = 'b'`.execute(database.db);
+      await setDevicesOffline(database.db, [3], ['c']);
+      const { rows } = await sql<{ newest: boolean; several: boolean }>`
+        SELECT p.last_hb = (SELECT max(last_hb) FROM pulse_devices d WHERE d.user_id = 3) AS newest,
+               p.device_key IS NULL AS several
+        FROM pulse p WHERE user_id = 3`.execute(database.db);
+      expect(rows).to.deep.equal([{ newest: true, several: true }]);
+      expect((await deviceRows(3)).map((row) => row.device_id)).to.deep.equal(['b', null]);
+    });
+
+    it('writes one user beating from two devices in one call (two statements), and a request naming none is its own device', async () => {
+      await recordHeartbeats(database.db, [4, 4, 4], undefined, [], {
+        ids: ['x', null, 'x'],
+        kinds: ['web', null, 'desktop'],
+      });
+      expect(await deviceRows(4)).to.deep.equal([
+        { device_id: 'x', device_kind: 'desktop' },
+        { device_id: null, device_kind: null },
+      ]);
+      await recordHeartbeats(database.db, [4]);
+      await setDevicesOffline(database.db, [4], [null]);
+      expect(await database.ageOf(4)).to.be.a('number');
+      await setDevicesOffline(database.db, [4], ['x']);
+      expect(await database.ageOf(4)).to.equal(undefined);
+    });
+
+    it('sweeps stale device rows, and takes a user left with one device back to one row', async () => {
+      await beat(database.db, 5, 'a', 'web');
+      await beat(database.db, 5, 'b', 'web');
+      await sql`UPDATE pulse_devices SET last_hb = now() - interval '2 minutes'
+                WHERE user_id = 5 AND device_id = 'b'`.execute(database.db);
+      // b goes; a is left alone, so user 5 is back to one row: a's row goes too.
+      expect(await sweepStaleDevices(database.db, { olderThanSeconds: 30 })).to.equal(2);
+      expect(await deviceRows(5)).to.deep.equal([]);
+      const { rows } = await sql<{ device_kind: string; key_set: boolean }>`
+        SELECT device_kind, device_key IS NOT NULL AS key_set FROM pulse WHERE user_id = 5`.execute(
+        database.db,
+      );
+      expect(rows).to.deep.equal([{ device_kind: 'web', key_set: true }]);
+      await beat(database.db, 5, 'a', 'web');
+      expect(await deviceRows(5)).to.deep.equal([]);
+    });
+  });
+
+  describe('the API', () => {
+    it('answers the devices summary in GET /status/{id}, POST /status/batch and the stream', async () => {
+      const app = await start({ STREAM_POLL_INTERVAL_MS: '100' });
+      const watcher = await open(app, '?watch=10,11');
+      const snapshot = await watcher.next<Status[]>();
+      expect(snapshot.data.map((row) => row.devices)).to.deep.equal([
+        { count: 0, kinds: [] },
+        { count: 0, kinds: [] },
+      ]);
+      await app.post('/status/update', [
+        { user_id: 10, device_id: 'phone-1', device_kind: 'mobile' },
+        { user_id: 10, device_id: 'web:tab.A', device_kind: 'web' },
+        { user_id: 10, device_id: 'laptop_2', device_kind: 'web' },
+        { user_id: 11 },
+      ]);
+      const changes = [await watcher.next<Status>(), await watcher.next<Status>()];
+      const of10 = changes.find((change) => change.data.user_id === 10)!;
+      expect(of10.data.devices).to.deep.equal({ count: 3, kinds: ['mobile', 'web'] });
+      expect(await statusOf(app, 10)).to.deep.include({
+        is_online: true,
+        devices: { count: 3, kinds: ['mobile', 'web'] },
+      });
+      const batch = (await (
+        await app.post('/status/batch', [{ user_id: 11 }, { user_id: 10 }, { user_id: 12 }])
+      ).json()) as Status[];
+      expect(batch.map((row) => row.devices)).to.deep.equal([
+        { count: 1, kinds: [] },
+        { count: 3, kinds: ['mobile', 'web'] },
+        { count: 0, kinds: [] },
+      ]);
+      // Invisible: hidden exactly as online is.
+      await app.post('/status/update', { user_id: 11, device_id: 'w', device_kind: 'web' });
+      const put = await fetch(`${app.baseUrl}/status/privacy`, {
+        method: 'PUT',
+        headers: { 'content-type': 'application/json' },
+        body: JSON.stringify({ user_id: 10, invisible: true }),
+      });
+      expect(put.status).to.equal(200);
+      expect((await statusOf(app, 10)).devices).to.deep.equal({ count: 0, kinds: [] });
+      const hidden = await watcher.next<Status>();
+      expect(hidden.data).to.deep.include({ user_id: 10, is_online: false });
+      expect(hidden.data.devices).to.deep.equal({ count: 0, kinds: [] });
+    });
+
+    it('refuses a bad device with 400 invalid_device, never 500', async () => {
+      const app = await start();
+      const bad: Array<[string, unknown]> = [
+        ['empty', { user_id: 1, device_id: '' }],
+        ['65 characters', { user_id: 1, device_id: 'a'.repeat(65) }],
+        ['a space', { user_id: 1, device_id: 'my phone' }],
+        ['a slash', { user_id: 1, device_id: 'a/b' }],
+        ['non-ASCII', { user_id: 1, device_id: 'tél' }],
+        ['a number', { user_id: 1, device_id: 42 }],
+        ['null', { user_id: 1, device_id: null }],
+        ['an unknown kind', { user_id: 1, device_id: 'x', device_kind: 'watch' }],
+        ['a kind in capitals', { user_id: 1, device_kind: 'WEB' }],
+        ['a kind that is not a string', { user_id: 1, device_kind: ['web'] }],
+        ['a bad item of a gateway array', [{ user_id: 1 }, { user_id: 2, device_id: '' }]],
+      ];
+      for (const [what, body] of bad) {
+        for (const path of ['/status/update', '/status/offline', '/status/offline?grace_ms=100']) {
+          const response = await app.post(path, body);
+          const error = await expectError(response, 400, 'invalid_device');
+          expect(error.error.message, `${what} on ${path}`).to.match(/device_(id|kind)/);
+        }
+      }
+      expect(await database.ageOf(1)).to.equal(undefined);
+      // 64 characters of every allowed kind is fine.
+      const longest = `${'A-z.0_9:'.repeat(8)}`;
+      expect(
+        (await app.post('/status/update', { user_id: 1, device_id: longest })).status,
+      ).to.equal(200);
+      for (const query of [
+        '?hold=true&user_id=1&device_id=',
+        `?hold=true&user_id=1&device_id=${'a'.repeat(65)}`,
+        '?hold=true&user_id=1&device_id=a%20b',
+        '?hold=true&user_id=1&device_id=a&device_id=b',
+        '?hold=true&user_id=1&device_kind=tv',
+      ]) {
+        await expectError(await app.get(`/status/stream${query}`), 400, 'invalid_device');
+      }
+      await expectError(
+        await app.get('/status/stream?watch=1&device_id=a'),
+        400,
+        'invalid_request',
+      );
+    });
+
+    it('ends only the device named by a deferred offline, and a beat of that device cancels it', async () => {
+      const app = await start({ OFFLINE_DETECTOR: 'false' });
+      await app.post('/status/update', { user_id: 20, device_id: 'phone', device_kind: 'mobile' });
+      await app.post('/status/update', {
+        user_id: 20,
+        device_id: 'laptop',
+        device_kind: 'desktop',
+      });
+      expect(
+        (await app.post('/status/offline?grace_ms=300', { user_id: 20, device_id: 'laptop' }))
+          .status,
+      ).to.equal(202);
+      await waitFor('the laptop to leave', async () => (await deviceRows(20)).length === 0);
+      expect(await statusOf(app, 20)).to.deep.include({
+        is_online: true,
+        devices: { count: 1, kinds: ['mobile'] },
+      });
+      await app.post('/status/offline?grace_ms=300', { user_id: 20, device_id: 'phone' });
+      await app.post('/status/update', { user_id: 20, device_id: 'phone', device_kind: 'mobile' });
+      await new Promise((resolve) => setTimeout(resolve, 600));
+      expect((await statusOf(app, 20)).is_online).to.equal(true);
+      expect(await events(20)).to.deep.equal(['online:heartbeat']);
+    });
+
+    // Issue 22's scenario, as a user's phone (API B) and laptop (API A) live it, at the default
+    // 20 s threshold: the laptop leaving never shows U offline, the phone leaving does at once.
+    it('keeps a user on two devices online when one leaves, 10 runs, and takes them offline within 1.5 s when the last leaves', async function () {
+      this.timeout(180_000);
+      const a = await start();
+      const b = await start();
+      for (let run = 0; run < 10; run += 1) {
+        const user = 100 + run;
+        const watcher = await open(a, `?watch=${user}`);
+        expect((await watcher.next<Status[]>()).data[0]!.is_online).to.equal(false);
+        const phone = await open(
+          b,
+          `?hold=true&user_id=${user}&device_id=phone-${run}&device_kind=mobile`,
+        );
+        const laptop = await open(
+          a,
+          `?hold=true&user_id=${user}&device_id=laptop-${run}&device_kind=desktop`,
+        );
+        await phone.next();
+        await laptop.next();
+        const online = await watcher.next<Status>();
+        expect(online.data.is_online).to.equal(true);
+        await waitFor('both devices to show', async () => {
+          return (await statusOf(b, user)).devices.count === 2;
+        });
+        expect((await statusOf(a, user)).devices).to.deep.equal({
+          count: 2,
+          kinds: ['desktop', 'mobile'],
+        });
+
+        laptop.close();
+        const left = await a.post('/status/offline', {
+          user_id: user,
+          device_id: `laptop-${run}`,
+        });
+        expect(left.status).to.equal(200);
+        let offlineReads = 0;
+        let reads = 0;
+        const until = Date.now() + 3_000;
+        while (Date.now() < until) {
+          const status = await statusOf(reads % 2 ? a : b, user);
+          reads += 1;
+          if (!status.is_online) offlineReads += 1;
+        }
+        expect(offlineReads, `run ${run}: offline reads of ${reads}`).to.equal(0);
+        expect(watcher.unread, `run ${run}: changes at the watcher`).to.deep.equal([]);
+        expect((await statusOf(a, user)).devices).to.deep.equal({ count: 1, kinds: ['mobile'] });
+
+        phone.close();
+        const askedAt = Date.now();
+        expect(
+          (await b.post('/status/offline', { user_id: user, device_id: `phone-${run}` })).status,
+        ).to.equal(200);
+        expect(
+          (await statusOf(a, user)).is_online,
+          `run ${run}: read after the last left`,
+        ).to.equal(false);
+        const offline = await watcher.next<Status>(1_500);
+        expect(Date.now() - askedAt, `run ${run}: watcher told within`).to.be.below(1_500);
+        expect(offline.data).to.deep.include({ user_id: user, is_online: false });
+        expect(offline.data.devices).to.deep.equal({ count: 0, kinds: [] });
+        expect(await events(user)).to.deep.equal(['online:held', 'offline:offline']);
+        watcher.close();
+      }
+    });
+  });
+});
