@@ -159,8 +159,11 @@ async function userIds(db: CitusSchema): Promise<number[]> {
         const down = await migrate(db.url, ['down']);
         expect(down.out).to.match(/reverted 0010_shared_tables_on_every_node/);
         const local = ['pulse_job_leases', 'pulse_settings', 'pulse_sweeper_lease'];
+        const newer = ['pulse_devices']; // created by migrations after 0010, undone above
         expect(await placedOf(db)).to.deep.equal(
-          expected.map((t) => (local.includes(t.table) ? { ...t, method: null, shards: 0 } : t)),
+          expected
+            .filter((t) => !newer.includes(t.table))
+            .map((t) => (local.includes(t.table) ? { ...t, method: null, shards: 0 } : t)),
         );
         expect(await checkReadiness(db.db)).to.deep.include({ ready: false });
 

@@ -393,6 +393,59 @@ function valuesOf(round: HeartbeatRound, indexes: readonly number[], named: bool
   )})`;
 }
 
+/**
+ * Citus: the upsert of one shard's users as `INSERT ... VALUES` (routed as it is to the shard,
+ * where an INSERT ... SELECT is pulled through the coordinator) and their online events, in one
+ * transaction on that shard's node. One statement with both, as on plain PostgreSQL, makes Citus
+ * send the upsert's rows to every worker and commit on all of them: a worker down would then fail
+ * every flush.
+ */
+async function routedUpsert(
+  db: Executor,
+  round: HeartbeatRound,
+  indexes: readonly number[],
+  named: boolean,
+  heldIds: readonly number[],
+): Promise<UpsertAnswer> {
+  const values = sql.join(
+    indexes.map((index) => {
+      const id = round.ids[index]!;
+      if (!named) return sql`(${id}::bigint, now(), now())`;
+      const key = deviceKey(round.deviceIds[index] ?? null);
+      const kind = kindOf(sql`${kindCode(round.kinds[index] ?? null)}::int2`);
+      return sql`(${id}::bigint, now(), now(), ${key}::int4, ${kind})`;
+    }),
+  );
+  return db.transaction().execute(async (trx) => {
+    const { rows } = await sql<{ user_id: string; came_online: boolean; several: boolean }>`
+      INSERT INTO pulse AS p (user_id, last_hb, online_since${named ? sql`, device_key, device_kind` : sql``})
+      VALUES ${values}
+      ON CONFLICT (user_id) DO UPDATE
+        SET last_hb = EXCLUDED.last_hb, online_since = coalesce(p.online_since, EXCLUDED.online_since),
+            device_kind = EXCLUDED.device_kind
+        WHERE p.device_key = EXCLUDED.device_key OR p.device_key IS NULL
+      RETURNING user_id, online_since = last_hb AS came_online, device_key IS NULL AS several`.execute(
+      trx,
+    );
+    const online = rows.filter((row) => row.came_online).map((row) => Number(row.user_id));
+    if (online.length > 0) {
+      // From the rows just written (the same shard): their last_hb to the microsecond.
+      const onShard = bigintArrayLiteral(online);
+      await sql`INSERT INTO pulse_events (user_id, online, reason, at, last_seen)
+        SELECT user_id, true,
+               CASE WHEN user_id = ANY(${bigintArrayLiteral(heldIds)})
+                    THEN 'held' ELSE 'heartbeat' END,
+               last_hb, last_hb
+        FROM pulse WHERE user_id = ANY(${onShard})`.execute(trx);
+    }
+    const several = rows.filter((row) => row.several).map((row) => row.user_id);
+    return {
+      beaten: rows.length < indexes.length ? rows.map((row) => row.user_id) : null,
+      several: several.length > 0 ? several : null,
+    };
+  });
+}
+
 /** What the upsert answers: the ids it wrote when not all, and those on several devices. */
 interface UpsertAnswer {
   beaten: string[] | null;
@@ -470,20 +523,8 @@ async function writeRound(
       const indexes = group.map((id) => at.get(id)!);
       // The node holding the shard, when DATABASE_URL lists several (lib/citus/shard-routing.ts).
       const executor = router!.executorFor(group) ?? db;
-      const { rows } = await heartbeatUpsert(
-        valuesOf(round, indexes, named),
-        heldIds,
-        indexes.length,
-        named ? 'devices' : 'plain',
-      ).execute(executor);
-      await afterUpsert(
-        executor,
-        round,
-        indexes,
-        rows[0] as UpsertAnswer | undefined,
-        heldIds,
-        true,
-      );
+      const answer = await routedUpsert(executor, round, indexes, named, heldIds);
+      await afterUpsert(executor, round, indexes, answer, heldIds, true);
     }),
   );
   return partialWrite(groups, outcomes);
@@ -602,19 +643,27 @@ export const deviceColumns = (
   p: string,
   /** Where the device rows and the settings row are: on Citus, one node's shards of them. */
   tables = { devices: 'pulse_devices', settings: 'pulse_settings' },
+  /**
+   * Citus: the statement's ids as a literal, so the device rows' subqueries name the same shard
+   * as the rest of the statement and it stays routed.
+   */
+  ids?: ReturnType<typeof sql>,
 ) => {
   const key = sql.ref(`${p}.device_key`);
   const kind = sql.ref(`${p}.device_kind`);
   const user = sql.ref(`${p}.user_id`);
   const devices = sql.table(tables.devices);
   const since = tables.settings === 'pulse_settings' ? onlineSince : onlineSinceIn(tables.settings);
+  const ofUser = ids
+    ? sql`pd.user_id = ${user} AND pd.user_id = ANY(${ids})`
+    : sql`pd.user_id = ${user}`;
   return sql`
     CASE WHEN ${key} IS NOT NULL THEN 1
          ELSE (SELECT count(*)::int FROM ${devices} pd
-               WHERE pd.user_id = ${user} AND pd.last_hb > ${since}) END AS device_count,
+               WHERE ${ofUser} AND pd.last_hb > ${since}) END AS device_count,
     CASE WHEN ${key} IS NOT NULL THEN array_remove(ARRAY[${kind}::text], NULL)
          ELSE ARRAY(SELECT DISTINCT pd.device_kind::text FROM ${devices} pd
-                    WHERE pd.user_id = ${user} AND pd.last_hb > ${since}
+                    WHERE ${ofUser} AND pd.last_hb > ${since}
                       AND pd.device_kind IS NOT NULL ORDER BY 1) END AS device_kinds`;
 };
 
@@ -727,11 +776,11 @@ export async function readPresence(
       }>`
         WITH u AS (
           SELECT user_id, last_seen, live AND ${isOnline('last_seen')} AS online, live,
-                 device_count, device_kinds FROM (
-            SELECT p.user_id, p.last_hb AS last_seen, true AS live, ${deviceColumns('p')}
+                 ${deviceColumns('known', undefined, routed ? idList : undefined)} FROM (
+            SELECT p.user_id, p.last_hb AS last_seen, true AS live, p.device_key, p.device_kind
             FROM pulse p WHERE p.user_id = ANY(${idList})
             UNION ALL
-            SELECT user_id, last_seen, false, 0, '{}'::text[]
+            SELECT user_id, last_seen, false, 0, NULL
             FROM pulse_last_seen WHERE user_id = ANY(${idList})
           ) known ${visible}
         )
