@@ -85,6 +85,7 @@ export class GroupDetectors implements OfflineDetection {
   private timer: NodeJS.Timeout | undefined;
   private balancing: Promise<void> | undefined;
   private stopped = false;
+  private clearedDeadMembers = false;
 
   constructor(
     private readonly db: Executor,
@@ -185,6 +186,11 @@ export class GroupDetectors implements OfflineDetection {
       this.running.set(group, { detector, shards });
       detector.start();
     }
-    await deleteLongExpiredLeases(this.db, MEMBER_PREFIX);
+    // Dead members' rows pile up only across restarts: clearing them once per start is enough
+    // (every round would write the reference table on every Citus node, every few seconds).
+    if (!this.clearedDeadMembers) {
+      await deleteLongExpiredLeases(this.db, MEMBER_PREFIX);
+      this.clearedDeadMembers = true;
+    }
   }
 }

@@ -653,7 +653,7 @@ export const deviceColumns = (
   const kind = sql.ref(`${p}.device_kind`);
   const user = sql.ref(`${p}.user_id`);
   const devices = sql.table(tables.devices);
-  const since = tables.settings === 'pulse_settings' ? onlineSince : onlineSinceIn(tables.settings);
+  const since = onlineSinceIn(tables.settings);
   const ofUser = ids
     ? sql`pd.user_id = ${user} AND pd.user_id = ANY(${ids})`
     : sql`pd.user_id = ${user}`;
