@@ -143,6 +143,8 @@ describe('client library in Node, against the real API', function () {
     const watcher = client({});
     const seen: PresenceChange[] = [];
     watcher.watch([31], (change) => seen.push(change));
+    // Its first state before the phone beats: else the snapshot may already say online.
+    await waitFor("the watcher's first state", () => seen.length === 1);
     const phone = client({ userId: 31, deviceId: 'phone-31', deviceKind: 'mobile' });
     const laptop = client({ userId: 31, deviceId: 'laptop-31', deviceKind: 'desktop' });
     phone.start();
