@@ -29,6 +29,7 @@ runMain(async () => {
     applicationName: 'pulse-api',
     logger,
     statementTimeoutMs: DEFAULT_STATEMENT_TIMEOUT_MS,
+    preparedStatements: config.DATABASE_PREPARED_STATEMENTS,
   });
   shutdown.add('database pool', () => database.close());
   void checkStatementTimeout(database.db, DEFAULT_STATEMENT_TIMEOUT_MS, logger);

@@ -44,6 +44,7 @@ runMain(async () => {
     applicationName: 'pulse-sweeper',
     logger,
     statementTimeoutMs: DEFAULT_STATEMENT_TIMEOUT_MS,
+    preparedStatements: config.DATABASE_PREPARED_STATEMENTS,
   });
   let citusNode: CitusNode;
   try {

@@ -20,6 +20,7 @@ import {
   type DatabaseHandle,
 } from '../lib/infra/db.ts';
 import { checkStatementTimeout } from '../lib/infra/statement-timeout.ts';
+import { recordHeartbeats } from '../lib/store/pulse-store.ts';
 import { Sweeper } from '../sweeper/sweeper.ts';
 import { startTestApp, type TestApp } from './support/app.ts';
 import {
@@ -134,7 +135,8 @@ describe('behind PgBouncer in transaction mode', function () {
       .raw(`ALTER DATABASE ${database.name} SET statement_timeout = '${STATEMENT_TIMEOUT_MS}ms'`)
       .execute(database.db);
     bouncer = await startPgBouncer(PGBOUNCER, database.url);
-    // As the API and the sweeper open theirs: statement timeout asked for at connect.
+    // As the API and the sweeper open theirs: statement timeout asked for at connect, and named
+    // statements off, as docs/operations.md advises before PgBouncer 1.21 (Debian's is 1.18).
     pooled = {
       url: bouncer.url,
       ...openDatabase({
@@ -143,10 +145,14 @@ describe('behind PgBouncer in transaction mode', function () {
         applicationName: 'pulse-api',
         logger: silentLogger,
         statementTimeoutMs: DEFAULT_STATEMENT_TIMEOUT_MS,
+        preparedStatements: false,
       }),
     };
     // No offline detector here: its UPDATE would wait on the lock below beside the heartbeat's.
-    app = await startTestApp(pooled, { OFFLINE_DETECTOR: 'false' });
+    app = await startTestApp(pooled, {
+      OFFLINE_DETECTOR: 'false',
+      DATABASE_PREPARED_STATEMENTS: 'off',
+    });
   });
   after(async () => {
     await app?.close();
@@ -170,6 +176,39 @@ describe('behind PgBouncer in transaction mode', function () {
     ]);
     expect(rows.map((row) => row.last_seen === null)).to.deep.equal([false, true]);
     expect((await app.get('/readyz')).status).to.equal(200);
+  });
+
+  it('with named statements left on, every heartbeat lands: a lost name turns them off, warning once', async () => {
+    const lines: Array<Record<string, unknown>> = [];
+    const logger = pino(
+      { level: 'warn' },
+      { write: (line: string) => void lines.push(JSON.parse(line) as Record<string, unknown>) },
+    );
+    const named = openDatabase({
+      connectionString: bouncer.url,
+      poolMax: 2,
+      applicationName: 'pulse-api',
+      logger,
+    });
+    try {
+      // Two connections at once: PgBouncer hands a name parsed for one to the other's server
+      // connection (or a connection a server connection that never saw it).
+      for (let flush = 0; flush < 5; flush += 1) {
+        await Promise.all([
+          recordHeartbeats(named.db, [1000 + flush]),
+          recordHeartbeats(named.db, [2000 + flush]),
+        ]);
+      }
+    } finally {
+      await named.close();
+    }
+    const ids = await database.userIds();
+    for (let flush = 0; flush < 5; flush += 1) {
+      expect(ids).to.include.members([1000 + flush, 2000 + flush]);
+    }
+    expect(lines.map((line) => line.msg)).to.deep.equal([
+      'the database lost a named statement (PgBouncer before 1.21 in transaction mode?): running them unnamed from now on; set DATABASE_PREPARED_STATEMENTS=off',
+    ]);
   });
 
   it('a stuck heartbeat statement is cancelled by the server: 503, and the lock queue empties', async () => {

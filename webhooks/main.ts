@@ -26,6 +26,7 @@ runMain(async () => {
     logger,
     // Longer than the API's: a deliverer back from a long stop reads its backlog in one statement.
     statementTimeoutMs: DELIVERER_STATEMENT_TIMEOUT_MS,
+    preparedStatements: config.DATABASE_PREPARED_STATEMENTS,
   });
   // The deliverer tails the change log by transaction snapshot, which is per node on Citus
   // (api/stream/change-source.ts): it would skip transitions there.

@@ -132,6 +132,8 @@ const detectorFields = {
 const common = {
   DATABASE_URL: databaseUrl,
   PG_POOL_MAX: integer(1, 1000, 10),
+  /** Hot statements as named (prepared) statements; off behind PgBouncer < 1.21 in transaction mode. */
+  DATABASE_PREPARED_STATEMENTS: boolean(true),
   LOG_LEVEL: logLevel,
   LOG_FORMAT: logFormat,
   ...presenceAssertions,

@@ -1,8 +1,9 @@
-import { Kysely, PostgresDialect, type PostgresPool } from 'kysely';
+import { Kysely, PostgresDialect, type PostgresPool, type PostgresPoolClient } from 'kysely';
 import pg from 'pg';
 import { databaseNodeUrls, nodeName } from './database-url.ts';
 import { errorFields, type Logger } from './logger.ts';
 import { OutageLog } from './outage-log.ts';
+import { PreparingClient, type NamedStatements } from './prepared-statements.ts';
 import type { Database } from '../store/schema.ts';
 
 /** What the connections gauge reads of a pool (lib/infra/metrics.ts): pg.Pool has it. */
@@ -54,6 +55,11 @@ export interface DatabaseOptions {
   statementTimeoutMs?: number;
   /** While the database is down, how often the log says so (lib/infra/outage-log.ts); 10 s by default. */
   outageSummaryIntervalMs?: number;
+  /**
+   * Run the registered hot statements as named statements (lib/infra/prepared-statements.ts);
+   * true by default. False behind PgBouncer before 1.21 in transaction mode.
+   */
+  preparedStatements?: boolean;
 }
 
 /** Heartbeats, status reads and sweep batches take milliseconds: anything near this is stuck. */
@@ -68,7 +74,7 @@ export function openDatabase(options: DatabaseOptions): DatabaseHandle {
 interface OpenedNode {
   handle: DatabaseHandle;
   /** The pool Kysely reads connections from: it reports failures to the node's outage log. */
-  connect(): Promise<pg.PoolClient>;
+  connect(): Promise<PostgresPoolClient>;
 }
 
 function openNode(options: DatabaseOptions): OpenedNode {
@@ -112,13 +118,21 @@ function openNode(options: DatabaseOptions): OpenedNode {
   // Every connection attempt and every statement reports here, so the outage log knows when the
   // database is down and when it is back.
   let lastPoolWaitMs = 0;
-  const reportingPool: PostgresPool = {
-    connect: () => {
+  const named: NamedStatements = {
+    on: options.preparedStatements ?? true,
+    turnedOff: (error) =>
+      options.logger.warn(
+        { err: errorFields(error) },
+        'the database lost a named statement (PgBouncer before 1.21 in transaction mode?): running them unnamed from now on; set DATABASE_PREPARED_STATEMENTS=off',
+      ),
+  };
+  const reportingPool = {
+    connect: (): Promise<PostgresPoolClient> => {
       const asked = performance.now();
       return pool.connect().then(
         (client) => {
           lastPoolWaitMs = performance.now() - asked;
-          return client;
+          return named.on ? new PreparingClient(client, named) : client;
         },
         (error: unknown) => {
           if (isDatabaseUnavailable(error)) outage.failed(error);
@@ -127,7 +141,7 @@ function openNode(options: DatabaseOptions): OpenedNode {
       );
     },
     end: () => pool.end(),
-  };
+  } satisfies PostgresPool;
   const db = new Kysely<Database>({
     dialect: new PostgresDialect({ pool: reportingPool }),
     log(event) {
@@ -154,7 +168,7 @@ function openNode(options: DatabaseOptions): OpenedNode {
     name = 'database';
   }
   handle.nodes = [{ name, db }];
-  return { handle, connect: () => reportingPool.connect() as Promise<pg.PoolClient> };
+  return { handle, connect: () => reportingPool.connect() };
 }
 
 /** `url` with `option` (`-c name=value`) added to its `options` parameter (sent at connect). */

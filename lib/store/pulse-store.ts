@@ -9,6 +9,7 @@
 import { CompiledQuery, sql, type Kysely } from 'kysely';
 import type { Database, DeviceKind } from './schema.ts';
 import type { ShardRouter } from '../citus/shard-routing.ts';
+import { preparedStatement } from '../infra/prepared-statements.ts';
 
 export type Executor = Kysely<Database>;
 
@@ -115,18 +116,16 @@ function heartbeatRounds(userIds: Iterable<number>, devices?: DeviceTags): Heart
  */
 
 /**
- * The first statement: the upsert of (user_id, device_id, device_kind) rows (`rows`: arrays, or a
- * VALUES list on Citus, one row per user). It writes the row of a new user, of the device the row
+ * The first statement on plain PostgreSQL (routedUpsert is Citus's): the upsert of the round's
+ * rows (`rows`: arrays, one row per user). It writes the row of a new user, of the device the row
  * names, and of a user on several devices (device_key NULL: severalBeat then writes that device's
  * pulse_devices row). It leaves alone (locked) the rows naming another device. With the change
- * log's online transitions in the same
- * statement: a user whose row is new or not marked online (`online_since` null) gets
- * `online_since = now()`, and exactly those rows (`online_since = last_hb`: set by this
- * statement) get an `online` event, reason `held` for the ids in `heldIds` (a stream's held
- * presence), else `heartbeat`; `at` and `last_seen` are the heartbeat time. Answers `beaten` null
- * when it wrote every row, else the ids it wrote (`count`: how many rows it was given), and the
- * ids on several devices.
- * `devices: false`: the rows are (user_id) only, none named (today's requests).
+ * log's online transitions in the same statement: a user whose row is new or not marked online
+ * (`online_since` null) gets `online_since = now()`, and exactly those rows (`online_since =
+ * last_hb`: set by this statement) get an `online` event, reason `held` for the ids in `heldIds`
+ * (a stream's held presence), else `heartbeat`; `at` and `last_seen` are the heartbeat time.
+ * Answers `left_alone` null when it wrote every row (`count`: how many rows it was given), else
+ * the ids it did not write, and `several`, the ids on several devices (null: none).
  */
 const heartbeatUpsert = (
   rows: ReturnType<typeof sql>,
@@ -139,23 +138,19 @@ const heartbeatUpsert = (
    */
   form: 'plain' | 'devices' | 'several',
 ) => sql`
-  WITH ${
-    form === 'several'
-      ? sql`input AS NOT MATERIALIZED (
-    SELECT * FROM ${rows} AS i(user_id, device_key, kind, device_id)
-  ),`
-      : sql``
-  }
+  WITH input AS NOT MATERIALIZED (
+    SELECT * FROM ${rows} AS i(${
+      form === 'plain'
+        ? sql`user_id`
+        : form === 'devices'
+          ? sql`user_id, device_key, kind`
+          : sql`user_id, device_key, kind, device_id`
+    })
+  ),
   up AS (
     INSERT INTO pulse AS p (user_id, last_hb, online_since${form === 'plain' ? sql`` : sql`, device_key, device_kind`})
-    ${
-      form === 'plain'
-        ? sql`SELECT i.user_id, now(), now() FROM ${rows} AS i(user_id)`
-        : form === 'devices'
-          ? sql`SELECT i.user_id, now(), now(), i.device_key, ${kindOf(sql`i.kind`)}
-                FROM ${rows} AS i(user_id, device_key, kind)`
-          : sql`SELECT user_id, now(), now(), device_key, ${kindOf(sql`kind`)} FROM input`
-    }
+    SELECT user_id, now(), now()${form === 'plain' ? sql`` : sql`, device_key, ${kindOf(sql`kind`)}`}
+    FROM input
     ON CONFLICT (user_id) DO UPDATE
       SET last_hb = EXCLUDED.last_hb, online_since = coalesce(p.online_since, EXCLUDED.online_since),
           device_kind = EXCLUDED.device_kind
@@ -181,7 +176,10 @@ const heartbeatUpsert = (
            last_hb, last_hb
     FROM up WHERE online_since = last_hb
   )
-  SELECT CASE WHEN count(*) < ${count}::int THEN coalesce(array_agg(user_id::text), '{}') END AS beaten,
+  -- The ids left alone are looked up only when some were (the subquery runs only then).
+  SELECT CASE WHEN count(*) < ${count}::int
+              THEN ARRAY(SELECT user_id::text FROM input WHERE user_id NOT IN (SELECT user_id FROM up))
+         END AS left_alone,
          array_agg(user_id::text) FILTER (WHERE several) AS several
   FROM up`;
 
@@ -204,7 +202,7 @@ function severalBeatSql(db: Executor): string {
     text = severalBeat(
       sql`unnest(${[]}::bigint[], ${[]}::int4[], ${[]}::int2[], ${[]}::text[])`,
     ).compile(db).sql;
-    severalSql.set(db, text);
+    severalSql.set(db, preparedStatement(text));
   }
   return text;
 }
@@ -231,7 +229,11 @@ function heartbeatUpsertSql(db: Executor): Record<'plain' | 'devices' | 'several
     ) {
       throw new Error('the heartbeat upsert changed its parameters');
     }
-    text = { plain: plain.sql, devices: devices.sql, several: several.sql };
+    text = {
+      plain: preparedStatement(plain.sql),
+      devices: preparedStatement(devices.sql),
+      several: preparedStatement(several.sql),
+    };
     upsertSql.set(db, text);
   }
   return text;
@@ -439,16 +441,18 @@ async function routedUpsert(
         FROM pulse WHERE user_id = ANY(${onShard})`.execute(trx);
     }
     const several = rows.filter((row) => row.several).map((row) => row.user_id);
+    const written = new Set(rows.map((row) => Number(row.user_id)));
+    const left = indexes.map((index) => round.ids[index]!).filter((id) => !written.has(id));
     return {
-      beaten: rows.length < indexes.length ? rows.map((row) => row.user_id) : null,
+      left_alone: left.length > 0 ? left.map(String) : null,
       several: several.length > 0 ? several : null,
     };
   });
 }
 
-/** What the upsert answers: the ids it wrote when not all, and those on several devices. */
+/** What the upsert answers: the ids it left alone, and those on several devices (null: none). */
 interface UpsertAnswer {
-  beaten: string[] | null;
+  left_alone: string[] | null;
   several: string[] | null;
 }
 
@@ -482,7 +486,7 @@ async function afterUpsert(
       );
     }
   }
-  const left = leftAlone(round, answer?.beaten ?? null, indexes);
+  const left = leftAlone(round, answer?.left_alone ?? null, indexes);
   if (left.length > 0) await deviceSwitch(valuesOf(round, left, true, true), heldIds).execute(db);
 }
 
@@ -530,15 +534,15 @@ async function writeRound(
   return partialWrite(groups, outcomes);
 }
 
-/** The indexes (of `indexes`) whose user the upsert did not write: `beaten` null is all written. */
+/** The indexes (of `indexes`) whose user the upsert left alone (`ids`; null: none). */
 function leftAlone(
   round: HeartbeatRound,
-  beaten: readonly string[] | null,
+  ids: readonly string[] | null,
   indexes: readonly number[],
 ): number[] {
-  if (beaten === null) return [];
-  const written = new Set(beaten.map(Number));
-  return indexes.filter((index) => !written.has(round.ids[index]!));
+  if (ids === null) return [];
+  const left = new Set(ids.map(Number));
+  return indexes.filter((index) => left.has(round.ids[index]!));
 }
 
 /** undefined when every group was written; throws the first error when none was. */
