@@ -1,8 +1,9 @@
 /**
  * What the change log costs the heartbeat path, before and after, in one run: the database CPU
- * per heartbeat of the upsert Pulse ran before the log (no online_since, no event CTE) and of
- * today's (lib/store/pulse-store.ts recordHeartbeats), on the same table, in alternating rounds
- * on one connection each. Batches of `batch` random users (a group-commit flush under load),
+ * per heartbeat of the upsert Pulse ran before the log (no online_since, no event CTE; unnamed,
+ * as Pulse ran it then) and of today's (lib/store/pulse-store.ts recordHeartbeats, a named
+ * statement by default), on the same table, in alternating rounds on one connection each. For
+ * comparison, also the old upsert run by name (`beforeNamed`): what naming alone saves it. Batches of `batch` random users (a group-commit flush under load),
  * synchronous commit; in each batch a `comingOnline` share of the users comes online (their mark
  * is cleared beforehand, outside the measured connection), so today's upsert also writes its
  * events. Used by bench:heartbeat-log and bench:scale.
@@ -10,12 +11,15 @@
 import { CompiledQuery } from 'kysely';
 import { openDatabase } from '../lib/infra/db.ts';
 import { createLogger } from '../lib/infra/logger.ts';
+import { preparedStatement } from '../lib/infra/prepared-statements.ts';
 import { recordHeartbeats } from '../lib/store/pulse-store.ts';
 import { watchBackends } from './process-cpu.ts';
 import type { BenchDatabase } from './support.ts';
 
 const OLD_UPSERT = `INSERT INTO pulse (user_id, last_hb) SELECT hb, now() FROM unnest($1::bigint[]) AS hb
   ON CONFLICT (user_id) DO UPDATE SET last_hb = EXCLUDED.last_hb`;
+/** The same text with a comment, so that its name is not taken for the unnamed runs' text. */
+const NAMED_OLD_UPSERT = `${OLD_UPSERT} -- named`;
 
 export interface LogPriceOptions {
   /** A user id that has a row in `pulse` (random each call). */
@@ -29,9 +33,15 @@ export interface LogPriceOptions {
 export interface LogPrice {
   sizes: Omit<LogPriceOptions, 'randomUserId'>;
   /** Database CPU per heartbeat, µs, per round. */
-  dbCpuUsPerHeartbeat: { before: number[]; after: number[] };
-  /** The median round of each, and after / before. */
-  median: { before: number; after: number; ratio: number };
+  dbCpuUsPerHeartbeat: { before: number[]; beforeNamed: number[]; after: number[] };
+  /** The median round of each, after / before, and after / beforeNamed. */
+  median: {
+    before: number;
+    beforeNamed: number;
+    after: number;
+    ratio: number;
+    ratioToNamedBefore: number;
+  };
 }
 
 /**
@@ -46,8 +56,12 @@ export async function measureLogPrice(
   const logger = createLogger('pulse-bench', 'warn');
   const open = (name: string) =>
     openDatabase({ connectionString: bench.url, poolMax: 1, applicationName: name, logger });
-  const variants = { before: open('pulse-hb-before'), after: open('pulse-hb-after') };
-  const results = { before: [] as number[], after: [] as number[] };
+  const variants = {
+    before: open('pulse-hb-before'),
+    beforeNamed: open('pulse-hb-beforeNamed'),
+    after: open('pulse-hb-after'),
+  };
+  const results = { before: [] as number[], beforeNamed: [] as number[], after: [] as number[] };
   const randomIds = () => {
     const ids = new Set<number>();
     while (ids.size < batch) ids.add(options.randomUserId());
@@ -57,7 +71,7 @@ export async function measureLogPrice(
     await bench.query('UPDATE pulse SET online_since = last_hb');
     await bench.query('VACUUM ANALYZE pulse');
     for (let round = 0; round < rounds; round += 1) {
-      for (const name of ['before', 'after'] as const) {
+      for (const name of ['before', 'beforeNamed', 'after'] as const) {
         const watch = watchBackends(bench, `pulse-hb-${name}`);
         const { db } = variants[name];
         await watch.start();
@@ -73,8 +87,11 @@ export async function measureLogPrice(
               [back],
             );
           }
-          if (name === 'before') await db.executeQuery(CompiledQuery.raw(OLD_UPSERT, [ids]));
-          else await recordHeartbeats(db, ids);
+          if (name === 'after') await recordHeartbeats(db, ids);
+          else {
+            const text = name === 'beforeNamed' ? preparedStatement(NAMED_OLD_UPSERT) : OLD_UPSERT;
+            await db.executeQuery(CompiledQuery.raw(text, [ids]));
+          }
           heartbeats += ids.length;
         }
         const cpu = await watch.stop();
@@ -85,8 +102,7 @@ export async function measureLogPrice(
     await bench.query('UPDATE pulse SET online_since = NULL');
     await bench.query('VACUUM ANALYZE pulse');
   } finally {
-    await variants.before.close();
-    await variants.after.close();
+    await Promise.all(Object.values(variants).map((variant) => variant.close()));
   }
   // The median round: this machine is shared, and one disturbed round should not decide.
   const median = (values: number[]) => {
@@ -94,10 +110,17 @@ export async function measureLogPrice(
     return sorted[Math.floor(sorted.length / 2)]!;
   };
   const before = median(results.before);
+  const beforeNamed = median(results.beforeNamed);
   const after = median(results.after);
   return {
     sizes: { batch, roundSeconds, rounds, comingOnline },
     dbCpuUsPerHeartbeat: results,
-    median: { before, after, ratio: after / before },
+    median: {
+      before,
+      beforeNamed,
+      after,
+      ratio: after / before,
+      ratioToNamedBefore: after / beforeNamed,
+    },
   };
 }

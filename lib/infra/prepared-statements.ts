@@ -59,7 +59,9 @@ export class PreparingClient implements PostgresPoolClient {
     parameters?: ReadonlyArray<unknown>,
   ): Promise<PostgresQueryResult<R>> | PostgresCursor<R> {
     if (typeof statement !== 'string') {
-      return this.client.query(statement as unknown as pg.Submittable) as unknown as PostgresCursor<R>;
+      return this.client.query(
+        statement as unknown as pg.Submittable,
+      ) as unknown as PostgresCursor<R>;
     }
     const name = this.named.on ? names.get(statement) : undefined;
     const values = [...(parameters ?? [])];
