@@ -161,8 +161,8 @@ const heartbeatUpsert = (
     form === 'several'
       ? sql`devices AS (
     INSERT INTO pulse_devices AS d (user_id, device_key, last_hb, device_kind, device_id)
-    SELECT user_id, device_key, now(), ${kindOf(sql`kind`)}, device_id FROM input
-    WHERE user_id = ANY(ARRAY(SELECT user_id FROM up WHERE several))
+    SELECT i.user_id, i.device_key, now(), ${kindOf(sql`i.kind`)}, i.device_id
+    FROM input i JOIN up ON up.user_id = i.user_id AND up.several
     ON CONFLICT (user_id, device_key) DO UPDATE
       SET last_hb = EXCLUDED.last_hb, device_kind = EXCLUDED.device_kind,
           device_id = coalesce(EXCLUDED.device_id, d.device_id)
