@@ -3,7 +3,8 @@
  *
  * Database CPU per heartbeat, in alternating rounds on one connection each, batches of
  * BENCH_BATCH random users (a group-commit flush under load):
- * - today: the upsert Pulse ran before devices (no device columns touched), on users with no device;
+ * - today: the upsert Pulse ran before devices (no device columns touched), on users with no
+ *   device, unnamed as Pulse ran it then (todayNamed: the same run by name, for comparison);
  * - none: today's recordHeartbeats naming no device, on the same users;
  * - one: recordHeartbeats with a device id per user (each user on one device, as the client sends);
  * - two: users on two devices at once (pulse_devices), each beat from one of their two devices.
@@ -23,6 +24,7 @@ import os from 'node:os';
 import { CompiledQuery } from 'kysely';
 import { openDatabase } from '../lib/infra/db.ts';
 import { createLogger } from '../lib/infra/logger.ts';
+import { preparedStatement } from '../lib/infra/prepared-statements.ts';
 import { recordHeartbeats, type DeviceKind } from '../lib/store/pulse-store.ts';
 import { watchBackends } from './process-cpu.ts';
 import { openBenchDatabase } from './support.ts';
@@ -46,7 +48,10 @@ const TODAY_UPSERT = `
          last_hb, last_hb
   FROM up WHERE online_since = last_hb`;
 
-const VARIANTS = ['today', 'none', 'one', 'two'] as const;
+/** The same text with a comment (its own name), run as a named statement. */
+const TODAY_UPSERT_NAMED = preparedStatement(`${TODAY_UPSERT} -- named`);
+
+const VARIANTS = ['today', 'todayNamed', 'none', 'one', 'two'] as const;
 type Variant = (typeof VARIANTS)[number];
 
 /** Users of each variant: none and today share the first range; one and two have their own. */
@@ -134,6 +139,8 @@ async function main(): Promise<void> {
           const ids = randomIds(rangeOf(variant));
           if (variant === 'today') {
             await conn.executeQuery(CompiledQuery.raw(TODAY_UPSERT, [ids, []]));
+          } else if (variant === 'todayNamed') {
+            await conn.executeQuery(CompiledQuery.raw(TODAY_UPSERT_NAMED, [ids, []]));
           } else if (variant === 'none') {
             await recordHeartbeats(conn, ids);
           } else {
@@ -207,6 +214,10 @@ async function main(): Promise<void> {
           two: ratio('two'),
           twoPerUser: 2 * ratio('two'),
         },
+        ratioToNamedToday: {
+          one: medians.one / medians.todayNamed,
+          two: medians.two / medians.todayNamed,
+        },
         bytesPerUser: { ...sizes, oneDeviceRatio: sizes.oneDevice! / sizes.today! },
       },
       null,
@@ -220,6 +231,7 @@ ${users.toLocaleString('en-US')} users per variant, batches of ${batch}, ${round
 | heartbeats | database CPU per heartbeat (median) | vs today |
 |---|---|---|
 | today (before devices) | ${medians.today.toFixed(1)} us | x1 |
+| today, run by name | ${medians.todayNamed.toFixed(1)} us | x${ratio('todayNamed').toFixed(3)} |
 | no device named | ${medians.none.toFixed(1)} us | x${ratio('none').toFixed(3)} |
 | one device per user | ${medians.one.toFixed(1)} us | x${ratio('one').toFixed(3)} (target <= 1.1) |
 | users on two devices | ${medians.two.toFixed(1)} us | x${ratio('two').toFixed(3)} per heartbeat (target <= 2), x${(2 * ratio('two')).toFixed(3)} per user (two beats) |

@@ -132,6 +132,38 @@ describe('one user, many devices', function () {
       expect((await deviceRows(3)).map((row) => row.device_id)).to.deep.equal(['b', null]);
     });
 
+    it('writes a user known on several devices in one statement: that device and last_hb advance, the other device stays', async () => {
+      await beat(database.db, 6, 'a', 'web');
+      await beat(database.db, 6, 'b', 'mobile');
+      const age = async () => {
+        const { rows } = await sql<{ device_id: string | null; kind: string; age: number }>`
+          SELECT device_id, device_kind::text AS kind,
+                 round(extract(epoch FROM now() - last_hb))::int AS age
+          FROM pulse_devices WHERE user_id = 6
+          UNION ALL
+          SELECT 'pulse', device_kind::text, round(extract(epoch FROM now() - last_hb))::int
+          FROM pulse WHERE user_id = 6 ORDER BY 1`.execute(database.db);
+        return rows;
+      };
+      const backdate = async () => {
+        await sql`UPDATE pulse_devices SET last_hb = now() - interval '5 seconds'
+                  WHERE user_id = 6`.execute(database.db);
+        await sql`UPDATE pulse SET last_hb = now() - interval '5 seconds'
+                  WHERE user_id = 6`.execute(database.db);
+      };
+      // The first beat finds the user on several devices (two statements) and the process learns
+      // it; the second is then the one-statement form.
+      for (const kind of ['web', 'desktop'] as const) {
+        await backdate();
+        await beat(database.db, 6, 'a', kind);
+        expect(await age()).to.deep.equal([
+          { device_id: 'a', kind, age: 0 },
+          { device_id: 'b', kind: 'mobile', age: 5 },
+          { device_id: 'pulse', kind, age: 0 },
+        ]);
+      }
+    });
+
     it('writes one user beating from two devices in one call (two statements), and a request naming none is its own device', async () => {
       await recordHeartbeats(database.db, [4, 4, 4], undefined, [], {
         ids: ['x', null, 'x'],
