@@ -15,6 +15,7 @@ import { migrateToLatest } from '../lib/store/migrator.ts';
 import {
   findOnlineUserIds,
   measureUserIdSpace,
+  readPresence,
   recordHeartbeats,
   setPulseTableUnlogged,
   sweepExpiredBatch,
@@ -543,13 +544,15 @@ async function userIds(db: CitusSchema): Promise<number[]> {
           expect(singles.map((r) => r.status)).to.deep.equal(Array(40).fill(200));
           const gateway = await app.post('/status/update', asUsers(users));
           expect(gateway.status, await gateway.text()).to.equal(200);
-          // Reads go through Citus's executor (the read pool turns local execution off): users on
-          // worker one are read; reading worker two would need Citus's connection to it, cut here.
-          const batch = await app.post('/status/batch', asUsers(onOne.slice(0, 20)));
+          // Status reads take each shard's tables directly on the node holding them: users on
+          // either worker are read, with Citus's connection to worker two cut.
+          const batch = await app.post('/status/batch', asUsers(users));
           expect(batch.status, 'batch read').to.equal(200);
           const answers = (await batch.json()) as Array<{ is_online: boolean }>;
-          expect(answers.map((s) => s.is_online)).to.deep.equal(Array(20).fill(true));
-          expect((await app.get(`/status/${onTwo[0]}`)).status).to.equal(503);
+          expect(answers.map((s) => s.is_online)).to.deep.equal(Array(40).fill(true));
+          const single = await app.get(`/status/${onTwo[0]}`);
+          expect(single.status).to.equal(200);
+          expect(await single.json()).to.deep.include({ user_id: onTwo[0], is_online: true });
           // Through the coordinator, even a write needs Citus's connection to worker two.
           const viaCoordinator = await recordHeartbeats(db.db, [onTwo[0]!]).then(
             () => 'answered',
@@ -562,6 +565,45 @@ async function userIds(db: CitusSchema): Promise<number[]> {
           await handle.close();
           await direct(db, two!);
           await proxy.close();
+        }
+      });
+
+      it('with a pool per worker, reads a shard on its node directly, and the distributed way once the shard has moved', async () => {
+        const [one, two] = await workers(db);
+        const handle = openOnNodes(onNodes(db.url, [one!, two!]), 'pulse-test-nodes');
+        try {
+          const candidates = Array.from({ length: 400 }, (_, i) => i + 1);
+          const [user] = await idsOnWorker(db, candidates, one!);
+          const router = new ShardRouter(handle.db, 'pulse', undefined, handle.nodes);
+          await router.group(candidates);
+          const shard = router.shardTablesFor([user!]);
+          expect(shard?.db).to.equal(handle.nodes[0]!.readDb);
+          expect(shard?.tables.pulse).to.match(/pulse_\d+$/);
+          expect(shard?.tables.settings).to.match(/pulse_settings_\d+$/);
+          await recordHeartbeats(db.db, [user!]);
+          const online = async () => (await readPresence(handle.db, [user!], router)).get(user!);
+          expect((await online())?.online).to.equal(true);
+          // The shard moves to worker two; this router still places it on worker one, where its
+          // old tables wait for Citus's deferred cleanup. A write after the move is read all the same.
+          await db.query(`
+            SELECT citus_move_shard_placement(
+              get_shard_id_for_distribution_column('pulse', ${user}),
+              '${one!.host}', ${one!.port}, '${two!.host}', ${two!.port},
+              shard_transfer_mode => 'block_writes')`);
+          await db.query(
+            `UPDATE pulse SET last_hb = now() - interval '1 hour' WHERE user_id = ${user}`,
+          );
+          expect(router.shardTablesFor([user!])?.db).to.equal(handle.nodes[0]!.readDb);
+          expect((await online())?.online).to.equal(false);
+          // Once the router reads the placements again, the read goes to worker two directly.
+          const fresh = new ShardRouter(handle.db, 'pulse', undefined, handle.nodes);
+          await fresh.group(candidates);
+          expect(fresh.shardTablesFor([user!])?.db).to.equal(handle.nodes[1]!.readDb);
+          expect((await readPresence(handle.db, [user!], fresh)).get(user!)?.online).to.equal(
+            false,
+          );
+        } finally {
+          await handle.close();
         }
       });
 

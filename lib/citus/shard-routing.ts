@@ -34,6 +34,23 @@ export interface ShardRange {
   max: number;
   /** The node group (pg_dist_placement.groupid) of the shard's active placement, if read. */
   groupId?: number | null;
+  /** The shard tables of this range on its node (read only with a pool per node). */
+  tables?: ShardTables | undefined;
+}
+
+/**
+ * One shard of `pulse` and its co-located companions' shards, by table name, plus the node's
+ * shard of the pulse_settings reference table: what a statement reads on the node holding them,
+ * with no distributed planning (see ShardRouter.shardTablesFor).
+ */
+export interface ShardTables {
+  /** pulse's shard id: the statement checks its placement is still on the node it runs on. */
+  shardId: string;
+  pulse: string;
+  lastSeen: string;
+  devices: string;
+  privacy: string;
+  settings: string;
 }
 
 const rotl = (x: number, k: number) => ((x << k) | (x >>> (32 - k))) >>> 0;
@@ -111,6 +128,44 @@ export async function readShardRanges<DB>(db: Kysely<DB>, table: string): Promis
   return rows;
 }
 
+/** The companions of pulse a status read reads, by ShardTables key. */
+const COMPANIONS = {
+  lastSeen: 'pulse_last_seen',
+  devices: 'pulse_devices',
+  privacy: 'pulse_privacy',
+} as const;
+
+/**
+ * The shard tables of each of `ranges` (pulse's), from pg_dist_shard: co-located shards share
+ * their hash range. Undefined for a range when a companion is missing (not distributed yet).
+ */
+async function readShardTables(
+  // eslint-disable-next-line @typescript-eslint/no-explicit-any -- reads catalogs only
+  db: Kysely<any>,
+  ranges: readonly ShardRange[],
+): Promise<void> {
+  const { rows } = await sql<{ table: string; min: number | null; name: string }>`
+    SELECT s.logicalrelid::regclass::text AS table, s.shardminvalue::int AS min,
+           shard_name(s.logicalrelid, s.shardid) AS name
+    FROM pg_dist_shard s
+    WHERE s.logicalrelid = ANY(ARRAY[to_regclass('pulse'), to_regclass('pulse_last_seen'),
+                                     to_regclass('pulse_devices'), to_regclass('pulse_privacy'),
+                                     to_regclass('pulse_settings')])`.execute(db);
+  const nameOf = (table: string, min: number | null) =>
+    rows.find((row) => row.table === table && row.min === min)?.name;
+  const settings = rows.find((row) => row.table === 'pulse_settings')?.name;
+  for (const range of ranges) {
+    const pulse = nameOf('pulse', range.min);
+    const lastSeen = nameOf(COMPANIONS.lastSeen, range.min);
+    const devices = nameOf(COMPANIONS.devices, range.min);
+    const privacy = nameOf(COMPANIONS.privacy, range.min);
+    range.tables =
+      pulse && lastSeen && devices && privacy && settings
+        ? { shardId: range.shardId, pulse, lastSeen, devices, privacy, settings }
+        : undefined;
+  }
+}
+
 /** The node group of the node `db` is connected to (0: the coordinator); null if unreadable. */
 async function localGroupId(db: NodeDb): Promise<number | null> {
   try {
@@ -149,7 +204,11 @@ export class ShardRouter {
     if (performance.now() - this.loadedAt < this.refreshMs) return this.ranges;
     this.loading ??= readShardRanges(this.db, this.table)
       .then(async (ranges) => {
-        if (ranges.length > 0 && this.nodes.length > 1) await this.learnNodeGroups();
+        if (ranges.length > 0 && this.nodes.length > 1) {
+          await this.learnNodeGroups();
+          // Without them reads take the distributed path: slower, never wrong.
+          if (this.table === 'pulse') await readShardTables(this.db, ranges).catch(() => undefined);
+        }
         this.ranges = ranges;
         this.loadedAt = performance.now();
         return ranges;
@@ -179,6 +238,19 @@ export class ShardRouter {
     const range = this.ranges[rangeIndexOf(this.ranges, citusHashOfBigint(group[0]!))];
     const node = range?.groupId == null ? undefined : this.nodeOfGroup.get(range.groupId);
     return purpose === 'read' ? (node?.readDb ?? node?.db) : node?.db;
+  }
+
+  /**
+   * The shard tables of `group`'s shard and the node holding them (the read pool there), for a
+   * statement that reads them directly: known only with a pool per node (DATABASE_URL listing
+   * the workers). The statement must check the placement is still there (shard moves).
+   */
+  shardTablesFor(group: readonly number[]): { tables: ShardTables; db: NodeDb } | undefined {
+    if (this.nodeOfGroup.size === 0 || group.length === 0) return undefined;
+    const range = this.ranges[rangeIndexOf(this.ranges, citusHashOfBigint(group[0]!))];
+    const node = range?.groupId == null ? undefined : this.nodeOfGroup.get(range.groupId);
+    if (node === undefined || range?.tables === undefined) return undefined;
+    return { tables: range.tables, db: node.readDb ?? node.db };
   }
 
   /**

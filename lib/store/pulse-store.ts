@@ -8,7 +8,7 @@
  */
 import { CompiledQuery, sql, type Kysely } from 'kysely';
 import type { Database, DeviceKind } from './schema.ts';
-import type { ShardRouter } from '../citus/shard-routing.ts';
+import type { ShardRouter, ShardTables } from '../citus/shard-routing.ts';
 import { preparedStatement } from '../infra/prepared-statements.ts';
 
 export type Executor = Kysely<Database>;
@@ -755,41 +755,27 @@ export async function readPresence(
   const groups = routed ?? [ids];
   const perGroup = await Promise.all(
     groups.map(async (group) => {
-      // On Citus the ids go in as a literal, the online rule (which reads the settings reference
-      // table) applies after the UNION, and pulse_privacy is filtered by the same ids (Citus does
-      // not carry the ids through the UNION to the join): otherwise Citus plans this statement
-      // for every shard, and a worker down fails reads of users on the others.
-      const idList = routed ? bigintArrayLiteral(group) : sql`${group}::bigint[]`;
-      const privacy = routed
-        ? sql`(SELECT * FROM pulse_privacy WHERE user_id = ANY(${idList}))`
-        : undefined;
-      // The rule runs once per statement over all its ids (a set, not a call per id), so a rule
-      // joining a friends table is one index range scan of the viewer's friends.
-      const visible =
-        visibility === undefined
-          ? sql``
-          : sql`WHERE user_id = ${visibility.viewer}::bigint
-                   OR user_id IN (SELECT pulse_visible_users(${visibility.viewer}::bigint, ${group}::bigint[]))`;
-      const { rows } = await sql<{
-        user_id: string;
-        last_seen: Date | null;
-        online: boolean;
-        live: boolean;
-        device_count: number;
-        device_kinds: string[];
-      }>`
-        WITH u AS (
-          SELECT user_id, last_seen, live AND ${isOnline('last_seen')} AS online, live,
-                 ${deviceColumns('known', undefined, routed ? idList : undefined)} FROM (
-            SELECT p.user_id, p.last_hb AS last_seen, true AS live, p.device_key, p.device_kind
-            FROM pulse p WHERE p.user_id = ANY(${idList})
-            UNION ALL
-            SELECT user_id, last_seen, false, 0, NULL
-            FROM pulse_last_seen WHERE user_id = ANY(${idList})
-          ) known ${visible}
-        )
-        ${privateView(privacy)}`.execute(routed ? (router!.executorFor(group, 'read') ?? db) : db);
-      return rows;
+      if (!routed) return (await presenceStatement(group, false, visibility).execute(db)).rows;
+      // With a pool on the node holding the shard: its shard tables, read directly (no
+      // distributed planning), unless the shard has moved away meanwhile.
+      const direct = router!.shardTablesFor(group);
+      if (direct) {
+        const rows = await presenceStatement(group, true, visibility, direct.tables)
+          .execute(direct.db)
+          .then(
+            ({ rows }) => rows,
+            (error: unknown) => {
+              // The shard table is gone from this node (moved, then dropped): take the long way.
+              if ((error as { code?: string }).code === '42P01') return undefined;
+              throw error;
+            },
+          );
+        if (rows !== undefined && rows[0]?.placed !== false) {
+          return rows.filter((row) => row.user_id !== null);
+        }
+      }
+      const executor = router!.executorFor(group, 'read') ?? db;
+      return (await presenceStatement(group, true, visibility).execute(executor)).rows;
     }),
   );
   const rows = perGroup.flat();
@@ -808,7 +794,71 @@ export async function readPresence(
   return found;
 }
 
-/** What a live stream's snapshot needs to know of one watched user (readWatchedPresence). */
+interface PresenceRow {
+  /** Only from a direct shard read: whether the shard is still placed where it ran. */
+  placed?: boolean;
+  user_id: string;
+  last_seen: Date | null;
+  online: boolean;
+  live: boolean;
+  device_count: number;
+  device_kinds: string[];
+}
+
+/**
+ * readPresence's statement for `group`. `routed` (Citus): the ids go in as a literal, the online
+ * rule (which reads the settings reference table) applies after the UNION, and pulse_privacy is
+ * filtered by the same ids (Citus does not carry the ids through the UNION to the join):
+ * otherwise Citus plans this statement for every shard, and a worker down fails reads of users on
+ * the others. With `shard`, it reads those shard tables directly and answers a first column
+ * `placed`: false (and no user) when pulse's shard is no longer placed on the node it runs on;
+ * when it is, a row with user_id null stands for none found.
+ */
+function presenceStatement(
+  group: readonly number[],
+  routed: boolean,
+  visibility: Visibility | undefined,
+  shard?: ShardTables,
+) {
+  const idList = routed ? bigintArrayLiteral(group) : sql`${group}::bigint[]`;
+  const table = (name: keyof Omit<ShardTables, 'shardId'>, plain: string) =>
+    sql.table(shard ? shard[name] : plain);
+  const privacy = routed
+    ? sql`(SELECT * FROM ${table('privacy', 'pulse_privacy')} WHERE user_id = ANY(${idList}))`
+    : undefined;
+  // The rule runs once per statement over all its ids (a set, not a call per id), so a rule
+  // joining a friends table is one index range scan of the viewer's friends.
+  const visible =
+    visibility === undefined
+      ? sql``
+      : sql`WHERE user_id = ${visibility.viewer}::bigint
+               OR user_id IN (SELECT pulse_visible_users(${visibility.viewer}::bigint, ${group}::bigint[]))`;
+  const settings = shard ? shard.settings : 'pulse_settings';
+  const devices = shard ? shard.devices : 'pulse_devices';
+  const body = sql`
+    u AS (
+      SELECT user_id, last_seen, live AND (last_seen > ${onlineSinceIn(settings)}) AS online, live,
+             ${deviceColumns('known', { devices, settings }, routed ? idList : undefined)} FROM (
+        SELECT p.user_id, p.last_hb AS last_seen, true AS live, p.device_key, p.device_kind
+        FROM ${table('pulse', 'pulse')} p WHERE p.user_id = ANY(${idList})
+        UNION ALL
+        SELECT user_id, last_seen, false, 0, NULL
+        FROM ${table('lastSeen', 'pulse_last_seen')} WHERE user_id = ANY(${idList})
+      ) known ${visible}
+    )`;
+  if (!shard) return sql<PresenceRow>`WITH ${body} ${privateView(privacy)}`;
+  return sql<PresenceRow>`
+    WITH here AS MATERIALIZED (
+      SELECT EXISTS (
+        SELECT 1 FROM pg_dist_placement pl
+        WHERE pl.shardid = ${shard.shardId}::bigint AND pl.shardstate = 1
+          AND pl.groupid = (SELECT groupid FROM pg_dist_local_group)) AS placed
+    ),
+    ${body},
+    v AS (${privateView(privacy)})
+    SELECT here.placed, v.* FROM here LEFT JOIN v ON here.placed`;
+}
+
 export interface WatchedPresence extends Presence {
   /** Online by the change log (pulse.online_since set): what the stream's later events follow. */
   marked: boolean;
