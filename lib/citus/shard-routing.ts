@@ -17,7 +17,9 @@
  * router also knows which node holds each shard's placement (pg_dist_placement, and each node's
  * own group in pg_dist_local_group): `executorFor(group)` sends a shard's statement there, where
  * Citus runs it locally with no hop. A node not known yet, or not in the list, leaves the
- * statement to the rotation over all nodes; Citus routes it wherever the shard is.
+ * statement to the rotation over all nodes; Citus routes it wherever the shard is. With such
+ * pools it also knows each shard's table names (`shardTablesFor`), for status reads that read
+ * them directly on their node.
  *
  * On plain PostgreSQL (no `citus` extension, or the table is not distributed) there are no groups:
  * callers run exactly the statement they always ran.
