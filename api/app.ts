@@ -25,6 +25,7 @@ import { createErrorHandler, notFound } from './edge/errors.ts';
 import type { SettingsMissingLog } from './read/settings-missing-log.ts';
 import type { HeartbeatWriter } from './write/heartbeat-writer.ts';
 import type { DeferredOffline } from './write/deferred-offline.ts';
+import type { ShardRouter } from '../lib/citus/shard-routing.ts';
 import type { OnlineThreshold } from './stream/held-presence.ts';
 import { openApiDocument } from './openapi.ts';
 import type { StatusReader } from './read/status-reader.ts';
@@ -44,6 +45,8 @@ export interface AppDeps {
   db: Executor;
   /** The pools per node when DATABASE_URL lists several Citus nodes: /readyz checks each. */
   databaseNodes?: ReadonlyArray<{ name: string; db: Executor }> | undefined;
+  /** On Citus, where each user's shard is: a device's offline runs per shard. */
+  shardRouter?: ShardRouter | undefined;
   heartbeats: HeartbeatWriter;
   /** Offline after a grace (`POST /status/offline?grace_ms=`). */
   deferredOffline: DeferredOffline;
@@ -107,6 +110,7 @@ export { statusRow };
 export function buildApp({
   db,
   databaseNodes,
+  shardRouter,
   heartbeats,
   deferredOffline,
   statuses,
@@ -208,7 +212,7 @@ export function buildApp({
       }
       if (oneDevice.length > 0) {
         await heartbeats.withdraw(oneDevice, leaving);
-        await setDevicesOffline(db, oneDevice, leaving);
+        await setDevicesOffline(db, oneDevice, leaving, undefined, shardRouter);
       }
     };
     await inTime(res, offline());

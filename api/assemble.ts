@@ -138,7 +138,11 @@ export function assembleApi(
       logger.warn({ err: errorFields(error, 0, false) }, message);
     }
   };
-  const deferredOffline = new DeferredOffline(database.db, unlessOutage('deferred offline failed'));
+  const deferredOffline = new DeferredOffline(
+    database.db,
+    unlessOutage('deferred offline failed'),
+    shardRouter,
+  );
   const held = new HeldPresence(heartbeats, {
     threshold,
     chunkIds: config.HEARTBEAT_FLUSH_MAX_IDS,
@@ -193,6 +197,7 @@ export function assembleApi(
     databaseNodes: database.nodes,
     heartbeats,
     deferredOffline,
+    shardRouter,
     settingsMissingLog,
     statuses,
     logger,

@@ -17,6 +17,7 @@ import {
   measureUserIdSpace,
   readPresence,
   recordHeartbeats,
+  setDevicesOffline,
   setPulseTableUnlogged,
   sweepExpiredBatch,
   sweepExpiredRange,
@@ -308,6 +309,53 @@ async function userIds(db: CitusSchema): Promise<number[]> {
         const expected = new Set(ids.filter((id) => id !== 1));
         expect(routed).to.deep.equal(expected);
         expect(unrouted).to.deep.equal(expected);
+      });
+
+      it('record beats from several devices per user, routed by shard: the second device and a switch', async () => {
+        const router = new ShardRouter(db.db);
+        const users = Array.from({ length: 40 }, (_, i) => i * 131 + 3);
+        const devices = (device: string) => ({
+          ids: users.map(() => device),
+          kinds: users.map(() => 'web' as const),
+        });
+        await recordHeartbeats(db.db, users, router, [], devices('laptop'));
+        // Another device while the first is fresh: each user is on two (pulse_devices rows).
+        await recordHeartbeats(db.db, users, router, [], devices('phone'));
+        const [pairs] = await db.query<{ several: string; rows: string }>(`
+          SELECT (SELECT count(*) FROM pulse WHERE device_key IS NULL) AS several,
+                 (SELECT count(*) FROM pulse_devices) AS rows`);
+        expect(pairs).to.deep.equal({ several: '40', rows: '80' });
+        // Beating again from the phone (users known on several devices) moves its rows only.
+        await db.query(`UPDATE pulse_devices SET last_hb = now() - interval '5 seconds'`);
+        await recordHeartbeats(db.db, users, router, [], devices('phone'));
+        const fresh = await db.query<{ device_id: string; n: string }>(`
+          SELECT device_id, count(*) AS n FROM pulse_devices
+          WHERE last_hb > now() - interval '2 seconds' GROUP BY device_id`);
+        expect(fresh).to.deep.equal([{ device_id: 'phone', n: '40' }]);
+        // The phone leaves: each user is back on the laptop alone (one row, no pulse_devices).
+        await setDevicesOffline(
+          db.db,
+          users,
+          users.map(() => 'phone'),
+          undefined,
+          router,
+        );
+        const [after] = await db.query<{ online: string; rows: string }>(`
+          SELECT (SELECT count(*) FROM pulse WHERE device_key IS NOT NULL) AS online,
+                 (SELECT count(*) FROM pulse_devices) AS rows`);
+        expect(after).to.deep.equal({ online: '40', rows: '0' });
+        // The last device leaves: the users go offline, logged once each.
+        await setDevicesOffline(
+          db.db,
+          users,
+          users.map(() => 'laptop'),
+          undefined,
+          router,
+        );
+        const [gone] = await db.query<{ left: string; offline: string }>(`
+          SELECT (SELECT count(*) FROM pulse) AS left,
+                 (SELECT count(*) FROM pulse_events WHERE NOT online AND reason = 'offline') AS offline`);
+        expect(gone).to.deep.equal({ left: '0', offline: '40' });
       });
 
       it('group ids exactly as Citus places them', async () => {

@@ -4,6 +4,7 @@
  * unless they sent a heartbeat since (the reloaded page's stream beats at once), judged by the
  * database clock in the DELETE itself, so a beat through another API process cancels it too.
  */
+import type { ShardRouter } from '../../lib/citus/shard-routing.ts';
 import { setDevicesOffline, setOffline, type Executor } from '../../lib/store/pulse-store.ts';
 
 interface Pending {
@@ -27,6 +28,8 @@ export class DeferredOffline {
   constructor(
     private readonly db: Executor,
     private readonly onError: (error: unknown) => void,
+    /** On Citus, where each user's shard is: a device's offline runs per shard. */
+    private readonly router?: ShardRouter,
   ) {}
 
   /**
@@ -81,7 +84,7 @@ export class DeferredOffline {
     const quietMs = performance.now() - entry.askedAt;
     try {
       if (entry.devices === undefined) await setOffline(this.db, entry.userIds, quietMs);
-      else await setDevicesOffline(this.db, entry.userIds, entry.devices, quietMs);
+      else await setDevicesOffline(this.db, entry.userIds, entry.devices, quietMs, this.router);
     } catch (error) {
       this.onError(error);
     }

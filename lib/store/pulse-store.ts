@@ -274,20 +274,29 @@ const expectsSeveral = (db: Executor, ids: readonly number[]): boolean => {
  * - `alone`: on several devices, no other fresh: back to one device, pulse_devices rows go.
  * Online transitions are logged as by the first.
  */
-const deviceSwitch = (rows: ReturnType<typeof sql>, heldIds: readonly number[]) => sql`
+const deviceSwitch = (
+  rows: ReturnType<typeof sql>,
+  heldIds: readonly number[],
+  /**
+   * The rows' user ids: a parameter, or on Citus a literal, which every table's filter repeats
+   * so that Citus routes the statement to the one shard (it cannot prune by a subquery).
+   */
+  ids: ReturnType<typeof sql>,
+) => sql`
   WITH input AS (
     SELECT i.user_id, i.device_id, ${kindOf(sql`i.kind`)} AS device_kind, i.device_key
     FROM ${rows} AS i(user_id, device_key, kind, device_id)
   ),
   prev AS (
     SELECT p.user_id, p.device_key, p.device_kind, p.last_hb, p.last_hb > ${onlineSince} AS fresh
-    FROM pulse p WHERE p.user_id = ANY(ARRAY(SELECT user_id FROM input))
+    FROM pulse p WHERE p.user_id = ANY(${ids})
     FOR UPDATE OF p
   ),
   others AS (
     SELECT d.user_id, count(*) AS n
     FROM pulse_devices d JOIN input r ON r.user_id = d.user_id
-    WHERE d.user_id = ANY(ARRAY(SELECT user_id FROM prev WHERE device_key IS NULL))
+    WHERE d.user_id = ANY(${ids})
+      AND d.user_id = ANY(ARRAY(SELECT user_id FROM prev WHERE device_key IS NULL))
       AND d.device_key <> r.device_key AND d.last_hb > ${onlineSince}
     GROUP BY d.user_id
   ),
@@ -322,7 +331,8 @@ const deviceSwitch = (rows: ReturnType<typeof sql>, heldIds: readonly number[]) 
   ),
   alone AS (
     DELETE FROM pulse_devices
-    WHERE user_id = ANY(ARRAY(SELECT user_id FROM decide WHERE step = 'alone'))
+    WHERE user_id = ANY(${ids})
+      AND user_id = ANY(ARRAY(SELECT user_id FROM decide WHERE step = 'alone'))
   )
   INSERT INTO pulse_events (user_id, online, reason, at, last_seen)
   SELECT user_id, true,
@@ -487,7 +497,11 @@ async function afterUpsert(
     }
   }
   const left = leftAlone(round, answer?.left_alone ?? null, indexes);
-  if (left.length > 0) await deviceSwitch(valuesOf(round, left, true, true), heldIds).execute(db);
+  if (left.length > 0) {
+    const ids = left.map((index) => round.ids[index]!);
+    const idList = routed ? bigintArrayLiteral(ids) : sql`${ids}::bigint[]`;
+    await deviceSwitch(valuesOf(round, left, true, true), heldIds, idList).execute(db);
+  }
 }
 
 /** One round (each user once): the upsert, then the device switches it left, if any. */
@@ -1222,13 +1236,32 @@ export async function setDevicesOffline(
   userIds: readonly number[],
   devices: ReadonlyArray<string | null>,
   quietMs?: number,
+  /** On Citus: one statement per shard, on the node holding it, so Citus routes each. */
+  router?: ShardRouter,
 ): Promise<void> {
   const rounds = heartbeatRounds(userIds, {
     ids: devices,
     kinds: devices.map(() => null),
   });
   for (const round of rounds) {
-    await deviceOffline(round.ids, round.deviceIds, quietMs).execute(db);
+    const groups = router ? await router.group(round.ids) : null;
+    if (groups === null) {
+      await deviceOffline(round.ids, round.deviceIds, quietMs, sql`${round.ids}::bigint[]`).execute(
+        db,
+      );
+      continue;
+    }
+    const deviceOf = new Map(round.ids.map((id, index) => [id, round.deviceIds[index] ?? null]));
+    await Promise.all(
+      groups.map((group) =>
+        deviceOffline(
+          group,
+          group.map((id) => deviceOf.get(id) ?? null),
+          quietMs,
+          bigintArrayLiteral(group),
+        ).execute(router!.executorFor(group) ?? db),
+      ),
+    );
   }
 }
 
@@ -1236,13 +1269,20 @@ const deviceOffline = (
   ids: readonly number[],
   deviceIds: ReadonlyArray<string | null>,
   quietMs: number | undefined,
+  /**
+   * `ids` again: a parameter, or on Citus a literal, which every table's filter repeats so that
+   * Citus routes the statement to the one shard (it cannot prune by a subquery).
+   */
+  idList: ReturnType<typeof sql>,
 ) => {
   const quiet =
     quietMs === undefined
       ? sql<boolean>`true`
       : sql<boolean>`(o.own_hb IS NULL OR o.own_hb <= now() - make_interval(secs => ${quietMs / 1000}::float8))`;
   return removeAndLog(
-    sql`DELETE FROM pulse WHERE user_id = ANY(ARRAY(SELECT user_id FROM decide WHERE step = 'gone'))
+    sql`DELETE FROM pulse
+        WHERE user_id = ANY(${idList})
+          AND user_id = ANY(ARRAY(SELECT user_id FROM decide WHERE step = 'gone'))
         RETURNING user_id, last_hb, online_since`,
     'offline',
     lastSeenSetting,
@@ -1252,14 +1292,15 @@ const deviceOffline = (
     ),
     prev AS (
       SELECT p.user_id, p.device_key, p.last_hb, p.last_hb > ${onlineSince} AS fresh
-      FROM pulse p WHERE p.user_id = ANY(${ids}::bigint[])
+      FROM pulse p WHERE p.user_id = ANY(${idList})
       FOR UPDATE OF p
     ),
     own AS (
       SELECT i.user_id, i.device_key, p.device_key AS prev_key, p.fresh AS prev_fresh,
              CASE WHEN p.device_key IS NULL
                   THEN (SELECT d.last_hb FROM pulse_devices d
-                        WHERE d.user_id = i.user_id AND d.device_key = i.device_key)
+                        WHERE d.user_id = ANY(${idList})
+                          AND d.user_id = i.user_id AND d.device_key = i.device_key)
                   WHEN p.device_key = i.device_key THEN p.last_hb END AS own_hb
       FROM input i JOIN prev p USING (user_id)
     ),
@@ -1268,7 +1309,8 @@ const deviceOffline = (
              (array_agg(d.device_key ORDER BY d.last_hb DESC))[1] AS device_key,
              (array_agg(d.device_kind ORDER BY d.last_hb DESC))[1] AS device_kind
       FROM pulse_devices d JOIN own o USING (user_id)
-      WHERE d.user_id = ANY(ARRAY(SELECT user_id FROM own WHERE prev_key IS NULL))
+      WHERE d.user_id = ANY(${idList})
+        AND d.user_id = ANY(ARRAY(SELECT user_id FROM own WHERE prev_key IS NULL))
         AND d.device_key <> o.device_key AND d.last_hb > ${onlineSince}
       GROUP BY d.user_id
     ),
@@ -1292,7 +1334,8 @@ const deviceOffline = (
     ),
     dropped AS (
       DELETE FROM pulse_devices d USING decide x
-      WHERE d.user_id = ANY(ARRAY(SELECT user_id FROM decide WHERE step <> 'stay'))
+      WHERE d.user_id = ANY(${idList})
+        AND d.user_id = ANY(ARRAY(SELECT user_id FROM decide WHERE step <> 'stay'))
         AND x.user_id = d.user_id AND (x.step IN ('gone', 'alone') OR d.device_key = x.device_key)
     ),`,
   );
