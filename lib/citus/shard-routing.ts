@@ -138,29 +138,47 @@ const COMPANIONS = {
 } as const;
 
 /**
- * The shard tables of each of `ranges` (pulse's), from pg_dist_shard: co-located shards share
- * their hash range. Undefined for a range when a companion is missing (not distributed yet).
+ * The shard tables of each of `ranges` (pulse's), from pg_dist_shard: a companion's shard is
+ * taken only when the companion is in pulse's co-location group and its shard has exactly the
+ * same hash range; otherwise (or when a table is missing) the range gets none, and its reads
+ * take the distributed statement. Names are schema.table, unquoted: Citus names a shard
+ * `<table>_<shard id>` (Pulse's table names are far from PostgreSQL's 63-character limit, where
+ * Citus would shorten them).
  */
 async function readShardTables(
   // eslint-disable-next-line @typescript-eslint/no-explicit-any -- reads catalogs only
   db: Kysely<any>,
   ranges: readonly ShardRange[],
 ): Promise<void> {
-  const { rows } = await sql<{ table: string; min: number | null; name: string }>`
-    SELECT s.logicalrelid::regclass::text AS table, s.shardminvalue::int AS min,
-           shard_name(s.logicalrelid, s.shardid) AS name
+  const { rows } = await sql<{
+    table: string;
+    min: number | null;
+    max: number | null;
+    colocated: boolean;
+    name: string;
+  }>`
+    SELECT c.relname AS table, s.shardminvalue::int AS min, s.shardmaxvalue::int AS max,
+           p.colocationid = (SELECT colocationid FROM pg_dist_partition
+                             WHERE logicalrelid = to_regclass('pulse')) AS colocated,
+           n.nspname || '.' || c.relname || '_' || s.shardid AS name
     FROM pg_dist_shard s
+    JOIN pg_dist_partition p USING (logicalrelid)
+    JOIN pg_class c ON c.oid = s.logicalrelid
+    JOIN pg_namespace n ON n.oid = c.relnamespace
     WHERE s.logicalrelid = ANY(ARRAY[to_regclass('pulse'), to_regclass('pulse_last_seen'),
                                      to_regclass('pulse_devices'), to_regclass('pulse_privacy'),
                                      to_regclass('pulse_settings')])`.execute(db);
-  const nameOf = (table: string, min: number | null) =>
-    rows.find((row) => row.table === table && row.min === min)?.name;
+  const nameOf = (table: string, range: ShardRange) =>
+    rows.find(
+      (row) =>
+        row.table === table && row.colocated && row.min === range.min && row.max === range.max,
+    )?.name;
   const settings = rows.find((row) => row.table === 'pulse_settings')?.name;
   for (const range of ranges) {
-    const pulse = nameOf('pulse', range.min);
-    const lastSeen = nameOf(COMPANIONS.lastSeen, range.min);
-    const devices = nameOf(COMPANIONS.devices, range.min);
-    const privacy = nameOf(COMPANIONS.privacy, range.min);
+    const pulse = nameOf('pulse', range);
+    const lastSeen = nameOf(COMPANIONS.lastSeen, range);
+    const devices = nameOf(COMPANIONS.devices, range);
+    const privacy = nameOf(COMPANIONS.privacy, range);
     range.tables =
       pulse && lastSeen && devices && privacy && settings
         ? { shardId: range.shardId, pulse, lastSeen, devices, privacy, settings }

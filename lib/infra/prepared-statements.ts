@@ -17,8 +17,9 @@ const names = new Map<string, string>();
 
 /**
  * Registers `text` to run by name on pools with prepared statements on; returns it unchanged.
- * Only for statements run on their own, outside a transaction: one the server says it does not
- * know by its name is run again unnamed (see PreparingClient).
+ * A statement the server says it does not know by its name is run again unnamed (see
+ * PreparingClient). Inside a transaction that retry fails too (the transaction is aborted): the
+ * transaction fails once, and the pool names nothing more.
  */
 export function preparedStatement(text: string): string {
   if (!names.has(text)) {

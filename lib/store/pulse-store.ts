@@ -10,6 +10,7 @@ import { CompiledQuery, sql, type Kysely } from 'kysely';
 import type { Database, DeviceKind } from './schema.ts';
 import type { ShardRouter, ShardTables } from '../citus/shard-routing.ts';
 import { preparedStatement } from '../infra/prepared-statements.ts';
+import { isDatabaseUnavailable } from '../infra/db.ts';
 
 export type Executor = Kysely<Database>;
 
@@ -377,8 +378,18 @@ export async function recordHeartbeatsByShard(
   heldIds: readonly number[] = [],
   devices?: DeviceTags,
 ): Promise<PartialWrite | undefined> {
+  const rounds = heartbeatRounds(userIds, devices);
+  if (rounds.length > 1 && !(router && (await router.shardRanges()).length > 0)) {
+    // Plain PostgreSQL, a user beating from several devices in one call: the rounds commit
+    // together, so no reader sees the user on some of those devices only (a stream's change event
+    // carries the device summary it reads).
+    await db.transaction().execute(async (trx) => {
+      for (const round of rounds) await writeRound(trx, round, undefined, heldIds, true);
+    });
+    return undefined;
+  }
   let partial: PartialWrite | undefined;
-  for (const round of heartbeatRounds(userIds, devices)) {
+  for (const round of rounds) {
     const failed = await writeRound(db, round, router, heldIds, devices !== undefined);
     if (failed === undefined) continue;
     if (partial === undefined)
@@ -779,9 +790,10 @@ export async function readPresence(
           .then(
             ({ rows }) => rows,
             (error: unknown) => {
-              // The shard table is gone from this node (moved, then dropped): take the long way.
-              if ((error as { code?: string }).code === '42P01') return undefined;
-              throw error;
+              // The node is unreachable: so would the long way be (503). Anything else (the shard
+              // table gone after a move, a rule or grant the node lacks): take the long way.
+              if (isDatabaseUnavailable(error)) throw error;
+              return undefined;
             },
           );
         if (rows !== undefined && rows[0]?.placed !== false) {
