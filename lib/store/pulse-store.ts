@@ -379,15 +379,6 @@ export async function recordHeartbeatsByShard(
   devices?: DeviceTags,
 ): Promise<PartialWrite | undefined> {
   const rounds = heartbeatRounds(userIds, devices);
-  if (rounds.length > 1 && !(router && (await router.shardRanges()).length > 0)) {
-    // Plain PostgreSQL, a user beating from several devices in one call: the rounds commit
-    // together, so no reader sees the user on some of those devices only (a stream's change event
-    // carries the device summary it reads).
-    await db.transaction().execute(async (trx) => {
-      for (const round of rounds) await writeRound(trx, round, undefined, heldIds, true);
-    });
-    return undefined;
-  }
   let partial: PartialWrite | undefined;
   for (const round of rounds) {
     const failed = await writeRound(db, round, router, heldIds, devices !== undefined);
