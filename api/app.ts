@@ -196,8 +196,10 @@ export function buildApp({
     const leaving = devices?.ids.filter((id): id is string => id !== null) ?? [];
     if (graceMs > 0) {
       // A page going away: offline unless the user (device) beats again within the grace (a reload).
-      if (everywhere.length > 0) deferredOffline.schedule(everywhere, graceMs);
-      if (oneDevice.length > 0) deferredOffline.schedule(oneDevice, graceMs, leaving);
+      if (everywhere.length > 0) await inTime(res, deferredOffline.schedule(everywhere, graceMs));
+      if (oneDevice.length > 0) {
+        await inTime(res, deferredOffline.schedule(oneDevice, graceMs, leaving));
+      }
       res.status(202);
       res.json(many ? { status: 'accepted', accepted: userIds.length } : { status: 'accepted' });
       return;

@@ -2,16 +2,23 @@
  * Offline after a grace (`POST /status/offline?grace_ms=`): what a page sends as it goes away,
  * since a page cannot tell a close from a reload. The users go offline `graceMs` after the request
  * unless they sent a heartbeat since (the reloaded page's stream beats at once), judged by the
- * database clock in the DELETE itself, so a beat through another API process cancels it too.
+ * database clock (read when asked, compared in the DELETE), so a beat through another API process
+ * cancels it too.
  */
 import type { ShardRouter } from '../../lib/citus/shard-routing.ts';
-import { setDevicesOffline, setOffline, type Executor } from '../../lib/store/pulse-store.ts';
+import {
+  databaseNow,
+  setDevicesOffline,
+  setOffline,
+  type Executor,
+} from '../../lib/store/pulse-store.ts';
 
 interface Pending {
   userIds: readonly number[];
   /** The device leaving, per user id (null: the unnamed one); undefined: every device. */
   devices: ReadonlyArray<string | null> | undefined;
-  askedAt: number;
+  /** The database's clock when it was asked (databaseNow). */
+  askedAt: string;
   timer: NodeJS.Timeout;
 }
 
@@ -36,21 +43,39 @@ export class DeferredOffline {
    * Takes the users offline after `graceMs` unless they beat meanwhile; with `devices` (parallel
    * to `userIds`), only those devices, unless they beat meanwhile.
    */
-  schedule(
+  async schedule(
     userIds: readonly number[],
     graceMs: number,
     devices?: ReadonlyArray<string | null>,
-  ): void {
+  ): Promise<void> {
     if (this.closed) throw new Error('deferred offline is closed');
+    const keys = userIds.map((id, index) => leavingKey(id, devices?.[index] ?? undefined));
+    // Leaving from now on (the page's own held beats stop counting), before the clock is read.
+    for (const key of keys) this.leavingUsers.set(key, (this.leavingUsers.get(key) ?? 0) + 1);
+    let askedAt: string;
+    try {
+      // The database's clock, read before the caller is answered: any beat sent after the answer
+      // commits later, through whichever process, so it cancels the offline.
+      askedAt = await databaseNow(this.db);
+    } catch (error) {
+      this.unmark(keys);
+      throw error;
+    }
     const entry: Pending = {
       userIds,
       devices,
-      askedAt: performance.now(),
+      askedAt,
       timer: setTimeout(() => void this.apply(entry), graceMs),
     };
     this.pending.add(entry);
-    for (const key of this.keysOf(entry)) {
-      this.leavingUsers.set(key, (this.leavingUsers.get(key) ?? 0) + 1);
+    if (this.closed) await this.apply(entry);
+  }
+
+  private unmark(keys: readonly string[]): void {
+    for (const key of keys) {
+      const left = (this.leavingUsers.get(key) ?? 1) - 1;
+      if (left > 0) this.leavingUsers.set(key, left);
+      else this.leavingUsers.delete(key);
     }
   }
 
@@ -76,15 +101,12 @@ export class DeferredOffline {
   private async apply(entry: Pending): Promise<void> {
     if (!this.pending.delete(entry)) return;
     clearTimeout(entry.timer);
-    for (const key of this.keysOf(entry)) {
-      const left = (this.leavingUsers.get(key) ?? 1) - 1;
-      if (left > 0) this.leavingUsers.set(key, left);
-      else this.leavingUsers.delete(key);
-    }
-    const quietMs = performance.now() - entry.askedAt;
+    this.unmark(this.keysOf(entry));
     try {
-      if (entry.devices === undefined) await setOffline(this.db, entry.userIds, quietMs);
-      else await setDevicesOffline(this.db, entry.userIds, entry.devices, quietMs, this.router);
+      if (entry.devices === undefined) await setOffline(this.db, entry.userIds, entry.askedAt);
+      else {
+        await setDevicesOffline(this.db, entry.userIds, entry.devices, entry.askedAt, this.router);
+      }
     } catch (error) {
       this.onError(error);
     }

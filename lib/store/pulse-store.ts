@@ -1193,21 +1193,33 @@ const removeAndLog = (
 const lastSeenSetting = sql`(SELECT last_seen_enabled FROM pulse_settings WHERE id = 1)`;
 
 /**
+ * The database's clock now, as text (to the microsecond): a deferred offline's "asked at", so
+ * that a beat committed after the answer is always later, whatever the API process's own timing.
+ */
+export async function databaseNow(db: Executor): Promise<string> {
+  const { rows } = await sql<{ now: string }>`
+    SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') AS now`.execute(
+    db,
+  );
+  return rows[0]!.now;
+}
+
+/**
  * Explicit offline: removes the users' presence rows, logs `offline` for those marked online and,
  * when last seen is on, records their last heartbeat, in one statement. Unknown ids are ignored.
  */
 export async function setOffline(
   db: Executor,
   userIds: readonly number[],
-  /** Only users with no heartbeat in the last `quietMs` (a deferred offline: docs/api.md). */
-  quietMs?: number,
+  /**
+   * Only users with no heartbeat after this database time (a deferred offline, docs/api.md:
+   * `databaseNow()` when it was asked).
+   */
+  quietSince?: string,
 ): Promise<void> {
   const ids = normalizeUserIds(userIds);
   if (ids.length === 0) return;
-  const quiet =
-    quietMs === undefined
-      ? sql``
-      : sql`AND last_hb <= now() - make_interval(secs => ${quietMs / 1000}::float8)`;
+  const quiet = quietSince === undefined ? sql`` : sql`AND last_hb <= ${quietSince}::timestamptz`;
   // The user leaves on every device: their pulse_devices rows go too.
   await removeAndLog(
     sql`DELETE FROM pulse WHERE user_id = ANY(${ids}::bigint[]) ${quiet}
@@ -1217,7 +1229,7 @@ export async function setOffline(
     sql`devices_gone AS (
       DELETE FROM pulse_devices
       WHERE user_id = ANY(${
-        quietMs === undefined
+        quietSince === undefined
           ? sql`${ids}::bigint[]`
           : sql`ARRAY(SELECT user_id FROM pulse WHERE user_id = ANY(${ids}::bigint[]) ${quiet})`
       })
@@ -1230,15 +1242,15 @@ export async function setOffline(
  * device, that of requests naming none): only that device leaves. A user with another device
  * still fresh stays online with no event (pulse.last_hb becomes the newest remaining device's
  * beat, and a user left with one device is back to one row); a user with none goes offline as
- * setOffline takes them, in the same statement. With `quietMs`, only devices that have not beaten
- * in the last `quietMs` (a deferred offline). The rows are read FOR UPDATE, so a concurrent beat
+ * setOffline takes them, in the same statement. With `quietSince`, only devices that have not
+ * beaten after that database time (a deferred offline). The rows are read FOR UPDATE, so a concurrent beat
  * is either before (and seen) or after (and brings the device back).
  */
 export async function setDevicesOffline(
   db: Executor,
   userIds: readonly number[],
   devices: ReadonlyArray<string | null>,
-  quietMs?: number,
+  quietSince?: string,
   /** On Citus: one statement per shard, on the node holding it, so Citus routes each. */
   router?: ShardRouter,
 ): Promise<void> {
@@ -1249,9 +1261,12 @@ export async function setDevicesOffline(
   for (const round of rounds) {
     const groups = router ? await router.group(round.ids) : null;
     if (groups === null) {
-      await deviceOffline(round.ids, round.deviceIds, quietMs, sql`${round.ids}::bigint[]`).execute(
-        db,
-      );
+      await deviceOffline(
+        round.ids,
+        round.deviceIds,
+        quietSince,
+        sql`${round.ids}::bigint[]`,
+      ).execute(db);
       continue;
     }
     const deviceOf = new Map(round.ids.map((id, index) => [id, round.deviceIds[index] ?? null]));
@@ -1260,7 +1275,7 @@ export async function setDevicesOffline(
         deviceOffline(
           group,
           group.map((id) => deviceOf.get(id) ?? null),
-          quietMs,
+          quietSince,
           bigintArrayLiteral(group),
         ).execute(router!.executorFor(group) ?? db),
       ),
@@ -1271,7 +1286,7 @@ export async function setDevicesOffline(
 const deviceOffline = (
   ids: readonly number[],
   deviceIds: ReadonlyArray<string | null>,
-  quietMs: number | undefined,
+  quietSince: string | undefined,
   /**
    * `ids` again: a parameter, or on Citus a literal, which every table's filter repeats so that
    * Citus routes the statement to the one shard (it cannot prune by a subquery).
@@ -1279,9 +1294,9 @@ const deviceOffline = (
   idList: ReturnType<typeof sql>,
 ) => {
   const quiet =
-    quietMs === undefined
+    quietSince === undefined
       ? sql<boolean>`true`
-      : sql<boolean>`(o.own_hb IS NULL OR o.own_hb <= now() - make_interval(secs => ${quietMs / 1000}::float8))`;
+      : sql<boolean>`(o.own_hb IS NULL OR o.own_hb <= ${quietSince}::timestamptz)`;
   return removeAndLog(
     sql`DELETE FROM pulse
         WHERE user_id = ANY(${idList})
