@@ -27,7 +27,7 @@ import { createLogger } from '../lib/infra/logger.ts';
 import { preparedStatement } from '../lib/infra/prepared-statements.ts';
 import { recordHeartbeats, type DeviceKind } from '../lib/store/pulse-store.ts';
 import { watchBackends } from './process-cpu.ts';
-import { openBenchDatabase } from './support.ts';
+import { HEARTBEAT_BEFORE_DEVICES, openBenchDatabase } from './support.ts';
 
 const users = Number(process.env.BENCH_USERS ?? 300_000);
 const batch = Number(process.env.BENCH_BATCH ?? 200);
@@ -35,21 +35,8 @@ const roundSeconds = Number(process.env.BENCH_ROUND_SECONDS ?? 4);
 const rounds = Number(process.env.BENCH_ROUNDS ?? 7);
 const sizeRows = Number(process.env.BENCH_SIZE_ROWS ?? 1_000_000);
 
-/** The heartbeat statement of migration 0011's schema (lib/store/pulse-store.ts before devices). */
-const TODAY_UPSERT = `
-  WITH up AS (
-    INSERT INTO pulse AS p (user_id, last_hb, online_since) SELECT hb, now(), now() FROM unnest($1::bigint[]) AS hb
-    ON CONFLICT (user_id) DO UPDATE
-      SET last_hb = EXCLUDED.last_hb, online_since = coalesce(p.online_since, EXCLUDED.online_since)
-    RETURNING user_id, last_hb, online_since
-  )
-  INSERT INTO pulse_events (user_id, online, reason, at, last_seen)
-  SELECT user_id, true, CASE WHEN user_id = ANY($2::bigint[]) THEN 'held' ELSE 'heartbeat' END,
-         last_hb, last_hb
-  FROM up WHERE online_since = last_hb`;
-
 /** The same text with a comment (its own name), run as a named statement. */
-const TODAY_UPSERT_NAMED = preparedStatement(`${TODAY_UPSERT} -- named`);
+const TODAY_UPSERT_NAMED = preparedStatement(`${HEARTBEAT_BEFORE_DEVICES} -- named`);
 
 const VARIANTS = ['today', 'todayNamed', 'none', 'one', 'two'] as const;
 type Variant = (typeof VARIANTS)[number];
@@ -138,7 +125,7 @@ async function main(): Promise<void> {
         while (Date.now() < until) {
           const ids = randomIds(rangeOf(variant));
           if (variant === 'today') {
-            await conn.executeQuery(CompiledQuery.raw(TODAY_UPSERT, [ids, []]));
+            await conn.executeQuery(CompiledQuery.raw(HEARTBEAT_BEFORE_DEVICES, [ids, []]));
           } else if (variant === 'todayNamed') {
             await conn.executeQuery(CompiledQuery.raw(TODAY_UPSERT_NAMED, [ids, []]));
           } else if (variant === 'none') {

@@ -17,7 +17,7 @@ import { recordHeartbeats } from '../lib/store/pulse-store.ts';
 import * as settings from '../migrations/0003_presence_settings.ts';
 import * as lastSeen from '../migrations/0004_last_seen.ts';
 import * as devices from '../migrations/0012_devices.ts';
-import { fillTable, openBenchDatabase } from './support.ts';
+import { fillTable, HEARTBEAT_BEFORE_DEVICES, openBenchDatabase } from './support.ts';
 
 const { values } = parseArgs({ options: { rows: { type: 'string', default: '1000000' } } });
 const rows = Number(values.rows);
@@ -39,17 +39,6 @@ const heartbeats = openDatabase({
 // eslint-disable-next-line @typescript-eslint/no-explicit-any -- migrations take Kysely<any>
 type Step = (db: Kysely<any>) => Promise<void>;
 
-/** The heartbeat of before 0012 (no device columns): valid while 0012 is undone and redone. */
-const HEARTBEAT_BEFORE_0012 = `
-  WITH up AS (
-    INSERT INTO pulse AS p (user_id, last_hb, online_since) SELECT hb, now(), now() FROM unnest($1::bigint[]) AS hb
-    ON CONFLICT (user_id) DO UPDATE
-      SET last_hb = EXCLUDED.last_hb, online_since = coalesce(p.online_since, EXCLUDED.online_since)
-    RETURNING user_id, last_hb, online_since
-  )
-  INSERT INTO pulse_events (user_id, online, reason, at, last_seen)
-  SELECT user_id, true, 'heartbeat', last_hb, last_hb FROM up WHERE online_since = last_hb`;
-
 const results: Array<Record<string, unknown>> = [];
 
 async function measure(name: string, step: Step, before0012 = false) {
@@ -60,7 +49,7 @@ async function measure(name: string, step: Step, before0012 = false) {
       const id = 1 + Math.floor(Math.random() * rows);
       const started = performance.now();
       if (before0012) {
-        await heartbeats.db.executeQuery(CompiledQuery.raw(HEARTBEAT_BEFORE_0012, [[id]]));
+        await heartbeats.db.executeQuery(CompiledQuery.raw(HEARTBEAT_BEFORE_DEVICES, [[id], []]));
       } else {
         await recordHeartbeats(heartbeats.db, [id]);
       }

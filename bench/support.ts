@@ -10,6 +10,23 @@ import { openDatabase } from '../lib/infra/db.ts';
 import { createLogger } from '../lib/infra/logger.ts';
 import { migrateToLatest } from '../lib/store/migrator.ts';
 
+/**
+ * The heartbeat statement of migration 0011's schema (lib/store/pulse-store.ts before devices:
+ * no device columns), $1 the ids and $2 those beaten by a held stream: the "today" of
+ * bench:devices, and a beat that stays valid while bench:migration-locks undoes and redoes 0012.
+ */
+export const HEARTBEAT_BEFORE_DEVICES = `
+  WITH up AS (
+    INSERT INTO pulse AS p (user_id, last_hb, online_since) SELECT hb, now(), now() FROM unnest($1::bigint[]) AS hb
+    ON CONFLICT (user_id) DO UPDATE
+      SET last_hb = EXCLUDED.last_hb, online_since = coalesce(p.online_since, EXCLUDED.online_since)
+    RETURNING user_id, last_hb, online_since
+  )
+  INSERT INTO pulse_events (user_id, online, reason, at, last_seen)
+  SELECT user_id, true, CASE WHEN user_id = ANY($2::bigint[]) THEN 'held' ELSE 'heartbeat' END,
+         last_hb, last_hb
+  FROM up WHERE online_since = last_hb`;
+
 export interface BenchDatabase {
   url: string;
   query<R extends pg.QueryResultRow = pg.QueryResultRow>(
