@@ -254,10 +254,18 @@ export class ShardRouter {
    * `read`: its pool for reads that return rows (lib/infra/db.ts says why), if it has one.
    */
   executorFor(group: readonly number[], purpose: 'write' | 'read' = 'write'): NodeDb | undefined {
+    const node = this.placementOf(group)?.node;
+    return purpose === 'read' ? (node?.readDb ?? node?.db) : node?.db;
+  }
+
+  /** `group`'s shard range and the node of this process holding it, when known. */
+  private placementOf(
+    group: readonly number[],
+  ): { range: ShardRange; node: DatabaseNode } | undefined {
     if (this.nodeOfGroup.size === 0 || group.length === 0) return undefined;
     const range = this.ranges[rangeIndexOf(this.ranges, citusHashOfBigint(group[0]!))];
     const node = range?.groupId == null ? undefined : this.nodeOfGroup.get(range.groupId);
-    return purpose === 'read' ? (node?.readDb ?? node?.db) : node?.db;
+    return range && node ? { range, node } : undefined;
   }
 
   /**
@@ -266,11 +274,10 @@ export class ShardRouter {
    * the workers). The statement must check the placement is still there (shard moves).
    */
   shardTablesFor(group: readonly number[]): { tables: ShardTables; db: NodeDb } | undefined {
-    if (this.nodeOfGroup.size === 0 || group.length === 0) return undefined;
-    const range = this.ranges[rangeIndexOf(this.ranges, citusHashOfBigint(group[0]!))];
-    const node = range?.groupId == null ? undefined : this.nodeOfGroup.get(range.groupId);
-    if (node === undefined || range?.tables === undefined) return undefined;
-    return { tables: range.tables, db: node.readDb ?? node.db };
+    const placement = this.placementOf(group);
+    const tables = placement?.range.tables;
+    if (placement === undefined || tables === undefined) return undefined;
+    return { tables, db: placement.node.readDb ?? placement.node.db };
   }
 
   /**
