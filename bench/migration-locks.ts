@@ -1,9 +1,10 @@
 /**
- * The locks Pulse's migrations that touch a populated `pulse` take (0003, 0004, 0012), and how
+ * The locks Pulse's migrations that touch a populated `pulse` take (0003, 0004, 0012, 0015), and how
  * long: each migration's up() and down() runs in its own transaction on a table of `--rows` rows
  * (1,000,000 by default) while single heartbeats keep flowing; before COMMIT the transaction lists
  * the locks it holds on `pulse` (held until COMMIT, so the transaction's duration is the longest
- * any of them is held). Written to bench/results/migration-locks.json.
+ * any of them is held). One user in 100 is on two devices, so 0015 has rows to move each way.
+ * Written to bench/results/migration-locks.json.
  *
  *   flock /tmp/pulse-bench.lock npm run bench:migration-locks [-- --rows 10000000]
  */
@@ -17,6 +18,7 @@ import { recordHeartbeats } from '../lib/store/pulse-store.ts';
 import * as settings from '../migrations/0003_presence_settings.ts';
 import * as lastSeen from '../migrations/0004_last_seen.ts';
 import * as devices from '../migrations/0012_devices.ts';
+import * as devicesInRow from '../migrations/0015_devices_in_pulse_row.ts';
 import { fillTable, HEARTBEAT_BEFORE_DEVICES, openBenchDatabase } from './support.ts';
 
 const { values } = parseArgs({ options: { rows: { type: 'string', default: '1000000' } } });
@@ -41,14 +43,15 @@ type Step = (db: Kysely<any>) => Promise<void>;
 
 const results: Array<Record<string, unknown>> = [];
 
-async function measure(name: string, step: Step, before0012 = false) {
+/** `beforeDevices`: the load runs the heartbeat of before devices (valid while 0015 is undone). */
+async function measure(name: string, step: Step, beforeDevices = false) {
   const latencies: number[] = [];
   let running = true;
   const load = (async () => {
     while (running) {
       const id = 1 + Math.floor(Math.random() * rows);
       const started = performance.now();
-      if (before0012) {
+      if (beforeDevices) {
         await heartbeats.db.executeQuery(CompiledQuery.raw(HEARTBEAT_BEFORE_DEVICES, [[id], []]));
       } else {
         await recordHeartbeats(heartbeats.db, [id]);
@@ -89,8 +92,21 @@ async function measure(name: string, step: Step, before0012 = false) {
 try {
   console.log(`filling pulse with ${rows} rows`);
   await fillTable(scratch, rows);
+  await scratch.query(`UPDATE pulse SET device_key = 1, devices = ARRAY[
+      ROW(1, 'web', now()), ROW(2, 'mobile', now())]::pulse_device[]
+    WHERE user_id % 100 = 0`);
+  await scratch.query('VACUUM ANALYZE pulse');
+  await measure('0015_devices_in_pulse_row down', devicesInRow.down, true);
   await measure('0012_devices down', devices.down, true);
   await measure('0012_devices up', devices.up, true);
+  // Users on two devices as 0012 kept them: device_key NULL, a pulse_devices row per device.
+  await scratch.query(`UPDATE pulse SET device_key = NULL WHERE user_id % 100 = 0`);
+  await scratch.query(`INSERT INTO pulse_devices (user_id, device_key, last_hb, device_kind)
+    SELECT user_id, k, now(), 'web' FROM pulse, (VALUES (1), (2)) AS d(k)
+    WHERE user_id % 100 = 0`);
+  await scratch.query('VACUUM ANALYZE pulse');
+  await scratch.query('VACUUM ANALYZE pulse_devices');
+  await measure('0015_devices_in_pulse_row up', devicesInRow.up, true);
   await measure('0004_last_seen down', lastSeen.down);
   await measure('0003_presence_settings down', settings.down);
   await measure('0003_presence_settings up', settings.up);

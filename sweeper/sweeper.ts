@@ -3,12 +3,7 @@ import { hostname } from 'node:os';
 import { setTimeout as sleep } from 'node:timers/promises';
 import cron, { type ScheduledTask } from 'node-cron';
 import type { Logger } from '../lib/infra/logger.ts';
-import {
-  lastSeenCutoff,
-  sweepStaleDevices,
-  trimLastSeenBatch,
-  type Executor,
-} from '../lib/store/pulse-store.ts';
+import { lastSeenCutoff, trimLastSeenBatch, type Executor } from '../lib/store/pulse-store.ts';
 import {
   releaseSweepLease,
   renewSweepLease,
@@ -191,12 +186,6 @@ export class Sweeper {
             batches += 1;
           }
           if (!walk.finished) await this.pause();
-        }
-
-        // Stale devices of users on several (a small table: one statement).
-        if (outcome === 'done') {
-          const devices = await this.inBatch((trx) => sweepStaleDevices(trx, { olderThanSeconds }));
-          maxBatchMs = Math.max(maxBatchMs, devices.ms);
         }
 
         // Last-seen retention, oldest first, in batches of the same size under the same lease.

@@ -7,7 +7,7 @@ import { sql } from 'kysely';
 import {
   recordHeartbeats,
   setDevicesOffline,
-  sweepStaleDevices,
+  deviceKey,
   type DeviceKind,
 } from '../lib/store/pulse-store.ts';
 import { startTestApp, type TestApp } from './support/app.ts';
@@ -63,39 +63,75 @@ describe('one user, many devices', function () {
     );
     return rows.map((row) => `${row.online ? 'online' : 'offline'}:${row.reason}`);
   };
+  /** The user's devices as the view pulse_devices lists them, named back from their keys. */
+  const NAMES = ['phone', 'laptop', 'tablet', 'a', 'b', 'c', 'x'];
+  const nameOf = new Map<number, string | null>([
+    [0, null],
+    ...NAMES.map((name) => [deviceKey(name), name] as [number, string]),
+  ]);
   const deviceRows = async (userId: number) => {
-    const { rows } = await sql<{ device_id: string | null; device_kind: string | null }>`
-      SELECT device_id, device_kind FROM pulse_devices WHERE user_id = ${userId}
-      ORDER BY device_id`.execute(database.db);
-    return rows;
+    const { rows } = await sql<{ device_key: number; device_kind: string | null; age: number }>`
+      SELECT device_key, device_kind::text AS device_kind,
+             round(extract(epoch FROM now() - last_hb))::int AS age
+      FROM pulse_devices WHERE user_id = ${userId}
+      ORDER BY last_hb DESC, device_key`.execute(database.db);
+    return rows.map((row) => ({
+      device: nameOf.get(row.device_key),
+      kind: row.device_kind,
+      age: row.age,
+    }));
+  };
+  /** The pulse row's own columns: the newest beat's device (named back), on several or not. */
+  const rowOf = async (userId: number) => {
+    const { rows } = await sql<{ device_key: number; several: boolean; age: number }>`
+      SELECT device_key, devices IS NOT NULL AS several,
+             round(extract(epoch FROM now() - last_hb))::int AS age
+      FROM pulse WHERE user_id = ${userId}`.execute(database.db);
+    const row = rows[0]!;
+    return {
+      device: nameOf.get(row.device_key),
+      several: row.several,
+      age: row.age,
+    };
+  };
+  /** Moves one device's last beat (or the whole row's, device undefined) `seconds` back. */
+  const backdate = async (userId: number, seconds: number, device?: string) => {
+    const back = sql`make_interval(secs => ${seconds})`;
+    if (device === undefined) {
+      await sql`UPDATE pulse SET last_hb = last_hb - ${back},
+                  devices = ARRAY(SELECT ROW(d.device_key, d.device_kind, d.last_hb - ${back})::pulse_device
+                                  FROM unnest(devices) d)
+                WHERE user_id = ${userId}`.execute(database.db);
+      return;
+    }
+    await sql`UPDATE pulse SET devices = ARRAY(
+                SELECT ROW(d.device_key, d.device_kind,
+                           CASE WHEN d.device_key = ${deviceKey(device)}::int4
+                                THEN d.last_hb - ${back} ELSE d.last_hb END)::pulse_device
+                FROM unnest(devices) d)
+              WHERE user_id = ${userId}`.execute(database.db);
   };
 
   describe('the store', () => {
-    it('keeps one row for a user on one device, and writes pulse_devices only while on two', async () => {
+    it('keeps each user in one row: the device of a user on one, the devices array of a user on two', async () => {
       await beat(database.db, 1, 'phone', 'mobile');
       await beat(database.db, 1, 'phone', 'mobile');
-      expect(await deviceRows(1)).to.deep.equal([]);
+      expect(await rowOf(1)).to.deep.equal({ device: 'phone', several: false, age: 0 });
+      expect(await deviceRows(1)).to.deep.equal([{ device: 'phone', kind: 'mobile', age: 0 }]);
       await beat(database.db, 1, 'laptop', 'desktop');
-      expect(await deviceRows(1)).to.deep.equal([
-        // The first device's id is learnt at its next beat (pulse keeps only its key).
-        { device_id: 'laptop', device_kind: 'desktop' },
-        { device_id: null, device_kind: 'mobile' },
+      expect(await rowOf(1)).to.deep.equal({ device: 'laptop', several: true, age: 0 });
+      expect((await deviceRows(1)).map((row) => [row.device, row.kind])).to.deep.equal([
+        ['laptop', 'desktop'],
+        ['phone', 'mobile'],
       ]);
       await beat(database.db, 1, 'phone', 'mobile');
-      expect(await deviceRows(1)).to.deep.equal([
-        { device_id: 'laptop', device_kind: 'desktop' },
-        { device_id: 'phone', device_kind: 'mobile' },
-      ]);
+      expect((await deviceRows(1)).map((row) => row.device)).to.deep.equal(['phone', 'laptop']);
       expect(await events(1)).to.deep.equal(['online:heartbeat']);
 
-      // One device leaves: no transition, back to one row.
+      // One device leaves: no transition, back to the row's own device.
       await setDevicesOffline(database.db, [1], ['laptop']);
-      expect(await deviceRows(1)).to.deep.equal([]);
-      const { rows } = await sql<{ device_kind: string | null; key_set: boolean }>`
-        SELECT device_kind, device_key IS NOT NULL AS key_set FROM pulse WHERE user_id = 1`.execute(
-        database.db,
-      );
-      expect(rows).to.deep.equal([{ device_kind: 'mobile', key_set: true }]);
+      expect(await rowOf(1)).to.deep.equal({ device: 'phone', several: false, age: 0 });
+      expect(await deviceRows(1)).to.deep.equal([{ device: 'phone', kind: 'mobile', age: 0 }]);
       expect(await events(1)).to.deep.equal(['online:heartbeat']);
 
       // The last one leaves: offline at once, logged.
@@ -109,8 +145,7 @@ describe('one user, many devices', function () {
       await setDevicesOffline(database.db, [2], ['tablet']);
       expect(await database.ageOf(2)).to.be.a('number');
       await beat(database.db, 2, 'laptop', 'desktop');
-      await sql`UPDATE pulse_devices SET last_hb = now() - interval '1 minute'
-                WHERE user_id = 2 AND device_kind = 'mobile'`.execute(database.db);
+      await backdate(2, 60, 'phone');
       await setDevicesOffline(database.db, [2], ['laptop']);
       expect(await database.ageOf(2)).to.equal(undefined);
       expect(await deviceRows(2)).to.deep.equal([]);
@@ -121,47 +156,59 @@ describe('one user, many devices', function () {
       await beat(database.db, 3, 'a', 'web');
       await beat(database.db, 3, 'b', 'web');
       await beat(database.db, 3, 'c', 'mobile');
-      await sql`UPDATE pulse_devices SET last_hb = now() - interval '5 seconds'
-                WHERE user_id = 3 AND device_id = 'b'`.execute(database.db);
+      await backdate(3, 5, 'b');
       await setDevicesOffline(database.db, [3], ['c']);
       const { rows } = await sql<{ newest: boolean; several: boolean }>`
         SELECT p.last_hb = (SELECT max(last_hb) FROM pulse_devices d WHERE d.user_id = 3) AS newest,
-               p.device_key IS NULL AS several
+               p.devices IS NOT NULL AS several
         FROM pulse p WHERE user_id = 3`.execute(database.db);
       expect(rows).to.deep.equal([{ newest: true, several: true }]);
-      expect((await deviceRows(3)).map((row) => row.device_id)).to.deep.equal(['b', null]);
+      expect(await deviceRows(3)).to.deep.equal([
+        { device: 'a', kind: 'web', age: 0 },
+        { device: 'b', kind: 'web', age: 5 },
+      ]);
     });
 
-    it('writes a user known on several devices in one statement: that device and last_hb advance, the other device stays', async () => {
+    it('advances the beating device and last_hb of a user on several, the others staying as they were', async () => {
       await beat(database.db, 6, 'a', 'web');
       await beat(database.db, 6, 'b', 'mobile');
-      const age = async () => {
-        const { rows } = await sql<{ device_id: string | null; kind: string; age: number }>`
-          SELECT device_id, device_kind::text AS kind,
-                 round(extract(epoch FROM now() - last_hb))::int AS age
-          FROM pulse_devices WHERE user_id = 6
-          UNION ALL
-          SELECT 'pulse', device_kind::text, round(extract(epoch FROM now() - last_hb))::int
-          FROM pulse WHERE user_id = 6 ORDER BY 1`.execute(database.db);
-        return rows;
-      };
-      const backdate = async () => {
-        await sql`UPDATE pulse_devices SET last_hb = now() - interval '5 seconds'
-                  WHERE user_id = 6`.execute(database.db);
-        await sql`UPDATE pulse SET last_hb = now() - interval '5 seconds'
-                  WHERE user_id = 6`.execute(database.db);
-      };
-      // The first beat finds the user on several devices (two statements) and the process learns
-      // it; the second is then the one-statement form.
-      for (const kind of ['web', 'desktop'] as const) {
-        await backdate();
+      // b's beat moves back 5 s each round, and only the backdating moves it.
+      for (const [round, kind] of (['web', 'desktop'] as const).entries()) {
+        await backdate(6, 5);
         await beat(database.db, 6, 'a', kind);
-        expect(await age()).to.deep.equal([
-          { device_id: 'a', kind, age: 0 },
-          { device_id: 'b', kind: 'mobile', age: 5 },
-          { device_id: 'pulse', kind, age: 0 },
+        expect(await rowOf(6)).to.deep.equal({ device: 'a', several: true, age: 0 });
+        expect(await deviceRows(6)).to.deep.equal([
+          { device: 'a', kind, age: 0 },
+          { device: 'b', kind: 'mobile', age: 5 * (round + 1) },
         ]);
       }
+    });
+
+    it('drops a stale device at the next beat, and takes a user left with no other fresh device back to one', async () => {
+      await beat(database.db, 5, 'a', 'web');
+      await beat(database.db, 5, 'b', 'web');
+      await beat(database.db, 5, 'c', 'mobile');
+      await backdate(5, 120, 'b');
+      await beat(database.db, 5, 'a', 'web');
+      expect((await deviceRows(5)).map((row) => row.device)).to.deep.equal(['a', 'c']);
+      await backdate(5, 120, 'c');
+      await beat(database.db, 5, 'a', 'web');
+      expect(await rowOf(5)).to.deep.equal({ device: 'a', several: false, age: 0 });
+      expect(await deviceRows(5)).to.deep.equal([{ device: 'a', kind: 'web', age: 0 }]);
+      // A second device after a stale first: it replaces it, no array.
+      await backdate(5, 120);
+      await beat(database.db, 5, 'b', 'mobile');
+      expect(await rowOf(5)).to.deep.equal({ device: 'b', several: false, age: 0 });
+    });
+
+    it('keeps at most the 16 newest devices of a user, whatever ids a client invents', async () => {
+      for (let device = 0; device < 20; device += 1) await beat(database.db, 7, `d${device}`);
+      const { rows } = await sql<{ n: number; newest: boolean }>`
+        SELECT cardinality(devices) AS n, device_key = (devices[1]).device_key AS newest
+        FROM pulse WHERE user_id = 7`.execute(database.db);
+      expect(rows).to.deep.equal([{ n: 16, newest: true }]);
+      expect((await deviceRows(7)).length).to.equal(16);
+      expect((await (await start()).get('/status/7')).status).to.equal(200);
     });
 
     it('writes one user beating from two devices in one call (two statements), and a request naming none is its own device', async () => {
@@ -169,32 +216,16 @@ describe('one user, many devices', function () {
         ids: ['x', null, 'x'],
         kinds: ['web', null, 'desktop'],
       });
-      expect(await deviceRows(4)).to.deep.equal([
-        { device_id: 'x', device_kind: 'desktop' },
-        { device_id: null, device_kind: null },
+      // Two statements: x's, the second, is the newer beat.
+      expect((await deviceRows(4)).map((row) => [row.device, row.kind])).to.deep.equal([
+        ['x', 'desktop'],
+        [null, null],
       ]);
       await recordHeartbeats(database.db, [4]);
       await setDevicesOffline(database.db, [4], [null]);
       expect(await database.ageOf(4)).to.be.a('number');
       await setDevicesOffline(database.db, [4], ['x']);
       expect(await database.ageOf(4)).to.equal(undefined);
-    });
-
-    it('sweeps stale device rows, and takes a user left with one device back to one row', async () => {
-      await beat(database.db, 5, 'a', 'web');
-      await beat(database.db, 5, 'b', 'web');
-      await sql`UPDATE pulse_devices SET last_hb = now() - interval '2 minutes'
-                WHERE user_id = 5 AND device_id = 'b'`.execute(database.db);
-      // b goes; a is left alone, so user 5 is back to one row: a's row goes too.
-      expect(await sweepStaleDevices(database.db, { olderThanSeconds: 30 })).to.equal(2);
-      expect(await deviceRows(5)).to.deep.equal([]);
-      const { rows } = await sql<{ device_kind: string; key_set: boolean }>`
-        SELECT device_kind, device_key IS NOT NULL AS key_set FROM pulse WHERE user_id = 5`.execute(
-        database.db,
-      );
-      expect(rows).to.deep.equal([{ device_kind: 'web', key_set: true }]);
-      await beat(database.db, 5, 'a', 'web');
-      expect(await deviceRows(5)).to.deep.equal([]);
     });
   });
 
@@ -302,7 +333,7 @@ describe('one user, many devices', function () {
         (await app.post('/status/offline?grace_ms=300', { user_id: 20, device_id: 'laptop' }))
           .status,
       ).to.equal(202);
-      await waitFor('the laptop to leave', async () => (await deviceRows(20)).length === 0);
+      await waitFor('the laptop to leave', async () => (await deviceRows(20)).length === 1);
       expect(await statusOf(app, 20)).to.deep.include({
         is_online: true,
         devices: { count: 1, kinds: ['mobile'] },

@@ -48,6 +48,7 @@ describe('migrate CLI', function () {
       { column_name: 'online_since', data_type: 'timestamp with time zone', is_nullable: 'YES' },
       { column_name: 'device_key', data_type: 'integer', is_nullable: 'YES' },
       { column_name: 'device_kind', data_type: 'USER-DEFINED', is_nullable: 'YES' },
+      { column_name: 'devices', data_type: 'ARRAY', is_nullable: 'YES' },
     ]);
     expect((await migrate(url)).stdout).to.match(/already up to date/);
 
@@ -131,6 +132,44 @@ describe('migrate CLI', function () {
       t: null,
     });
     expect((await migrate(url, ['down'])).stdout).to.match(/nothing to revert/);
+  });
+
+  it('moves the devices of users on several devices into their pulse row (0015), and back', async () => {
+    expect((await migrate(url)).code).to.equal(0);
+    expect((await migrate(url, ['down'])).stdout).to.include('reverted 0015_devices_in_pulse_row');
+    // As 0012 kept them: user 1 on two devices (device_key NULL, a pulse_devices row each),
+    // user 2 on one.
+    await queryOnce(
+      url,
+      `INSERT INTO pulse (user_id, last_hb, device_key, device_kind)
+         VALUES (1, now(), NULL, 'web'), (2, now(), 5, 'mobile');
+       INSERT INTO pulse_devices (user_id, device_key, last_hb, device_kind, device_id)
+         VALUES (1, 7, now() - interval '3 seconds', 'mobile', 'phone'),
+                (1, 9, now(), 'web', 'browser')`,
+    );
+    expect((await migrate(url)).stdout).to.include('applied 0015_devices_in_pulse_row');
+    const devices = `SELECT user_id::int, device_key, device_kind::text AS kind
+                     FROM pulse_devices ORDER BY user_id, last_hb DESC`;
+    const expected = [
+      { user_id: 1, device_key: 9, kind: 'web' },
+      { user_id: 1, device_key: 7, kind: 'mobile' },
+      { user_id: 2, device_key: 5, kind: 'mobile' },
+    ];
+    expect((await queryOnce(url, devices)).rows).to.deep.equal(expected);
+    expect(
+      (await queryOnce(url, `SELECT user_id::int FROM pulse WHERE devices IS NOT NULL`)).rows,
+    ).to.deep.equal([{ user_id: 1 }]);
+    // Down: a table again, with the rows of users on several (ids unknown, NULL).
+    expect((await migrate(url, ['down'])).stdout).to.include('reverted 0015_devices_in_pulse_row');
+    expect(
+      (
+        await queryOnce(
+          url,
+          `SELECT user_id::int, device_key, device_kind::text AS kind FROM pulse_devices
+           ORDER BY last_hb DESC`,
+        )
+      ).rows,
+    ).to.deep.equal(expected.slice(0, 2));
   });
 
   it('is safe when several copies run at once', async () => {

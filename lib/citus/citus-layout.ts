@@ -23,7 +23,6 @@ export const USER_KEYED_TABLES = [
   'pulse_events',
   'pulse_privacy',
   'pulse_visibility_changes',
-  'pulse_devices',
 ] as const;
 
 const ANCHOR = USER_KEYED_TABLES[0];

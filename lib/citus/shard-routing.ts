@@ -50,7 +50,6 @@ export interface ShardTables {
   shardId: string;
   pulse: string;
   lastSeen: string;
-  devices: string;
   privacy: string;
   settings: string;
 }
@@ -133,7 +132,6 @@ export async function readShardRanges<DB>(db: Kysely<DB>, table: string): Promis
 /** The companions of pulse a status read reads, by ShardTables key. */
 const COMPANIONS = {
   lastSeen: 'pulse_last_seen',
-  devices: 'pulse_devices',
   privacy: 'pulse_privacy',
 } as const;
 
@@ -166,8 +164,9 @@ async function readShardTables(
     JOIN pg_class c ON c.oid = s.logicalrelid
     JOIN pg_namespace n ON n.oid = c.relnamespace
     WHERE s.logicalrelid = ANY(ARRAY[to_regclass('pulse'), to_regclass('pulse_last_seen'),
-                                     to_regclass('pulse_devices'), to_regclass('pulse_privacy'),
-                                     to_regclass('pulse_settings')])`.execute(db);
+                                     to_regclass('pulse_privacy'), to_regclass('pulse_settings')])`.execute(
+    db,
+  );
   const nameOf = (table: string, range: ShardRange) =>
     rows.find(
       (row) =>
@@ -177,11 +176,10 @@ async function readShardTables(
   for (const range of ranges) {
     const pulse = nameOf('pulse', range);
     const lastSeen = nameOf(COMPANIONS.lastSeen, range);
-    const devices = nameOf(COMPANIONS.devices, range);
     const privacy = nameOf(COMPANIONS.privacy, range);
     range.tables =
-      pulse && lastSeen && devices && privacy && settings
-        ? { shardId: range.shardId, pulse, lastSeen, devices, privacy, settings }
+      pulse && lastSeen && privacy && settings
+        ? { shardId: range.shardId, pulse, lastSeen, privacy, settings }
         : undefined;
   }
 }

@@ -299,7 +299,6 @@ async function localScope(db: Executor): Promise<LogScope> {
            ${colocated('p', 'pulse')} AS pulse,
            ${colocated('l', 'pulse_last_seen')} AS "lastSeen",
            ${colocated('r', 'pulse_privacy')} AS privacy,
-           ${colocated('d', 'pulse_devices')} AS devices,
            (SELECT to_regclass(shard_name('pulse_settings'::regclass, s.shardid))::text
             FROM pg_dist_shard s WHERE s.logicalrelid = 'pulse_settings'::regclass) AS settings
     FROM pg_dist_shard e
@@ -308,16 +307,15 @@ async function localScope(db: Executor): Promise<LogScope> {
     ORDER BY e.shardminvalue::int`.execute(db);
   const tables: LogTables[] = [];
   for (const shards of rows) {
-    const { events, visibility, pulse, lastSeen, privacy, devices, settings } = shards;
+    const { events, visibility, pulse, lastSeen, privacy, settings } = shards;
     // A shard left half-dropped by a move has nothing to read.
-    if (!events || !visibility || !pulse || !lastSeen || !privacy || !devices || !settings)
-      continue;
-    const names = [events, visibility, pulse, lastSeen, privacy, devices, settings];
+    if (!events || !visibility || !pulse || !lastSeen || !privacy || !settings) continue;
+    const names = [events, visibility, pulse, lastSeen, privacy, settings];
     // They go into the statement's text.
     if (!names.every((name) => /^[a-z0-9_.]+$/.test(name))) {
       throw new Error(`unexpected shard names: ${names.join(', ')}`);
     }
-    tables.push({ events, visibility, pulse, lastSeen, privacy, devices, settings });
+    tables.push({ events, visibility, pulse, lastSeen, privacy, settings });
   }
   return { tables, node: group[0]!.node };
 }

@@ -67,7 +67,6 @@ export interface LogTables {
   pulse: string;
   lastSeen: string;
   privacy: string;
-  devices: string;
   /** The settings row's table (on Citus, the node's copy of the reference table). */
   settings: string;
 }
@@ -78,7 +77,6 @@ export const WHOLE_LOG: LogTables = {
   pulse: 'pulse',
   lastSeen: 'pulse_last_seen',
   privacy: 'pulse_privacy',
-  devices: 'pulse_devices',
   settings: 'pulse_settings',
 };
 
@@ -209,19 +207,18 @@ export async function readFeedSince(
     online: boolean | null;
     invisible: boolean | null;
     shown_last_seen: Date | null;
-    device_count: number | null;
-    device_kinds: string[] | null;
+    device_kinds: Array<string | null> | null;
   }>`
     WITH cur AS (SELECT pg_current_snapshot() AS s)
     SELECT cur.s::text AS snapshot, c.user_id, c.audience_only, c.online, c.invisible,
-           c.shown_last_seen, c.device_count, c.device_kinds
+           c.shown_last_seen, c.device_kinds
     FROM cur LEFT JOIN LATERAL (${acrossScope(
       scope,
       (t) => sql`
       SELECT c.seq, c.user_id, c.audience_only, c.online,
              coalesce(pr.invisible, false) AS invisible,
              ${privacyLastSeen('c.last_seen')} AS shown_last_seen,
-             ${deviceColumns('dp', t)}
+             ${deviceColumns('dp', t.settings)}
       FROM (
         SELECT seq, user_id, online, last_seen, false AS audience_only FROM ${sql.table(t.events)} e
         WHERE ${newSinceCursor('e', cursor, scope.node)}
@@ -247,7 +244,7 @@ export async function readFeedSince(
       online: row.online!,
       invisible: row.invisible!,
       shownLastSeen: row.shown_last_seen,
-      devices: deviceSummary(row.online!, row.device_count, row.device_kinds),
+      devices: deviceSummary(row.online!, row.device_kinds),
     });
   }
   return { snapshot: rows[0]!.snapshot, changes };

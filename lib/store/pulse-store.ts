@@ -106,234 +106,83 @@ function heartbeatRounds(userIds: Iterable<number>, devices?: DeviceTags): Heart
 }
 
 /**
- * Devices (issue 22). `pulse` keeps one row per user: last_hb is the newest beat of any device,
- * device_key the device of that beat (deviceKey: a hash of its id, 0 for none named) while on
- * one device, NULL while on several; then pulse_devices holds a row per device.
- *
- * A flush is one statement, `heartbeatUpsert`, for almost every beat: a new user, or the device
- * the row already names (its WHERE compares columns only, valid on Citus). Only when that
- * statement left some rows alone (another device beating, or a user on several) does a second
- * statement, `deviceSwitch`, decide for those.
+ * Devices (issue 22). `pulse` keeps one row per user, and a beat from any device writes only that
+ * row: last_hb is the newest beat of any device and device_key that beat's device (deviceKey: a
+ * hash of its id, 0 for none named). While the user is on several devices at once, `devices` (an
+ * array of pulse_device) holds each one's key, kind and last beat, newest first; else it is NULL.
  */
 
 /**
- * The first statement on plain PostgreSQL (routedUpsert is Citus's): the upsert of the round's
- * rows (`rows`: arrays, one row per user). It writes the row of a new user, of the device the row
- * names, and of a user on several devices (device_key NULL: severalBeat then writes that device's
- * pulse_devices row). It leaves alone (locked) the rows naming another device. With the change
- * log's online transitions in the same statement: a user whose row is new or not marked online
- * (`online_since` null) gets `online_since = now()`, and exactly those rows (`online_since =
- * last_hb`: set by this statement) get an `online` event, reason `held` for the ids in `heldIds`
- * (a stream's held presence), else `heartbeat`; `at` and `last_seen` are the heartbeat time.
- * Answers `left_alone` null when it wrote every row (`count`: how many rows it was given), else
- * the ids it did not write, and `several`, the ids on several devices (null: none).
+ * The device columns of a beat's ON CONFLICT update, EXCLUDED being the beating device and `p`
+ * the row as it is (locked). The row's own device beating again (almost every beat) costs
+ * nothing more; any other beat goes through pulse_devices_after_beat (migration 0015): the
+ * beating device first, then the row's other devices still fresh, or NULL (one device) when none
+ * is. `threshold`: the online threshold as an interval. Only columns, literals and IMMUTABLE
+ * functions, as Citus allows in an INSERT's ON CONFLICT update.
+ */
+const deviceColumnsOnBeat = (threshold: ReturnType<typeof sql>) => sql`
+  device_key = EXCLUDED.device_key, device_kind = EXCLUDED.device_kind,
+  devices = CASE WHEN p.devices IS NULL AND p.device_key = EXCLUDED.device_key THEN NULL
+                 ELSE pulse_devices_after_beat(
+                   p.devices, ROW(p.device_key, p.device_kind, p.last_hb)::pulse_device,
+                   ROW(EXCLUDED.device_key, EXCLUDED.device_kind, EXCLUDED.last_hb)::pulse_device,
+                   ${threshold}) END`;
+
+/**
+ * The online threshold for deviceColumnsOnBeat, per Kysely instance, re-read once older than
+ * THRESHOLD_CACHE_MS. A parameter, not the settings row's live subquery, because Citus allows
+ * none in an INSERT. Only the device bookkeeping uses it (which other devices a beat keeps in
+ * `devices`): the online rule, every reader and a device's offline read the live row. Just after a
+ * DBA raises the threshold, a device beating slower than the old one may drop out of `devices`
+ * until its next beat, for at most this long.
+ */
+const THRESHOLD_CACHE_MS = 5_000;
+const thresholds = new WeakMap<Executor, { seconds: number; readAt: number }>();
+
+async function deviceThresholdSeconds(db: Executor): Promise<number> {
+  const cached = thresholds.get(db);
+  if (cached !== undefined && performance.now() - cached.readAt < THRESHOLD_CACHE_MS) {
+    return cached.seconds;
+  }
+  let rows: Array<{ seconds: number }>;
+  try {
+    ({ rows } = await sql<{ seconds: number }>`
+      SELECT online_threshold_seconds AS seconds FROM pulse_settings WHERE id = 1`.execute(db));
+  } catch (error) {
+    // On Citus the reference table may be read from a node that is down while the shard to
+    // write is not: the last value read serves until a read succeeds.
+    if (cached !== undefined) return cached.seconds;
+    throw error;
+  }
+  const seconds = rows[0]?.seconds;
+  if (seconds === undefined) throw new SettingsMissingError();
+  thresholds.set(db, { seconds, readAt: performance.now() });
+  return seconds;
+}
+
+/**
+ * The heartbeat statement on plain PostgreSQL (routedUpsert is Citus's): the upsert of the
+ * round's rows (`rows`: arrays, one row per user), with the change log's online transitions in
+ * the same statement: a user whose row is new or not marked online (`online_since` null) gets
+ * `online_since = now()`, and exactly those rows (`online_since = last_hb`: set by this statement)
+ * get an `online` event, reason `held` for the ids in `heldIds` (a stream's held presence), else
+ * `heartbeat`; `at` and `last_seen` are the heartbeat time.
  */
 const heartbeatUpsert = (
   rows: ReturnType<typeof sql>,
   heldIds: readonly number[],
-  count: number,
-  /**
-   * `plain`: rows of (user_id), no device named; `devices`: (user_id, device_key, kind code);
-   * `several`: also the device id, and the pulse_devices rows of users on several devices are
-   * written by this statement too (severalBeat's work, for flushes expected to have such users).
-   */
-  form: 'plain' | 'devices' | 'several',
+  thresholdSeconds: number,
+  /** `plain`: rows of (user_id), no device named (device_key 0); `devices`: (user_id, device_key, kind code). */
+  form: 'plain' | 'devices',
 ) => sql`
-  WITH input AS NOT MATERIALIZED (
-    SELECT * FROM ${rows} AS i(${
-      form === 'plain'
-        ? sql`user_id`
-        : form === 'devices'
-          ? sql`user_id, device_key, kind`
-          : sql`user_id, device_key, kind, device_id`
-    })
-  ),
-  up AS (
+  WITH up AS (
     INSERT INTO pulse AS p (user_id, last_hb, online_since${form === 'plain' ? sql`` : sql`, device_key, device_kind`})
     SELECT user_id, now(), now()${form === 'plain' ? sql`` : sql`, device_key, ${kindOf(sql`kind`)}`}
-    FROM input
+    FROM ${rows} AS i(${form === 'plain' ? sql`user_id` : sql`user_id, device_key, kind`})
     ON CONFLICT (user_id) DO UPDATE
       SET last_hb = EXCLUDED.last_hb, online_since = coalesce(p.online_since, EXCLUDED.online_since),
-          device_kind = EXCLUDED.device_kind
-      WHERE p.device_key = EXCLUDED.device_key OR p.device_key IS NULL
-    RETURNING user_id, last_hb, online_since, device_key IS NULL AS several
-  ),
-  ${
-    form === 'several'
-      ? sql`devices AS (
-    INSERT INTO pulse_devices AS d (user_id, device_key, last_hb, device_kind, device_id)
-    SELECT i.user_id, i.device_key, now(), ${kindOf(sql`i.kind`)}, i.device_id
-    FROM input i JOIN up ON up.user_id = i.user_id AND up.several
-    ON CONFLICT (user_id, device_key) DO UPDATE
-      SET last_hb = EXCLUDED.last_hb, device_kind = EXCLUDED.device_kind,
-          device_id = coalesce(EXCLUDED.device_id, d.device_id)
-  ),`
-      : sql``
-  }
-  logged AS (
-    INSERT INTO pulse_events (user_id, online, reason, at, last_seen)
-    SELECT user_id, true,
-           CASE WHEN user_id = ANY(${heldIds}::bigint[]) THEN 'held' ELSE 'heartbeat' END,
-           last_hb, last_hb
-    FROM up WHERE online_since = last_hb
-  )
-  -- The ids left alone are looked up only when some were (the subquery runs only then).
-  SELECT CASE WHEN count(*) < ${count}::int
-              THEN ARRAY(SELECT user_id::text FROM input WHERE user_id NOT IN (SELECT user_id FROM up))
-         END AS left_alone,
-         array_agg(user_id::text) FILTER (WHERE several) AS several
-  FROM up`;
-
-/**
- * After the upsert, for the users it found on several devices: this device's row in
- * pulse_devices (its last beat, kind and id), so readers count it fresh.
- */
-const severalBeat = (rows: ReturnType<typeof sql>) => sql`
-  INSERT INTO pulse_devices AS d (user_id, device_key, last_hb, device_kind, device_id)
-  SELECT i.user_id, i.device_key, now(), ${kindOf(sql`i.kind`)}, i.device_id
-  FROM ${rows} AS i(user_id, device_key, kind, device_id)
-  ON CONFLICT (user_id, device_key) DO UPDATE
-    SET last_hb = EXCLUDED.last_hb, device_kind = EXCLUDED.device_kind,
-        device_id = coalesce(EXCLUDED.device_id, d.device_id)`;
-
-const severalSql = new WeakMap<Executor, string>();
-function severalBeatSql(db: Executor): string {
-  let text = severalSql.get(db);
-  if (text === undefined) {
-    text = severalBeat(
-      sql`unnest(${[]}::bigint[], ${[]}::int4[], ${[]}::int2[], ${[]}::text[])`,
-    ).compile(db).sql;
-    severalSql.set(db, preparedStatement(text));
-  }
-  return text;
-}
-
-/** heartbeatUpsert as text per form, built once per Kysely instance. */
-const upsertSql = new WeakMap<Executor, Record<'plain' | 'devices' | 'several', string>>();
-function heartbeatUpsertSql(db: Executor): Record<'plain' | 'devices' | 'several', string> {
-  let text = upsertSql.get(db);
-  if (text === undefined) {
-    // Compiled once, then run with each flush's arrays: compiling the same statement for every
-    // flush was measurable on the single-heartbeat path (docs/request-cost.md).
-    const compile = (rows: ReturnType<typeof sql>, form: 'plain' | 'devices' | 'several') =>
-      heartbeatUpsert(rows, [], 0, form).compile(db);
-    const plain = compile(sql`unnest(${[]}::bigint[])`, 'plain');
-    const devices = compile(sql`unnest(${[]}::bigint[], ${[]}::int4[], ${[]}::int2[])`, 'devices');
-    const several = compile(
-      sql`unnest(${[]}::bigint[], ${[]}::int4[], ${[]}::int2[], ${[]}::text[])`,
-      'several',
-    );
-    if (
-      plain.parameters.length !== 3 ||
-      devices.parameters.length !== 5 ||
-      several.parameters.length !== 6
-    ) {
-      throw new Error('the heartbeat upsert changed its parameters');
-    }
-    text = {
-      plain: preparedStatement(plain.sql),
-      devices: preparedStatement(devices.sql),
-      several: preparedStatement(several.sql),
-    };
-    upsertSql.set(db, text);
-  }
-  return text;
-}
-
-/**
- * Users the upsert last found on several devices, per Kysely instance (per process): a flush with
- * one of them runs the `several` form, one statement instead of two. A hint only: a wrong guess
- * costs a statement, never a beat; it is forgotten whole past SEVERAL_HINT_MAX users.
- */
-const onSeveral = new WeakMap<Executor, Set<number>>();
-const SEVERAL_HINT_MAX = 100_000;
-
-function learnSeveral(db: Executor, ids: readonly number[], several: readonly string[] | null) {
-  let known = onSeveral.get(db);
-  if (several === null && (known === undefined || known.size === 0)) return;
-  if (known === undefined) onSeveral.set(db, (known = new Set()));
-  if (known.size > SEVERAL_HINT_MAX) known.clear();
-  const now = new Set(several?.map(Number));
-  for (const id of ids) {
-    if (now.has(id)) known.add(id);
-    else known.delete(id);
-  }
-}
-
-const expectsSeveral = (db: Executor, ids: readonly number[]): boolean => {
-  const known = onSeveral.get(db);
-  return known !== undefined && known.size > 0 && ids.some((id) => known.has(id));
-};
-
-/**
- * The second statement, for the rows the first left alone: another device than the row's (or a
- * concurrent writer changed it meanwhile). It reads each row FOR UPDATE (so a concurrent writer's
- * version), then:
- * - `replace`: the row's device is stale (or gone, or the same): the beating device is the user's one;
- * - `second`: the row's device is fresh: the user is on two devices, both go to pulse_devices;
- * - `more`: on several devices, others still fresh: this device's row in pulse_devices;
- * - `alone`: on several devices, no other fresh: back to one device, pulse_devices rows go.
- * Online transitions are logged as by the first.
- */
-const deviceSwitch = (
-  rows: ReturnType<typeof sql>,
-  heldIds: readonly number[],
-  /**
-   * The rows' user ids: a parameter, or on Citus a literal, which every table's filter repeats
-   * so that Citus routes the statement to the one shard (it cannot prune by a subquery).
-   */
-  ids: ReturnType<typeof sql>,
-) => sql`
-  WITH input AS (
-    SELECT i.user_id, i.device_id, ${kindOf(sql`i.kind`)} AS device_kind, i.device_key
-    FROM ${rows} AS i(user_id, device_key, kind, device_id)
-  ),
-  prev AS (
-    SELECT p.user_id, p.device_key, p.device_kind, p.last_hb, p.last_hb > ${onlineSince} AS fresh
-    FROM pulse p WHERE p.user_id = ANY(${ids})
-    FOR UPDATE OF p
-  ),
-  others AS (
-    SELECT d.user_id, count(*) AS n
-    FROM pulse_devices d JOIN input r ON r.user_id = d.user_id
-    WHERE d.user_id = ANY(${ids})
-      AND d.user_id = ANY(ARRAY(SELECT user_id FROM prev WHERE device_key IS NULL))
-      AND d.device_key <> r.device_key AND d.last_hb > ${onlineSince}
-    GROUP BY d.user_id
-  ),
-  decide AS (
-    SELECT r.user_id, r.device_id, r.device_kind, r.device_key,
-           p.device_key AS prev_key, p.device_kind AS prev_kind, p.last_hb AS prev_hb,
-           CASE WHEN p.user_id IS NULL THEN 'replace'
-                WHEN p.device_key IS NULL THEN CASE WHEN o.n IS NULL THEN 'alone' ELSE 'more' END
-                WHEN p.fresh AND p.device_key <> r.device_key THEN 'second'
-                ELSE 'replace' END AS step
-    FROM input r LEFT JOIN prev p USING (user_id) LEFT JOIN others o USING (user_id)
-  ),
-  up AS (
-    INSERT INTO pulse AS p (user_id, last_hb, online_since, device_key, device_kind)
-    SELECT user_id, now(), now(), CASE WHEN step IN ('alone', 'replace') THEN device_key END,
-           device_kind
-    FROM decide
-    ON CONFLICT (user_id) DO UPDATE
-      SET last_hb = EXCLUDED.last_hb, online_since = coalesce(p.online_since, EXCLUDED.online_since),
-          device_key = EXCLUDED.device_key, device_kind = EXCLUDED.device_kind
+          ${deviceColumnsOnBeat(sql`make_interval(secs => ${thresholdSeconds}::int)`)}
     RETURNING user_id, last_hb, online_since
-  ),
-  devices AS (
-    INSERT INTO pulse_devices AS d (user_id, device_key, last_hb, device_kind, device_id)
-    SELECT user_id, device_key, now(), device_kind, device_id FROM decide
-    WHERE step IN ('more', 'second')
-    UNION ALL
-    SELECT user_id, prev_key, prev_hb, prev_kind, NULL FROM decide WHERE step = 'second'
-    ON CONFLICT (user_id, device_key) DO UPDATE
-      SET last_hb = EXCLUDED.last_hb, device_kind = EXCLUDED.device_kind,
-          device_id = coalesce(EXCLUDED.device_id, d.device_id)
-  ),
-  alone AS (
-    DELETE FROM pulse_devices
-    WHERE user_id = ANY(${ids})
-      AND user_id = ANY(ARRAY(SELECT user_id FROM decide WHERE step = 'alone'))
   )
   INSERT INTO pulse_events (user_id, online, reason, at, last_seen)
   SELECT user_id, true,
@@ -341,11 +190,35 @@ const deviceSwitch = (
          last_hb, last_hb
   FROM up WHERE online_since = last_hb`;
 
+/** heartbeatUpsert as text per form, built once per Kysely instance. */
+const upsertSql = new WeakMap<Executor, Record<'plain' | 'devices', string>>();
+function heartbeatUpsertSql(db: Executor): Record<'plain' | 'devices', string> {
+  let text = upsertSql.get(db);
+  if (text === undefined) {
+    // Compiled once, then run with each flush's arrays: compiling the same statement for every
+    // flush was measurable on the single-heartbeat path (docs/request-cost.md).
+    const plain = heartbeatUpsert(sql`unnest(${[]}::bigint[])`, [], 0, 'plain').compile(db);
+    const devices = heartbeatUpsert(
+      sql`unnest(${[]}::bigint[], ${[]}::int4[], ${[]}::int2[])`,
+      [],
+      0,
+      'devices',
+    ).compile(db);
+    // Run with [ids, (keys, kinds,) threshold seconds, held ids], in this order.
+    if (plain.parameters.length !== 3 || devices.parameters.length !== 5) {
+      throw new Error('the heartbeat upsert changed its parameters');
+    }
+    text = { plain: preparedStatement(plain.sql), devices: preparedStatement(devices.sql) };
+    upsertSql.set(db, text);
+  }
+  return text;
+}
+
 /**
  * Marks every given user as seen now (by the database clock), logging the online transitions.
- * One statement (per device of a user beating from several in one call, plus one for device
- * switches); with a `router` on Citus, one statement per shard instead (see below, and
- * lib/citus/shard-routing.ts). Rejects when any id was not written.
+ * One statement (one per device of a user beating from several in one call); with a `router` on
+ * Citus, one statement per shard instead (see below, and lib/citus/shard-routing.ts). Rejects
+ * when any id was not written.
  */
 export async function recordHeartbeats(
   db: Executor,
@@ -391,23 +264,6 @@ export async function recordHeartbeatsByShard(
 }
 
 /**
- * The rows of `round` at `indexes` as a VALUES list (Citus: routed to the shard as it is):
- * (user_id), or with `named` (user_id, device_key, kind code), or with `ids` also the device id.
- */
-function valuesOf(round: HeartbeatRound, indexes: readonly number[], named: boolean, ids = false) {
-  return sql`(VALUES ${sql.join(
-    indexes.map((index) => {
-      if (!named) return sql`(${round.ids[index]}::bigint)`;
-      const key = deviceKey(round.deviceIds[index] ?? null);
-      const kind = kindCode(round.kinds[index] ?? null);
-      return ids
-        ? sql`(${round.ids[index]}::bigint, ${key}::int4, ${kind}::int2, ${round.deviceIds[index]}::text)`
-        : sql`(${round.ids[index]}::bigint, ${key}::int4, ${kind}::int2)`;
-    }),
-  )})`;
-}
-
-/**
  * Citus: the upsert of one shard's users as `INSERT ... VALUES` (routed as it is to the shard,
  * where an INSERT ... SELECT is pulled through the coordinator) and their online events, in one
  * transaction on that shard's node. One statement with both, as on plain PostgreSQL, makes Citus
@@ -420,7 +276,7 @@ async function routedUpsert(
   indexes: readonly number[],
   named: boolean,
   heldIds: readonly number[],
-): Promise<UpsertAnswer> {
+): Promise<void> {
   const values = sql.join(
     indexes.map((index) => {
       const id = round.ids[index]!;
@@ -430,83 +286,28 @@ async function routedUpsert(
       return sql`(${id}::bigint, now(), now(), ${key}::int4, ${kind})`;
     }),
   );
-  return db.transaction().execute(async (trx) => {
-    const { rows } = await sql<{ user_id: string; came_online: boolean; several: boolean }>`
+  const seconds = await deviceThresholdSeconds(db);
+  await db.transaction().execute(async (trx) => {
+    const { rows } = await sql<{ user_id: string; came_online: boolean }>`
       INSERT INTO pulse AS p (user_id, last_hb, online_since${named ? sql`, device_key, device_kind` : sql``})
       VALUES ${values}
       ON CONFLICT (user_id) DO UPDATE
         SET last_hb = EXCLUDED.last_hb, online_since = coalesce(p.online_since, EXCLUDED.online_since),
-            device_kind = EXCLUDED.device_kind
-        WHERE p.device_key = EXCLUDED.device_key OR p.device_key IS NULL
-      RETURNING user_id, online_since = last_hb AS came_online, device_key IS NULL AS several`.execute(
-      trx,
-    );
+            ${deviceColumnsOnBeat(sql`make_interval(secs => ${seconds}::int)`)}
+      RETURNING user_id, online_since = last_hb AS came_online`.execute(trx);
     const online = rows.filter((row) => row.came_online).map((row) => Number(row.user_id));
-    if (online.length > 0) {
-      // From the rows just written (the same shard): their last_hb to the microsecond.
-      const onShard = bigintArrayLiteral(online);
-      await sql`INSERT INTO pulse_events (user_id, online, reason, at, last_seen)
-        SELECT user_id, true,
-               CASE WHEN user_id = ANY(${bigintArrayLiteral(heldIds)})
-                    THEN 'held' ELSE 'heartbeat' END,
-               last_hb, last_hb
-        FROM pulse WHERE user_id = ANY(${onShard})`.execute(trx);
-    }
-    const several = rows.filter((row) => row.several).map((row) => row.user_id);
-    const written = new Set(rows.map((row) => Number(row.user_id)));
-    const left = indexes.map((index) => round.ids[index]!).filter((id) => !written.has(id));
-    return {
-      left_alone: left.length > 0 ? left.map(String) : null,
-      several: several.length > 0 ? several : null,
-    };
+    if (online.length === 0) return;
+    // From the rows just written (the same shard): their last_hb to the microsecond.
+    await sql`INSERT INTO pulse_events (user_id, online, reason, at, last_seen)
+      SELECT user_id, true,
+             CASE WHEN user_id = ANY(${bigintArrayLiteral(heldIds)})
+                  THEN 'held' ELSE 'heartbeat' END,
+             last_hb, last_hb
+      FROM pulse WHERE user_id = ANY(${bigintArrayLiteral(online)})`.execute(trx);
   });
 }
 
-/** What the upsert answers: the ids it left alone, and those on several devices (null: none). */
-interface UpsertAnswer {
-  left_alone: string[] | null;
-  several: string[] | null;
-}
-
-/** The statements after the upsert, for the users it left alone or found on several devices. */
-async function afterUpsert(
-  db: Executor,
-  round: HeartbeatRound,
-  indexes: readonly number[],
-  answer: UpsertAnswer | undefined,
-  heldIds: readonly number[],
-  routed: boolean,
-  /** The upsert wrote their pulse_devices rows itself (its `several` form). */
-  devicesWritten = false,
-): Promise<void> {
-  const several = answer?.several ?? null;
-  if (several !== null && !devicesWritten) {
-    const on = new Set(several.map(Number));
-    const rows = indexes.filter((index) => on.has(round.ids[index]!));
-    if (routed) {
-      await severalBeat(valuesOf(round, rows, true, true)).execute(db);
-    } else {
-      // Plain PostgreSQL: four arrays, the statement text built once (as the upsert's).
-      const devices = rows.map((index) => round.deviceIds[index] ?? null);
-      await db.executeQuery(
-        CompiledQuery.raw(severalBeatSql(db), [
-          rows.map((index) => round.ids[index]),
-          devices.map(deviceKey),
-          rows.map((index) => kindCode(round.kinds[index] ?? null)),
-          devices,
-        ]),
-      );
-    }
-  }
-  const left = leftAlone(round, answer?.left_alone ?? null, indexes);
-  if (left.length > 0) {
-    const ids = left.map((index) => round.ids[index]!);
-    const idList = routed ? bigintArrayLiteral(ids) : sql`${ids}::bigint[]`;
-    await deviceSwitch(valuesOf(round, left, true, true), heldIds, idList).execute(db);
-  }
-}
-
-/** One round (each user once): the upsert, then the device switches it left, if any. */
+/** One round (each user once): one upsert, or on Citus one per shard. */
 async function writeRound(
   db: Executor,
   round: HeartbeatRound,
@@ -518,19 +319,18 @@ async function writeRound(
   const groups = router ? await router.group(ids) : null;
   if (groups === null) {
     const text = heartbeatUpsertSql(db);
-    const several = named && expectsSeveral(db, ids);
-    const keys = named ? round.deviceIds.map(deviceKey) : [];
-    const kinds = named ? round.kinds.map(kindCode) : [];
-    const { rows } = await db.executeQuery<UpsertAnswer>(
-      several
-        ? CompiledQuery.raw(text.several, [ids, keys, kinds, round.deviceIds, heldIds, ids.length])
-        : named
-          ? CompiledQuery.raw(text.devices, [ids, keys, kinds, heldIds, ids.length])
-          : CompiledQuery.raw(text.plain, [ids, heldIds, ids.length]),
+    const seconds = await deviceThresholdSeconds(db);
+    await db.executeQuery(
+      named
+        ? CompiledQuery.raw(text.devices, [
+            ids,
+            round.deviceIds.map(deviceKey),
+            round.kinds.map(kindCode),
+            seconds,
+            heldIds,
+          ])
+        : CompiledQuery.raw(text.plain, [ids, seconds, heldIds]),
     );
-    learnSeveral(db, ids, rows[0]?.several ?? null);
-    const all = ids.map((_, index) => index);
-    await afterUpsert(db, round, all, rows[0], heldIds, false, several);
     return undefined;
   }
   // Citus: an INSERT ... SELECT is run through the coordinator (its rows are pulled there, then
@@ -543,22 +343,10 @@ async function writeRound(
       const indexes = group.map((id) => at.get(id)!);
       // The node holding the shard, when DATABASE_URL lists several (lib/citus/shard-routing.ts).
       const executor = router!.executorFor(group) ?? db;
-      const answer = await routedUpsert(executor, round, indexes, named, heldIds);
-      await afterUpsert(executor, round, indexes, answer, heldIds, true);
+      await routedUpsert(executor, round, indexes, named, heldIds);
     }),
   );
   return partialWrite(groups, outcomes);
-}
-
-/** The indexes (of `indexes`) whose user the upsert left alone (`ids`; null: none). */
-function leftAlone(
-  round: HeartbeatRound,
-  ids: readonly string[] | null,
-  indexes: readonly number[],
-): number[] {
-  if (ids === null) return [];
-  const left = new Set(ids.map(Number));
-  return indexes.filter((index) => left.has(round.ids[index]!));
 }
 
 /** undefined when every group was written; throws the first error when none was. */
@@ -654,48 +442,32 @@ export const UNKNOWN_PRESENCE: Presence = Object.freeze({
 });
 
 /**
- * The device summary of the `pulse` row aliased `p`, as two columns (device_count, device_kinds):
- * on one device, read from the row itself; on several (device_key NULL), the fresh devices in
- * pulse_devices (a subquery evaluated only for such rows). Meant for online users: the reader
+ * The devices of the `pulse` row aliased `p`, as one column (device_kinds): the kind of each fresh
+ * device, NULL for one that gave none. On one device (devices NULL), the row's own; on several,
+ * the fresh elements of its array, by pulse_fresh_device_kinds (a function, not a subquery: Citus
+ * refuses correlated subqueries over a function's rows). Meant for online users: the reader
  * answers NO_DEVICES for the others.
  */
 export const deviceColumns = (
   p: string,
-  /** Where the device rows and the settings row are: on Citus, one node's shards of them. */
-  tables = { devices: 'pulse_devices', settings: 'pulse_settings' },
-  /**
-   * Citus: the statement's ids as a literal, so the device rows' subqueries name the same shard
-   * as the rest of the statement and it stays routed.
-   */
-  ids?: ReturnType<typeof sql>,
+  /** Where the settings row is: on Citus, a node's own shard of it. */
+  settings = 'pulse_settings',
 ) => {
-  const key = sql.ref(`${p}.device_key`);
-  const kind = sql.ref(`${p}.device_kind`);
-  const user = sql.ref(`${p}.user_id`);
-  const devices = sql.table(tables.devices);
-  const since = onlineSinceIn(tables.settings);
-  const ofUser = ids
-    ? sql`pd.user_id = ${user} AND pd.user_id = ANY(${ids})`
-    : sql`pd.user_id = ${user}`;
+  const devices = sql.ref(`${p}.devices`);
   return sql`
-    CASE WHEN ${key} IS NOT NULL THEN 1
-         ELSE (SELECT count(*)::int FROM ${devices} pd
-               WHERE ${ofUser} AND pd.last_hb > ${since}) END AS device_count,
-    CASE WHEN ${key} IS NOT NULL THEN array_remove(ARRAY[${kind}::text], NULL)
-         ELSE ARRAY(SELECT DISTINCT pd.device_kind::text FROM ${devices} pd
-                    WHERE ${ofUser} AND pd.last_hb > ${since}
-                      AND pd.device_kind IS NOT NULL ORDER BY 1) END AS device_kinds`;
+    CASE WHEN ${devices} IS NULL THEN ARRAY[${sql.ref(`${p}.device_kind`)}::text]
+         ELSE pulse_fresh_device_kinds(${devices}, ${onlineSinceIn(settings)}) END AS device_kinds`;
 };
 
-/** The summary from deviceColumns' two columns, for a user read as `online`. */
+/** The summary from deviceColumns' column, for a user read as `online`. */
 export function deviceSummary(
   online: boolean,
-  count: number | null | undefined,
-  kinds: readonly string[] | null | undefined,
+  kinds: ReadonlyArray<string | null> | null | undefined,
 ): DeviceSummary {
   if (!online) return NO_DEVICES;
-  // Online means some device beat within the threshold: at least one, whatever the rows say.
-  return { count: Math.max(1, count ?? 0), kinds: [...(kinds ?? [])].sort() as DeviceKind[] };
+  const named = new Set((kinds ?? []).filter((kind) => kind !== null));
+  // Online means some device beat within the threshold: at least one, whatever the row says.
+  return { count: Math.max(1, kinds?.length ?? 0), kinds: [...named].sort() as DeviceKind[] };
 }
 
 /**
@@ -737,7 +509,7 @@ const privacyOnline = (column: string) =>
  */
 const privateView = (privacy = sql`pulse_privacy`) => sql`
   SELECT u.user_id, ${privacyLastSeen('u.last_seen')} AS last_seen,
-         ${privacyOnline('u.online')} AS online, u.live, u.device_count, u.device_kinds
+         ${privacyOnline('u.online')} AS online, u.live, u.device_kinds
   FROM u LEFT JOIN ${privacy} pr ON pr.user_id = u.user_id`;
 
 /**
@@ -804,7 +576,7 @@ export async function readPresence(
       found.set(id, {
         online: row.online,
         lastSeen: row.last_seen,
-        devices: deviceSummary(row.online, row.device_count, row.device_kinds),
+        devices: deviceSummary(row.online, row.device_kinds),
       });
     }
   }
@@ -818,8 +590,7 @@ interface PresenceRow {
   last_seen: Date | null;
   online: boolean;
   live: boolean;
-  device_count: number;
-  device_kinds: string[];
+  device_kinds: Array<string | null>;
 }
 
 /**
@@ -851,15 +622,14 @@ function presenceStatement(
       : sql`WHERE user_id = ${visibility.viewer}::bigint
                OR user_id IN (SELECT pulse_visible_users(${visibility.viewer}::bigint, ${group}::bigint[]))`;
   const settings = shard ? shard.settings : 'pulse_settings';
-  const devices = shard ? shard.devices : 'pulse_devices';
   const body = sql`
     u AS (
       SELECT user_id, last_seen, live AND (last_seen > ${onlineSinceIn(settings)}) AS online, live,
-             ${deviceColumns('known', { devices, settings }, routed ? idList : undefined)} FROM (
-        SELECT p.user_id, p.last_hb AS last_seen, true AS live, p.device_key, p.device_kind
+             ${deviceColumns('known', settings)} FROM (
+        SELECT p.user_id, p.last_hb AS last_seen, true AS live, p.device_kind, p.devices
         FROM ${table('pulse', 'pulse')} p WHERE p.user_id = ANY(${idList})
         UNION ALL
-        SELECT user_id, last_seen, false, 0, NULL
+        SELECT user_id, last_seen, false, NULL, NULL
         FROM ${table('lastSeen', 'pulse_last_seen')} WHERE user_id = ANY(${idList})
       ) known ${visible}
     )`;
@@ -912,20 +682,19 @@ export async function readWatchedPresence(
     marked: boolean;
     invisible: boolean;
     visible: boolean;
-    device_count: number;
-    device_kinds: string[];
+    device_kinds: Array<string | null>;
   }>`
     WITH u AS (
       SELECT p.user_id, p.last_hb AS last_seen, ${isOnline('p.last_hb')} AS online, true AS live,
              p.online_since IS NOT NULL AS marked, ${deviceColumns('p')}
       FROM pulse p WHERE p.user_id = ANY(${ids}::bigint[])
       UNION ALL
-      SELECT user_id, last_seen, false, false, false, 0, '{}'::text[]
+      SELECT user_id, last_seen, false, false, false, '{}'::text[]
       FROM pulse_last_seen WHERE user_id = ANY(${ids}::bigint[])
     )
     SELECT u.user_id, ${privacyLastSeen('u.last_seen')} AS last_seen,
            ${privacyOnline('u.online')} AS online, u.live, u.marked, coalesce(pr.invisible, false) AS invisible, ${visible} AS visible,
-           u.device_count, u.device_kinds
+           u.device_kinds
     FROM u LEFT JOIN pulse_privacy pr ON pr.user_id = u.user_id`.execute(db);
   refuseWithoutThreshold(rows);
   for (const row of rows) {
@@ -934,7 +703,7 @@ export async function readWatchedPresence(
     found.set(id, {
       online: row.online,
       lastSeen: row.last_seen,
-      devices: deviceSummary(row.online, row.device_count, row.device_kinds),
+      devices: deviceSummary(row.online, row.device_kinds),
       marked: row.marked,
       invisible: row.invisible,
       visible: row.visible,
@@ -1220,20 +989,12 @@ export async function setOffline(
   const ids = normalizeUserIds(userIds);
   if (ids.length === 0) return;
   const quiet = quietSince === undefined ? sql`` : sql`AND last_hb <= ${quietSince}::timestamptz`;
-  // The user leaves on every device: their pulse_devices rows go too.
+  // The user leaves on every device: they all live in this row.
   await removeAndLog(
     sql`DELETE FROM pulse WHERE user_id = ANY(${ids}::bigint[]) ${quiet}
         RETURNING user_id, last_hb, online_since`,
     'offline',
     lastSeenSetting,
-    sql`devices_gone AS (
-      DELETE FROM pulse_devices
-      WHERE user_id = ANY(${
-        quietSince === undefined
-          ? sql`${ids}::bigint[]`
-          : sql`ARRAY(SELECT user_id FROM pulse WHERE user_id = ANY(${ids}::bigint[]) ${quiet})`
-      })
-    ),`,
   ).execute(db);
 }
 
@@ -1241,7 +1002,7 @@ export async function setOffline(
  * Explicit offline of one device per user (`devices[i]` of `userIds[i]`; null: the unnamed
  * device, that of requests naming none): only that device leaves. A user with another device
  * still fresh stays online with no event (pulse.last_hb becomes the newest remaining device's
- * beat, and a user left with one device is back to one row); a user with none goes offline as
+ * beat, and a user left with one device is back to device_key); a user with none goes offline as
  * setOffline takes them, in the same statement. With `quietSince`, only devices that have not
  * beaten after that database time (a deferred offline). The rows are read FOR UPDATE, so a concurrent beat
  * is either before (and seen) or after (and brings the device back).
@@ -1297,6 +1058,7 @@ const deviceOffline = (
     quietSince === undefined
       ? sql<boolean>`true`
       : sql<boolean>`(o.own_hb IS NULL OR o.own_hb <= ${quietSince}::timestamptz)`;
+  // `others`: the user's other fresh devices when on several, newest first.
   return removeAndLog(
     sql`DELETE FROM pulse
         WHERE user_id = ANY(${idList})
@@ -1309,52 +1071,41 @@ const deviceOffline = (
       FROM unnest(${ids}::bigint[], ${deviceIds.map(deviceKey)}::int4[]) AS i(user_id, device_key)
     ),
     prev AS (
-      SELECT p.user_id, p.device_key, p.last_hb, p.last_hb > ${onlineSince} AS fresh
+      SELECT p.user_id, p.device_key, p.devices, p.last_hb, p.last_hb > ${onlineSince} AS fresh
       FROM pulse p WHERE p.user_id = ANY(${idList})
       FOR UPDATE OF p
     ),
     own AS (
-      SELECT i.user_id, i.device_key, p.device_key AS prev_key, p.fresh AS prev_fresh,
-             CASE WHEN p.device_key IS NULL
-                  THEN (SELECT d.last_hb FROM pulse_devices d
-                        WHERE d.user_id = ANY(${idList})
-                          AND d.user_id = i.user_id AND d.device_key = i.device_key)
-                  WHEN p.device_key = i.device_key THEN p.last_hb END AS own_hb
+      SELECT i.user_id, i.device_key, p.devices IS NOT NULL AS several,
+             p.device_key = i.device_key AS same, p.fresh AS prev_fresh,
+             CASE WHEN p.devices IS NOT NULL
+                  THEN (SELECT max(d.last_hb) FROM unnest(p.devices) d
+                        WHERE d.device_key = i.device_key)
+                  WHEN p.device_key = i.device_key THEN p.last_hb END AS own_hb,
+             CASE WHEN p.devices IS NOT NULL
+                  THEN ARRAY(SELECT d FROM unnest(p.devices) d
+                             WHERE d.device_key <> i.device_key AND d.last_hb > ${onlineSince}
+                             ORDER BY d.last_hb DESC) END AS others
       FROM input i JOIN prev p USING (user_id)
     ),
-    remaining AS (
-      SELECT d.user_id, count(*) AS n, max(d.last_hb) AS newest,
-             (array_agg(d.device_key ORDER BY d.last_hb DESC))[1] AS device_key,
-             (array_agg(d.device_kind ORDER BY d.last_hb DESC))[1] AS device_kind
-      FROM pulse_devices d JOIN own o USING (user_id)
-      WHERE d.user_id = ANY(${idList})
-        AND d.user_id = ANY(ARRAY(SELECT user_id FROM own WHERE prev_key IS NULL))
-        AND d.device_key <> o.device_key AND d.last_hb > ${onlineSince}
-      GROUP BY d.user_id
-    ),
     decide AS (
-      SELECT o.user_id, o.device_key, r.newest, r.device_key AS next_key, r.device_kind AS next_kind,
+      SELECT o.user_id, o.others,
              CASE WHEN NOT ${quiet} THEN 'stay'
-                  WHEN o.prev_key IS NULL
-                    THEN CASE WHEN r.n IS NULL THEN 'gone' WHEN r.n = 1 THEN 'alone' ELSE 'fewer' END
-                  WHEN o.prev_key = o.device_key OR NOT o.prev_fresh THEN 'gone'
+                  WHEN o.several
+                    THEN CASE cardinality(o.others) WHEN 0 THEN 'gone' WHEN 1 THEN 'alone'
+                              ELSE 'fewer' END
+                  WHEN o.same OR NOT o.prev_fresh THEN 'gone'
                   ELSE 'stay' END AS step
-      FROM own o LEFT JOIN remaining r USING (user_id)
+      FROM own o
     ),
     moved AS (
-      INSERT INTO pulse AS p (user_id, last_hb, device_key, device_kind)
-      SELECT user_id, newest, CASE WHEN step = 'alone' THEN next_key END,
-             CASE WHEN step = 'alone' THEN next_kind END
+      INSERT INTO pulse AS p (user_id, last_hb, device_key, device_kind, devices)
+      SELECT user_id, (others[1]).last_hb, (others[1]).device_key, (others[1]).device_kind,
+             CASE WHEN step = 'fewer' THEN others END
       FROM decide WHERE step IN ('alone', 'fewer')
       ON CONFLICT (user_id) DO UPDATE
         SET last_hb = EXCLUDED.last_hb, device_key = EXCLUDED.device_key,
-            device_kind = EXCLUDED.device_kind
-    ),
-    dropped AS (
-      DELETE FROM pulse_devices d USING decide x
-      WHERE d.user_id = ANY(${idList})
-        AND d.user_id = ANY(ARRAY(SELECT user_id FROM decide WHERE step <> 'stay'))
-        AND x.user_id = d.user_id AND (x.step IN ('gone', 'alone') OR d.device_key = x.device_key)
+            device_kind = EXCLUDED.device_kind, devices = EXCLUDED.devices
     ),`,
   );
 };
@@ -1425,47 +1176,6 @@ export async function sweepExpiredRange(
     sql.lit(settings.lastSeenEnabled),
   ).execute(db);
   return (rows[0] as { deleted: number } | undefined)?.deleted ?? 0;
-}
-
-/**
- * Deletes the pulse_devices rows older than the greater of `olderThanSeconds` and the online
- * threshold (stale devices of users who left without a word), and takes the users left with one
- * device back to one row (pulse.device_key set, their pulse_devices row gone): heartbeats of a
- * user on several devices write two rows, of a user on one, one. One statement, by time (valid on
- * Citus, where it runs on every shard); the table holds only users on several devices, so
- * without an index on last_hb this reads a small table once per sweep. Returns the rows deleted.
- */
-export async function sweepStaleDevices(
-  db: Executor,
-  options: { olderThanSeconds: number },
-): Promise<number> {
-  const settings = await readPresenceSettings(db, { forShare: true });
-  const olderThan = Math.max(options.olderThanSeconds, settings.onlineThresholdSeconds);
-  const cutoff = sql`now() - make_interval(secs => ${olderThan})`;
-  const { rows } = await sql<{ deleted: number }>`
-    WITH stale AS (
-      DELETE FROM pulse_devices WHERE last_hb < ${cutoff} RETURNING user_id
-    ),
-    lone AS (
-      SELECT user_id, min(device_key) AS device_key, min(device_kind) AS device_kind
-      FROM pulse_devices WHERE last_hb >= ${cutoff}
-      GROUP BY user_id HAVING count(*) = 1
-    ),
-    single AS (
-      UPDATE pulse p SET device_key = l.device_key, device_kind = l.device_kind
-      FROM lone l
-      WHERE p.user_id = ANY(ARRAY(SELECT user_id FROM lone)) AND p.user_id = l.user_id
-        AND p.device_key IS NULL
-      RETURNING p.user_id
-    ),
-    merged AS (
-      DELETE FROM pulse_devices WHERE user_id = ANY(ARRAY(SELECT user_id FROM single))
-      RETURNING user_id
-    )
-    SELECT (SELECT count(*) FROM stale)::int + (SELECT count(*) FROM merged)::int AS deleted`.execute(
-    db,
-  );
-  return rows[0]?.deleted ?? 0;
 }
 
 export interface UserIdSpace {

@@ -16,7 +16,6 @@ const REQUIRED_TABLES = [
   'pulse_job_leases',
   'pulse_privacy',
   'pulse_visibility_changes',
-  'pulse_devices',
 ];
 
 /** SQLSTATE of a lock not granted within lock_timeout. */

@@ -10,18 +10,19 @@ export interface PulseTable {
   /** deviceKey(device_id) of the newest beat's device; 0: none named; null: several devices. */
   device_key: ColumnType<number | null, number | null | undefined, number | null>;
   device_kind: ColumnType<DeviceKind | null, DeviceKind | null | undefined, DeviceKind | null>;
+  /** While on several devices (device_key null): each one (pulse_device), read as text by pg. */
+  devices: ColumnType<string | null, never, never>;
 }
 
 /** What kind of client a device is (pulse_device_kind). */
 export type DeviceKind = 'desktop' | 'mobile' | 'other' | 'web';
 
-/** Devices of users on two or more at once (migration 0012), see lib/store/pulse-store.ts. */
-export interface PulseDevicesTable {
-  user_id: ColumnType<string, number, never>;
-  device_key: number;
-  last_hb: Date;
-  device_kind: DeviceKind | null;
-  device_id: string | null;
+/** The view of every device of every user in pulse (migration 0015): read only. */
+export interface PulseDevicesView {
+  user_id: ColumnType<string, never, never>;
+  device_key: ColumnType<number, never, never>;
+  last_hb: ColumnType<Date, never, never>;
+  device_kind: ColumnType<DeviceKind | null, never, never>;
 }
 
 /** The sweepers' lease: at most one row (id = 1), see lib/store/sweep-lease.ts. */
@@ -126,7 +127,7 @@ export interface Database {
   pulse_sweeper_lease: SweeperLeaseTable;
   pulse_settings: PulseSettingsTable;
   pulse_last_seen: PulseLastSeenTable;
-  pulse_devices: PulseDevicesTable;
+  pulse_devices: PulseDevicesView;
   pulse_events: PulseEventsTable;
   pulse_job_leases: JobLeasesTable;
   pulse_privacy: PulsePrivacyTable;

@@ -1,0 +1,141 @@
+import { sql, type Kysely } from 'kysely';
+
+/*
+ * A user on several devices keeps their devices in their own `pulse` row (a `devices` array)
+ * instead of a row each in pulse_devices: a beat from one of them is then one row write, as a
+ * beat of a user on one device is (two rows cost twice: docs/benchmarks.md, bench:devices).
+ * `device_key` becomes the device of the newest beat in every row, and `pulse_devices` a view
+ * listing every device of every user, so a DBA's queries of it keep working. The client's device
+ * id text is no longer stored: Pulse only ever compares the 32-bit key, as it always did for
+ * users on one device.
+ *
+ * The heartbeat decides a user's devices with pulse_devices_after_beat(), a function of the row
+ * and the beat only (IMMUTABLE): Citus allows no subquery and no STABLE function in an INSERT's
+ * ON CONFLICT DO UPDATE SET, and the same statement serves both.
+ *
+ * Locks: ADD COLUMN with no default is a catalog change (no rewrite, no scan). The rows of users
+ * on several devices now are moved by primary key from pulse_devices (a table holding only them),
+ * never by a scan of `pulse`. lock_timeout keeps a request queued behind a long reader from
+ * stalling heartbeats. Measured with `npm run bench:migration-locks` (docs/lifecycle.md).
+ */
+export async function up(db: Kysely<any>): Promise<void> {
+  await sql`SET LOCAL lock_timeout = '5s'`.execute(db);
+  await sql`CREATE TYPE pulse_device AS (
+    device_key integer, device_kind pulse_device_kind, last_hb timestamptz
+  )`.execute(db);
+  await sql`ALTER TABLE pulse ADD COLUMN devices pulse_device[]`.execute(db);
+  // Newest first, at most 16 (a client inventing device ids cannot grow a row without bound).
+  await sql`CREATE FUNCTION pulse_devices_after_beat(
+      devices pulse_device[], own pulse_device, beat pulse_device, online_threshold interval
+    ) RETURNS pulse_device[] LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE AS $$
+    DECLARE
+      -- Types by %TYPE, never by name: on a Citus worker the body runs with the worker
+      -- connection's search_path, where the schema's own type names may not resolve.
+      list devices%TYPE := coalesce(devices, ARRAY[own]);
+      after devices%TYPE := ARRAY[beat];
+    BEGIN
+      FOR i IN 1 .. cardinality(list) LOOP
+        IF (list[i]).device_key <> beat.device_key
+           AND beat.last_hb - (list[i]).last_hb < online_threshold
+           AND cardinality(after) < 16 THEN
+          after := after || list[i];
+        END IF;
+      END LOOP;
+      RETURN CASE WHEN cardinality(after) > 1 THEN after END;
+    END $$`.execute(db);
+  // On a new database pulse_devices is empty (and on Citus not yet distributed, so it could not
+  // be joined with pulse): nothing to move.
+  const { rows } = await sql<{ any: boolean }>`
+    SELECT EXISTS (SELECT 1 FROM pulse_devices) AS any`.execute(db);
+  if (rows[0]?.any) {
+    await sql`UPDATE pulse p SET devices = d.devices, device_key = (d.devices[1]).device_key
+    FROM (SELECT user_id,
+                 array_agg(ROW(device_key, device_kind, last_hb)::pulse_device
+                           ORDER BY last_hb DESC) AS devices
+          FROM pulse_devices GROUP BY user_id) d
+    WHERE p.user_id = d.user_id AND p.device_key IS NULL`.execute(db);
+  }
+  // What readers take of a user on several devices: a function, since Citus refuses a
+  // correlated subquery over a function's rows (unnest) in a distributed query.
+  await sql`CREATE FUNCTION pulse_fresh_device_kinds(devices pulse_device[], fresh_after timestamptz)
+    RETURNS text[] LANGUAGE sql STABLE PARALLEL SAFE AS $$
+      SELECT ARRAY(SELECT d.device_kind::text FROM unnest(devices) AS d
+                   WHERE d.last_hb > fresh_after)
+    $$`.execute(db);
+  await sql`DROP TABLE pulse_devices`.execute(db);
+  await sql`CREATE VIEW pulse_devices AS
+    SELECT p.user_id, d.device_key, d.device_kind, d.last_hb
+    FROM pulse p
+    CROSS JOIN LATERAL unnest(coalesce(
+      p.devices, ARRAY[ROW(p.device_key, p.device_kind, p.last_hb)::pulse_device])) AS d`.execute(
+    db,
+  );
+  const comments: Array<[string, string]> = [
+    [
+      'TYPE pulse_device',
+      'One device of a user on several (an element of pulse.devices): its key, kind and last heartbeat.',
+    ],
+    [
+      'COLUMN pulse.device_key',
+      "The device of the newest heartbeat (of last_hb): a 32-bit hash (FNV-1a, as a signed integer) of the client's device id, 0 for requests naming no device. With devices NULL, the user's one device.",
+    ],
+    [
+      'COLUMN pulse.devices',
+      'NULL while the user is on one device. While on several at once: each device (device_key, device_kind, last_hb), newest first, at most 16. A device is fresh while its last_hb > now() - pulse_settings.online_threshold_seconds; the user is online while any is. Each beat drops the stale ones (pulse_devices_after_beat), taking a user left with one fresh device back to NULL. Readable as rows in the view pulse_devices.',
+    ],
+    [
+      'FUNCTION pulse_devices_after_beat(pulse_device[], pulse_device, pulse_device, interval)',
+      "A heartbeat's new pulse.devices: the beating device first, then the row's other devices (devices, or the row's own device when NULL) still fresh by online_threshold at the beat's time, at most 16; NULL when no other is fresh (the user is on one device).",
+    ],
+    [
+      'FUNCTION pulse_fresh_device_kinds(pulse_device[], timestamptz)',
+      'The kind of each device of a pulse.devices array that beat after fresh_after (NULL for a device that gave none): how the API counts and names the fresh devices of a user on several.',
+    ],
+    [
+      'VIEW pulse_devices',
+      "Every device of every user in pulse, one row each: the row's own device (device_key, 0 when the client named none) for a user on one, each element of pulse.devices for a user on several. A device is fresh while last_hb > now() - pulse_settings.online_threshold_seconds.",
+    ],
+    ['COLUMN pulse_devices.user_id', 'The user (pulse.user_id).'],
+    [
+      'COLUMN pulse_devices.device_key',
+      "The 32-bit hash (FNV-1a, signed) of the client's device id, 0 for requests naming no device.",
+    ],
+    ['COLUMN pulse_devices.device_kind', 'Kind of the device as the client said, or NULL.'],
+    [
+      'COLUMN pulse_devices.last_hb',
+      "Time of this device's last heartbeat, by the database clock.",
+    ],
+  ];
+  for (const [target, text] of comments) {
+    await sql`COMMENT ON ${sql.raw(target)} IS ${sql.lit(text)}`.execute(db);
+  }
+  await sql`SET LOCAL lock_timeout TO DEFAULT`.execute(db);
+}
+
+export async function down(db: Kysely<any>): Promise<void> {
+  await sql`SET LOCAL lock_timeout = '5s'`.execute(db);
+  await sql`DROP VIEW pulse_devices`.execute(db);
+  // As migration 0012 made it; the device ids, no longer known, stay NULL until a device beats.
+  await sql`CREATE TABLE pulse_devices (
+    user_id bigint NOT NULL,
+    device_key integer NOT NULL,
+    last_hb timestamptz NOT NULL,
+    device_kind pulse_device_kind,
+    device_id text,
+    PRIMARY KEY (user_id, device_key)
+  ) WITH (fillfactor = 80, autovacuum_vacuum_scale_factor = 0.02, autovacuum_vacuum_cost_delay = 0)`.execute(
+    db,
+  );
+  await sql`INSERT INTO pulse_devices (user_id, device_key, last_hb, device_kind)
+    SELECT p.user_id, d.device_key, d.last_hb, d.device_kind
+    FROM pulse p CROSS JOIN LATERAL unnest(p.devices) AS d
+    WHERE p.devices IS NOT NULL`.execute(db);
+  await sql`UPDATE pulse SET device_key = NULL WHERE devices IS NOT NULL`.execute(db);
+  await sql`ALTER TABLE pulse DROP COLUMN devices`.execute(db);
+  await sql`DROP FUNCTION pulse_fresh_device_kinds(pulse_device[], timestamptz)`.execute(db);
+  await sql`DROP FUNCTION pulse_devices_after_beat(pulse_device[], pulse_device, pulse_device, interval)`.execute(
+    db,
+  );
+  await sql`DROP TYPE pulse_device`.execute(db);
+  await sql`SET LOCAL lock_timeout TO DEFAULT`.execute(db);
+}
