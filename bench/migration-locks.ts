@@ -3,7 +3,7 @@
  * long: each migration's up() and down() runs in its own transaction on a table of `--rows` rows
  * (1,000,000 by default) while single heartbeats keep flowing; before COMMIT the transaction lists
  * the locks it holds on `pulse` (held until COMMIT, so the transaction's duration is the longest
- * any of them is held). One user in 100 is on two devices, so 0015 has rows to move each way.
+ * any of them is held). One user in 100 is on two devices, as the schema on either side of 0015 keeps them.
  * Written to bench/results/migration-locks.json.
  *
  *   flock /tmp/pulse-bench.lock npm run bench:migration-locks [-- --rows 10000000]
@@ -61,13 +61,20 @@ async function measure(name: string, step: Step, beforeDevices = false) {
   })();
   await new Promise((resolve) => setTimeout(resolve, 300));
   const started = performance.now();
-  const locks = await migrating.db.transaction().execute(async (trx) => {
-    await step(trx);
-    const held = await sql<{ mode: string }>`
-      SELECT mode FROM pg_locks
-      WHERE pid = pg_backend_pid() AND relation = to_regclass('pulse')`.execute(trx);
-    return held.rows.map((r) => r.mode);
-  });
+  let locks: string[];
+  try {
+    locks = await migrating.db.transaction().execute(async (trx) => {
+      await step(trx);
+      const held = await sql<{ mode: string }>`
+        SELECT mode FROM pg_locks
+        WHERE pid = pg_backend_pid() AND relation = to_regclass('pulse')`.execute(trx);
+      return held.rows.map((r) => r.mode);
+    });
+  } catch (error) {
+    running = false;
+    await load;
+    throw new Error(`${name} failed`, { cause: error });
+  }
   const ms = performance.now() - started;
   await new Promise((resolve) => setTimeout(resolve, 300));
   running = false;

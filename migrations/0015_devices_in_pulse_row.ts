@@ -13,10 +13,18 @@ import { sql, type Kysely } from 'kysely';
  * and the beat only (IMMUTABLE): Citus allows no subquery and no STABLE function in an INSERT's
  * ON CONFLICT DO UPDATE SET, and the same statement serves both.
  *
- * Locks: ADD COLUMN with no default is a catalog change (no rewrite, no scan). The rows of users
- * on several devices now are moved by primary key from pulse_devices (a table holding only them),
- * never by a scan of `pulse`. lock_timeout keeps a request queued behind a long reader from
- * stalling heartbeats. Measured with `npm run bench:migration-locks` (docs/lifecycle.md).
+ * Users on several devices when it runs (device_key NULL, a pulse_devices row per device) are not
+ * moved: presence lasts a beat interval, and moving them is an UPDATE of each such row under the
+ * ACCESS EXCLUSIVE lock below (3.1 s at 10,000,000 rows with one user in 100 on two devices,
+ * measured). Until their next beat they read as on one device (the kind of their newest beat),
+ * and a device's offline leaves them as they are (their device is not known); the next beat sets
+ * device_key, and their other device joins again at its own next beat. Their online state never
+ * depends on devices (last_hb).
+ *
+ * Locks: ADD COLUMN with no default is a catalog change (no rewrite, no scan), and nothing here
+ * reads or writes `pulse`'s rows, so the ACCESS EXCLUSIVE lock lasts milliseconds whatever the
+ * table's size. lock_timeout keeps a request queued behind a long reader from stalling heartbeats.
+ * Measured with `npm run bench:migration-locks` (docs/lifecycle.md).
  */
 export async function up(db: Kysely<any>): Promise<void> {
   await sql`SET LOCAL lock_timeout = '5s'`.execute(db);
@@ -43,18 +51,6 @@ export async function up(db: Kysely<any>): Promise<void> {
       END LOOP;
       RETURN CASE WHEN cardinality(after) > 1 THEN after END;
     END $$`.execute(db);
-  // On a new database pulse_devices is empty (and on Citus not yet distributed, so it could not
-  // be joined with pulse): nothing to move.
-  const { rows } = await sql<{ any: boolean }>`
-    SELECT EXISTS (SELECT 1 FROM pulse_devices) AS any`.execute(db);
-  if (rows[0]?.any) {
-    await sql`UPDATE pulse p SET devices = d.devices, device_key = (d.devices[1]).device_key
-    FROM (SELECT user_id,
-                 array_agg(ROW(device_key, device_kind, last_hb)::pulse_device
-                           ORDER BY last_hb DESC) AS devices
-          FROM pulse_devices GROUP BY user_id) d
-    WHERE p.user_id = d.user_id AND p.device_key IS NULL`.execute(db);
-  }
   // What readers take of a user on several devices: a function, since Citus refuses a
   // correlated subquery over a function's rows (unnest) in a distributed query.
   await sql`CREATE FUNCTION pulse_fresh_device_kinds(devices pulse_device[], fresh_after timestamptz)
@@ -115,7 +111,8 @@ export async function up(db: Kysely<any>): Promise<void> {
 export async function down(db: Kysely<any>): Promise<void> {
   await sql`SET LOCAL lock_timeout = '5s'`.execute(db);
   await sql`DROP VIEW pulse_devices`.execute(db);
-  // As migration 0012 made it; the device ids, no longer known, stay NULL until a device beats.
+  // As migration 0012 made it, empty: users on several devices keep device_key (their newest
+  // beat's device), which 0012 reads as their one device until another device beats.
   await sql`CREATE TABLE pulse_devices (
     user_id bigint NOT NULL,
     device_key integer NOT NULL,
@@ -126,11 +123,6 @@ export async function down(db: Kysely<any>): Promise<void> {
   ) WITH (fillfactor = 80, autovacuum_vacuum_scale_factor = 0.02, autovacuum_vacuum_cost_delay = 0)`.execute(
     db,
   );
-  await sql`INSERT INTO pulse_devices (user_id, device_key, last_hb, device_kind)
-    SELECT p.user_id, d.device_key, d.last_hb, d.device_kind
-    FROM pulse p CROSS JOIN LATERAL unnest(p.devices) AS d
-    WHERE p.devices IS NOT NULL`.execute(db);
-  await sql`UPDATE pulse SET device_key = NULL WHERE devices IS NOT NULL`.execute(db);
   await sql`ALTER TABLE pulse DROP COLUMN devices`.execute(db);
   await sql`DROP FUNCTION pulse_fresh_device_kinds(pulse_device[], timestamptz)`.execute(db);
   await sql`DROP FUNCTION pulse_devices_after_beat(pulse_device[], pulse_device, pulse_device, interval)`.execute(

@@ -201,6 +201,23 @@ describe('one user, many devices', function () {
       expect(await rowOf(5)).to.deep.equal({ device: 'b', several: false, age: 0 });
     });
 
+    it('reads a row left by 0012 for a user on several devices (device_key NULL) as one device, keeps it through a device offline it cannot place, and mends it at the next beat', async () => {
+      await beat(database.db, 8, 'phone', 'mobile');
+      await sql`UPDATE pulse SET device_key = NULL WHERE user_id = 8`.execute(database.db);
+      const app = await start();
+      expect(await statusOf(app, 8)).to.deep.include({
+        is_online: true,
+        devices: { count: 1, kinds: ['mobile'] },
+      });
+      await setDevicesOffline(database.db, [8], ['laptop']);
+      expect(await database.ageOf(8)).to.be.a('number');
+      await beat(database.db, 8, 'laptop', 'desktop');
+      expect(await rowOf(8)).to.deep.equal({ device: 'laptop', several: false, age: 0 });
+      await beat(database.db, 8, 'phone', 'mobile');
+      expect((await deviceRows(8)).map((row) => row.device)).to.deep.equal(['phone', 'laptop']);
+      expect(await events(8)).to.deep.equal(['online:heartbeat']);
+    });
+
     it('keeps at most the 16 newest devices of a user, whatever ids a client invents', async () => {
       for (let device = 0; device < 20; device += 1) await beat(database.db, 7, `d${device}`);
       const { rows } = await sql<{ n: number; newest: boolean }>`

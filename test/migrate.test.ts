@@ -134,7 +134,7 @@ describe('migrate CLI', function () {
     expect((await migrate(url, ['down'])).stdout).to.match(/nothing to revert/);
   });
 
-  it('moves the devices of users on several devices into their pulse row (0015), and back', async () => {
+  it('0015 leaves the rows of users on several devices as they are, reading as one device, and down keeps them on one', async () => {
     expect((await migrate(url)).code).to.equal(0);
     expect((await migrate(url, ['down'])).stdout).to.include('reverted 0015_devices_in_pulse_row');
     // As 0012 kept them: user 1 on two devices (device_key NULL, a pulse_devices row each),
@@ -149,27 +149,26 @@ describe('migrate CLI', function () {
     );
     expect((await migrate(url)).stdout).to.include('applied 0015_devices_in_pulse_row');
     const devices = `SELECT user_id::int, device_key, device_kind::text AS kind
-                     FROM pulse_devices ORDER BY user_id, last_hb DESC`;
-    const expected = [
-      { user_id: 1, device_key: 9, kind: 'web' },
-      { user_id: 1, device_key: 7, kind: 'mobile' },
+                     FROM pulse_devices ORDER BY user_id`;
+    // User 1 until their next beat: one device, of unknown key, the kind of their newest beat.
+    expect((await queryOnce(url, devices)).rows).to.deep.equal([
+      { user_id: 1, device_key: null, kind: 'web' },
       { user_id: 2, device_key: 5, kind: 'mobile' },
-    ];
-    expect((await queryOnce(url, devices)).rows).to.deep.equal(expected);
-    expect(
-      (await queryOnce(url, `SELECT user_id::int FROM pulse WHERE devices IS NOT NULL`)).rows,
-    ).to.deep.equal([{ user_id: 1 }]);
-    // Down: a table again, with the rows of users on several (ids unknown, NULL).
+    ]);
+    // Down: a table again (empty); users on several devices stay on their newest beat's device.
+    await queryOnce(
+      url,
+      `UPDATE pulse SET device_key = 9, devices = ARRAY[ROW(9, 'web', now()), ROW(7, 'mobile', now())]::pulse_device[]
+       WHERE user_id = 1`,
+    );
     expect((await migrate(url, ['down'])).stdout).to.include('reverted 0015_devices_in_pulse_row');
+    expect((await queryOnce(url, devices)).rows).to.deep.equal([]);
     expect(
-      (
-        await queryOnce(
-          url,
-          `SELECT user_id::int, device_key, device_kind::text AS kind FROM pulse_devices
-           ORDER BY last_hb DESC`,
-        )
-      ).rows,
-    ).to.deep.equal(expected.slice(0, 2));
+      (await queryOnce(url, `SELECT user_id::int, device_key FROM pulse ORDER BY user_id`)).rows,
+    ).to.deep.equal([
+      { user_id: 1, device_key: 9 },
+      { user_id: 2, device_key: 5 },
+    ]);
   });
 
   it('is safe when several copies run at once', async () => {
