@@ -46,7 +46,7 @@ interface HeartbeatRound {
 }
 
 /**
- * The key `pulse.device_key` and `pulse_devices.device_key` hold for a device id: its 32-bit
+ * The key `pulse.device_key` and the elements of `pulse.devices` hold for a device id: its 32-bit
  * FNV-1a hash as a signed integer (4 bytes in every `pulse` row, where the id itself would take
  * up to 65), 0 for none named. Computed here, so the heartbeat statement hashes nothing. Two
  * devices of one user with the same key (a chance of 1 in 2^32) count as one.
