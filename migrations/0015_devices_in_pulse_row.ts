@@ -33,6 +33,8 @@ export async function up(db: Kysely<any>): Promise<void> {
   )`.execute(db);
   await sql`ALTER TABLE pulse ADD COLUMN devices pulse_device[]`.execute(db);
   // Newest first, at most 16 (a client inventing device ids cannot grow a row without bound).
+  // The beat goes in its place by time: two beats whose statements commit out of order (the
+  // later now() first) stay in order.
   await sql`CREATE FUNCTION pulse_devices_after_beat(
       devices pulse_device[], own pulse_device, beat pulse_device, online_threshold interval
     ) RETURNS pulse_device[] LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE AS $$
@@ -40,16 +42,23 @@ export async function up(db: Kysely<any>): Promise<void> {
       -- Types by %TYPE, never by name: on a Citus worker the body runs with the worker
       -- connection's search_path, where the schema's own type names may not resolve.
       list devices%TYPE := coalesce(devices, ARRAY[own]);
-      after devices%TYPE := ARRAY[beat];
+      after devices%TYPE := '{}';
+      placed boolean := false;
     BEGIN
       FOR i IN 1 .. cardinality(list) LOOP
         IF (list[i]).device_key <> beat.device_key
-           AND beat.last_hb - (list[i]).last_hb < online_threshold
-           AND cardinality(after) < 16 THEN
+           AND beat.last_hb - (list[i]).last_hb < online_threshold THEN
+          IF NOT placed AND (list[i]).last_hb <= beat.last_hb THEN
+            after := after || beat;
+            placed := true;
+          END IF;
           after := after || list[i];
         END IF;
       END LOOP;
-      RETURN CASE WHEN cardinality(after) > 1 THEN after END;
+      IF NOT placed THEN
+        after := after || beat;
+      END IF;
+      RETURN CASE WHEN cardinality(after) > 1 THEN after[1:16] END;
     END $$`.execute(db);
   // What readers take of a user on several devices: a function, since Citus refuses a
   // correlated subquery over a function's rows (unnest) in a distributed query.
@@ -81,7 +90,7 @@ export async function up(db: Kysely<any>): Promise<void> {
     ],
     [
       'FUNCTION pulse_devices_after_beat(pulse_device[], pulse_device, pulse_device, interval)',
-      "A heartbeat's new pulse.devices: the beating device first, then the row's other devices (devices, or the row's own device when NULL) still fresh by online_threshold at the beat's time, at most 16; NULL when no other is fresh (the user is on one device).",
+      "A heartbeat's new pulse.devices: the beating device and the row's other devices (devices, or the row's own device when NULL) still fresh by online_threshold at the beat's time, newest first, at most 16; NULL when no other is fresh (the user is on one device).",
     ],
     [
       'FUNCTION pulse_fresh_device_kinds(pulse_device[], timestamptz)',
@@ -124,6 +133,34 @@ export async function down(db: Kysely<any>): Promise<void> {
     db,
   );
   await sql`ALTER TABLE pulse DROP COLUMN devices`.execute(db);
+  // 0012's words again, for the table and the column 0012 described.
+  const comments: Array<[string, string]> = [
+    [
+      'COLUMN pulse.device_key',
+      "The device of the newest heartbeat: a 32-bit hash (FNV-1a, as a signed integer) of the client's device id, 0 for a request naming no device, NULL while the user is on several devices at once (then see pulse_devices). last_hb is always the newest beat of any device.",
+    ],
+    [
+      'TABLE pulse_devices',
+      "Devices of users on two or more devices at once: one row per (user, device), written only while the user's pulse row says several devices (pulse.device_key IS NULL). A device is fresh when last_hb > now() - pulse_settings.online_threshold_seconds; the user is online while any is. Rows go when a device goes offline explicitly (a user left with one device is back to one pulse row), and by the sweeper once stale (which also takes users left with one device back to one row). Co-located with pulse (distributed by user_id on Citus).",
+    ],
+    ['COLUMN pulse_devices.user_id', 'The user (pulse.user_id).'],
+    [
+      'COLUMN pulse_devices.device_key',
+      'The 32-bit hash (FNV-1a, signed) of device_id, 0 for requests naming no device: the key pulse.device_key compares with.',
+    ],
+    [
+      'COLUMN pulse_devices.last_hb',
+      "Time of this device's last heartbeat, by the database clock.",
+    ],
+    ['COLUMN pulse_devices.device_kind', 'Kind of the device as the client said, or NULL.'],
+    [
+      'COLUMN pulse_devices.device_id',
+      "The client's own device id (1-64 chars of [A-Za-z0-9._:-]); NULL for requests naming no device, and until the device beats again when it was the user's only device before.",
+    ],
+  ];
+  for (const [target, text] of comments) {
+    await sql`COMMENT ON ${sql.raw(target)} IS ${sql.lit(text)}`.execute(db);
+  }
   await sql`DROP FUNCTION pulse_fresh_device_kinds(pulse_device[], timestamptz)`.execute(db);
   await sql`DROP FUNCTION pulse_devices_after_beat(pulse_device[], pulse_device, pulse_device, interval)`.execute(
     db,

@@ -3,7 +3,8 @@
  * them leaves, a devices summary in every status answer, and device ids validated.
  */
 import { expect } from 'chai';
-import { sql } from 'kysely';
+import { Kysely, PostgresDialect, sql } from 'kysely';
+import type { Database } from '../lib/store/schema.ts';
 import {
   recordHeartbeats,
   setDevicesOffline,
@@ -220,12 +221,43 @@ describe('one user, many devices', function () {
 
     it('keeps at most the 16 newest devices of a user, whatever ids a client invents', async () => {
       for (let device = 0; device < 20; device += 1) await beat(database.db, 7, `d${device}`);
-      const { rows } = await sql<{ n: number; newest: boolean }>`
-        SELECT cardinality(devices) AS n, device_key = (devices[1]).device_key AS newest
+      const { rows } = await sql<{ keys: number[] }>`
+        SELECT ARRAY(SELECT d.device_key FROM unnest(devices) d) AS keys
         FROM pulse WHERE user_id = 7`.execute(database.db);
-      expect(rows).to.deep.equal([{ n: 16, newest: true }]);
+      // The 16 newest, newest first: d19 down to d4.
+      const newest = Array.from({ length: 16 }, (_, i) => deviceKey(`d${19 - i}`));
+      expect(rows).to.deep.equal([{ keys: newest }]);
       expect((await deviceRows(7)).length).to.equal(16);
       expect((await (await start()).get('/status/7')).status).to.equal(200);
+    });
+
+    it('keeps the newer beat when two commit out of order: last_hb never moves back, the array stays newest first', async () => {
+      await beat(database.db, 9, 'a', 'web');
+      // As if a's beat had started later than the one below but committed first.
+      await sql`UPDATE pulse SET last_hb = now() + interval '1 second' WHERE user_id = 9`.execute(
+        database.db,
+      );
+      await beat(database.db, 9, 'b', 'mobile');
+      const { rows } = await sql<{ ahead: boolean; device_key: number; keys: number[] }>`
+        SELECT last_hb > now() AS ahead, device_key,
+               ARRAY(SELECT d.device_key FROM unnest(devices) d) AS keys
+        FROM pulse WHERE user_id = 9`.execute(database.db);
+      expect(rows).to.deep.equal([
+        { ahead: true, device_key: deviceKey('a'), keys: [deviceKey('a'), deviceKey('b')] },
+      ]);
+    });
+
+    it('writes heartbeats while the settings row is missing (reads are refused meanwhile)', async () => {
+      // A Kysely instance of its own: nothing cached of the threshold.
+      const fresh = new Kysely<Database>({ dialect: new PostgresDialect({ pool: database.pool }) });
+      await sql`DELETE FROM pulse_settings WHERE id = 1`.execute(database.db);
+      try {
+        await beat(fresh, 30, 'a', 'web');
+        await beat(fresh, 30, 'b', 'web');
+        expect(await database.ageOf(30)).to.be.a('number');
+      } finally {
+        await sql`INSERT INTO pulse_settings (id) VALUES (1)`.execute(database.db);
+      }
     });
 
     it('writes one user beating from two devices in one call (two statements), and a request naming none is its own device', async () => {

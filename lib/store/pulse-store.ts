@@ -114,14 +114,16 @@ function heartbeatRounds(userIds: Iterable<number>, devices?: DeviceTags): Heart
 
 /**
  * The device columns of a beat's ON CONFLICT update, EXCLUDED being the beating device and `p`
- * the row as it is (locked). The row's own device beating again (almost every beat) costs
- * nothing more; any other beat goes through pulse_devices_after_beat (migration 0015): the
- * beating device first, then the row's other devices still fresh, or NULL (one device) when none
- * is. `threshold`: the online threshold as an interval. Only columns, literals and IMMUTABLE
- * functions, as Citus allows in an INSERT's ON CONFLICT update.
+ * the row as it is (locked). A user on one device beating from it again (almost every beat)
+ * costs two comparisons; any other beat goes through pulse_devices_after_beat (migration 0015):
+ * the devices still fresh, newest first, or NULL (one device) when no other is. `threshold`: the
+ * online threshold as an interval. Only columns, parameters and IMMUTABLE functions, as Citus
+ * allows in an INSERT's ON CONFLICT update. Two beats of one user whose statements commit out of
+ * order (the later now() first) keep the newer as the row's last_hb and device.
  */
 const deviceColumnsOnBeat = (threshold: ReturnType<typeof sql>) => sql`
-  device_key = EXCLUDED.device_key, device_kind = EXCLUDED.device_kind,
+  device_key = CASE WHEN EXCLUDED.last_hb >= p.last_hb THEN EXCLUDED.device_key ELSE p.device_key END,
+  device_kind = CASE WHEN EXCLUDED.last_hb >= p.last_hb THEN EXCLUDED.device_kind ELSE p.device_kind END,
   devices = CASE WHEN p.devices IS NULL AND p.device_key = EXCLUDED.device_key THEN NULL
                  ELSE pulse_devices_after_beat(
                    p.devices, ROW(p.device_key, p.device_kind, p.last_hb)::pulse_device,
@@ -154,11 +156,15 @@ async function deviceThresholdSeconds(db: Executor): Promise<number> {
     if (cached !== undefined) return cached.seconds;
     throw error;
   }
-  const seconds = rows[0]?.seconds;
-  if (seconds === undefined) throw new SettingsMissingError();
+  // No row (deleted): heartbeats still land (reads are refused meanwhile, see
+  // SettingsMissingError); the devices kept are decided by the last value, or the default.
+  const seconds = rows[0]?.seconds ?? cached?.seconds ?? DEFAULT_THRESHOLD_SECONDS;
   thresholds.set(db, { seconds, readAt: performance.now() });
   return seconds;
 }
+
+/** pulse_settings.online_threshold_seconds's default (migration 0003). */
+const DEFAULT_THRESHOLD_SECONDS = 20;
 
 /**
  * The heartbeat statement on plain PostgreSQL (routedUpsert is Citus's): the upsert of the
@@ -180,7 +186,8 @@ const heartbeatUpsert = (
     SELECT user_id, now(), now()${form === 'plain' ? sql`` : sql`, device_key, ${kindOf(sql`kind`)}`}
     FROM ${rows} AS i(${form === 'plain' ? sql`user_id` : sql`user_id, device_key, kind`})
     ON CONFLICT (user_id) DO UPDATE
-      SET last_hb = EXCLUDED.last_hb, online_since = coalesce(p.online_since, EXCLUDED.online_since),
+      SET last_hb = greatest(p.last_hb, EXCLUDED.last_hb),
+          online_since = coalesce(p.online_since, EXCLUDED.online_since),
           ${deviceColumnsOnBeat(sql`make_interval(secs => ${thresholdSeconds}::int)`)}
     RETURNING user_id, last_hb, online_since
   )
@@ -292,7 +299,8 @@ async function routedUpsert(
       INSERT INTO pulse AS p (user_id, last_hb, online_since${named ? sql`, device_key, device_kind` : sql``})
       VALUES ${values}
       ON CONFLICT (user_id) DO UPDATE
-        SET last_hb = EXCLUDED.last_hb, online_since = coalesce(p.online_since, EXCLUDED.online_since),
+        SET last_hb = greatest(p.last_hb, EXCLUDED.last_hb),
+          online_since = coalesce(p.online_since, EXCLUDED.online_since),
             ${deviceColumnsOnBeat(sql`make_interval(secs => ${seconds}::int)`)}
       RETURNING user_id, online_since = last_hb AS came_online`.execute(trx);
     const online = rows.filter((row) => row.came_online).map((row) => Number(row.user_id));

@@ -7,10 +7,10 @@ export interface PulseTable {
   last_hb: ColumnType<Date, Date | undefined, Date>;
   /** Non-null exactly while the change log's last transition of this user is `online`. */
   online_since: ColumnType<Date | null, Date | null | undefined, Date | null>;
-  /** deviceKey(device_id) of the newest beat's device; 0: none named; null: several devices. */
+  /** deviceKey(device_id) of the newest beat's device; 0: none named (null: a row of 0012's several devices, until its next beat). */
   device_key: ColumnType<number | null, number | null | undefined, number | null>;
   device_kind: ColumnType<DeviceKind | null, DeviceKind | null | undefined, DeviceKind | null>;
-  /** While on several devices (device_key null): each one (pulse_device), read as text by pg. */
+  /** While on several devices: each one (pulse_device), newest first; null on one. Read as text by pg. */
   devices: ColumnType<string | null, never, never>;
 }
 
