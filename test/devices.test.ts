@@ -231,7 +231,7 @@ describe('one user, many devices', function () {
       expect((await (await start()).get('/status/7')).status).to.equal(200);
     });
 
-    it('keeps the newer beat when two commit out of order: last_hb never moves back, the array stays newest first', async () => {
+    it("keeps the devices newest first when two beats commit out of order; last_hb and device_key are the last writer's", async () => {
       await beat(database.db, 9, 'a', 'web');
       // As if a's beat had started later than the one below but committed first.
       await sql`UPDATE pulse SET last_hb = now() + interval '1 second' WHERE user_id = 9`.execute(
@@ -243,8 +243,9 @@ describe('one user, many devices', function () {
                ARRAY(SELECT d.device_key FROM unnest(devices) d) AS keys
         FROM pulse WHERE user_id = 9`.execute(database.db);
       expect(rows).to.deep.equal([
-        { ahead: true, device_key: deviceKey('a'), keys: [deviceKey('a'), deviceKey('b')] },
+        { ahead: false, device_key: deviceKey('b'), keys: [deviceKey('a'), deviceKey('b')] },
       ]);
+      expect(await events(9)).to.deep.equal(['online:heartbeat']);
     });
 
     it('writes heartbeats while the settings row is missing (reads are refused meanwhile)', async () => {

@@ -118,12 +118,12 @@ function heartbeatRounds(userIds: Iterable<number>, devices?: DeviceTags): Heart
  * costs two comparisons; any other beat goes through pulse_devices_after_beat (migration 0015):
  * the devices still fresh, newest first, or NULL (one device) when no other is. `threshold`: the
  * online threshold as an interval. Only columns, parameters and IMMUTABLE functions, as Citus
- * allows in an INSERT's ON CONFLICT update. Two beats of one user whose statements commit out of
- * order (the later now() first) keep the newer as the row's last_hb and device.
+ * allows in an INSERT's ON CONFLICT update. last_hb and device_key are the last writer's, as
+ * last_hb always was: the change log's `online_since = last_hb` test needs last_hb set by this
+ * statement (keeping the greater of two out-of-order beats logged users online twice).
  */
 const deviceColumnsOnBeat = (threshold: ReturnType<typeof sql>) => sql`
-  device_key = CASE WHEN EXCLUDED.last_hb >= p.last_hb THEN EXCLUDED.device_key ELSE p.device_key END,
-  device_kind = CASE WHEN EXCLUDED.last_hb >= p.last_hb THEN EXCLUDED.device_kind ELSE p.device_kind END,
+  device_key = EXCLUDED.device_key, device_kind = EXCLUDED.device_kind,
   devices = CASE WHEN p.devices IS NULL AND p.device_key = EXCLUDED.device_key THEN NULL
                  ELSE pulse_devices_after_beat(
                    p.devices, ROW(p.device_key, p.device_kind, p.last_hb)::pulse_device,
@@ -186,8 +186,7 @@ const heartbeatUpsert = (
     SELECT user_id, now(), now()${form === 'plain' ? sql`` : sql`, device_key, ${kindOf(sql`kind`)}`}
     FROM ${rows} AS i(${form === 'plain' ? sql`user_id` : sql`user_id, device_key, kind`})
     ON CONFLICT (user_id) DO UPDATE
-      SET last_hb = greatest(p.last_hb, EXCLUDED.last_hb),
-          online_since = coalesce(p.online_since, EXCLUDED.online_since),
+      SET last_hb = EXCLUDED.last_hb, online_since = coalesce(p.online_since, EXCLUDED.online_since),
           ${deviceColumnsOnBeat(sql`make_interval(secs => ${thresholdSeconds}::int)`)}
     RETURNING user_id, last_hb, online_since
   )
@@ -299,8 +298,7 @@ async function routedUpsert(
       INSERT INTO pulse AS p (user_id, last_hb, online_since${named ? sql`, device_key, device_kind` : sql``})
       VALUES ${values}
       ON CONFLICT (user_id) DO UPDATE
-        SET last_hb = greatest(p.last_hb, EXCLUDED.last_hb),
-          online_since = coalesce(p.online_since, EXCLUDED.online_since),
+        SET last_hb = EXCLUDED.last_hb, online_since = coalesce(p.online_since, EXCLUDED.online_since),
             ${deviceColumnsOnBeat(sql`make_interval(secs => ${seconds}::int)`)}
       RETURNING user_id, online_since = last_hb AS came_online`.execute(trx);
     const online = rows.filter((row) => row.came_online).map((row) => Number(row.user_id));
