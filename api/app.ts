@@ -26,7 +26,7 @@ import type { SettingsMissingLog } from './read/settings-missing-log.ts';
 import type { HeartbeatWriter } from './write/heartbeat-writer.ts';
 import type { DeferredOffline } from './write/deferred-offline.ts';
 import type { ShardRouter } from '../lib/citus/shard-routing.ts';
-import type { OnlineThreshold } from './stream/held-presence.ts';
+import type { OnlineThreshold } from '../lib/store/online-threshold.ts';
 import { openApiDocument } from './openapi.ts';
 import type { StatusReader } from './read/status-reader.ts';
 import { createRequestLog } from './edge/request-log.ts';

@@ -19,7 +19,11 @@ import {
 } from './write/heartbeat-writer.ts';
 import { PollPresenceFeed } from './stream/poll-feed.ts';
 import type { ChangeFeed } from './stream/change-feed.ts';
-import { HeldPresence, LiveOnlineThreshold } from './stream/held-presence.ts';
+import { HeldPresence } from './stream/held-presence.ts';
+import {
+  DEFAULT_ONLINE_THRESHOLD_SECONDS,
+  LiveOnlineThreshold,
+} from '../lib/store/online-threshold.ts';
 import { createApiMetrics } from './metrics.ts';
 import { CallerLimits, createCallerLimitMetrics } from './edge/caller-limits.ts';
 import { StreamHub } from './stream/status-stream.ts';
@@ -27,7 +31,7 @@ import { createStreamMetrics } from './stream/stream-metrics.ts';
 import { CoalescingStatusReader, DirectStatusReader } from './read/status-reader.ts';
 import { LiveVisibilityRule } from './read/visibility-rule.ts';
 import { SettingsMissingLog } from './read/settings-missing-log.ts';
-import { SettingsMissingError } from '../lib/store/pulse-store.ts';
+import { readPresenceSettings, SettingsMissingError } from '../lib/store/pulse-store.ts';
 import { createOfflineDetection } from '../lib/presence/group-detectors.ts';
 import { createDetectorMetrics } from '../lib/presence/detector-metrics.ts';
 import { openChangeLog } from '../lib/store/node-change-log.ts';
@@ -47,9 +51,6 @@ export interface Api {
    */
   streams: { hub: StreamHub; close(): Promise<void> };
 }
-
-/** pulse_settings.online_threshold_seconds as migration 0003 creates it. */
-const DEFAULT_ONLINE_THRESHOLD_SECONDS = 20;
 
 export interface AssembleOptions {
   /**
@@ -128,7 +129,10 @@ export function assembleApi(
   });
   metrics.watchAdmission(admission);
   const streamMetrics = createStreamMetrics(registry);
-  const threshold = new LiveOnlineThreshold(database.db, heldThresholdSeconds);
+  const threshold = new LiveOnlineThreshold(
+    async () => (await readPresenceSettings(database.db)).onlineThresholdSeconds,
+    heldThresholdSeconds,
+  );
   // A database that cannot be reached is told by its outage log (lib/infra/outage-log.ts), once and then
   // as a count: these two repeat every beat and every poll, so they log only other failures.
   const settingsMissingLog = new SettingsMissingLog(logger);

@@ -13,54 +13,8 @@
  * a failure (api/assemble.ts), so watchers of held users see no offline/online flap.
  */
 import type { HeartbeatWriter } from '../write/heartbeat-writer.ts';
-import {
-  readPresenceSettings,
-  type DeviceKind,
-  type Executor,
-} from '../../lib/store/pulse-store.ts';
-
-/** The online threshold in force, refreshed from pulse_settings. */
-export interface OnlineThreshold {
-  /** The last value read (or the one at start); asks for a fresh read when it is older than 1 s. */
-  readonly seconds: number;
-  /** The value, read again first when the last read is older than 1 s. */
-  current(): Promise<number>;
-}
-
-/** Reads pulse_settings.online_threshold_seconds at most once per `refreshMs`, never waiting on it. */
-export class LiveOnlineThreshold implements OnlineThreshold {
-  private value: number;
-  private readAt = -Infinity;
-  private reading: Promise<number> | undefined;
-
-  constructor(
-    private readonly db: Executor,
-    initialSeconds: number,
-    private readonly refreshMs = 1_000,
-  ) {
-    this.value = initialSeconds;
-  }
-
-  get seconds(): number {
-    void this.current();
-    return this.value;
-  }
-
-  current(): Promise<number> {
-    if (this.reading !== undefined) return this.reading;
-    const now = performance.now();
-    if (now - this.readAt < this.refreshMs) return Promise.resolve(this.value);
-    this.readAt = now;
-    // A failed read keeps the last value: the database's outage log reports the failure.
-    this.reading = readPresenceSettings(this.db)
-      .then(
-        (settings) => (this.value = settings.onlineThresholdSeconds),
-        () => this.value,
-      )
-      .finally(() => (this.reading = undefined));
-    return this.reading;
-  }
-}
+import type { DeviceKind } from '../../lib/store/pulse-store.ts';
+import type { OnlineThreshold } from '../../lib/store/online-threshold.ts';
 
 export interface HeldPresenceOptions {
   /** The threshold in force: beats come every third of it. */

@@ -11,6 +11,7 @@ import type { Database, DeviceKind } from './schema.ts';
 import type { ShardRouter, ShardTables } from '../citus/shard-routing.ts';
 import { preparedStatement } from '../infra/prepared-statements.ts';
 import { isDatabaseUnavailable } from '../infra/db.ts';
+import { DEFAULT_ONLINE_THRESHOLD_SECONDS, LiveOnlineThreshold } from './online-threshold.ts';
 
 export type Executor = Kysely<Database>;
 
@@ -131,40 +132,30 @@ const deviceColumnsOnBeat = (threshold: ReturnType<typeof sql>) => sql`
                    ${threshold}) END`;
 
 /**
- * The online threshold for deviceColumnsOnBeat, per Kysely instance, re-read once older than
- * THRESHOLD_CACHE_MS. A parameter, not the settings row's live subquery, because Citus allows
- * none in an INSERT. Only the device bookkeeping uses it (which other devices a beat keeps in
- * `devices`): the online rule, every reader and a device's offline read the live row. Just after a
- * DBA raises the threshold, a device beating slower than the old one may drop out of `devices`
- * until its next beat, for at most this long.
+ * The online threshold for deviceColumnsOnBeat: a copy per Kysely instance, read again once
+ * older than THRESHOLD_REFRESH_MS. A parameter, not the settings row's live subquery, because
+ * Citus allows none in an INSERT. Only the device bookkeeping uses it (which other devices a beat
+ * keeps in `devices`): the online rule, every reader and a device's offline read the live row.
+ * Just after a DBA raises the threshold, a device beating slower than the old one may drop out of
+ * `devices` until its next beat, for at most this long. A failed read (on Citus, the reference
+ * table read on a node that is down while the shard to write is not) or a missing settings row
+ * (reads are refused meanwhile, heartbeats still land) keeps the last value, or the default.
  */
-const THRESHOLD_CACHE_MS = 5_000;
-const thresholds = new WeakMap<Executor, { seconds: number; readAt: number }>();
+const THRESHOLD_REFRESH_MS = 5_000;
+const thresholds = new WeakMap<Executor, LiveOnlineThreshold>();
 
-async function deviceThresholdSeconds(db: Executor): Promise<number> {
-  const cached = thresholds.get(db);
-  if (cached !== undefined && performance.now() - cached.readAt < THRESHOLD_CACHE_MS) {
-    return cached.seconds;
+function deviceThresholdSeconds(db: Executor): Promise<number> {
+  let threshold = thresholds.get(db);
+  if (threshold === undefined) {
+    threshold = new LiveOnlineThreshold(
+      async () => (await readPresenceSettings(db)).onlineThresholdSeconds,
+      DEFAULT_ONLINE_THRESHOLD_SECONDS,
+      THRESHOLD_REFRESH_MS,
+    );
+    thresholds.set(db, threshold);
   }
-  let rows: Array<{ seconds: number }>;
-  try {
-    ({ rows } = await sql<{ seconds: number }>`
-      SELECT online_threshold_seconds AS seconds FROM pulse_settings WHERE id = 1`.execute(db));
-  } catch (error) {
-    // On Citus the reference table may be read from a node that is down while the shard to
-    // write is not: the last value read serves until a read succeeds.
-    if (cached !== undefined) return cached.seconds;
-    throw error;
-  }
-  // No row (deleted): heartbeats still land (reads are refused meanwhile, see
-  // SettingsMissingError); the devices kept are decided by the last value, or the default.
-  const seconds = rows[0]?.seconds ?? cached?.seconds ?? DEFAULT_THRESHOLD_SECONDS;
-  thresholds.set(db, { seconds, readAt: performance.now() });
-  return seconds;
+  return threshold.current();
 }
-
-/** pulse_settings.online_threshold_seconds's default (migration 0003). */
-const DEFAULT_THRESHOLD_SECONDS = 20;
 
 /**
  * The heartbeat statement on plain PostgreSQL (routedUpsert is Citus's): the upsert of the
