@@ -111,9 +111,7 @@ export async function up(db: Kysely<any>): Promise<void> {
       "Time of this device's last heartbeat, by the database clock.",
     ],
   ];
-  for (const [target, text] of comments) {
-    await sql`COMMENT ON ${sql.raw(target)} IS ${sql.lit(text)}`.execute(db);
-  }
+  await describe(db, comments);
   await sql`SET LOCAL lock_timeout TO DEFAULT`.execute(db);
 }
 
@@ -158,13 +156,18 @@ export async function down(db: Kysely<any>): Promise<void> {
       "The client's own device id (1-64 chars of [A-Za-z0-9._:-]); NULL for requests naming no device, and until the device beats again when it was the user's only device before.",
     ],
   ];
-  for (const [target, text] of comments) {
-    await sql`COMMENT ON ${sql.raw(target)} IS ${sql.lit(text)}`.execute(db);
-  }
+  await describe(db, comments);
   await sql`DROP FUNCTION pulse_fresh_device_kinds(pulse_device[], timestamptz)`.execute(db);
   await sql`DROP FUNCTION pulse_devices_after_beat(pulse_device[], pulse_device, pulse_device, interval)`.execute(
     db,
   );
   await sql`DROP TYPE pulse_device`.execute(db);
   await sql`SET LOCAL lock_timeout TO DEFAULT`.execute(db);
+}
+
+/** `COMMENT ON` each target (`TABLE x`, `COLUMN x.y`, ...) with its text. */
+async function describe(db: Kysely<any>, comments: ReadonlyArray<[string, string]>): Promise<void> {
+  for (const [target, text] of comments) {
+    await sql`COMMENT ON ${sql.raw(target)} IS ${sql.lit(text)}`.execute(db);
+  }
 }
